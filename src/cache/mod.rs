@@ -1,0 +1,373 @@
+//! The code cache: translated blocks in executable memory, their lookup
+//! structures and the chaining links between them.
+//!
+//! The cache is one memfd mapped twice: RW for the emitter and RX for
+//! execution, so no page is ever writable and executable at once (W^X).
+//! Blocks are appended; a full cache is flushed whole. The shared
+//! trampolines live at the start and survive flushes.
+
+use std::collections::HashMap;
+use std::ptr::NonNull;
+
+use thiserror::Error;
+
+use crate::cpu::{HotState, JC_EMPTY_KEY, JUMP_CACHE_ENTRIES};
+use crate::emit::rel32;
+use crate::memory::PAGE_SIZE;
+use crate::translate::{ExitSite, InsnMapEntry, Translation};
+
+/// Default code cache size.
+pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
+/// Alignment of block entries (a cache line start helps the decoder).
+const BLOCK_ALIGN: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("code cache setup failed ({what}): {source}")]
+    Os {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("code cache of {0} bytes is too small")]
+    TooSmall(usize),
+}
+
+pub type BlockId = u32;
+
+/// A translated block.
+pub struct Block {
+    pub eip: u32,
+    /// Guest address after the block.
+    pub end: u32,
+    /// Host (RX) address of the entry.
+    pub host: usize,
+    pub host_len: usize,
+    pub insn_map: Vec<InsnMapEntry>,
+    /// Global ids of this block's exits.
+    pub first_exit: u32,
+    pub exit_count: u32,
+    /// Exits of other blocks chained to this one.
+    pub incoming: Vec<u32>,
+    pub valid: bool,
+    pub pages: (u32, u32),
+}
+
+/// A direct exit, globally numbered.
+#[derive(Clone, Copy)]
+pub struct Exit {
+    pub block: BlockId,
+    /// RX address of the rel32 field.
+    pub rel32: usize,
+    /// RX address of the unchained tail.
+    pub tail: usize,
+    pub target: u32,
+    /// Block it is chained to, if any.
+    pub linked: Option<BlockId>,
+}
+
+pub struct CodeCache {
+    rw: NonNull<u8>,
+    rx: NonNull<u8>,
+    size: usize,
+    memfd: libc::c_int,
+    used: usize,
+    /// End of the trampolines (start of the flushable area).
+    base_used: usize,
+    pub blocks: Vec<Block>,
+    pub map: HashMap<u32, BlockId>,
+    pub exits: Vec<Exit>,
+    page_blocks: HashMap<u32, Vec<BlockId>>,
+    pub flushes: u64,
+}
+
+// SAFETY: the mappings are owned by the cache and only used by its owner.
+unsafe impl Send for CodeCache {}
+
+impl CodeCache {
+    pub fn new(size: usize) -> Result<Self, CacheError> {
+        if size < 1 << 20 {
+            return Err(CacheError::TooSmall(size));
+        }
+        let os = |what| CacheError::Os {
+            what,
+            source: std::io::Error::last_os_error(),
+        };
+        // SAFETY: syscalls whose results are checked; the mappings are owned
+        // by the returned value and released in Drop.
+        unsafe {
+            let fd = libc::memfd_create(c"btvisor-code".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(os("memfd_create"));
+            }
+            if libc::ftruncate(fd, size as libc::off_t) != 0 {
+                libc::close(fd);
+                return Err(os("ftruncate"));
+            }
+            let rw = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if rw == libc::MAP_FAILED {
+                libc::close(fd);
+                return Err(os("mmap RW"));
+            }
+            let rx = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            if rx == libc::MAP_FAILED {
+                libc::munmap(rw, size);
+                libc::close(fd);
+                return Err(os("mmap RX"));
+            }
+            Ok(CodeCache {
+                rw: NonNull::new_unchecked(rw as *mut u8),
+                rx: NonNull::new_unchecked(rx as *mut u8),
+                size,
+                memfd: fd,
+                used: 0,
+                base_used: 0,
+                blocks: Vec::new(),
+                map: HashMap::new(),
+                exits: Vec::new(),
+                page_blocks: HashMap::new(),
+                flushes: 0,
+            })
+        }
+    }
+
+    /// RX address where the next emitted code will start.
+    pub fn next_addr(&self) -> usize {
+        self.rx.as_ptr() as usize + align(self.used)
+    }
+
+    pub fn rx_range(&self) -> (usize, usize) {
+        let s = self.rx.as_ptr() as usize;
+        (s, s + self.size)
+    }
+
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Room left for one more block of `len` bytes?
+    pub fn fits(&self, len: usize) -> bool {
+        align(self.used) + len <= self.size
+    }
+
+    /// Copy raw code (trampolines) to the cache; returns its RX address.
+    /// Code stored before `seal_base` survives flushes.
+    pub fn put_raw(&mut self, code: &[u8]) -> Option<usize> {
+        if !self.fits(code.len()) {
+            return None;
+        }
+        let off = align(self.used);
+        // SAFETY: off + len <= size, inside the RW mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.as_ptr().add(off), code.len())
+        };
+        self.used = off + code.len();
+        Some(self.rx.as_ptr() as usize + off)
+    }
+
+    /// Mark everything emitted so far as permanent (trampolines).
+    pub fn seal_base(&mut self) {
+        self.used = align(self.used);
+        self.base_used = self.used;
+    }
+
+    /// Id the next installed block's first exit will get.
+    pub fn next_exit_id(&self) -> u32 {
+        self.exits.len() as u32
+    }
+
+    /// Install a translation made for `next_addr()`. `register` = false makes
+    /// a one-off block (not looked up, not tied to its pages).
+    pub fn install(
+        &mut self,
+        eip: u32,
+        end: u32,
+        pages: (u32, u32),
+        t: Translation,
+        register: bool,
+    ) -> Option<BlockId> {
+        let host = self.put_raw(&t.code)?;
+        let id = self.blocks.len() as BlockId;
+        let first_exit = self.exits.len() as u32;
+        for e in &t.exits {
+            let ExitSite {
+                rel32_off,
+                tail_off,
+                target,
+            } = *e;
+            self.exits.push(Exit {
+                block: id,
+                rel32: host + rel32_off as usize,
+                tail: host + tail_off as usize,
+                target,
+                linked: None,
+            });
+        }
+        self.blocks.push(Block {
+            eip,
+            end,
+            host,
+            host_len: t.code.len(),
+            insn_map: t.insn_map,
+            first_exit,
+            exit_count: t.exits.len() as u32,
+            incoming: Vec::new(),
+            valid: register,
+            pages,
+        });
+        if register {
+            self.map.insert(eip, id);
+            self.page_blocks.entry(pages.0).or_default().push(id);
+            if pages.1 != pages.0 {
+                self.page_blocks.entry(pages.1).or_default().push(id);
+            }
+        }
+        Some(id)
+    }
+
+    pub fn lookup(&self, eip: u32) -> Option<BlockId> {
+        self.map.get(&eip).copied()
+    }
+
+    /// Write a rel32 field at RX address `field` through the RW mapping.
+    fn patch(&mut self, field: usize, target: usize) {
+        let off = field - self.rx.as_ptr() as usize;
+        let v = rel32(field, target);
+        // SAFETY: `field` is the rel32 of an exit inside the cache; the
+        // write goes through the RW alias of the same page.
+        unsafe { std::ptr::write_unaligned(self.rw.as_ptr().add(off) as *mut u32, v) };
+    }
+
+    /// Chain exit `exit` to block `to`.
+    pub fn link(&mut self, exit: u32, to: BlockId) -> bool {
+        let Some(e) = self.exits.get(exit as usize).copied() else {
+            return false;
+        };
+        let Some(b) = self.blocks.get(to as usize) else {
+            return false;
+        };
+        if !b.valid || e.linked.is_some() || !self.blocks[e.block as usize].valid {
+            return false;
+        }
+        let host = b.host;
+        self.patch(e.rel32, host);
+        self.exits[exit as usize].linked = Some(to);
+        self.blocks[to as usize].incoming.push(exit);
+        true
+    }
+
+    /// Invalidate every block whose code lies on guest page `page`; returns
+    /// how many. Chains into them are unlinked and jump-cache entries cleared.
+    pub fn invalidate_page(&mut self, page: u32, hot: &mut HotState) -> usize {
+        let ids = self.page_blocks.remove(&page).unwrap_or_default();
+        let mut n = 0;
+        for id in ids {
+            let b = &mut self.blocks[id as usize];
+            if !b.valid {
+                continue;
+            }
+            b.valid = false;
+            n += 1;
+            let (eip, host, pages) = (b.eip, b.host, b.pages);
+            let incoming = std::mem::take(&mut b.incoming);
+            if self.map.get(&eip) == Some(&id) {
+                self.map.remove(&eip);
+            }
+            let slot = jc_slot(eip);
+            if hot.jc_targets[slot] == host as u64 {
+                hot.jc_keys[slot] = JC_EMPTY_KEY;
+            }
+            for ex in incoming {
+                let e = self.exits[ex as usize];
+                if e.linked == Some(id) {
+                    self.patch(e.rel32, e.tail);
+                    self.exits[ex as usize].linked = None;
+                }
+            }
+            let other = if pages.0 == page { pages.1 } else { pages.0 };
+            if other != page {
+                if let Some(v) = self.page_blocks.get_mut(&other) {
+                    v.retain(|&x| x != id);
+                }
+            }
+        }
+        n
+    }
+
+    /// Does any valid block hold code from `page`?
+    pub fn page_has_code(&self, page: u32) -> bool {
+        self.page_blocks.get(&page).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Drop every block (the trampolines stay).
+    pub fn flush(&mut self, hot: &mut HotState) {
+        self.used = self.base_used;
+        self.blocks.clear();
+        self.map.clear();
+        self.exits.clear();
+        self.page_blocks.clear();
+        hot.jc_keys.fill(JC_EMPTY_KEY);
+        self.flushes += 1;
+    }
+
+    /// The block containing RX address `addr` (async-signal-safe: no allocation).
+    pub fn block_at(&self, addr: usize) -> Option<&Block> {
+        let idx = self.blocks.partition_point(|b| b.host <= addr);
+        let b = self.blocks.get(idx.checked_sub(1)?)?;
+        (addr < b.host + b.host_len).then_some(b)
+    }
+
+    /// Guest pages with registered code (for tracing/statistics).
+    pub fn code_pages(&self) -> usize {
+        self.page_blocks.values().filter(|v| !v.is_empty()).count()
+    }
+}
+
+/// The jump-cache slot of a guest EIP.
+pub fn jc_slot(eip: u32) -> usize {
+    (eip as usize) & (JUMP_CACHE_ENTRIES - 1)
+}
+
+/// Insert `eip -> host` into the jump cache.
+pub fn jc_insert(hot: &mut HotState, eip: u32, host: usize) {
+    let s = jc_slot(eip);
+    hot.jc_keys[s] = (eip as u64).wrapping_neg();
+    hot.jc_targets[s] = host as u64;
+}
+
+fn align(x: usize) -> usize {
+    (x + BLOCK_ALIGN - 1) & !(BLOCK_ALIGN - 1)
+}
+
+/// Guest page of an address.
+pub fn page_of(addr: u32) -> u32 {
+    addr & !(PAGE_SIZE as u32 - 1)
+}
+
+impl Drop for CodeCache {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the two mappings created in new().
+        unsafe {
+            libc::munmap(self.rw.as_ptr() as *mut libc::c_void, self.size);
+            libc::munmap(self.rx.as_ptr() as *mut libc::c_void, self.size);
+            libc::close(self.memfd);
+        }
+    }
+}

@@ -1,0 +1,789 @@
+//! Command-line parsing, accepting the spellings of `qemu-system-i386` so
+//! btvisor can be dropped into scripts written for QEMU.
+//!
+//! QEMU uses single-dash long options (`-kernel`, `-append`, ...), which clap
+//! cannot parse, so a fixed list of them is rewritten to `--kernel` etc.
+//! before clap sees the arguments. Genuine short options (`-m`, `-d`, `-D`,
+//! `-M`, `-s`, `-S`) are left alone. Options that only matter to QEMU
+//! (`-display none`, `-nographic`, ...) are accepted and ignored when their
+//! value means what btvisor does anyway, and rejected with a clear message
+//! otherwise.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+use thiserror::Error;
+
+/// Guest RAM when `-m` is not given.
+pub const DEFAULT_MEM_BYTES: u64 = 128 * MIB;
+/// Smallest accepted RAM size: room for low memory, the 1 MiB hole and a
+/// kernel.
+pub const MIN_MEM_BYTES: u64 = 2 * MIB;
+/// Largest accepted RAM size: guest RAM must stay below the 32-bit PCI/MMIO
+/// hole at 3 GiB.
+pub const MAX_MEM_BYTES: u64 = 3 * GIB;
+/// QEMU rounds the RAM size up to a multiple of 8 KiB.
+const MEM_ALIGN: u64 = 8 * KIB;
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+/// Longest fraction accepted in sizes like `1.5G` (keeps arithmetic exact).
+const MAX_FRACTION_DIGITS: usize = 9;
+
+/// Where the guest's COM1 output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    Stdout,
+    File(PathBuf),
+    Null,
+}
+
+/// Which `-d` trace classes are enabled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TraceFlags {
+    /// Guest instructions of each block as it is translated.
+    pub in_asm: bool,
+    /// Host code generated for each block.
+    pub out_asm: bool,
+    /// Each block as it is executed.
+    pub exec: bool,
+    /// Interrupts and exceptions.
+    pub int: bool,
+}
+
+/// The validated configuration of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Multiboot kernel image.
+    pub image: PathBuf,
+    /// Guest RAM size in bytes.
+    pub mem_bytes: u64,
+    /// Kernel command line (`-append`); empty if not given.
+    pub append: String,
+    pub serial: SerialTarget,
+    pub trace: TraceFlags,
+    /// File for trace/log output (`-D`); stderr if not given.
+    pub log_file: Option<PathBuf>,
+    /// Print execution statistics at exit.
+    pub stats: bool,
+}
+
+/// The `-d` classes with their descriptions, for validation and `-d help`.
+const TRACE_CLASSES: &[(&str, &str)] = &[
+    (
+        "in_asm",
+        "show guest code of each block as it is translated",
+    ),
+    (
+        "out_asm",
+        "show generated host code for each translated block",
+    ),
+    ("exec", "show each translated block as it is executed"),
+    ("int", "show interrupts and exceptions"),
+];
+
+/// Why the command line was rejected (or, for help, why nothing runs).
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// Usage errors found by clap, and `--help`/`--version` output.
+    #[error("{0}")]
+    Clap(#[from] clap::Error),
+    #[error("no kernel image given: use `btvisor IMAGE` or `btvisor -kernel IMAGE`")]
+    MissingImage,
+    #[error("kernel image given twice: `{positional}` and `-kernel {kernel}`; give only one")]
+    ImageGivenTwice { positional: String, kernel: String },
+    #[error("invalid memory size `{value}`: {reason}")]
+    InvalidMemSize { value: String, reason: &'static str },
+    #[error(
+        "memory size `{value}` ({bytes} bytes) is out of range: it must be between 2 MiB and 3 GiB"
+    )]
+    MemOutOfRange { value: String, bytes: u64 },
+    #[error("unsupported -serial `{0}`: use stdio, file:PATH, null or none")]
+    UnsupportedSerial(String),
+    #[error("only one -serial option is supported (btvisor has a single COM port)")]
+    MultipleSerial,
+    #[error("unknown -d log class `{0}` (use -d help to list them)")]
+    UnknownTraceClass(String),
+    /// `-d help`: the message is the list of classes.
+    #[error("{}", trace_help())]
+    TraceHelp,
+    #[error("unsupported -display `{0}`: btvisor has no display, only -display none is accepted")]
+    UnsupportedDisplay(String),
+    #[error("unsupported -device `{0}`: only isa-debug-exit is available")]
+    UnsupportedDevice(String),
+    #[error("unsupported -accel `{0}`: only tcg (binary translation) is available")]
+    UnsupportedAccel(String),
+    #[error(
+        "KVM is not used: btvisor runs guests by binary translation without hardware virtualization; drop {0}"
+    )]
+    KvmNotUsed(&'static str),
+    #[error("unsupported -smp `{0}`: btvisor emulates exactly one CPU")]
+    UnsupportedSmp(String),
+    #[error("unsupported -monitor `{0}`: btvisor has no monitor, only -monitor none is accepted")]
+    UnsupportedMonitor(String),
+    #[error("-{0} (gdb stub) is not supported")]
+    GdbStubUnsupported(char),
+}
+
+impl CliError {
+    /// True for requested output (`--help`, `--version`, `-d help`) rather
+    /// than a mistake: print it to stdout and exit successfully.
+    pub fn is_informational(&self) -> bool {
+        match self {
+            CliError::Clap(e) => matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ),
+            CliError::TraceHelp => true,
+            _ => false,
+        }
+    }
+
+    /// Process exit status to use for this error (clap's convention: 0 for
+    /// informational output, 2 for usage errors).
+    pub fn exit_code(&self) -> i32 {
+        if self.is_informational() { 0 } else { 2 }
+    }
+}
+
+fn trace_help() -> String {
+    let mut text = String::from("Log items (comma separated):\n");
+    for (name, what) in TRACE_CLASSES {
+        text.push_str(&format!("{name:<10} {what}\n"));
+    }
+    text
+}
+
+/// The raw clap view of the command line, before validation.
+#[derive(Debug, Parser)]
+#[command(
+    name = "btvisor",
+    bin_name = "btvisor",
+    version,
+    // Like QEMU, a repeated option's last value wins.
+    args_override_self = true,
+    about = "Userspace binary-translation VMM for 32-bit x86 Multiboot kernels",
+    after_help = "QEMU spellings such as -kernel, -append and -serial are accepted."
+)]
+struct RawArgs {
+    /// Multiboot kernel image to boot
+    #[arg(value_name = "IMAGE")]
+    image: Option<PathBuf>,
+    /// Multiboot kernel image (alternative to IMAGE)
+    #[arg(long, value_name = "IMAGE")]
+    kernel: Option<PathBuf>,
+    /// Guest RAM: [size=]N[K|M|G], MiB when no unit is given
+    #[arg(short = 'm', value_name = "SIZE")]
+    mem: Option<String>,
+    /// Kernel command line
+    #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
+    append: Option<String>,
+    /// COM1 output: stdio, file:PATH, null or none
+    #[arg(long, value_name = "DEV")]
+    serial: Vec<String>,
+    /// Enable trace classes: in_asm,out_asm,exec,int (or help)
+    #[arg(short = 'd', value_name = "ITEMS")]
+    trace: Vec<String>,
+    /// Write traces and logs to FILE instead of stderr
+    #[arg(short = 'D', value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Print execution statistics at exit
+    #[arg(long)]
+    stats: bool,
+
+    /// Accepted for QEMU compatibility: only `none`
+    #[arg(long, value_name = "TYPE")]
+    display: Vec<String>,
+    /// Accepted for QEMU compatibility (ignored)
+    #[arg(long)]
+    nographic: bool,
+    /// Accepted for QEMU compatibility (ignored)
+    #[arg(long = "no-reboot")]
+    no_reboot: bool,
+    /// Accepted for QEMU compatibility: only isa-debug-exit[,...]
+    #[arg(long, value_name = "DRIVER")]
+    device: Vec<String>,
+    /// Accepted for QEMU compatibility: only tcg
+    #[arg(long, value_name = "ACCEL")]
+    accel: Vec<String>,
+    /// Accepted for QEMU compatibility (ignored)
+    #[arg(short = 'M', long, value_name = "MACHINE")]
+    machine: Vec<String>,
+    /// Accepted for QEMU compatibility (ignored)
+    #[arg(long, value_name = "CPU")]
+    cpu: Vec<String>,
+    /// Accepted for QEMU compatibility: only one CPU
+    #[arg(long, value_name = "N")]
+    smp: Vec<String>,
+    /// Accepted for QEMU compatibility (ignored)
+    #[arg(long)]
+    nodefaults: bool,
+    /// Accepted for QEMU compatibility: only `none`
+    #[arg(long, value_name = "DEV")]
+    monitor: Vec<String>,
+    /// Rejected: btvisor does not use KVM
+    #[arg(long = "enable-kvm")]
+    enable_kvm: bool,
+    /// Rejected: no gdb stub
+    #[arg(short = 's')]
+    gdb: bool,
+    /// Rejected: no gdb stub
+    #[arg(short = 'S')]
+    freeze: bool,
+}
+
+/// QEMU's single-dash long options that we rewrite to `--name`, and whether
+/// each takes a value (whose token must then be passed through untouched).
+const SINGLE_DASH_LONG: &[(&str, bool)] = &[
+    ("kernel", true),
+    ("append", true),
+    ("serial", true),
+    ("display", true),
+    ("nographic", false),
+    ("no-reboot", false),
+    ("device", true),
+    ("accel", true),
+    ("machine", true),
+    ("cpu", true),
+    ("smp", true),
+    ("nodefaults", false),
+    ("monitor", true),
+    ("enable-kvm", false),
+    ("stats", false),
+    ("help", false),
+    ("version", false),
+];
+
+/// Short options that take a value as the next token.
+const SHORT_WITH_VALUE: &[&str] = &["-m", "-d", "-D", "-M"];
+
+/// Rewrites QEMU-style `-name` options to `--name`, leaving option values,
+/// short options and everything after `--` unchanged.
+fn rewrite_qemu_style(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    // The program name is never an option.
+    out.extend(iter.next());
+    let mut value_follows = false;
+    while let Some(arg) = iter.next() {
+        if value_follows {
+            value_follows = false;
+            out.push(arg);
+            continue;
+        }
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(iter.by_ref());
+            break;
+        }
+        let long_name = text.strip_prefix("--").or_else(|| text.strip_prefix('-'));
+        let known = long_name.and_then(|name| SINGLE_DASH_LONG.iter().find(|(n, _)| *n == name));
+        if let Some(&(name, takes_value)) = known {
+            value_follows = takes_value;
+            out.push(OsString::from(format!("--{name}")));
+        } else {
+            value_follows = SHORT_WITH_VALUE.contains(&text);
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// Parses the command line (`args` includes the program name first, as in
+/// `std::env::args_os()`) into a validated [`Config`].
+pub fn parse_args<I, T>(args: I) -> Result<Config, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let raw = RawArgs::try_parse_from(rewrite_qemu_style(args))?;
+    validate(raw)
+}
+
+fn validate(raw: RawArgs) -> Result<Config, CliError> {
+    // First, so that `-d help` works without an image.
+    let mut trace = TraceFlags::default();
+    for list in &raw.trace {
+        parse_trace(list, &mut trace)?;
+    }
+    if raw.enable_kvm {
+        return Err(CliError::KvmNotUsed("-enable-kvm"));
+    }
+    if raw.gdb {
+        return Err(CliError::GdbStubUnsupported('s'));
+    }
+    if raw.freeze {
+        return Err(CliError::GdbStubUnsupported('S'));
+    }
+    for accel in &raw.accel {
+        check_accel(accel)?;
+    }
+    for display in &raw.display {
+        if first_component(display) != "none" {
+            return Err(CliError::UnsupportedDisplay(display.clone()));
+        }
+    }
+    for device in &raw.device {
+        if first_component(device) != "isa-debug-exit" {
+            return Err(CliError::UnsupportedDevice(device.clone()));
+        }
+    }
+    for smp in &raw.smp {
+        check_smp(smp)?;
+    }
+    for monitor in &raw.monitor {
+        if monitor != "none" {
+            return Err(CliError::UnsupportedMonitor(monitor.clone()));
+        }
+    }
+    // -machine, -cpu, -nographic, -no-reboot and -nodefaults describe what
+    // btvisor does anyway (one fixed PC, no display, exit on reset).
+    let _ = (
+        &raw.machine,
+        &raw.cpu,
+        raw.nographic,
+        raw.no_reboot,
+        raw.nodefaults,
+    );
+
+    let image = match (raw.image, raw.kernel) {
+        (Some(image), None) | (None, Some(image)) => image,
+        (None, None) => return Err(CliError::MissingImage),
+        (Some(positional), Some(kernel)) => {
+            return Err(CliError::ImageGivenTwice {
+                positional: positional.display().to_string(),
+                kernel: kernel.display().to_string(),
+            });
+        }
+    };
+    let serial = match raw.serial.as_slice() {
+        [] => SerialTarget::Stdout,
+        [one] => parse_serial(one)?,
+        _ => return Err(CliError::MultipleSerial),
+    };
+    let mem_bytes = match &raw.mem {
+        Some(spec) => parse_mem(spec)?,
+        None => DEFAULT_MEM_BYTES,
+    };
+    Ok(Config {
+        image,
+        mem_bytes,
+        append: raw.append.unwrap_or_default(),
+        serial,
+        trace,
+        log_file: raw.log_file,
+        stats: raw.stats,
+    })
+}
+
+/// The driver/backend name before any `,key=value` properties.
+fn first_component(value: &str) -> &str {
+    value.split(',').next().unwrap_or(value)
+}
+
+fn check_accel(accel: &str) -> Result<(), CliError> {
+    match first_component(accel) {
+        "tcg" => Ok(()),
+        "kvm" => Err(CliError::KvmNotUsed("-accel kvm")),
+        _ => Err(CliError::UnsupportedAccel(accel.to_owned())),
+    }
+}
+
+/// Accepts `-smp` values that ask for a single CPU: `1`, `cpus=1`, and any
+/// other topology properties equal to 1.
+fn check_smp(smp: &str) -> Result<(), CliError> {
+    for part in smp.split(',') {
+        let count = part.split_once('=').map_or(part, |(_, v)| v);
+        if count != "1" {
+            return Err(CliError::UnsupportedSmp(smp.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn parse_serial(spec: &str) -> Result<SerialTarget, CliError> {
+    match spec {
+        // QEMU's -nographic default `mon:stdio` multiplexes the monitor; we
+        // have none, so it is plain stdio.
+        "stdio" | "mon:stdio" => Ok(SerialTarget::Stdout),
+        "null" | "none" => Ok(SerialTarget::Null),
+        _ => match spec.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialTarget::File(PathBuf::from(path))),
+            _ => Err(CliError::UnsupportedSerial(spec.to_owned())),
+        },
+    }
+}
+
+fn parse_trace(list: &str, trace: &mut TraceFlags) -> Result<(), CliError> {
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item {
+            "in_asm" => trace.in_asm = true,
+            "out_asm" => trace.out_asm = true,
+            "exec" => trace.exec = true,
+            "int" => trace.int = true,
+            "help" => return Err(CliError::TraceHelp),
+            _ => return Err(CliError::UnknownTraceClass(item.to_owned())),
+        }
+    }
+    Ok(())
+}
+
+/// Parses QEMU's `-m [size=]N[suffix]` into bytes, rounded up to 8 KiB like
+/// QEMU, and checks the supported range.
+fn parse_mem(spec: &str) -> Result<u64, CliError> {
+    let invalid = |reason| CliError::InvalidMemSize {
+        value: spec.to_owned(),
+        reason,
+    };
+    if spec.contains(',') {
+        return Err(invalid(
+            "memory hotplug options (slots, maxmem) are not supported",
+        ));
+    }
+    let size = spec.strip_prefix("size=").unwrap_or(spec);
+    let bytes = parse_size_mib_default(size).map_err(invalid)?;
+    let bytes = bytes
+        .checked_next_multiple_of(MEM_ALIGN)
+        .ok_or(invalid("size is too large"))?;
+    if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&bytes) {
+        return Err(CliError::MemOutOfRange {
+            value: spec.to_owned(),
+            bytes,
+        });
+    }
+    Ok(bytes)
+}
+
+/// `N[.F][B|K|M|G|T]`, case-insensitive suffix, MiB when there is none.
+fn parse_size_mib_default(size: &str) -> Result<u64, &'static str> {
+    let digits_end = size
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(size.len());
+    let (number, suffix) = size.split_at(digits_end);
+    let unit = match suffix.to_ascii_uppercase().as_str() {
+        "" | "M" => MIB,
+        "B" => 1,
+        "K" => KIB,
+        "G" => GIB,
+        "T" => TIB,
+        _ => return Err("unknown unit suffix (use K, M or G)"),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a number");
+    }
+    if fraction.len() > MAX_FRACTION_DIGITS || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("malformed fraction");
+    }
+    let too_large = "size is too large";
+    let whole: u64 = whole.parse().map_err(|_| too_large)?;
+    let mut bytes = whole.checked_mul(unit).ok_or(too_large)?;
+    if !fraction.is_empty() {
+        // Both parsed from at most MAX_FRACTION_DIGITS digits: no overflow
+        // in u128 when multiplied by a unit of at most 2^40.
+        let scale = 10u128.pow(fraction.len() as u32);
+        let frac: u128 = fraction.parse().map_err(|_| "malformed fraction")?;
+        let extra = u64::try_from(frac * u128::from(unit) / scale).map_err(|_| too_large)?;
+        bytes = bytes.checked_add(extra).ok_or(too_large)?;
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, CliError> {
+        parse_args(std::iter::once("btvisor").chain(args.iter().copied()))
+    }
+
+    fn ok(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(config) => config,
+            Err(err) => panic!("{args:?} rejected: {err}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> CliError {
+        match parse(args) {
+            Ok(config) => panic!("{args:?} accepted: {config:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok(&["kernel.elf"]);
+        assert_eq!(
+            c,
+            Config {
+                image: PathBuf::from("kernel.elf"),
+                mem_bytes: 128 * MIB,
+                append: String::new(),
+                serial: SerialTarget::Stdout,
+                trace: TraceFlags::default(),
+                log_file: None,
+                stats: false,
+            }
+        );
+    }
+
+    #[test]
+    fn kernel_option_spellings() {
+        assert_eq!(ok(&["-kernel", "k.bin"]).image, PathBuf::from("k.bin"));
+        assert_eq!(ok(&["--kernel", "k.bin"]).image, PathBuf::from("k.bin"));
+        assert_eq!(ok(&["--kernel=k.bin"]).image, PathBuf::from("k.bin"));
+        assert_eq!(
+            ok(&["-m", "64", "-kernel", "k.bin", "-append", "x"]).image,
+            PathBuf::from("k.bin")
+        );
+    }
+
+    #[test]
+    fn image_missing_or_twice() {
+        assert!(matches!(err(&[]), CliError::MissingImage));
+        assert!(matches!(err(&["-m", "64"]), CliError::MissingImage));
+        let e = err(&["a.elf", "-kernel", "b.elf"]);
+        assert!(matches!(e, CliError::ImageGivenTwice { .. }));
+        assert!(e.to_string().contains("a.elf") && e.to_string().contains("b.elf"));
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(ok(&["-m", "128M", "k"]).mem_bytes, 128 * MIB);
+        assert_eq!(ok(&["-m", "128", "k"]).mem_bytes, 128 * MIB);
+        assert_eq!(ok(&["-m", "size=256M", "k"]).mem_bytes, 256 * MIB);
+        assert_eq!(ok(&["-m", "1G", "k"]).mem_bytes, GIB);
+        assert_eq!(ok(&["-m", "1g", "k"]).mem_bytes, GIB);
+        assert_eq!(ok(&["-m", "4096K", "k"]).mem_bytes, 4 * MIB);
+        assert_eq!(ok(&["-m", "1.5G", "k"]).mem_bytes, GIB + GIB / 2);
+        assert_eq!(ok(&["-m", "3G", "k"]).mem_bytes, 3 * GIB);
+        assert_eq!(ok(&["-m", "2", "k"]).mem_bytes, 2 * MIB);
+        assert_eq!(ok(&["-m64", "k"]).mem_bytes, 64 * MIB);
+        // Rounded up to 8 KiB like QEMU.
+        assert_eq!(ok(&["-m", "4097K", "k"]).mem_bytes, 4 * MIB + 8 * KIB);
+    }
+
+    #[test]
+    fn memory_size_errors_name_the_value() {
+        for bad in ["1", "1M", "4G", "3073M", "0"] {
+            let e = err(&["-m", bad, "k"]);
+            assert!(matches!(e, CliError::MemOutOfRange { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(bad));
+        }
+        for bad in [
+            "",
+            "abc",
+            "12Q",
+            "M",
+            "1.2.3",
+            "size=",
+            "128M,slots=2",
+            "99999999999999999999",
+            "9999999999T",
+        ] {
+            let e = err(&["-m", bad, "k"]);
+            assert!(matches!(e, CliError::InvalidMemSize { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn repeated_options_last_wins_like_qemu() {
+        let c = ok(&["-append", "a", "-append", "b", "-m", "16", "-m", "32", "k"]);
+        assert_eq!(c.append, "b");
+        assert_eq!(c.mem_bytes, 32 * MIB);
+    }
+
+    #[test]
+    fn append_spellings_and_hyphen_values() {
+        assert_eq!(
+            ok(&["-append", "console=ttyS0 root=/dev/x", "k"]).append,
+            "console=ttyS0 root=/dev/x"
+        );
+        assert_eq!(ok(&["--append", "a b", "k"]).append, "a b");
+        // Values are never rewritten, even when they look like options.
+        assert_eq!(ok(&["-append", "-kernel", "k"]).append, "-kernel");
+        assert_eq!(ok(&["-append", "-v", "k"]).append, "-v");
+    }
+
+    #[test]
+    fn serial_targets() {
+        assert_eq!(ok(&["-serial", "stdio", "k"]).serial, SerialTarget::Stdout);
+        assert_eq!(
+            ok(&["-serial", "mon:stdio", "k"]).serial,
+            SerialTarget::Stdout
+        );
+        assert_eq!(ok(&["-serial", "null", "k"]).serial, SerialTarget::Null);
+        assert_eq!(ok(&["-serial", "none", "k"]).serial, SerialTarget::Null);
+        assert_eq!(
+            ok(&["-serial", "file:/tmp/out.txt", "k"]).serial,
+            SerialTarget::File("/tmp/out.txt".into())
+        );
+        for bad in ["tcp::4444", "file:", "pty"] {
+            let e = err(&["-serial", bad, "k"]);
+            assert!(
+                matches!(e, CliError::UnsupportedSerial(ref s) if s == bad),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            err(&["-serial", "stdio", "-serial", "null", "k"]),
+            CliError::MultipleSerial
+        ));
+    }
+
+    #[test]
+    fn trace_classes() {
+        let t = ok(&["-d", "in_asm,out_asm", "k"]).trace;
+        assert_eq!(
+            t,
+            TraceFlags {
+                in_asm: true,
+                out_asm: true,
+                exec: false,
+                int: false
+            }
+        );
+        let t = ok(&["-d", "exec", "-d", "int", "k"]).trace;
+        assert_eq!(
+            t,
+            TraceFlags {
+                in_asm: false,
+                out_asm: false,
+                exec: true,
+                int: true
+            }
+        );
+        let e = err(&["-d", "in_asm,bogus", "k"]);
+        assert!(matches!(e, CliError::UnknownTraceClass(ref c) if c == "bogus"));
+        assert!(e.to_string().contains("bogus"));
+        let help = err(&["-d", "help"]);
+        assert!(help.is_informational());
+        assert_eq!(help.exit_code(), 0);
+        assert!(help.to_string().contains("out_asm"));
+    }
+
+    #[test]
+    fn log_file_and_stats() {
+        let c = ok(&["-D", "/tmp/log", "--stats", "k"]);
+        assert_eq!(c.log_file, Some(PathBuf::from("/tmp/log")));
+        assert!(c.stats);
+        assert!(ok(&["-stats", "k"]).stats);
+    }
+
+    #[test]
+    fn qemu_compat_options_are_ignored() {
+        let c = ok(&[
+            "-display",
+            "none",
+            "-nographic",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x4",
+            "-accel",
+            "tcg",
+            "-machine",
+            "pc",
+            "-M",
+            "q35",
+            "-cpu",
+            "pentium",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-monitor",
+            "none",
+            "-kernel",
+            "k",
+            "-m",
+            "32M",
+            "-serial",
+            "stdio",
+        ]);
+        assert_eq!(c.image, PathBuf::from("k"));
+        assert_eq!(c.mem_bytes, 32 * MIB);
+        assert!(parse(&["-device", "isa-debug-exit", "k"]).is_ok());
+        assert!(parse(&["-smp", "cpus=1", "k"]).is_ok());
+        assert!(parse(&["-accel", "tcg,thread=single", "k"]).is_ok());
+    }
+
+    #[test]
+    fn unsupported_compat_values_are_errors_naming_them() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["-device", "e1000", "k"], "e1000"),
+            (&["-display", "gtk", "k"], "gtk"),
+            (&["-accel", "hvf", "k"], "hvf"),
+            (&["-smp", "4", "k"], "4"),
+            (&["-monitor", "stdio", "k"], "stdio"),
+        ];
+        for (args, name) in cases {
+            let e = err(args);
+            assert!(e.to_string().contains(name), "{args:?}: {e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn kvm_is_rejected_clearly() {
+        let e = err(&["-enable-kvm", "k"]);
+        assert!(matches!(e, CliError::KvmNotUsed(_)));
+        assert!(e.to_string().contains("KVM"));
+        assert!(matches!(
+            err(&["-accel", "kvm", "k"]),
+            CliError::KvmNotUsed(_)
+        ));
+    }
+
+    #[test]
+    fn gdb_stub_options_are_rejected() {
+        assert!(matches!(
+            err(&["-s", "k"]),
+            CliError::GdbStubUnsupported('s')
+        ));
+        assert!(matches!(
+            err(&["-S", "k"]),
+            CliError::GdbStubUnsupported('S')
+        ));
+    }
+
+    #[test]
+    fn unknown_options_are_clap_errors() {
+        let e = err(&["-initrd", "x", "k"]);
+        assert!(matches!(e, CliError::Clap(_)));
+        assert!(!e.is_informational());
+        let e = err(&["--bogus", "k"]);
+        assert!(matches!(e, CliError::Clap(_)));
+    }
+
+    #[test]
+    fn help_and_version_are_informational() {
+        for flag in ["--help", "-help", "-h", "--version", "-version"] {
+            let e = err(&[flag]);
+            assert!(e.is_informational(), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn rewrite_leaves_values_and_double_dash_alone() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            rewrite_qemu_style(args(&[
+                "prog", "-kernel", "-append", "-m", "-kernel", "--", "-serial"
+            ])),
+            args(&[
+                "prog", "--kernel", "-append", "-m", "-kernel", "--", "-serial"
+            ])
+        );
+        assert_eq!(
+            rewrite_qemu_style(args(&["-kernel", "-nographic", "-d", "-nographic", "x"])),
+            args(&["-kernel", "--nographic", "-d", "-nographic", "x"])
+        );
+    }
+}

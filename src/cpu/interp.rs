@@ -1,0 +1,1315 @@
+//! The VMM's own execution of the instructions translated code leaves to it:
+//! privileged and sensitive instructions, port I/O, CPUID, the BCD
+//! instructions 64-bit mode removed, and rare 16-bit forms. Each runs on the
+//! saved vCPU state with the architectural checks of the guest's CPL.
+
+use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
+
+use super::{
+    Cpu, EAX, EBP, ECX, EDI, EDX, ESI, ESP, Exception, SEG_CS, SEG_DS, SEG_ES, SEG_FS, SEG_GS,
+    SEG_SS, Segment, TableReg, cpuid, flags, vector,
+};
+use crate::devices::{IoEffect, PortBus};
+use crate::memory::{GuestMemory, PAGE_SIZE};
+
+/// What the dispatcher does after an emulated instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Continue at the next instruction.
+    Next,
+    /// Continue at this EIP.
+    Jump(u32),
+    /// HLT executed (EIP already past it).
+    Halt,
+    /// The guest asked the machine to exit (isa-debug-exit) with this status.
+    Exit(i32),
+}
+
+/// Known MSRs.
+mod msr {
+    pub const TSC: u32 = 0x10;
+    pub const APIC_BASE: u32 = 0x1B;
+    pub const SYSENTER_CS: u32 = 0x174;
+    pub const SYSENTER_ESP: u32 = 0x175;
+    pub const SYSENTER_EIP: u32 = 0x176;
+    /// APIC base reset value: 0xFEE00000, enabled, bootstrap processor.
+    pub const APIC_BASE_VALUE: u64 = 0xFEE0_0900;
+}
+
+/// Writable EFLAGS bits for POPF/IRET at CPL 0.
+const POPF_MASK: u32 = flags::CF
+    | flags::PF
+    | flags::AF
+    | flags::ZF
+    | flags::SF
+    | flags::TF
+    | flags::IF
+    | flags::DF
+    | flags::OF
+    | flags::IOPL
+    | flags::NT
+    | flags::AC
+    | flags::ID;
+
+/// Everything an emulated instruction may touch.
+pub struct Env<'a> {
+    pub cpu: &'a mut Cpu,
+    pub mem: &'a mut GuestMemory,
+    pub io: &'a mut PortBus,
+    /// Guest pages written by the VMM (their translations must be dropped).
+    pub written: &'a mut Vec<u32>,
+}
+
+type R<T> = Result<T, Exception>;
+
+fn gp0() -> Exception {
+    Exception::with_code(vector::GP, 0)
+}
+
+fn ud() -> Exception {
+    Exception::new(vector::UD)
+}
+
+fn gpr_index(r: Register) -> Option<usize> {
+    let n = match r.full_register32() {
+        Register::EAX => EAX,
+        Register::ECX => ECX,
+        Register::EDX => EDX,
+        Register::EBX => 3,
+        Register::ESP => ESP,
+        Register::EBP => EBP,
+        Register::ESI => ESI,
+        Register::EDI => EDI,
+        _ => return None,
+    };
+    Some(n)
+}
+
+fn seg_index(r: Register) -> Option<usize> {
+    Some(match r {
+        Register::ES => SEG_ES,
+        Register::CS => SEG_CS,
+        Register::SS => SEG_SS,
+        Register::DS => SEG_DS,
+        Register::FS => SEG_FS,
+        Register::GS => SEG_GS,
+        _ => return None,
+    })
+}
+
+fn parity(v: u8) -> bool {
+    v.count_ones() % 2 == 0
+}
+
+impl Env<'_> {
+    fn reg(&self, r: Register) -> u32 {
+        let Some(n) = gpr_index(r) else { return 0 };
+        let v = self.cpu.reg(n);
+        match r.size() {
+            1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+                (v >> 8) & 0xFF
+            }
+            1 => v & 0xFF,
+            2 => v & 0xFFFF,
+            _ => v,
+        }
+    }
+
+    fn set_reg(&mut self, r: Register, val: u32) {
+        let Some(n) = gpr_index(r) else { return };
+        let old = self.cpu.reg(n);
+        let v = match r.size() {
+            1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
+                (old & !0xFF00) | ((val & 0xFF) << 8)
+            }
+            1 => (old & !0xFF) | (val & 0xFF),
+            2 => (old & !0xFFFF) | (val & 0xFFFF),
+            _ => val,
+        };
+        self.cpu.set_reg(n, v);
+    }
+
+    /// Effective address (offset within the segment) of the memory operand.
+    fn offset(&self, i: &Instruction) -> u32 {
+        let sixteen = i.memory_displ_size() == 2
+            || matches!(
+                i.memory_base(),
+                Register::BX | Register::BP | Register::SI | Register::DI
+            );
+        let mut a = i.memory_displacement32();
+        if i.memory_base() != Register::None {
+            a = a.wrapping_add(self.reg(i.memory_base()));
+        }
+        if i.memory_index() != Register::None {
+            a = a.wrapping_add(
+                self.reg(i.memory_index())
+                    .wrapping_mul(i.memory_index_scale()),
+            );
+        }
+        if sixteen { a & 0xFFFF } else { a }
+    }
+
+    /// Linear address of the memory operand.
+    fn ea(&self, i: &Instruction) -> R<u32> {
+        let seg = seg_index(i.memory_segment()).unwrap_or(SEG_DS);
+        Ok(self.cpu.seg[seg].base.wrapping_add(self.offset(i)))
+    }
+
+    pub fn read(&self, addr: u32, size: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.mem.read(addr, &mut b[..size]);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn write(&mut self, addr: u32, size: usize, v: u32) {
+        self.mem.write(addr, &v.to_le_bytes()[..size]);
+        let first = addr & !(PAGE_SIZE as u32 - 1);
+        let last = addr.wrapping_add(size as u32 - 1) & !(PAGE_SIZE as u32 - 1);
+        for p in [first, last] {
+            if self.mem.is_protected(p) && !self.written.contains(&p) {
+                self.written.push(p);
+            }
+        }
+    }
+
+    /// Operand `n` (register, immediate or memory) of `size` bytes.
+    fn op(&self, i: &Instruction, n: u32, size: usize) -> R<u32> {
+        Ok(match i.op_kind(n) {
+            OpKind::Register => {
+                let r = i.op_register(n);
+                if let Some(s) = seg_index(r) {
+                    self.cpu.seg[s].selector as u32
+                } else {
+                    self.reg(r)
+                }
+            }
+            OpKind::Memory => {
+                let a = self.ea(i)?;
+                self.read(a, size)
+            }
+            _ => i.immediate(n) as u32,
+        })
+    }
+
+    fn set_op(&mut self, i: &Instruction, n: u32, size: usize, v: u32) -> R<()> {
+        match i.op_kind(n) {
+            OpKind::Register => {
+                let r = i.op_register(n);
+                // A segment register stored into a 32-bit register zero-extends.
+                let r = if size == 4 && r.size() == 2 {
+                    r.full_register32()
+                } else {
+                    r
+                };
+                self.set_reg(r, v);
+            }
+            OpKind::Memory => {
+                let a = self.ea(i)?;
+                self.write(a, size, v);
+            }
+            _ => return Err(ud()),
+        }
+        Ok(())
+    }
+
+    fn stack_addr(&self, esp: u32) -> u32 {
+        self.cpu.seg[SEG_SS].base.wrapping_add(esp)
+    }
+
+    fn push(&mut self, v: u32, size: usize) {
+        let esp = self.cpu.reg(ESP).wrapping_sub(size as u32);
+        let a = self.stack_addr(esp);
+        self.write(a, size, v);
+        self.cpu.set_reg(ESP, esp);
+    }
+
+    fn pop(&mut self, size: usize) -> u32 {
+        let esp = self.cpu.reg(ESP);
+        let v = self.read(self.stack_addr(esp), size);
+        self.cpu.set_reg(ESP, esp.wrapping_add(size as u32));
+        v
+    }
+
+    fn io_allowed(&self) -> bool {
+        (self.cpu.cpl as u32) <= (self.cpu.eflags() & flags::IOPL) >> 12
+    }
+
+    fn require_cpl0(&self) -> R<()> {
+        if self.cpu.cpl == 0 {
+            Ok(())
+        } else {
+            Err(gp0())
+        }
+    }
+
+    fn port_in(&mut self, port: u16, size: usize) -> u32 {
+        self.io.read(port, size as u8)
+    }
+
+    fn port_out(&mut self, port: u16, size: usize, v: u32) -> Option<i32> {
+        match self.io.write(port, size as u8, v) {
+            IoEffect::Exit(code) => Some(code),
+            IoEffect::None => None,
+        }
+    }
+
+    /// Read a descriptor for `sel` from the GDT or LDT.
+    fn descriptor(&self, sel: u16) -> R<u64> {
+        let table = if sel & 4 != 0 {
+            TableReg {
+                base: self.cpu.ldtr.base,
+                limit: self.cpu.ldtr.limit.min(0xFFFF) as u16,
+            }
+        } else {
+            self.cpu.gdtr
+        };
+        let off = (sel & !7) as u32;
+        if off + 7 > table.limit as u32 {
+            return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
+        }
+        let a = table.base.wrapping_add(off);
+        Ok(self.read(a, 4) as u64 | (self.read(a.wrapping_add(4), 4) as u64) << 32)
+    }
+
+    /// Set the accessed bit of a descriptor in memory, as the CPU does on load.
+    fn set_accessed(&mut self, sel: u16, d: u64) {
+        if d & (1 << 40) != 0 {
+            return;
+        }
+        let base = if sel & 4 != 0 {
+            self.cpu.ldtr.base
+        } else {
+            self.cpu.gdtr.base
+        };
+        let a = base.wrapping_add((sel & !7) as u32 + 5);
+        let b = self.read(a, 1) | 1;
+        self.write(a, 1, b);
+    }
+
+    /// Load a data or stack segment register with protected-mode checks.
+    fn load_seg(&mut self, seg: usize, sel: u16) -> R<()> {
+        let err = (sel & 0xFFFC) as u32;
+        if self.cpu.cr[0] & 1 == 0 {
+            let s = &mut self.cpu.seg[seg];
+            s.selector = sel;
+            s.base = (sel as u32) << 4;
+            return Ok(());
+        }
+        if sel & 0xFFFC == 0 {
+            if seg == SEG_SS {
+                return Err(gp0());
+            }
+            self.cpu.seg[seg] = Segment {
+                selector: sel,
+                base: 0,
+                limit: 0,
+                attr: 0,
+            };
+            return Ok(());
+        }
+        let d = self.descriptor(sel)?;
+        let s = Segment::from_descriptor(sel, d);
+        let is_system = s.attr & 0x10 == 0;
+        let is_code = s.attr & 0x08 != 0;
+        let readable = !is_code || s.attr & 0x02 != 0;
+        let writable = !is_code && s.attr & 0x02 != 0;
+        let dpl = ((s.attr >> 5) & 3) as u8;
+        let rpl = (sel & 3) as u8;
+        let cpl = self.cpu.cpl;
+        if seg == SEG_SS {
+            if is_system || !writable || rpl != cpl || dpl != cpl {
+                return Err(Exception::with_code(vector::GP, err));
+            }
+            if s.attr & 0x80 == 0 {
+                return Err(Exception::with_code(vector::SS, err));
+            }
+        } else {
+            let conforming = is_code && s.attr & 0x04 != 0;
+            if is_system || !readable || (!conforming && (rpl > dpl || cpl > dpl)) {
+                return Err(Exception::with_code(vector::GP, err));
+            }
+            if s.attr & 0x80 == 0 {
+                return Err(Exception::with_code(vector::NP, err));
+            }
+        }
+        self.set_accessed(sel, d);
+        let mut s = s;
+        s.attr |= 1;
+        self.cpu.seg[seg] = s;
+        Ok(())
+    }
+
+    /// Far transfer to `sel:off` within the same privilege level.
+    fn load_cs(&mut self, sel: u16) -> R<()> {
+        let err = (sel & 0xFFFC) as u32;
+        if self.cpu.cr[0] & 1 == 0 {
+            let s = &mut self.cpu.seg[SEG_CS];
+            s.selector = sel;
+            s.base = (sel as u32) << 4;
+            return Ok(());
+        }
+        if sel & 0xFFFC == 0 {
+            return Err(gp0());
+        }
+        let d = self.descriptor(sel)?;
+        let s = Segment::from_descriptor(sel, d);
+        let is_code = s.attr & 0x18 == 0x18;
+        let dpl = ((s.attr >> 5) & 3) as u8;
+        let conforming = s.attr & 0x04 != 0;
+        let cpl = self.cpu.cpl;
+        if !is_code
+            || (conforming && dpl > cpl)
+            || (!conforming && (dpl != cpl || (sel & 3) as u8 > cpl))
+        {
+            // Gates and privilege changes arrive with the protected-mode milestone.
+            return Err(Exception::with_code(vector::GP, err));
+        }
+        if s.attr & 0x80 == 0 {
+            return Err(Exception::with_code(vector::NP, err));
+        }
+        self.set_accessed(sel, d);
+        let mut s = s;
+        s.attr |= 1;
+        s.selector = (sel & !3) | cpl as u16;
+        self.cpu.seg[SEG_CS] = s;
+        Ok(())
+    }
+
+    fn cond(&self, cc: ConditionCode) -> bool {
+        let f = self.cpu.eflags();
+        let (c, z, s, o, p) = (
+            f & flags::CF != 0,
+            f & flags::ZF != 0,
+            f & flags::SF != 0,
+            f & flags::OF != 0,
+            f & flags::PF != 0,
+        );
+        match cc {
+            ConditionCode::o => o,
+            ConditionCode::no => !o,
+            ConditionCode::b => c,
+            ConditionCode::ae => !c,
+            ConditionCode::e => z,
+            ConditionCode::ne => !z,
+            ConditionCode::be => c || z,
+            ConditionCode::a => !c && !z,
+            ConditionCode::s => s,
+            ConditionCode::ns => !s,
+            ConditionCode::p => p,
+            ConditionCode::np => !p,
+            ConditionCode::l => s != o,
+            ConditionCode::ge => s == o,
+            ConditionCode::le => z || s != o,
+            ConditionCode::g => !z && s == o,
+            ConditionCode::None => true,
+        }
+    }
+
+    fn set_flag(&mut self, bit: u32, on: bool) {
+        let f = self.cpu.eflags();
+        self.cpu.set_eflags(if on { f | bit } else { f & !bit });
+    }
+
+    fn flag(&self, bit: u32) -> bool {
+        self.cpu.eflags() & bit != 0
+    }
+
+    /// SF, ZF and PF from an 8-bit result.
+    fn szp8(&mut self, v: u8) {
+        self.set_flag(flags::SF, v & 0x80 != 0);
+        self.set_flag(flags::ZF, v == 0);
+        self.set_flag(flags::PF, parity(v));
+    }
+}
+
+/// Execute one instruction that translated code left to the VMM.
+pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
+    use Mnemonic as M;
+    let osize: usize = match i.code() {
+        Code::Pushfw
+        | Code::Popfw
+        | Code::Iretw
+        | Code::Retfw
+        | Code::Retfw_imm16
+        | Code::Pushaw
+        | Code::Popaw => 2,
+        _ => {
+            if i.op_count() > 0 && i.op0_kind() == OpKind::Register {
+                i.op0_register().size().clamp(1, 4)
+            } else {
+                4
+            }
+        }
+    };
+    match i.mnemonic() {
+        M::Nop => {}
+        M::Lea => {
+            let v = env.offset(i);
+            env.set_reg(i.op0_register(), v);
+        }
+        M::In => {
+            let size = i.op0_register().size();
+            let port = if i.op1_kind() == OpKind::Register {
+                env.reg(Register::DX) as u16
+            } else {
+                i.immediate8() as u16
+            };
+            check_io(env, port, size)?;
+            let v = env.port_in(port, size);
+            env.set_reg(i.op0_register(), v);
+        }
+        M::Out => {
+            let size = i.op1_register().size();
+            let port = if i.op0_kind() == OpKind::Register {
+                env.reg(Register::DX) as u16
+            } else {
+                i.immediate8() as u16
+            };
+            check_io(env, port, size)?;
+            let v = env.reg(i.op1_register());
+            if let Some(code) = env.port_out(port, size, v) {
+                return Ok(Flow::Exit(code));
+            }
+        }
+        M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => return string_io(env, i),
+        M::Cpuid => {
+            let r = cpuid::cpuid(env.cpu.reg(EAX), env.cpu.reg(ECX));
+            env.cpu.set_reg(EAX, r[0]);
+            env.cpu.set_reg(3, r[1]);
+            env.cpu.set_reg(ECX, r[2]);
+            env.cpu.set_reg(EDX, r[3]);
+        }
+        M::Hlt => {
+            env.require_cpl0()?;
+            return Ok(Flow::Halt);
+        }
+        M::Cli | M::Sti => {
+            if !env.io_allowed() {
+                return Err(gp0());
+            }
+            env.set_flag(flags::IF, i.mnemonic() == M::Sti);
+        }
+        M::Pushf | M::Pushfd => {
+            let f = env.cpu.eflags() & !(flags::VM | flags::RF);
+            env.push(f, osize);
+        }
+        M::Popf | M::Popfd => {
+            let v = env.pop(osize);
+            let mut mask = POPF_MASK;
+            if env.cpu.cpl > 0 {
+                mask &= !flags::IOPL;
+                if !env.io_allowed() {
+                    mask &= !flags::IF;
+                }
+            }
+            if osize == 2 {
+                mask &= 0xFFFF;
+            }
+            let f = env.cpu.eflags();
+            env.cpu.set_eflags((f & !mask) | (v & mask));
+        }
+        M::Push if i.op0_kind() == OpKind::Register && i.op0_register().is_segment_register() => {
+            let sel = env.cpu.seg[seg_index(i.op0_register()).unwrap_or(SEG_DS)].selector as u32;
+            let size = if i.code() == Code::Pushd_ES
+                || matches!(
+                    i.code(),
+                    Code::Pushd_CS
+                        | Code::Pushd_SS
+                        | Code::Pushd_DS
+                        | Code::Pushd_FS
+                        | Code::Pushd_GS
+                ) {
+                4
+            } else {
+                2
+            };
+            // A 32-bit push of a segment register writes only the low word.
+            let esp = env.cpu.reg(ESP).wrapping_sub(size as u32);
+            let a = env.stack_addr(esp);
+            env.write(a, 2, sel);
+            env.cpu.set_reg(ESP, esp);
+        }
+        M::Pop if i.op0_kind() == OpKind::Register && i.op0_register().is_segment_register() => {
+            let size = if matches!(
+                i.code(),
+                Code::Popd_ES | Code::Popd_SS | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS
+            ) {
+                4
+            } else {
+                2
+            };
+            let esp = env.cpu.reg(ESP);
+            let sel = env.read(env.stack_addr(esp), 2) as u16;
+            env.load_seg(seg_index(i.op0_register()).unwrap_or(SEG_DS), sel)?;
+            env.cpu.set_reg(ESP, esp.wrapping_add(size));
+        }
+        M::Push => {
+            let size = if i.code() == Code::Push_imm16 || i.code() == Code::Pushw_imm8 {
+                2
+            } else {
+                osize.max(2)
+            };
+            let size = if i.op0_kind() == OpKind::Memory {
+                i.memory_size().size()
+            } else {
+                size
+            };
+            let v = env.op(i, 0, size)?;
+            env.push(v, size);
+        }
+        M::Pop => {
+            let size = if i.op0_kind() == OpKind::Memory {
+                i.memory_size().size()
+            } else {
+                osize
+            };
+            let v = env.pop(size);
+            env.set_op(i, 0, size, v)?;
+        }
+        M::Pusha | M::Pushad => {
+            let size = osize;
+            let esp = env.cpu.reg(ESP);
+            for r in [EAX, ECX, EDX, 3, ESP, EBP, ESI, EDI] {
+                let v = if r == ESP { esp } else { env.cpu.reg(r) };
+                env.push(v, size);
+            }
+        }
+        M::Popa | M::Popad => {
+            let size = osize;
+            for r in [EDI, ESI, EBP, ESP, 3, EDX, ECX, EAX] {
+                let v = env.pop(size);
+                if r != ESP {
+                    let old = env.cpu.reg(r);
+                    env.cpu.set_reg(
+                        r,
+                        if size == 2 {
+                            (old & !0xFFFF) | (v & 0xFFFF)
+                        } else {
+                            v
+                        },
+                    );
+                }
+            }
+        }
+        M::Enter => {
+            let size = osize.max(2);
+            let alloc = i.immediate16() as u32;
+            let level = (i.immediate8_2nd() & 0x1F) as u32;
+            env.push(env.cpu.reg(EBP), size);
+            let frame = env.cpu.reg(ESP);
+            if level > 0 {
+                let mut ebp = env.cpu.reg(EBP);
+                for _ in 1..level {
+                    ebp = ebp.wrapping_sub(size as u32);
+                    let v = env.read(env.stack_addr(ebp), size);
+                    env.push(v, size);
+                }
+                env.push(frame, size);
+            }
+            env.cpu.set_reg(EBP, frame);
+            env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_sub(alloc));
+        }
+        M::Leave => {
+            env.cpu.set_reg(ESP, env.cpu.reg(EBP));
+            let v = env.pop(osize.max(2));
+            env.cpu.set_reg(EBP, v);
+        }
+        M::Mov if i.op0_kind() == OpKind::Register && i.op0_register().is_segment_register() => {
+            let sel = env.op(i, 1, 2)? as u16;
+            match i.op0_register() {
+                Register::CS => return Err(ud()),
+                r => env.load_seg(seg_index(r).unwrap_or(SEG_DS), sel)?,
+            }
+        }
+        M::Mov if i.op1_kind() == OpKind::Register && i.op1_register().is_segment_register() => {
+            let sel = env.cpu.seg[seg_index(i.op1_register()).unwrap_or(SEG_DS)].selector as u32;
+            let size = if i.op0_kind() == OpKind::Memory {
+                2
+            } else {
+                i.op0_register().size()
+            };
+            env.set_op(i, 0, size, sel)?;
+        }
+        M::Mov if i.op0_register().is_cr() || i.op1_register().is_cr() => {
+            env.require_cpl0()?;
+            return mov_cr(env, i);
+        }
+        M::Mov if i.op0_register().is_dr() || i.op1_register().is_dr() => {
+            env.require_cpl0()?;
+            if i.op0_register().is_dr() {
+                let n = (i.op0_register() as u32 - Register::DR0 as u32) as usize;
+                let v = env.reg(i.op1_register());
+                if n < 8 {
+                    env.cpu.dr[n] = v;
+                }
+            } else {
+                let n = (i.op1_register() as u32 - Register::DR0 as u32) as usize;
+                let v = env.cpu.dr.get(n).copied().unwrap_or(0);
+                env.set_reg(i.op0_register(), v);
+            }
+        }
+        M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => {
+            let size = i.op0_register().size();
+            let a = env.ea(i)?;
+            let off = env.read(a, size);
+            let sel = env.read(a.wrapping_add(size as u32), 2) as u16;
+            let seg = match i.mnemonic() {
+                M::Lds => SEG_DS,
+                M::Les => SEG_ES,
+                M::Lfs => SEG_FS,
+                M::Lgs => SEG_GS,
+                _ => SEG_SS,
+            };
+            env.load_seg(seg, sel)?;
+            env.set_reg(i.op0_register(), off);
+        }
+        M::Lgdt | M::Lidt => {
+            env.require_cpl0()?;
+            let a = env.ea(i)?;
+            let limit = env.read(a, 2) as u16;
+            let mut base = env.read(a.wrapping_add(2), 4);
+            if i.code().op_code().operand_size() == 16 {
+                base &= 0xFF_FFFF;
+            }
+            let t = TableReg { base, limit };
+            if i.mnemonic() == M::Lgdt {
+                env.cpu.gdtr = t
+            } else {
+                env.cpu.idtr = t
+            }
+        }
+        M::Sgdt | M::Sidt => {
+            let t = if i.mnemonic() == M::Sgdt {
+                env.cpu.gdtr
+            } else {
+                env.cpu.idtr
+            };
+            let a = env.ea(i)?;
+            env.write(a, 2, t.limit as u32);
+            env.write(a.wrapping_add(2), 4, t.base);
+        }
+        M::Sldt | M::Str => {
+            let v = if i.mnemonic() == M::Sldt {
+                env.cpu.ldtr.selector
+            } else {
+                env.cpu.tr.selector
+            } as u32;
+            let size = if i.op0_kind() == OpKind::Memory {
+                2
+            } else {
+                i.op0_register().size()
+            };
+            env.set_op(i, 0, size, v)?;
+        }
+        M::Smsw => {
+            let size = if i.op0_kind() == OpKind::Memory {
+                2
+            } else {
+                i.op0_register().size()
+            };
+            let v = env.cpu.cr[0];
+            env.set_op(i, 0, size, if size == 2 { v & 0xFFFF } else { v })?;
+        }
+        M::Lmsw => {
+            env.require_cpl0()?;
+            let v = env.op(i, 0, 2)?;
+            // LMSW sets PE/MP/EM/TS; it can set but never clear PE.
+            let cr0 = env.cpu.cr[0];
+            env.cpu.cr[0] = (cr0 & !0xE) | (v & 0xF) | (cr0 & 1);
+        }
+        M::Clts => {
+            env.require_cpl0()?;
+            env.cpu.cr[0] &= !(1 << 3);
+        }
+        M::Invd | M::Wbinvd | M::Invlpg => env.require_cpl0()?,
+        M::Rdmsr => {
+            env.require_cpl0()?;
+            let v = match env.cpu.reg(ECX) {
+                msr::TSC => host_tsc(),
+                msr::APIC_BASE => msr::APIC_BASE_VALUE,
+                msr::SYSENTER_CS => env.cpu.msr_sysenter[0] as u64,
+                msr::SYSENTER_ESP => env.cpu.msr_sysenter[1] as u64,
+                msr::SYSENTER_EIP => env.cpu.msr_sysenter[2] as u64,
+                _ => return Err(gp0()),
+            };
+            env.cpu.set_reg(EAX, v as u32);
+            env.cpu.set_reg(EDX, (v >> 32) as u32);
+        }
+        M::Wrmsr => {
+            env.require_cpl0()?;
+            let v = env.cpu.reg(EAX);
+            match env.cpu.reg(ECX) {
+                msr::TSC | msr::APIC_BASE => {}
+                msr::SYSENTER_CS => env.cpu.msr_sysenter[0] = v,
+                msr::SYSENTER_ESP => env.cpu.msr_sysenter[1] = v,
+                msr::SYSENTER_EIP => env.cpu.msr_sysenter[2] = v,
+                _ => return Err(gp0()),
+            }
+        }
+        M::Rdpmc => return Err(gp0()),
+        M::Lar | M::Lsl | M::Verr | M::Verw => lar_lsl_verx(env, i)?,
+        M::Lldt | M::Ltr => {
+            env.require_cpl0()?;
+            let sel = env.op(i, 0, 2)? as u16;
+            if i.mnemonic() == M::Lldt && sel & 0xFFFC == 0 {
+                env.cpu.ldtr = Segment {
+                    selector: sel,
+                    ..Segment::default()
+                };
+            } else {
+                if sel & 4 != 0 {
+                    return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
+                }
+                let d = env.descriptor(sel)?;
+                let s = Segment::from_descriptor(sel, d);
+                let ty = s.attr & 0x1F;
+                let ok = if i.mnemonic() == M::Lldt {
+                    ty == 0x02
+                } else {
+                    ty == 0x01 || ty == 0x09
+                };
+                if !ok {
+                    return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
+                }
+                if s.attr & 0x80 == 0 {
+                    return Err(Exception::with_code(vector::NP, (sel & 0xFFFC) as u32));
+                }
+                if i.mnemonic() == M::Lldt {
+                    env.cpu.ldtr = s;
+                } else {
+                    // Mark the TSS busy in the GDT and in the cache.
+                    let a = env.cpu.gdtr.base.wrapping_add((sel & !7) as u32 + 5);
+                    let b = env.read(a, 1) | 2;
+                    env.write(a, 1, b);
+                    env.cpu.tr = Segment {
+                        attr: s.attr | 2,
+                        ..s
+                    };
+                }
+            }
+        }
+        M::Daa | M::Das | M::Aaa | M::Aas | M::Aam | M::Aad | M::Salc => bcd(env, i)?,
+        M::Bound => {
+            let size = i.op0_register().size();
+            let idx = env.reg(i.op0_register());
+            let a = env.ea(i)?;
+            let (lo, hi, v) = if size == 2 {
+                (
+                    env.read(a, 2) as i16 as i32,
+                    env.read(a.wrapping_add(2), 2) as i16 as i32,
+                    idx as i16 as i32,
+                )
+            } else {
+                (
+                    env.read(a, 4) as i32,
+                    env.read(a.wrapping_add(4), 4) as i32,
+                    idx as i32,
+                )
+            };
+            if v < lo || v > hi {
+                return Err(Exception::new(vector::BR));
+            }
+        }
+        M::Arpl => {
+            // ARPL is #UD outside protected mode; here: adjust the RPL.
+            let dst = env.op(i, 0, 2)?;
+            let src = env.reg(i.op1_register());
+            if dst & 3 < src & 3 {
+                env.set_op(i, 0, 2, (dst & !3) | (src & 3))?;
+                env.set_flag(flags::ZF, true);
+            } else {
+                env.set_flag(flags::ZF, false);
+            }
+        }
+        M::Int3 => return Err(Exception::new(vector::BP)),
+        M::Int1 => return Err(Exception::new(vector::DB)),
+        M::Into => {
+            if env.flag(flags::OF) {
+                return Err(Exception::new(vector::OF));
+            }
+        }
+        M::Int => return Err(Exception::new(i.immediate8())),
+        M::Jmp | M::Call
+            if i.is_jmp_far()
+                || i.is_call_far()
+                || i.is_jmp_far_indirect()
+                || i.is_call_far_indirect() =>
+        {
+            return far_transfer(env, i);
+        }
+        M::Retf => {
+            let n = if i.op_count() > 0 {
+                i.immediate16() as u32
+            } else {
+                0
+            };
+            let size = osize;
+            let esp = env.cpu.reg(ESP);
+            let eip = env.read(env.stack_addr(esp), size);
+            let cs = env.read(env.stack_addr(esp.wrapping_add(size as u32)), 2) as u16;
+            if (cs & 3) as u8 != env.cpu.cpl {
+                // Return to an outer level: protected-mode milestone.
+                return Err(Exception::with_code(vector::GP, (cs & 0xFFFC) as u32));
+            }
+            env.load_cs(cs)?;
+            env.cpu.set_reg(ESP, esp.wrapping_add(2 * size as u32 + n));
+            return Ok(Flow::Jump(eip));
+        }
+        M::Iret | M::Iretd => {
+            let size = if i.code() == Code::Iretw { 2 } else { 4 };
+            let esp = env.cpu.reg(ESP);
+            let eip = env.read(env.stack_addr(esp), size);
+            let cs = env.read(env.stack_addr(esp.wrapping_add(size as u32)), 2) as u16;
+            let fl = env.read(env.stack_addr(esp.wrapping_add(2 * size as u32)), size);
+            if env.cpu.cr[0] & 1 != 0 && (cs & 3) as u8 != env.cpu.cpl {
+                return Err(Exception::with_code(vector::GP, (cs & 0xFFFC) as u32));
+            }
+            env.load_cs(cs)?;
+            let mut mask = POPF_MASK | flags::RF;
+            if size == 2 {
+                mask &= 0xFFFF;
+            }
+            let f = env.cpu.eflags();
+            env.cpu.set_eflags((f & !mask) | (fl & mask));
+            env.cpu.set_reg(ESP, esp.wrapping_add(3 * size as u32));
+            return Ok(Flow::Jump(eip));
+        }
+        // 16-bit near control transfers (operand-size prefix).
+        M::Jmp | M::Call | M::Ret | M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz => {
+            return near_branch(env, i);
+        }
+        _ if i.flow_control() == iced_x86::FlowControl::ConditionalBranch => {
+            return near_branch(env, i);
+        }
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Xlatb => {
+            log::warn!(
+                "16-bit addressing string instruction at {:#x} not supported",
+                i.ip32()
+            );
+            return Err(ud());
+        }
+        _ => {
+            log::warn!(
+                "instruction at {:#010x} ({:?}) is not emulated: raising #UD",
+                i.ip32(),
+                i.code()
+            );
+            return Err(ud());
+        }
+    }
+    Ok(Flow::Next)
+}
+
+fn host_tsc() -> u64 {
+    // SAFETY: RDTSC has no preconditions in user mode on Linux x86-64.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// IOPL check (the TSS I/O bitmap comes with the protected-mode milestone).
+fn check_io(env: &Env, _port: u16, _size: usize) -> R<()> {
+    if env.io_allowed() { Ok(()) } else { Err(gp0()) }
+}
+
+fn string_io(env: &mut Env, i: &Instruction) -> R<Flow> {
+    use Mnemonic as M;
+    let size = match i.mnemonic() {
+        M::Insb | M::Outsb => 1,
+        M::Insw | M::Outsw => 2,
+        _ => 4,
+    };
+    let port = env.reg(Register::DX) as u16;
+    check_io(env, port, size)?;
+    let rep = i.has_rep_prefix() || i.has_repne_prefix();
+    let step = if env.flag(flags::DF) {
+        (size as u32).wrapping_neg()
+    } else {
+        size as u32
+    };
+    let mut count = if rep { env.cpu.reg(ECX) } else { 1 };
+    while count > 0 {
+        if matches!(i.mnemonic(), M::Insb | M::Insw | M::Insd) {
+            let v = env.port_in(port, size);
+            let edi = env.cpu.reg(EDI);
+            let a = env.cpu.seg[SEG_ES].base.wrapping_add(edi);
+            env.write(a, size, v);
+            env.cpu.set_reg(EDI, edi.wrapping_add(step));
+        } else {
+            let esi = env.cpu.reg(ESI);
+            let seg = seg_index(i.memory_segment()).unwrap_or(SEG_DS);
+            let a = env.cpu.seg[seg].base.wrapping_add(esi);
+            let v = env.read(a, size);
+            env.cpu.set_reg(ESI, esi.wrapping_add(step));
+            if let Some(code) = env.port_out(port, size, v) {
+                if rep {
+                    env.cpu.set_reg(ECX, count - 1);
+                }
+                return Ok(Flow::Exit(code));
+            }
+        }
+        count -= 1;
+        if rep {
+            env.cpu.set_reg(ECX, count);
+        }
+    }
+    Ok(Flow::Next)
+}
+
+fn mov_cr(env: &mut Env, i: &Instruction) -> R<Flow> {
+    if i.op0_register().is_cr() {
+        let n = (i.op0_register() as u32 - Register::CR0 as u32) as usize;
+        let v = env.reg(i.op1_register());
+        match n {
+            0 => {
+                if v & 0x8000_0000 != 0 && v & 1 == 0 {
+                    return Err(gp0());
+                }
+                if v & 0x8000_0000 != 0 {
+                    log::error!("guest enabled paging (CR0.PG); paging is not virtualized yet");
+                    return Err(gp0());
+                }
+                // ET is hardwired to 1 on 486+.
+                env.cpu.cr[0] = v | 0x10;
+            }
+            2 | 3 => env.cpu.cr[n] = v,
+            4 => env.cpu.cr[4] = v,
+            _ => return Err(ud()),
+        }
+    } else {
+        let n = (i.op1_register() as u32 - Register::CR0 as u32) as usize;
+        let v = match n {
+            0 | 2 | 3 | 4 => env.cpu.cr[n],
+            _ => return Err(ud()),
+        };
+        env.set_reg(i.op0_register(), v);
+    }
+    Ok(Flow::Next)
+}
+
+fn lar_lsl_verx(env: &mut Env, i: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let n = if matches!(i.mnemonic(), M::Lar | M::Lsl) {
+        1
+    } else {
+        0
+    };
+    let sel = env.op(i, n, 2)? as u16;
+    let d = if sel & 0xFFFC == 0 {
+        None
+    } else {
+        env.descriptor(sel).ok()
+    };
+    let Some(d) = d else {
+        env.set_flag(flags::ZF, false);
+        return Ok(());
+    };
+    let s = Segment::from_descriptor(sel, d);
+    let dpl = ((s.attr >> 5) & 3) as u8;
+    let rpl = (sel & 3) as u8;
+    let is_seg = s.attr & 0x10 != 0;
+    let conforming_code = is_seg && s.attr & 0x0C == 0x0C;
+    let visible = conforming_code || (dpl >= env.cpu.cpl && dpl >= rpl);
+    let ok = match i.mnemonic() {
+        M::Lar => visible && (is_seg || matches!(s.attr & 0xF, 1..=5 | 9 | 0xB | 0xC)),
+        M::Lsl => visible && (is_seg || matches!(s.attr & 0xF, 1 | 2 | 3 | 9 | 0xB)),
+        M::Verr => visible && is_seg && (s.attr & 0x08 == 0 || s.attr & 0x02 != 0),
+        _ => visible && is_seg && s.attr & 0x0A == 0x02,
+    };
+    env.set_flag(flags::ZF, ok);
+    if ok {
+        match i.mnemonic() {
+            M::Lar => {
+                let v = (d >> 32) as u32 & 0x00F0_FF00;
+                env.set_reg(i.op0_register(), v);
+            }
+            M::Lsl => env.set_reg(i.op0_register(), s.limit),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn far_transfer(env: &mut Env, i: &Instruction) -> R<Flow> {
+    let size: usize = match i.code() {
+        Code::Jmp_ptr1616 | Code::Call_ptr1616 | Code::Jmp_m1616 | Code::Call_m1616 => 2,
+        _ => 4,
+    };
+    let (sel, off) = match i.op0_kind() {
+        OpKind::FarBranch16 | OpKind::FarBranch32 => (
+            i.far_branch_selector(),
+            if size == 2 {
+                i.far_branch16() as u32
+            } else {
+                i.far_branch32()
+            },
+        ),
+        _ => {
+            let a = env.ea(i)?;
+            (
+                env.read(a.wrapping_add(size as u32), 2) as u16,
+                env.read(a, size),
+            )
+        }
+    };
+    let ret_cs = env.cpu.seg[SEG_CS].selector as u32;
+    let ret_eip = i.next_ip32();
+    env.load_cs(sel)?;
+    if i.is_call_far() || i.is_call_far_indirect() {
+        env.push(ret_cs, size);
+        env.push(ret_eip, size);
+    }
+    Ok(Flow::Jump(off))
+}
+
+fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
+    use Mnemonic as M;
+    let mask = |v: u32| {
+        if i.op_count() > 0 && i.op0_kind() == OpKind::NearBranch16 {
+            v & 0xFFFF
+        } else {
+            v
+        }
+    };
+    let cx_is_16 = matches!(
+        i.code(),
+        Code::Jcxz_rel8_16
+            | Code::Jcxz_rel8_32
+            | Code::Loop_rel8_16_CX
+            | Code::Loop_rel8_32_CX
+            | Code::Loope_rel8_16_CX
+            | Code::Loope_rel8_32_CX
+            | Code::Loopne_rel8_16_CX
+            | Code::Loopne_rel8_32_CX
+    );
+    let count_reg = if cx_is_16 {
+        Register::CX
+    } else {
+        Register::ECX
+    };
+    match i.mnemonic() {
+        M::Jmp => {
+            let t = match i.op0_kind() {
+                OpKind::NearBranch16 | OpKind::NearBranch32 => i.near_branch32(),
+                _ => env.op(i, 0, 2)?,
+            };
+            Ok(Flow::Jump(mask(t) & 0xFFFF))
+        }
+        M::Call => {
+            let t = match i.op0_kind() {
+                OpKind::NearBranch16 | OpKind::NearBranch32 => i.near_branch32(),
+                _ => env.op(i, 0, 2)?,
+            };
+            env.push(i.next_ip32() & 0xFFFF, 2);
+            Ok(Flow::Jump(t & 0xFFFF))
+        }
+        M::Ret => {
+            let t = env.pop(2);
+            let n = if i.op_count() > 0 {
+                i.immediate16() as u32
+            } else {
+                0
+            };
+            env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_add(n));
+            Ok(Flow::Jump(t))
+        }
+        M::Jcxz | M::Jecxz => {
+            let taken = env.reg(count_reg) == 0;
+            Ok(if taken {
+                Flow::Jump(mask(i.near_branch32()))
+            } else {
+                Flow::Next
+            })
+        }
+        M::Loop | M::Loope | M::Loopne => {
+            let c = env.reg(count_reg).wrapping_sub(1);
+            env.set_reg(count_reg, c);
+            let z = env.flag(flags::ZF);
+            let taken = c != 0
+                && match i.mnemonic() {
+                    M::Loope => z,
+                    M::Loopne => !z,
+                    _ => true,
+                };
+            Ok(if taken {
+                Flow::Jump(mask(i.near_branch32()))
+            } else {
+                Flow::Next
+            })
+        }
+        _ => {
+            let taken = env.cond(i.condition_code());
+            Ok(if taken {
+                Flow::Jump(mask(i.near_branch32()))
+            } else {
+                Flow::Next
+            })
+        }
+    }
+}
+
+/// The decimal-adjust instructions, per the SDM's pseudo-code. Flags the
+/// SDM leaves undefined are set as QEMU sets them (from the result, or 0).
+fn bcd(env: &mut Env, i: &Instruction) -> R<()> {
+    use Mnemonic as M;
+    let al = env.reg(Register::AL) as u8;
+    let ah = env.reg(Register::AH) as u8;
+    let af = env.flag(flags::AF);
+    let cf = env.flag(flags::CF);
+    match i.mnemonic() {
+        M::Daa | M::Das => {
+            let mut a = al;
+            let mut c = false;
+            let sub = i.mnemonic() == M::Das;
+            let low_adj = (al & 0x0F) > 9 || af;
+            if low_adj {
+                let (r, carry) = if sub {
+                    al.overflowing_sub(6)
+                } else {
+                    al.overflowing_add(6)
+                };
+                a = r;
+                c = cf || carry;
+            }
+            env.set_flag(flags::AF, low_adj);
+            if al > 0x99 || cf {
+                a = if sub {
+                    a.wrapping_sub(0x60)
+                } else {
+                    a.wrapping_add(0x60)
+                };
+                c = true;
+            } else if !sub {
+                c = false;
+            }
+            env.set_reg(Register::AL, a as u32);
+            env.set_flag(flags::CF, c);
+            env.set_flag(flags::OF, false);
+            env.szp8(a);
+        }
+        M::Aaa | M::Aas => {
+            let adj = (al & 0x0F) > 9 || af;
+            let ax = env.reg(Register::AX) as u16;
+            let r = if !adj {
+                ax
+            } else if i.mnemonic() == M::Aaa {
+                ax.wrapping_add(0x106)
+            } else {
+                ax.wrapping_sub(6).wrapping_sub(0x100)
+            };
+            let r = r & 0xFF0F;
+            env.set_reg(Register::AX, r as u32);
+            env.set_flag(flags::AF, adj);
+            env.set_flag(flags::CF, adj);
+            env.set_flag(flags::OF, false);
+            env.szp8(r as u8);
+        }
+        M::Aam => {
+            let base = i.immediate8();
+            if base == 0 {
+                return Err(Exception::new(vector::DE));
+            }
+            let (q, r) = (al / base, al % base);
+            env.set_reg(Register::AX, ((q as u32) << 8) | r as u32);
+            env.szp8(r);
+            env.set_flag(flags::CF, false);
+            env.set_flag(flags::OF, false);
+            env.set_flag(flags::AF, false);
+        }
+        M::Aad => {
+            let base = i.immediate8();
+            let r = al.wrapping_add(ah.wrapping_mul(base));
+            env.set_reg(Register::AX, r as u32);
+            env.szp8(r);
+            env.set_flag(flags::CF, false);
+            env.set_flag(flags::OF, false);
+            env.set_flag(flags::AF, false);
+        }
+        _ => {
+            // SALC: AL = CF ? 0xFF : 0.
+            env.set_reg(Register::AL, if cf { 0xFF } else { 0 });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Cpu;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    fn run(code: &[u8], setup: impl FnOnce(&mut Cpu)) -> (Cpu, R<Flow>) {
+        let mut cpu = Cpu::new();
+        cpu.set_reg(ESP, 0x8000);
+        setup(&mut cpu);
+        let mut mem = GuestMemory::new(1 << 20).expect("mem");
+        let mut io = PortBus::new();
+        let mut written = Vec::new();
+        let i = Decoder::with_ip(32, code, 0x1000, DecoderOptions::NONE).decode();
+        let r = {
+            let mut env = Env {
+                cpu: &mut cpu,
+                mem: &mut mem,
+                io: &mut io,
+                written: &mut written,
+            };
+            execute(&mut env, &i)
+        };
+        (cpu, r)
+    }
+
+    #[test]
+    fn daa_matches_sdm_example() {
+        // AL = 0x79 + 0x35 = 0xAE (AF=0, CF=0) -> DAA -> 0x14, CF=1, AF=1.
+        let (c, r) = run(&[0x27], |c| c.set_reg(EAX, 0xAE));
+        assert_eq!(r, Ok(Flow::Next));
+        assert_eq!(c.reg(EAX) & 0xFF, 0x14);
+        assert_ne!(c.eflags() & flags::CF, 0);
+        assert_ne!(c.eflags() & flags::AF, 0);
+    }
+
+    #[test]
+    fn aam_zero_is_divide_error() {
+        let (_, r) = run(&[0xD4, 0x00], |_| {});
+        assert_eq!(r, Err(Exception::new(vector::DE)));
+        let (c, _) = run(&[0xD4, 0x0A], |c| c.set_reg(EAX, 79));
+        assert_eq!(c.reg(EAX) & 0xFFFF, 0x0709);
+    }
+
+    #[test]
+    fn pushf_popf_at_cpl0() {
+        let (c, _) = run(&[0x9C], |c| c.set_eflags(0x202 | flags::CF));
+        assert_eq!(c.reg(ESP), 0x7FFC);
+        let (c, _) = run(&[0x9D], |c| c.set_eflags(0x2));
+        assert_eq!(c.reg(ESP), 0x8004);
+    }
+
+    #[test]
+    fn cpuid_is_virtual() {
+        let (c, _) = run(&[0x0F, 0xA2], |c| c.set_reg(EAX, 0));
+        assert_eq!(c.reg(EAX), 1);
+        assert_eq!(c.reg(3).to_le_bytes(), *b"Btvi");
+    }
+
+    #[test]
+    fn privileged_at_cpl3_is_gp() {
+        let (_, r) = run(&[0xF4], |c| c.cpl = 3);
+        assert_eq!(r, Err(gp0()));
+        let (_, r) = run(&[0x0F, 0x20, 0xC0], |c| c.cpl = 3);
+        assert_eq!(r, Err(gp0()));
+    }
+}

@@ -1,0 +1,417 @@
+//! Architectural state of the virtual CPU.
+//!
+//! `HotState` is the part translated code reads and writes through R14: the
+//! general registers while the guest is out of translated code, the exit
+//! protocol fields, the FPU save areas and the jump cache of the inline
+//! indirect-branch lookup. Its field offsets are constants the emitter uses.
+//! `Cpu` holds the rest (EFLAGS system bits, segment caches, control
+//! registers), which only the VMM touches.
+
+pub mod cpuid;
+pub mod interp;
+
+use std::mem::offset_of;
+
+/// Number of entries of the direct-mapped jump cache (indexed by the low 16
+/// bits of the guest EIP, so the index is a flag-free `movzx`).
+pub const JUMP_CACHE_ENTRIES: usize = 1 << 16;
+/// Jump-cache key marking an empty entry: keys are stored negated
+/// (`-eip`), and no 32-bit EIP negates to 1.
+pub const JC_EMPTY_KEY: u64 = 1;
+
+/// Guest register indices (x86 encoding order).
+pub const EAX: usize = 0;
+pub const ECX: usize = 1;
+pub const EDX: usize = 2;
+pub const EBX: usize = 3;
+pub const ESP: usize = 4;
+pub const EBP: usize = 5;
+pub const ESI: usize = 6;
+pub const EDI: usize = 7;
+
+/// EFLAGS bits.
+pub mod flags {
+    pub const CF: u32 = 1 << 0;
+    pub const FIXED1: u32 = 1 << 1;
+    pub const PF: u32 = 1 << 2;
+    pub const AF: u32 = 1 << 4;
+    pub const ZF: u32 = 1 << 6;
+    pub const SF: u32 = 1 << 7;
+    pub const TF: u32 = 1 << 8;
+    pub const IF: u32 = 1 << 9;
+    pub const DF: u32 = 1 << 10;
+    pub const OF: u32 = 1 << 11;
+    pub const IOPL: u32 = 3 << 12;
+    pub const NT: u32 = 1 << 14;
+    pub const RF: u32 = 1 << 16;
+    pub const VM: u32 = 1 << 17;
+    pub const AC: u32 = 1 << 18;
+    pub const ID: u32 = 1 << 21;
+    /// The flags that live in host RFLAGS while translated code runs.
+    pub const HOST_LIVE: u32 = CF | PF | AF | ZF | SF | OF | DF;
+    /// The six arithmetic status flags.
+    pub const ARITH: u32 = CF | PF | AF | ZF | SF | OF;
+}
+
+/// Why translated code returned to the dispatcher (`HotState::exit_reason`).
+pub mod exit {
+    /// A direct exit stub: `eip` is the target, `exit_arg` the exit id to chain.
+    pub const CHAIN: u32 = 1;
+    /// Indirect branch missed the jump cache: `eip` is the target.
+    pub const INDIRECT: u32 = 2;
+    /// The instruction at `eip` needs the VMM (emulated by `cpu::interp`).
+    pub const EMULATE: u32 = 3;
+    /// The instruction at `eip` raises exception `exit_arg` (e.g. #UD).
+    pub const EXCEPTION: u32 = 4;
+    /// A host signal hit translated code; details in the engine's fault record.
+    pub const FAULT: u32 = 5;
+}
+
+/// Hot vCPU state, shared with translated code.
+#[repr(C, align(64))]
+pub struct HotState {
+    /// EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI.
+    pub gpr: [u32; 8],
+    pub eip: u32,
+    /// Host-live flags (arithmetic flags and DF) as saved at the last exit.
+    pub live_flags: u32,
+    pub exit_reason: u32,
+    pub exit_arg: u32,
+    pub host_rsp: u64,
+    pub window: u64,
+    /// Nonzero once the guest has run FPU/MMX/SSE code: enter and exit then
+    /// switch the x87/SSE state between host and guest.
+    pub fpu_active: u32,
+    _pad: [u32; 15],
+    pub fx_guest: [u8; 512],
+    pub fx_host: [u8; 512],
+    /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
+    pub jc_keys: [u64; JUMP_CACHE_ENTRIES],
+    /// Host entry addresses of the blocks in `jc_keys`.
+    pub jc_targets: [u64; JUMP_CACHE_ENTRIES],
+}
+
+pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
+pub const OFF_EIP: i32 = offset_of!(HotState, eip) as i32;
+pub const OFF_LIVE_FLAGS: i32 = offset_of!(HotState, live_flags) as i32;
+pub const OFF_EXIT_REASON: i32 = offset_of!(HotState, exit_reason) as i32;
+pub const OFF_EXIT_ARG: i32 = offset_of!(HotState, exit_arg) as i32;
+pub const OFF_HOST_RSP: i32 = offset_of!(HotState, host_rsp) as i32;
+pub const OFF_WINDOW: i32 = offset_of!(HotState, window) as i32;
+pub const OFF_FPU_ACTIVE: i32 = offset_of!(HotState, fpu_active) as i32;
+pub const OFF_FX_GUEST: i32 = offset_of!(HotState, fx_guest) as i32;
+pub const OFF_FX_HOST: i32 = offset_of!(HotState, fx_host) as i32;
+pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
+pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
+
+const _: () = assert!(OFF_FX_GUEST % 16 == 0 && OFF_FX_HOST % 16 == 0);
+
+impl HotState {
+    /// A zeroed state on the heap (it is over 1 MiB: never on the stack).
+    pub fn new_boxed() -> Box<HotState> {
+        let layout = std::alloc::Layout::new::<HotState>();
+        // SAFETY: HotState is plain data for which all-zero bytes are valid;
+        // the allocation has HotState's layout and is owned by the Box.
+        let mut b = unsafe {
+            let p = std::alloc::alloc_zeroed(layout) as *mut HotState;
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(p)
+        };
+        b.jc_keys.fill(JC_EMPTY_KEY);
+        b.fx_guest = initial_fxsave_image();
+        b
+    }
+}
+
+/// FXSAVE image of the state after FNINIT with MXCSR at its reset value.
+pub fn initial_fxsave_image() -> [u8; 512] {
+    let mut a = [0u8; 512];
+    a[0..2].copy_from_slice(&0x037Fu16.to_le_bytes()); // FCW
+    a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes()); // MXCSR
+    a[28..32].copy_from_slice(&0xFFFFu32.to_le_bytes()); // MXCSR_MASK
+    a
+}
+
+/// Guest exception vectors.
+pub mod vector {
+    pub const DE: u8 = 0;
+    pub const DB: u8 = 1;
+    pub const BP: u8 = 3;
+    pub const OF: u8 = 4;
+    pub const BR: u8 = 5;
+    pub const UD: u8 = 6;
+    pub const NM: u8 = 7;
+    pub const DF: u8 = 8;
+    pub const TS: u8 = 10;
+    pub const NP: u8 = 11;
+    pub const SS: u8 = 12;
+    pub const GP: u8 = 13;
+    pub const PF: u8 = 14;
+    pub const MF: u8 = 16;
+    pub const AC: u8 = 17;
+    pub const XM: u8 = 19;
+
+    pub fn name(v: u8) -> &'static str {
+        match v {
+            DE => "#DE divide error",
+            DB => "#DB debug",
+            2 => "NMI",
+            BP => "#BP breakpoint",
+            OF => "#OF overflow",
+            BR => "#BR bound range exceeded",
+            UD => "#UD invalid opcode",
+            NM => "#NM device not available",
+            DF => "#DF double fault",
+            TS => "#TS invalid TSS",
+            NP => "#NP segment not present",
+            SS => "#SS stack fault",
+            GP => "#GP general protection",
+            PF => "#PF page fault",
+            MF => "#MF x87 floating-point error",
+            AC => "#AC alignment check",
+            XM => "#XM SIMD floating-point error",
+            _ => "software interrupt",
+        }
+    }
+}
+
+/// A guest exception raised at a precise instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exception {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+}
+
+impl Exception {
+    pub fn new(vector: u8) -> Self {
+        Exception {
+            vector,
+            error_code: None,
+        }
+    }
+
+    pub fn with_code(vector: u8, code: u32) -> Self {
+        Exception {
+            vector,
+            error_code: Some(code),
+        }
+    }
+}
+
+/// Hidden part of a segment register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segment {
+    pub selector: u16,
+    pub base: u32,
+    pub limit: u32,
+    /// Descriptor bits 40..55 (type, S, DPL, P, AVL, L, D/B, G) as in the
+    /// descriptor's second dword >> 8.
+    pub attr: u16,
+}
+
+impl Segment {
+    /// Flat 4 GiB segment with the given selector and type/attribute bits.
+    pub fn flat(selector: u16, attr: u16) -> Self {
+        Segment {
+            selector,
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            attr,
+        }
+    }
+
+    pub fn is_flat(&self) -> bool {
+        self.base == 0 && self.limit == 0xFFFF_FFFF
+    }
+
+    /// Build the hidden cache from a raw 8-byte descriptor.
+    pub fn from_descriptor(selector: u16, d: u64) -> Self {
+        let base = ((d >> 16) & 0xFF_FFFF) as u32 | (((d >> 56) & 0xFF) as u32) << 24;
+        let mut limit = (d & 0xFFFF) as u32 | (((d >> 48) & 0xF) as u32) << 16;
+        let attr = ((d >> 40) & 0xF0FF) as u16;
+        if attr & 0x8000 != 0 {
+            limit = (limit << 12) | 0xFFF;
+        }
+        Segment {
+            selector,
+            base,
+            limit,
+            attr,
+        }
+    }
+}
+
+/// Segment register indices (x86 encoding order).
+pub const SEG_ES: usize = 0;
+pub const SEG_CS: usize = 1;
+pub const SEG_SS: usize = 2;
+pub const SEG_DS: usize = 3;
+pub const SEG_FS: usize = 4;
+pub const SEG_GS: usize = 5;
+
+/// Code segment attributes of the Multiboot flat CS: present, DPL 0,
+/// execute/read, accessed, 32-bit, 4 KiB granular.
+pub const FLAT_CODE_ATTR: u16 = 0xC09B;
+/// Data segment attributes: present, DPL 0, read/write, accessed, 32-bit, 4 KiB granular.
+pub const FLAT_DATA_ATTR: u16 = 0xC093;
+
+/// Descriptor-table register (GDTR/IDTR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableReg {
+    pub base: u32,
+    pub limit: u16,
+}
+
+/// The vCPU: hot state plus VMM-only architectural state.
+pub struct Cpu {
+    pub hot: Box<HotState>,
+    /// EFLAGS bits not live in host RFLAGS (IF, IOPL, TF, ...), plus bit 1.
+    pub sys_flags: u32,
+    pub seg: [Segment; 6],
+    pub gdtr: TableReg,
+    pub idtr: TableReg,
+    pub ldtr: Segment,
+    pub tr: Segment,
+    pub cr: [u32; 5],
+    pub dr: [u32; 8],
+    pub cpl: u8,
+    /// Set by HLT; cleared by an interrupt.
+    pub halted: bool,
+    /// MSR values we keep (TSC offset handled by RDTSC passthrough).
+    pub msr_sysenter: [u32; 3],
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cpu {
+    /// State at Multiboot handoff: flat 32-bit protected mode, CPL 0,
+    /// paging and interrupts off.
+    pub fn new() -> Self {
+        let mut seg = [Segment::flat(0x18, FLAT_DATA_ATTR); 6];
+        seg[SEG_CS] = Segment::flat(0x10, FLAT_CODE_ATTR);
+        Cpu {
+            hot: HotState::new_boxed(),
+            sys_flags: flags::FIXED1,
+            seg,
+            gdtr: TableReg::default(),
+            idtr: TableReg {
+                base: 0,
+                limit: 0x3FF,
+            },
+            ldtr: Segment::default(),
+            tr: Segment {
+                attr: 0x8B,
+                limit: 0xFFFF,
+                ..Segment::default()
+            },
+            cr: [0x11, 0, 0, 0, 0], // CR0: PE | ET
+            dr: [0, 0, 0, 0, 0xFFFF_0FF0, 0x400, 0xFFFF_0FF0, 0x400],
+            cpl: 0,
+            halted: false,
+            msr_sysenter: [0; 3],
+        }
+    }
+
+    pub fn eflags(&self) -> u32 {
+        (self.sys_flags & !flags::HOST_LIVE)
+            | (self.hot.live_flags & flags::HOST_LIVE)
+            | flags::FIXED1
+    }
+
+    pub fn set_eflags(&mut self, v: u32) {
+        self.hot.live_flags = v & flags::HOST_LIVE;
+        self.sys_flags = (v & !flags::HOST_LIVE) | flags::FIXED1;
+    }
+
+    pub fn reg(&self, r: usize) -> u32 {
+        self.hot.gpr[r]
+    }
+
+    pub fn set_reg(&mut self, r: usize, v: u32) {
+        self.hot.gpr[r] = v;
+    }
+
+    pub fn eip(&self) -> u32 {
+        self.hot.eip
+    }
+
+    /// One-line-per-group register dump in the style of QEMU's `info registers`.
+    pub fn dump(&self) -> String {
+        let g = &self.hot.gpr;
+        let mut s = format!(
+            "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x}\nESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}\nEIP={:08x} EFL={:08x} CPL={}\n",
+            g[EAX],
+            g[EBX],
+            g[ECX],
+            g[EDX],
+            g[ESI],
+            g[EDI],
+            g[EBP],
+            g[ESP],
+            self.hot.eip,
+            self.eflags(),
+            self.cpl
+        );
+        for (name, i) in [
+            ("ES", SEG_ES),
+            ("CS", SEG_CS),
+            ("SS", SEG_SS),
+            ("DS", SEG_DS),
+            ("FS", SEG_FS),
+            ("GS", SEG_GS),
+        ] {
+            let sg = &self.seg[i];
+            s += &format!(
+                "{name} ={:04x} {:08x} {:08x} {:04x}\n",
+                sg.selector, sg.base, sg.limit, sg.attr
+            );
+        }
+        s += &format!(
+            "GDT=     {:08x} {:08x}\nIDT=     {:08x} {:08x}\nCR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}",
+            self.gdtr.base,
+            self.gdtr.limit,
+            self.idtr.base,
+            self.idtr.limit,
+            self.cr[0],
+            self.cr[2],
+            self.cr[3],
+            self.cr[4]
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_decoding() {
+        // Flat 4 GiB code: base 0, limit 0xFFFFF, G=1, D=1, P=1, DPL0, type 0xA.
+        let d = 0x00CF_9A00_0000_FFFFu64;
+        let s = Segment::from_descriptor(0x08, d);
+        assert_eq!(s.base, 0);
+        assert_eq!(s.limit, 0xFFFF_FFFF);
+        assert_eq!(s.attr, 0xC09A);
+        assert!(s.is_flat());
+        let d = 0x1240_9234_5678_0010u64; // base 0x12345678, limit 0x10 bytes
+        let s = Segment::from_descriptor(0x10, d);
+        assert_eq!(s.base, 0x1234_5678);
+        assert_eq!(s.limit, 0x10);
+    }
+
+    #[test]
+    fn eflags_split() {
+        let mut c = Cpu::new();
+        c.set_eflags(0x0000_0ED7);
+        assert_eq!(c.eflags(), 0x0000_0ED7);
+        assert_eq!(c.hot.live_flags, 0xCD5);
+        assert_eq!(c.sys_flags & flags::IF, flags::IF);
+    }
+}

@@ -1,0 +1,362 @@
+//! Decoding guest code into basic blocks and classifying each instruction
+//! by how it must be translated.
+//!
+//! A block ends after a control transfer, after an instruction the VMM must
+//! handle, before an instruction that starts on the next page, and at a
+//! length cap.
+
+use iced_x86::{
+    Code, CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
+    Register,
+};
+
+use crate::memory::PAGE_SIZE;
+
+/// Maximum number of guest instructions per block.
+pub const MAX_BLOCK_INSNS: usize = 64;
+/// Longest x86 instruction.
+pub const MAX_INSN_LEN: usize = 15;
+
+/// How an instruction is translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Copied, with memory operands moved into the GS window and ESP mapped to R12.
+    Ident,
+    /// `inc/dec r32/r16` in the one-byte forms (REX prefixes in 64-bit mode).
+    IncDecShort,
+    /// Opcode 0x82 (an alias of 0x80 that 64-bit mode removed).
+    Alias82,
+    /// LODS and XLAT: implicit DS-relative memory, copied with GS and addr32.
+    ImplicitDs,
+    /// MOVS/STOS/SCAS/CMPS: the ES:EDI operand goes through a host pointer.
+    StringEs,
+    PushReg,
+    PushImm,
+    PushMem,
+    PopReg,
+    PopMem,
+    Pushad,
+    Popad,
+    Leave,
+    /// ENTER with nesting level 0.
+    Enter0,
+    JmpDirect,
+    Jcc,
+    /// JECXZ / LOOP / LOOPE / LOOPNE on ECX.
+    JcxzLoop,
+    CallDirect,
+    JmpIndirect,
+    CallIndirect,
+    Ret,
+    /// Needs the VMM: the block ends before it and `cpu::interp` runs it.
+    Emulate,
+    /// Raises #UD (undefined, or a feature the virtual CPU does not have).
+    Invalid,
+}
+
+impl Class {
+    /// Does the block end after this instruction?
+    pub fn ends_block(self) -> bool {
+        matches!(
+            self,
+            Class::JmpDirect
+                | Class::Jcc
+                | Class::JcxzLoop
+                | Class::CallDirect
+                | Class::JmpIndirect
+                | Class::CallIndirect
+                | Class::Ret
+                | Class::Emulate
+                | Class::Invalid
+        )
+    }
+}
+
+/// CPUID features the virtual CPU has (see `cpu::cpuid`); anything needing
+/// another feature is #UD.
+fn feature_ok(f: CpuidFeature) -> bool {
+    matches!(
+        f,
+        CpuidFeature::INTEL8086
+            | CpuidFeature::INTEL186
+            | CpuidFeature::INTEL286
+            | CpuidFeature::INTEL386
+            | CpuidFeature::INTEL486
+            | CpuidFeature::CMOV
+            | CpuidFeature::CPUID
+            | CpuidFeature::CX8
+            | CpuidFeature::FPU
+            | CpuidFeature::FPU287
+            | CpuidFeature::FPU387
+            | CpuidFeature::FXSR
+            | CpuidFeature::MMX
+            | CpuidFeature::MULTIBYTENOP
+            | CpuidFeature::PAUSE
+            | CpuidFeature::SSE
+            | CpuidFeature::SSE2
+            | CpuidFeature::TSC
+            | CpuidFeature::MSR
+            | CpuidFeature::RDPMC
+    )
+}
+
+/// Does the instruction use the x87/MMX/SSE state?
+pub fn uses_fpu(i: &Instruction) -> bool {
+    i.cpuid_features().iter().any(|f| {
+        matches!(
+            f,
+            CpuidFeature::FPU
+                | CpuidFeature::FPU287
+                | CpuidFeature::FPU387
+                | CpuidFeature::MMX
+                | CpuidFeature::SSE
+                | CpuidFeature::SSE2
+                | CpuidFeature::FXSR
+        )
+    })
+}
+
+fn has_16bit_addressing(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) && i.memory_displ_size() == 2
+        || matches!(
+            i.memory_base(),
+            Register::BX | Register::BP | Register::SI | Register::DI
+        )
+        || matches!(i.memory_index(), Register::SI | Register::DI)
+}
+
+fn has_sreg_operand(i: &Instruction) -> bool {
+    (0..i.op_count())
+        .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_segment_register())
+}
+
+/// Classify one decoded 32-bit instruction.
+pub fn classify(i: &Instruction) -> Class {
+    if i.is_invalid() || !i.cpuid_features().iter().all(|&f| feature_ok(f)) {
+        return Class::Invalid;
+    }
+    use Code::*;
+    let c = i.code();
+    let mem16 = i.op_count() > 0 && has_16bit_addressing(i);
+    match c {
+        Inc_r32 | Inc_r16 | Dec_r32 | Dec_r16 => return Class::IncDecShort,
+        Push_r32 => return Class::PushReg,
+        Pop_r32 => return Class::PopReg,
+        Pushd_imm32 | Pushd_imm8 => return Class::PushImm,
+        Push_rm32 if !mem16 => {
+            return if i.op0_kind() == OpKind::Register {
+                Class::PushReg
+            } else {
+                Class::PushMem
+            };
+        }
+        Pop_rm32 if !mem16 => {
+            return if i.op0_kind() == OpKind::Register {
+                Class::PopReg
+            } else {
+                Class::PopMem
+            };
+        }
+        Pushad => return Class::Pushad,
+        Popad => return Class::Popad,
+        Leaved => return Class::Leave,
+        Enterd_imm16_imm8 if i.immediate8_2nd() & 0x1F == 0 => return Class::Enter0,
+        Jmp_rel8_32 | Jmp_rel32_32 => return Class::JmpDirect,
+        Call_rel32_32 => return Class::CallDirect,
+        Jmp_rm32 if !mem16 => return Class::JmpIndirect,
+        Call_rm32 if !mem16 => return Class::CallIndirect,
+        Retnd | Retnd_imm16 => return Class::Ret,
+        Jecxz_rel8_32 | Loop_rel8_32_ECX | Loope_rel8_32_ECX | Loopne_rel8_32_ECX => {
+            return Class::JcxzLoop;
+        }
+        Lodsb_AL_m8 | Lodsw_AX_m16 | Lodsd_EAX_m32 | Xlat_m8 if !mem16 => return Class::ImplicitDs,
+        Movsb_m8_m8 | Movsw_m16_m16 | Movsd_m32_m32 | Stosb_m8_AL | Stosw_m16_AX
+        | Stosd_m32_EAX | Scasb_AL_m8 | Scasw_AX_m16 | Scasd_EAX_m32 | Cmpsb_m8_m8
+        | Cmpsw_m16_m16 | Cmpsd_m32_m32
+            if !mem16 =>
+        {
+            return Class::StringEs;
+        }
+        Ud0 | Ud0_r16_rm16 | Ud0_r32_rm32 | Ud1_r16_rm16 | Ud1_r32_rm32 | Ud2 => {
+            return Class::Invalid;
+        }
+        _ => {}
+    }
+    if i.flow_control() == FlowControl::ConditionalBranch
+        && i.op0_kind() == OpKind::NearBranch32
+        && i.code().is_jcc_short_or_near()
+    {
+        return Class::Jcc;
+    }
+    if i.flow_control() != FlowControl::Next || mem16 || has_sreg_operand(i) {
+        return Class::Emulate;
+    }
+    // Anything else that moves the stack pointer implicitly would use the
+    // host RSP: never copy it.
+    if needs_vmm(i) || i.stack_pointer_increment() != 0 {
+        return Class::Emulate;
+    }
+    if i.op_code().table() == iced_x86::OpCodeTableKind::Normal && i.op_code().op_code() == 0x82 {
+        return Class::Alias82;
+    }
+    Class::Ident
+}
+
+/// Sensitive and privileged instructions, and forms whose 64-bit encoding
+/// means something else, that the VMM carries out itself.
+fn needs_vmm(i: &Instruction) -> bool {
+    use Mnemonic as M;
+    match i.mnemonic() {
+        M::Mov => has_control_or_debug_reg(i),
+        M::Push | M::Pop | M::Pusha | M::Pushad | M::Popa | M::Popad => true,
+        M::Pushf | M::Pushfd | M::Popf | M::Popfd | M::Enter | M::Leave => true,
+        M::Cli | M::Sti | M::Hlt | M::Cpuid | M::In | M::Out => true,
+        M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => true,
+        M::Lgdt
+        | M::Lidt
+        | M::Lldt
+        | M::Ltr
+        | M::Sgdt
+        | M::Sidt
+        | M::Sldt
+        | M::Str
+        | M::Smsw
+        | M::Lmsw => true,
+        M::Clts | M::Invd | M::Wbinvd | M::Invlpg | M::Rdmsr | M::Wrmsr | M::Rdpmc => true,
+        M::Lar | M::Lsl | M::Verr | M::Verw | M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => true,
+        M::Bound | M::Arpl | M::Daa | M::Das | M::Aaa | M::Aas | M::Aam | M::Aad | M::Salc => true,
+        // String forms left over here use 16-bit addressing.
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd => {
+            i.op_count() == 2
+                && !(0..2).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm())
+        }
+        M::Cmpsb | M::Cmpsw | M::Lodsb | M::Lodsw | M::Lodsd | M::Xlatb => true,
+        M::Cmpsd => !(0..i.op_count())
+            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm()),
+        _ => false,
+    }
+}
+
+fn has_control_or_debug_reg(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| {
+        i.op_kind(n) == OpKind::Register && {
+            let r = i.op_register(n);
+            r.is_cr() || r.is_dr() || r.is_tr()
+        }
+    })
+}
+
+/// A decoded guest block.
+pub struct GuestBlock {
+    pub start: u32,
+    pub insns: Vec<Instruction>,
+    pub classes: Vec<Class>,
+    /// Address after the last instruction.
+    pub end: u32,
+}
+
+impl GuestBlock {
+    /// First and last guest page the block's bytes touch.
+    pub fn pages(&self) -> (u32, u32) {
+        let mask = !(PAGE_SIZE as u32 - 1);
+        (self.start & mask, self.end.wrapping_sub(1) & mask)
+    }
+}
+
+/// Decode a block starting at `eip`; `fetch` returns the code bytes at a
+/// guest address (up to the end of readable memory; an empty slice for a
+/// hole, which decodes as invalid).
+pub fn decode_block(code: &[u8], base: u32, eip: u32, max_insns: usize) -> GuestBlock {
+    let off = eip.wrapping_sub(base) as usize;
+    let bytes = code.get(off..).unwrap_or(&[]);
+    let mut d = Decoder::with_ip(32, bytes, eip as u64, DecoderOptions::NONE);
+    let page_end = (eip as u64 & !(PAGE_SIZE as u64 - 1)) + PAGE_SIZE as u64;
+    let mut insns = Vec::with_capacity(16);
+    let mut classes = Vec::with_capacity(16);
+    let mut end = eip;
+    loop {
+        if !d.can_decode() {
+            // Ran off the end of memory: an invalid instruction at `end`.
+            let mut inv = Instruction::default();
+            inv.set_ip32(end);
+            inv.set_len(1);
+            insns.push(inv);
+            classes.push(Class::Invalid);
+            end = end.wrapping_add(1);
+            break;
+        }
+        let i = d.decode();
+        let cls = classify(&i);
+        end = i.next_ip32();
+        insns.push(i);
+        classes.push(cls);
+        if cls.ends_block() || insns.len() >= max_insns || end as u64 >= page_end || end == 0 {
+            break;
+        }
+    }
+    GuestBlock {
+        start: eip,
+        insns,
+        classes,
+        end,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes(code: &[u8]) -> Vec<Class> {
+        decode_block(code, 0x1000, 0x1000, 64).classes
+    }
+
+    #[test]
+    fn block_ends_at_control_transfer() {
+        // inc eax; add ebx, [esp+4]; jmp $
+        let c = classes(&[0x40, 0x03, 0x5C, 0x24, 0x04, 0xEB, 0xFE, 0x90]);
+        assert_eq!(c, [Class::IncDecShort, Class::Ident, Class::JmpDirect]);
+    }
+
+    #[test]
+    fn sensitive_and_privileged_need_vmm() {
+        for code in [
+            &[0xFA][..],                     // cli
+            &[0x9C],                         // pushfd
+            &[0x9D],                         // popfd
+            &[0x66, 0x9D],                   // popfw
+            &[0x0F, 0x01, 0x05, 0, 0, 0, 0], // sgdt
+            &[0x8C, 0xC8],                   // mov eax, cs
+            &[0x0F, 0x20, 0xC0],             // mov eax, cr0
+            &[0xE6, 0x80],                   // out 0x80, al
+            &[0x27],                         // daa
+            &[0x0F, 0xA2],                   // cpuid
+            &[0xCD, 0x80],                   // int 0x80
+        ] {
+            assert_eq!(classes(code)[0], Class::Emulate, "{code:02x?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_features_are_invalid() {
+        // vaddps ymm0, ymm1, ymm2 (AVX, not advertised)
+        assert_eq!(classes(&[0xC5, 0xF4, 0x58, 0xC2])[0], Class::Invalid);
+        assert_eq!(classes(&[0x0F, 0x0B])[0], Class::Invalid); // ud2
+        assert_eq!(classes(&[0x0F, 0x05])[0], Class::Invalid); // syscall
+    }
+
+    #[test]
+    fn block_stops_at_page_boundary() {
+        let code = vec![0x90u8; 8192];
+        let b = decode_block(&code, 0, 4090, 64);
+        assert_eq!(b.end, 4096);
+        assert_eq!(b.insns.len(), 6);
+    }
+}

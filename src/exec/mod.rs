@@ -1,0 +1,499 @@
+//! The execution engine: the dispatcher loop that looks blocks up,
+//! translates misses, chains direct exits, enters translated code and
+//! handles whatever brought it back (see ARCHITECTURE.md, "Dispatcher").
+
+pub mod signals;
+pub mod stats;
+pub mod trampoline;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Instant;
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter, Instruction};
+use thiserror::Error;
+
+use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
+use crate::cpu::interp::{self, Env, Flow};
+use crate::cpu::{Cpu, Exception, HotState, exit, flags, vector};
+use crate::decode::{MAX_BLOCK_INSNS, decode_block};
+use crate::devices::PortBus;
+use crate::memory::{GuestMemory, PAGE_SIZE, WINDOW_SIZE};
+use crate::translate::{Options, Translator};
+use signals::{FaultRecord, SignalCtx};
+use stats::Stats;
+use trampoline::Trampolines;
+
+/// Interval at which the dispatcher regains control from chained code.
+pub const POLL_INTERVAL_NS: u64 = 10_000_000;
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("could not set the GS base of the guest window: {0}")]
+    GsBase(std::io::Error),
+    #[error("code cache too small for the trampolines")]
+    NoRoom,
+}
+
+/// Trace classes (QEMU's `-d` names).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trace {
+    pub in_asm: bool,
+    pub out_asm: bool,
+    pub exec: bool,
+    pub int: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    pub cache_size: usize,
+    pub trace: Trace,
+    /// Chain direct exits and look indirect targets up inline.
+    pub chaining: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cache_size: crate::cache::DEFAULT_CACHE_SIZE,
+            trace: Trace::default(),
+            chaining: true,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The guest wrote to isa-debug-exit: process status.
+    DebugExit(i32),
+    /// HLT with interrupts disabled (or with no interrupt source to wake it).
+    Halted { eip: u32, interrupts_enabled: bool },
+    /// A guest exception nothing handles.
+    Exception {
+        vector: u8,
+        error_code: Option<u32>,
+        eip: u32,
+    },
+    /// A fault the VMM could not attribute to the guest.
+    InternalError(String),
+}
+
+/// A virtual machine's CPU, memory, devices and code cache.
+pub struct Engine {
+    pub cpu: Cpu,
+    pub mem: GuestMemory,
+    pub io: PortBus,
+    pub cache: CodeCache,
+    pub stats: Stats,
+    tramp: Trampolines,
+    opts: EngineOptions,
+    sig: Box<SignalCtx>,
+    /// Hole pages mapped read-only with all-ones bytes.
+    hole_pages: HashSet<u32>,
+    log: Option<Box<dyn Write + Send>>,
+}
+
+type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
+
+impl Engine {
+    pub fn new(mem: GuestMemory, io: PortBus, opts: EngineOptions) -> Result<Self, ExecError> {
+        let mut cache = CodeCache::new(opts.cache_size)?;
+        let (code, rel) = trampoline::generate();
+        let base = cache.put_raw(&code).ok_or(ExecError::NoRoom)?;
+        cache.seal_base();
+        let tramp = trampoline::relocate(rel, base);
+        let mut cpu = Cpu::new();
+        cpu.hot.window = mem.window_base() as u64;
+        let sig = Box::new(SignalCtx {
+            cache: std::ptr::null(),
+            hot: std::ptr::null_mut(),
+            exit_fault: tramp.exit_fault,
+            poll_page: mem.poll_page(),
+            fault: FaultRecord::default(),
+        });
+        Ok(Engine {
+            cpu,
+            mem,
+            io,
+            cache,
+            stats: Stats::default(),
+            tramp,
+            opts,
+            sig,
+            hole_pages: HashSet::new(),
+            log: None,
+        })
+    }
+
+    /// Where `-d` trace lines go (default: stderr).
+    pub fn set_log(&mut self, w: Box<dyn Write + Send>) {
+        self.log = Some(w);
+    }
+
+    fn logln(&mut self, s: &str) {
+        match &mut self.log {
+            Some(w) => {
+                let _ = writeln!(w, "{s}");
+            }
+            None => eprintln!("{s}"),
+        }
+    }
+
+    /// Run until the guest exits, halts or dies.
+    pub fn run(&mut self) -> RunOutcome {
+        signals::install();
+        signals::ensure_alt_stack();
+        if let Err(e) = set_gs_base(self.mem.window_base()) {
+            return RunOutcome::InternalError(format!("setting the GS base: {e}"));
+        }
+        self.sig.cache = &self.cache;
+        self.sig.hot = &mut *self.cpu.hot;
+        let ctx: *mut SignalCtx = &mut *self.sig;
+        signals::set_current(ctx);
+        let _timer = signals::IntervalTimer::start(POLL_INTERVAL_NS);
+        let out = self.dispatch();
+        signals::set_current(std::ptr::null_mut());
+        self.io.flush();
+        out
+    }
+
+    fn dispatch(&mut self) -> RunOutcome {
+        let mut chain_from: Option<u32> = None;
+        loop {
+            let eip = self.cpu.hot.eip;
+            let id = match self.cache.lookup(eip) {
+                Some(id) => id,
+                None => match self.translate(eip, true) {
+                    Some(id) => {
+                        chain_from = None; // a flush may have renumbered exits
+                        id
+                    }
+                    None => {
+                        return RunOutcome::InternalError("code cache cannot hold one block".into());
+                    }
+                },
+            };
+            if let Some(e) = chain_from.take() {
+                if self.opts.chaining && self.cache.link(e, id) {
+                    self.stats.chains += 1;
+                }
+            }
+            let host = self.cache.blocks[id as usize].host;
+            if self.opts.chaining {
+                jc_insert(&mut self.cpu.hot, eip, host);
+            }
+            if self.opts.trace.exec {
+                let l = format!(
+                    "Trace 0: {host:#x} [{:08x}/{eip:08x}/{:#x}]",
+                    0,
+                    self.cpu.eflags()
+                );
+                self.logln(&l);
+            }
+            match self.enter(host) {
+                Step::Chain(e) => chain_from = Some(e),
+                Step::Continue => {}
+                Step::Done(out) => return out,
+            }
+        }
+    }
+
+    /// Enter translated code at `host` and handle the exit.
+    fn enter(&mut self, host: usize) -> Step {
+        let f: EnterFn = {
+            // SAFETY: `tramp.enter` is the entry of the trampoline generated
+            // in new(), which follows the sysv64 ABI described in trampoline.rs.
+            unsafe { std::mem::transmute::<usize, EnterFn>(self.tramp.enter) }
+        };
+        // SAFETY: `host` is the entry of a block in the cache; the GS base is
+        // the window; signal handlers and SignalCtx are set for this thread.
+        unsafe { f(&mut *self.cpu.hot, host) };
+        let reason = self.cpu.hot.exit_reason;
+        self.stats.count_exit(reason);
+        match reason {
+            exit::CHAIN => Step::Chain(self.cpu.hot.exit_arg),
+            exit::INDIRECT => Step::Continue,
+            exit::EMULATE => self.emulate(),
+            exit::EXCEPTION => {
+                let v = self.cpu.hot.exit_arg as u8;
+                self.exception(Exception::new(v))
+            }
+            exit::FAULT => self.fault(),
+            _ => Step::Done(RunOutcome::InternalError(format!(
+                "unknown exit reason {reason}"
+            ))),
+        }
+    }
+
+    /// Decode and translate the block at `eip`; `register` = false makes a
+    /// one-off block (used to step one instruction after a code write).
+    fn translate(&mut self, eip: u32, register: bool) -> Option<BlockId> {
+        let t0 = Instant::now();
+        let max = if register { MAX_BLOCK_INSNS } else { 1 };
+        let block = decode_block(self.mem.ram(), 0, eip, max);
+        if self.opts.trace.in_asm {
+            let text = disasm_guest(&block.insns);
+            self.logln(&format!("----------------\nIN: \n{text}"));
+        }
+        let opts = Options {
+            inline_lookup: self.opts.chaining,
+        };
+        for attempt in 0..2 {
+            let ram = self.mem.ram();
+            let base = self.cache.next_addr();
+            let t = Translator::new(base, self.tramp.exits, self.cache.next_exit_id(), opts, ram)
+                .translate(&block);
+            if !self.cache.fits(t.code.len()) {
+                if attempt == 0 {
+                    self.flush();
+                    continue;
+                }
+                return None;
+            }
+            if t.uses_fpu {
+                self.cpu.hot.fpu_active = 1;
+            }
+            let code_len = t.code.len();
+            let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, base));
+            let pages = block.pages();
+            let id = self.cache.install(eip, block.end, pages, t, register)?;
+            if register {
+                for p in [pages.0, pages.1] {
+                    if self.mem.is_ram(p) {
+                        self.mem.set_code_protect(p, true);
+                    }
+                }
+            }
+            self.stats.blocks += 1;
+            self.stats.guest_insns += block.insns.len() as u64;
+            self.stats.host_bytes += code_len as u64;
+            self.stats.translate_ns += t0.elapsed().as_nanos() as u64;
+            if let Some(text) = out_text {
+                self.logln(&format!("OUT: [size={code_len}]\n{text}"));
+            }
+            return Some(id);
+        }
+        None
+    }
+
+    /// Drop all translations (the cache is full).
+    fn flush(&mut self) {
+        self.cache.flush(&mut self.cpu.hot);
+        self.mem.unprotect_all();
+        self.stats.flushes += 1;
+    }
+
+    /// Run the instruction at EIP in the VMM.
+    fn emulate(&mut self) -> Step {
+        let eip = self.cpu.hot.eip;
+        let i = decode_one(self.mem.ram(), eip);
+        self.stats.count_callout(i.mnemonic());
+        let mut written = Vec::new();
+        let r = {
+            let mut env = Env {
+                cpu: &mut self.cpu,
+                mem: &mut self.mem,
+                io: &mut self.io,
+                written: &mut written,
+            };
+            interp::execute(&mut env, &i)
+        };
+        for p in written {
+            self.code_written(p);
+        }
+        match r {
+            Ok(Flow::Next) => {
+                self.cpu.hot.eip = i.next_ip32();
+                Step::Continue
+            }
+            Ok(Flow::Jump(t)) => {
+                self.cpu.hot.eip = t;
+                Step::Continue
+            }
+            Ok(Flow::Exit(code)) => Step::Done(RunOutcome::DebugExit(code)),
+            Ok(Flow::Halt) => {
+                let ie = self.cpu.eflags() & flags::IF != 0;
+                self.cpu.hot.eip = i.next_ip32();
+                // No interrupt source exists yet, so a halted CPU never wakes.
+                Step::Done(RunOutcome::Halted {
+                    eip,
+                    interrupts_enabled: ie,
+                })
+            }
+            Err(e) => self.exception(e),
+        }
+    }
+
+    /// A guest exception at the current EIP. Delivery through the guest IDT
+    /// comes with the protected-mode milestone; until then it ends the run.
+    fn exception(&mut self, e: Exception) -> Step {
+        let eip = self.cpu.hot.eip;
+        if self.opts.trace.int {
+            let l = format!(
+                "exception {:#x} ({}) at eip={eip:08x} error_code={:?}",
+                e.vector,
+                vector::name(e.vector),
+                e.error_code
+            );
+            self.logln(&l);
+        }
+        self.stats.exceptions += 1;
+        Step::Done(RunOutcome::Exception {
+            vector: e.vector,
+            error_code: e.error_code,
+            eip,
+        })
+    }
+
+    /// The guest wrote page `page` of RAM outside translated code's view
+    /// (VMM write or a trapped store): drop the translations made from it.
+    fn code_written(&mut self, page: u32) {
+        let n = self.cache.invalidate_page(page, &mut self.cpu.hot);
+        self.stats.invalidated_blocks += n as u64;
+        self.stats.smc_pages += 1;
+        self.mem.set_code_protect(page, false);
+    }
+
+    /// A host signal in translated code (the handler set EIP to the
+    /// faulting guest instruction and the guest state is as before it).
+    fn fault(&mut self) -> Step {
+        let f = self.sig.fault;
+        let window = self.mem.window_base();
+        match f.signo {
+            libc::SIGFPE => return self.exception(Exception::new(vector::DE)),
+            libc::SIGILL => return self.exception(Exception::new(vector::UD)),
+            _ => {}
+        }
+        let poll = self.mem.poll_page();
+        if f.addr >= poll && f.addr < poll + PAGE_SIZE {
+            self.mem.set_poll(false);
+            self.stats.polls += 1;
+            return Step::Continue;
+        }
+        if f.addr < window || f.addr >= window + WINDOW_SIZE {
+            // Only reachable through wrap-around at the top or bottom of the
+            // address space; the flat segment's limit check would fault there.
+            if f.addr + 2 * PAGE_SIZE >= window && f.addr < window + WINDOW_SIZE + PAGE_SIZE {
+                return self.exception(Exception::with_code(vector::GP, 0));
+            }
+            return Step::Done(RunOutcome::InternalError(format!(
+                "host fault at {:#x} (rip {:#x}) outside the guest window",
+                f.addr, f.host_rip
+            )));
+        }
+        let gaddr = (f.addr - window) as u32;
+        let page = page_of(gaddr);
+        if self.mem.is_ram(gaddr) {
+            if f.write && self.mem.is_protected(gaddr) {
+                // Self-modifying code: drop the page's translations, then run
+                // the storing instruction alone before translating again.
+                self.code_written(page);
+                return self.step_one();
+            }
+            return Step::Done(RunOutcome::InternalError(format!(
+                "unexpected fault on guest RAM at {gaddr:#x} (eip {:#x})",
+                f.eip
+            )));
+        }
+        // A hole: reads see all ones, writes are dropped.
+        if !self.hole_pages.contains(&page) {
+            self.map_hole(page);
+            return Step::Continue;
+        }
+        let i = decode_one(self.mem.ram(), f.eip);
+        self.cpu.hot.eip = i.next_ip32();
+        self.stats.hole_writes += 1;
+        Step::Continue
+    }
+
+    fn map_hole(&mut self, page: u32) {
+        let addr = self.mem.window_base() + page as usize;
+        // SAFETY: `addr` is a hole page inside our own window reservation
+        // (above RAM); mapping anonymous memory there touches nothing else.
+        unsafe {
+            let p = libc::mmap(
+                addr as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            if p != libc::MAP_FAILED {
+                std::ptr::write_bytes(p as *mut u8, 0xFF, PAGE_SIZE);
+                libc::mprotect(p, PAGE_SIZE, libc::PROT_READ);
+            }
+        }
+        self.hole_pages.insert(page);
+    }
+
+    /// Execute the single instruction at EIP from a one-off translation.
+    fn step_one(&mut self) -> Step {
+        let eip = self.cpu.hot.eip;
+        let Some(id) = self.translate(eip, false) else {
+            return Step::Done(RunOutcome::InternalError(
+                "code cache cannot hold one block".into(),
+            ));
+        };
+        let host = self.cache.blocks[id as usize].host;
+        match self.enter(host) {
+            Step::Chain(_) => Step::Continue,
+            s => s,
+        }
+    }
+}
+
+/// What the dispatcher does after an exit.
+enum Step {
+    /// Chain this exit to the next block.
+    Chain(u32),
+    Continue,
+    Done(RunOutcome),
+}
+
+fn decode_one(ram: &[u8], eip: u32) -> Instruction {
+    let bytes = ram.get(eip as usize..).unwrap_or(&[]);
+    let mut d = Decoder::with_ip(32, bytes, eip as u64, DecoderOptions::NONE);
+    d.decode()
+}
+
+fn disasm_guest(insns: &[Instruction]) -> String {
+    let mut f = GasFormatter::new();
+    let mut out = String::new();
+    for i in insns {
+        let mut s = String::new();
+        f.format(i, &mut s);
+        out += &format!("0x{:08x}:  {s}\n", i.ip32());
+    }
+    out
+}
+
+fn disasm_host(code: &[u8], base: usize) -> String {
+    let mut d = Decoder::with_ip(64, code, base as u64, DecoderOptions::NONE);
+    let mut f = GasFormatter::new();
+    let mut out = String::new();
+    while d.can_decode() {
+        let i = d.decode();
+        let mut s = String::new();
+        f.format(&i, &mut s);
+        out += &format!("0x{:016x}:  {s}\n", i.ip());
+    }
+    out
+}
+
+/// Point the GS base of this thread at the guest window.
+fn set_gs_base(base: usize) -> std::io::Result<()> {
+    /// arch_prctl code to set the GS base.
+    const ARCH_SET_GS: libc::c_int = 0x1001;
+    // SAFETY: arch_prctl(ARCH_SET_GS) only changes this thread's GS base,
+    // which neither Rust nor glibc use on x86-64 Linux.
+    let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, base) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

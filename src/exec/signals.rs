@@ -1,0 +1,268 @@
+//! Host signals raised by translated code.
+//!
+//! A SIGSEGV/SIGBUS/SIGFPE/SIGILL whose RIP lies in the code cache is turned
+//! into a FAULT exit: the handler finds the guest instruction the host RIP
+//! belongs to (block by address, then the block's instruction map), repairs
+//! host registers per the instruction's `Fixup`, records the fault and
+//! points RIP at the `exit_fault` trampoline, which saves the (precise)
+//! guest state and returns to the dispatcher. Anything else is handed to the
+//! previous handler (Rust's stack-overflow detection) or the default action.
+//!
+//! The handler only reads data that the faulting thread owns and is not
+//! modifying (it was running translated code), allocates nothing, and runs
+//! on an alternate signal stack of `ALT_STACK_SIZE`.
+
+use std::cell::Cell;
+use std::sync::Once;
+
+use crate::cache::CodeCache;
+use crate::cpu::HotState;
+use crate::memory::set_poll_page;
+use crate::translate::Fixup;
+
+/// Alternate signal stack size per thread.
+const ALT_STACK_SIZE: usize = 256 * 1024;
+/// Signal of the per-thread interval timer that bounds time in chained code.
+pub fn timer_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+/// What the handler saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultRecord {
+    pub signo: i32,
+    pub code: i32,
+    pub addr: usize,
+    pub write: bool,
+    pub eip: u32,
+    pub host_rip: usize,
+}
+
+/// Per-thread context the handler reads.
+pub struct SignalCtx {
+    pub cache: *const CodeCache,
+    pub hot: *mut HotState,
+    pub exit_fault: usize,
+    pub poll_page: usize,
+    pub fault: FaultRecord,
+}
+
+thread_local! {
+    static CTX: Cell<*mut SignalCtx> = const { Cell::new(std::ptr::null_mut()) };
+    static ALT_STACK: Cell<usize> = const { Cell::new(0) };
+}
+
+static INSTALL: Once = Once::new();
+static mut OLD_ACTIONS: [Option<libc::sigaction>; 4] = [None; 4];
+const SIGNALS: [libc::c_int; 4] = [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL];
+
+/// Install the process-wide handlers (once).
+pub fn install() {
+    INSTALL.call_once(|| {
+        // SAFETY: installing handlers with a zeroed, filled-in sigaction;
+        // OLD_ACTIONS is written only here, before any handler can run.
+        unsafe {
+            for (k, &sig) in SIGNALS.iter().enumerate() {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = handler as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+                libc::sigemptyset(&mut sa.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &sa, &mut old) == 0 {
+                    OLD_ACTIONS[k] = Some(old);
+                }
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = timer_handler as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(timer_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+/// Give this thread an alternate signal stack big enough for the handler.
+pub fn ensure_alt_stack() {
+    if ALT_STACK.with(|s| s.get()) != 0 {
+        return;
+    }
+    // SAFETY: mapping a private stack and registering it; it stays mapped
+    // for the life of the thread (recorded in ALT_STACK).
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            ALT_STACK_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return;
+        }
+        let ss = libc::stack_t {
+            ss_sp: p,
+            ss_flags: 0,
+            ss_size: ALT_STACK_SIZE,
+        };
+        if libc::sigaltstack(&ss, std::ptr::null_mut()) == 0 {
+            ALT_STACK.with(|s| s.set(p as usize));
+        } else {
+            libc::munmap(p, ALT_STACK_SIZE);
+        }
+    }
+}
+
+/// Make `ctx` the current thread's context (null to clear).
+pub fn set_current(ctx: *mut SignalCtx) {
+    CTX.with(|c| c.set(ctx));
+}
+
+extern "C" fn timer_handler(
+    _sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _uc: *mut libc::c_void,
+) {
+    let ctx = CTX.with(|c| c.get());
+    if !ctx.is_null() {
+        // SAFETY: ctx points at the running engine's SignalCtx.
+        let page = unsafe { (*ctx).poll_page };
+        set_poll_page(page, true);
+    }
+}
+
+extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: called by the kernel with valid siginfo/ucontext pointers;
+    // ctx (if set) points at the live SignalCtx of this thread, whose cache
+    // is not being mutated while translated code runs.
+    unsafe {
+        let ctx = CTX.with(|c| c.get());
+        if ctx.is_null() || !redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t)) {
+            chain(sig, info, uc);
+        }
+    }
+}
+
+/// Turn a fault in translated code into a FAULT exit; false if not ours.
+fn redirect(
+    ctx: &mut SignalCtx,
+    sig: libc::c_int,
+    info: &libc::siginfo_t,
+    uc: &mut libc::ucontext_t,
+) -> bool {
+    let g = &mut uc.uc_mcontext.gregs;
+    let rip = g[libc::REG_RIP as usize] as usize;
+    // SAFETY: see handler().
+    let cache = unsafe { &*ctx.cache };
+    let (lo, hi) = cache.rx_range();
+    if rip < lo || rip >= hi {
+        return false;
+    }
+    let Some(block) = cache.block_at(rip) else {
+        return false;
+    };
+    let off = (rip - block.host) as u32;
+    let idx = block.insn_map.partition_point(|e| e.host_off <= off);
+    let Some(entry) = idx.checked_sub(1).and_then(|k| block.insn_map.get(k)) else {
+        return false;
+    };
+    match entry.fixup {
+        Fixup::None => {}
+        Fixup::TruncStringPtrs => {
+            g[libc::REG_RSI as usize] &= 0xFFFF_FFFF;
+            g[libc::REG_RDI as usize] &= 0xFFFF_FFFF;
+        }
+        Fixup::RestoreFromR13(r) => {
+            // Host register number to gregs index.
+            let gi = match r {
+                5 => libc::REG_RBP,
+                6 => libc::REG_RSI,
+                _ => libc::REG_RDI,
+            };
+            g[gi as usize] = g[libc::REG_R13 as usize];
+        }
+    }
+    // SAFETY: si_addr is valid for the fault signals we handle.
+    let addr = unsafe { info.si_addr() } as usize;
+    /// Page-fault error code bit: the access was a write.
+    const PF_WRITE: i64 = 2;
+    ctx.fault = FaultRecord {
+        signo: sig,
+        code: info.si_code,
+        addr,
+        write: g[libc::REG_ERR as usize] & PF_WRITE != 0,
+        eip: entry.eip,
+        host_rip: rip,
+    };
+    // SAFETY: hot is the running vCPU's state.
+    unsafe { (*ctx.hot).eip = entry.eip };
+    g[libc::REG_RIP as usize] = ctx.exit_fault as i64;
+    true
+}
+
+/// Pass a signal that is not ours to the previous handler or the default action.
+unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let k = SIGNALS.iter().position(|&s| s == sig);
+    // SAFETY: OLD_ACTIONS was filled before the handlers were installed.
+    let old = unsafe { k.and_then(|k| (*std::ptr::addr_of!(OLD_ACTIONS))[k]) };
+    // SAFETY: calling or restoring the previously installed disposition.
+    unsafe {
+        match old {
+            Some(o) if o.sa_sigaction != libc::SIG_DFL && o.sa_sigaction != libc::SIG_IGN => {
+                if o.sa_flags & libc::SA_SIGINFO != 0 {
+                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        std::mem::transmute(o.sa_sigaction);
+                    f(sig, info, uc);
+                } else {
+                    let f: extern "C" fn(libc::c_int) = std::mem::transmute(o.sa_sigaction);
+                    f(sig);
+                }
+            }
+            _ => {
+                // Default action: re-raised when the faulting instruction re-executes.
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// A per-thread POSIX interval timer that requests an exit to the
+/// dispatcher at a bounded interval, so chained code cannot keep it away.
+pub struct IntervalTimer {
+    id: libc::timer_t,
+}
+
+impl IntervalTimer {
+    pub fn start(interval_ns: u64) -> Option<Self> {
+        // SAFETY: creating a timer that signals this thread; checked result.
+        unsafe {
+            let mut sev: libc::sigevent = std::mem::zeroed();
+            sev.sigev_notify = libc::SIGEV_THREAD_ID;
+            sev.sigev_signo = timer_signal();
+            sev.sigev_notify_thread_id = libc::gettid();
+            let mut id: libc::timer_t = std::mem::zeroed();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) != 0 {
+                return None;
+            }
+            let ts = libc::timespec {
+                tv_sec: (interval_ns / 1_000_000_000) as i64,
+                tv_nsec: (interval_ns % 1_000_000_000) as i64,
+            };
+            let spec = libc::itimerspec {
+                it_interval: ts,
+                it_value: ts,
+            };
+            libc::timer_settime(id, 0, &spec, std::ptr::null_mut());
+            Some(IntervalTimer { id })
+        }
+    }
+}
+
+impl Drop for IntervalTimer {
+    fn drop(&mut self) {
+        // SAFETY: deleting the timer created in start().
+        unsafe {
+            libc::timer_delete(self.id);
+        }
+    }
+}

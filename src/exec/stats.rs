@@ -1,0 +1,89 @@
+//! Counters behind `--stats`.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use iced_x86::Mnemonic;
+
+use crate::cpu::exit;
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub blocks: u64,
+    pub guest_insns: u64,
+    pub host_bytes: u64,
+    pub translate_ns: u64,
+    pub chains: u64,
+    pub flushes: u64,
+    pub exits: [u64; 6],
+    pub polls: u64,
+    pub exceptions: u64,
+    pub smc_pages: u64,
+    pub invalidated_blocks: u64,
+    pub hole_writes: u64,
+    pub callouts: HashMap<Mnemonic, u64>,
+}
+
+impl Stats {
+    pub fn count_exit(&mut self, reason: u32) {
+        if let Some(c) = self.exits.get_mut(reason as usize) {
+            *c += 1;
+        }
+    }
+
+    pub fn count_callout(&mut self, m: Mnemonic) {
+        *self.callouts.entry(m).or_default() += 1;
+    }
+
+    /// The `--stats` report.
+    pub fn report(&self, cache_used: usize, cache_size: usize) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "btvisor statistics");
+        let _ = writeln!(s, "  blocks translated       {}", self.blocks);
+        let _ = writeln!(s, "  guest insns translated  {}", self.guest_insns);
+        let per = if self.guest_insns > 0 {
+            self.translate_ns as f64 / self.guest_insns as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            s,
+            "  translation time        {:.3} ms ({per:.0} ns/insn)",
+            self.translate_ns as f64 / 1e6
+        );
+        let _ = writeln!(s, "  host code emitted       {} bytes", self.host_bytes);
+        let _ = writeln!(
+            s,
+            "  code cache used         {cache_used} of {cache_size} bytes ({} flushes)",
+            self.flushes
+        );
+        let _ = writeln!(s, "  chains made             {}", self.chains);
+        let names = [
+            (exit::CHAIN, "chain (unlinked direct exit)"),
+            (exit::INDIRECT, "indirect lookup miss"),
+            (exit::EMULATE, "VMM callout"),
+            (exit::EXCEPTION, "exception"),
+            (exit::FAULT, "host fault"),
+        ];
+        let _ = writeln!(s, "  exits by reason:");
+        for (r, n) in names {
+            let _ = writeln!(s, "    {n:<30} {}", self.exits[r as usize]);
+        }
+        let _ = writeln!(s, "    of which poll (timer)          {}", self.polls);
+        let _ = writeln!(
+            s,
+            "  code pages written      {} ({} blocks invalidated)",
+            self.smc_pages, self.invalidated_blocks
+        );
+        let mut c: Vec<_> = self.callouts.iter().collect();
+        c.sort_by(|a, b| {
+            b.1.cmp(a.1)
+                .then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
+        });
+        let _ = writeln!(s, "  callouts by instruction:");
+        for (m, n) in c {
+            let _ = writeln!(s, "    {:<30} {n}", format!("{m:?}").to_lowercase());
+        }
+        s
+    }
+}

@@ -1,0 +1,173 @@
+//! The context switch between the dispatcher and translated code.
+//!
+//! ```text
+//! enter(hot: rdi, target: rsi):          ; extern "sysv64"
+//!     push rbx, rbp, r12, r13, r14, r15 ; sub rsp, 8
+//!     mov [rdi+host_rsp], rsp
+//!     mov r14, rdi ; mov r11, rsi ; mov r15, [r14+window]
+//!     cmp dword [r14+fpu_active], 0 ; je 1f
+//!     fxsave [r14+fx_host] ; fxrstor [r14+fx_guest]
+//! 1:  mov eax, [r14+live_flags] ; and eax, CF|PF|AF|ZF|SF|OF|DF ; push rax ; popfq
+//!     mov eax..edi, r12d <- [r14+gpr]      ; guest ESP into r12d
+//!     jmp r11
+//!
+//! exit_chain:     mov dword [r14+exit_reason], CHAIN ; jmp save
+//! exit_indirect:  mov [r14+eip], r13d ; mov dword [r14+exit_reason], INDIRECT ; jmp save
+//! exit_emulate:   mov dword [r14+exit_reason], EMULATE ; jmp save
+//! exit_exception: mov dword [r14+exit_reason], EXCEPTION ; jmp save
+//! exit_fault:     mov dword [r14+exit_reason], FAULT      ; (signal handler lands here)
+//! save:
+//!     mov [r14+gpr], eax..edi, r12d
+//!     mov rsp, [r14+host_rsp]
+//!     pushfq ; pop rax ; mov [r14+live_flags], eax ; cld
+//!     cmp dword [r14+fpu_active], 0 ; je 2f
+//!     fxsave [r14+fx_guest] ; fxrstor [r14+fx_host]
+//! 2:  add rsp, 8 ; pop r15, r14, r13, r12, rbp, rbx ; ret
+//! ```
+
+use crate::cpu::{
+    OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_FX_GUEST, OFF_FX_HOST, OFF_GPR, OFF_HOST_RSP,
+    OFF_LIVE_FLAGS, OFF_WINDOW, exit, flags,
+};
+use crate::emit::Asm;
+use crate::emit::reg::*;
+use crate::translate::ExitTargets;
+
+/// Offsets of the routines within the trampoline code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trampolines {
+    pub enter: usize,
+    pub exits: ExitTargets,
+    pub exit_fault: usize,
+}
+
+/// Guest registers in `HotState::gpr` order and their host registers.
+const GUEST_REGS: [u8; 8] = [RAX, RCX, RDX, RBX, GUEST_ESP, RBP, RSI, RDI];
+
+fn fx(a: &mut Asm, ext: u8, disp: i32) {
+    // fxsave/fxrstor [r14 + disp32]: REX.B 0F AE /ext mod=10 rm=110
+    a.bytes(&[0x41, 0x0F, 0xAE, 0x80 | (ext << 3) | 6]);
+    a.u32(disp as u32);
+}
+
+/// `cmp dword [r14+fpu_active], 0 ; je <skip>`; returns the rel8 offset.
+fn skip_unless_fpu(a: &mut Asm) -> usize {
+    a.bytes(&[0x41, 0x83, 0xBE]);
+    a.u32(OFF_FPU_ACTIVE as u32);
+    a.bytes(&[0x00, 0x74, 0x00]);
+    a.len() - 1
+}
+
+fn bind_rel8(a: &mut Asm, at: usize) {
+    let rel = a.len() - (at + 1);
+    a.buf[at] = rel as u8;
+}
+
+/// Generate the trampolines; offsets are relative to the start of the code.
+pub fn generate() -> (Vec<u8>, Trampolines) {
+    let mut a = Asm::new();
+    let mut t = Trampolines {
+        enter: a.len(),
+        ..Default::default()
+    };
+    for r in [RBX, RBP, R12, R13, R14, R15] {
+        a.push_r64(r);
+    }
+    a.bytes(&[0x48, 0x83, 0xEC, 0x08]); // sub rsp, 8 (keeps 16-byte alignment)
+    a.mov_mbase_r64(RDI, OFF_HOST_RSP, RSP);
+    a.mov_r64_r64(VCPU, RDI);
+    a.mov_r64_r64(R11, RSI);
+    a.mov_r64_mbase(WINDOW, VCPU, OFF_WINDOW);
+    let skip = skip_unless_fpu(&mut a);
+    fx(&mut a, 0, OFF_FX_HOST);
+    fx(&mut a, 1, OFF_FX_GUEST);
+    bind_rel8(&mut a, skip);
+    a.mov_r32_mbase(RAX, VCPU, OFF_LIVE_FLAGS);
+    a.byte(0x25); // and eax, imm32
+    a.u32(flags::HOST_LIVE);
+    a.push_r64(RAX);
+    a.popfq();
+    for (k, r) in GUEST_REGS.into_iter().enumerate() {
+        a.mov_r32_mbase(r, VCPU, OFF_GPR + 4 * k as i32);
+    }
+    a.jmp_r64(R11);
+
+    let mut jumps_to_save = Vec::new();
+    let exit_stub = |a: &mut Asm, reason: u32, store_r13: bool| -> usize {
+        let at = a.len();
+        if store_r13 {
+            a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
+        }
+        a.mov_mbase_imm32(VCPU, OFF_EXIT_REASON, reason);
+        at
+    };
+    t.exits.chain = exit_stub(&mut a, exit::CHAIN, false);
+    jumps_to_save.push(a.jmp_rel32());
+    t.exits.indirect = exit_stub(&mut a, exit::INDIRECT, true);
+    jumps_to_save.push(a.jmp_rel32());
+    t.exits.emulate = exit_stub(&mut a, exit::EMULATE, false);
+    jumps_to_save.push(a.jmp_rel32());
+    t.exits.exception = exit_stub(&mut a, exit::EXCEPTION, false);
+    jumps_to_save.push(a.jmp_rel32());
+    t.exit_fault = exit_stub(&mut a, exit::FAULT, false);
+    let save = a.len();
+    for j in jumps_to_save {
+        a.bind_rel32(j, save);
+    }
+    for (k, r) in GUEST_REGS.into_iter().enumerate() {
+        a.mov_mbase_r32(VCPU, OFF_GPR + 4 * k as i32, r);
+    }
+    a.mov_r64_mbase(RSP, VCPU, OFF_HOST_RSP);
+    a.pushfq();
+    a.pop_r64(RAX);
+    a.mov_mbase_r32(VCPU, OFF_LIVE_FLAGS, RAX);
+    a.cld();
+    let skip = skip_unless_fpu(&mut a);
+    fx(&mut a, 0, OFF_FX_GUEST);
+    fx(&mut a, 1, OFF_FX_HOST);
+    bind_rel8(&mut a, skip);
+    a.bytes(&[0x48, 0x83, 0xC4, 0x08]); // add rsp, 8
+    for r in [R15, R14, R13, R12, RBP, RBX] {
+        a.pop_r64(r);
+    }
+    a.ret();
+    (a.buf, t)
+}
+
+/// Shift trampoline offsets to their host addresses.
+pub fn relocate(t: Trampolines, base: usize) -> Trampolines {
+    Trampolines {
+        enter: base + t.enter,
+        exits: ExitTargets {
+            chain: base + t.exits.chain,
+            indirect: base + t.exits.indirect,
+            emulate: base + t.exits.emulate,
+            exception: base + t.exits.exception,
+        },
+        exit_fault: base + t.exit_fault,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emit::disasm64;
+
+    #[test]
+    fn trampolines_decode_back() {
+        let (code, t) = generate();
+        let d = disasm64(&code);
+        assert!(d.iter().all(|l| !l.contains("(bad)") && !l.is_empty()));
+        let text = d.join("\n");
+        assert!(
+            text.contains("fxsave [r14+80h]") || text.contains("fxsave"),
+            "{text}"
+        );
+        assert!(text.contains("popfq"));
+        assert!(text.contains("mov r12d,[r14+10h]"), "{text}");
+        assert!(text.contains("jmp r11"));
+        assert!(t.exit_fault > t.exits.exception && t.exits.exception > t.exits.chain);
+        let exit = disasm64(&code[t.exits.indirect..t.exits.emulate]);
+        assert_eq!(exit[0], "mov [r14+20h],r13d");
+    }
+}

@@ -1,0 +1,321 @@
+//! Guest memory: RAM in one memfd, mapped into a 4 GiB-aligned host window
+//! (the GS base of translated code) and once more as a host alias for the
+//! VMM's own accesses.
+//!
+//! Layout of the reservation (all PROT_NONE unless said otherwise):
+//!
+//! ```text
+//!  window - 2 pages   poll page (PROT_READ; PROT_NONE when an exit is requested)
+//!  window - 1 page    guard (catches downward string instructions below 0)
+//!  window + 0         guest RAM (memfd, shared), code pages write-protected
+//!  window + ram_size  holes up to 4 GiB (faults are emulated)
+//!  window + 4 GiB     guard (catches accesses that straddle the top of the window)
+//! ```
+//!
+//! The window is 4 GiB aligned so that `mov esi, esi` turns a host pointer
+//! `window + esi` back into the guest address (string instructions).
+
+use std::ptr::NonNull;
+
+use thiserror::Error;
+
+/// Size of one guest (and host) page.
+pub const PAGE_SIZE: usize = 4096;
+/// Size of the guest linear/physical address space.
+pub const WINDOW_SIZE: usize = 1 << 32;
+/// Offset of the poll page below the window base.
+pub const POLL_PAGE_OFFSET: i32 = -(2 * PAGE_SIZE as i32);
+/// Reserved address space: room to align a 4 GiB window plus guards.
+const RESERVE_SIZE: usize = 3 * WINDOW_SIZE;
+
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    #[error("guest RAM size {0:#x} is not a non-zero multiple of 4 KiB below 4 GiB")]
+    BadSize(u64),
+    #[error("{what} failed: {source}")]
+    Os {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn os(what: &'static str) -> MemoryError {
+    MemoryError::Os {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Guest RAM plus its host window.
+pub struct GuestMemory {
+    reservation: NonNull<u8>,
+    window: usize,
+    alias: NonNull<u8>,
+    ram_size: usize,
+    memfd: libc::c_int,
+    /// Per guest page: the page is write-protected in the window because it
+    /// holds translated code.
+    protected: Vec<bool>,
+}
+
+// SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
+// threads as a whole, never shared.
+unsafe impl Send for GuestMemory {}
+
+impl GuestMemory {
+    pub fn new(ram_size: u64) -> Result<Self, MemoryError> {
+        if ram_size == 0 || ram_size % PAGE_SIZE as u64 != 0 || ram_size >= WINDOW_SIZE as u64 {
+            return Err(MemoryError::BadSize(ram_size));
+        }
+        let ram = ram_size as usize;
+        // SAFETY: plain syscalls; every returned resource is checked and
+        // owned by the returned value (released in Drop).
+        unsafe {
+            let fd = libc::memfd_create(c"btvisor-ram".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return Err(os("memfd_create"));
+            }
+            if libc::ftruncate(fd, ram as libc::off_t) != 0 {
+                libc::close(fd);
+                return Err(os("ftruncate"));
+            }
+            let res = libc::mmap(
+                std::ptr::null_mut(),
+                RESERVE_SIZE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            if res == libc::MAP_FAILED {
+                libc::close(fd);
+                return Err(os("reserving the 4 GiB guest window"));
+            }
+            // First 4 GiB boundary with room for the poll and guard pages below.
+            let window = ((res as usize) + 2 * PAGE_SIZE + WINDOW_SIZE - 1) & !(WINDOW_SIZE - 1);
+            let alias = libc::mmap(
+                std::ptr::null_mut(),
+                ram,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            let mut m = GuestMemory {
+                reservation: NonNull::new_unchecked(res as *mut u8),
+                window,
+                alias: NonNull::dangling(),
+                ram_size: ram,
+                memfd: fd,
+                protected: vec![false; ram / PAGE_SIZE],
+            };
+            if alias == libc::MAP_FAILED {
+                return Err(os("mapping guest RAM alias"));
+            }
+            m.alias = NonNull::new_unchecked(alias as *mut u8);
+            let w = libc::mmap(
+                window as *mut libc::c_void,
+                ram,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                0,
+            );
+            if w == libc::MAP_FAILED {
+                return Err(os("mapping guest RAM into the window"));
+            }
+            let poll = libc::mmap(
+                (window as isize + POLL_PAGE_OFFSET as isize) as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            if poll == libc::MAP_FAILED {
+                return Err(os("mapping the poll page"));
+            }
+            Ok(m)
+        }
+    }
+
+    /// Host address of guest address 0 (the GS base).
+    pub fn window_base(&self) -> usize {
+        self.window
+    }
+
+    pub fn ram_size(&self) -> usize {
+        self.ram_size
+    }
+
+    pub fn poll_page(&self) -> usize {
+        (self.window as isize + POLL_PAGE_OFFSET as isize) as usize
+    }
+
+    /// Guest RAM as a host slice (the alias mapping, never write-protected).
+    pub fn ram(&self) -> &[u8] {
+        // SAFETY: alias maps ram_size bytes for the lifetime of self.
+        unsafe { std::slice::from_raw_parts(self.alias.as_ptr(), self.ram_size) }
+    }
+
+    pub fn ram_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in ram(); &mut self gives exclusive access on the host side.
+        unsafe { std::slice::from_raw_parts_mut(self.alias.as_ptr(), self.ram_size) }
+    }
+
+    /// Raw host pointer to the alias (for the engine, which also lets guest code write RAM).
+    pub fn alias_ptr(&self) -> *mut u8 {
+        self.alias.as_ptr()
+    }
+
+    /// Whether guest physical address `addr` is RAM.
+    pub fn is_ram(&self, addr: u32) -> bool {
+        (addr as usize) < self.ram_size
+    }
+
+    /// Is the page containing `addr` write-protected for translated code?
+    pub fn is_protected(&self, addr: u32) -> bool {
+        self.protected
+            .get(addr as usize / PAGE_SIZE)
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Write-protect (or unprotect) one RAM page in the window.
+    pub fn set_code_protect(&mut self, page: u32, on: bool) {
+        let idx = page as usize / PAGE_SIZE;
+        if idx >= self.protected.len() || self.protected[idx] == on {
+            return;
+        }
+        self.protected[idx] = on;
+        let prot = if on {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
+        // SAFETY: the page lies inside the RAM part of our own window mapping.
+        let rc = unsafe {
+            libc::mprotect(
+                (self.window + idx * PAGE_SIZE) as *mut libc::c_void,
+                PAGE_SIZE,
+                prot,
+            )
+        };
+        if rc != 0 {
+            log::error!(
+                "mprotect of guest page {page:#x} failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Drop every code-page protection (code cache flush).
+    pub fn unprotect_all(&mut self) {
+        for idx in 0..self.protected.len() {
+            if self.protected[idx] {
+                self.set_code_protect((idx * PAGE_SIZE) as u32, false);
+            }
+        }
+    }
+
+    /// Make the next poll load in translated code fault (or stop doing so).
+    pub fn set_poll(&self, request_exit: bool) {
+        set_poll_page(self.poll_page(), request_exit);
+    }
+
+    /// Read guest physical memory; bytes outside RAM read as all ones.
+    pub fn read(&self, addr: u32, buf: &mut [u8]) {
+        let ram = self.ram();
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = addr.wrapping_add(i as u32) as usize;
+            *b = if a < ram.len() { ram[a] } else { 0xFF };
+        }
+    }
+
+    /// Write guest physical memory; bytes outside RAM are dropped.
+    pub fn write(&mut self, addr: u32, data: &[u8]) {
+        let ram = self.ram_mut();
+        for (i, b) in data.iter().enumerate() {
+            let a = addr.wrapping_add(i as u32) as usize;
+            if a < ram.len() {
+                ram[a] = *b;
+            }
+        }
+    }
+
+    pub fn read_u8(&self, addr: u32) -> u8 {
+        let mut b = [0u8; 1];
+        self.read(addr, &mut b);
+        b[0]
+    }
+
+    pub fn read_u16(&self, addr: u32) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(addr, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    pub fn read_u32(&self, addr: u32) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(addr, &mut b);
+        u32::from_le_bytes(b)
+    }
+}
+
+/// Async-signal-safe form of `set_poll` (used from the timer signal handler).
+pub fn set_poll_page(page: usize, request_exit: bool) {
+    let prot = if request_exit {
+        libc::PROT_NONE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: `page` is the poll page of a live GuestMemory; mprotect is a
+    // plain syscall and safe to call from a signal handler.
+    unsafe {
+        libc::mprotect(page as *mut libc::c_void, PAGE_SIZE, prot);
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the regions created in new().
+        unsafe {
+            libc::munmap(self.reservation.as_ptr() as *mut libc::c_void, RESERVE_SIZE);
+            if self.alias != NonNull::dangling() {
+                libc::munmap(self.alias.as_ptr() as *mut libc::c_void, self.ram_size);
+            }
+            libc::close(self.memfd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_and_alias_share_ram() {
+        let mut m = GuestMemory::new(1 << 20).expect("guest memory");
+        assert_eq!(m.window_base() % WINDOW_SIZE, 0);
+        m.write(0x1000, &[1, 2, 3, 4]);
+        // SAFETY: the window maps RAM at offset 0x1000.
+        let v = unsafe { std::ptr::read_volatile((m.window_base() + 0x1000) as *const u32) };
+        assert_eq!(v, 0x0403_0201);
+        assert_eq!(m.read_u32(0x1000), 0x0403_0201);
+        // Outside RAM reads as all ones.
+        assert_eq!(m.read_u32(0x20_0000), 0xFFFF_FFFF);
+        m.set_code_protect(0x1000, true);
+        assert!(m.is_protected(0x1234));
+        m.write(0x1000, &[9]); // alias stays writable
+        assert_eq!(m.read_u8(0x1000), 9);
+        m.unprotect_all();
+        assert!(!m.is_protected(0x1000));
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        assert!(GuestMemory::new(0).is_err());
+        assert!(GuestMemory::new(4095).is_err());
+        assert!(GuestMemory::new(1 << 32).is_err());
+    }
+}

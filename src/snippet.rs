@@ -1,0 +1,79 @@
+//! Running a piece of raw 32-bit guest code through the translator, for
+//! differential tests against the host CPU and for benchmarks.
+//!
+//! The code is placed at `SNIPPET_CODE_ADDR` in a small flat machine and
+//! followed by HLT; it runs at CPL 0 with interrupts off until that HLT.
+
+use thiserror::Error;
+
+use crate::cache::DEFAULT_CACHE_SIZE;
+use crate::cpu::flags;
+use crate::devices::PortBus;
+use crate::exec::{Engine, EngineOptions, ExecError, RunOutcome};
+use crate::memory::{GuestMemory, MemoryError};
+
+/// Guest address of the code.
+pub const SNIPPET_CODE_ADDR: u32 = 0x1_0000;
+/// Guest address of the 256-byte data area (give it to the code in ESI).
+pub const SNIPPET_DATA_ADDR: u32 = 0x8_0000;
+/// Initial ESP for snippets (a 64 KiB stack below it is RAM).
+pub const SNIPPET_STACK_TOP: u32 = 0x7_0000;
+/// RAM of the snippet machine.
+const SNIPPET_RAM: u64 = 1 << 20;
+/// HLT, appended to the code.
+const HLT: u8 = 0xF4;
+
+/// Registers, flags and data area before or after a snippet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnippetState {
+    /// EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI.
+    pub regs: [u32; 8],
+    pub eflags: u32,
+    pub data: [u8; 256],
+}
+
+#[derive(Debug, Error)]
+pub enum SnippetError {
+    #[error("snippet of {0} bytes does not fit below the stack")]
+    TooLong(usize),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("snippet did not reach its end: {0:?}")]
+    Outcome(RunOutcome),
+}
+
+/// Run `code` from `input` to its end.
+pub fn run_snippet(code: &[u8], input: &SnippetState) -> Result<SnippetState, SnippetError> {
+    let room = (SNIPPET_STACK_TOP - 0x1_0000 - SNIPPET_CODE_ADDR) as usize;
+    if code.len() + 1 > room {
+        return Err(SnippetError::TooLong(code.len()));
+    }
+    let mut mem = GuestMemory::new(SNIPPET_RAM)?;
+    let at = SNIPPET_CODE_ADDR as usize;
+    mem.ram_mut()[at..at + code.len()].copy_from_slice(code);
+    mem.ram_mut()[at + code.len()] = HLT;
+    let d = SNIPPET_DATA_ADDR as usize;
+    mem.ram_mut()[d..d + 256].copy_from_slice(&input.data);
+    let opts = EngineOptions {
+        cache_size: DEFAULT_CACHE_SIZE / 16,
+        ..EngineOptions::default()
+    };
+    let mut e = Engine::new(mem, PortBus::new(), opts)?;
+    e.cpu.hot.gpr = input.regs;
+    e.cpu.set_eflags(input.eflags & !(flags::IF | flags::TF));
+    e.cpu.hot.eip = SNIPPET_CODE_ADDR;
+    let end = SNIPPET_CODE_ADDR + code.len() as u32;
+    match e.run() {
+        RunOutcome::Halted { eip, .. } if eip == end => {}
+        other => return Err(SnippetError::Outcome(other)),
+    }
+    let mut data = [0u8; 256];
+    data.copy_from_slice(&e.mem.ram()[d..d + 256]);
+    Ok(SnippetState {
+        regs: e.cpu.hot.gpr,
+        eflags: e.cpu.eflags(),
+        data,
+    })
+}

@@ -1,0 +1,633 @@
+//! Translation of guest blocks into x86-64 host code.
+//!
+//! Guest EAX..EDI (but ESP) live in the host registers of the same number,
+//! guest ESP in R12, guest arithmetic flags and DF in host RFLAGS; R14 points
+//! at the vCPU's `HotState` and R15 holds the window base. Most instructions
+//! are copied (IDENT), with memory operands rewritten to `gs: addr32 [...]`.
+//! Every emitted sequence keeps two rules:
+//!
+//! * no helper instruction changes host flags (only MOV/LEA/MOVZX/JRCXZ), so
+//!   guest flags stay live across the whole block;
+//! * in a multi-instruction sequence, a host instruction that can fault comes
+//!   before any change of guest state, or the instruction's `Fixup` tells the
+//!   signal handler how to undo it — so every fault is precise.
+//!
+//! The generated block looks like:
+//!
+//! ```text
+//! entry:  mov r13d, [r15 - 0x2000]        ; safepoint poll (faults on exit request)
+//!         <translated instructions>
+//!         jmp rel32 / jcc rel32 ...        ; direct exits (patched when chained)
+//! tail_k: mov dword [r14+eip], target      ; unchained exit k
+//!         mov dword [r14+exit_arg], id_k
+//!         jmp exit_chain
+//! ```
+
+mod lookup;
+mod stack;
+mod string;
+
+use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
+use thiserror::Error;
+
+use crate::cpu::{OFF_EIP, OFF_EXIT_ARG, vector};
+use crate::decode::{Class, GuestBlock, uses_fpu};
+use crate::emit::reg::*;
+use crate::emit::{Asm, GuestMem, PREFIX_ADDR32, PREFIX_GS, encode_guest_mem, rel32};
+use crate::memory::POLL_PAGE_OFFSET;
+
+#[derive(Debug, Error)]
+pub enum TranslateError {
+    #[error("instruction at {0:#010x} cannot be translated: {1}")]
+    Unsupported(u32, &'static str),
+}
+
+/// Host addresses of the shared exit routines (see `exec::trampoline`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExitTargets {
+    pub chain: usize,
+    pub indirect: usize,
+    pub emulate: usize,
+    pub exception: usize,
+}
+
+/// How the signal handler repairs host registers when a fault hits the
+/// middle of an instruction's host sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixup {
+    None,
+    /// ESI/EDI held host pointers (string instructions): truncate to 32 bits.
+    TruncStringPtrs,
+    /// The given legacy register stood in for ESP; its guest value is in R13.
+    RestoreFromR13(u8),
+}
+
+/// Where one guest instruction's host code starts.
+#[derive(Debug, Clone, Copy)]
+pub struct InsnMapEntry {
+    pub host_off: u32,
+    pub eip: u32,
+    pub fixup: Fixup,
+}
+
+/// A direct exit of a block, patchable for chaining.
+#[derive(Debug, Clone, Copy)]
+pub struct ExitSite {
+    /// Offset (in the block's code) of the rel32 field to patch.
+    pub rel32_off: u32,
+    /// Offset of the unchained tail.
+    pub tail_off: u32,
+    pub target: u32,
+}
+
+/// The host code of one block and its metadata.
+pub struct Translation {
+    pub code: Vec<u8>,
+    pub insn_map: Vec<InsnMapEntry>,
+    pub exits: Vec<ExitSite>,
+    pub uses_fpu: bool,
+}
+
+/// Translation options.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Emit inline jump-cache lookups for indirect branches (off when every
+    /// block entry must be traced).
+    pub inline_lookup: bool,
+}
+
+/// Translates one block for code at host address `host_base`.
+pub struct Translator<'a> {
+    a: Asm,
+    host_base: usize,
+    exits_to: ExitTargets,
+    first_exit_id: u32,
+    opts: Options,
+    insn_map: Vec<InsnMapEntry>,
+    pending_exits: Vec<(usize, u32)>,
+    /// Guest memory the instructions were decoded from (address 0 = index 0).
+    code: &'a [u8],
+}
+
+/// Host register of a 32- or 16-bit guest GPR (ESP/SP map to R12).
+pub fn host_gpr(r: Register) -> Option<u8> {
+    let full = r.full_register32();
+    let n = match full {
+        Register::EAX => RAX,
+        Register::ECX => RCX,
+        Register::EDX => RDX,
+        Register::EBX => RBX,
+        Register::ESP => GUEST_ESP,
+        Register::EBP => RBP,
+        Register::ESI => RSI,
+        Register::EDI => RDI,
+        _ => return None,
+    };
+    Some(n)
+}
+
+fn is_high_byte(r: Register) -> bool {
+    matches!(r, Register::AH | Register::CH | Register::DH | Register::BH)
+}
+
+fn is_sp(r: Register) -> bool {
+    matches!(r, Register::ESP | Register::SP)
+}
+
+/// The guest memory operand of `i` in host registers, with ESP as `esp`.
+fn guest_mem(i: &Instruction, esp: u8) -> GuestMem {
+    let map = |r: Register| -> Option<u8> {
+        if r == Register::None {
+            None
+        } else if is_sp(r) {
+            Some(esp)
+        } else {
+            host_gpr(r)
+        }
+    };
+    GuestMem {
+        base: map(i.memory_base()),
+        index: map(i.memory_index()),
+        scale: i.memory_index_scale() as u8,
+        disp: i.memory_displacement32() as i32,
+    }
+}
+
+/// Legacy prefixes we keep when copying: operand size, REP/REPNE (also the
+/// SSE mandatory prefixes) and LOCK. Segment overrides are dropped (GS is
+/// added), 0x67 never reaches here (16-bit addressing is emulated).
+fn is_kept_prefix(b: u8) -> bool {
+    matches!(b, 0x66 | 0xF2 | 0xF3 | 0xF0)
+}
+
+fn is_legacy_prefix(b: u8) -> bool {
+    matches!(
+        b,
+        0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3
+    )
+}
+
+/// The byte layout of a guest instruction.
+struct Layout {
+    prefix_end: usize,
+    opcode_end: usize,
+    /// End of ModRM + SIB + displacement (== opcode_end without ModRM).
+    modrm_end: usize,
+}
+
+fn layout(bytes: &[u8], has_modrm: bool) -> Layout {
+    let mut p = 0;
+    while p < bytes.len() && is_legacy_prefix(bytes[p]) {
+        p += 1;
+    }
+    let mut o = p;
+    if bytes.get(o) == Some(&0x0F) {
+        o += 1;
+        if matches!(bytes.get(o), Some(0x38) | Some(0x3A)) {
+            o += 1;
+        }
+    }
+    o += 1;
+    let mut m = o;
+    if has_modrm {
+        let modrm = bytes.get(o).copied().unwrap_or(0);
+        let md = modrm >> 6;
+        let rm = modrm & 7;
+        m += 1;
+        if md != 3 {
+            let mut disp = match md {
+                1 => 1,
+                2 => 4,
+                _ => 0,
+            };
+            if rm == 4 {
+                let sib = bytes.get(m).copied().unwrap_or(0);
+                m += 1;
+                if md == 0 && sib & 7 == 5 {
+                    disp = 4;
+                }
+            } else if md == 0 && rm == 5 {
+                disp = 4;
+            }
+            m += disp;
+        }
+    }
+    Layout {
+        prefix_end: p,
+        opcode_end: o,
+        modrm_end: m.min(bytes.len()),
+    }
+}
+
+/// Does the instruction form have a ModRM byte? (All register/memory operand
+/// kinds encoded in ModRM say so.)
+fn has_modrm(i: &Instruction) -> bool {
+    use OpCodeOperandKind as K;
+    i.op_code().op_kinds().iter().any(|k| {
+        matches!(
+            k,
+            K::r8_or_mem
+                | K::r16_or_mem
+                | K::r32_or_mem
+                | K::r32_or_mem_mpx
+                | K::r8_reg
+                | K::r16_reg
+                | K::r16_reg_mem
+                | K::r16_rm
+                | K::r32_reg
+                | K::r32_reg_mem
+                | K::r32_rm
+                | K::mem
+                | K::mem_mpx
+                | K::mem_mib
+                | K::mem_vsib32x
+                | K::seg_reg
+                | K::cr_reg
+                | K::dr_reg
+                | K::tr_reg
+                | K::mm_reg
+                | K::mm_rm
+                | K::mm_or_mem
+                | K::xmm_reg
+                | K::xmm_rm
+                | K::xmm_or_mem
+                | K::sti_opcode
+        )
+    }) || i.op_code().group_index() >= 0
+        || i.op_code().rm_group_index() >= 0
+}
+
+impl<'a> Translator<'a> {
+    /// `code` is guest memory from address 0 (the instructions' bytes are
+    /// re-read from it when copied).
+    pub fn new(
+        host_base: usize,
+        exits_to: ExitTargets,
+        first_exit_id: u32,
+        opts: Options,
+        code: &'a [u8],
+    ) -> Self {
+        Translator {
+            a: Asm::new(),
+            host_base,
+            exits_to,
+            first_exit_id,
+            opts,
+            insn_map: Vec::new(),
+            pending_exits: Vec::new(),
+            code,
+        }
+    }
+
+    /// Translate `block`.
+    pub fn translate(mut self, block: &GuestBlock) -> Translation {
+        let mut fpu = false;
+        // Safepoint poll: a plain load, so guest flags stay untouched.
+        self.mark(block.start, Fixup::None);
+        self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
+        let mut fell_through = true;
+        for (i, &cls) in block.insns.iter().zip(&block.classes) {
+            fpu |= cls == Class::Ident && uses_fpu(i);
+            self.insn(i, cls);
+            if cls.ends_block() {
+                fell_through = false;
+            }
+        }
+        if fell_through {
+            let at = self.a.jmp_rel32();
+            self.pending_exits.push((at, block.end));
+        }
+        // Tails of the direct exits.
+        let mut exits = Vec::with_capacity(self.pending_exits.len());
+        let pending = std::mem::take(&mut self.pending_exits);
+        for (k, (at, target)) in pending.into_iter().enumerate() {
+            let tail = self.a.len();
+            self.a.bind_rel32(at, tail);
+            self.a.mov_mbase_imm32(VCPU, OFF_EIP, target);
+            self.a
+                .mov_mbase_imm32(VCPU, OFF_EXIT_ARG, self.first_exit_id + k as u32);
+            self.jmp_abs(self.exits_to.chain);
+            exits.push(ExitSite {
+                rel32_off: at as u32,
+                tail_off: tail as u32,
+                target,
+            });
+        }
+        Translation {
+            code: self.a.buf,
+            insn_map: self.insn_map,
+            exits,
+            uses_fpu: fpu,
+        }
+    }
+
+    fn mark(&mut self, eip: u32, fixup: Fixup) {
+        self.insn_map.push(InsnMapEntry {
+            host_off: self.a.len() as u32,
+            eip,
+            fixup,
+        });
+    }
+
+    /// `jmp rel32` to an absolute host address.
+    fn jmp_abs(&mut self, target: usize) {
+        let at = self.a.jmp_rel32();
+        let v = rel32(self.host_base + at, target);
+        self.a.patch_u32(at, v);
+    }
+
+    /// A chainable direct exit to guest `target`.
+    fn direct_exit(&mut self, target: u32) {
+        let at = self.a.jmp_rel32();
+        self.pending_exits.push((at, target));
+    }
+
+    fn insn(&mut self, i: &Instruction, cls: Class) {
+        let eip = i.ip32();
+        self.mark(eip, Fixup::None);
+        match cls {
+            Class::Ident => self.ident(i, None),
+            Class::Alias82 => self.ident(i, Some(0x80)),
+            Class::IncDecShort => self.inc_dec_short(i),
+            Class::ImplicitDs => string::implicit_ds(self, i),
+            Class::StringEs => string::string_es(self, i),
+            Class::PushReg => stack::push_reg(self, i),
+            Class::PushImm => stack::push_imm(self, i),
+            Class::PushMem => stack::push_mem(self, i),
+            Class::PopReg => stack::pop_reg(self, i),
+            Class::PopMem => stack::pop_mem(self, i),
+            Class::Pushad => stack::pushad(self),
+            Class::Popad => stack::popad(self),
+            Class::Leave => stack::leave(self),
+            Class::Enter0 => stack::enter0(self, i),
+            Class::JmpDirect => self.direct_exit(i.near_branch32()),
+            Class::Jcc => {
+                let at = self.a.jcc_rel32(i.condition_code() as u8 - 1);
+                self.pending_exits.push((at, i.near_branch32()));
+                self.direct_exit(i.next_ip32());
+            }
+            Class::JcxzLoop => {
+                let b = self.guest_bytes(i);
+                let op = b[b.len() - 2];
+                // addr32 selects ECX in 64-bit mode; skip the 5-byte fallthrough jump.
+                self.a.bytes(&[PREFIX_ADDR32, op, 5]);
+                self.direct_exit(i.next_ip32());
+                self.direct_exit(i.near_branch32());
+            }
+            Class::CallDirect => {
+                stack::push_imm32(self, i.next_ip32());
+                self.direct_exit(i.near_branch32());
+            }
+            Class::JmpIndirect => {
+                self.load_scratch(i);
+                lookup::indirect(self);
+            }
+            Class::CallIndirect => {
+                self.load_scratch(i);
+                stack::push_imm32(self, i.next_ip32());
+                lookup::indirect(self);
+            }
+            Class::Ret => {
+                // mov r13d, gs:[r12d] ; lea r12d, [r12 + 4 + n]
+                self.mem_op(
+                    &[],
+                    &[0x8B],
+                    SCRATCH,
+                    &GuestMem::base_disp(GUEST_ESP, 0),
+                    &[],
+                );
+                let n = if i.op_count() > 0 {
+                    i.immediate16() as i32
+                } else {
+                    0
+                };
+                self.a.lea_r32(GUEST_ESP, GUEST_ESP, 4 + n);
+                lookup::indirect(self);
+            }
+            Class::Emulate => {
+                self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
+                self.jmp_abs(self.exits_to.emulate);
+            }
+            Class::Invalid => {
+                self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
+                self.a
+                    .mov_mbase_imm32(VCPU, OFF_EXIT_ARG, vector::UD as u32);
+                self.jmp_abs(self.exits_to.exception);
+            }
+        }
+    }
+
+    fn guest_bytes(&self, i: &Instruction) -> &'a [u8] {
+        let s = i.ip32() as usize;
+        self.code.get(s..s + i.len()).unwrap_or(&[])
+    }
+
+    /// `mov r13d, <reg or gs:[mem]>` for indirect branches.
+    fn load_scratch(&mut self, i: &Instruction) {
+        if i.op0_kind() == OpKind::Register {
+            let src = host_gpr(i.op0_register()).unwrap_or(RAX);
+            self.a.mov_r32_r32(SCRATCH, src);
+        } else {
+            let m = guest_mem(i, GUEST_ESP);
+            self.mem_op(&[], &[0x8B], SCRATCH, &m, &[]);
+        }
+    }
+
+    /// Emit `gs: addr32 <prefixes> [REX] <opcode> <modrm...> <tail>`.
+    pub(crate) fn mem_op(
+        &mut self,
+        prefixes: &[u8],
+        opcode: &[u8],
+        regf: u8,
+        m: &GuestMem,
+        tail: &[u8],
+    ) {
+        let e = encode_guest_mem(regf, m);
+        self.a.byte(PREFIX_GS);
+        self.a.byte(PREFIX_ADDR32);
+        self.a.bytes(prefixes);
+        if e.rex_rxb != 0 {
+            self.a.byte(0x40 | e.rex_rxb);
+        }
+        self.a.bytes(opcode);
+        self.a.bytes(e.as_slice());
+        self.a.bytes(tail);
+    }
+
+    /// REX bits needed for ESP register operands when ESP is host `esp`.
+    fn esp_rex(i: &Instruction, esp: u8) -> Option<u8> {
+        if esp < 8 {
+            return Some(0);
+        }
+        let oc = i.op_code();
+        let mut rex = 0u8;
+        for n in 0..i.op_count() {
+            if i.op_kind(n) != OpKind::Register || !is_sp(i.op_register(n)) {
+                continue;
+            }
+            use OpCodeOperandKind as K;
+            match oc.op_kind(n) {
+                K::r32_reg | K::r16_reg => rex |= 4,
+                K::r32_rm
+                | K::r16_rm
+                | K::r32_or_mem
+                | K::r16_or_mem
+                | K::r32_opcode
+                | K::r16_opcode => rex |= 1,
+                _ => return None,
+            }
+        }
+        Some(rex)
+    }
+
+    /// Copy an instruction, mapping ESP to R12 and memory into the window.
+    /// `opcode_override` replaces the (one-byte) opcode.
+    fn ident(&mut self, i: &Instruction, opcode_override: Option<u8>) {
+        let bytes = self.guest_bytes(i);
+        let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
+        let uses_sp = (0..i.op_count())
+            .any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)))
+            || (mem && (is_sp(i.memory_base()) || is_sp(i.memory_index())));
+        if !mem && !uses_sp && opcode_override.is_none() {
+            self.a.bytes(bytes);
+            return;
+        }
+        let high = (0..i.op_count())
+            .any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
+        let rex_needed = uses_sp; // R12 always needs a REX bit
+        if rex_needed && high {
+            self.ident_substituted(i, bytes, mem, opcode_override);
+        } else {
+            self.ident_with_esp(i, bytes, mem, GUEST_ESP, opcode_override);
+        }
+    }
+
+    fn ident_with_esp(
+        &mut self,
+        i: &Instruction,
+        bytes: &[u8],
+        mem: bool,
+        esp: u8,
+        opcode_override: Option<u8>,
+    ) {
+        let modrm = has_modrm(i);
+        let l = layout(bytes, modrm);
+        let prefixes: Vec<u8> = bytes[..l.prefix_end]
+            .iter()
+            .copied()
+            .filter(|&b| is_kept_prefix(b))
+            .collect();
+        let mut opcode = bytes[l.prefix_end..l.opcode_end].to_vec();
+        if let Some(o) = opcode_override {
+            if let Some(last) = opcode.last_mut() {
+                *last = o;
+            }
+        }
+        let Some(mut rex) = Self::esp_rex(i, esp) else {
+            // Unexpected ESP operand kind: let the VMM report it.
+            self.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
+            self.jmp_abs(self.exits_to.emulate);
+            return;
+        };
+        if mem && modrm {
+            let m = guest_mem(i, esp);
+            let modrm_byte = bytes[l.opcode_end];
+            let regf = ((modrm_byte >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+            self.mem_op(&prefixes, &opcode, regf, &m, &bytes[l.modrm_end..]);
+            return;
+        }
+        if mem {
+            // moffs forms (A0..A3): 32-bit absolute offset under addr32.
+            self.a.byte(PREFIX_GS);
+            self.a.byte(PREFIX_ADDR32);
+            self.a.bytes(&prefixes);
+            self.a.bytes(&opcode);
+            self.a.bytes(&bytes[l.opcode_end..]);
+            return;
+        }
+        // Register-only: rewrite register fields naming ESP.
+        self.a.bytes(&prefixes);
+        if esp < 8 {
+            // Substituted register: patch the fields to `esp`'s number.
+            rex = 0;
+        }
+        if rex != 0 {
+            self.a.byte(0x40 | rex);
+        }
+        if esp < 8 && modrm {
+            // Replace ESP (4) by `esp` in reg/rm fields that name it.
+            let oc = i.op_code();
+            let mut mb = bytes[l.opcode_end];
+            for n in 0..i.op_count() {
+                if i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)) {
+                    use OpCodeOperandKind as K;
+                    match oc.op_kind(n) {
+                        K::r32_reg | K::r16_reg => mb = (mb & !0x38) | (esp << 3),
+                        _ => mb = (mb & !7) | esp,
+                    }
+                }
+            }
+            self.a.bytes(&opcode);
+            self.a.byte(mb);
+            self.a.bytes(&bytes[l.opcode_end + 1..]);
+        } else if esp < 8 {
+            // +r opcode form.
+            let last = opcode.len() - 1;
+            opcode[last] = (opcode[last] & !7) | esp;
+            self.a.bytes(&opcode);
+            self.a.bytes(&bytes[l.opcode_end..]);
+        } else {
+            self.a.bytes(&opcode);
+            self.a.bytes(&bytes[l.opcode_end..]);
+        }
+    }
+
+    /// An instruction naming both ESP and AH/CH/DH/BH cannot take a REX
+    /// prefix: a free legacy register stands in for ESP around it.
+    fn ident_substituted(
+        &mut self,
+        i: &Instruction,
+        bytes: &[u8],
+        mem: bool,
+        opcode_override: Option<u8>,
+    ) {
+        let used = |r: u8| {
+            (0..i.op_count())
+                .any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
+                || (mem
+                    && (host_gpr(i.memory_base()) == Some(r)
+                        || host_gpr(i.memory_index()) == Some(r)))
+        };
+        let sub = [RSI, RDI, RBP]
+            .into_iter()
+            .find(|&r| !used(r))
+            .unwrap_or(RSI);
+        self.a.mov_r64_r64(SCRATCH, sub);
+        self.a.mov_r32_r32(sub, GUEST_ESP);
+        if let Some(last) = self.insn_map.last_mut() {
+            last.fixup = Fixup::RestoreFromR13(sub);
+        }
+        self.ident_with_esp(i, bytes, mem, sub, opcode_override);
+        self.a.mov_r32_r32(GUEST_ESP, sub);
+        self.a.mov_r64_r64(sub, SCRATCH);
+    }
+
+    /// `inc/dec r32` (0x40..0x4F) as `FF /0` / `FF /1`.
+    fn inc_dec_short(&mut self, i: &Instruction) {
+        let r = host_gpr(i.op0_register()).unwrap_or(RAX);
+        if i.op0_register().size() == 2 {
+            self.a.byte(0x66);
+        }
+        self.a.rex(false, 0, 0, r, false);
+        let ext = if matches!(i.mnemonic(), iced_x86::Mnemonic::Inc) {
+            0
+        } else {
+            1
+        };
+        self.a.byte(0xFF);
+        self.a.byte(0xC0 | (ext << 3) | (r & 7));
+    }
+}
+
+#[cfg(test)]
+mod tests;

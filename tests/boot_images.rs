@@ -1,0 +1,213 @@
+//! Boots each guest image under btvisor and compares against the golden
+//! output recorded from QEMU (guest-images/expected/<name>.{out,status,args}).
+//!
+//! Images are run from the crate root with the relative path
+//! `guest-images/<name>.elf` because the Multiboot command line (as QEMU
+//! builds it) is "<kernel path> <append>", and hello prints it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every image with a golden output; `all_expected_images_have_tests`
+/// keeps this in sync with guest-images/expected/.
+const IMAGES: &[&str] = &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Run {
+    status: Option<ExitStatus>, // None: killed after TIMEOUT
+    stdout: String,
+    stderr: String,
+}
+
+/// Run btvisor with `args` from the crate root, killing it after TIMEOUT.
+fn run_btvisor(args: &[String]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to spawn btvisor");
+    // Drain pipes on threads so a chatty guest cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait failed") {
+            break Some(s);
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+    }
+}
+
+/// Line diff good enough for golden outputs: lists differing lines.
+fn diff(want: &str, got: &str) -> String {
+    let w: Vec<&str> = want.lines().collect();
+    let g: Vec<&str> = got.lines().collect();
+    let mut s = String::new();
+    let mut shown = 0;
+    for i in 0..w.len().max(g.len()) {
+        let (a, b) = (w.get(i), g.get(i));
+        if a != b {
+            if shown == 40 {
+                s.push_str("  ... (more differences)\n");
+                break;
+            }
+            shown += 1;
+            s.push_str(&format!("  line {}:\n", i + 1));
+            s.push_str(&format!(
+                "    - want: {}\n",
+                a.map_or("<missing>".into(), |l| format!("{l:?}"))
+            ));
+            s.push_str(&format!(
+                "    + got:  {}\n",
+                b.map_or("<missing>".into(), |l| format!("{l:?}"))
+            ));
+        }
+    }
+    if s.is_empty() && want != got {
+        s.push_str("  (only trailing newline / line ending differs)\n");
+    }
+    s
+}
+
+fn boot_and_compare(name: &str) {
+    let exp = root().join("guest-images/expected");
+    let read = |ext: &str| std::fs::read_to_string(exp.join(format!("{name}.{ext}")));
+    let want_out = read("out").expect("missing golden .out");
+    let want_status: i32 = read("status")
+        .expect("missing golden .status")
+        .trim()
+        .parse()
+        .expect("bad .status");
+    let image = ["elf", "bin"]
+        .iter()
+        .map(|e| format!("guest-images/{name}.{e}"))
+        .find(|p| root().join(p).exists())
+        .unwrap_or_else(|| panic!("no image for {name}"));
+
+    let mut args = vec!["-serial".to_string(), "stdio".to_string(), image];
+    if let Ok(a) = read("args") {
+        args.push("-append".into());
+        args.push(a.trim_end_matches('\n').to_string());
+    }
+    let r = run_btvisor(&args);
+
+    let mut problems = String::new();
+    match r.status {
+        None => problems.push_str(&format!("timed out after {TIMEOUT:?} (killed)\n")),
+        Some(s) if s.code() != Some(want_status) => {
+            problems.push_str(&format!("exit status: want {want_status}, got {s}\n"))
+        }
+        _ => {}
+    }
+    if r.stdout != want_out {
+        problems.push_str(&format!(
+            "serial output differs:\n{}",
+            diff(&want_out, &r.stdout)
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "image {name}: btvisor {}\n{problems}--- stderr ---\n{}",
+        args.join(" "),
+        r.stderr
+    );
+}
+
+#[test]
+fn boot_hello() {
+    boot_and_compare("hello");
+}
+
+#[test]
+fn boot_hello_aout() {
+    boot_and_compare("hello-aout");
+}
+
+#[test]
+fn boot_insn() {
+    boot_and_compare("insn");
+}
+
+#[test]
+fn boot_insn_sse() {
+    boot_and_compare("insn-sse");
+}
+
+#[test]
+fn boot_compute() {
+    boot_and_compare("compute");
+}
+
+#[test]
+fn boot_smc() {
+    boot_and_compare("smc");
+}
+
+#[test]
+fn non_multiboot_file_is_rejected() {
+    let r = run_btvisor(&["-serial".into(), "stdio".into(), "Cargo.toml".into()]);
+    let code = r.status.and_then(|s| s.code());
+    assert_eq!(
+        code,
+        Some(1),
+        "want exit status 1, got {:?}; stderr:\n{}",
+        r.status,
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("Multiboot"),
+        "stderr should explain the missing Multiboot header, got:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn all_expected_images_have_tests() {
+    let dir = root().join("guest-images/expected");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .expect("guest-images/expected missing")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "out").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = IMAGES.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        found,
+        listed,
+        "add a #[test] per image in {}",
+        Path::new(file!()).display()
+    );
+}
