@@ -68,6 +68,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// Print execution statistics at exit.
     pub stats: bool,
+    /// Code cache size (`--cache-size`, or QEMU's `-accel tcg,tb-size=MiB`).
+    pub cache_bytes: Option<u64>,
 }
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
@@ -113,6 +115,8 @@ pub enum CliError {
     UnsupportedDisplay(String),
     #[error("unsupported -device `{0}`: only isa-debug-exit is available")]
     UnsupportedDevice(String),
+    #[error("invalid code cache size `{value}`: {reason}")]
+    InvalidCacheSize { value: String, reason: &'static str },
     #[error("unsupported -accel `{0}`: only tcg (binary translation) is available")]
     UnsupportedAccel(String),
     #[error(
@@ -192,6 +196,9 @@ struct RawArgs {
     /// Print execution statistics at exit
     #[arg(long)]
     stats: bool,
+    /// Translated-code cache size: N[K|M|G], MiB when no unit is given
+    #[arg(long = "cache-size", value_name = "SIZE")]
+    cache_size: Option<String>,
 
     /// Accepted for QEMU compatibility: only `none`
     #[arg(long, value_name = "TYPE")]
@@ -252,6 +259,7 @@ const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("monitor", true),
     ("enable-kvm", false),
     ("stats", false),
+    ("cache-size", true),
     ("help", false),
     ("version", false),
 ];
@@ -322,8 +330,12 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
     if raw.freeze {
         return Err(CliError::GdbStubUnsupported('S'));
     }
+    let mut cache_bytes = None;
     for accel in &raw.accel {
         check_accel(accel)?;
+        if let Some(mib) = accel.split(',').find_map(|p| p.strip_prefix("tb-size=")) {
+            cache_bytes = Some(parse_cache_size(mib)?);
+        }
     }
     for display in &raw.display {
         if first_component(display) != "none" {
@@ -380,7 +392,30 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
         trace,
         log_file: raw.log_file,
         stats: raw.stats,
+        cache_bytes: match &raw.cache_size {
+            Some(spec) => Some(parse_cache_size(spec)?),
+            None => cache_bytes,
+        },
     })
+}
+
+/// Smallest and largest code cache (the cache must hold the trampolines and
+/// a few blocks; rel32 chaining needs it below 2 GiB).
+pub const MIN_CACHE_BYTES: u64 = 64 * 1024;
+pub const MAX_CACHE_BYTES: u64 = 1 << 30;
+
+fn parse_cache_size(spec: &str) -> Result<u64, CliError> {
+    let bytes = parse_size_mib_default(spec).map_err(|reason| CliError::InvalidCacheSize {
+        value: spec.to_owned(),
+        reason,
+    })?;
+    if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&bytes) {
+        return Err(CliError::InvalidCacheSize {
+            value: spec.to_owned(),
+            reason: "must be between 64K and 1G",
+        });
+    }
+    Ok(bytes)
 }
 
 /// The driver/backend name before any `,key=value` properties.
@@ -531,6 +566,7 @@ mod tests {
                 trace: TraceFlags::default(),
                 log_file: None,
                 stats: false,
+                cache_bytes: None,
             }
         );
     }
@@ -668,6 +704,20 @@ mod tests {
         assert!(help.is_informational());
         assert_eq!(help.exit_code(), 0);
         assert!(help.to_string().contains("out_asm"));
+    }
+
+    #[test]
+    fn cache_size_spellings() {
+        assert_eq!(
+            ok(&["--cache-size", "64K", "k"]).cache_bytes,
+            Some(64 * 1024)
+        );
+        assert_eq!(
+            ok(&["-accel", "tcg,tb-size=32", "k"]).cache_bytes,
+            Some(32 * MIB)
+        );
+        assert!(parse(&["--cache-size", "1K", "k"]).is_err());
+        assert!(parse(&["--cache-size", "x", "k"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use thiserror::Error;
 use crate::cache::DEFAULT_CACHE_SIZE;
 use crate::cpu::flags;
 use crate::devices::PortBus;
+use crate::exec::stats::Stats;
 use crate::exec::{Engine, EngineOptions, ExecError, RunOutcome};
 use crate::memory::{GuestMemory, MemoryError};
 
@@ -46,6 +47,19 @@ pub enum SnippetError {
 
 /// Run `code` from `input` to its end.
 pub fn run_snippet(code: &[u8], input: &SnippetState) -> Result<SnippetState, SnippetError> {
+    let end = SNIPPET_CODE_ADDR + code.len() as u32;
+    match run_snippet_outcome(code, input)? {
+        (RunOutcome::Halted { eip, .. }, state, _) if eip == end => Ok(state),
+        (other, _, _) => Err(SnippetError::Outcome(other)),
+    }
+}
+
+/// Run `code` until it halts, exits or faults; returns how it ended, the
+/// guest state at that point and the engine's statistics.
+pub fn run_snippet_outcome(
+    code: &[u8],
+    input: &SnippetState,
+) -> Result<(RunOutcome, SnippetState, Stats), SnippetError> {
     let room = (SNIPPET_STACK_TOP - 0x1_0000 - SNIPPET_CODE_ADDR) as usize;
     if code.len() + 1 > room {
         return Err(SnippetError::TooLong(code.len()));
@@ -64,16 +78,13 @@ pub fn run_snippet(code: &[u8], input: &SnippetState) -> Result<SnippetState, Sn
     e.cpu.hot.gpr = input.regs;
     e.cpu.set_eflags(input.eflags & !(flags::IF | flags::TF));
     e.cpu.hot.eip = SNIPPET_CODE_ADDR;
-    let end = SNIPPET_CODE_ADDR + code.len() as u32;
-    match e.run() {
-        RunOutcome::Halted { eip, .. } if eip == end => {}
-        other => return Err(SnippetError::Outcome(other)),
-    }
+    let out = e.run();
     let mut data = [0u8; 256];
     data.copy_from_slice(&e.mem.ram()[d..d + 256]);
-    Ok(SnippetState {
+    let state = SnippetState {
         regs: e.cpu.hot.gpr,
         eflags: e.cpu.eflags(),
         data,
-    })
+    };
+    Ok((out, state, e.stats.clone()))
 }

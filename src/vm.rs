@@ -80,7 +80,9 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         },
         // Every block entry is visible in the exec trace only without chaining.
         chaining: !t.exec,
-        ..EngineOptions::default()
+        cache_size: config
+            .cache_bytes
+            .map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     };
     let mut engine = Engine::new(mem, io, opts)?;
     if let Some(p) = &config.log_file {

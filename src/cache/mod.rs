@@ -18,6 +18,8 @@ use crate::translate::{ExitSite, InsnMapEntry, Translation};
 
 /// Default code cache size.
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
+/// Smallest usable cache: the trampolines and a few blocks.
+pub const MIN_CACHE_SIZE: usize = 64 * 1024;
 /// Alignment of block entries (a cache line start helps the decoder).
 const BLOCK_ALIGN: usize = 16;
 
@@ -85,7 +87,7 @@ unsafe impl Send for CodeCache {}
 
 impl CodeCache {
     pub fn new(size: usize) -> Result<Self, CacheError> {
-        if size < 1 << 20 {
+        if size < MIN_CACHE_SIZE {
             return Err(CacheError::TooSmall(size));
         }
         let os = |what| CacheError::Os {

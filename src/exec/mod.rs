@@ -105,6 +105,7 @@ impl Engine {
         let base = cache.put_raw(&code).ok_or(ExecError::NoRoom)?;
         cache.seal_base();
         let tramp = trampoline::relocate(rel, base);
+        warm_up_decoder();
         let mut cpu = Cpu::new();
         cpu.hot.window = mem.window_base() as u64;
         let sig = Box::new(SignalCtx {
@@ -172,7 +173,9 @@ impl Engine {
                         id
                     }
                     None => {
-                        return RunOutcome::InternalError("code cache cannot hold one block".into());
+                        return RunOutcome::InternalError(
+                            "code cache cannot hold one block".into(),
+                        );
                     }
                 },
             };
@@ -452,6 +455,21 @@ enum Step {
     Chain(u32),
     Continue,
     Done(RunOutcome),
+}
+
+/// iced-x86 builds its instruction-info tables on first use (a few ms);
+/// pay that at machine construction rather than in the first translation.
+fn warm_up_decoder() {
+    // add eax, [ebx+4] ; fld qword [eax] ; ret
+    let code = [0x03, 0x43, 0x04, 0xDD, 0x00, 0xC3];
+    let b = decode_block(&code, 0, 0, MAX_BLOCK_INSNS);
+    for i in &b.insns {
+        let _ = (
+            i.op_code().op_kinds().len(),
+            i.cpuid_features().len(),
+            i.stack_pointer_increment(),
+        );
+    }
 }
 
 fn decode_one(ram: &[u8], eip: u32) -> Instruction {

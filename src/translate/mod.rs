@@ -268,7 +268,7 @@ impl<'a> Translator<'a> {
         code: &'a [u8],
     ) -> Self {
         Translator {
-            a: Asm::new(),
+            a: Asm::default(),
             host_base,
             exits_to,
             first_exit_id,
@@ -281,6 +281,10 @@ impl<'a> Translator<'a> {
 
     /// Translate `block`.
     pub fn translate(mut self, block: &GuestBlock) -> Translation {
+        let n = block.insns.len();
+        // Typical output is ~10 host bytes per guest instruction plus ~25 per exit.
+        self.a.buf.reserve(n * 12 + 64);
+        self.insn_map.reserve(n + 1);
         let mut fpu = false;
         // Safepoint poll: a plain load, so guest flags stay untouched.
         self.mark(block.start, Fixup::None);
@@ -512,17 +516,23 @@ impl<'a> Translator<'a> {
     ) {
         let modrm = has_modrm(i);
         let l = layout(bytes, modrm);
-        let prefixes: Vec<u8> = bytes[..l.prefix_end]
-            .iter()
-            .copied()
-            .filter(|&b| is_kept_prefix(b))
-            .collect();
-        let mut opcode = bytes[l.prefix_end..l.opcode_end].to_vec();
-        if let Some(o) = opcode_override {
-            if let Some(last) = opcode.last_mut() {
-                *last = o;
+        // Fixed-size copies: this is the hot path of translation.
+        let mut pbuf = [0u8; 15];
+        let mut np = 0;
+        for &b in &bytes[..l.prefix_end] {
+            if is_kept_prefix(b) {
+                pbuf[np] = b;
+                np += 1;
             }
         }
+        let prefixes = &pbuf[..np];
+        let mut obuf = [0u8; 3];
+        let olen = l.opcode_end - l.prefix_end;
+        obuf[..olen].copy_from_slice(&bytes[l.prefix_end..l.opcode_end]);
+        if let Some(o) = opcode_override {
+            obuf[olen - 1] = o;
+        }
+        let opcode = &mut obuf[..olen];
         let Some(mut rex) = Self::esp_rex(i, esp) else {
             // Unexpected ESP operand kind: let the VMM report it.
             self.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
@@ -533,20 +543,20 @@ impl<'a> Translator<'a> {
             let m = guest_mem(i, esp);
             let modrm_byte = bytes[l.opcode_end];
             let regf = ((modrm_byte >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
-            self.mem_op(&prefixes, &opcode, regf, &m, &bytes[l.modrm_end..]);
+            self.mem_op(prefixes, opcode, regf, &m, &bytes[l.modrm_end..]);
             return;
         }
         if mem {
             // moffs forms (A0..A3): 32-bit absolute offset under addr32.
             self.a.byte(PREFIX_GS);
             self.a.byte(PREFIX_ADDR32);
-            self.a.bytes(&prefixes);
-            self.a.bytes(&opcode);
+            self.a.bytes(prefixes);
+            self.a.bytes(opcode);
             self.a.bytes(&bytes[l.opcode_end..]);
             return;
         }
         // Register-only: rewrite register fields naming ESP.
-        self.a.bytes(&prefixes);
+        self.a.bytes(prefixes);
         if esp < 8 {
             // Substituted register: patch the fields to `esp`'s number.
             rex = 0;
@@ -567,17 +577,17 @@ impl<'a> Translator<'a> {
                     }
                 }
             }
-            self.a.bytes(&opcode);
+            self.a.bytes(opcode);
             self.a.byte(mb);
             self.a.bytes(&bytes[l.opcode_end + 1..]);
         } else if esp < 8 {
             // +r opcode form.
             let last = opcode.len() - 1;
             opcode[last] = (opcode[last] & !7) | esp;
-            self.a.bytes(&opcode);
+            self.a.bytes(opcode);
             self.a.bytes(&bytes[l.opcode_end..]);
         } else {
-            self.a.bytes(&opcode);
+            self.a.bytes(opcode);
             self.a.bytes(&bytes[l.opcode_end..]);
         }
     }
