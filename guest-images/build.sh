@@ -53,4 +53,12 @@ ld $LDFLAGS -T src/common/link.ld -o insn.elf $B/start.o $B/rt.o $B/insn-kernel.
 $CC $KCFLAGS -DWITH_SSE -c src/insn/kernel.c -o $B/insn-sse-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o insn-sse.elf $B/start.o $B/rt.o $B/insn-sse-kernel.o
 
+# Further images each bring their own script (sourced here with B, KCFLAGS,
+# LDFLAGS and kcc defined), so new kernels need no edit to this file.
+for f in src/*/build-image.sh; do
+    [ -e "$f" ] || continue
+    echo "== $(basename "$(dirname "$f")")"
+    . "$f"
+done
+
 echo "built: $(ls *.elf *.bin | tr '\n' ' ')"

@@ -97,6 +97,7 @@ fn feature_ok(f: CpuidFeature) -> bool {
             | CpuidFeature::TSC
             | CpuidFeature::MSR
             | CpuidFeature::RDPMC
+            | CpuidFeature::SEP
     )
 }
 

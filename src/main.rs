@@ -16,7 +16,9 @@ const EXIT_HALTED: u8 = 0;
 /// Bad options, unreadable or invalid image, or an internal VMM error
 /// (QEMU's status for a failed start).
 const EXIT_RUNNER_ERROR: u8 = 1;
-/// The guest took an exception nothing handles.
+/// The guest triple-faulted (a fault while delivering a double fault).
+const EXIT_TRIPLE_FAULT: u8 = 2;
+/// The guest took an exception before it loaded an IDT.
 const EXIT_GUEST_EXCEPTION: u8 = 4;
 
 fn main() -> ExitCode {
@@ -84,6 +86,10 @@ fn main() -> ExitCode {
                 vector::name(v)
             );
             EXIT_GUEST_EXCEPTION
+        }
+        RunOutcome::TripleFault { eip } => {
+            eprintln!("btvisor: triple fault at {eip:#010x}: the guest CPU shut down");
+            EXIT_TRIPLE_FAULT
         }
         RunOutcome::InternalError(msg) => {
             eprintln!("btvisor: internal error: {msg}");

@@ -16,6 +16,7 @@ pub mod edx1 {
     pub const FPU: u32 = 1 << 0;
     pub const TSC: u32 = 1 << 4;
     pub const CX8: u32 = 1 << 8;
+    pub const SEP: u32 = 1 << 11;
     pub const CMOV: u32 = 1 << 15;
     pub const MMX: u32 = 1 << 23;
     pub const FXSR: u32 = 1 << 24;

@@ -9,6 +9,7 @@ use super::{
     Cpu, EAX, EBP, ECX, EDI, EDX, ESI, ESP, Exception, SEG_CS, SEG_DS, SEG_ES, SEG_FS, SEG_GS,
     SEG_SS, Segment, TableReg, cpuid, flags, vector,
 };
+use super::interrupt::EventKind;
 use crate::devices::{IoEffect, PortBus};
 use crate::memory::{GuestMemory, PAGE_SIZE};
 
@@ -23,6 +24,9 @@ pub enum Flow {
     Halt,
     /// The guest asked the machine to exit (isa-debug-exit) with this status.
     Exit(i32),
+    /// A software interrupt (INT n, INT3, INTO, ICEBP): deliver `vector`
+    /// with the next instruction's EIP as the return address.
+    SoftInt { vector: u8, kind: EventKind },
 }
 
 /// Known MSRs.
@@ -212,29 +216,29 @@ impl Env<'_> {
         Ok(())
     }
 
-    fn stack_addr(&self, esp: u32) -> u32 {
+    pub(crate) fn stack_addr(&self, esp: u32) -> u32 {
         self.cpu.seg[SEG_SS].base.wrapping_add(esp)
     }
 
-    fn push(&mut self, v: u32, size: usize) {
+    pub(crate) fn push(&mut self, v: u32, size: usize) {
         let esp = self.cpu.reg(ESP).wrapping_sub(size as u32);
         let a = self.stack_addr(esp);
         self.write(a, size, v);
         self.cpu.set_reg(ESP, esp);
     }
 
-    fn pop(&mut self, size: usize) -> u32 {
+    pub(crate) fn pop(&mut self, size: usize) -> u32 {
         let esp = self.cpu.reg(ESP);
         let v = self.read(self.stack_addr(esp), size);
         self.cpu.set_reg(ESP, esp.wrapping_add(size as u32));
         v
     }
 
-    fn io_allowed(&self) -> bool {
+    pub(crate) fn io_allowed(&self) -> bool {
         (self.cpu.cpl as u32) <= (self.cpu.eflags() & flags::IOPL) >> 12
     }
 
-    fn require_cpl0(&self) -> R<()> {
+    pub(crate) fn require_cpl0(&self) -> R<()> {
         if self.cpu.cpl == 0 {
             Ok(())
         } else {
@@ -254,7 +258,7 @@ impl Env<'_> {
     }
 
     /// Read a descriptor for `sel` from the GDT or LDT.
-    fn descriptor(&self, sel: u16) -> R<u64> {
+    pub(crate) fn descriptor(&self, sel: u16) -> R<u64> {
         let table = if sel & 4 != 0 {
             TableReg {
                 base: self.cpu.ldtr.base,
@@ -272,7 +276,7 @@ impl Env<'_> {
     }
 
     /// Set the accessed bit of a descriptor in memory, as the CPU does on load.
-    fn set_accessed(&mut self, sel: u16, d: u64) {
+    pub(crate) fn set_accessed(&mut self, sel: u16, d: u64) {
         if d & (1 << 40) != 0 {
             return;
         }
@@ -287,7 +291,7 @@ impl Env<'_> {
     }
 
     /// Load a data or stack segment register with protected-mode checks.
-    fn load_seg(&mut self, seg: usize, sel: u16) -> R<()> {
+    pub(crate) fn load_seg(&mut self, seg: usize, sel: u16) -> R<()> {
         let err = (sel & 0xFFFC) as u32;
         if self.cpu.cr[0] & 1 == 0 {
             let s = &mut self.cpu.seg[seg];
@@ -340,7 +344,7 @@ impl Env<'_> {
     }
 
     /// Far transfer to `sel:off` within the same privilege level.
-    fn load_cs(&mut self, sel: u16) -> R<()> {
+    pub(crate) fn load_cs(&mut self, sel: u16) -> R<()> {
         let err = (sel & 0xFFFC) as u32;
         if self.cpu.cr[0] & 1 == 0 {
             let s = &mut self.cpu.seg[SEG_CS];
@@ -821,14 +825,16 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 env.set_flag(flags::ZF, false);
             }
         }
-        M::Int3 => return Err(Exception::new(vector::BP)),
-        M::Int1 => return Err(Exception::new(vector::DB)),
+        M::Int3 => return Ok(Flow::SoftInt { vector: vector::BP, kind: EventKind::Software }),
+        M::Int1 => return Ok(Flow::SoftInt { vector: vector::DB, kind: EventKind::Icebp }),
         M::Into => {
             if env.flag(flags::OF) {
-                return Err(Exception::new(vector::OF));
+                return Ok(Flow::SoftInt { vector: vector::OF, kind: EventKind::Software });
             }
         }
-        M::Int => return Err(Exception::new(i.immediate8())),
+        M::Int => return Ok(Flow::SoftInt { vector: i.immediate8(), kind: EventKind::Software }),
+        M::Sysenter => return env.sysenter().map(Flow::Jump),
+        M::Sysexit => return env.sysexit().map(Flow::Jump),
         M::Jmp | M::Call
             if i.is_jmp_far()
                 || i.is_call_far()
@@ -838,40 +844,28 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             return far_transfer(env, i);
         }
         M::Retf => {
-            let n = if i.op_count() > 0 {
-                i.immediate16() as u32
-            } else {
-                0
-            };
-            let size = osize;
-            let esp = env.cpu.reg(ESP);
-            let eip = env.read(env.stack_addr(esp), size);
-            let cs = env.read(env.stack_addr(esp.wrapping_add(size as u32)), 2) as u16;
-            if (cs & 3) as u8 != env.cpu.cpl {
-                // Return to an outer level: protected-mode milestone.
-                return Err(Exception::with_code(vector::GP, (cs & 0xFFFC) as u32));
+            let n = if i.op_count() > 0 { i.immediate16() as u32 } else { 0 };
+            if env.cpu.cr[0] & 1 != 0 {
+                return env.far_ret(osize, n).map(Flow::Jump);
             }
+            let eip = env.pop(osize);
+            let cs = env.pop(osize) as u16;
             env.load_cs(cs)?;
-            env.cpu.set_reg(ESP, esp.wrapping_add(2 * size as u32 + n));
+            env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_add(n));
             return Ok(Flow::Jump(eip));
         }
         M::Iret | M::Iretd => {
             let size = if i.code() == Code::Iretw { 2 } else { 4 };
-            let esp = env.cpu.reg(ESP);
-            let eip = env.read(env.stack_addr(esp), size);
-            let cs = env.read(env.stack_addr(esp.wrapping_add(size as u32)), 2) as u16;
-            let fl = env.read(env.stack_addr(esp.wrapping_add(2 * size as u32)), size);
-            if env.cpu.cr[0] & 1 != 0 && (cs & 3) as u8 != env.cpu.cpl {
-                return Err(Exception::with_code(vector::GP, (cs & 0xFFFC) as u32));
+            if env.cpu.cr[0] & 1 != 0 {
+                return env.iret(size).map(Flow::Jump);
             }
+            let eip = env.pop(size);
+            let cs = env.pop(size) as u16;
+            let fl = env.pop(size);
             env.load_cs(cs)?;
-            let mut mask = POPF_MASK | flags::RF;
-            if size == 2 {
-                mask &= 0xFFFF;
-            }
+            let mask = if size == 2 { POPF_MASK & 0xFFFF } else { POPF_MASK };
             let f = env.cpu.eflags();
             env.cpu.set_eflags((f & !mask) | (fl & mask));
-            env.cpu.set_reg(ESP, esp.wrapping_add(3 * size as u32));
             return Ok(Flow::Jump(eip));
         }
         // 16-bit near control transfers (operand-size prefix).
@@ -920,9 +914,25 @@ fn host_tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// IOPL check (the TSS I/O bitmap comes with the protected-mode milestone).
-fn check_io(env: &Env, _port: u16, _size: usize) -> R<()> {
-    if env.io_allowed() { Ok(()) } else { Err(gp0()) }
+/// Port access check: allowed at CPL <= IOPL, otherwise every bit of the
+/// access must be clear in the TSS I/O permission bitmap (SDM 19.5.2).
+fn check_io(env: &Env, port: u16, size: usize) -> R<()> {
+    if env.io_allowed() || env.cpu.cr[0] & 1 == 0 {
+        return Ok(());
+    }
+    let tr = env.cpu.tr;
+    // Only a 32-bit TSS has a bitmap, whose base is at offset 0x66.
+    if tr.attr & 0x08 == 0 || tr.limit < 0x67 {
+        return Err(gp0());
+    }
+    let map = env.read(tr.base.wrapping_add(0x66), 2);
+    let byte = map + port as u32 / 8;
+    if byte + 1 > tr.limit {
+        return Err(gp0());
+    }
+    let bits = env.read(tr.base.wrapping_add(byte), 2);
+    let mask = ((1u32 << size) - 1) << (port % 8);
+    if bits & mask != 0 { Err(gp0()) } else { Ok(()) }
 }
 
 fn string_io(env: &mut Env, i: &Instruction) -> R<Flow> {

@@ -9,6 +9,7 @@
 
 pub mod cpuid;
 pub mod interp;
+pub mod interrupt;
 
 use std::mem::offset_of;
 
@@ -279,6 +280,9 @@ pub struct Cpu {
     pub cpl: u8,
     /// Set by HLT; cleared by an interrupt.
     pub halted: bool,
+    /// The guest has executed LIDT (before that, an exception is reported
+    /// as unhandled instead of vectoring through the reset IVT).
+    pub idt_loaded: bool,
     /// MSR values we keep (TSC offset handled by RDTSC passthrough).
     pub msr_sysenter: [u32; 3],
 }
@@ -314,6 +318,7 @@ impl Cpu {
             dr: [0, 0, 0, 0, 0xFFFF_0FF0, 0x400, 0xFFFF_0FF0, 0x400],
             cpl: 0,
             halted: false,
+            idt_loaded: false,
             msr_sysenter: [0; 3],
         }
     }

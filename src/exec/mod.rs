@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
 use crate::cpu::interp::{self, Env, Flow};
+use crate::cpu::interrupt::{EventKind, is_contributory};
 use crate::cpu::{Cpu, Exception, HotState, exit, flags, vector};
 use crate::decode::{MAX_BLOCK_INSNS, decode_block};
 use crate::devices::PortBus;
@@ -71,12 +72,10 @@ pub enum RunOutcome {
     DebugExit(i32),
     /// HLT with interrupts disabled (or with no interrupt source to wake it).
     Halted { eip: u32, interrupts_enabled: bool },
-    /// A guest exception nothing handles.
-    Exception {
-        vector: u8,
-        error_code: Option<u32>,
-        eip: u32,
-    },
+    /// A guest exception before the guest loaded an IDT.
+    Exception { vector: u8, error_code: Option<u32>, eip: u32 },
+    /// A fault while delivering a double fault: the CPU would shut down.
+    TripleFault { eip: u32 },
     /// A fault the VMM could not attribute to the guest.
     InternalError(String),
 }
@@ -317,6 +316,7 @@ impl Engine {
                 Step::Continue
             }
             Ok(Flow::Exit(code)) => Step::Done(RunOutcome::DebugExit(code)),
+            Ok(Flow::SoftInt { vector, kind }) => self.raise(Exception::new(vector), kind, i.next_ip32()),
             Ok(Flow::Halt) => {
                 let ie = self.cpu.eflags() & flags::IF != 0;
                 self.cpu.hot.eip = i.next_ip32();
@@ -330,25 +330,63 @@ impl Engine {
         }
     }
 
-    /// A guest exception at the current EIP. Delivery through the guest IDT
-    /// comes with the protected-mode milestone; until then it ends the run.
+    /// A guest exception (a fault) at the current EIP.
     fn exception(&mut self, e: Exception) -> Step {
         let eip = self.cpu.hot.eip;
-        if self.opts.trace.int {
-            let l = format!(
-                "exception {:#x} ({}) at eip={eip:08x} error_code={:?}",
-                e.vector,
-                vector::name(e.vector),
-                e.error_code
-            );
-            self.logln(&l);
-        }
+        self.raise(e, EventKind::Exception, eip)
+    }
+
+    /// Deliver an event through the guest IDT, escalating faults during
+    /// delivery to #DF and a fault while delivering #DF to a triple fault.
+    fn raise(&mut self, e: Exception, kind: EventKind, ret_eip: u32) -> Step {
+        let eip = self.cpu.hot.eip;
         self.stats.exceptions += 1;
-        Step::Done(RunOutcome::Exception {
-            vector: e.vector,
-            error_code: e.error_code,
-            eip,
-        })
+        if !self.cpu.idt_loaded {
+            return Step::Done(RunOutcome::Exception { vector: e.vector, error_code: e.error_code, eip });
+        }
+        let (mut cur, mut kind, mut ret) = (e, kind, ret_eip);
+        loop {
+            if self.opts.trace.int {
+                let l = format!(
+                    "{:>4}: v={:02x} e={} i={} cpl={} IP={:04x}:{eip:08x} pc={eip:08x} SP={:04x}:{:08x} EAX={:08x}",
+                    self.stats.exceptions,
+                    cur.vector,
+                    cur.error_code.map_or("----".into(), |c| format!("{c:04x}")),
+                    u8::from(kind == EventKind::Software),
+                    self.cpu.cpl,
+                    self.cpu.seg[crate::cpu::SEG_CS].selector,
+                    self.cpu.seg[crate::cpu::SEG_SS].selector,
+                    self.cpu.reg(crate::cpu::ESP),
+                    self.cpu.reg(crate::cpu::EAX),
+                );
+                self.logln(&l);
+            }
+            let mut written = Vec::new();
+            let r = {
+                let mut env = Env { cpu: &mut self.cpu, mem: &mut self.mem, io: &mut self.io, written: &mut written };
+                env.deliver(cur.vector, cur.error_code, kind, ret)
+            };
+            for p in written {
+                self.code_written(p);
+            }
+            match r {
+                Ok(handler) => {
+                    self.cpu.hot.eip = handler;
+                    return Step::Continue;
+                }
+                Err(e2) => {
+                    if cur.vector == vector::DF {
+                        return Step::Done(RunOutcome::TripleFault { eip });
+                    }
+                    let second_bad = is_contributory(e2.vector) || e2.vector == vector::PF;
+                    let escalate = (is_contributory(cur.vector) && is_contributory(e2.vector))
+                        || (cur.vector == vector::PF && second_bad);
+                    cur = if escalate { Exception::with_code(vector::DF, 0) } else { e2 };
+                    kind = EventKind::Exception;
+                    ret = eip;
+                }
+            }
+        }
     }
 
     /// The guest wrote page `page` of RAM outside translated code's view
