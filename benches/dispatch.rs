@@ -15,11 +15,7 @@ fn state() -> SnippetState {
     regs[4] = SNIPPET_STACK_TOP;
     regs[6] = SNIPPET_DATA_ADDR;
     regs[1] = ITERS; // ECX: loop counter
-    SnippetState {
-        regs,
-        eflags: 2,
-        data: [0; 256],
-    }
+    SnippetState { regs, eflags: 2, data: [0; 256] }
 }
 
 fn bench(c: &mut Criterion) {
@@ -27,32 +23,20 @@ fn bench(c: &mut Criterion) {
         // l: dec ecx ; jnz l
         ("chained_loop", &[0x49, 0x75, 0xFD]),
         // l: call f ; dec ecx ; jnz l ; jmp end ; f: ret ; end:
-        (
-            "call_ret",
-            &[0xE8, 0x05, 0, 0, 0, 0x49, 0x75, 0xF8, 0xEB, 0x01, 0xC3],
-        ),
+        ("call_ret", &[0xE8, 0x05, 0, 0, 0, 0x49, 0x75, 0xF8, 0xEB, 0x01, 0xC3]),
         // mov ebx, t ; l: jmp ebx ; t: dec ecx ; jnz l   (t = code + 7)
-        (
-            "indirect_jmp",
-            &[0xBB, 0x07, 0x00, 0x01, 0x00, 0xFF, 0xE3, 0x49, 0x75, 0xFB],
-        ),
+        ("indirect_jmp", &[0xBB, 0x07, 0x00, 0x01, 0x00, 0xFF, 0xE3, 0x49, 0x75, 0xFB]),
         // l: out 0x80, al ; dec ecx ; jnz l   (one VMM callout per iteration)
         ("port_out", &[0xE6, 0x80, 0x49, 0x75, 0xFB]),
     ];
     let mut g = c.benchmark_group("dispatch");
     g.sample_size(10);
     for (name, code) in loops {
-        let iters = if name == "port_out" {
-            ITERS / 20
-        } else {
-            ITERS
-        };
+        let iters = if name == "port_out" { ITERS / 20 } else { ITERS };
         let mut s = state();
         s.regs[1] = iters;
         g.throughput(Throughput::Elements(iters as u64));
-        g.bench_function(name, |b| {
-            b.iter(|| run_snippet(code, &s).expect("loop runs to its end"))
-        });
+        g.bench_function(name, |b| b.iter(|| run_snippet(code, &s).expect("loop runs to its end")));
     }
     g.finish();
 }

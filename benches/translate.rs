@@ -4,6 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+use btvisor::cpu::Mode;
 use btvisor::decode::{MAX_BLOCK_INSNS, decode_block};
 use btvisor::translate::{ExitTargets, Options, Translator};
 
@@ -26,16 +27,8 @@ fn translate_all(ram: &[u8], text: &[(u32, u32)]) -> (u64, usize) {
         let mut eip = start;
         while eip < end {
             let b = decode_block(ram, 0, eip, MAX_BLOCK_INSNS);
-            let t = Translator::new(
-                HOST_BASE,
-                EXITS,
-                0,
-                Options {
-                    inline_lookup: true,
-                },
-                ram,
-            )
-            .translate(&b);
+            let t = Translator::new(HOST_BASE, EXITS, 0, Options { inline_lookup: true, mode: Mode::default() }, ram)
+                .translate(&b);
             insns += b.insns.len() as u64;
             bytes += t.code.len();
             eip = b.end;

@@ -74,14 +74,8 @@ pub struct Config {
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
 const TRACE_CLASSES: &[(&str, &str)] = &[
-    (
-        "in_asm",
-        "show guest code of each block as it is translated",
-    ),
-    (
-        "out_asm",
-        "show generated host code for each translated block",
-    ),
+    ("in_asm", "show guest code of each block as it is translated"),
+    ("out_asm", "show generated host code for each translated block"),
     ("exec", "show each translated block as it is executed"),
     ("int", "show interrupts and exceptions"),
 ];
@@ -98,9 +92,7 @@ pub enum CliError {
     ImageGivenTwice { positional: String, kernel: String },
     #[error("invalid memory size `{value}`: {reason}")]
     InvalidMemSize { value: String, reason: &'static str },
-    #[error(
-        "memory size `{value}` ({bytes} bytes) is out of range: it must be between 2 MiB and 3 GiB"
-    )]
+    #[error("memory size `{value}` ({bytes} bytes) is out of range: it must be between 2 MiB and 3 GiB")]
     MemOutOfRange { value: String, bytes: u64 },
     #[error("unsupported -serial `{0}`: use stdio, file:PATH, null or none")]
     UnsupportedSerial(String),
@@ -119,9 +111,7 @@ pub enum CliError {
     InvalidCacheSize { value: String, reason: &'static str },
     #[error("unsupported -accel `{0}`: only tcg (binary translation) is available")]
     UnsupportedAccel(String),
-    #[error(
-        "KVM is not used: btvisor runs guests by binary translation without hardware virtualization; drop {0}"
-    )]
+    #[error("KVM is not used: btvisor runs guests by binary translation without hardware virtualization; drop {0}")]
     KvmNotUsed(&'static str),
     #[error("unsupported -smp `{0}`: btvisor emulates exactly one CPU")]
     UnsupportedSmp(String),
@@ -136,10 +126,9 @@ impl CliError {
     /// than a mistake: print it to stdout and exit successfully.
     pub fn is_informational(&self) -> bool {
         match self {
-            CliError::Clap(e) => matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ),
+            CliError::Clap(e) => {
+                matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion)
+            }
             CliError::TraceHelp => true,
             _ => false,
         }
@@ -357,13 +346,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
     }
     // -machine, -cpu, -nographic, -no-reboot and -nodefaults describe what
     // btvisor does anyway (one fixed PC, no display, exit on reset).
-    let _ = (
-        &raw.machine,
-        &raw.cpu,
-        raw.nographic,
-        raw.no_reboot,
-        raw.nodefaults,
-    );
+    let _ = (&raw.machine, &raw.cpu, raw.nographic, raw.no_reboot, raw.nodefaults);
 
     let image = match (raw.image, raw.kernel) {
         (Some(image), None) | (None, Some(image)) => image,
@@ -405,15 +388,10 @@ pub const MIN_CACHE_BYTES: u64 = 64 * 1024;
 pub const MAX_CACHE_BYTES: u64 = 1 << 30;
 
 fn parse_cache_size(spec: &str) -> Result<u64, CliError> {
-    let bytes = parse_size_mib_default(spec).map_err(|reason| CliError::InvalidCacheSize {
-        value: spec.to_owned(),
-        reason,
-    })?;
+    let bytes =
+        parse_size_mib_default(spec).map_err(|reason| CliError::InvalidCacheSize { value: spec.to_owned(), reason })?;
     if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&bytes) {
-        return Err(CliError::InvalidCacheSize {
-            value: spec.to_owned(),
-            reason: "must be between 64K and 1G",
-        });
+        return Err(CliError::InvalidCacheSize { value: spec.to_owned(), reason: "must be between 64K and 1G" });
     }
     Ok(bytes)
 }
@@ -473,34 +451,22 @@ fn parse_trace(list: &str, trace: &mut TraceFlags) -> Result<(), CliError> {
 /// Parses QEMU's `-m [size=]N[suffix]` into bytes, rounded up to 8 KiB like
 /// QEMU, and checks the supported range.
 fn parse_mem(spec: &str) -> Result<u64, CliError> {
-    let invalid = |reason| CliError::InvalidMemSize {
-        value: spec.to_owned(),
-        reason,
-    };
+    let invalid = |reason| CliError::InvalidMemSize { value: spec.to_owned(), reason };
     if spec.contains(',') {
-        return Err(invalid(
-            "memory hotplug options (slots, maxmem) are not supported",
-        ));
+        return Err(invalid("memory hotplug options (slots, maxmem) are not supported"));
     }
     let size = spec.strip_prefix("size=").unwrap_or(spec);
     let bytes = parse_size_mib_default(size).map_err(invalid)?;
-    let bytes = bytes
-        .checked_next_multiple_of(MEM_ALIGN)
-        .ok_or(invalid("size is too large"))?;
+    let bytes = bytes.checked_next_multiple_of(MEM_ALIGN).ok_or(invalid("size is too large"))?;
     if !(MIN_MEM_BYTES..=MAX_MEM_BYTES).contains(&bytes) {
-        return Err(CliError::MemOutOfRange {
-            value: spec.to_owned(),
-            bytes,
-        });
+        return Err(CliError::MemOutOfRange { value: spec.to_owned(), bytes });
     }
     Ok(bytes)
 }
 
 /// `N[.F][B|K|M|G|T]`, case-insensitive suffix, MiB when there is none.
 fn parse_size_mib_default(size: &str) -> Result<u64, &'static str> {
-    let digits_end = size
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(size.len());
+    let digits_end = size.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(size.len());
     let (number, suffix) = size.split_at(digits_end);
     let unit = match suffix.to_ascii_uppercase().as_str() {
         "" | "M" => MIB,
@@ -576,10 +542,7 @@ mod tests {
         assert_eq!(ok(&["-kernel", "k.bin"]).image, PathBuf::from("k.bin"));
         assert_eq!(ok(&["--kernel", "k.bin"]).image, PathBuf::from("k.bin"));
         assert_eq!(ok(&["--kernel=k.bin"]).image, PathBuf::from("k.bin"));
-        assert_eq!(
-            ok(&["-m", "64", "-kernel", "k.bin", "-append", "x"]).image,
-            PathBuf::from("k.bin")
-        );
+        assert_eq!(ok(&["-m", "64", "-kernel", "k.bin", "-append", "x"]).image, PathBuf::from("k.bin"));
     }
 
     #[test]
@@ -614,17 +577,7 @@ mod tests {
             assert!(matches!(e, CliError::MemOutOfRange { .. }), "{bad}: {e}");
             assert!(e.to_string().contains(bad));
         }
-        for bad in [
-            "",
-            "abc",
-            "12Q",
-            "M",
-            "1.2.3",
-            "size=",
-            "128M,slots=2",
-            "99999999999999999999",
-            "9999999999T",
-        ] {
+        for bad in ["", "abc", "12Q", "M", "1.2.3", "size=", "128M,slots=2", "99999999999999999999", "9999999999T"] {
             let e = err(&["-m", bad, "k"]);
             assert!(matches!(e, CliError::InvalidMemSize { .. }), "{bad}: {e}");
         }
@@ -639,10 +592,7 @@ mod tests {
 
     #[test]
     fn append_spellings_and_hyphen_values() {
-        assert_eq!(
-            ok(&["-append", "console=ttyS0 root=/dev/x", "k"]).append,
-            "console=ttyS0 root=/dev/x"
-        );
+        assert_eq!(ok(&["-append", "console=ttyS0 root=/dev/x", "k"]).append, "console=ttyS0 root=/dev/x");
         assert_eq!(ok(&["--append", "a b", "k"]).append, "a b");
         // Values are never rewritten, even when they look like options.
         assert_eq!(ok(&["-append", "-kernel", "k"]).append, "-kernel");
@@ -652,51 +602,23 @@ mod tests {
     #[test]
     fn serial_targets() {
         assert_eq!(ok(&["-serial", "stdio", "k"]).serial, SerialTarget::Stdout);
-        assert_eq!(
-            ok(&["-serial", "mon:stdio", "k"]).serial,
-            SerialTarget::Stdout
-        );
+        assert_eq!(ok(&["-serial", "mon:stdio", "k"]).serial, SerialTarget::Stdout);
         assert_eq!(ok(&["-serial", "null", "k"]).serial, SerialTarget::Null);
         assert_eq!(ok(&["-serial", "none", "k"]).serial, SerialTarget::Null);
-        assert_eq!(
-            ok(&["-serial", "file:/tmp/out.txt", "k"]).serial,
-            SerialTarget::File("/tmp/out.txt".into())
-        );
+        assert_eq!(ok(&["-serial", "file:/tmp/out.txt", "k"]).serial, SerialTarget::File("/tmp/out.txt".into()));
         for bad in ["tcp::4444", "file:", "pty"] {
             let e = err(&["-serial", bad, "k"]);
-            assert!(
-                matches!(e, CliError::UnsupportedSerial(ref s) if s == bad),
-                "{e}"
-            );
+            assert!(matches!(e, CliError::UnsupportedSerial(ref s) if s == bad), "{e}");
         }
-        assert!(matches!(
-            err(&["-serial", "stdio", "-serial", "null", "k"]),
-            CliError::MultipleSerial
-        ));
+        assert!(matches!(err(&["-serial", "stdio", "-serial", "null", "k"]), CliError::MultipleSerial));
     }
 
     #[test]
     fn trace_classes() {
         let t = ok(&["-d", "in_asm,out_asm", "k"]).trace;
-        assert_eq!(
-            t,
-            TraceFlags {
-                in_asm: true,
-                out_asm: true,
-                exec: false,
-                int: false
-            }
-        );
+        assert_eq!(t, TraceFlags { in_asm: true, out_asm: true, exec: false, int: false });
         let t = ok(&["-d", "exec", "-d", "int", "k"]).trace;
-        assert_eq!(
-            t,
-            TraceFlags {
-                in_asm: false,
-                out_asm: false,
-                exec: true,
-                int: true
-            }
-        );
+        assert_eq!(t, TraceFlags { in_asm: false, out_asm: false, exec: true, int: true });
         let e = err(&["-d", "in_asm,bogus", "k"]);
         assert!(matches!(e, CliError::UnknownTraceClass(ref c) if c == "bogus"));
         assert!(e.to_string().contains("bogus"));
@@ -708,14 +630,8 @@ mod tests {
 
     #[test]
     fn cache_size_spellings() {
-        assert_eq!(
-            ok(&["--cache-size", "64K", "k"]).cache_bytes,
-            Some(64 * 1024)
-        );
-        assert_eq!(
-            ok(&["-accel", "tcg,tb-size=32", "k"]).cache_bytes,
-            Some(32 * MIB)
-        );
+        assert_eq!(ok(&["--cache-size", "64K", "k"]).cache_bytes, Some(64 * 1024));
+        assert_eq!(ok(&["-accel", "tcg,tb-size=32", "k"]).cache_bytes, Some(32 * MIB));
         assert!(parse(&["--cache-size", "1K", "k"]).is_err());
         assert!(parse(&["--cache-size", "x", "k"]).is_err());
     }
@@ -785,22 +701,13 @@ mod tests {
         let e = err(&["-enable-kvm", "k"]);
         assert!(matches!(e, CliError::KvmNotUsed(_)));
         assert!(e.to_string().contains("KVM"));
-        assert!(matches!(
-            err(&["-accel", "kvm", "k"]),
-            CliError::KvmNotUsed(_)
-        ));
+        assert!(matches!(err(&["-accel", "kvm", "k"]), CliError::KvmNotUsed(_)));
     }
 
     #[test]
     fn gdb_stub_options_are_rejected() {
-        assert!(matches!(
-            err(&["-s", "k"]),
-            CliError::GdbStubUnsupported('s')
-        ));
-        assert!(matches!(
-            err(&["-S", "k"]),
-            CliError::GdbStubUnsupported('S')
-        ));
+        assert!(matches!(err(&["-s", "k"]), CliError::GdbStubUnsupported('s')));
+        assert!(matches!(err(&["-S", "k"]), CliError::GdbStubUnsupported('S')));
     }
 
     #[test]
@@ -824,12 +731,8 @@ mod tests {
     fn rewrite_leaves_values_and_double_dash_alone() {
         let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         assert_eq!(
-            rewrite_qemu_style(args(&[
-                "prog", "-kernel", "-append", "-m", "-kernel", "--", "-serial"
-            ])),
-            args(&[
-                "prog", "--kernel", "-append", "-m", "-kernel", "--", "-serial"
-            ])
+            rewrite_qemu_style(args(&["prog", "-kernel", "-append", "-m", "-kernel", "--", "-serial"])),
+            args(&["prog", "--kernel", "-append", "-m", "-kernel", "--", "-serial"])
         );
         assert_eq!(
             rewrite_qemu_style(args(&["-kernel", "-nographic", "-d", "-nographic", "x"])),

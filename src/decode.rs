@@ -5,10 +5,7 @@
 //! handle, before an instruction that starts on the next page, and at a
 //! length cap.
 
-use iced_x86::{
-    Code, CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
-    Register,
-};
+use iced_x86::{Code, CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
 use crate::memory::PAGE_SIZE;
 
@@ -50,6 +47,8 @@ pub enum Class {
     Ret,
     /// Needs the VMM: the block ends before it and `cpu::interp` runs it.
     Emulate,
+    /// CLI, STI, PUSHFD, POPFD in a CPL-0 block: translated inline.
+    SysInline,
     /// Raises #UD (undefined, or a feature the virtual CPU does not have).
     Invalid,
 }
@@ -119,16 +118,12 @@ pub fn uses_fpu(i: &Instruction) -> bool {
 
 fn has_16bit_addressing(i: &Instruction) -> bool {
     (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) && i.memory_displ_size() == 2
-        || matches!(
-            i.memory_base(),
-            Register::BX | Register::BP | Register::SI | Register::DI
-        )
+        || matches!(i.memory_base(), Register::BX | Register::BP | Register::SI | Register::DI)
         || matches!(i.memory_index(), Register::SI | Register::DI)
 }
 
 fn has_sreg_operand(i: &Instruction) -> bool {
-    (0..i.op_count())
-        .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_segment_register())
+    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_segment_register())
 }
 
 /// Classify one decoded 32-bit instruction.
@@ -145,18 +140,10 @@ pub fn classify(i: &Instruction) -> Class {
         Pop_r32 => return Class::PopReg,
         Pushd_imm32 | Pushd_imm8 => return Class::PushImm,
         Push_rm32 if !mem16 => {
-            return if i.op0_kind() == OpKind::Register {
-                Class::PushReg
-            } else {
-                Class::PushMem
-            };
+            return if i.op0_kind() == OpKind::Register { Class::PushReg } else { Class::PushMem };
         }
         Pop_rm32 if !mem16 => {
-            return if i.op0_kind() == OpKind::Register {
-                Class::PopReg
-            } else {
-                Class::PopMem
-            };
+            return if i.op0_kind() == OpKind::Register { Class::PopReg } else { Class::PopMem };
         }
         Pushad => return Class::Pushad,
         Popad => return Class::Popad,
@@ -171,9 +158,8 @@ pub fn classify(i: &Instruction) -> Class {
             return Class::JcxzLoop;
         }
         Lodsb_AL_m8 | Lodsw_AX_m16 | Lodsd_EAX_m32 | Xlat_m8 if !mem16 => return Class::ImplicitDs,
-        Movsb_m8_m8 | Movsw_m16_m16 | Movsd_m32_m32 | Stosb_m8_AL | Stosw_m16_AX
-        | Stosd_m32_EAX | Scasb_AL_m8 | Scasw_AX_m16 | Scasd_EAX_m32 | Cmpsb_m8_m8
-        | Cmpsw_m16_m16 | Cmpsd_m32_m32
+        Movsb_m8_m8 | Movsw_m16_m16 | Movsd_m32_m32 | Stosb_m8_AL | Stosw_m16_AX | Stosd_m32_EAX | Scasb_AL_m8
+        | Scasw_AX_m16 | Scasd_EAX_m32 | Cmpsb_m8_m8 | Cmpsw_m16_m16 | Cmpsd_m32_m32
             if !mem16 =>
         {
             return Class::StringEs;
@@ -213,35 +199,16 @@ fn needs_vmm(i: &Instruction) -> bool {
         M::Pushf | M::Pushfd | M::Popf | M::Popfd | M::Enter | M::Leave => true,
         M::Cli | M::Sti | M::Hlt | M::Cpuid | M::In | M::Out => true,
         M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => true,
-        M::Lgdt
-        | M::Lidt
-        | M::Lldt
-        | M::Ltr
-        | M::Sgdt
-        | M::Sidt
-        | M::Sldt
-        | M::Str
-        | M::Smsw
-        | M::Lmsw => true,
+        M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Sgdt | M::Sidt | M::Sldt | M::Str | M::Smsw | M::Lmsw => true,
         M::Clts | M::Invd | M::Wbinvd | M::Invlpg | M::Rdmsr | M::Wrmsr | M::Rdpmc => true,
         M::Lar | M::Lsl | M::Verr | M::Verw | M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => true,
         M::Bound | M::Arpl | M::Daa | M::Das | M::Aaa | M::Aas | M::Aam | M::Aad | M::Salc => true,
         // String forms left over here use 16-bit addressing.
-        M::Movsb
-        | M::Movsw
-        | M::Movsd
-        | M::Stosb
-        | M::Stosw
-        | M::Stosd
-        | M::Scasb
-        | M::Scasw
-        | M::Scasd => {
-            i.op_count() == 2
-                && !(0..2).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm())
+        M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Scasb | M::Scasw | M::Scasd => {
+            i.op_count() == 2 && !(0..2).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm())
         }
         M::Cmpsb | M::Cmpsw | M::Lodsb | M::Lodsw | M::Lodsd | M::Xlatb => true,
-        M::Cmpsd => !(0..i.op_count())
-            .any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm()),
+        M::Cmpsd => !(0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm()),
         _ => false,
     }
 }
@@ -272,10 +239,15 @@ impl GuestBlock {
     }
 }
 
-/// Decode a block starting at `eip`; `fetch` returns the code bytes at a
-/// guest address (up to the end of readable memory; an empty slice for a
-/// hole, which decodes as invalid).
+/// Decode a block at `eip` from `code` (guest memory starting at guest
+/// address `base`) for CPL 0.
 pub fn decode_block(code: &[u8], base: u32, eip: u32, max_insns: usize) -> GuestBlock {
+    decode_block_at_cpl(code, base, eip, max_insns, 0)
+}
+
+/// Decode a block for code running at `cpl` (CPL 0 blocks run CLI, STI,
+/// PUSHFD and POPFD inline). Bytes past the end of `code` decode as invalid.
+pub fn decode_block_at_cpl(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: u8) -> GuestBlock {
     let off = eip.wrapping_sub(base) as usize;
     let bytes = code.get(off..).unwrap_or(&[]);
     let mut d = Decoder::with_ip(32, bytes, eip as u64, DecoderOptions::NONE);
@@ -295,7 +267,13 @@ pub fn decode_block(code: &[u8], base: u32, eip: u32, max_insns: usize) -> Guest
             break;
         }
         let i = d.decode();
-        let cls = classify(&i);
+        let mut cls = classify(&i);
+        if cls == Class::Emulate
+            && cpl == 0
+            && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd)
+        {
+            cls = Class::SysInline;
+        }
         end = i.next_ip32();
         insns.push(i);
         classes.push(cls);
@@ -303,12 +281,7 @@ pub fn decode_block(code: &[u8], base: u32, eip: u32, max_insns: usize) -> Guest
             break;
         }
     }
-    GuestBlock {
-        start: eip,
-        insns,
-        classes,
-        end,
-    }
+    GuestBlock { start: eip, insns, classes, end }
 }
 
 #[cfg(test)]

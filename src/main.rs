@@ -51,40 +51,21 @@ fn main() -> ExitCode {
     };
     let outcome = engine.run();
     if config.stats {
-        eprint!(
-            "{}",
-            engine
-                .stats
-                .report(engine.cache.used(), engine.cache.size())
-        );
+        eprint!("{}", engine.stats.report(engine.cache.used(), engine.cache.size()));
     }
     let status = match outcome {
         RunOutcome::DebugExit(code) => return ExitCode::from(code as u8),
-        RunOutcome::Halted {
-            eip,
-            interrupts_enabled,
-        } => {
+        RunOutcome::Halted { eip, interrupts_enabled } => {
             if interrupts_enabled {
-                eprintln!(
-                    "btvisor: guest halted at {eip:#010x} with interrupts enabled but no interrupt source"
-                );
+                eprintln!("btvisor: guest halted at {eip:#010x} with interrupts enabled but no interrupt source");
             } else {
                 eprintln!("btvisor: guest halted at {eip:#010x} with interrupts disabled");
             }
             EXIT_HALTED
         }
-        RunOutcome::Exception {
-            vector: v,
-            error_code,
-            eip,
-        } => {
-            let code = error_code
-                .map(|c| format!(" error code {c:#x}"))
-                .unwrap_or_default();
-            eprintln!(
-                "btvisor: unhandled guest exception {v} ({}){code} at {eip:#010x}",
-                vector::name(v)
-            );
+        RunOutcome::Exception { vector: v, error_code, eip } => {
+            let code = error_code.map(|c| format!(" error code {c:#x}")).unwrap_or_default();
+            eprintln!("btvisor: unhandled guest exception {v} ({}){code} at {eip:#010x}", vector::name(v));
             EXIT_GUEST_EXCEPTION
         }
         RunOutcome::TripleFault { eip } => {

@@ -70,10 +70,7 @@ pub fn run_snippet_outcome(
     mem.ram_mut()[at + code.len()] = HLT;
     let d = SNIPPET_DATA_ADDR as usize;
     mem.ram_mut()[d..d + 256].copy_from_slice(&input.data);
-    let opts = EngineOptions {
-        cache_size: DEFAULT_CACHE_SIZE / 16,
-        ..EngineOptions::default()
-    };
+    let opts = EngineOptions { cache_size: DEFAULT_CACHE_SIZE / 16, ..EngineOptions::default() };
     let mut e = Engine::new(mem, PortBus::new(), opts)?;
     e.cpu.hot.gpr = input.regs;
     e.cpu.set_eflags(input.eflags & !(flags::IF | flags::TF));
@@ -81,10 +78,6 @@ pub fn run_snippet_outcome(
     let out = e.run();
     let mut data = [0u8; 256];
     data.copy_from_slice(&e.mem.ram()[d..d + 256]);
-    let state = SnippetState {
-        regs: e.cpu.hot.gpr,
-        eflags: e.cpu.eflags(),
-        data,
-    };
+    let state = SnippetState { regs: e.cpu.hot.gpr, eflags: e.cpu.eflags(), data };
     Ok((out, state, e.stats.clone()))
 }

@@ -20,22 +20,13 @@ pub const LOADER_NAME: &str = "btvisor";
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error("cannot read kernel image {path}: {source}")]
-    Image {
-        path: String,
-        source: std::io::Error,
-    },
+    Image { path: String, source: std::io::Error },
     #[error("kernel image {path}: {source}")]
     Load { path: String, source: LoaderError },
     #[error("cannot open serial output {path}: {source}")]
-    Serial {
-        path: String,
-        source: std::io::Error,
-    },
+    Serial { path: String, source: std::io::Error },
     #[error("cannot open log file {path}: {source}")]
-    Log {
-        path: String,
-        source: std::io::Error,
-    },
+    Log { path: String, source: std::io::Error },
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -46,10 +37,9 @@ fn serial_writer(t: &SerialTarget) -> Result<Box<dyn Write + Send>, VmError> {
     Ok(match t {
         SerialTarget::Stdout => Box::new(std::io::stdout()),
         SerialTarget::Null => Box::new(std::io::sink()),
-        SerialTarget::File(p) => Box::new(File::create(p).map_err(|source| VmError::Serial {
-            path: p.display().to_string(),
-            source,
-        })?),
+        SerialTarget::File(p) => {
+            Box::new(File::create(p).map_err(|source| VmError::Serial { path: p.display().to_string(), source })?)
+        }
     })
 }
 
@@ -61,10 +51,7 @@ pub fn multiboot_cmdline(image: &Path, append: &str) -> String {
 /// Build the machine described by `config`, ready to run.
 pub fn build(config: &Config) -> Result<Engine, VmError> {
     let path = config.image.display().to_string();
-    let image = std::fs::read(&config.image).map_err(|source| VmError::Image {
-        path: path.clone(),
-        source,
-    })?;
+    let image = std::fs::read(&config.image).map_err(|source| VmError::Image { path: path.clone(), source })?;
     let mut mem = GuestMemory::new(config.mem_bytes)?;
     let cmdline = multiboot_cmdline(&config.image, &config.append);
     let boot = load_multiboot(&image, mem.ram_mut(), &cmdline, LOADER_NAME)
@@ -72,24 +59,14 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
     let io = PortBus::pc_standard(serial_writer(&config.serial)?);
     let t = &config.trace;
     let opts = EngineOptions {
-        trace: Trace {
-            in_asm: t.in_asm,
-            out_asm: t.out_asm,
-            exec: t.exec,
-            int: t.int,
-        },
+        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int },
         // Every block entry is visible in the exec trace only without chaining.
         chaining: !t.exec,
-        cache_size: config
-            .cache_bytes
-            .map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
+        cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     };
     let mut engine = Engine::new(mem, io, opts)?;
     if let Some(p) = &config.log_file {
-        let f = File::create(p).map_err(|source| VmError::Log {
-            path: p.display().to_string(),
-            source,
-        })?;
+        let f = File::create(p).map_err(|source| VmError::Log { path: p.display().to_string(), source })?;
         engine.set_log(Box::new(std::io::BufWriter::new(f)));
     }
     let cpu = &mut engine.cpu;

@@ -83,14 +83,8 @@ fn diff(want: &str, got: &str) -> String {
             }
             shown += 1;
             s.push_str(&format!("  line {}:\n", i + 1));
-            s.push_str(&format!(
-                "    - want: {}\n",
-                a.map_or("<missing>".into(), |l| format!("{l:?}"))
-            ));
-            s.push_str(&format!(
-                "    + got:  {}\n",
-                b.map_or("<missing>".into(), |l| format!("{l:?}"))
-            ));
+            s.push_str(&format!("    - want: {}\n", a.map_or("<missing>".into(), |l| format!("{l:?}"))));
+            s.push_str(&format!("    + got:  {}\n", b.map_or("<missing>".into(), |l| format!("{l:?}"))));
         }
     }
     if s.is_empty() && want != got {
@@ -103,11 +97,7 @@ fn boot_and_compare(name: &str) {
     let exp = root().join("guest-images/expected");
     let read = |ext: &str| std::fs::read_to_string(exp.join(format!("{name}.{ext}")));
     let want_out = read("out").expect("missing golden .out");
-    let want_status: i32 = read("status")
-        .expect("missing golden .status")
-        .trim()
-        .parse()
-        .expect("bad .status");
+    let want_status: i32 = read("status").expect("missing golden .status").trim().parse().expect("bad .status");
     let image = ["elf", "bin"]
         .iter()
         .map(|e| format!("guest-images/{name}.{e}"))
@@ -130,17 +120,9 @@ fn boot_and_compare(name: &str) {
         _ => {}
     }
     if r.stdout != want_out {
-        problems.push_str(&format!(
-            "serial output differs:\n{}",
-            diff(&want_out, &r.stdout)
-        ));
+        problems.push_str(&format!("serial output differs:\n{}", diff(&want_out, &r.stdout)));
     }
-    assert!(
-        problems.is_empty(),
-        "image {name}: btvisor {}\n{problems}--- stderr ---\n{}",
-        args.join(" "),
-        r.stderr
-    );
+    assert!(problems.is_empty(), "image {name}: btvisor {}\n{problems}--- stderr ---\n{}", args.join(" "), r.stderr);
 }
 
 #[test]
@@ -177,18 +159,8 @@ fn boot_smc() {
 fn non_multiboot_file_is_rejected() {
     let r = run_btvisor(&["-serial".into(), "stdio".into(), "Cargo.toml".into()]);
     let code = r.status.and_then(|s| s.code());
-    assert_eq!(
-        code,
-        Some(1),
-        "want exit status 1, got {:?}; stderr:\n{}",
-        r.status,
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains("Multiboot"),
-        "stderr should explain the missing Multiboot header, got:\n{}",
-        r.stderr
-    );
+    assert_eq!(code, Some(1), "want exit status 1, got {:?}; stderr:\n{}", r.status, r.stderr);
+    assert!(r.stderr.contains("Multiboot"), "stderr should explain the missing Multiboot header, got:\n{}", r.stderr);
 }
 
 #[test]
@@ -204,10 +176,5 @@ fn all_expected_images_have_tests() {
     found.sort();
     let mut listed: Vec<String> = IMAGES.iter().map(|s| s.to_string()).collect();
     listed.sort();
-    assert_eq!(
-        found,
-        listed,
-        "add a #[test] per image in {}",
-        Path::new(file!()).display()
-    );
+    assert_eq!(found, listed, "add a #[test] per image in {}", Path::new(file!()).display());
 }

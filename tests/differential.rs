@@ -18,14 +18,7 @@ use common::r#gen::{self as seqgen, AF, ARITH, CF, Family, Gen, OF, PF, Rng, SF,
 use common::native32::{Native32, State32};
 
 const REG_NAMES: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
-const FLAG_NAMES: [(u32, &str); 6] = [
-    (CF, "CF"),
-    (PF, "PF"),
-    (AF, "AF"),
-    (ZF, "ZF"),
-    (SF, "SF"),
-    (OF, "OF"),
-];
+const FLAG_NAMES: [(u32, &str); 6] = [(CF, "CF"), (PF, "PF"), (AF, "AF"), (ZF, "ZF"), (SF, "SF"), (OF, "OF")];
 /// How many failure reports to print before giving up.
 const MAX_REPORTS: usize = 3;
 
@@ -51,10 +44,7 @@ fn disasm(code: &[u8]) -> String {
     while dec.can_decode() {
         dec.decode_out(&mut ins);
         let start = ins.ip() as usize;
-        let bytes: Vec<String> = code[start..start + ins.len()]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let bytes: Vec<String> = code[start..start + ins.len()].iter().map(|b| format!("{b:02x}")).collect();
         let mut text = String::new();
         fmt.format(&ins, &mut text);
         let _ = writeln!(out, "    {start:4x}: {:<30} {text}", bytes.join(" "));
@@ -63,16 +53,8 @@ fn disasm(code: &[u8]) -> String {
 }
 
 fn flag_list(f: u32) -> String {
-    let v: Vec<&str> = FLAG_NAMES
-        .iter()
-        .filter(|(m, _)| f & m != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if v.is_empty() {
-        "-".into()
-    } else {
-        v.join(" ")
-    }
+    let v: Vec<&str> = FLAG_NAMES.iter().filter(|(m, _)| f & m != 0).map(|(_, n)| *n).collect();
+    if v.is_empty() { "-".into() } else { v.join(" ") }
 }
 
 /// Inputs of one run (ESP and ESI are filled in per world).
@@ -92,11 +74,7 @@ impl Input {
         let eflags = rng.next_u32() & ARITH;
         let mut data = [0u8; 256];
         for b in data.iter_mut() {
-            *b = if rng.one_in(4) {
-                rng.pick(&[0, 1, 0x7F, 0x80, 0xFF])
-            } else {
-                rng.next_u32() as u8
-            };
+            *b = if rng.one_in(4) { rng.pick(&[0, 1, 0x7F, 0x80, 0xFF]) } else { rng.next_u32() as u8 };
         }
         Input { regs, eflags, data }
     }
@@ -118,12 +96,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Harness {
-            native: Native32::new(),
-            runs: 0,
-            failures: 0,
-            reports: String::new(),
-        }
+        Harness { native: Native32::new(), runs: 0, failures: 0, reports: String::new() }
     }
 
     /// Runs both worlds; returns (native, btvisor) with ESI/ESP made relative
@@ -134,41 +107,22 @@ impl Harness {
         nregs[4] = self.native.stack_top();
         nregs[6] = self.native.data_addr();
         let mut ndata = inp.data;
-        let nout = self.native.run(
-            code,
-            &State32 {
-                regs: nregs,
-                eflags: inp.eflags,
-            },
-            &mut ndata,
-        );
+        let nout = self.native.run(code, &State32 { regs: nregs, eflags: inp.eflags }, &mut ndata);
         let mut nr = nout.regs;
         nr[4] = nr[4].wrapping_sub(self.native.stack_top());
         nr[6] = nr[6].wrapping_sub(self.native.data_addr());
-        let native = Outcome {
-            regs: nr,
-            eflags: nout.eflags,
-            data: ndata,
-        };
+        let native = Outcome { regs: nr, eflags: nout.eflags, data: ndata };
 
         let mut bregs = inp.regs;
         bregs[4] = SNIPPET_STACK_TOP;
         bregs[6] = SNIPPET_DATA_ADDR;
-        let bin = SnippetState {
-            regs: bregs,
-            eflags: inp.eflags,
-            data: inp.data,
-        };
+        let bin = SnippetState { regs: bregs, eflags: inp.eflags, data: inp.data };
         let bt = match run_snippet(code, &bin) {
             Ok(o) => {
                 let mut br = o.regs;
                 br[4] = br[4].wrapping_sub(SNIPPET_STACK_TOP);
                 br[6] = br[6].wrapping_sub(SNIPPET_DATA_ADDR);
-                Ok(Outcome {
-                    regs: br,
-                    eflags: o.eflags,
-                    data: o.data,
-                })
+                Ok(Outcome { regs: br, eflags: o.eflags, data: o.data })
             }
             Err(e) => Err(format!("run_snippet returned an error: {e:?}")),
         };
@@ -214,11 +168,7 @@ impl Harness {
         }
         for i in 0..256 {
             if native.data[i] != bt.data[i] {
-                let _ = writeln!(
-                    d,
-                    "  data[{i:#04x}]: native {:#04x}  btvisor {:#04x}",
-                    native.data[i], bt.data[i]
-                );
+                let _ = writeln!(d, "  data[{i:#04x}]: native {:#04x}  btvisor {:#04x}", native.data[i], bt.data[i]);
             }
         }
         d
@@ -319,20 +269,13 @@ fn run_seeds(name: &str, seeds: u64, deadline: Instant, make: impl Fn(u64) -> Se
 
 #[test]
 fn differential_random_sequences() {
-    run_seeds(
-        "random",
-        3000,
-        Instant::now() + budget(),
-        seqgen::random_seq,
-    );
+    run_seeds("random", 3000, Instant::now() + budget(), seqgen::random_seq);
 }
 
 /// Random short sequences of one family, plus the family's targeted cases.
 fn family(fam: Family, seeds: u64, deadline: Instant) {
     let name = format!("{fam:?}");
-    run_seeds(&name, seeds, deadline, |seed| {
-        seqgen::family_seq(seed, &[fam], 4)
-    });
+    run_seeds(&name, seeds, deadline, |seed| seqgen::family_seq(seed, &[fam], 4));
 }
 
 // ------------------------------------------------------------ targeted cases
@@ -353,18 +296,7 @@ fn inp(regs: [u32; 8], eflags: u32) -> Input {
     Input { regs, eflags, data }
 }
 
-const EDGE: [u32; 10] = [
-    0,
-    1,
-    0x7F,
-    0x80,
-    0xFF,
-    0x7FFF,
-    0x8000,
-    0x7FFF_FFFF,
-    0x8000_0000,
-    0xFFFF_FFFF,
-];
+const EDGE: [u32; 10] = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF];
 
 fn opsize(size: Size) -> Vec<u8> {
     if size == Size::W { vec![0x66] } else { vec![] }
@@ -416,21 +348,11 @@ fn family_incdec() {
     let mut h = Harness::new();
     for &a in &EDGE {
         for cf in [0, CF] {
-            for code in [
-                &[0x40u8][..],
-                &[0x48],
-                &[0x66, 0x40],
-                &[0x66, 0x48],
-                &[0xFE, 0xC0],
-                &[0xFE, 0xC8],
-                &[0xFE, 0xC4],
-            ] {
+            for code in
+                [&[0x40u8][..], &[0x48], &[0x66, 0x40], &[0x66, 0x48], &[0xFE, 0xC0], &[0xFE, 0xC8], &[0xFE, 0xC4]]
+            {
                 let seq = case(code, ARITH & !CF, 0);
-                h.check(
-                    &format!("incdec {code:02x?} a={a:#x} cf={cf}"),
-                    &seq,
-                    &inp([a, 0, 0, 0, 0, 0, 0, 0], cf | ZF),
-                );
+                h.check(&format!("incdec {code:02x?} a={a:#x} cf={cf}"), &seq, &inp([a, 0, 0, 0, 0, 0, 0, 0], cf | ZF));
             }
         }
     }
@@ -443,19 +365,9 @@ fn family_negnot() {
     let deadline = Instant::now() + budget();
     let mut h = Harness::new();
     for &a in &EDGE {
-        for code in [
-            &[0xF7u8, 0xD8][..],
-            &[0x66, 0xF7, 0xD8],
-            &[0xF6, 0xD8],
-            &[0xF6, 0xDC],
-            &[0xF7, 0xD0],
-        ] {
+        for code in [&[0xF7u8, 0xD8][..], &[0x66, 0xF7, 0xD8], &[0xF6, 0xD8], &[0xF6, 0xDC], &[0xF7, 0xD0]] {
             let seq = case(code, ARITH, 0);
-            h.check(
-                &format!("negnot {code:02x?} a={a:#x}"),
-                &seq,
-                &inp([a, 0, 0, 0, 0, 0, 0, 0], ARITH),
-            );
+            h.check(&format!("negnot {code:02x?} a={a:#x}"), &seq, &inp([a, 0, 0, 0, 0, 0, 0, 0], ARITH));
         }
     }
     h.finish("family_negnot targeted");
@@ -479,10 +391,7 @@ fn family_shift() {
                         g.raw(&[0xC0 | w, 0xC3 | (op << 3), c]);
                         g.shift_effect(op, size, Some(c));
                         let seq = g.finish(1);
-                        let label = format!(
-                            "shift /{op} {size:?} imm {c} v={v:#x} flags=[{}]",
-                            flag_list(fl)
-                        );
+                        let label = format!("shift /{op} {size:?} imm {c} v={v:#x} flags=[{}]", flag_list(fl));
                         h.check(&label, &seq, &inp([0, 0, 0, v, 0, 0, 0, 0], fl));
                         // op ebx, cl
                         let mut g = Gen::new(0);
@@ -490,15 +399,8 @@ fn family_shift() {
                         g.raw(&[0xD2 | w, 0xC3 | (op << 3)]);
                         g.shift_effect(op, size, Some(c));
                         let seq = g.finish(1);
-                        let label = format!(
-                            "shift /{op} {size:?} cl={c} v={v:#x} flags=[{}]",
-                            flag_list(fl)
-                        );
-                        h.check(
-                            &label,
-                            &seq,
-                            &inp([0, 0xFFFF_FF00 | c as u32, 0, v, 0, 0, 0, 0], fl),
-                        );
+                        let label = format!("shift /{op} {size:?} cl={c} v={v:#x} flags=[{}]", flag_list(fl));
+                        h.check(&label, &seq, &inp([0, 0xFFFF_FF00 | c as u32, 0, v, 0, 0, 0, 0], fl));
                     }
                 }
             }
@@ -509,11 +411,7 @@ fn family_shift() {
                 g.raw(&[0xD0 | w, 0xC3 | (op << 3)]);
                 g.shift_effect(op, size, Some(1));
                 let seq = g.finish(1);
-                h.check(
-                    &format!("shift /{op} {size:?} by 1 v={v:#x}"),
-                    &seq,
-                    &inp([0, 0, 0, v, 0, 0, 0, 0], CF),
-                );
+                h.check(&format!("shift /{op} {size:?} by 1 v={v:#x}"), &seq, &inp([0, 0, 0, v, 0, 0, 0, 0], CF));
             }
         }
     }
@@ -527,18 +425,12 @@ fn family_shift_double() {
     let mut h = Harness::new();
     for right in [0u8, 1] {
         for size in [Size::W, Size::D] {
-            let counts: &[u8] = if size == Size::W {
-                &[0, 1, 2, 8, 15, 16, 32, 33]
-            } else {
-                &[0, 1, 2, 16, 31, 32, 33, 63]
-            };
+            let counts: &[u8] =
+                if size == Size::W { &[0, 1, 2, 8, 15, 16, 32, 33] } else { &[0, 1, 2, 16, 31, 32, 33, 63] };
             for &c in counts {
-                for &(a, b) in &[
-                    (0x8000_0001u32, 0x1234_5678u32),
-                    (0xFFFF_FFFF, 0),
-                    (0, 0xFFFF_FFFF),
-                    (0x7FFF_8000, 0x8000_7FFF),
-                ] {
+                for &(a, b) in
+                    &[(0x8000_0001u32, 0x1234_5678u32), (0xFFFF_FFFF, 0), (0, 0xFFFF_FFFF), (0x7FFF_8000, 0x8000_7FFF)]
+                {
                     // shld/shrd eax, ebx, imm8 ; and with cl
                     for by_cl in [false, true] {
                         let mut g = Gen::new(0);
@@ -640,11 +532,7 @@ fn family_bit_test() {
             ];
             for (code, b) in cases {
                 let seq = case(&code, CF, OF | SF | ZF | AF | PF);
-                h.check(
-                    &format!("bt /{op} {code:02x?} ebx={b:#x}"),
-                    &seq,
-                    &inp([0xA5A5_5A5A, 0, 0, b, 0, 0, 0, 0], 0),
-                );
+                h.check(&format!("bt /{op} {code:02x?} ebx={b:#x}"), &seq, &inp([0xA5A5_5A5A, 0, 0, b, 0, 0, 0, 0], 0));
             }
         }
     }
@@ -656,27 +544,12 @@ fn family_bit_test() {
 fn family_bit_scan() {
     let deadline = Instant::now() + budget();
     let mut h = Harness::new();
-    for &v in &[
-        0u32,
-        1,
-        0x8000_0000,
-        0x0001_0000,
-        0x0000_8000,
-        0xFFFF_FFFF,
-        0x0F00,
-    ] {
-        for code in [
-            &[0x0Fu8, 0xBC, 0xC3][..],
-            &[0x0F, 0xBD, 0xC3],
-            &[0x66, 0x0F, 0xBC, 0xC3],
-            &[0x66, 0x0F, 0xBD, 0xC3],
-        ] {
+    for &v in &[0u32, 1, 0x8000_0000, 0x0001_0000, 0x0000_8000, 0xFFFF_FFFF, 0x0F00] {
+        for code in
+            [&[0x0Fu8, 0xBC, 0xC3][..], &[0x0F, 0xBD, 0xC3], &[0x66, 0x0F, 0xBC, 0xC3], &[0x66, 0x0F, 0xBD, 0xC3]]
+        {
             let seq = case(code, ZF, CF | OF | SF | AF | PF);
-            h.check(
-                &format!("bsf/bsr {code:02x?} src={v:#x}"),
-                &seq,
-                &inp([0xDEAD_BEEF, 0, 0, v, 0, 0, 0, 0], 0),
-            );
+            h.check(&format!("bsf/bsr {code:02x?} src={v:#x}"), &seq, &inp([0xDEAD_BEEF, 0, 0, v, 0, 0, 0, 0], 0));
         }
     }
     h.finish("family_bit_scan targeted");
@@ -740,11 +613,7 @@ fn family_convert() {
     for &a in &EDGE {
         for code in [&[0x66u8, 0x98][..], &[0x98], &[0x66, 0x99], &[0x99]] {
             let seq = case(code, 0, 0);
-            h.check(
-                &format!("convert {code:02x?} eax={a:#x}"),
-                &seq,
-                &inp([a, 0, 0x5555_5555, 0, 0, 0, 0, 0], 0),
-            );
+            h.check(&format!("convert {code:02x?} eax={a:#x}"), &seq, &inp([a, 0, 0x5555_5555, 0, 0, 0, 0, 0], 0));
         }
     }
     h.finish("family_convert targeted");
@@ -757,26 +626,14 @@ fn family_lahf_sahf_carry() {
     let mut h = Harness::new();
     for ah in 0u32..256 {
         let seq = case(&[0x9E], SF | ZF | AF | PF | CF, 0); // sahf
-        h.check(
-            &format!("sahf ah={ah:#x}"),
-            &seq,
-            &inp([ah << 8, 0, 0, 0, 0, 0, 0, 0], OF),
-        );
+        h.check(&format!("sahf ah={ah:#x}"), &seq, &inp([ah << 8, 0, 0, 0, 0, 0, 0, 0], OF));
         let seq = case(&[0x9E, 0x9F], SF | ZF | AF | PF | CF, 0); // sahf; lahf
-        h.check(
-            &format!("sahf;lahf ah={ah:#x}"),
-            &seq,
-            &inp([ah << 8 | 0xFFFF_00FF, 0, 0, 0, 0, 0, 0, 0], 0),
-        );
+        h.check(&format!("sahf;lahf ah={ah:#x}"), &seq, &inp([ah << 8 | 0xFFFF_00FF, 0, 0, 0, 0, 0, 0, 0], 0));
     }
     for fl in [0, ARITH, CF, ARITH & !CF] {
         for code in [0xF8u8, 0xF9, 0xF5, 0x9F] {
             let seq = case(&[code], CF, 0);
-            h.check(
-                &format!("{code:#x} flags=[{}]", flag_list(fl)),
-                &seq,
-                &inp([0; 8], fl),
-            );
+            h.check(&format!("{code:#x} flags=[{}]", flag_list(fl)), &seq, &inp([0; 8], fl));
         }
     }
     h.finish("family_lahf_sahf_carry targeted");
@@ -792,17 +649,9 @@ fn family_bcd() {
         for fl in [0, CF, AF, CF | AF] {
             let ax = 0x0300 | al;
             let seq = case(&[0x27], SF | ZF | PF | CF | AF, OF); // daa
-            h.check(
-                &format!("daa al={al:#x} flags=[{}]", flag_list(fl)),
-                &seq,
-                &inp([ax, 0, 0, 0, 0, 0, 0, 0], fl),
-            );
+            h.check(&format!("daa al={al:#x} flags=[{}]", flag_list(fl)), &seq, &inp([ax, 0, 0, 0, 0, 0, 0, 0], fl));
             let seq = case(&[0x2F], SF | ZF | PF | CF | AF, OF); // das
-            h.check(
-                &format!("das al={al:#x} flags=[{}]", flag_list(fl)),
-                &seq,
-                &inp([ax, 0, 0, 0, 0, 0, 0, 0], fl),
-            );
+            h.check(&format!("das al={al:#x} flags=[{}]", flag_list(fl)), &seq, &inp([ax, 0, 0, 0, 0, 0, 0, 0], fl));
             if fl & CF == 0 {
                 let seq = case(&[0x37], AF | CF, OF | SF | ZF | PF); // aaa
                 h.check(
@@ -820,19 +669,12 @@ fn family_bcd() {
         }
         for imm in [10u8, 16, 1, 0xFF] {
             let seq = case(&[0xD4, imm], SF | ZF | PF, OF | AF | CF); // aam
-            h.check(
-                &format!("aam {imm} al={al:#x}"),
-                &seq,
-                &inp([0xFFFF_0000 | al, 0, 0, 0, 0, 0, 0, 0], 0),
-            );
+            h.check(&format!("aam {imm} al={al:#x}"), &seq, &inp([0xFFFF_0000 | al, 0, 0, 0, 0, 0, 0, 0], 0));
             let seq = case(&[0xD5, imm], SF | ZF | PF, OF | AF | CF); // aad
             h.check(
                 &format!("aad {imm} ax={:#x}", al << 8 | al),
                 &seq,
-                &inp(
-                    [0xFFFF_0000 | al << 8 | (al ^ 0x5A), 0, 0, 0, 0, 0, 0, 0],
-                    0,
-                ),
+                &inp([0xFFFF_0000 | al << 8 | (al ^ 0x5A), 0, 0, 0, 0, 0, 0, 0], 0),
             );
         }
     }
@@ -853,21 +695,13 @@ fn generator_output_is_well_formed() {
         let seq = if seed % 2 == 0 {
             seqgen::random_seq(seed)
         } else {
-            seqgen::family_seq(
-                seed,
-                &[Family::ALL[(seed / 2) as usize % Family::ALL.len()]],
-                4,
-            )
+            seqgen::family_seq(seed, &[Family::ALL[(seed / 2) as usize % Family::ALL.len()]], 4)
         };
         let mut dec = Decoder::with_ip(32, &seq.code, 0, DecoderOptions::NONE);
         let mut n = 0;
         for ins in &mut dec {
             n += ins.len();
-            assert!(
-                !ins.is_invalid(),
-                "seed {seed}: invalid instruction\n{}",
-                disasm(&seq.code)
-            );
+            assert!(!ins.is_invalid(), "seed {seed}: invalid instruction\n{}", disasm(&seq.code));
             seen.insert(ins.mnemonic());
             let inf = info.info(&ins);
             let addr_regs: Vec<Register> = inf
@@ -971,28 +805,11 @@ fn native_oracle_is_deterministic() {
             regs[4] = n.stack_top();
             regs[6] = n.data_addr();
             let mut data = inp.data;
-            let o = n.run(
-                &seq.code,
-                &State32 {
-                    regs,
-                    eflags: inp.eflags,
-                },
-                &mut data,
-            );
+            let o = n.run(&seq.code, &State32 { regs, eflags: inp.eflags }, &mut data);
             assert_eq!(o.regs[6], n.data_addr(), "seed {seed}: ESI changed");
             assert_eq!(o.regs[4], n.stack_top(), "seed {seed}: ESP changed");
-            outs.push((
-                o.regs[0..4].to_vec(),
-                o.regs[5],
-                o.regs[7],
-                o.eflags & ARITH,
-                data,
-            ));
+            outs.push((o.regs[0..4].to_vec(), o.regs[5], o.regs[7], o.eflags & ARITH, data));
         }
-        assert!(
-            outs[0] == outs[1],
-            "seed {seed}: native runs differ\n{}",
-            disasm(&seq.code)
-        );
+        assert!(outs[0] == outs[1], "seed {seed}: native runs differ\n{}", disasm(&seq.code));
     }
 }

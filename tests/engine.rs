@@ -4,16 +4,10 @@
 use std::process::Command;
 
 use btvisor::exec::RunOutcome;
-use btvisor::snippet::{
-    SNIPPET_CODE_ADDR, SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SnippetState, run_snippet_outcome,
-};
+use btvisor::snippet::{SNIPPET_CODE_ADDR, SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SnippetState, run_snippet_outcome};
 
 fn state(regs: [(usize, u32); 3]) -> SnippetState {
-    let mut s = SnippetState {
-        regs: [0; 8],
-        eflags: 2,
-        data: [0; 256],
-    };
+    let mut s = SnippetState { regs: [0; 8], eflags: 2, data: [0; 256] };
     s.regs[4] = SNIPPET_STACK_TOP;
     s.regs[6] = SNIPPET_DATA_ADDR;
     for (r, v) in regs {
@@ -31,16 +25,8 @@ const EBX: usize = 3;
 fn divide_error_is_precise() {
     // add eax, 1 ; inc ebx ; div ecx (ecx = 0) ; mov eax, 99
     let code = [0x83, 0xC0, 0x01, 0x43, 0xF7, 0xF1, 0xB8, 99, 0, 0, 0];
-    let (out, st, _) =
-        run_snippet_outcome(&code, &state([(EAX, 6), (ECX, 0), (EDX, 0)])).expect("runs");
-    assert_eq!(
-        out,
-        RunOutcome::Exception {
-            vector: 0,
-            error_code: None,
-            eip: SNIPPET_CODE_ADDR + 4
-        }
-    );
+    let (out, st, _) = run_snippet_outcome(&code, &state([(EAX, 6), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Exception { vector: 0, error_code: None, eip: SNIPPET_CODE_ADDR + 4 });
     assert_eq!(st.regs[EAX], 7, "state is as before the faulting DIV");
     assert_eq!(st.regs[EBX], 1);
 }
@@ -52,62 +38,30 @@ fn divide_overflow_through_memory_is_precise() {
     let mut s = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
     s.data[0] = 1;
     let (out, st, _) = run_snippet_outcome(&code, &s).expect("runs");
-    assert_eq!(
-        out,
-        RunOutcome::Exception {
-            vector: 0,
-            error_code: None,
-            eip: SNIPPET_CODE_ADDR + 5
-        }
-    );
+    assert_eq!(out, RunOutcome::Exception { vector: 0, error_code: None, eip: SNIPPET_CODE_ADDR + 5 });
     assert_eq!(st.regs[EDX], 1);
 }
 
 #[test]
 fn invalid_opcode_is_precise() {
     // inc eax ; ud2
-    let (out, st, _) =
-        run_snippet_outcome(&[0x40, 0x0F, 0x0B], &state([(EAX, 1), (ECX, 0), (EDX, 0)]))
-            .expect("runs");
-    assert_eq!(
-        out,
-        RunOutcome::Exception {
-            vector: 6,
-            error_code: None,
-            eip: SNIPPET_CODE_ADDR + 1
-        }
-    );
+    let (out, st, _) = run_snippet_outcome(&[0x40, 0x0F, 0x0B], &state([(EAX, 1), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Exception { vector: 6, error_code: None, eip: SNIPPET_CODE_ADDR + 1 });
     assert_eq!(st.regs[EAX], 2);
     // An SSE3 instruction the virtual CPU does not advertise: haddps xmm0, xmm1.
-    let (out, _, _) = run_snippet_outcome(
-        &[0xF2, 0x0F, 0x7C, 0xC1],
-        &state([(EAX, 0), (ECX, 0), (EDX, 0)]),
-    )
-    .expect("runs");
-    assert_eq!(
-        out,
-        RunOutcome::Exception {
-            vector: 6,
-            error_code: None,
-            eip: SNIPPET_CODE_ADDR
-        }
-    );
+    let (out, _, _) =
+        run_snippet_outcome(&[0xF2, 0x0F, 0x7C, 0xC1], &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Exception { vector: 6, error_code: None, eip: SNIPPET_CODE_ADDR });
 }
 
 #[test]
 fn chained_spin_loop_returns_to_the_dispatcher() {
     // l: dec ecx ; jnz l   with ECX = 2^30: one self-chained block for ~0.3 s.
-    let (out, st, stats) = run_snippet_outcome(
-        &[0x49, 0x75, 0xFD],
-        &state([(ECX, 1 << 30), (EAX, 0), (EDX, 0)]),
-    )
-    .expect("runs");
+    let (out, st, stats) =
+        run_snippet_outcome(&[0x49, 0x75, 0xFD], &state([(ECX, 1 << 30), (EAX, 0), (EDX, 0)])).expect("runs");
     assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
     assert_eq!(st.regs[ECX], 0);
-    assert!(
-        stats.polls > 0,
-        "the interval timer never brought the dispatcher back"
-    );
+    assert!(stats.polls > 0, "the interval timer never brought the dispatcher back");
     assert!(stats.chains > 0);
 }
 
@@ -120,8 +74,7 @@ fn store_into_the_running_block_is_seen() {
     code.extend_from_slice(&target.to_le_bytes());
     code.push(0x41);
     code.push(0x40); // at +7: inc eax, becomes inc ecx
-    let (out, st, stats) =
-        run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
     assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
     assert_eq!((st.regs[EAX], st.regs[ECX]), (0, 1));
     assert!(stats.smc_pages > 0);
@@ -140,12 +93,26 @@ fn tiny_code_cache_flushes_and_goes_on() {
     assert_eq!(out.status.code(), Some(1));
     let flushes: u64 = stderr
         .lines()
-        .find_map(|l| {
-            l.split("(")
-                .nth(1)
-                .and_then(|r| r.strip_suffix(" flushes)"))
-        })
+        .find_map(|l| l.split("(").nth(1).and_then(|r| r.strip_suffix(" flushes)")))
         .and_then(|n| n.trim().parse().ok())
         .expect("stats line with flushes");
     assert!(flushes >= 1, "{stderr}");
+}
+
+#[test]
+fn inline_pushf_popf_cli_sti_at_cpl0() {
+    // sti ; pushfd ; pop eax ; cli ; pushfd ; pop ebx ; push 0x8d5|0x200|0x3000 ; popfd ; pushfd ; pop edx ; sti ; pushfd ; pop ecx
+    let code = [
+        0xFB, 0x9C, 0x58, 0xFA, 0x9C, 0x5B, 0x68, 0xD5, 0x3A, 0x00, 0x00, 0x9D, 0x9C, 0x5A, 0xFB, 0x9C, 0x59,
+    ];
+    let mut s = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
+    s.eflags = 0x202 | 0x1; // IF and CF
+    let (out, st, stats) = run_snippet_outcome(&code, &s).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert_eq!(st.regs[EAX], 0x203, "PUSHFD image: CF, bit 1, IF");
+    assert_eq!(st.regs[EBX], 0x003, "CLI cleared the virtual IF");
+    assert_eq!(st.regs[EDX], 0x3AD7, "POPFD loaded arithmetic flags, DF... and IOPL 3, IF");
+    assert_eq!(st.regs[ECX], 0x3AD7);
+    let only_hlt = stats.callouts.keys().all(|m| *m == iced_x86::Mnemonic::Hlt);
+    assert!(only_hlt, "no VMM callout for CLI/STI/PUSHFD/POPFD at CPL 0: {:?}", stats.callouts);
 }

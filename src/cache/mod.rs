@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 
 use thiserror::Error;
 
-use crate::cpu::{HotState, JC_EMPTY_KEY, JUMP_CACHE_ENTRIES};
+use crate::cpu::{HotState, JC_EMPTY_KEY, JUMP_CACHE_ENTRIES, Mode};
 use crate::emit::rel32;
 use crate::memory::PAGE_SIZE;
 use crate::translate::{ExitSite, InsnMapEntry, Translation};
@@ -26,10 +26,7 @@ const BLOCK_ALIGN: usize = 16;
 #[derive(Debug, Error)]
 pub enum CacheError {
     #[error("code cache setup failed ({what}): {source}")]
-    Os {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Os { what: &'static str, source: std::io::Error },
     #[error("code cache of {0} bytes is too small")]
     TooSmall(usize),
 }
@@ -39,6 +36,7 @@ pub type BlockId = u32;
 /// A translated block.
 pub struct Block {
     pub eip: u32,
+    pub mode: Mode,
     /// Guest address after the block.
     pub end: u32,
     /// Host (RX) address of the entry.
@@ -76,7 +74,8 @@ pub struct CodeCache {
     /// End of the trampolines (start of the flushable area).
     base_used: usize,
     pub blocks: Vec<Block>,
-    pub map: HashMap<u32, BlockId>,
+    /// `Mode::key(eip)` -> block.
+    pub map: HashMap<u64, BlockId>,
     pub exits: Vec<Exit>,
     page_blocks: HashMap<u32, Vec<BlockId>>,
     pub flushes: u64,
@@ -90,10 +89,7 @@ impl CodeCache {
         if size < MIN_CACHE_SIZE {
             return Err(CacheError::TooSmall(size));
         }
-        let os = |what| CacheError::Os {
-            what,
-            source: std::io::Error::last_os_error(),
-        };
+        let os = |what| CacheError::Os { what, source: std::io::Error::last_os_error() };
         // SAFETY: syscalls whose results are checked; the mappings are owned
         // by the returned value and released in Drop.
         unsafe {
@@ -105,26 +101,13 @@ impl CodeCache {
                 libc::close(fd);
                 return Err(os("ftruncate"));
             }
-            let rw = libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
+            let rw =
+                libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             if rw == libc::MAP_FAILED {
                 libc::close(fd);
                 return Err(os("mmap RW"));
             }
-            let rx = libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_EXEC,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
+            let rx = libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_EXEC, libc::MAP_SHARED, fd, 0);
             if rx == libc::MAP_FAILED {
                 libc::munmap(rw, size);
                 libc::close(fd);
@@ -177,9 +160,7 @@ impl CodeCache {
         }
         let off = align(self.used);
         // SAFETY: off + len <= size, inside the RW mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.as_ptr().add(off), code.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.as_ptr().add(off), code.len()) };
         self.used = off + code.len();
         Some(self.rx.as_ptr() as usize + off)
     }
@@ -200,6 +181,7 @@ impl CodeCache {
     pub fn install(
         &mut self,
         eip: u32,
+        mode: Mode,
         end: u32,
         pages: (u32, u32),
         t: Translation,
@@ -209,11 +191,7 @@ impl CodeCache {
         let id = self.blocks.len() as BlockId;
         let first_exit = self.exits.len() as u32;
         for e in &t.exits {
-            let ExitSite {
-                rel32_off,
-                tail_off,
-                target,
-            } = *e;
+            let ExitSite { rel32_off, tail_off, target } = *e;
             self.exits.push(Exit {
                 block: id,
                 rel32: host + rel32_off as usize,
@@ -224,6 +202,7 @@ impl CodeCache {
         }
         self.blocks.push(Block {
             eip,
+            mode,
             end,
             host,
             host_len: t.code.len(),
@@ -235,7 +214,7 @@ impl CodeCache {
             pages,
         });
         if register {
-            self.map.insert(eip, id);
+            self.map.insert(mode.key(eip), id);
             self.page_blocks.entry(pages.0).or_default().push(id);
             if pages.1 != pages.0 {
                 self.page_blocks.entry(pages.1).or_default().push(id);
@@ -244,8 +223,8 @@ impl CodeCache {
         Some(id)
     }
 
-    pub fn lookup(&self, eip: u32) -> Option<BlockId> {
-        self.map.get(&eip).copied()
+    pub fn lookup(&self, eip: u32, mode: Mode) -> Option<BlockId> {
+        self.map.get(&mode.key(eip)).copied()
     }
 
     /// Write a rel32 field at RX address `field` through the RW mapping.
@@ -287,12 +266,12 @@ impl CodeCache {
             }
             b.valid = false;
             n += 1;
-            let (eip, host, pages) = (b.eip, b.host, b.pages);
+            let (eip, mode, host, pages) = (b.eip, b.mode, b.host, b.pages);
             let incoming = std::mem::take(&mut b.incoming);
-            if self.map.get(&eip) == Some(&id) {
-                self.map.remove(&eip);
+            if self.map.get(&mode.key(eip)) == Some(&id) {
+                self.map.remove(&mode.key(eip));
             }
-            let slot = jc_slot(eip);
+            let slot = jc_slot(mode, eip);
             if hot.jc_targets[slot] == host as u64 {
                 hot.jc_keys[slot] = JC_EMPTY_KEY;
             }
@@ -342,14 +321,17 @@ impl CodeCache {
     }
 }
 
-/// The jump-cache slot of a guest EIP.
-pub fn jc_slot(eip: u32) -> usize {
-    (eip as usize) & (JUMP_CACHE_ENTRIES - 1)
+/// The jump-cache slot of a guest EIP in the table of `mode`.
+pub fn jc_slot(mode: Mode, eip: u32) -> usize {
+    mode.jc_table() * JUMP_CACHE_ENTRIES + ((eip as usize) & (JUMP_CACHE_ENTRIES - 1))
 }
 
-/// Insert `eip -> host` into the jump cache.
-pub fn jc_insert(hot: &mut HotState, eip: u32, host: usize) {
-    let s = jc_slot(eip);
+/// Insert `eip -> host` into the jump cache of `mode` (fast modes only).
+pub fn jc_insert(hot: &mut HotState, mode: Mode, eip: u32, host: usize) {
+    if !mode.is_fast() {
+        return;
+    }
+    let s = jc_slot(mode, eip);
     hot.jc_keys[s] = (eip as u64).wrapping_neg();
     hot.jc_targets[s] = host as u64;
 }

@@ -25,14 +25,8 @@ pub mod edx1 {
 }
 
 /// Features advertised in leaf 1 EDX.
-pub const FEATURES_EDX: u32 = edx1::FPU
-    | edx1::TSC
-    | edx1::CX8
-    | edx1::CMOV
-    | edx1::MMX
-    | edx1::FXSR
-    | edx1::SSE
-    | edx1::SSE2;
+pub const FEATURES_EDX: u32 =
+    edx1::FPU | edx1::TSC | edx1::CX8 | edx1::CMOV | edx1::MMX | edx1::FXSR | edx1::SSE | edx1::SSE2;
 
 const BRAND: &[u8; 48] = b"btvisor virtual CPU (binary translation)        ";
 
@@ -49,12 +43,7 @@ pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
         0x8000_0001 => [0, 0, 0, 0],
         0x8000_0002..=0x8000_0004 => {
             let o = (leaf - 0x8000_0002) as usize * 16;
-            [
-                dw(BRAND, o),
-                dw(BRAND, o + 4),
-                dw(BRAND, o + 8),
-                dw(BRAND, o + 12),
-            ]
+            [dw(BRAND, o), dw(BRAND, o + 4), dw(BRAND, o + 8), dw(BRAND, o + 12)]
         }
         // Intel: leaves above the maximum return the highest basic leaf's data.
         l if l < 0x8000_0000 => cpuid(MAX_LEAF, 0),

@@ -5,11 +5,11 @@
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-use super::{
-    Cpu, EAX, EBP, ECX, EDI, EDX, ESI, ESP, Exception, SEG_CS, SEG_DS, SEG_ES, SEG_FS, SEG_GS,
-    SEG_SS, Segment, TableReg, cpuid, flags, vector,
-};
 use super::interrupt::EventKind;
+use super::{
+    Cpu, EAX, EBP, ECX, EDI, EDX, ESI, ESP, Exception, SEG_CS, SEG_DS, SEG_ES, SEG_FS, SEG_GS, SEG_SS, Segment,
+    TableReg, cpuid, flags, vector,
+};
 use crate::devices::{IoEffect, PortBus};
 use crate::memory::{GuestMemory, PAGE_SIZE};
 
@@ -110,9 +110,7 @@ impl Env<'_> {
         let Some(n) = gpr_index(r) else { return 0 };
         let v = self.cpu.reg(n);
         match r.size() {
-            1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => {
-                (v >> 8) & 0xFF
-            }
+            1 if matches!(r, Register::AH | Register::CH | Register::DH | Register::BH) => (v >> 8) & 0xFF,
             1 => v & 0xFF,
             2 => v & 0xFFFF,
             _ => v,
@@ -136,19 +134,13 @@ impl Env<'_> {
     /// Effective address (offset within the segment) of the memory operand.
     fn offset(&self, i: &Instruction) -> u32 {
         let sixteen = i.memory_displ_size() == 2
-            || matches!(
-                i.memory_base(),
-                Register::BX | Register::BP | Register::SI | Register::DI
-            );
+            || matches!(i.memory_base(), Register::BX | Register::BP | Register::SI | Register::DI);
         let mut a = i.memory_displacement32();
         if i.memory_base() != Register::None {
             a = a.wrapping_add(self.reg(i.memory_base()));
         }
         if i.memory_index() != Register::None {
-            a = a.wrapping_add(
-                self.reg(i.memory_index())
-                    .wrapping_mul(i.memory_index_scale()),
-            );
+            a = a.wrapping_add(self.reg(i.memory_index()).wrapping_mul(i.memory_index_scale()));
         }
         if sixteen { a & 0xFFFF } else { a }
     }
@@ -181,11 +173,7 @@ impl Env<'_> {
         Ok(match i.op_kind(n) {
             OpKind::Register => {
                 let r = i.op_register(n);
-                if let Some(s) = seg_index(r) {
-                    self.cpu.seg[s].selector as u32
-                } else {
-                    self.reg(r)
-                }
+                if let Some(s) = seg_index(r) { self.cpu.seg[s].selector as u32 } else { self.reg(r) }
             }
             OpKind::Memory => {
                 let a = self.ea(i)?;
@@ -200,11 +188,7 @@ impl Env<'_> {
             OpKind::Register => {
                 let r = i.op_register(n);
                 // A segment register stored into a 32-bit register zero-extends.
-                let r = if size == 4 && r.size() == 2 {
-                    r.full_register32()
-                } else {
-                    r
-                };
+                let r = if size == 4 && r.size() == 2 { r.full_register32() } else { r };
                 self.set_reg(r, v);
             }
             OpKind::Memory => {
@@ -239,11 +223,7 @@ impl Env<'_> {
     }
 
     pub(crate) fn require_cpl0(&self) -> R<()> {
-        if self.cpu.cpl == 0 {
-            Ok(())
-        } else {
-            Err(gp0())
-        }
+        if self.cpu.cpl == 0 { Ok(()) } else { Err(gp0()) }
     }
 
     fn port_in(&mut self, port: u16, size: usize) -> u32 {
@@ -260,10 +240,7 @@ impl Env<'_> {
     /// Read a descriptor for `sel` from the GDT or LDT.
     pub(crate) fn descriptor(&self, sel: u16) -> R<u64> {
         let table = if sel & 4 != 0 {
-            TableReg {
-                base: self.cpu.ldtr.base,
-                limit: self.cpu.ldtr.limit.min(0xFFFF) as u16,
-            }
+            TableReg { base: self.cpu.ldtr.base, limit: self.cpu.ldtr.limit.min(0xFFFF) as u16 }
         } else {
             self.cpu.gdtr
         };
@@ -280,11 +257,7 @@ impl Env<'_> {
         if d & (1 << 40) != 0 {
             return;
         }
-        let base = if sel & 4 != 0 {
-            self.cpu.ldtr.base
-        } else {
-            self.cpu.gdtr.base
-        };
+        let base = if sel & 4 != 0 { self.cpu.ldtr.base } else { self.cpu.gdtr.base };
         let a = base.wrapping_add((sel & !7) as u32 + 5);
         let b = self.read(a, 1) | 1;
         self.write(a, 1, b);
@@ -303,12 +276,7 @@ impl Env<'_> {
             if seg == SEG_SS {
                 return Err(gp0());
             }
-            self.cpu.seg[seg] = Segment {
-                selector: sel,
-                base: 0,
-                limit: 0,
-                attr: 0,
-            };
+            self.cpu.seg[seg] = Segment { selector: sel, base: 0, limit: 0, attr: 0 };
             return Ok(());
         }
         let d = self.descriptor(sel)?;
@@ -361,10 +329,7 @@ impl Env<'_> {
         let dpl = ((s.attr >> 5) & 3) as u8;
         let conforming = s.attr & 0x04 != 0;
         let cpl = self.cpu.cpl;
-        if !is_code
-            || (conforming && dpl > cpl)
-            || (!conforming && (dpl != cpl || (sel & 3) as u8 > cpl))
-        {
+        if !is_code || (conforming && dpl > cpl) || (!conforming && (dpl != cpl || (sel & 3) as u8 > cpl)) {
             // Gates and privilege changes arrive with the protected-mode milestone.
             return Err(Exception::with_code(vector::GP, err));
         }
@@ -381,13 +346,8 @@ impl Env<'_> {
 
     fn cond(&self, cc: ConditionCode) -> bool {
         let f = self.cpu.eflags();
-        let (c, z, s, o, p) = (
-            f & flags::CF != 0,
-            f & flags::ZF != 0,
-            f & flags::SF != 0,
-            f & flags::OF != 0,
-            f & flags::PF != 0,
-        );
+        let (c, z, s, o, p) =
+            (f & flags::CF != 0, f & flags::ZF != 0, f & flags::SF != 0, f & flags::OF != 0, f & flags::PF != 0);
         match cc {
             ConditionCode::o => o,
             ConditionCode::no => !o,
@@ -430,13 +390,7 @@ impl Env<'_> {
 pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
     use Mnemonic as M;
     let osize: usize = match i.code() {
-        Code::Pushfw
-        | Code::Popfw
-        | Code::Iretw
-        | Code::Retfw
-        | Code::Retfw_imm16
-        | Code::Pushaw
-        | Code::Popaw => 2,
+        Code::Pushfw | Code::Popfw | Code::Iretw | Code::Retfw | Code::Retfw_imm16 | Code::Pushaw | Code::Popaw => 2,
         _ => {
             if i.op_count() > 0 && i.op0_kind() == OpKind::Register {
                 i.op0_register().size().clamp(1, 4)
@@ -453,22 +407,16 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         }
         M::In => {
             let size = i.op0_register().size();
-            let port = if i.op1_kind() == OpKind::Register {
-                env.reg(Register::DX) as u16
-            } else {
-                i.immediate8() as u16
-            };
+            let port =
+                if i.op1_kind() == OpKind::Register { env.reg(Register::DX) as u16 } else { i.immediate8() as u16 };
             check_io(env, port, size)?;
             let v = env.port_in(port, size);
             env.set_reg(i.op0_register(), v);
         }
         M::Out => {
             let size = i.op1_register().size();
-            let port = if i.op0_kind() == OpKind::Register {
-                env.reg(Register::DX) as u16
-            } else {
-                i.immediate8() as u16
-            };
+            let port =
+                if i.op0_kind() == OpKind::Register { env.reg(Register::DX) as u16 } else { i.immediate8() as u16 };
             check_io(env, port, size)?;
             let v = env.reg(i.op1_register());
             if let Some(code) = env.port_out(port, size, v) {
@@ -517,11 +465,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             let size = if i.code() == Code::Pushd_ES
                 || matches!(
                     i.code(),
-                    Code::Pushd_CS
-                        | Code::Pushd_SS
-                        | Code::Pushd_DS
-                        | Code::Pushd_FS
-                        | Code::Pushd_GS
+                    Code::Pushd_CS | Code::Pushd_SS | Code::Pushd_DS | Code::Pushd_FS | Code::Pushd_GS
                 ) {
                 4
             } else {
@@ -534,39 +478,25 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.cpu.set_reg(ESP, esp);
         }
         M::Pop if i.op0_kind() == OpKind::Register && i.op0_register().is_segment_register() => {
-            let size = if matches!(
-                i.code(),
-                Code::Popd_ES | Code::Popd_SS | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS
-            ) {
-                4
-            } else {
-                2
-            };
+            let size =
+                if matches!(i.code(), Code::Popd_ES | Code::Popd_SS | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS) {
+                    4
+                } else {
+                    2
+                };
             let esp = env.cpu.reg(ESP);
             let sel = env.read(env.stack_addr(esp), 2) as u16;
             env.load_seg(seg_index(i.op0_register()).unwrap_or(SEG_DS), sel)?;
             env.cpu.set_reg(ESP, esp.wrapping_add(size));
         }
         M::Push => {
-            let size = if i.code() == Code::Push_imm16 || i.code() == Code::Pushw_imm8 {
-                2
-            } else {
-                osize.max(2)
-            };
-            let size = if i.op0_kind() == OpKind::Memory {
-                i.memory_size().size()
-            } else {
-                size
-            };
+            let size = if i.code() == Code::Push_imm16 || i.code() == Code::Pushw_imm8 { 2 } else { osize.max(2) };
+            let size = if i.op0_kind() == OpKind::Memory { i.memory_size().size() } else { size };
             let v = env.op(i, 0, size)?;
             env.push(v, size);
         }
         M::Pop => {
-            let size = if i.op0_kind() == OpKind::Memory {
-                i.memory_size().size()
-            } else {
-                osize
-            };
+            let size = if i.op0_kind() == OpKind::Memory { i.memory_size().size() } else { osize };
             let v = env.pop(size);
             env.set_op(i, 0, size, v)?;
         }
@@ -584,14 +514,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 let v = env.pop(size);
                 if r != ESP {
                     let old = env.cpu.reg(r);
-                    env.cpu.set_reg(
-                        r,
-                        if size == 2 {
-                            (old & !0xFFFF) | (v & 0xFFFF)
-                        } else {
-                            v
-                        },
-                    );
+                    env.cpu.set_reg(r, if size == 2 { (old & !0xFFFF) | (v & 0xFFFF) } else { v });
                 }
             }
         }
@@ -627,11 +550,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         }
         M::Mov if i.op1_kind() == OpKind::Register && i.op1_register().is_segment_register() => {
             let sel = env.cpu.seg[seg_index(i.op1_register()).unwrap_or(SEG_DS)].selector as u32;
-            let size = if i.op0_kind() == OpKind::Memory {
-                2
-            } else {
-                i.op0_register().size()
-            };
+            let size = if i.op0_kind() == OpKind::Memory { 2 } else { i.op0_register().size() };
             env.set_op(i, 0, size, sel)?;
         }
         M::Mov if i.op0_register().is_cr() || i.op1_register().is_cr() => {
@@ -676,41 +595,21 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 base &= 0xFF_FFFF;
             }
             let t = TableReg { base, limit };
-            if i.mnemonic() == M::Lgdt {
-                env.cpu.gdtr = t
-            } else {
-                env.cpu.idtr = t
-            }
+            if i.mnemonic() == M::Lgdt { env.cpu.gdtr = t } else { env.cpu.idtr = t }
         }
         M::Sgdt | M::Sidt => {
-            let t = if i.mnemonic() == M::Sgdt {
-                env.cpu.gdtr
-            } else {
-                env.cpu.idtr
-            };
+            let t = if i.mnemonic() == M::Sgdt { env.cpu.gdtr } else { env.cpu.idtr };
             let a = env.ea(i)?;
             env.write(a, 2, t.limit as u32);
             env.write(a.wrapping_add(2), 4, t.base);
         }
         M::Sldt | M::Str => {
-            let v = if i.mnemonic() == M::Sldt {
-                env.cpu.ldtr.selector
-            } else {
-                env.cpu.tr.selector
-            } as u32;
-            let size = if i.op0_kind() == OpKind::Memory {
-                2
-            } else {
-                i.op0_register().size()
-            };
+            let v = if i.mnemonic() == M::Sldt { env.cpu.ldtr.selector } else { env.cpu.tr.selector } as u32;
+            let size = if i.op0_kind() == OpKind::Memory { 2 } else { i.op0_register().size() };
             env.set_op(i, 0, size, v)?;
         }
         M::Smsw => {
-            let size = if i.op0_kind() == OpKind::Memory {
-                2
-            } else {
-                i.op0_register().size()
-            };
+            let size = if i.op0_kind() == OpKind::Memory { 2 } else { i.op0_register().size() };
             let v = env.cpu.cr[0];
             env.set_op(i, 0, size, if size == 2 { v & 0xFFFF } else { v })?;
         }
@@ -756,10 +655,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.require_cpl0()?;
             let sel = env.op(i, 0, 2)? as u16;
             if i.mnemonic() == M::Lldt && sel & 0xFFFC == 0 {
-                env.cpu.ldtr = Segment {
-                    selector: sel,
-                    ..Segment::default()
-                };
+                env.cpu.ldtr = Segment { selector: sel, ..Segment::default() };
             } else {
                 if sel & 4 != 0 {
                     return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
@@ -767,11 +663,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 let d = env.descriptor(sel)?;
                 let s = Segment::from_descriptor(sel, d);
                 let ty = s.attr & 0x1F;
-                let ok = if i.mnemonic() == M::Lldt {
-                    ty == 0x02
-                } else {
-                    ty == 0x01 || ty == 0x09
-                };
+                let ok = if i.mnemonic() == M::Lldt { ty == 0x02 } else { ty == 0x01 || ty == 0x09 };
                 if !ok {
                     return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
                 }
@@ -785,10 +677,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                     let a = env.cpu.gdtr.base.wrapping_add((sel & !7) as u32 + 5);
                     let b = env.read(a, 1) | 2;
                     env.write(a, 1, b);
-                    env.cpu.tr = Segment {
-                        attr: s.attr | 2,
-                        ..s
-                    };
+                    env.cpu.tr = Segment { attr: s.attr | 2, ..s };
                 }
             }
         }
@@ -798,17 +687,9 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             let idx = env.reg(i.op0_register());
             let a = env.ea(i)?;
             let (lo, hi, v) = if size == 2 {
-                (
-                    env.read(a, 2) as i16 as i32,
-                    env.read(a.wrapping_add(2), 2) as i16 as i32,
-                    idx as i16 as i32,
-                )
+                (env.read(a, 2) as i16 as i32, env.read(a.wrapping_add(2), 2) as i16 as i32, idx as i16 as i32)
             } else {
-                (
-                    env.read(a, 4) as i32,
-                    env.read(a.wrapping_add(4), 4) as i32,
-                    idx as i32,
-                )
+                (env.read(a, 4) as i32, env.read(a.wrapping_add(4), 4) as i32, idx as i32)
             };
             if v < lo || v > hi {
                 return Err(Exception::new(vector::BR));
@@ -836,10 +717,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         M::Sysenter => return env.sysenter().map(Flow::Jump),
         M::Sysexit => return env.sysexit().map(Flow::Jump),
         M::Jmp | M::Call
-            if i.is_jmp_far()
-                || i.is_call_far()
-                || i.is_jmp_far_indirect()
-                || i.is_call_far_indirect() =>
+            if i.is_jmp_far() || i.is_call_far() || i.is_jmp_far_indirect() || i.is_call_far_indirect() =>
         {
             return far_transfer(env, i);
         }
@@ -891,18 +769,11 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         | M::Scasw
         | M::Scasd
         | M::Xlatb => {
-            log::warn!(
-                "16-bit addressing string instruction at {:#x} not supported",
-                i.ip32()
-            );
+            log::warn!("16-bit addressing string instruction at {:#x} not supported", i.ip32());
             return Err(ud());
         }
         _ => {
-            log::warn!(
-                "instruction at {:#010x} ({:?}) is not emulated: raising #UD",
-                i.ip32(),
-                i.code()
-            );
+            log::warn!("instruction at {:#010x} ({:?}) is not emulated: raising #UD", i.ip32(), i.code());
             return Err(ud());
         }
     }
@@ -945,11 +816,7 @@ fn string_io(env: &mut Env, i: &Instruction) -> R<Flow> {
     let port = env.reg(Register::DX) as u16;
     check_io(env, port, size)?;
     let rep = i.has_rep_prefix() || i.has_repne_prefix();
-    let step = if env.flag(flags::DF) {
-        (size as u32).wrapping_neg()
-    } else {
-        size as u32
-    };
+    let step = if env.flag(flags::DF) { (size as u32).wrapping_neg() } else { size as u32 };
     let mut count = if rep { env.cpu.reg(ECX) } else { 1 };
     while count > 0 {
         if matches!(i.mnemonic(), M::Insb | M::Insw | M::Insd) {
@@ -1012,17 +879,9 @@ fn mov_cr(env: &mut Env, i: &Instruction) -> R<Flow> {
 
 fn lar_lsl_verx(env: &mut Env, i: &Instruction) -> R<()> {
     use Mnemonic as M;
-    let n = if matches!(i.mnemonic(), M::Lar | M::Lsl) {
-        1
-    } else {
-        0
-    };
+    let n = if matches!(i.mnemonic(), M::Lar | M::Lsl) { 1 } else { 0 };
     let sel = env.op(i, n, 2)? as u16;
-    let d = if sel & 0xFFFC == 0 {
-        None
-    } else {
-        env.descriptor(sel).ok()
-    };
+    let d = if sel & 0xFFFC == 0 { None } else { env.descriptor(sel).ok() };
     let Some(d) = d else {
         env.set_flag(flags::ZF, false);
         return Ok(());
@@ -1059,20 +918,12 @@ fn far_transfer(env: &mut Env, i: &Instruction) -> R<Flow> {
         _ => 4,
     };
     let (sel, off) = match i.op0_kind() {
-        OpKind::FarBranch16 | OpKind::FarBranch32 => (
-            i.far_branch_selector(),
-            if size == 2 {
-                i.far_branch16() as u32
-            } else {
-                i.far_branch32()
-            },
-        ),
+        OpKind::FarBranch16 | OpKind::FarBranch32 => {
+            (i.far_branch_selector(), if size == 2 { i.far_branch16() as u32 } else { i.far_branch32() })
+        }
         _ => {
             let a = env.ea(i)?;
-            (
-                env.read(a.wrapping_add(size as u32), 2) as u16,
-                env.read(a, size),
-            )
+            (env.read(a.wrapping_add(size as u32), 2) as u16, env.read(a, size))
         }
     };
     let ret_cs = env.cpu.seg[SEG_CS].selector as u32;
@@ -1088,11 +939,7 @@ fn far_transfer(env: &mut Env, i: &Instruction) -> R<Flow> {
 fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
     use Mnemonic as M;
     let mask = |v: u32| {
-        if i.op_count() > 0 && i.op0_kind() == OpKind::NearBranch16 {
-            v & 0xFFFF
-        } else {
-            v
-        }
+        if i.op_count() > 0 && i.op0_kind() == OpKind::NearBranch16 { v & 0xFFFF } else { v }
     };
     let cx_is_16 = matches!(
         i.code(),
@@ -1105,11 +952,7 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
             | Code::Loopne_rel8_16_CX
             | Code::Loopne_rel8_32_CX
     );
-    let count_reg = if cx_is_16 {
-        Register::CX
-    } else {
-        Register::ECX
-    };
+    let count_reg = if cx_is_16 { Register::CX } else { Register::ECX };
     match i.mnemonic() {
         M::Jmp => {
             let t = match i.op0_kind() {
@@ -1128,21 +971,13 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
         }
         M::Ret => {
             let t = env.pop(2);
-            let n = if i.op_count() > 0 {
-                i.immediate16() as u32
-            } else {
-                0
-            };
+            let n = if i.op_count() > 0 { i.immediate16() as u32 } else { 0 };
             env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_add(n));
             Ok(Flow::Jump(t))
         }
         M::Jcxz | M::Jecxz => {
             let taken = env.reg(count_reg) == 0;
-            Ok(if taken {
-                Flow::Jump(mask(i.near_branch32()))
-            } else {
-                Flow::Next
-            })
+            Ok(if taken { Flow::Jump(mask(i.near_branch32())) } else { Flow::Next })
         }
         M::Loop | M::Loope | M::Loopne => {
             let c = env.reg(count_reg).wrapping_sub(1);
@@ -1154,19 +989,11 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
                     M::Loopne => !z,
                     _ => true,
                 };
-            Ok(if taken {
-                Flow::Jump(mask(i.near_branch32()))
-            } else {
-                Flow::Next
-            })
+            Ok(if taken { Flow::Jump(mask(i.near_branch32())) } else { Flow::Next })
         }
         _ => {
             let taken = env.cond(i.condition_code());
-            Ok(if taken {
-                Flow::Jump(mask(i.near_branch32()))
-            } else {
-                Flow::Next
-            })
+            Ok(if taken { Flow::Jump(mask(i.near_branch32())) } else { Flow::Next })
         }
     }
 }
@@ -1186,21 +1013,13 @@ fn bcd(env: &mut Env, i: &Instruction) -> R<()> {
             let sub = i.mnemonic() == M::Das;
             let low_adj = (al & 0x0F) > 9 || af;
             if low_adj {
-                let (r, carry) = if sub {
-                    al.overflowing_sub(6)
-                } else {
-                    al.overflowing_add(6)
-                };
+                let (r, carry) = if sub { al.overflowing_sub(6) } else { al.overflowing_add(6) };
                 a = r;
                 c = cf || carry;
             }
             env.set_flag(flags::AF, low_adj);
             if al > 0x99 || cf {
-                a = if sub {
-                    a.wrapping_sub(0x60)
-                } else {
-                    a.wrapping_add(0x60)
-                };
+                a = if sub { a.wrapping_sub(0x60) } else { a.wrapping_add(0x60) };
                 c = true;
             } else if !sub {
                 c = false;
@@ -1271,12 +1090,7 @@ mod tests {
         let mut written = Vec::new();
         let i = Decoder::with_ip(32, code, 0x1000, DecoderOptions::NONE).decode();
         let r = {
-            let mut env = Env {
-                cpu: &mut cpu,
-                mem: &mut mem,
-                io: &mut io,
-                written: &mut written,
-            };
+            let mut env = Env { cpu: &mut cpu, mem: &mut mem, io: &mut io, written: &mut written };
             execute(&mut env, &i)
         };
         (cpu, r)

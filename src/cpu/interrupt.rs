@@ -193,7 +193,11 @@ impl Env<'_> {
         if tr.limit < need {
             return Err(ts);
         }
-        let esp = if is32 { self.read(tr.base.wrapping_add(esp_off), 4) } else { self.read(tr.base.wrapping_add(esp_off), 2) };
+        let esp = if is32 {
+            self.read(tr.base.wrapping_add(esp_off), 4)
+        } else {
+            self.read(tr.base.wrapping_add(esp_off), 2)
+        };
         let ss = self.read(tr.base.wrapping_add(ss_off), 2) as u16;
         Ok((ss, esp))
     }

@@ -10,12 +10,20 @@
 pub mod cpuid;
 pub mod interp;
 pub mod interrupt;
+pub mod mode;
+
+pub use mode::Mode;
 
 use std::mem::offset_of;
 
 /// Number of entries of the direct-mapped jump cache (indexed by the low 16
 /// bits of the guest EIP, so the index is a flag-free `movzx`).
 pub const JUMP_CACHE_ENTRIES: usize = 1 << 16;
+/// Number of jump-cache tables: one per (CPL 0/3) x (FPU trapping or not),
+/// so an inline lookup never finds a block of another mode.
+pub const JUMP_CACHE_TABLES: usize = 4;
+/// Bytes between two tables' starts in `jc_keys` / `jc_targets`.
+pub const JUMP_CACHE_TABLE_BYTES: i32 = (JUMP_CACHE_ENTRIES * 8) as i32;
 /// Jump-cache key marking an empty entry: keys are stored negated
 /// (`-eip`), and no 32-bit EIP negates to 1.
 pub const JC_EMPTY_KEY: u64 = 1;
@@ -83,13 +91,18 @@ pub struct HotState {
     /// Nonzero once the guest has run FPU/MMX/SSE code: enter and exit then
     /// switch the x87/SSE state between host and guest.
     pub fpu_active: u32,
-    _pad: [u32; 15],
+    /// Virtual EFLAGS.IF: `flags::IF` or 0 (a whole dword, so translated
+    /// CLI/STI are single flag-free stores).
+    pub vif: u32,
+    /// EFLAGS bits that are neither host-live nor IF (TF, IOPL, NT, RF, AC, ID...).
+    pub sys_flags: u32,
+    _pad: [u32; 13],
     pub fx_guest: [u8; 512],
     pub fx_host: [u8; 512],
     /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
-    pub jc_keys: [u64; JUMP_CACHE_ENTRIES],
+    pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
-    pub jc_targets: [u64; JUMP_CACHE_ENTRIES],
+    pub jc_targets: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
 }
 
 pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
@@ -100,6 +113,8 @@ pub const OFF_EXIT_ARG: i32 = offset_of!(HotState, exit_arg) as i32;
 pub const OFF_HOST_RSP: i32 = offset_of!(HotState, host_rsp) as i32;
 pub const OFF_WINDOW: i32 = offset_of!(HotState, window) as i32;
 pub const OFF_FPU_ACTIVE: i32 = offset_of!(HotState, fpu_active) as i32;
+pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
+pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_FX_GUEST: i32 = offset_of!(HotState, fx_guest) as i32;
 pub const OFF_FX_HOST: i32 = offset_of!(HotState, fx_host) as i32;
 pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
@@ -108,7 +123,7 @@ pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
 const _: () = assert!(OFF_FX_GUEST % 16 == 0 && OFF_FX_HOST % 16 == 0);
 
 impl HotState {
-    /// A zeroed state on the heap (it is over 1 MiB: never on the stack).
+    /// A zeroed state on the heap (it is several MiB: never on the stack).
     pub fn new_boxed() -> Box<HotState> {
         let layout = std::alloc::Layout::new::<HotState>();
         // SAFETY: HotState is plain data for which all-zero bytes are valid;
@@ -187,17 +202,11 @@ pub struct Exception {
 
 impl Exception {
     pub fn new(vector: u8) -> Self {
-        Exception {
-            vector,
-            error_code: None,
-        }
+        Exception { vector, error_code: None }
     }
 
     pub fn with_code(vector: u8, code: u32) -> Self {
-        Exception {
-            vector,
-            error_code: Some(code),
-        }
+        Exception { vector, error_code: Some(code) }
     }
 }
 
@@ -215,12 +224,7 @@ pub struct Segment {
 impl Segment {
     /// Flat 4 GiB segment with the given selector and type/attribute bits.
     pub fn flat(selector: u16, attr: u16) -> Self {
-        Segment {
-            selector,
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            attr,
-        }
+        Segment { selector, base: 0, limit: 0xFFFF_FFFF, attr }
     }
 
     pub fn is_flat(&self) -> bool {
@@ -235,12 +239,7 @@ impl Segment {
         if attr & 0x8000 != 0 {
             limit = (limit << 12) | 0xFFF;
         }
-        Segment {
-            selector,
-            base,
-            limit,
-            attr,
-        }
+        Segment { selector, base, limit, attr }
     }
 }
 
@@ -268,8 +267,6 @@ pub struct TableReg {
 /// The vCPU: hot state plus VMM-only architectural state.
 pub struct Cpu {
     pub hot: Box<HotState>,
-    /// EFLAGS bits not live in host RFLAGS (IF, IOPL, TF, ...), plus bit 1.
-    pub sys_flags: u32,
     pub seg: [Segment; 6],
     pub gdtr: TableReg,
     pub idtr: TableReg,
@@ -301,19 +298,11 @@ impl Cpu {
         seg[SEG_CS] = Segment::flat(0x10, FLAT_CODE_ATTR);
         Cpu {
             hot: HotState::new_boxed(),
-            sys_flags: flags::FIXED1,
             seg,
             gdtr: TableReg::default(),
-            idtr: TableReg {
-                base: 0,
-                limit: 0x3FF,
-            },
+            idtr: TableReg { base: 0, limit: 0x3FF },
             ldtr: Segment::default(),
-            tr: Segment {
-                attr: 0x8B,
-                limit: 0xFFFF,
-                ..Segment::default()
-            },
+            tr: Segment { attr: 0x8B, limit: 0xFFFF, ..Segment::default() },
             cr: [0x11, 0, 0, 0, 0], // CR0: PE | ET
             dr: [0, 0, 0, 0, 0xFFFF_0FF0, 0x400, 0xFFFF_0FF0, 0x400],
             cpl: 0,
@@ -324,14 +313,13 @@ impl Cpu {
     }
 
     pub fn eflags(&self) -> u32 {
-        (self.sys_flags & !flags::HOST_LIVE)
-            | (self.hot.live_flags & flags::HOST_LIVE)
-            | flags::FIXED1
+        self.hot.sys_flags | self.hot.vif | (self.hot.live_flags & flags::HOST_LIVE) | flags::FIXED1
     }
 
     pub fn set_eflags(&mut self, v: u32) {
         self.hot.live_flags = v & flags::HOST_LIVE;
-        self.sys_flags = (v & !flags::HOST_LIVE) | flags::FIXED1;
+        self.hot.vif = v & flags::IF;
+        self.hot.sys_flags = v & !(flags::HOST_LIVE | flags::IF | flags::FIXED1);
     }
 
     pub fn reg(&self, r: usize) -> u32 {
@@ -363,19 +351,11 @@ impl Cpu {
             self.eflags(),
             self.cpl
         );
-        for (name, i) in [
-            ("ES", SEG_ES),
-            ("CS", SEG_CS),
-            ("SS", SEG_SS),
-            ("DS", SEG_DS),
-            ("FS", SEG_FS),
-            ("GS", SEG_GS),
-        ] {
+        for (name, i) in
+            [("ES", SEG_ES), ("CS", SEG_CS), ("SS", SEG_SS), ("DS", SEG_DS), ("FS", SEG_FS), ("GS", SEG_GS)]
+        {
             let sg = &self.seg[i];
-            s += &format!(
-                "{name} ={:04x} {:08x} {:08x} {:04x}\n",
-                sg.selector, sg.base, sg.limit, sg.attr
-            );
+            s += &format!("{name} ={:04x} {:08x} {:08x} {:04x}\n", sg.selector, sg.base, sg.limit, sg.attr);
         }
         s += &format!(
             "GDT=     {:08x} {:08x}\nIDT=     {:08x} {:08x}\nCR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}",
@@ -417,6 +397,6 @@ mod tests {
         c.set_eflags(0x0000_0ED7);
         assert_eq!(c.eflags(), 0x0000_0ED7);
         assert_eq!(c.hot.live_flags, 0xCD5);
-        assert_eq!(c.sys_flags & flags::IF, flags::IF);
+        assert_eq!(c.hot.vif, flags::IF);
     }
 }

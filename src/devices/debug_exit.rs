@@ -26,9 +26,7 @@ impl PortDevice for DebugExit {
 
     fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
         let status = exit_status(value);
-        log::info!(
-            "isa-debug-exit: guest wrote {value:#x} (size {size}) to port {port:#x}; exit status {status}"
-        );
+        log::info!("isa-debug-exit: guest wrote {value:#x} (size {size}) to port {port:#x}; exit status {status}");
         IoEffect::Exit(status)
     }
 }

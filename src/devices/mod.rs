@@ -56,9 +56,7 @@ pub enum DeviceError {
     EmptyRange { first: u16 },
     #[error("port range {first:#x}+{count:#x} extends past port 0xffff")]
     RangePastEnd { first: u16, count: u16 },
-    #[error(
-        "port range {first:#x}..={last:#x} overlaps a device already registered at port {port:#x}"
-    )]
+    #[error("port range {first:#x}..={last:#x} overlaps a device already registered at port {port:#x}")]
     Overlap { first: u16, last: u16, port: u16 },
     #[error("too many devices registered on the port bus")]
     TooManyDevices,
@@ -89,19 +87,11 @@ impl Default for PortBus {
 impl PortBus {
     /// An empty bus: every port reads as all ones and ignores writes.
     pub fn new() -> Self {
-        Self {
-            devices: Vec::new(),
-            owner: vec![NO_DEVICE; PORT_COUNT].into_boxed_slice(),
-        }
+        Self { devices: Vec::new(), owner: vec![NO_DEVICE; PORT_COUNT].into_boxed_slice() }
     }
 
     /// Gives `dev` the ports `first..first + count`.
-    pub fn register(
-        &mut self,
-        first: u16,
-        count: u16,
-        dev: Box<dyn PortDevice>,
-    ) -> Result<(), DeviceError> {
+    pub fn register(&mut self, first: u16, count: u16, dev: Box<dyn PortDevice>) -> Result<(), DeviceError> {
         if count == 0 {
             return Err(DeviceError::EmptyRange { first });
         }
@@ -112,18 +102,12 @@ impl PortBus {
         }
         let last = (end - 1) as u16;
         if let Some(taken) = (start..end).find(|&p| self.owner[p] != NO_DEVICE) {
-            let err = DeviceError::Overlap {
-                first,
-                last,
-                port: taken as u16,
-            };
+            let err = DeviceError::Overlap { first, last, port: taken as u16 };
             log::error!("{err}");
             return Err(err);
         }
-        let index = u16::try_from(self.devices.len())
-            .ok()
-            .filter(|&i| i != NO_DEVICE)
-            .ok_or(DeviceError::TooManyDevices)?;
+        let index =
+            u16::try_from(self.devices.len()).ok().filter(|&i| i != NO_DEVICE).ok_or(DeviceError::TooManyDevices)?;
         self.devices.push(dev);
         self.owner[start..end].fill(index);
         Ok(())
@@ -181,11 +165,7 @@ impl PortBus {
     pub fn pc_standard(serial_out: Box<dyn std::io::Write + Send>) -> Self {
         let mut bus = Self::new();
         let devices: [(u16, u16, Box<dyn PortDevice>); 3] = [
-            (
-                COM1_BASE,
-                uart::UART_PORTS,
-                Box::new(Uart16550::new(serial_out)),
-            ),
+            (COM1_BASE, uart::UART_PORTS, Box::new(Uart16550::new(serial_out))),
             (DEBUG_EXIT_BASE, DEBUG_EXIT_PORTS, Box::new(DebugExit)),
             (POST_PORT, 1, Box::new(PostPort)),
         ];
@@ -241,13 +221,7 @@ mod tests {
 
     fn probe(value: u32) -> (Box<Probe>, LastAccess) {
         let last = Arc::new(Mutex::new(None));
-        (
-            Box::new(Probe {
-                value,
-                last: last.clone(),
-            }),
-            last,
-        )
+        (Box::new(Probe { value, last: last.clone() }), last)
     }
 
     /// A cloneable sink for the UART output.
@@ -287,16 +261,8 @@ mod tests {
         assert_eq!(*last.lock().unwrap(), Some((0x101, 1, 0xCD)));
         bus.write(0x102, 2, 0xABCD_EF01);
         assert_eq!(*last.lock().unwrap(), Some((0x102, 2, 0xEF01)));
-        assert_eq!(
-            bus.read(0xFF, 1),
-            0xFF,
-            "port below the range is unassigned"
-        );
-        assert_eq!(
-            bus.read(0x108, 1),
-            0xFF,
-            "port above the range is unassigned"
-        );
+        assert_eq!(bus.read(0xFF, 1), 0xFF, "port below the range is unassigned");
+        assert_eq!(bus.read(0x108, 1), 0xFF, "port above the range is unassigned");
     }
 
     #[test]
@@ -305,31 +271,14 @@ mod tests {
         bus.register(0x100, 8, probe(0).0).unwrap();
         assert_eq!(
             bus.register(0x104, 8, probe(0).0),
-            Err(DeviceError::Overlap {
-                first: 0x104,
-                last: 0x10B,
-                port: 0x104
-            })
+            Err(DeviceError::Overlap { first: 0x104, last: 0x10B, port: 0x104 })
         );
         assert_eq!(
             bus.register(0xF8, 9, probe(0).0),
-            Err(DeviceError::Overlap {
-                first: 0xF8,
-                last: 0x100,
-                port: 0x100
-            })
+            Err(DeviceError::Overlap { first: 0xF8, last: 0x100, port: 0x100 })
         );
-        assert_eq!(
-            bus.register(0x200, 0, probe(0).0),
-            Err(DeviceError::EmptyRange { first: 0x200 })
-        );
-        assert_eq!(
-            bus.register(0xFFFF, 2, probe(0).0),
-            Err(DeviceError::RangePastEnd {
-                first: 0xFFFF,
-                count: 2
-            })
-        );
+        assert_eq!(bus.register(0x200, 0, probe(0).0), Err(DeviceError::EmptyRange { first: 0x200 }));
+        assert_eq!(bus.register(0xFFFF, 2, probe(0).0), Err(DeviceError::RangePastEnd { first: 0xFFFF, count: 2 }));
         bus.register(0xFFFF, 1, probe(7).0).unwrap();
         assert_eq!(bus.read(0xFFFF, 1), 7);
         // Adjacent ranges are fine.
@@ -358,10 +307,6 @@ mod tests {
         assert_eq!(&*out.0.lock().unwrap(), b"hi\nxy");
         assert_eq!(bus.write(DEBUG_EXIT_BASE + 3, 4, 0), IoEffect::Exit(1));
         assert_eq!(bus.read(DEBUG_EXIT_BASE, 4), 0xFFFF_FFFF);
-        assert_eq!(
-            bus.read(DEBUG_EXIT_BASE + 4, 1),
-            0xFF,
-            "0xF8 is not part of debug-exit"
-        );
+        assert_eq!(bus.read(DEBUG_EXIT_BASE + 4, 1), 0xFF, "0xF8 is not part of debug-exit");
     }
 }

@@ -180,11 +180,7 @@ impl Uart16550 {
     }
 
     fn rx_capacity(&self) -> usize {
-        if self.fcr & FCR_ENABLE != 0 {
-            RX_FIFO_DEPTH
-        } else {
-            RX_HOLDING_DEPTH
-        }
+        if self.fcr & FCR_ENABLE != 0 { RX_FIFO_DEPTH } else { RX_HOLDING_DEPTH }
     }
 
     fn receive(&mut self, byte: u8) {
@@ -231,12 +227,7 @@ impl Uart16550 {
         }
         // Loopback wires the modem control outputs back to the inputs.
         let mut lines = 0;
-        for (out_bit, in_bit) in [
-            (MCR_RTS, MSR_CTS),
-            (MCR_DTR, MSR_DSR),
-            (MCR_OUT1, MSR_RI),
-            (MCR_OUT2, MSR_DCD),
-        ] {
+        for (out_bit, in_bit) in [(MCR_RTS, MSR_CTS), (MCR_DTR, MSR_DSR), (MCR_OUT1, MSR_RI), (MCR_OUT2, MSR_DCD)] {
             if self.mcr & out_bit != 0 {
                 lines |= in_bit;
             }
@@ -249,11 +240,7 @@ impl Uart16550 {
         self.mcr = value & MCR_WRITABLE;
         let after = self.modem_lines();
         let changed = before ^ after;
-        for (line, delta) in [
-            (MSR_CTS, MSR_DCTS),
-            (MSR_DSR, MSR_DDSR),
-            (MSR_DCD, MSR_DDCD),
-        ] {
+        for (line, delta) in [(MSR_CTS, MSR_DCTS), (MSR_DSR, MSR_DDSR), (MSR_DCD, MSR_DDCD)] {
             if changed & line != 0 {
                 self.msr_delta |= delta;
             }
@@ -289,11 +276,7 @@ impl Uart16550 {
                     // Reading IIR while it reports THR empty acknowledges it.
                     self.thr_int = false;
                 }
-                let fifo = if self.fcr & FCR_ENABLE != 0 {
-                    IIR_FIFO_ENABLED
-                } else {
-                    0
-                };
+                let fifo = if self.fcr & FCR_ENABLE != 0 { IIR_FIFO_ENABLED } else { 0 };
                 id.unwrap_or(IIR_NO_INT) | fifo
             }
             REG_LCR => self.lcr,
@@ -546,11 +529,7 @@ mod tests {
         }
         u.push_input(1);
         wr(&mut u, REG_IIR_FCR, 0x03);
-        assert_eq!(
-            rd(&mut u, REG_LSR) & 0x01,
-            0,
-            "FCR clear-RX empties the FIFO"
-        );
+        assert_eq!(rd(&mut u, REG_LSR) & 0x01, 0, "FCR clear-RX empties the FIFO");
     }
 
     #[test]
@@ -593,39 +572,20 @@ mod tests {
     fn loopback_returns_output_and_mirrors_modem_lines() {
         let (mut u, sink) = uart();
         // The Linux 8250 probe: loopback with OUT2|RTS must read DCD|CTS.
-        wr(
-            &mut u,
-            REG_MCR,
-            u32::from(MCR_LOOPBACK | MCR_OUT2 | MCR_RTS),
-        );
+        wr(&mut u, REG_MCR, u32::from(MCR_LOOPBACK | MCR_OUT2 | MCR_RTS));
         assert_eq!(rd(&mut u, REG_MSR) & 0xF0, 0x90);
         wr(&mut u, REG_MCR, u32::from(MCR_LOOPBACK | 0x0F));
-        assert_eq!(
-            rd(&mut u, REG_MSR),
-            0xF0 | u32::from(MSR_DDSR),
-            "DSR and RI rose"
-        );
+        assert_eq!(rd(&mut u, REG_MSR), 0xF0 | u32::from(MSR_DDSR), "DSR and RI rose");
         assert_eq!(rd(&mut u, REG_MSR), 0xF0, "deltas cleared by reading");
         wr(&mut u, REG_MCR, u32::from(MCR_LOOPBACK));
-        assert_eq!(
-            rd(&mut u, REG_MSR),
-            0x0F,
-            "all lines dropped, RI trailing edge"
-        );
+        assert_eq!(rd(&mut u, REG_MSR), 0x0F, "all lines dropped, RI trailing edge");
         wr(&mut u, REG_DATA, u32::from(b'L'));
         assert_eq!(rd(&mut u, REG_LSR) & 0x01, 1);
         assert_eq!(rd(&mut u, REG_DATA), u32::from(b'L'));
         u.push_input(b'x');
-        assert_eq!(
-            rd(&mut u, REG_LSR) & 0x01,
-            0,
-            "line input disconnected in loopback"
-        );
+        assert_eq!(rd(&mut u, REG_LSR) & 0x01, 0, "line input disconnected in loopback");
         u.flush();
-        assert!(
-            sink.text().is_empty(),
-            "loopback bytes never reach the host"
-        );
+        assert!(sink.text().is_empty(), "loopback bytes never reach the host");
     }
 
     #[test]

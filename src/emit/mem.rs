@@ -18,12 +18,7 @@ pub struct GuestMem {
 
 impl GuestMem {
     pub fn base_disp(base: u8, disp: i32) -> Self {
-        GuestMem {
-            base: Some(base),
-            index: None,
-            scale: 1,
-            disp,
-        }
+        GuestMem { base: Some(base), index: None, scale: 1, disp }
     }
 
     pub fn uses(&self, r: u8) -> bool {
@@ -58,11 +53,7 @@ fn scale_bits(scale: u8) -> u8 {
 /// Encode `m` with `regf` (0..15) in the ModRM reg field, for 32-bit
 /// addressing in 64-bit mode.
 pub fn encode_guest_mem(regf: u8, m: &GuestMem) -> MemEncoding {
-    let mut e = MemEncoding {
-        rex_rxb: (regf >> 3) << 2,
-        bytes: [0; 7],
-        len: 0,
-    };
+    let mut e = MemEncoding { rex_rxb: (regf >> 3) << 2, bytes: [0; 7], len: 0 };
     let push = |e: &mut MemEncoding, b: u8| {
         e.bytes[e.len as usize] = b;
         e.len += 1;
@@ -140,21 +131,13 @@ mod tests {
 
     #[test]
     fn absolute_is_not_rip_relative() {
-        let m = GuestMem {
-            base: None,
-            index: None,
-            scale: 1,
-            disp: 0x1234,
-        };
+        let m = GuestMem { base: None, index: None, scale: 1, disp: 0x1234 };
         assert_eq!(show(RAX, m), "mov eax,gs:[1234h]");
     }
 
     #[test]
     fn esp_base_becomes_r12() {
-        assert_eq!(
-            show(RCX, GuestMem::base_disp(R12, 8)),
-            "mov ecx,gs:[r12d+8]"
-        );
+        assert_eq!(show(RCX, GuestMem::base_disp(R12, 8)), "mov ecx,gs:[r12d+8]");
         assert_eq!(show(R12, GuestMem::base_disp(R12, 0)), "mov r12d,gs:[r12d]");
     }
 
@@ -166,33 +149,13 @@ mod tests {
 
     #[test]
     fn sib_forms() {
-        let m = GuestMem {
-            base: Some(RBX),
-            index: Some(RSI),
-            scale: 4,
-            disp: 0x100,
-        };
+        let m = GuestMem { base: Some(RBX), index: Some(RSI), scale: 4, disp: 0x100 };
         assert_eq!(show(RDX, m), "mov edx,gs:[ebx+esi*4+100h]");
-        let m = GuestMem {
-            base: None,
-            index: Some(RDI),
-            scale: 8,
-            disp: -4,
-        };
+        let m = GuestMem { base: None, index: Some(RDI), scale: 8, disp: -4 };
         assert_eq!(show(RDX, m), "mov edx,gs:[edi*8-4]");
-        let m = GuestMem {
-            base: Some(R12),
-            index: Some(RAX),
-            scale: 2,
-            disp: -0x80,
-        };
+        let m = GuestMem { base: Some(R12), index: Some(RAX), scale: 2, disp: -0x80 };
         assert_eq!(show(RBP, m), "mov ebp,gs:[r12d+eax*2-80h]");
-        let m = GuestMem {
-            base: Some(RBP),
-            index: Some(RCX),
-            scale: 1,
-            disp: 0,
-        };
+        let m = GuestMem { base: Some(RBP), index: Some(RCX), scale: 1, disp: 0 };
         assert_eq!(show(RAX, m), "mov eax,gs:[ebp+ecx]");
     }
 }

@@ -57,9 +57,7 @@ pub type Cond = u8;
 
 impl Asm {
     pub fn new() -> Self {
-        Asm {
-            buf: Vec::with_capacity(4096),
-        }
+        Asm { buf: Vec::with_capacity(4096) }
     }
 
     #[inline]
@@ -200,6 +198,31 @@ impl Asm {
         self.rex(false, dst, 0, base, false);
         self.byte(0x8D);
         self.modrm_base_disp(dst, base, disp);
+    }
+
+    /// `lea r32, [base64 + index64 + disp32]` — flag-preserving 32-bit add.
+    pub fn lea_r32_bi(&mut self, dst: u8, base: u8, index: u8, disp: i32) {
+        self.rex(false, dst, index, base, false);
+        self.byte(0x8D);
+        self.byte(0x84 | ((dst & 7) << 3));
+        self.byte(((index & 7) << 3) | (base & 7));
+        self.u32(disp as u32);
+    }
+
+    /// `test r32, imm32`
+    pub fn test_r32_imm(&mut self, r: u8, imm: u32) {
+        self.rex(false, 0, 0, r, false);
+        self.byte(0xF7);
+        self.byte(0xC0 | (r & 7));
+        self.u32(imm);
+    }
+
+    /// `and r32, imm32`
+    pub fn and_r32_imm(&mut self, r: u8, imm: u32) {
+        self.rex(false, 0, 0, r, false);
+        self.byte(0x81);
+        self.byte(0xE0 | (r & 7));
+        self.u32(imm);
     }
 
     /// `lea r64, [base64 + index64]` — flag-preserving 64-bit add.
@@ -368,6 +391,12 @@ mod tests {
         assert_eq!(d, ["mov r12d,ebp"]);
         let (_, d) = one(|a| a.mov_r64_r64(R13, RSI));
         assert_eq!(d, ["mov r13,rsi"]);
+        let (_, d) = one(|a| a.lea_r32_bi(R13, R13, R10, -0x200));
+        assert_eq!(d, ["lea r13d,[r13+r10-200h]"]);
+        let (_, d) = one(|a| a.test_r32_imm(R13, 0x100));
+        assert_eq!(d, ["test r13d,100h"]);
+        let (_, d) = one(|a| a.and_r32_imm(R10, 0x200));
+        assert_eq!(d, ["and r10d,200h"]);
     }
 
     #[test]

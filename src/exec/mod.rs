@@ -16,14 +16,19 @@ use thiserror::Error;
 use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
 use crate::cpu::interp::{self, Env, Flow};
 use crate::cpu::interrupt::{EventKind, is_contributory};
-use crate::cpu::{Cpu, Exception, HotState, exit, flags, vector};
-use crate::decode::{MAX_BLOCK_INSNS, decode_block};
+use crate::cpu::{Cpu, Exception, HotState, Mode, SEG_CS, exit, flags, vector};
+use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_at_cpl};
 use crate::devices::PortBus;
 use crate::memory::{GuestMemory, PAGE_SIZE, WINDOW_SIZE};
 use crate::translate::{Options, Translator};
 use signals::{FaultRecord, SignalCtx};
 use stats::Stats;
 use trampoline::Trampolines;
+
+/// DR7 L0-L3/G0-G3 enable bits.
+const DR7_ENABLE_MASK: u32 = 0xFF;
+/// DR6.BS: the #DB was a single-step trap.
+const DR6_BS: u32 = 1 << 14;
 
 /// Interval at which the dispatcher regains control from chained code.
 pub const POLL_INTERVAL_NS: u64 = 10_000_000;
@@ -57,11 +62,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions {
-            cache_size: crate::cache::DEFAULT_CACHE_SIZE,
-            trace: Trace::default(),
-            chaining: true,
-        }
+        EngineOptions { cache_size: crate::cache::DEFAULT_CACHE_SIZE, trace: Trace::default(), chaining: true }
     }
 }
 
@@ -164,17 +165,35 @@ impl Engine {
         let mut chain_from: Option<u32> = None;
         loop {
             let eip = self.cpu.hot.eip;
-            let id = match self.cache.lookup(eip) {
+            let mode = self.cpu.mode();
+            if mode.has(Mode::CS16) {
+                return RunOutcome::InternalError(format!(
+                    "16-bit code segment at {:04x}:{eip:04x} is not supported yet",
+                    self.cpu.seg[SEG_CS].selector
+                ));
+            }
+            // Debug-register execution breakpoints are faults taken before
+            // the instruction, unless RF is set.
+            if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
+                if let Some(step) = self.check_breakpoint(eip) {
+                    match step {
+                        Step::Done(out) => return out,
+                        _ => {
+                            chain_from = None;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let id = match self.cache.lookup(eip, mode) {
                 Some(id) => id,
-                None => match self.translate(eip, true) {
+                None => match self.translate(eip, mode, true) {
                     Some(id) => {
                         chain_from = None; // a flush may have renumbered exits
                         id
                     }
                     None => {
-                        return RunOutcome::InternalError(
-                            "code cache cannot hold one block".into(),
-                        );
+                        return RunOutcome::InternalError("code cache cannot hold one block".into());
                     }
                 },
             };
@@ -185,22 +204,49 @@ impl Engine {
             }
             let host = self.cache.blocks[id as usize].host;
             if self.opts.chaining {
-                jc_insert(&mut self.cpu.hot, eip, host);
+                jc_insert(&mut self.cpu.hot, mode, eip, host);
             }
             if self.opts.trace.exec {
-                let l = format!(
-                    "Trace 0: {host:#x} [{:08x}/{eip:08x}/{:#x}]",
-                    0,
-                    self.cpu.eflags()
-                );
+                let l = format!("Trace 0: {host:#x} [{:08x}/{eip:08x}/{:#x}]", 0, self.cpu.eflags());
                 self.logln(&l);
             }
-            match self.enter(host) {
+            let events = self.stats.exceptions;
+            let step = self.enter(host);
+            // Single-step: a #DB trap after each instruction that began with
+            // TF set and completed without raising an event.
+            if mode.has(Mode::TF) && self.stats.exceptions == events && !matches!(step, Step::Done(_)) {
+                self.cpu.dr[6] |= DR6_BS;
+                chain_from = None;
+                let at = self.cpu.hot.eip;
+                if let Step::Done(out) = self.raise(Exception::new(vector::DB), EventKind::Exception, at) {
+                    return out;
+                }
+                continue;
+            }
+            match step {
                 Step::Chain(e) => chain_from = Some(e),
                 Step::Continue => {}
                 Step::Done(out) => return out,
             }
         }
+    }
+
+    /// An enabled DR0-3 execution breakpoint at `eip`: raise #DB (or, with
+    /// RF set, step over the instruction once). None if no breakpoint applies.
+    fn check_breakpoint(&mut self, eip: u32) -> Option<Step> {
+        let hit = (0..4).find(|&n| {
+            let dr7 = self.cpu.dr[7];
+            let enabled = dr7 & (3 << (2 * n)) != 0;
+            let rw_len = (dr7 >> (16 + 4 * n)) & 0xF;
+            enabled && rw_len == 0 && self.cpu.dr[n] == eip
+        })?;
+        if self.cpu.eflags() & flags::RF != 0 {
+            let f = self.cpu.eflags() & !flags::RF;
+            self.cpu.set_eflags(f);
+            return Some(self.step_one());
+        }
+        self.cpu.dr[6] = (self.cpu.dr[6] & !0xF) | (1 << hit);
+        Some(self.raise(Exception::new(vector::DB), EventKind::Exception, eip))
     }
 
     /// Enter translated code at `host` and handle the exit.
@@ -224,30 +270,28 @@ impl Engine {
                 self.exception(Exception::new(v))
             }
             exit::FAULT => self.fault(),
-            _ => Step::Done(RunOutcome::InternalError(format!(
-                "unknown exit reason {reason}"
-            ))),
+            _ => Step::Done(RunOutcome::InternalError(format!("unknown exit reason {reason}"))),
         }
     }
 
     /// Decode and translate the block at `eip`; `register` = false makes a
     /// one-off block (used to step one instruction after a code write).
-    fn translate(&mut self, eip: u32, register: bool) -> Option<BlockId> {
+    fn translate(&mut self, eip: u32, mode: Mode, register: bool) -> Option<BlockId> {
         let t0 = Instant::now();
-        let max = if register { MAX_BLOCK_INSNS } else { 1 };
-        let block = decode_block(self.mem.ram(), 0, eip, max);
+        let max = if !register || mode.has(Mode::TF) { 1 } else { MAX_BLOCK_INSNS };
+        let mut block = decode_block_at_cpl(self.mem.ram(), 0, eip, max, mode.cpl());
+        if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
+            self.cut_at_breakpoints(&mut block);
+        }
         if self.opts.trace.in_asm {
             let text = disasm_guest(&block.insns);
             self.logln(&format!("----------------\nIN: \n{text}"));
         }
-        let opts = Options {
-            inline_lookup: self.opts.chaining,
-        };
+        let opts = Options { inline_lookup: self.opts.chaining, mode };
         for attempt in 0..2 {
             let ram = self.mem.ram();
             let base = self.cache.next_addr();
-            let t = Translator::new(base, self.tramp.exits, self.cache.next_exit_id(), opts, ram)
-                .translate(&block);
+            let t = Translator::new(base, self.tramp.exits, self.cache.next_exit_id(), opts, ram).translate(&block);
             if !self.cache.fits(t.code.len()) {
                 if attempt == 0 {
                     self.flush();
@@ -261,7 +305,7 @@ impl Engine {
             let code_len = t.code.len();
             let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, base));
             let pages = block.pages();
-            let id = self.cache.install(eip, block.end, pages, t, register)?;
+            let id = self.cache.install(eip, mode, block.end, pages, t, register)?;
             if register {
                 for p in [pages.0, pages.1] {
                     if self.mem.is_ram(p) {
@@ -281,7 +325,22 @@ impl Engine {
         None
     }
 
-    /// Drop all translations (the cache is full).
+    /// End the block before any enabled execution breakpoint after its
+    /// first instruction (the dispatcher checks the first one).
+    fn cut_at_breakpoints(&self, block: &mut crate::decode::GuestBlock) {
+        let bps: Vec<u32> = (0..4)
+            .filter(|&n| self.cpu.dr[7] & (3 << (2 * n)) != 0 && (self.cpu.dr[7] >> (16 + 4 * n)) & 0xF == 0)
+            .map(|n| self.cpu.dr[n])
+            .collect();
+        if let Some(cut) = block.insns.iter().skip(1).position(|i| bps.contains(&i.ip32())) {
+            let keep = cut + 1;
+            block.end = block.insns[keep].ip32();
+            block.insns.truncate(keep);
+            block.classes.truncate(keep);
+        }
+    }
+
+    /// Drop all translations (the cache is full, or breakpoints changed).
     fn flush(&mut self) {
         self.cache.flush(&mut self.cpu.hot);
         self.mem.unprotect_all();
@@ -295,12 +354,7 @@ impl Engine {
         self.stats.count_callout(i.mnemonic());
         let mut written = Vec::new();
         let r = {
-            let mut env = Env {
-                cpu: &mut self.cpu,
-                mem: &mut self.mem,
-                io: &mut self.io,
-                written: &mut written,
-            };
+            let mut env = Env { cpu: &mut self.cpu, mem: &mut self.mem, io: &mut self.io, written: &mut written };
             interp::execute(&mut env, &i)
         };
         for p in written {
@@ -321,10 +375,7 @@ impl Engine {
                 let ie = self.cpu.eflags() & flags::IF != 0;
                 self.cpu.hot.eip = i.next_ip32();
                 // No interrupt source exists yet, so a halted CPU never wakes.
-                Step::Done(RunOutcome::Halted {
-                    eip,
-                    interrupts_enabled: ie,
-                })
+                Step::Done(RunOutcome::Halted { eip, interrupts_enabled: ie })
             }
             Err(e) => self.exception(e),
         }
@@ -474,10 +525,9 @@ impl Engine {
     /// Execute the single instruction at EIP from a one-off translation.
     fn step_one(&mut self) -> Step {
         let eip = self.cpu.hot.eip;
-        let Some(id) = self.translate(eip, false) else {
-            return Step::Done(RunOutcome::InternalError(
-                "code cache cannot hold one block".into(),
-            ));
+        let mode = self.cpu.mode();
+        let Some(id) = self.translate(eip, mode, false) else {
+            return Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into()));
         };
         let host = self.cache.blocks[id as usize].host;
         match self.enter(host) {
@@ -502,11 +552,7 @@ fn warm_up_decoder() {
     let code = [0x03, 0x43, 0x04, 0xDD, 0x00, 0xC3];
     let b = decode_block(&code, 0, 0, MAX_BLOCK_INSNS);
     for i in &b.insns {
-        let _ = (
-            i.op_code().op_kinds().len(),
-            i.cpuid_features().len(),
-            i.stack_pointer_increment(),
-        );
+        let _ = (i.op_code().op_kinds().len(), i.cpuid_features().len(), i.stack_pointer_increment());
     }
 }
 
@@ -547,9 +593,5 @@ fn set_gs_base(base: usize) -> std::io::Result<()> {
     // SAFETY: arch_prctl(ARCH_SET_GS) only changes this thread's GS base,
     // which neither Rust nor glibc use on x86-64 Linux.
     let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, base) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

@@ -100,11 +100,7 @@ pub fn ensure_alt_stack() {
         if p == libc::MAP_FAILED {
             return;
         }
-        let ss = libc::stack_t {
-            ss_sp: p,
-            ss_flags: 0,
-            ss_size: ALT_STACK_SIZE,
-        };
+        let ss = libc::stack_t { ss_sp: p, ss_flags: 0, ss_size: ALT_STACK_SIZE };
         if libc::sigaltstack(&ss, std::ptr::null_mut()) == 0 {
             ALT_STACK.with(|s| s.set(p as usize));
         } else {
@@ -118,11 +114,7 @@ pub fn set_current(ctx: *mut SignalCtx) {
     CTX.with(|c| c.set(ctx));
 }
 
-extern "C" fn timer_handler(
-    _sig: libc::c_int,
-    _info: *mut libc::siginfo_t,
-    _uc: *mut libc::c_void,
-) {
+extern "C" fn timer_handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
     let ctx = CTX.with(|c| c.get());
     if !ctx.is_null() {
         // SAFETY: ctx points at the running engine's SignalCtx.
@@ -144,12 +136,7 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
 }
 
 /// Turn a fault in translated code into a FAULT exit; false if not ours.
-fn redirect(
-    ctx: &mut SignalCtx,
-    sig: libc::c_int,
-    info: &libc::siginfo_t,
-    uc: &mut libc::ucontext_t,
-) -> bool {
+fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &mut libc::ucontext_t) -> bool {
     let g = &mut uc.uc_mcontext.gregs;
     let rip = g[libc::REG_RIP as usize] as usize;
     // SAFETY: see handler().
@@ -248,10 +235,7 @@ impl IntervalTimer {
                 tv_sec: (interval_ns / 1_000_000_000) as i64,
                 tv_nsec: (interval_ns % 1_000_000_000) as i64,
             };
-            let spec = libc::itimerspec {
-                it_interval: ts,
-                it_value: ts,
-            };
+            let spec = libc::itimerspec { it_interval: ts, it_value: ts };
             libc::timer_settime(id, 0, &spec, std::ptr::null_mut());
             Some(IntervalTimer { id })
         }

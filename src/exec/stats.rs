@@ -41,22 +41,10 @@ impl Stats {
         let _ = writeln!(s, "btvisor statistics");
         let _ = writeln!(s, "  blocks translated       {}", self.blocks);
         let _ = writeln!(s, "  guest insns translated  {}", self.guest_insns);
-        let per = if self.guest_insns > 0 {
-            self.translate_ns as f64 / self.guest_insns as f64
-        } else {
-            0.0
-        };
-        let _ = writeln!(
-            s,
-            "  translation time        {:.3} ms ({per:.0} ns/insn)",
-            self.translate_ns as f64 / 1e6
-        );
+        let per = if self.guest_insns > 0 { self.translate_ns as f64 / self.guest_insns as f64 } else { 0.0 };
+        let _ = writeln!(s, "  translation time        {:.3} ms ({per:.0} ns/insn)", self.translate_ns as f64 / 1e6);
         let _ = writeln!(s, "  host code emitted       {} bytes", self.host_bytes);
-        let _ = writeln!(
-            s,
-            "  code cache used         {cache_used} of {cache_size} bytes ({} flushes)",
-            self.flushes
-        );
+        let _ = writeln!(s, "  code cache used         {cache_used} of {cache_size} bytes ({} flushes)", self.flushes);
         let _ = writeln!(s, "  chains made             {}", self.chains);
         let names = [
             (exit::CHAIN, "chain (unlinked direct exit)"),
@@ -76,10 +64,7 @@ impl Stats {
             self.smc_pages, self.invalidated_blocks
         );
         let mut c: Vec<_> = self.callouts.iter().collect();
-        c.sort_by(|a, b| {
-            b.1.cmp(a.1)
-                .then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
-        });
+        c.sort_by(|a, b| b.1.cmp(a.1).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
         let _ = writeln!(s, "  callouts by instruction:");
         for (m, n) in c {
             let _ = writeln!(s, "    {:<30} {n}", format!("{m:?}").to_lowercase());

@@ -26,8 +26,8 @@
 //! ```
 
 use crate::cpu::{
-    OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_FX_GUEST, OFF_FX_HOST, OFF_GPR, OFF_HOST_RSP,
-    OFF_LIVE_FLAGS, OFF_WINDOW, exit, flags,
+    OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_FX_GUEST, OFF_FX_HOST, OFF_GPR, OFF_HOST_RSP, OFF_LIVE_FLAGS,
+    OFF_WINDOW, exit, flags,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;
@@ -66,10 +66,7 @@ fn bind_rel8(a: &mut Asm, at: usize) {
 /// Generate the trampolines; offsets are relative to the start of the code.
 pub fn generate() -> (Vec<u8>, Trampolines) {
     let mut a = Asm::new();
-    let mut t = Trampolines {
-        enter: a.len(),
-        ..Default::default()
-    };
+    let mut t = Trampolines { enter: a.len(), ..Default::default() };
     for r in [RBX, RBP, R12, R13, R14, R15] {
         a.push_r64(r);
     }
@@ -159,10 +156,7 @@ mod tests {
         let d = disasm64(&code);
         assert!(d.iter().all(|l| !l.contains("(bad)") && !l.is_empty()));
         let text = d.join("\n");
-        assert!(
-            text.contains("fxsave [r14+80h]") || text.contains("fxsave"),
-            "{text}"
-        );
+        assert!(text.contains("fxsave [r14+80h]") || text.contains("fxsave"), "{text}");
         assert!(text.contains("popfq"));
         assert!(text.contains("mov r12d,[r14+10h]"), "{text}");
         assert!(text.contains("jmp r11"));

@@ -56,16 +56,12 @@ pub(super) fn plan_elf(image: &[u8]) -> Result<LoadPlan, LoaderError> {
         return Err(LoaderError::NotElf);
     }
     if image.len() < EHDR_SIZE {
-        return Err(LoaderError::CorruptElf(
-            "file is shorter than the ELF header",
-        ));
+        return Err(LoaderError::CorruptElf("file is shorter than the ELF header"));
     }
     match image[EI_CLASS] {
         ELFCLASS32 => {}
         ELFCLASS64 => {
-            return Err(LoaderError::UnsupportedElf(
-                "64-bit ELF; a 32-bit (i386) kernel is required",
-            ));
+            return Err(LoaderError::UnsupportedElf("64-bit ELF; a 32-bit (i386) kernel is required"));
         }
         _ => return Err(LoaderError::CorruptElf("invalid ELF class")),
     }
@@ -84,17 +80,13 @@ pub(super) fn plan_elf(image: &[u8]) -> Result<LoadPlan, LoaderError> {
     let phentsize = usize::from(field16(image, E_PHENTSIZE)?);
     let phnum = usize::from(field16(image, E_PHNUM)?);
     if phentsize < PHDR_SIZE {
-        return Err(LoaderError::CorruptElf(
-            "program header entry size is too small",
-        ));
+        return Err(LoaderError::CorruptElf("program header entry size is too small"));
     }
     phentsize
         .checked_mul(phnum)
         .and_then(|len| len.checked_add(phoff))
         .filter(|&end| end <= image.len())
-        .ok_or(LoaderError::CorruptElf(
-            "program headers extend past the end of the file",
-        ))?;
+        .ok_or(LoaderError::CorruptElf("program headers extend past the end of the file"))?;
 
     let mut segments = Vec::new();
     let mut entry = e_entry;
@@ -103,9 +95,7 @@ pub(super) fn plan_elf(image: &[u8]) -> Result<LoadPlan, LoaderError> {
             .checked_mul(phentsize)
             .and_then(|rel| rel.checked_add(phoff))
             .and_then(|start| image.get(start..start.checked_add(PHDR_SIZE)?))
-            .ok_or(LoaderError::CorruptElf(
-                "program headers extend past the end of the file",
-            ))?;
+            .ok_or(LoaderError::CorruptElf("program headers extend past the end of the file"))?;
         if field32(ph, P_TYPE)? != PT_LOAD {
             continue;
         }
@@ -116,11 +106,7 @@ pub(super) fn plan_elf(image: &[u8]) -> Result<LoadPlan, LoaderError> {
         let memsz = field32(ph, P_MEMSZ)?;
         let flags = field32(ph, P_FLAGS)?;
         if filesz > memsz {
-            return Err(LoaderError::FileszExceedsMemsz {
-                index,
-                filesz,
-                memsz,
-            });
+            return Err(LoaderError::FileszExceedsMemsz { index, filesz, memsz });
         }
         let data_end = u64::from(offset) + u64::from(filesz);
         if data_end > image.len() as u64 {
@@ -132,9 +118,7 @@ pub(super) fn plan_elf(image: &[u8]) -> Result<LoadPlan, LoaderError> {
             });
         }
         if u64::from(paddr) + u64::from(memsz) > 1u64 << 32 {
-            return Err(LoaderError::CorruptElf(
-                "segment extends past the 32-bit address space",
-            ));
+            return Err(LoaderError::CorruptElf("segment extends past the 32-bit address space"));
         }
         // e_entry is virtual; QEMU translates it through the executable
         // segment containing it when that segment's vaddr and paddr differ.

@@ -44,8 +44,7 @@ const HDR_FLAG_AOUT_KLUDGE: u32 = 1 << 16;
 /// Bits 0-15 are "required" features: the loader must refuse unknown ones.
 const HDR_REQUIRED_MASK: u32 = 0x0000_FFFF;
 /// Required feature bits this loader understands.
-const HDR_SUPPORTED_REQUIRED: u32 =
-    HDR_FLAG_PAGE_ALIGN | HDR_FLAG_MEMORY_INFO | HDR_FLAG_VIDEO_MODE;
+const HDR_SUPPORTED_REQUIRED: u32 = HDR_FLAG_PAGE_ALIGN | HDR_FLAG_MEMORY_INFO | HDR_FLAG_VIDEO_MODE;
 
 // The low-memory layout below reproduces what qemu-system-i386 7.2 (SeaBIOS
 // plus its multiboot option ROM) hands a kernel, observed with a probe
@@ -109,12 +108,8 @@ const INFO_FLAG_MMAP: u32 = 1 << 6;
 /// Info flag bit 9: `boot_loader_name` is valid.
 const INFO_FLAG_LOADER_NAME: u32 = 1 << 9;
 /// The flags QEMU sets (0x24F).
-const INFO_FLAGS: u32 = INFO_FLAG_MEM
-    | INFO_FLAG_BOOT_DEVICE
-    | INFO_FLAG_CMDLINE
-    | INFO_FLAG_MODS
-    | INFO_FLAG_MMAP
-    | INFO_FLAG_LOADER_NAME;
+const INFO_FLAGS: u32 =
+    INFO_FLAG_MEM | INFO_FLAG_BOOT_DEVICE | INFO_FLAG_CMDLINE | INFO_FLAG_MODS | INFO_FLAG_MMAP | INFO_FLAG_LOADER_NAME;
 
 /// Byte offsets of the information structure fields we fill in.
 const MBI_FLAGS: usize = 0;
@@ -139,33 +134,18 @@ pub struct BootInfo {
 /// Everything that can go wrong while loading a Multiboot kernel.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LoaderError {
-    #[error(
-        "not a Multiboot kernel: no Multiboot header (magic 0x1BADB002) in the first 8192 bytes"
-    )]
+    #[error("not a Multiboot kernel: no Multiboot header (magic 0x1BADB002) in the first 8192 bytes")]
     NoMultibootHeader,
-    #[error(
-        "Multiboot header at offset {offset:#x} has a bad checksum (magic + flags + checksum != 0)"
-    )]
+    #[error("Multiboot header at offset {offset:#x} has a bad checksum (magic + flags + checksum != 0)")]
     BadChecksum { offset: usize },
-    #[error(
-        "Multiboot header at offset {offset:#x} requires unsupported features (flag bits {bits:#x})"
-    )]
+    #[error("Multiboot header at offset {offset:#x} requires unsupported features (flag bits {bits:#x})")]
     UnsupportedFeatures { offset: usize, bits: u32 },
-    #[error(
-        "Multiboot header at offset {offset:#x} is truncated: the file ends before its address fields"
-    )]
+    #[error("Multiboot header at offset {offset:#x} is truncated: the file ends before its address fields")]
     TruncatedHeader { offset: usize },
     #[error("Multiboot header address fields are inconsistent: {0}")]
     BadAddressFields(&'static str),
-    #[error(
-        "truncated kernel image: {what} needs file bytes {start:#x}..{end:#x} but the file is {file_len:#x} bytes"
-    )]
-    Truncated {
-        what: &'static str,
-        start: u64,
-        end: u64,
-        file_len: usize,
-    },
+    #[error("truncated kernel image: {what} needs file bytes {start:#x}..{end:#x} but the file is {file_len:#x} bytes")]
+    Truncated { what: &'static str, start: u64, end: u64, file_len: usize },
     #[error("image is not ELF and its Multiboot header has no address fields (flag 16)")]
     NotElf,
     #[error("corrupt ELF: {0}")]
@@ -173,29 +153,16 @@ pub enum LoaderError {
     #[error("unsupported ELF: {0}")]
     UnsupportedElf(&'static str),
     #[error("ELF program header {index} has filesz {filesz:#x} larger than memsz {memsz:#x}")]
-    FileszExceedsMemsz {
-        index: usize,
-        filesz: u32,
-        memsz: u32,
-    },
+    FileszExceedsMemsz { index: usize, filesz: u32, memsz: u32 },
     #[error("ELF image has no loadable (PT_LOAD) segments")]
     NoLoadableSegments,
     #[error("kernel segment {start:#x}..{end:#x} does not fit in guest RAM of {ram_size:#x} bytes")]
     SegmentOutsideRam { start: u64, end: u64, ram_size: u64 },
-    #[error(
-        "kernel segment {start:#x}..{end:#x} overlaps the Multiboot info area {info_start:#x}..{info_end:#x}"
-    )]
-    OverlapsInfoArea {
-        start: u64,
-        end: u64,
-        info_start: u64,
-        info_end: u64,
-    },
+    #[error("kernel segment {start:#x}..{end:#x} overlaps the Multiboot info area {info_start:#x}..{info_end:#x}")]
+    OverlapsInfoArea { start: u64, end: u64, info_start: u64, info_end: u64 },
     #[error("guest RAM of {ram_size:#x} bytes is too small: at least {min:#x} bytes are needed")]
     RamTooSmall { ram_size: u64, min: u64 },
-    #[error(
-        "command line and boot loader name ({len} bytes) do not fit in the Multiboot info area"
-    )]
+    #[error("command line and boot loader name ({len} bytes) do not fit in the Multiboot info area")]
     InfoAreaTooSmall { len: usize },
 }
 
@@ -229,18 +196,10 @@ struct LoadPlan {
 /// Loads the Multiboot kernel `image` into `ram` (guest physical memory from
 /// address 0) and writes the Multiboot information structure, with `cmdline`
 /// and `loader_name` as its strings.
-pub fn load_multiboot(
-    image: &[u8],
-    ram: &mut [u8],
-    cmdline: &str,
-    loader_name: &str,
-) -> Result<BootInfo, LoaderError> {
+pub fn load_multiboot(image: &[u8], ram: &mut [u8], cmdline: &str, loader_name: &str) -> Result<BootInfo, LoaderError> {
     let ram_size = ram.len() as u64;
     if ram_size < MIN_RAM_BYTES {
-        return Err(LoaderError::RamTooSmall {
-            ram_size,
-            min: MIN_RAM_BYTES,
-        });
+        return Err(LoaderError::RamTooSmall { ram_size, min: MIN_RAM_BYTES });
     }
 
     let header = find_header(image)?;
@@ -253,20 +212,11 @@ pub fn load_multiboot(
     let info = InfoLayout::new(cmdline, loader_name)?;
     for seg in &plan.segments {
         if seg.end() > ram_size {
-            return Err(LoaderError::SegmentOutsideRam {
-                start: seg.paddr,
-                end: seg.end(),
-                ram_size,
-            });
+            return Err(LoaderError::SegmentOutsideRam { start: seg.paddr, end: seg.end(), ram_size });
         }
         let (info_start, info_end) = (u64::from(INFO_AREA_START), info.end());
         if seg.mem_len > 0 && seg.paddr < info_end && info_start < seg.end() {
-            return Err(LoaderError::OverlapsInfoArea {
-                start: seg.paddr,
-                end: seg.end(),
-                info_start,
-                info_end,
-            });
+            return Err(LoaderError::OverlapsInfoArea { start: seg.paddr, end: seg.end(), info_start, info_end });
         }
     }
 
@@ -281,10 +231,7 @@ pub fn load_multiboot(
         plan.entry,
         INFO_ADDR
     );
-    Ok(BootInfo {
-        entry: plan.entry,
-        info_addr: INFO_ADDR,
-    })
+    Ok(BootInfo { entry: plan.entry, info_addr: INFO_ADDR })
 }
 
 /// The fields of a validated Multiboot header.
@@ -319,11 +266,7 @@ fn find_header(image: &[u8]) -> Result<Header, LoaderError> {
         if read_u32(image, offset) == Some(MULTIBOOT_HEADER_MAGIC) {
             let flags = read_u32(image, offset + 4).unwrap_or(0);
             let checksum = read_u32(image, offset + 8).unwrap_or(0);
-            if MULTIBOOT_HEADER_MAGIC
-                .wrapping_add(flags)
-                .wrapping_add(checksum)
-                == 0
-            {
+            if MULTIBOOT_HEADER_MAGIC.wrapping_add(flags).wrapping_add(checksum) == 0 {
                 return validate_flags(Header { offset, flags });
             }
             bad_checksum_at.get_or_insert(offset);
@@ -339,10 +282,7 @@ fn find_header(image: &[u8]) -> Result<Header, LoaderError> {
 fn validate_flags(header: Header) -> Result<Header, LoaderError> {
     let unknown = header.flags & HDR_REQUIRED_MASK & !HDR_SUPPORTED_REQUIRED;
     if unknown != 0 {
-        return Err(LoaderError::UnsupportedFeatures {
-            offset: header.offset,
-            bits: unknown,
-        });
+        return Err(LoaderError::UnsupportedFeatures { offset: header.offset, bits: unknown });
     }
     if header.flags & HDR_FLAG_VIDEO_MODE != 0 {
         // QEMU also boots such kernels in text mode after complaining.
@@ -354,16 +294,11 @@ fn validate_flags(header: Header) -> Result<Header, LoaderError> {
 /// Builds the load plan from the header's address fields (flag 16).
 fn plan_aout_kludge(image: &[u8], header: &Header) -> Result<LoadPlan, LoaderError> {
     let field = |index: usize| {
-        read_u32(image, header.offset + HEADER_MIN_LEN + 4 * index).ok_or(
-            LoaderError::TruncatedHeader {
-                offset: header.offset,
-            },
-        )
+        read_u32(image, header.offset + HEADER_MIN_LEN + 4 * index)
+            .ok_or(LoaderError::TruncatedHeader { offset: header.offset })
     };
     if header.offset + HEADER_AOUT_LEN > image.len() {
-        return Err(LoaderError::TruncatedHeader {
-            offset: header.offset,
-        });
+        return Err(LoaderError::TruncatedHeader { offset: header.offset });
     }
     let header_addr = field(0)?;
     let load_addr = field(1)?;
@@ -373,17 +308,12 @@ fn plan_aout_kludge(image: &[u8], header: &Header) -> Result<LoadPlan, LoaderErr
 
     // The header sits at file offset `offset`, which corresponds to physical
     // address `header_addr`; `load_addr` therefore maps to this file offset.
-    let header_delta = header_addr
-        .checked_sub(load_addr)
-        .ok_or(LoaderError::BadAddressFields(
-            "header_addr is below load_addr",
-        ))?;
+    let header_delta =
+        header_addr.checked_sub(load_addr).ok_or(LoaderError::BadAddressFields("header_addr is below load_addr"))?;
     let text_offset = usize::try_from(header_delta)
         .ok()
         .and_then(|d| header.offset.checked_sub(d))
-        .ok_or(LoaderError::BadAddressFields(
-            "header_addr - load_addr exceeds the header's file offset",
-        ))?;
+        .ok_or(LoaderError::BadAddressFields("header_addr - load_addr exceeds the header's file offset"))?;
 
     let file_available = image.len() - text_offset;
     let load_len: u64 = if load_end_addr == 0 {
@@ -392,9 +322,7 @@ fn plan_aout_kludge(image: &[u8], header: &Header) -> Result<LoadPlan, LoaderErr
         u64::from(
             load_end_addr
                 .checked_sub(load_addr)
-                .ok_or(LoaderError::BadAddressFields(
-                    "load_end_addr is below load_addr",
-                ))?,
+                .ok_or(LoaderError::BadAddressFields("load_end_addr is below load_addr"))?,
         )
     };
     if load_len > file_available as u64 {
@@ -407,18 +335,14 @@ fn plan_aout_kludge(image: &[u8], header: &Header) -> Result<LoadPlan, LoaderErr
     }
     let load_end = u64::from(load_addr) + load_len;
     if load_end > 1u64 << 32 {
-        return Err(LoaderError::BadAddressFields(
-            "kernel does not fit in the 32-bit address space",
-        ));
+        return Err(LoaderError::BadAddressFields("kernel does not fit in the 32-bit address space"));
     }
     let mem_len = if bss_end_addr == 0 {
         load_len
     } else {
         let bss_end = u64::from(bss_end_addr);
         if bss_end < load_end {
-            return Err(LoaderError::BadAddressFields(
-                "bss_end_addr is below the end of the loaded data",
-            ));
+            return Err(LoaderError::BadAddressFields("bss_end_addr is below the end of the loaded data"));
         }
         bss_end - u64::from(load_addr)
     };
@@ -426,12 +350,7 @@ fn plan_aout_kludge(image: &[u8], header: &Header) -> Result<LoadPlan, LoaderErr
     // load_len <= file_available, which is a usize.
     let file_len = usize::try_from(load_len).unwrap_or(file_available);
     Ok(LoadPlan {
-        segments: vec![Segment {
-            paddr: u64::from(load_addr),
-            file_offset: text_offset,
-            file_len,
-            mem_len,
-        }],
+        segments: vec![Segment { paddr: u64::from(load_addr), file_offset: text_offset, file_len, mem_len }],
         entry: entry_addr,
     })
 }
@@ -439,24 +358,17 @@ fn plan_aout_kludge(image: &[u8], header: &Header) -> Result<LoadPlan, LoaderErr
 /// Copies one validated segment and zeroes its BSS tail.
 fn copy_segment(image: &[u8], ram: &mut [u8], seg: &Segment) -> Result<(), LoaderError> {
     let ram_size = ram.len() as u64;
-    let out_of_ram = || LoaderError::SegmentOutsideRam {
-        start: seg.paddr,
-        end: seg.end(),
-        ram_size,
-    };
+    let out_of_ram = || LoaderError::SegmentOutsideRam { start: seg.paddr, end: seg.end(), ram_size };
     let start = usize::try_from(seg.paddr).map_err(|_| out_of_ram())?;
     let mem_len = usize::try_from(seg.mem_len).map_err(|_| out_of_ram())?;
     let end = start.checked_add(mem_len).ok_or_else(out_of_ram)?;
     let src_end = seg.file_offset.checked_add(seg.file_len);
-    let src =
-        src_end
-            .and_then(|e| image.get(seg.file_offset..e))
-            .ok_or(LoaderError::Truncated {
-                what: "segment data",
-                start: seg.file_offset as u64,
-                end: seg.file_offset as u64 + seg.file_len as u64,
-                file_len: image.len(),
-            })?;
+    let src = src_end.and_then(|e| image.get(seg.file_offset..e)).ok_or(LoaderError::Truncated {
+        what: "segment data",
+        start: seg.file_offset as u64,
+        end: seg.file_offset as u64 + seg.file_len as u64,
+        file_len: image.len(),
+    })?;
     let dst = ram.get_mut(start..end).ok_or_else(out_of_ram)?;
     let (data, bss) = dst.split_at_mut(src.len().min(dst.len()));
     data.copy_from_slice(&src[..data.len()]);
@@ -481,21 +393,9 @@ fn memory_map(ram_size: u64) -> [(u64, u64, u32); MMAP_ENTRIES] {
     let top_reserved = ram_size - BIOS_RESERVED_TOP;
     [
         (0, EBDA_START, MMAP_TYPE_AVAILABLE),
-        (
-            EBDA_START,
-            CONVENTIONAL_END - EBDA_START,
-            MMAP_TYPE_RESERVED,
-        ),
-        (
-            BIOS_ROM_START,
-            EXTENDED_START - BIOS_ROM_START,
-            MMAP_TYPE_RESERVED,
-        ),
-        (
-            EXTENDED_START,
-            top_reserved - EXTENDED_START,
-            MMAP_TYPE_AVAILABLE,
-        ),
+        (EBDA_START, CONVENTIONAL_END - EBDA_START, MMAP_TYPE_RESERVED),
+        (BIOS_ROM_START, EXTENDED_START - BIOS_ROM_START, MMAP_TYPE_RESERVED),
+        (EXTENDED_START, top_reserved - EXTENDED_START, MMAP_TYPE_AVAILABLE),
         (top_reserved, BIOS_RESERVED_TOP, MMAP_TYPE_RESERVED),
         (BIOS_FLASH_BASE, BIOS_FLASH_SIZE, MMAP_TYPE_RESERVED),
     ]
@@ -503,9 +403,7 @@ fn memory_map(ram_size: u64) -> [(u64, u64, u32); MMAP_ENTRIES] {
 
 impl InfoLayout {
     fn new(cmdline: &str, loader_name: &str) -> Result<Self, LoaderError> {
-        let too_big = || LoaderError::InfoAreaTooSmall {
-            len: cmdline.len() + loader_name.len(),
-        };
+        let too_big = || LoaderError::InfoAreaTooSmall { len: cmdline.len() + loader_name.len() };
         let loader_name_addr = INFO_ADDR + INFO_STRUCT_SIZE;
         let name_len = u32::try_from(loader_name.len() + 1).map_err(|_| too_big())?;
         let cmdline_addr = loader_name_addr.checked_add(name_len).ok_or_else(too_big)?;
@@ -514,11 +412,7 @@ impl InfoLayout {
         if u64::from(end) > EBDA_START {
             return Err(too_big());
         }
-        Ok(Self {
-            loader_name_addr,
-            cmdline_addr,
-            end,
-        })
+        Ok(Self { loader_name_addr, cmdline_addr, end })
     }
 
     fn end(&self) -> u64 {
@@ -531,10 +425,7 @@ impl InfoLayout {
         let ram_size = ram.len() as u64;
         let area = ram
             .get_mut(INFO_AREA_START as usize..self.end as usize)
-            .ok_or(LoaderError::RamTooSmall {
-                ram_size,
-                min: MIN_RAM_BYTES,
-            })?;
+            .ok_or(LoaderError::RamTooSmall { ram_size, min: MIN_RAM_BYTES })?;
         area.fill(0);
         let rel = |addr: u32| (addr - INFO_AREA_START) as usize;
 
@@ -564,11 +455,7 @@ impl InfoLayout {
         put(area, info + MBI_MODS_ADDR, &self.end.to_le_bytes());
         put(area, info + MBI_MMAP_LENGTH, &mmap_len.to_le_bytes());
         put(area, info + MBI_MMAP_ADDR, &MMAP_ADDR.to_le_bytes());
-        put(
-            area,
-            info + MBI_BOOT_LOADER_NAME,
-            &self.loader_name_addr.to_le_bytes(),
-        );
+        put(area, info + MBI_BOOT_LOADER_NAME, &self.loader_name_addr.to_le_bytes());
         Ok(())
     }
 }
@@ -576,10 +463,7 @@ impl InfoLayout {
 /// Copies `bytes` into `area` at `offset`; the layout guarantees the range is
 /// in bounds, and an out-of-range write is dropped rather than panicking.
 fn put(area: &mut [u8], offset: usize, bytes: &[u8]) {
-    if let Some(dst) = offset
-        .checked_add(bytes.len())
-        .and_then(|end| area.get_mut(offset..end))
-    {
+    if let Some(dst) = offset.checked_add(bytes.len()).and_then(|end| area.get_mut(offset..end)) {
         dst.copy_from_slice(bytes);
     }
 }

@@ -38,11 +38,7 @@ fn mb_header(flags: u32, fields: &[u32]) -> Vec<u8> {
     let mut h = Vec::new();
     le32(&mut h, MULTIBOOT_HEADER_MAGIC);
     le32(&mut h, flags);
-    le32(
-        &mut h,
-        0u32.wrapping_sub(MULTIBOOT_HEADER_MAGIC)
-            .wrapping_sub(flags),
-    );
+    le32(&mut h, 0u32.wrapping_sub(MULTIBOOT_HEADER_MAGIC).wrapping_sub(flags));
     for &f in fields {
         le32(&mut h, f);
     }
@@ -51,14 +47,7 @@ fn mb_header(flags: u32, fields: &[u32]) -> Vec<u8> {
 
 /// An a.out-kludge image: `prefix` bytes of padding, the header, then `body`.
 /// Loaded at `load_addr`, so the header lives at `load_addr + prefix`.
-fn aout_image(
-    prefix: usize,
-    load_addr: u32,
-    load_end: u32,
-    bss_end: u32,
-    entry: u32,
-    body: &[u8],
-) -> Vec<u8> {
+fn aout_image(prefix: usize, load_addr: u32, load_end: u32, bss_end: u32, entry: u32, body: &[u8]) -> Vec<u8> {
     let mut img = vec![0x90; prefix];
     let header_addr = load_addr + prefix as u32;
     img.extend(mb_header(
@@ -121,13 +110,7 @@ fn elf_image(entry: u32, segs: &[Seg]) -> Vec<u8> {
 fn simple_elf() -> Vec<u8> {
     elf_image(
         0x10_0000,
-        &[Seg {
-            vaddr: 0x10_0000,
-            paddr: 0x10_0000,
-            data: vec![0xF4; 16],
-            memsz: 16,
-            flags: PF_R | PF_X,
-        }],
+        &[Seg { vaddr: 0x10_0000, paddr: 0x10_0000, data: vec![0xF4; 16], memsz: 16, flags: PF_R | PF_X }],
     )
 }
 
@@ -141,38 +124,17 @@ fn elf_segments_load_at_paddr_with_bss_zeroed() {
     let img = elf_image(
         0x10_0000,
         &[
-            Seg {
-                vaddr: 0x10_0000,
-                paddr: 0x10_0000,
-                data: text.clone(),
-                memsz: 64,
-                flags: PF_R | PF_X,
-            },
-            Seg {
-                vaddr: 0x20_0000,
-                paddr: 0x20_0000,
-                data: data.clone(),
-                memsz: 0x100,
-                flags: PF_R | PF_W,
-            },
+            Seg { vaddr: 0x10_0000, paddr: 0x10_0000, data: text.clone(), memsz: 64, flags: PF_R | PF_X },
+            Seg { vaddr: 0x20_0000, paddr: 0x20_0000, data: data.clone(), memsz: 0x100, flags: PF_R | PF_W },
         ],
     );
     let mut ram = ram();
     let boot = load_multiboot(&img, &mut ram, "", "btvisor").unwrap();
-    assert_eq!(
-        boot,
-        BootInfo {
-            entry: 0x10_0000,
-            info_addr: INFO_ADDR
-        }
-    );
+    assert_eq!(boot, BootInfo { entry: 0x10_0000, info_addr: INFO_ADDR });
     assert_eq!(&ram[0x10_0000..0x10_0040], &text[..]);
     assert_eq!(ram[0x10_0040], POISON, "nothing written past memsz");
     assert_eq!(&ram[0x20_0000..0x20_0008], &data[..]);
-    assert!(
-        ram[0x20_0008..0x20_0100].iter().all(|&b| b == 0),
-        "bss zeroed"
-    );
+    assert!(ram[0x20_0008..0x20_0100].iter().all(|&b| b == 0), "bss zeroed");
     assert_eq!(ram[0x20_0100], POISON);
 }
 
@@ -180,13 +142,7 @@ fn elf_segments_load_at_paddr_with_bss_zeroed() {
 fn elf_uses_paddr_and_translates_entry_like_qemu() {
     let img = elf_image(
         0xC010_0010,
-        &[Seg {
-            vaddr: 0xC010_0000,
-            paddr: 0x10_0000,
-            data: vec![0xF4; 32],
-            memsz: 32,
-            flags: PF_R | PF_X,
-        }],
+        &[Seg { vaddr: 0xC010_0000, paddr: 0x10_0000, data: vec![0xF4; 32], memsz: 32, flags: PF_R | PF_X }],
     );
     let mut ram = ram();
     let boot = load_multiboot(&img, &mut ram, "", "").unwrap();
@@ -198,13 +154,7 @@ fn elf_uses_paddr_and_translates_entry_like_qemu() {
 fn elf_entry_not_translated_through_non_executable_segment() {
     let img = elf_image(
         0xC010_0010,
-        &[Seg {
-            vaddr: 0xC010_0000,
-            paddr: 0x10_0000,
-            data: vec![0; 32],
-            memsz: 32,
-            flags: PF_R | PF_W,
-        }],
+        &[Seg { vaddr: 0xC010_0000, paddr: 0x10_0000, data: vec![0; 32], memsz: 32, flags: PF_R | PF_W }],
     );
     let boot = load_multiboot(&img, &mut ram(), "", "").unwrap();
     assert_eq!(boot.entry, 0xC010_0010);
@@ -241,10 +191,7 @@ fn aout_kludge_header_may_follow_unloaded_file_bytes() {
     // not loaded (like a kernel with a prefix stripped by the loader).
     let mut img = vec![0xEE; 0x20];
     let load = 0x10_0000;
-    img.extend(mb_header(
-        HDR_FLAG_AOUT_KLUDGE,
-        &[load + 8, load, 0, 0, load],
-    ));
+    img.extend(mb_header(HDR_FLAG_AOUT_KLUDGE, &[load + 8, load, 0, 0, load]));
     let mut ram = ram();
     load_multiboot(&img, &mut ram, "", "").unwrap();
     assert_eq!(&ram[0x10_0000..0x10_0008], &[0xEE; 8]);
@@ -264,10 +211,7 @@ fn info_structure_fields_and_memory_map() {
     // QEMU excludes SeaBIOS's top 128 KiB: 129920 KiB for -m 128M.
     assert_eq!(u32_at(&ram, info + 8), 129_920);
     assert_eq!(u32_at(&ram, info + 12), 0x8000_FFFF);
-    assert_eq!(
-        c_string_at(&ram, u32_at(&ram, info + 16)),
-        "console=ttyS0 quiet"
-    );
+    assert_eq!(c_string_at(&ram, u32_at(&ram, info + 16)), "console=ttyS0 quiet");
     assert_eq!(c_string_at(&ram, u32_at(&ram, info + 64)), "btvisor");
     assert_eq!(u32_at(&ram, info + 20), 0, "no modules");
 
@@ -279,11 +223,7 @@ fn info_structure_fields_and_memory_map() {
     while at < mmap_addr + mmap_len {
         let size = u32_at(&ram, at);
         assert_eq!(size, 20);
-        entries.push((
-            u64_at(&ram, at + 4),
-            u64_at(&ram, at + 12),
-            u32_at(&ram, at + 20),
-        ));
+        entries.push((u64_at(&ram, at + 4), u64_at(&ram, at + 12), u32_at(&ram, at + 20)));
         at += size + 4;
     }
     let top = 128 * MIB as u64 - 0x2_0000;
@@ -315,10 +255,7 @@ fn empty_cmdline_is_stored_as_empty_string() {
 #[test]
 fn video_mode_flag_is_ignored() {
     let load = 0x10_0000;
-    let mut img = mb_header(
-        HDR_FLAG_AOUT_KLUDGE | HDR_FLAG_VIDEO_MODE,
-        &[load, load, 0, 0, load, 0, 80, 25, 0],
-    );
+    let mut img = mb_header(HDR_FLAG_AOUT_KLUDGE | HDR_FLAG_VIDEO_MODE, &[load, load, 0, 0, load, 0, 80, 25, 0]);
     img.extend_from_slice(&[0; 16]);
     assert!(load_multiboot(&img, &mut ram(), "", "").is_ok());
 }
@@ -328,42 +265,27 @@ fn header_found_at_aligned_offset_only() {
     // An unaligned magic is not a header.
     let mut img = vec![0; 2];
     img.extend(mb_header(0, &[]));
-    assert_eq!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::NoMultibootHeader)
-    );
+    assert_eq!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::NoMultibootHeader));
 }
 
 #[test]
 fn error_no_header() {
-    assert_eq!(
-        load_multiboot(&[0u8; 100], &mut ram(), "", ""),
-        Err(LoaderError::NoMultibootHeader)
-    );
-    assert_eq!(
-        load_multiboot(&[], &mut ram(), "", ""),
-        Err(LoaderError::NoMultibootHeader)
-    );
+    assert_eq!(load_multiboot(&[0u8; 100], &mut ram(), "", ""), Err(LoaderError::NoMultibootHeader));
+    assert_eq!(load_multiboot(&[], &mut ram(), "", ""), Err(LoaderError::NoMultibootHeader));
 }
 
 #[test]
 fn error_header_beyond_search_window() {
     let mut img = vec![0; 8192];
     img.extend(aout_image(0, 0x10_0000, 0, 0, 0x10_0000, &[]));
-    assert_eq!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::NoMultibootHeader)
-    );
+    assert_eq!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::NoMultibootHeader));
 }
 
 #[test]
 fn error_bad_checksum() {
     let mut img = mb_header(0, &[]);
     img[8] ^= 1;
-    assert_eq!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::BadChecksum { offset: 0 })
-    );
+    assert_eq!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::BadChecksum { offset: 0 }));
 }
 
 #[test]
@@ -371,150 +293,99 @@ fn error_unknown_required_flag() {
     let img = mb_header(1 << 3, &[]);
     assert_eq!(
         load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::UnsupportedFeatures {
-            offset: 0,
-            bits: 1 << 3
-        })
+        Err(LoaderError::UnsupportedFeatures { offset: 0, bits: 1 << 3 })
     );
 }
 
 #[test]
 fn error_truncated_aout_header() {
     let img = mb_header(HDR_FLAG_AOUT_KLUDGE, &[0x10_0000, 0x10_0000]);
-    assert_eq!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::TruncatedHeader { offset: 0 })
-    );
+    assert_eq!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::TruncatedHeader { offset: 0 }));
 }
 
 #[test]
 fn error_header_addr_below_load_addr() {
-    let img = mb_header(
-        HDR_FLAG_AOUT_KLUDGE,
-        &[0x10_0000, 0x10_0010, 0, 0, 0x10_0000],
-    );
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::BadAddressFields(_))
-    ));
+    let img = mb_header(HDR_FLAG_AOUT_KLUDGE, &[0x10_0000, 0x10_0010, 0, 0, 0x10_0000]);
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::BadAddressFields(_))));
 }
 
 #[test]
 fn error_load_addr_before_file_start() {
     // Header at file offset 0 claims to be 0x10 bytes after load_addr.
-    let img = mb_header(
-        HDR_FLAG_AOUT_KLUDGE,
-        &[0x10_0010, 0x10_0000, 0, 0, 0x10_0000],
-    );
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::BadAddressFields(_))
-    ));
+    let img = mb_header(HDR_FLAG_AOUT_KLUDGE, &[0x10_0010, 0x10_0000, 0, 0, 0x10_0000]);
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::BadAddressFields(_))));
 }
 
 #[test]
 fn error_load_end_past_end_of_file() {
     let load = 0x10_0000;
     let img = aout_image(0, load, load + 0x1000, 0, load, &[0; 16]);
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::Truncated { .. })
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::Truncated { .. })));
 }
 
 #[test]
 fn error_load_end_below_load_addr() {
     let load = 0x10_0000;
     let img = aout_image(0, load, load - 1, 0, load, &[0; 16]);
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::BadAddressFields(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::BadAddressFields(_))));
 }
 
 #[test]
 fn error_bss_end_below_load_end() {
     let load = 0x10_0000;
     let img = aout_image(0, load, 0, load + 4, load, &[0; 16]);
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::BadAddressFields(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::BadAddressFields(_))));
 }
 
 #[test]
 fn error_not_elf_without_address_fields() {
     let img = mb_header(0, &[]);
-    assert_eq!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::NotElf)
-    );
+    assert_eq!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::NotElf));
 }
 
 #[test]
 fn error_elf_64_bit() {
     let mut img = simple_elf();
     img[4] = 2;
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::UnsupportedElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::UnsupportedElf(_))));
 }
 
 #[test]
 fn error_elf_bad_class() {
     let mut img = simple_elf();
     img[4] = 7;
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::CorruptElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::CorruptElf(_))));
 }
 
 #[test]
 fn error_elf_big_endian() {
     let mut img = simple_elf();
     img[5] = 2;
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::UnsupportedElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::UnsupportedElf(_))));
 }
 
 #[test]
 fn error_elf_wrong_machine() {
     let mut img = simple_elf();
     img[18] = 62; // EM_X86_64
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::UnsupportedElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::UnsupportedElf(_))));
 }
 
 #[test]
 fn error_elf_wrong_type() {
     let mut img = simple_elf();
     img[16] = 3; // ET_DYN
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::UnsupportedElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::UnsupportedElf(_))));
 }
 
 #[test]
 fn error_elf_program_headers_out_of_file() {
     let mut img = simple_elf();
     img[44..46].copy_from_slice(&0xFFFFu16.to_le_bytes()); // e_phnum
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::CorruptElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::CorruptElf(_))));
     let mut img = simple_elf();
     img[28..32].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes()); // e_phoff
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::CorruptElf(_))
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::CorruptElf(_))));
 }
 
 #[test]
@@ -523,11 +394,7 @@ fn error_elf_filesz_exceeds_memsz() {
     img[PH0 + 20..PH0 + 24].copy_from_slice(&8u32.to_le_bytes());
     assert_eq!(
         load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::FileszExceedsMemsz {
-            index: 0,
-            filesz: 16,
-            memsz: 8
-        })
+        Err(LoaderError::FileszExceedsMemsz { index: 0, filesz: 16, memsz: 8 })
     );
 }
 
@@ -535,20 +402,14 @@ fn error_elf_filesz_exceeds_memsz() {
 fn error_elf_segment_data_out_of_file() {
     let mut img = simple_elf();
     img[PH0 + 4..PH0 + 8].copy_from_slice(&0xFFFF_FFF8u32.to_le_bytes()); // p_offset
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::Truncated { .. })
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::Truncated { .. })));
 }
 
 #[test]
 fn error_elf_without_load_segments() {
     let mut img = simple_elf();
     img[PH0..PH0 + 4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
-    assert_eq!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::NoLoadableSegments)
-    );
+    assert_eq!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::NoLoadableSegments));
 }
 
 #[test]
@@ -556,98 +417,47 @@ fn error_segment_outside_ram_writes_nothing() {
     let img = elf_image(
         0x10_0000,
         &[
-            Seg {
-                vaddr: 0x10_0000,
-                paddr: 0x10_0000,
-                data: vec![1; 4],
-                memsz: 4,
-                flags: PF_X,
-            },
-            Seg {
-                vaddr: 0x7F_FFF0,
-                paddr: 0x7F_FFF0,
-                data: vec![2; 4],
-                memsz: 0x20,
-                flags: PF_W,
-            },
+            Seg { vaddr: 0x10_0000, paddr: 0x10_0000, data: vec![1; 4], memsz: 4, flags: PF_X },
+            Seg { vaddr: 0x7F_FFF0, paddr: 0x7F_FFF0, data: vec![2; 4], memsz: 0x20, flags: PF_W },
         ],
     );
     let mut ram = ram();
     let err = load_multiboot(&img, &mut ram, "", "").unwrap_err();
-    assert_eq!(
-        err,
-        LoaderError::SegmentOutsideRam {
-            start: 0x7F_FFF0,
-            end: 0x80_0010,
-            ram_size: RAM_SIZE as u64
-        }
-    );
+    assert_eq!(err, LoaderError::SegmentOutsideRam { start: 0x7F_FFF0, end: 0x80_0010, ram_size: RAM_SIZE as u64 });
     assert!(err.to_string().contains("0x800000"), "{err}");
-    assert!(
-        ram.iter().all(|&b| b == POISON),
-        "validation happens before any write"
-    );
+    assert!(ram.iter().all(|&b| b == POISON), "validation happens before any write");
 }
 
 #[test]
 fn error_aout_bss_outside_ram() {
     let load = 0x10_0000;
     let img = aout_image(0, load, 0, 0x100_0000, load, &[0; 16]);
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::SegmentOutsideRam { .. })
-    ));
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::SegmentOutsideRam { .. })));
 }
 
 #[test]
 fn error_segment_overlaps_info_area() {
-    let img = elf_image(
-        0x8000,
-        &[Seg {
-            vaddr: 0x8000,
-            paddr: 0x8000,
-            data: vec![0; 16],
-            memsz: 0x2000,
-            flags: PF_X,
-        }],
-    );
-    assert!(matches!(
-        load_multiboot(&img, &mut ram(), "", ""),
-        Err(LoaderError::OverlapsInfoArea { .. })
-    ));
+    let img = elf_image(0x8000, &[Seg { vaddr: 0x8000, paddr: 0x8000, data: vec![0; 16], memsz: 0x2000, flags: PF_X }]);
+    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::OverlapsInfoArea { .. })));
 }
 
 #[test]
 fn low_kernel_next_to_info_area_is_fine() {
-    let img = elf_image(
-        0x7C00,
-        &[Seg {
-            vaddr: 0x7C00,
-            paddr: 0x7C00,
-            data: vec![0xF4; 16],
-            memsz: 0x400,
-            flags: PF_X,
-        }],
-    );
+    let img =
+        elf_image(0x7C00, &[Seg { vaddr: 0x7C00, paddr: 0x7C00, data: vec![0xF4; 16], memsz: 0x400, flags: PF_X }]);
     assert!(load_multiboot(&img, &mut ram(), "", "").is_ok());
 }
 
 #[test]
 fn error_ram_too_small() {
     let mut small = vec![0; 2 * MIB - 4096];
-    assert!(matches!(
-        load_multiboot(&simple_elf(), &mut small, "", ""),
-        Err(LoaderError::RamTooSmall { .. })
-    ));
+    assert!(matches!(load_multiboot(&simple_elf(), &mut small, "", ""), Err(LoaderError::RamTooSmall { .. })));
 }
 
 #[test]
 fn error_cmdline_too_long() {
     let long = "x".repeat(0x10_0000);
-    assert!(matches!(
-        load_multiboot(&simple_elf(), &mut ram(), &long, ""),
-        Err(LoaderError::InfoAreaTooSmall { .. })
-    ));
+    assert!(matches!(load_multiboot(&simple_elf(), &mut ram(), &long, ""), Err(LoaderError::InfoAreaTooSmall { .. })));
 }
 
 #[test]
@@ -661,25 +471,7 @@ fn smallest_ram_reports_qemu_values() {
 
 #[test]
 fn error_segment_overlaps_memory_map() {
-    let img = elf_image(
-        0x9000,
-        &[Seg {
-            vaddr: 0x9000,
-            paddr: 0x9000,
-            data: vec![0; 4],
-            memsz: 4,
-            flags: PF_X,
-        }],
-    );
+    let img = elf_image(0x9000, &[Seg { vaddr: 0x9000, paddr: 0x9000, data: vec![0; 4], memsz: 4, flags: PF_X }]);
     let err = load_multiboot(&img, &mut ram(), "", "").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LoaderError::OverlapsInfoArea {
-                info_start: 0x9000,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, LoaderError::OverlapsInfoArea { info_start: 0x9000, .. }), "{err}");
 }

@@ -33,17 +33,11 @@ pub enum MemoryError {
     #[error("guest RAM size {0:#x} is not a non-zero multiple of 4 KiB below 4 GiB")]
     BadSize(u64),
     #[error("{what} failed: {source}")]
-    Os {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Os { what: &'static str, source: std::io::Error },
 }
 
 fn os(what: &'static str) -> MemoryError {
-    MemoryError::Os {
-        what,
-        source: std::io::Error::last_os_error(),
-    }
+    MemoryError::Os { what, source: std::io::Error::last_os_error() }
 }
 
 /// Guest RAM plus its host window.
@@ -93,14 +87,8 @@ impl GuestMemory {
             }
             // First 4 GiB boundary with room for the poll and guard pages below.
             let window = ((res as usize) + 2 * PAGE_SIZE + WINDOW_SIZE - 1) & !(WINDOW_SIZE - 1);
-            let alias = libc::mmap(
-                std::ptr::null_mut(),
-                ram,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
+            let alias =
+                libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             let mut m = GuestMemory {
                 reservation: NonNull::new_unchecked(res as *mut u8),
                 window,
@@ -175,10 +163,7 @@ impl GuestMemory {
 
     /// Is the page containing `addr` write-protected for translated code?
     pub fn is_protected(&self, addr: u32) -> bool {
-        self.protected
-            .get(addr as usize / PAGE_SIZE)
-            .copied()
-            .unwrap_or(false)
+        self.protected.get(addr as usize / PAGE_SIZE).copied().unwrap_or(false)
     }
 
     /// Write-protect (or unprotect) one RAM page in the window.
@@ -188,24 +173,11 @@ impl GuestMemory {
             return;
         }
         self.protected[idx] = on;
-        let prot = if on {
-            libc::PROT_READ
-        } else {
-            libc::PROT_READ | libc::PROT_WRITE
-        };
+        let prot = if on { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
         // SAFETY: the page lies inside the RAM part of our own window mapping.
-        let rc = unsafe {
-            libc::mprotect(
-                (self.window + idx * PAGE_SIZE) as *mut libc::c_void,
-                PAGE_SIZE,
-                prot,
-            )
-        };
+        let rc = unsafe { libc::mprotect((self.window + idx * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
         if rc != 0 {
-            log::error!(
-                "mprotect of guest page {page:#x} failed: {}",
-                std::io::Error::last_os_error()
-            );
+            log::error!("mprotect of guest page {page:#x} failed: {}", std::io::Error::last_os_error());
         }
     }
 
@@ -264,11 +236,7 @@ impl GuestMemory {
 
 /// Async-signal-safe form of `set_poll` (used from the timer signal handler).
 pub fn set_poll_page(page: usize, request_exit: bool) {
-    let prot = if request_exit {
-        libc::PROT_NONE
-    } else {
-        libc::PROT_READ
-    };
+    let prot = if request_exit { libc::PROT_NONE } else { libc::PROT_READ };
     // SAFETY: `page` is the poll page of a live GuestMemory; mprotect is a
     // plain syscall and safe to call from a signal handler.
     unsafe {

@@ -18,7 +18,7 @@
 //! ```
 
 use super::Translator;
-use crate::cpu::{OFF_EIP, OFF_JC_KEYS, OFF_JC_TARGETS};
+use crate::cpu::{JUMP_CACHE_TABLE_BYTES, OFF_EIP, OFF_JC_KEYS, OFF_JC_TARGETS};
 use crate::emit::reg::*;
 
 /// JRCXZ rel8 opcode (tests RCX in 64-bit mode).
@@ -27,14 +27,15 @@ const JRCXZ: u8 = 0xE3;
 const MISS_PATH_LEN: u8 = 8;
 
 pub(super) fn indirect(t: &mut Translator) {
-    if !t.opts.inline_lookup {
+    if !t.opts.inline_lookup || !t.opts.mode.is_fast() {
         t.a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
         t.jmp_abs(t.exits_to.indirect);
         return;
     }
+    let table = t.opts.mode.jc_table() as i32 * JUMP_CACHE_TABLE_BYTES;
     t.a.movzx_r32_r16(R10, SCRATCH);
     t.a.mov_r64_r64(R11, RCX);
-    t.a.mov_r64_mbi8(RCX, VCPU, R10, OFF_JC_KEYS);
+    t.a.mov_r64_mbi8(RCX, VCPU, R10, OFF_JC_KEYS + table);
     t.a.lea_r64_bi(RCX, RCX, SCRATCH);
     t.a.bytes(&[JRCXZ, MISS_PATH_LEN]);
     let miss_start = t.a.len();
@@ -42,5 +43,5 @@ pub(super) fn indirect(t: &mut Translator) {
     t.jmp_abs(t.exits_to.indirect);
     debug_assert_eq!(t.a.len() - miss_start, MISS_PATH_LEN as usize);
     t.a.mov_r64_r64(RCX, R11);
-    t.a.jmp_mbi8(VCPU, R10, OFF_JC_TARGETS);
+    t.a.jmp_mbi8(VCPU, R10, OFF_JC_TARGETS + table);
 }

@@ -26,11 +26,12 @@
 mod lookup;
 mod stack;
 mod string;
+mod system;
 
 use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
 use thiserror::Error;
 
-use crate::cpu::{OFF_EIP, OFF_EXIT_ARG, vector};
+use crate::cpu::{Mode, OFF_EIP, OFF_EXIT_ARG, vector};
 use crate::decode::{Class, GuestBlock, uses_fpu};
 use crate::emit::reg::*;
 use crate::emit::{Asm, GuestMem, PREFIX_ADDR32, PREFIX_GS, encode_guest_mem, rel32};
@@ -94,6 +95,8 @@ pub struct Options {
     /// Emit inline jump-cache lookups for indirect branches (off when every
     /// block entry must be traced).
     pub inline_lookup: bool,
+    /// The mode the block is translated for.
+    pub mode: crate::cpu::Mode,
 }
 
 /// Translates one block for code at host address `host_base`.
@@ -107,6 +110,34 @@ pub struct Translator<'a> {
     pending_exits: Vec<(usize, u32)>,
     /// Guest memory the instructions were decoded from (address 0 = index 0).
     code: &'a [u8],
+}
+
+/// The exception an x87/MMX/SSE instruction raises in `mode` because of
+/// CR0.EM/TS/MP or CR4.OSFXSR (SDM Vol. 3 Table 2-2 and 13-1), if any.
+pub fn fpu_fault(i: &Instruction, mode: Mode) -> Option<u8> {
+    use iced_x86::CpuidFeature as F;
+    let (em, ts) = (mode.has(Mode::EM), mode.has(Mode::TS));
+    if i.mnemonic() == iced_x86::Mnemonic::Wait {
+        return (ts && mode.has(Mode::MP)).then_some(vector::NM);
+    }
+    let f = i.cpuid_features();
+    let has = |x: F| f.contains(&x);
+    if has(F::FXSR) {
+        return (em || ts).then_some(vector::NM);
+    }
+    if has(F::SSE) || has(F::SSE2) {
+        if em || mode.has(Mode::NO_OSFXSR) {
+            return Some(vector::UD);
+        }
+        return ts.then_some(vector::NM);
+    }
+    if has(F::MMX) {
+        if em {
+            return Some(vector::UD);
+        }
+        return ts.then_some(vector::NM);
+    }
+    (em || ts).then_some(vector::NM)
 }
 
 /// Host register of a 32- or 16-bit guest GPR (ESP/SP map to R12).
@@ -161,10 +192,7 @@ fn is_kept_prefix(b: u8) -> bool {
 }
 
 fn is_legacy_prefix(b: u8) -> bool {
-    matches!(
-        b,
-        0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3
-    )
+    matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3)
 }
 
 /// The byte layout of a guest instruction.
@@ -212,11 +240,7 @@ fn layout(bytes: &[u8], has_modrm: bool) -> Layout {
             m += disp;
         }
     }
-    Layout {
-        prefix_end: p,
-        opcode_end: o,
-        modrm_end: m.min(bytes.len()),
-    }
+    Layout { prefix_end: p, opcode_end: o, modrm_end: m.min(bytes.len()) }
 }
 
 /// Does the instruction form have a ModRM byte? (All register/memory operand
@@ -260,13 +284,7 @@ fn has_modrm(i: &Instruction) -> bool {
 impl<'a> Translator<'a> {
     /// `code` is guest memory from address 0 (the instructions' bytes are
     /// re-read from it when copied).
-    pub fn new(
-        host_base: usize,
-        exits_to: ExitTargets,
-        first_exit_id: u32,
-        opts: Options,
-        code: &'a [u8],
-    ) -> Self {
+    pub fn new(host_base: usize, exits_to: ExitTargets, first_exit_id: u32, opts: Options, code: &'a [u8]) -> Self {
         Translator {
             a: Asm::default(),
             host_base,
@@ -308,29 +326,15 @@ impl<'a> Translator<'a> {
             let tail = self.a.len();
             self.a.bind_rel32(at, tail);
             self.a.mov_mbase_imm32(VCPU, OFF_EIP, target);
-            self.a
-                .mov_mbase_imm32(VCPU, OFF_EXIT_ARG, self.first_exit_id + k as u32);
+            self.a.mov_mbase_imm32(VCPU, OFF_EXIT_ARG, self.first_exit_id + k as u32);
             self.jmp_abs(self.exits_to.chain);
-            exits.push(ExitSite {
-                rel32_off: at as u32,
-                tail_off: tail as u32,
-                target,
-            });
+            exits.push(ExitSite { rel32_off: at as u32, tail_off: tail as u32, target });
         }
-        Translation {
-            code: self.a.buf,
-            insn_map: self.insn_map,
-            exits,
-            uses_fpu: fpu,
-        }
+        Translation { code: self.a.buf, insn_map: self.insn_map, exits, uses_fpu: fpu }
     }
 
     fn mark(&mut self, eip: u32, fixup: Fixup) {
-        self.insn_map.push(InsnMapEntry {
-            host_off: self.a.len() as u32,
-            eip,
-            fixup,
-        });
+        self.insn_map.push(InsnMapEntry { host_off: self.a.len() as u32, eip, fixup });
     }
 
     /// `jmp rel32` to an absolute host address.
@@ -349,6 +353,18 @@ impl<'a> Translator<'a> {
     fn insn(&mut self, i: &Instruction, cls: Class) {
         let eip = i.ip32();
         self.mark(eip, Fixup::None);
+        let cls = match cls {
+            Class::Ident if uses_fpu(i) || i.mnemonic() == iced_x86::Mnemonic::Wait => {
+                match fpu_fault(i, self.opts.mode) {
+                    Some(v) => {
+                        self.exception_exit(eip, v);
+                        return;
+                    }
+                    None => cls,
+                }
+            }
+            c => c,
+        };
         match cls {
             Class::Ident => self.ident(i, None),
             Class::Alias82 => self.ident(i, Some(0x80)),
@@ -393,32 +409,30 @@ impl<'a> Translator<'a> {
             }
             Class::Ret => {
                 // mov r13d, gs:[r12d] ; lea r12d, [r12 + 4 + n]
-                self.mem_op(
-                    &[],
-                    &[0x8B],
-                    SCRATCH,
-                    &GuestMem::base_disp(GUEST_ESP, 0),
-                    &[],
-                );
-                let n = if i.op_count() > 0 {
-                    i.immediate16() as i32
-                } else {
-                    0
-                };
+                self.mem_op(&[], &[0x8B], SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
+                let n = if i.op_count() > 0 { i.immediate16() as i32 } else { 0 };
                 self.a.lea_r32(GUEST_ESP, GUEST_ESP, 4 + n);
                 lookup::indirect(self);
             }
+            Class::SysInline => match i.mnemonic() {
+                iced_x86::Mnemonic::Cli => system::cli_sti(self, false),
+                iced_x86::Mnemonic::Sti => system::cli_sti(self, true),
+                iced_x86::Mnemonic::Pushfd => system::pushfd(self),
+                _ => system::popfd(self, eip),
+            },
             Class::Emulate => {
                 self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
                 self.jmp_abs(self.exits_to.emulate);
             }
-            Class::Invalid => {
-                self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
-                self.a
-                    .mov_mbase_imm32(VCPU, OFF_EXIT_ARG, vector::UD as u32);
-                self.jmp_abs(self.exits_to.exception);
-            }
+            Class::Invalid => self.exception_exit(eip, vector::UD),
         }
+    }
+
+    /// End the block raising exception `v` at `eip`.
+    fn exception_exit(&mut self, eip: u32, v: u8) {
+        self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
+        self.a.mov_mbase_imm32(VCPU, OFF_EXIT_ARG, v as u32);
+        self.jmp_abs(self.exits_to.exception);
     }
 
     fn guest_bytes(&self, i: &Instruction) -> &'a [u8] {
@@ -438,14 +452,7 @@ impl<'a> Translator<'a> {
     }
 
     /// Emit `gs: addr32 <prefixes> [REX] <opcode> <modrm...> <tail>`.
-    pub(crate) fn mem_op(
-        &mut self,
-        prefixes: &[u8],
-        opcode: &[u8],
-        regf: u8,
-        m: &GuestMem,
-        tail: &[u8],
-    ) {
+    pub(crate) fn mem_op(&mut self, prefixes: &[u8], opcode: &[u8], regf: u8, m: &GuestMem, tail: &[u8]) {
         let e = encode_guest_mem(regf, m);
         self.a.byte(PREFIX_GS);
         self.a.byte(PREFIX_ADDR32);
@@ -472,12 +479,7 @@ impl<'a> Translator<'a> {
             use OpCodeOperandKind as K;
             match oc.op_kind(n) {
                 K::r32_reg | K::r16_reg => rex |= 4,
-                K::r32_rm
-                | K::r16_rm
-                | K::r32_or_mem
-                | K::r16_or_mem
-                | K::r32_opcode
-                | K::r16_opcode => rex |= 1,
+                K::r32_rm | K::r16_rm | K::r32_or_mem | K::r16_or_mem | K::r32_opcode | K::r16_opcode => rex |= 1,
                 _ => return None,
             }
         }
@@ -489,15 +491,13 @@ impl<'a> Translator<'a> {
     fn ident(&mut self, i: &Instruction, opcode_override: Option<u8>) {
         let bytes = self.guest_bytes(i);
         let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
-        let uses_sp = (0..i.op_count())
-            .any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)))
+        let uses_sp = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)))
             || (mem && (is_sp(i.memory_base()) || is_sp(i.memory_index())));
         if !mem && !uses_sp && opcode_override.is_none() {
             self.a.bytes(bytes);
             return;
         }
-        let high = (0..i.op_count())
-            .any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
+        let high = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
         let rex_needed = uses_sp; // R12 always needs a REX bit
         if rex_needed && high {
             self.ident_substituted(i, bytes, mem, opcode_override);
@@ -506,14 +506,7 @@ impl<'a> Translator<'a> {
         }
     }
 
-    fn ident_with_esp(
-        &mut self,
-        i: &Instruction,
-        bytes: &[u8],
-        mem: bool,
-        esp: u8,
-        opcode_override: Option<u8>,
-    ) {
+    fn ident_with_esp(&mut self, i: &Instruction, bytes: &[u8], mem: bool, esp: u8, opcode_override: Option<u8>) {
         let modrm = has_modrm(i);
         let l = layout(bytes, modrm);
         // Fixed-size copies: this is the hot path of translation.
@@ -594,24 +587,12 @@ impl<'a> Translator<'a> {
 
     /// An instruction naming both ESP and AH/CH/DH/BH cannot take a REX
     /// prefix: a free legacy register stands in for ESP around it.
-    fn ident_substituted(
-        &mut self,
-        i: &Instruction,
-        bytes: &[u8],
-        mem: bool,
-        opcode_override: Option<u8>,
-    ) {
+    fn ident_substituted(&mut self, i: &Instruction, bytes: &[u8], mem: bool, opcode_override: Option<u8>) {
         let used = |r: u8| {
-            (0..i.op_count())
-                .any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
-                || (mem
-                    && (host_gpr(i.memory_base()) == Some(r)
-                        || host_gpr(i.memory_index()) == Some(r)))
+            (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
+                || (mem && (host_gpr(i.memory_base()) == Some(r) || host_gpr(i.memory_index()) == Some(r)))
         };
-        let sub = [RSI, RDI, RBP]
-            .into_iter()
-            .find(|&r| !used(r))
-            .unwrap_or(RSI);
+        let sub = [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).unwrap_or(RSI);
         self.a.mov_r64_r64(SCRATCH, sub);
         self.a.mov_r32_r32(sub, GUEST_ESP);
         if let Some(last) = self.insn_map.last_mut() {
@@ -629,11 +610,7 @@ impl<'a> Translator<'a> {
             self.a.byte(0x66);
         }
         self.a.rex(false, 0, 0, r, false);
-        let ext = if matches!(i.mnemonic(), iced_x86::Mnemonic::Inc) {
-            0
-        } else {
-            1
-        };
+        let ext = if matches!(i.mnemonic(), iced_x86::Mnemonic::Inc) { 0 } else { 1 };
         self.a.byte(0xFF);
         self.a.byte(0xC0 | (ext << 3) | (r & 7));
     }

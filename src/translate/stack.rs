@@ -66,10 +66,7 @@ pub(super) fn pop_mem(t: &mut Translator, i: &Instruction) {
 /// PUSHAD stores EAX, ECX, EDX, EBX, the original ESP, EBP, ESI, EDI. ESP
 /// changes last, so a faulting store restarts the whole (idempotent) PUSHAD.
 pub(super) fn pushad(t: &mut Translator) {
-    for (k, r) in [RAX, RCX, RDX, RBX, GUEST_ESP, RBP, RSI, RDI]
-        .into_iter()
-        .enumerate()
-    {
+    for (k, r) in [RAX, RCX, RDX, RBX, GUEST_ESP, RBP, RSI, RDI].into_iter().enumerate() {
         t.mem_op(&[], &[MOV_STORE], r, &sp(-4 * (k as i32 + 1)), &[]);
     }
     t.a.lea_r32(GUEST_ESP, GUEST_ESP, -32);
@@ -80,10 +77,7 @@ pub(super) fn pushad(t: &mut Translator) {
 pub(super) fn popad(t: &mut Translator) {
     t.mem_op(&[], &[MOV_LOAD], SCRATCH, &sp(0), &[]);
     t.mem_op(&[], &[MOV_LOAD], SCRATCH, &sp(28), &[]);
-    for (k, r) in [RDI, RSI, RBP, GUEST_ESP, RBX, RDX, RCX, RAX]
-        .into_iter()
-        .enumerate()
-    {
+    for (k, r) in [RDI, RSI, RBP, GUEST_ESP, RBX, RDX, RCX, RAX].into_iter().enumerate() {
         if r != GUEST_ESP {
             t.mem_op(&[], &[MOV_LOAD], r, &sp(4 * k as i32), &[]);
         }

@@ -20,11 +20,7 @@ use crate::emit::{PREFIX_ADDR32, PREFIX_GS};
 fn split(t: &Translator, i: &Instruction) -> (Vec<u8>, u8) {
     let b = t.guest_bytes(i);
     let op = b[b.len() - 1];
-    let prefixes = b[..b.len() - 1]
-        .iter()
-        .copied()
-        .filter(|&p| is_kept_prefix(p))
-        .collect();
+    let prefixes = b[..b.len() - 1].iter().copied().filter(|&p| is_kept_prefix(p)).collect();
     (prefixes, op)
 }
 
@@ -40,12 +36,7 @@ pub(super) fn string_es(t: &mut Translator, i: &Instruction) {
     let (prefixes, op) = split(t, i);
     let uses_esi = matches!(
         i.mnemonic(),
-        Mnemonic::Movsb
-            | Mnemonic::Movsw
-            | Mnemonic::Movsd
-            | Mnemonic::Cmpsb
-            | Mnemonic::Cmpsw
-            | Mnemonic::Cmpsd
+        Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd
     );
     if let Some(last) = t.insn_map.last_mut() {
         last.fixup = Fixup::TruncStringPtrs;

@@ -216,12 +216,7 @@ impl Size {
 #[derive(Clone, Debug)]
 pub enum Rm {
     Reg(u8),
-    Mem {
-        md: u8,
-        rm: u8,
-        sib: Option<u8>,
-        disp: Vec<u8>,
-    },
+    Mem { md: u8, rm: u8, sib: Option<u8>, disp: Vec<u8> },
 }
 
 impl Rm {
@@ -258,13 +253,7 @@ pub struct Gen {
 
 impl Gen {
     pub fn new(seed: u64) -> Self {
-        Gen {
-            rng: Rng::new(seed),
-            code: Vec::new(),
-            undef: 0,
-            avoid_idx: 0,
-            marks: Vec::new(),
-        }
+        Gen { rng: Rng::new(seed), code: Vec::new(), undef: 0, avoid_idx: 0, marks: Vec::new() }
     }
 
     pub fn finish(self, insns: usize) -> Seq {
@@ -272,12 +261,7 @@ impl Gen {
         if marks.last().map(|m| m.0) != Some(self.code.len()) {
             marks.push((self.code.len(), self.undef));
         }
-        Seq {
-            code: self.code,
-            undef_flags: self.undef,
-            insns,
-            marks,
-        }
+        Seq { code: self.code, undef_flags: self.undef, insns, marks }
     }
 
     // ---------------------------------------------------------------- basics
@@ -347,11 +331,7 @@ impl Gen {
 
     /// A random register number usable at `size` (all 8 for bytes, incl. AH..BH).
     pub fn reg(&mut self, size: Size) -> u8 {
-        if size == Size::B {
-            self.rng.below(8) as u8
-        } else {
-            self.rng.pick(&GPRS)
-        }
+        if size == Size::B { self.rng.below(8) as u8 } else { self.rng.pick(&GPRS) }
     }
 
     /// An immediate biased towards edge values, truncated to `size`.
@@ -378,29 +358,14 @@ impl Gen {
         let span = size + reach;
         let max_disp = 256 - span;
         match self.rng.below(6) {
-            0 => Rm::Mem {
-                md: 0,
-                rm: ESI,
-                sib: None,
-                disp: vec![],
-            },
+            0 => Rm::Mem { md: 0, rm: ESI, sib: None, disp: vec![] },
             1 | 2 => {
                 let d = self.rng.range(0, max_disp.min(127));
-                Rm::Mem {
-                    md: 1,
-                    rm: ESI,
-                    sib: None,
-                    disp: vec![d as u8],
-                }
+                Rm::Mem { md: 1, rm: ESI, sib: None, disp: vec![d as u8] }
             }
             3 => {
                 let d = self.rng.range(0, max_disp);
-                Rm::Mem {
-                    md: 2,
-                    rm: ESI,
-                    sib: None,
-                    disp: d.to_le_bytes().to_vec(),
-                }
+                Rm::Mem { md: 2, rm: ESI, sib: None, disp: d.to_le_bytes().to_vec() }
             }
             _ => {
                 // SIB: [esi + idx*scale + disp8] or [idx + esi*1 + disp8],
@@ -421,19 +386,9 @@ impl Gen {
                     (scale << 6) | (idx << 3) | ESI
                 };
                 if d == 0 && self.rng.one_in(2) && (sib & 7) != 5 {
-                    Rm::Mem {
-                        md: 0,
-                        rm: 4,
-                        sib: Some(sib),
-                        disp: vec![],
-                    }
+                    Rm::Mem { md: 0, rm: 4, sib: Some(sib), disp: vec![] }
                 } else {
-                    Rm::Mem {
-                        md: 1,
-                        rm: 4,
-                        sib: Some(sib),
-                        disp: vec![d as u8],
-                    }
+                    Rm::Mem { md: 1, rm: 4, sib: Some(sib), disp: vec![d as u8] }
                 }
             }
         }
@@ -441,11 +396,7 @@ impl Gen {
 
     /// A register (2/3 of the time) or memory operand of `size`.
     pub fn reg_or_mem(&mut self, size: Size) -> Rm {
-        if self.rng.below(3) < 2 {
-            Rm::Reg(self.reg(size))
-        } else {
-            self.mem(size.bytes(), 0)
-        }
+        if self.rng.below(3) < 2 { Rm::Reg(self.reg(size)) } else { self.mem(size.bytes(), 0) }
     }
 
     // ---------------------------------------------------------- instructions
@@ -545,11 +496,7 @@ impl Gen {
                     let v = self.imm_val(size);
                     self.need(reads);
                     self.opsize(size);
-                    let opc = if size == Size::B {
-                        if self.rng.one_in(4) { 0x82 } else { 0x80 }
-                    } else {
-                        0x81
-                    };
+                    let opc = if size == Size::B { if self.rng.one_in(4) { 0x82 } else { 0x80 } } else { 0x81 };
                     self.b(&[opc]);
                     self.modrm(op, &rm);
                     self.imm(size, v);
@@ -567,11 +514,7 @@ impl Gen {
                 }
             }
         }
-        if logic {
-            self.effect(ARITH, AF)
-        } else {
-            self.effect(ARITH, 0)
-        }
+        if logic { self.effect(ARITH, AF) } else { self.effect(ARITH, 0) }
     }
 
     pub fn incdec(&mut self) {
@@ -608,24 +551,7 @@ impl Gen {
         match self.rng.below(3) {
             0 => self.rng.next_u32() as u8,
             1 => self.rng.range(0, 33) as u8,
-            _ => self.rng.pick(&[
-                0,
-                1,
-                2,
-                bits - 1,
-                bits,
-                bits + 1,
-                16,
-                17,
-                31,
-                32,
-                33,
-                63,
-                64,
-                65,
-                0xFF,
-                0x80,
-            ]),
+            _ => self.rng.pick(&[0, 1, 2, bits - 1, bits, bits + 1, 16, 17, 31, 32, 33, 63, 64, 65, 0xFF, 0x80]),
         }
     }
 
@@ -729,11 +655,7 @@ impl Gen {
         let pick_count = |g: &mut Gen| -> u8 {
             if size == Size::W {
                 let c = g.rng.pick(&[0u8, 1, 2, 7, 8, 15, 16]);
-                if g.rng.one_in(2) {
-                    c
-                } else {
-                    c | 0x20 | (g.rng.below(4) as u8) << 6
-                }
+                if g.rng.one_in(2) { c } else { c | 0x20 | (g.rng.below(4) as u8) << 6 }
             } else {
                 g.count_edge(size)
             }
@@ -819,11 +741,7 @@ impl Gen {
         };
         // EAX/EDX are modified by the dividend set-up: not usable as an index.
         self.avoid_idx = (1 << 0) | (1 << 2);
-        let rm = if self.rng.one_in(3) {
-            self.mem(size.bytes(), 0)
-        } else {
-            Rm::Reg(self.rng.pick(regs))
-        };
+        let rm = if self.rng.one_in(3) { self.mem(size.bytes(), 0) } else { Rm::Reg(self.rng.pick(regs)) };
         self.avoid_idx = 0;
         let w = (size != Size::B) as u8;
         if signed {
@@ -880,11 +798,7 @@ impl Gen {
             // r/m, reg: with a memory operand the bit offset addresses beyond
             // the operand, so bound it to 0..=127 (16 bytes of reach).
             let is_mem = self.rng.one_in(3);
-            let rm = if is_mem {
-                self.mem(size.bytes(), 16)
-            } else {
-                Rm::Reg(self.reg(size))
-            };
+            let rm = if is_mem { self.mem(size.bytes(), 16) } else { Rm::Reg(self.reg(size)) };
             let r = self.reg(size);
             if is_mem {
                 self.bound_reg(r, 0x7F);
@@ -1005,11 +919,7 @@ impl Gen {
         let size = self.size_wd();
         let r = self.reg(size);
         let rnd = self.rng.next_u32();
-        let disp32 = if rnd & 1 == 0 {
-            rnd
-        } else {
-            self.rng.edge_u32()
-        };
+        let disp32 = if rnd & 1 == 0 { rnd } else { self.rng.edge_u32() };
         if self.rng.one_in(5) {
             // 16-bit addressing (0x67): forms that do not involve SI
             self.b(&[0x67]);
@@ -1053,32 +963,14 @@ impl Gen {
             3 => self.b(&[(r << 3) | 5, d[0], d[1], d[2], d[3]]), // [disp32]
             4 => {
                 // [index*scale + disp32]
-                self.b(&[
-                    (r << 3) | 4,
-                    (scale << 6) | (index << 3) | 5,
-                    d[0],
-                    d[1],
-                    d[2],
-                    d[3],
-                ]);
+                self.b(&[(r << 3) | 4, (scale << 6) | (index << 3) | 5, d[0], d[1], d[2], d[3]]);
             }
             _ => {
                 // [base + index*scale + disp8/32]
                 match self.rng.below(3) {
                     0 if base != 5 => self.b(&[(r << 3) | 4, (scale << 6) | (index << 3) | base]),
-                    1 => self.b(&[
-                        0x40 | (r << 3) | 4,
-                        (scale << 6) | (index << 3) | base,
-                        d[0],
-                    ]),
-                    _ => self.b(&[
-                        0x80 | (r << 3) | 4,
-                        (scale << 6) | (index << 3) | base,
-                        d[0],
-                        d[1],
-                        d[2],
-                        d[3],
-                    ]),
+                    1 => self.b(&[0x40 | (r << 3) | 4, (scale << 6) | (index << 3) | base, d[0]]),
+                    _ => self.b(&[0x80 | (r << 3) | 4, (scale << 6) | (index << 3) | base, d[0], d[1], d[2], d[3]]),
                 }
             }
         }
@@ -1122,21 +1014,13 @@ impl Gen {
             4 => {
                 // AAM imm8 (imm8 != 0)
                 let v = self.rng.pick(&[10u8, 1, 2, 16, 0xFF, 7]).max(1);
-                let v = if self.rng.one_in(2) {
-                    v
-                } else {
-                    (self.rng.below(255) + 1) as u8
-                };
+                let v = if self.rng.one_in(2) { v } else { (self.rng.below(255) + 1) as u8 };
                 self.b(&[0xD4, v]);
                 self.effect(SF | ZF | PF, OF | AF | CF);
             }
             _ => {
                 // AAD imm8
-                let v = if self.rng.one_in(2) {
-                    10
-                } else {
-                    self.rng.next_u32() as u8
-                };
+                let v = if self.rng.one_in(2) { 10 } else { self.rng.next_u32() as u8 };
                 self.b(&[0xD5, v]);
                 self.effect(SF | ZF | PF, OF | AF | CF);
             }
@@ -1204,11 +1088,7 @@ fn random_family(rng: &mut Rng) -> Family {
         Family::SetCc,
         Family::IncDec,
     ];
-    if rng.one_in(3) {
-        rng.pick(&WEIGHTED)
-    } else {
-        rng.pick(&Family::ALL)
-    }
+    if rng.one_in(3) { rng.pick(&WEIGHTED) } else { rng.pick(&Family::ALL) }
 }
 
 /// A random sequence of 1..=20 instructions from all families.

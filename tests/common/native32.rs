@@ -137,32 +137,16 @@ impl Native32 {
                 0,
             )
         };
-        assert!(
-            p != libc::MAP_FAILED,
-            "mmap(MAP_32BIT) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        assert!(p != libc::MAP_FAILED, "mmap(MAP_32BIT) failed: {}", std::io::Error::last_os_error());
         let base = p as *mut u8;
-        assert!(
-            (base as usize) + MAP_SIZE <= 1usize << 32,
-            "MAP_32BIT mapping above 4 GiB"
-        );
+        assert!((base as usize) + MAP_SIZE <= 1usize << 32, "MAP_32BIT mapping above 4 GiB");
         for guard in [GUARD_LO, GUARD_HI] {
             // SAFETY: the page lies inside the mapping just created and nothing
             // in it is ever accessed.
-            let rc = unsafe {
-                libc::mprotect(
-                    base.add(guard) as *mut libc::c_void,
-                    0x1000,
-                    libc::PROT_NONE,
-                )
-            };
+            let rc = unsafe { libc::mprotect(base.add(guard) as *mut libc::c_void, 0x1000, libc::PROT_NONE) };
             assert_eq!(rc, 0, "mprotect failed");
         }
-        let me = Native32 {
-            base,
-            last_code: Vec::new(),
-        };
+        let me = Native32 { base, last_code: Vec::new() };
         // 64-bit return stub: mov rsp, [ctx + C_HOST_RSP]; ret
         let mut stub = vec![0x48, 0x8B, 0x24, 0x25];
         stub.extend_from_slice(&(me.addr(CTX_OFF) + C_HOST_RSP).to_le_bytes());
@@ -262,10 +246,7 @@ impl Native32 {
             buf.push(0xEA); // jmp far 0x33:ret64
             buf.extend_from_slice(&self.addr(RET64_OFF).to_le_bytes());
             buf.extend_from_slice(&0x33u16.to_le_bytes());
-            assert!(
-                CODE_OFF + buf.len() <= CODE_END,
-                "code too long for the native code area"
-            );
+            assert!(CODE_OFF + buf.len() <= CODE_END, "code too long for the native code area");
             self.write(CODE_OFF, &buf);
             self.last_code = code.to_vec();
         }
@@ -273,10 +254,7 @@ impl Native32 {
         for (i, r) in input.regs.iter().enumerate() {
             self.write_u32(CTX_OFF + C_IN_REGS as usize + 4 * i, *r);
         }
-        self.write_u32(
-            CTX_OFF + C_IN_EFLAGS as usize,
-            0x2 | (input.eflags & INPUT_FLAGS_MASK),
-        );
+        self.write_u32(CTX_OFF + C_IN_EFLAGS as usize, 0x2 | (input.eflags & INPUT_FLAGS_MASK));
         self.write_u32(CTX_OFF + C_ENTRY32 as usize, code_addr);
         self.write_u32(CTX_OFF + C_STACK32 as usize, self.stack_top());
         self.write(DATA_OFF, &data[..]);
@@ -323,19 +301,11 @@ mod tests {
         let mut data = [0u8; 256];
         // 0x40 = inc eax in 32-bit mode (a REX prefix in 64-bit mode);
         // 0x48 = dec eax; so `40 40 40 48` adds 2.
-        let out = n.run(
-            &[0x40, 0x40, 0x40, 0x48],
-            &input(&n, [5, 0, 0, 0, 0, 0, 0, 0], 0),
-            &mut data,
-        );
+        let out = n.run(&[0x40, 0x40, 0x40, 0x48], &input(&n, [5, 0, 0, 0, 0, 0, 0, 0], 0), &mut data);
         assert_eq!(out.regs[0], 7);
         assert_eq!(out.regs[4], n.stack_top());
         // inc eax from 0xffffffff -> 0 sets ZF, keeps CF.
-        let out = n.run(
-            &[0x40],
-            &input(&n, [0xffff_ffff, 0, 0, 0, 0, 0, 0, 0], 0x1),
-            &mut data,
-        );
+        let out = n.run(&[0x40], &input(&n, [0xffff_ffff, 0, 0, 0, 0, 0, 0, 0], 0x1), &mut data);
         assert_eq!(out.regs[0], 0);
         assert_eq!(out.eflags & 0x8D5, 0x1 | 0x4 | 0x10 | 0x40);
     }
@@ -345,18 +315,10 @@ mod tests {
         let mut n = Native32::new();
         let mut data = [0u8; 256];
         // mov al, 0x09; add al, 0x08; daa  -> AL = 0x17 (BCD 9 + 8)
-        let out = n.run(
-            &[0xB0, 0x09, 0x04, 0x08, 0x27],
-            &input(&n, [0; 8], 0),
-            &mut data,
-        );
+        let out = n.run(&[0xB0, 0x09, 0x04, 0x08, 0x27], &input(&n, [0; 8], 0), &mut data);
         assert_eq!(out.regs[0] & 0xff, 0x17);
         // push ecx; push edx; pop ecx; pop edx  (swap), ESP restored
-        let out = n.run(
-            &[0x51, 0x52, 0x59, 0x5A],
-            &input(&n, [0, 11, 22, 0, 0, 0, 0, 0], 0),
-            &mut data,
-        );
+        let out = n.run(&[0x51, 0x52, 0x59, 0x5A], &input(&n, [0, 11, 22, 0, 0, 0, 0, 0], 0), &mut data);
         assert_eq!((out.regs[1], out.regs[2]), (22, 11));
         assert_eq!(out.regs[4], n.stack_top());
         // push 0x1234; pop ebx ; esp-relative store: push eax; mov [esp], ecx(0x89 0x0C 0x24); pop ebp
@@ -379,11 +341,7 @@ mod tests {
         let d = n.data_addr();
         // add dword [esi+4], eax ; mov ebx, [esi+8]  ; esi = data area
         let code = [0x01, 0x46, 0x04, 0x8B, 0x5E, 0x08];
-        let out = n.run(
-            &code,
-            &input(&n, [0x0100_0000, 0, 0, 0, 0, 0, d, 0], 0),
-            &mut data,
-        );
+        let out = n.run(&code, &input(&n, [0x0100_0000, 0, 0, 0, 0, 0, d, 0], 0), &mut data);
         assert_eq!(&data[4..8], &[4, 5, 6, 8]);
         assert_eq!(out.regs[3], u32::from_le_bytes([8, 9, 10, 11]));
         assert_eq!(out.regs[6], d);

@@ -1,0 +1,124 @@
+//! The translation mode: the part of the CPU state a block's translation
+//! depends on. It is part of the block key, so a change of CPL, of code
+//! segment size, of a segment's flatness or of the FPU trap bits makes the
+//! dispatcher use (or build) other translations.
+
+use super::{Cpu, flags};
+
+/// Mode bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Mode(pub u16);
+
+impl Mode {
+    const CPL_MASK: u16 = 3;
+    /// CS.D = 0: 16-bit code segment.
+    pub const CS16: u16 = 1 << 2;
+    /// CR0.TS: FPU, MMX and SSE instructions raise #NM.
+    pub const TS: u16 = 1 << 3;
+    /// CR0.EM: x87 raises #NM, MMX and SSE raise #UD.
+    pub const EM: u16 = 1 << 4;
+    /// CR4.OSFXSR clear: SSE instructions raise #UD.
+    pub const NO_OSFXSR: u16 = 1 << 5;
+    /// CR0.MP: WAIT raises #NM when TS is set.
+    pub const MP: u16 = 1 << 6;
+    /// EFLAGS.TF: single-step, one instruction per block.
+    pub const TF: u16 = 1 << 7;
+    /// Bits 8..13: segment register n (ES, CS, SS, DS, FS, GS) is not flat.
+    const NONFLAT_SHIFT: u16 = 8;
+
+    pub fn cpl(self) -> u8 {
+        (self.0 & Self::CPL_MASK) as u8
+    }
+
+    pub fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Is segment register `seg` (ES..GS index) flat in this mode?
+    pub fn seg_flat(self, seg: usize) -> bool {
+        self.0 & (1 << (Self::NONFLAT_SHIFT + seg as u16)) == 0
+    }
+
+    /// Every segment flat, 32-bit code, no single-stepping: the modes whose
+    /// blocks use the inline jump cache.
+    pub fn is_fast(self) -> bool {
+        self.0 & (Self::CS16 | Self::TF | (0x3F << Self::NONFLAT_SHIFT)) == 0
+    }
+
+    /// Which jump-cache table the mode uses (with `is_fast`).
+    pub fn jc_table(self) -> usize {
+        usize::from(self.cpl() == 3) | (usize::from(self.has(Self::TS) || self.has(Self::EM)) << 1)
+    }
+
+    /// The block-map key of a block at `eip` in this mode.
+    pub fn key(self, eip: u32) -> u64 {
+        eip as u64 | (self.0 as u64) << 32
+    }
+}
+
+/// CR0 and CR4 bits the mode depends on.
+const CR0_MP: u32 = 1 << 1;
+const CR0_EM: u32 = 1 << 2;
+const CR0_TS: u32 = 1 << 3;
+const CR4_OSFXSR: u32 = 1 << 9;
+/// Descriptor attribute bit D/B.
+const ATTR_DB: u16 = 1 << 14;
+
+impl Cpu {
+    /// The current translation mode.
+    pub fn mode(&self) -> Mode {
+        let mut m = self.cpl as u16;
+        if self.cr[0] & 1 != 0 && self.seg[super::SEG_CS].attr & ATTR_DB == 0 {
+            m |= Mode::CS16;
+        }
+        for (bit, on) in [
+            (Mode::TS, self.cr[0] & CR0_TS != 0),
+            (Mode::EM, self.cr[0] & CR0_EM != 0),
+            (Mode::MP, self.cr[0] & CR0_MP != 0),
+            (Mode::NO_OSFXSR, self.cr[4] & CR4_OSFXSR == 0),
+            (Mode::TF, self.hot.sys_flags & flags::TF != 0),
+        ] {
+            if on {
+                m |= bit;
+            }
+        }
+        for (k, s) in self.seg.iter().enumerate() {
+            // A null data segment is flat for translation: accesses through
+            // it fault in the VMM's checks, not in translated code.
+            if !s.is_flat() && !(k != super::SEG_CS && s.selector & 0xFFFC == 0 && s.attr == 0) {
+                m |= 1 << (Mode::NONFLAT_SHIFT + k as u16);
+            }
+        }
+        Mode(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_mode_is_fast_cpl0() {
+        let c = Cpu::new();
+        let m = c.mode();
+        assert!(m.is_fast());
+        assert_eq!(m.cpl(), 0);
+        assert!(m.has(Mode::NO_OSFXSR));
+        assert_eq!(m.jc_table(), 0);
+    }
+
+    #[test]
+    fn mode_tracks_cpl_ts_and_segments() {
+        let mut c = Cpu::new();
+        c.cpl = 3;
+        c.cr[0] |= CR0_TS;
+        c.seg[super::super::SEG_FS].base = 0x1000;
+        let m = c.mode();
+        assert_eq!(m.cpl(), 3);
+        assert!(m.has(Mode::TS));
+        assert!(!m.seg_flat(super::super::SEG_FS));
+        assert!(m.seg_flat(super::super::SEG_DS));
+        assert!(!m.is_fast());
+        assert_ne!(m.key(0x100), Cpu::new().mode().key(0x100));
+    }
+}
