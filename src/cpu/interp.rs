@@ -938,9 +938,6 @@ fn far_transfer(env: &mut Env, i: &Instruction) -> R<Flow> {
 
 fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
     use Mnemonic as M;
-    let mask = |v: u32| {
-        if i.op_count() > 0 && i.op0_kind() == OpKind::NearBranch16 { v & 0xFFFF } else { v }
-    };
     let cx_is_16 = matches!(
         i.code(),
         Code::Jcxz_rel8_16
@@ -953,31 +950,39 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
             | Code::Loopne_rel8_32_CX
     );
     let count_reg = if cx_is_16 { Register::CX } else { Register::ECX };
+    // Operand size of the transfer: 16-bit forms truncate EIP and push/pop words.
+    let size: usize = match i.code() {
+        Code::Jmp_rel8_16 | Code::Jmp_rel16 | Code::Jmp_rm16 | Code::Call_rel16 | Code::Call_rm16 | Code::Retnw
+        | Code::Retnw_imm16 => 2,
+        _ if i.op_count() > 0 && i.op0_kind() == OpKind::NearBranch16 => 2,
+        _ => 4,
+    };
+    let trunc = |v: u32| if size == 2 { v & 0xFFFF } else { v };
     match i.mnemonic() {
         M::Jmp => {
             let t = match i.op0_kind() {
                 OpKind::NearBranch16 | OpKind::NearBranch32 => i.near_branch32(),
-                _ => env.op(i, 0, 2)?,
+                _ => env.op(i, 0, size)?,
             };
-            Ok(Flow::Jump(mask(t) & 0xFFFF))
+            Ok(Flow::Jump(trunc(t)))
         }
         M::Call => {
             let t = match i.op0_kind() {
                 OpKind::NearBranch16 | OpKind::NearBranch32 => i.near_branch32(),
-                _ => env.op(i, 0, 2)?,
+                _ => env.op(i, 0, size)?,
             };
-            env.push(i.next_ip32() & 0xFFFF, 2);
-            Ok(Flow::Jump(t & 0xFFFF))
+            env.push(trunc(i.next_ip32()), size);
+            Ok(Flow::Jump(trunc(t)))
         }
         M::Ret => {
-            let t = env.pop(2);
+            let t = env.pop(size);
             let n = if i.op_count() > 0 { i.immediate16() as u32 } else { 0 };
             env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_add(n));
-            Ok(Flow::Jump(t))
+            Ok(Flow::Jump(trunc(t)))
         }
         M::Jcxz | M::Jecxz => {
             let taken = env.reg(count_reg) == 0;
-            Ok(if taken { Flow::Jump(mask(i.near_branch32())) } else { Flow::Next })
+            Ok(if taken { Flow::Jump(trunc(i.near_branch32())) } else { Flow::Next })
         }
         M::Loop | M::Loope | M::Loopne => {
             let c = env.reg(count_reg).wrapping_sub(1);
@@ -989,11 +994,11 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
                     M::Loopne => !z,
                     _ => true,
                 };
-            Ok(if taken { Flow::Jump(mask(i.near_branch32())) } else { Flow::Next })
+            Ok(if taken { Flow::Jump(trunc(i.near_branch32())) } else { Flow::Next })
         }
         _ => {
             let taken = env.cond(i.condition_code());
-            Ok(if taken { Flow::Jump(mask(i.near_branch32())) } else { Flow::Next })
+            Ok(if taken { Flow::Jump(trunc(i.near_branch32())) } else { Flow::Next })
         }
     }
 }

@@ -97,6 +97,13 @@ pub struct HotState {
     /// EFLAGS bits that are neither host-live nor IF (TF, IOPL, NT, RF, AC, ID...).
     pub sys_flags: u32,
     _pad: [u32; 13],
+    /// Per segment register (ES..GS): base, and the lowest and highest
+    /// valid offsets (expand-down segments have lo = limit + 1). Read by the
+    /// checked access sequence of non-flat segments; synced by `Cpu::sync_segments`.
+    pub seg_base: [u32; 6],
+    pub seg_lo: [u32; 6],
+    pub seg_hi: [u32; 6],
+    _pad2: [u32; 14],
     pub fx_guest: [u8; 512],
     pub fx_host: [u8; 512],
     /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
@@ -113,6 +120,9 @@ pub const OFF_EXIT_ARG: i32 = offset_of!(HotState, exit_arg) as i32;
 pub const OFF_HOST_RSP: i32 = offset_of!(HotState, host_rsp) as i32;
 pub const OFF_WINDOW: i32 = offset_of!(HotState, window) as i32;
 pub const OFF_FPU_ACTIVE: i32 = offset_of!(HotState, fpu_active) as i32;
+pub const OFF_SEG_BASE: i32 = offset_of!(HotState, seg_base) as i32;
+pub const OFF_SEG_LO: i32 = offset_of!(HotState, seg_lo) as i32;
+pub const OFF_SEG_HI: i32 = offset_of!(HotState, seg_hi) as i32;
 pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
 pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_FX_GUEST: i32 = offset_of!(HotState, fx_guest) as i32;
@@ -309,6 +319,26 @@ impl Cpu {
             halted: false,
             idt_loaded: false,
             msr_sysenter: [0; 3],
+        }
+    }
+
+    /// Copy segment bases and valid offset ranges into `HotState` for the
+    /// checked accesses of translated code.
+    pub fn sync_segments(&mut self) {
+        for k in 0..6 {
+            let s = self.seg[k];
+            let (lo, hi) = if k != SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0 {
+                (1, 0) // null selector: every access faults
+            } else if s.attr & 0x1C == 0x14 {
+                // Expand-down data: offsets above the limit, up to 64 KiB or 4 GiB.
+                let top = if s.attr & (1 << 14) != 0 { u32::MAX } else { 0xFFFF };
+                (s.limit.wrapping_add(1), top)
+            } else {
+                (0, s.limit)
+            };
+            self.hot.seg_base[k] = s.base;
+            self.hot.seg_lo[k] = lo;
+            self.hot.seg_hi[k] = hi;
         }
     }
 

@@ -83,9 +83,9 @@ impl Cpu {
             }
         }
         for (k, s) in self.seg.iter().enumerate() {
-            // A null data segment is flat for translation: accesses through
-            // it fault in the VMM's checks, not in translated code.
-            if !s.is_flat() && !(k != super::SEG_CS && s.selector & 0xFFFC == 0 && s.attr == 0) {
+            let null = k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0;
+            let expand_down = s.attr & 0x1C == 0x14;
+            if !s.is_flat() || null || expand_down {
                 m |= 1 << (Mode::NONFLAT_SHIFT + k as u16);
             }
         }

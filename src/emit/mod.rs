@@ -209,6 +209,27 @@ impl Asm {
         self.u32(disp as u32);
     }
 
+    /// `cmp r32, [base64 + disp]`
+    pub fn cmp_r32_mbase(&mut self, r: u8, base: u8, disp: i32) {
+        self.rex(false, r, 0, base, false);
+        self.byte(0x3B);
+        self.modrm_base_disp(r, base, disp);
+    }
+
+    /// `add r32, [base64 + disp]`
+    pub fn add_r32_mbase(&mut self, r: u8, base: u8, disp: i32) {
+        self.rex(false, r, 0, base, false);
+        self.byte(0x03);
+        self.modrm_base_disp(r, base, disp);
+    }
+
+    /// `cmp r32, r32`
+    pub fn cmp_r32_r32(&mut self, a: u8, b: u8) {
+        self.rex(false, b, 0, a, false);
+        self.byte(0x39);
+        self.byte(0xC0 | ((b & 7) << 3) | (a & 7));
+    }
+
     /// `test r32, imm32`
     pub fn test_r32_imm(&mut self, r: u8, imm: u32) {
         self.rex(false, 0, 0, r, false);

@@ -166,10 +166,14 @@ impl Engine {
         loop {
             let eip = self.cpu.hot.eip;
             let mode = self.cpu.mode();
-            if mode.has(Mode::CS16) {
+            if mode.has(Mode::CS16) || !mode.seg_flat(SEG_CS) {
+                let cs = self.cpu.seg[SEG_CS];
                 return RunOutcome::InternalError(format!(
-                    "16-bit code segment at {:04x}:{eip:04x} is not supported yet",
-                    self.cpu.seg[SEG_CS].selector
+                    "code segment {:04x} (base {:#x}, limit {:#x}, {}-bit) at eip {eip:#x}: only flat 32-bit code segments are supported yet",
+                    cs.selector,
+                    cs.base,
+                    cs.limit,
+                    if mode.has(Mode::CS16) { 16 } else { 32 }
                 ));
             }
             // Debug-register execution breakpoints are faults taken before
@@ -184,6 +188,9 @@ impl Engine {
                         }
                     }
                 }
+            }
+            if !mode.is_fast() {
+                self.cpu.sync_segments();
             }
             let id = match self.cache.lookup(eip, mode) {
                 Some(id) => id,
@@ -267,7 +274,14 @@ impl Engine {
             exit::EMULATE => self.emulate(),
             exit::EXCEPTION => {
                 let v = self.cpu.hot.exit_arg as u8;
-                self.exception(Exception::new(v))
+                // Exits raise only the error-code exceptions with code 0
+                // (#GP(0)/#SS(0) of segment checks).
+                let e = if matches!(v, vector::DF | vector::TS..=vector::PF | vector::AC) {
+                    Exception::with_code(v, 0)
+                } else {
+                    Exception::new(v)
+                };
+                self.exception(e)
             }
             exit::FAULT => self.fault(),
             _ => Step::Done(RunOutcome::InternalError(format!("unknown exit reason {reason}"))),
@@ -526,6 +540,7 @@ impl Engine {
     fn step_one(&mut self) -> Step {
         let eip = self.cpu.hot.eip;
         let mode = self.cpu.mode();
+        self.cpu.sync_segments();
         let Some(id) = self.translate(eip, mode, false) else {
             return Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into()));
         };

@@ -159,14 +159,8 @@ fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &
             g[libc::REG_RSI as usize] &= 0xFFFF_FFFF;
             g[libc::REG_RDI as usize] &= 0xFFFF_FFFF;
         }
-        Fixup::RestoreFromR13(r) => {
-            // Host register number to gregs index.
-            let gi = match r {
-                5 => libc::REG_RBP,
-                6 => libc::REG_RSI,
-                _ => libc::REG_RDI,
-            };
-            g[gi as usize] = g[libc::REG_R13 as usize];
+        Fixup::Restore { reg, from } => {
+            g[greg(reg)] = g[greg(from)];
         }
     }
     // SAFETY: si_addr is valid for the fault signals we handle.
@@ -185,6 +179,28 @@ fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &
     unsafe { (*ctx.hot).eip = entry.eip };
     g[libc::REG_RIP as usize] = ctx.exit_fault as i64;
     true
+}
+
+/// The `gregs` index of a host register number.
+fn greg(r: u8) -> usize {
+    (match r {
+        0 => libc::REG_RAX,
+        1 => libc::REG_RCX,
+        2 => libc::REG_RDX,
+        3 => libc::REG_RBX,
+        4 => libc::REG_RSP,
+        5 => libc::REG_RBP,
+        6 => libc::REG_RSI,
+        7 => libc::REG_RDI,
+        8 => libc::REG_R8,
+        9 => libc::REG_R9,
+        10 => libc::REG_R10,
+        11 => libc::REG_R11,
+        12 => libc::REG_R12,
+        13 => libc::REG_R13,
+        14 => libc::REG_R14,
+        _ => libc::REG_R15,
+    }) as usize
 }
 
 /// Pass a signal that is not ours to the previous handler or the default action.

@@ -26,6 +26,7 @@
 mod lookup;
 mod stack;
 mod string;
+mod segment;
 mod system;
 
 use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
@@ -59,8 +60,8 @@ pub enum Fixup {
     None,
     /// ESI/EDI held host pointers (string instructions): truncate to 32 bits.
     TruncStringPtrs,
-    /// The given legacy register stood in for ESP; its guest value is in R13.
-    RestoreFromR13(u8),
+    /// Host register `reg` was borrowed; its guest value is in `from`.
+    Restore { reg: u8, from: u8 },
 }
 
 /// Where one guest instruction's host code starts.
@@ -155,6 +156,19 @@ pub fn host_gpr(r: Register) -> Option<u8> {
         _ => return None,
     };
     Some(n)
+}
+
+/// Segment register index (ES..GS) of a memory operand's segment.
+fn seg_index(r: Register) -> usize {
+    use crate::cpu::*;
+    match r {
+        Register::ES => SEG_ES,
+        Register::CS => SEG_CS,
+        Register::SS => SEG_SS,
+        Register::FS => SEG_FS,
+        Register::GS => SEG_GS,
+        _ => SEG_DS,
+    }
 }
 
 fn is_high_byte(r: Register) -> bool {
@@ -353,7 +367,30 @@ impl<'a> Translator<'a> {
     fn insn(&mut self, i: &Instruction, cls: Class) {
         let eip = i.ip32();
         self.mark(eip, Fixup::None);
+        let mode = self.opts.mode;
         let cls = match cls {
+            Class::PushReg
+            | Class::PushImm
+            | Class::PushMem
+            | Class::PopReg
+            | Class::PopMem
+            | Class::Pushad
+            | Class::Popad
+            | Class::Leave
+            | Class::Enter0
+            | Class::CallDirect
+            | Class::CallIndirect
+            | Class::Ret
+            | Class::SysInline
+                if !mode.seg_flat(crate::cpu::SEG_SS) =>
+            {
+                Class::Emulate
+            }
+            Class::ImplicitDs | Class::StringEs
+                if !mode.seg_flat(crate::cpu::SEG_ES) || !mode.seg_flat(seg_index(i.memory_segment())) =>
+            {
+                Class::Emulate
+            }
             Class::Ident if uses_fpu(i) || i.mnemonic() == iced_x86::Mnemonic::Wait => {
                 match fpu_fault(i, self.opts.mode) {
                     Some(v) => {
@@ -446,7 +483,12 @@ impl<'a> Translator<'a> {
             let src = host_gpr(i.op0_register()).unwrap_or(RAX);
             self.a.mov_r32_r32(SCRATCH, src);
         } else {
-            let m = guest_mem(i, GUEST_ESP);
+            let mut m = guest_mem(i, GUEST_ESP);
+            let seg = seg_index(i.memory_segment());
+            if !self.opts.mode.seg_flat(seg) {
+                segment::checked_linear(self, i.ip32(), &m, seg, 4);
+                m = GuestMem::base_disp(SCRATCH, 0);
+            }
             self.mem_op(&[], &[0x8B], SCRATCH, &m, &[]);
         }
     }
@@ -498,15 +540,61 @@ impl<'a> Translator<'a> {
             return;
         }
         let high = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
+        if mem {
+            let seg = seg_index(i.memory_segment());
+            if !self.opts.mode.seg_flat(seg) {
+                self.ident_segmented(i, bytes, seg, high, opcode_override);
+                return;
+            }
+        }
         let rex_needed = uses_sp; // R12 always needs a REX bit
         if rex_needed && high {
             self.ident_substituted(i, bytes, mem, opcode_override);
         } else {
-            self.ident_with_esp(i, bytes, mem, GUEST_ESP, opcode_override);
+            self.ident_with_esp(i, bytes, mem, GUEST_ESP, opcode_override, None);
         }
     }
 
-    fn ident_with_esp(&mut self, i: &Instruction, bytes: &[u8], mem: bool, esp: u8, opcode_override: Option<u8>) {
+    /// A memory access through a segment that is not flat: the linear
+    /// address is computed and checked into R13D, then the instruction is
+    /// copied with `[r13d]` (or a borrowed legacy register when it names
+    /// AH/CH/DH/BH, which forbid REX) as its operand.
+    fn ident_segmented(&mut self, i: &Instruction, bytes: &[u8], seg: usize, high: bool, opcode_override: Option<u8>) {
+        let eip = i.ip32();
+        let m = guest_mem(i, GUEST_ESP);
+        let size = i.memory_size().size().max(1) as i32;
+        segment::checked_linear(self, eip, &m, seg, size);
+        let sp_reg = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
+        if !high {
+            self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(SCRATCH, 0)));
+            return;
+        }
+        let used = |r: u8| (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r));
+        let Some(sub) = [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).filter(|_| !sp_reg) else {
+            self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
+            self.jmp_abs(self.exits_to.emulate);
+            return;
+        };
+        self.a.mov_r64_r64(R11, sub);
+        self.a.mov_r32_r32(sub, SCRATCH);
+        if let Some(last) = self.insn_map.last_mut() {
+            last.fixup = Fixup::Restore { reg: sub, from: R11 };
+        }
+        self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(sub, 0)));
+        self.a.mov_r64_r64(sub, R11);
+    }
+
+    /// `mem_override` replaces the guest memory operand (checked segmented
+    /// accesses).
+    fn ident_with_esp(
+        &mut self,
+        i: &Instruction,
+        bytes: &[u8],
+        mem: bool,
+        esp: u8,
+        opcode_override: Option<u8>,
+        mem_override: Option<GuestMem>,
+    ) {
         let modrm = has_modrm(i);
         let l = layout(bytes, modrm);
         // Fixed-size copies: this is the hot path of translation.
@@ -533,10 +621,16 @@ impl<'a> Translator<'a> {
             return;
         };
         if mem && modrm {
-            let m = guest_mem(i, esp);
+            let m = mem_override.unwrap_or_else(|| guest_mem(i, esp));
             let modrm_byte = bytes[l.opcode_end];
             let regf = ((modrm_byte >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
             self.mem_op(prefixes, opcode, regf, &m, &bytes[l.modrm_end..]);
+            return;
+        }
+        if let (true, Some(m)) = (mem, mem_override) {
+            // moffs forms (A0..A3) as MOV r/m forms (8A/8B/88/89) with AL/EAX.
+            let op = [0x8A, 0x8B, 0x88, 0x89][(opcode[olen - 1] & 3) as usize];
+            self.mem_op(prefixes, &[op], 0, &m, &[]);
             return;
         }
         if mem {
@@ -596,9 +690,9 @@ impl<'a> Translator<'a> {
         self.a.mov_r64_r64(SCRATCH, sub);
         self.a.mov_r32_r32(sub, GUEST_ESP);
         if let Some(last) = self.insn_map.last_mut() {
-            last.fixup = Fixup::RestoreFromR13(sub);
+            last.fixup = Fixup::Restore { reg: sub, from: SCRATCH };
         }
-        self.ident_with_esp(i, bytes, mem, sub, opcode_override);
+        self.ident_with_esp(i, bytes, mem, sub, opcode_override, None);
         self.a.mov_r32_r32(GUEST_ESP, sub);
         self.a.mov_r64_r64(sub, SCRATCH);
     }

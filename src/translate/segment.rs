@@ -1,0 +1,59 @@
+//! Checked accesses through segments that are not flat (non-zero base, a
+//! limit below 4 GiB, expand-down, or null). The base and the valid offset
+//! range are read from `HotState` at run time, so reloading a segment
+//! register with another base needs no retranslation; flat segments never
+//! come here.
+//!
+//! ```text
+//!     addr32 lea r13d, [ea]
+//!     pushfq                            ; the checks need flags
+//!     cmp  r13d, [r14+seg_lo+4*s] ; jb fault
+//!     lea  r10d, [r13+size-1]
+//!     cmp  r10d, r13d             ; jb fault       (wrapped past 4 GiB)
+//!     cmp  r10d, [r14+seg_hi+4*s] ; ja fault
+//!     add  r13d, [r14+seg_base+4*s]
+//!     popfq
+//!     jmp  ok
+//! fault:
+//!     popfq
+//!     mov dword [r14+eip], eip ; mov dword [r14+exit_arg], #GP or #SS ; jmp exit_exception
+//! ok:
+//! ```
+
+use super::Translator;
+use crate::cpu::{OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, SEG_SS, vector};
+use crate::emit::reg::*;
+use crate::emit::{GuestMem, PREFIX_ADDR32, encode_guest_mem};
+
+/// Condition codes.
+const JB: u8 = 0x2;
+const JA: u8 = 0x7;
+
+pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: usize, size: i32) {
+    let e = encode_guest_mem(SCRATCH, m);
+    t.a.byte(PREFIX_ADDR32);
+    t.a.byte(0x40 | e.rex_rxb);
+    t.a.byte(0x8D);
+    t.a.bytes(e.as_slice());
+    t.a.pushfq();
+    let off = 4 * seg as i32;
+    t.a.cmp_r32_mbase(SCRATCH, VCPU, OFF_SEG_LO + off);
+    let f1 = t.a.jcc_rel32(JB);
+    t.a.lea_r32(R10, SCRATCH, size - 1);
+    t.a.cmp_r32_r32(R10, SCRATCH);
+    let f2 = t.a.jcc_rel32(JB);
+    t.a.cmp_r32_mbase(R10, VCPU, OFF_SEG_HI + off);
+    let f3 = t.a.jcc_rel32(JA);
+    t.a.add_r32_mbase(SCRATCH, VCPU, OFF_SEG_BASE + off);
+    t.a.popfq();
+    let ok = t.a.jmp_rel32();
+    let fault = t.a.len();
+    for f in [f1, f2, f3] {
+        t.a.bind_rel32(f, fault);
+    }
+    t.a.popfq();
+    let v = if seg == SEG_SS { vector::SS } else { vector::GP };
+    t.exception_exit(eip, v);
+    let done = t.a.len();
+    t.a.bind_rel32(ok, done);
+}
