@@ -289,7 +289,16 @@ mod tests {
     use super::*;
 
     fn classes(code: &[u8]) -> Vec<Class> {
-        decode_block(code, 0x1000, 0x1000, 64).classes
+        decode_block_at_cpl(code, 0x1000, 0x1000, 64, 3).classes
+    }
+
+    #[test]
+    fn interrupt_flag_instructions_are_inline_at_cpl0() {
+        for code in [&[0xFA][..], &[0xFB], &[0x9C], &[0x9D]] {
+            assert_eq!(decode_block(code, 0x1000, 0x1000, 64).classes[0], Class::SysInline);
+        }
+        // 16-bit PUSHF stays with the VMM.
+        assert_eq!(decode_block(&[0x66, 0x9C], 0x1000, 0x1000, 64).classes[0], Class::Emulate);
     }
 
     #[test]
