@@ -268,10 +268,7 @@ pub fn decode_block_at_cpl(code: &[u8], base: u32, eip: u32, max_insns: usize, c
         }
         let i = d.decode();
         let mut cls = classify(&i);
-        if cls == Class::Emulate
-            && cpl == 0
-            && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd)
-        {
+        if cls == Class::Emulate && cpl == 0 && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) {
             cls = Class::SysInline;
         }
         end = i.next_ip32();

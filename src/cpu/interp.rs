@@ -952,7 +952,12 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
     let count_reg = if cx_is_16 { Register::CX } else { Register::ECX };
     // Operand size of the transfer: 16-bit forms truncate EIP and push/pop words.
     let size: usize = match i.code() {
-        Code::Jmp_rel8_16 | Code::Jmp_rel16 | Code::Jmp_rm16 | Code::Call_rel16 | Code::Call_rm16 | Code::Retnw
+        Code::Jmp_rel8_16
+        | Code::Jmp_rel16
+        | Code::Jmp_rm16
+        | Code::Call_rel16
+        | Code::Call_rm16
+        | Code::Retnw
         | Code::Retnw_imm16 => 2,
         _ if i.op_count() > 0 && i.op0_kind() == OpKind::NearBranch16 => 2,
         _ => 4,

@@ -469,7 +469,7 @@ impl Engine {
         let f = self.sig.fault;
         let window = self.mem.window_base();
         match f.signo {
-            libc::SIGFPE => return self.exception(Exception::new(vector::DE)),
+            libc::SIGFPE => return self.float_exception(f.code),
             libc::SIGILL => return self.exception(Exception::new(vector::UD)),
             _ => {}
         }
@@ -513,6 +513,31 @@ impl Engine {
         self.cpu.hot.eip = i.next_ip32();
         self.stats.hole_writes += 1;
         Step::Continue
+    }
+
+    /// SIGFPE: integer divide errors are #DE; an unmasked x87 exception is
+    /// #MF at the waiting instruction that found it; an SSE one is #XM, or
+    /// #UD when CR4.OSXMMEXCPT is clear.
+    fn float_exception(&mut self, si_code: i32) -> Step {
+        /// siginfo codes of SIGFPE for integer divide by zero and overflow.
+        const FPE_INTDIV: i32 = 1;
+        const FPE_INTOVF: i32 = 2;
+        if matches!(si_code, FPE_INTDIV | FPE_INTOVF) {
+            return self.exception(Exception::new(vector::DE));
+        }
+        let i = decode_one(self.mem.ram(), self.cpu.hot.eip);
+        let sse =
+            i.cpuid_features().iter().any(|f| matches!(f, iced_x86::CpuidFeature::SSE | iced_x86::CpuidFeature::SSE2));
+        /// CR4.OSXMMEXCPT
+        const CR4_OSXMMEXCPT: u32 = 1 << 10;
+        let v = if !sse {
+            vector::MF
+        } else if self.cpu.cr[4] & CR4_OSXMMEXCPT != 0 {
+            vector::XM
+        } else {
+            vector::UD
+        };
+        self.exception(Exception::new(v))
     }
 
     fn map_hole(&mut self, page: u32) {

@@ -24,9 +24,9 @@
 //! ```
 
 mod lookup;
+mod segment;
 mod stack;
 mod string;
-mod segment;
 mod system;
 
 use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
@@ -61,7 +61,10 @@ pub enum Fixup {
     /// ESI/EDI held host pointers (string instructions): truncate to 32 bits.
     TruncStringPtrs,
     /// Host register `reg` was borrowed; its guest value is in `from`.
-    Restore { reg: u8, from: u8 },
+    Restore {
+        reg: u8,
+        from: u8,
+    },
 }
 
 /// Where one guest instruction's host code starts.
@@ -569,7 +572,9 @@ impl<'a> Translator<'a> {
             self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(SCRATCH, 0)));
             return;
         }
-        let used = |r: u8| (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r));
+        let used = |r: u8| {
+            (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
+        };
         let Some(sub) = [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).filter(|_| !sp_reg) else {
             self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
             self.jmp_abs(self.exits_to.emulate);
