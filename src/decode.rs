@@ -27,6 +27,8 @@ pub enum Class {
     ImplicitDs,
     /// MOVS/STOS/SCAS/CMPS: the ES:EDI operand goes through a host pointer.
     StringEs,
+    /// MASKMOVQ/MASKMOVDQU: an implicit DS:EDI store, also through a host pointer.
+    MaskMov,
     PushReg,
     PushImm,
     PushMem,
@@ -97,6 +99,8 @@ fn feature_ok(f: CpuidFeature) -> bool {
             | CpuidFeature::MSR
             | CpuidFeature::RDPMC
             | CpuidFeature::SEP
+            // ENDBR32/ENDBR64 are NOPs on CPUs without CET.
+            | CpuidFeature::CET_IBT
     )
 }
 
@@ -116,8 +120,10 @@ pub fn uses_fpu(i: &Instruction) -> bool {
     })
 }
 
-fn has_16bit_addressing(i: &Instruction) -> bool {
-    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) && i.memory_displ_size() == 2
+/// Does the instruction's memory operand use 16-bit addressing?
+pub fn has_16bit_addressing(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| matches!(i.op_kind(n), OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI))
+        || (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) && i.memory_displ_size() == 2
         || matches!(i.memory_base(), Register::BX | Register::BP | Register::SI | Register::DI)
         || matches!(i.memory_index(), Register::SI | Register::DI)
 }
@@ -128,6 +134,13 @@ fn has_sreg_operand(i: &Instruction) -> bool {
 
 /// Classify one decoded 32-bit instruction.
 pub fn classify(i: &Instruction) -> Class {
+    classify_in(i, false)
+}
+
+/// Classify an instruction of a 32-bit (`code16` = false) or 16-bit code
+/// segment. In 16-bit code, 16-bit addressing is the norm and the translator
+/// handles it for ordinary instructions.
+pub fn classify_in(i: &Instruction, code16: bool) -> Class {
     if i.is_invalid() || !i.cpuid_features().iter().all(|&f| feature_ok(f)) {
         return Class::Invalid;
     }
@@ -169,18 +182,31 @@ pub fn classify(i: &Instruction) -> Class {
         }
         _ => {}
     }
-    if i.flow_control() == FlowControl::ConditionalBranch
-        && i.op0_kind() == OpKind::NearBranch32
-        && i.code().is_jcc_short_or_near()
-    {
+    let direct = matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch16);
+    if i.flow_control() == FlowControl::ConditionalBranch && direct && i.code().is_jcc_short_or_near() {
         return Class::Jcc;
     }
-    if i.flow_control() != FlowControl::Next || mem16 || has_sreg_operand(i) {
+    if matches!(c, Jmp_rel8_16 | Jmp_rel16) {
+        return Class::JmpDirect;
+    }
+    if i.flow_control() != FlowControl::Next || (mem16 && !code16) || has_sreg_operand(i) {
         return Class::Emulate;
     }
     // Anything else that moves the stack pointer implicitly would use the
-    // host RSP: never copy it.
-    if needs_vmm(i) || i.stack_pointer_increment() != 0 {
+    // host RSP, and any other implicit [ESI]/[EDI] operand would be a host
+    // address: never copy them.
+    let implicit_mem = (0..i.op_count()).any(|n| {
+        matches!(
+            i.op_kind(n),
+            OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+        )
+    });
+    if needs_vmm(i) || i.stack_pointer_increment() != 0 || implicit_mem {
         return Class::Emulate;
     }
     if i.op_code().table() == iced_x86::OpCodeTableKind::Normal && i.op_code().op_code() == 0x82 {
@@ -248,9 +274,14 @@ pub fn decode_block(code: &[u8], base: u32, eip: u32, max_insns: usize) -> Guest
 /// Decode a block for code running at `cpl` (CPL 0 blocks run CLI, STI,
 /// PUSHFD and POPFD inline). Bytes past the end of `code` decode as invalid.
 pub fn decode_block_at_cpl(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: u8) -> GuestBlock {
+    decode_block_in(code, base, eip, max_insns, cpl, 32)
+}
+
+/// Decode a block of `bitness` (16 or 32) code running at `cpl`.
+pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: u8, bitness: u32) -> GuestBlock {
     let off = eip.wrapping_sub(base) as usize;
     let bytes = code.get(off..).unwrap_or(&[]);
-    let mut d = Decoder::with_ip(32, bytes, eip as u64, DecoderOptions::NONE);
+    let mut d = Decoder::with_ip(bitness, bytes, eip as u64, DecoderOptions::NONE);
     let page_end = (eip as u64 & !(PAGE_SIZE as u64 - 1)) + PAGE_SIZE as u64;
     let mut insns = Vec::with_capacity(16);
     let mut classes = Vec::with_capacity(16);
@@ -259,15 +290,16 @@ pub fn decode_block_at_cpl(code: &[u8], base: u32, eip: u32, max_insns: usize, c
         if !d.can_decode() {
             // Ran off the end of memory: an invalid instruction at `end`.
             let mut inv = Instruction::default();
-            inv.set_ip32(end);
+            // The length first: iced derives the next IP from it.
             inv.set_len(1);
+            inv.set_ip32(end);
             insns.push(inv);
             classes.push(Class::Invalid);
             end = end.wrapping_add(1);
             break;
         }
         let i = d.decode();
-        let mut cls = classify(&i);
+        let mut cls = classify_in(&i, bitness == 16);
         if cls == Class::Emulate && cpl == 0 && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) {
             cls = Class::SysInline;
         }

@@ -17,7 +17,7 @@ use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
 use crate::cpu::interp::{self, Env, Flow};
 use crate::cpu::interrupt::{EventKind, is_contributory};
 use crate::cpu::{Cpu, Exception, HotState, Mode, SEG_CS, exit, flags, vector};
-use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_at_cpl};
+use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_in};
 use crate::devices::PortBus;
 use crate::memory::{GuestMemory, PAGE_SIZE, WINDOW_SIZE};
 use crate::translate::{Options, Translator};
@@ -166,16 +166,6 @@ impl Engine {
         loop {
             let eip = self.cpu.hot.eip;
             let mode = self.cpu.mode();
-            if mode.has(Mode::CS16) || !mode.seg_flat(SEG_CS) {
-                let cs = self.cpu.seg[SEG_CS];
-                return RunOutcome::InternalError(format!(
-                    "code segment {:04x} (base {:#x}, limit {:#x}, {}-bit) at eip {eip:#x}: only flat 32-bit code segments are supported yet",
-                    cs.selector,
-                    cs.base,
-                    cs.limit,
-                    if mode.has(Mode::CS16) { 16 } else { 32 }
-                ));
-            }
             // Debug-register execution breakpoints are faults taken before
             // the instruction, unless RF is set.
             if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
@@ -192,7 +182,9 @@ impl Engine {
             if !mode.is_fast() {
                 self.cpu.sync_segments();
             }
-            let id = match self.cache.lookup(eip, mode) {
+            // Blocks are keyed by linear address (CS base + EIP) and mode.
+            let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
+            let id = match self.cache.lookup(lin, mode) {
                 Some(id) => id,
                 None => match self.translate(eip, mode, true) {
                     Some(id) => {
@@ -293,7 +285,11 @@ impl Engine {
     fn translate(&mut self, eip: u32, mode: Mode, register: bool) -> Option<BlockId> {
         let t0 = Instant::now();
         let max = if !register || mode.has(Mode::TF) { 1 } else { MAX_BLOCK_INSNS };
-        let mut block = decode_block_at_cpl(self.mem.ram(), 0, eip, max, mode.cpl());
+        let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
+        // Code is fetched at CS base + EIP; instructions keep EIP offsets.
+        let cs_base = self.cpu.seg[SEG_CS].base;
+        let code = self.mem.ram().get(cs_base as usize..).unwrap_or(&[]);
+        let mut block = decode_block_in(code, 0, eip, max, mode.cpl(), bits);
         if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
             self.cut_at_breakpoints(&mut block);
         }
@@ -303,9 +299,9 @@ impl Engine {
         }
         let opts = Options { inline_lookup: self.opts.chaining, mode };
         for attempt in 0..2 {
-            let ram = self.mem.ram();
+            let code = self.mem.ram().get(cs_base as usize..).unwrap_or(&[]);
             let base = self.cache.next_addr();
-            let t = Translator::new(base, self.tramp.exits, self.cache.next_exit_id(), opts, ram).translate(&block);
+            let t = Translator::new(base, self.tramp.exits, self.cache.next_exit_id(), opts, code).translate(&block);
             if !self.cache.fits(t.code.len()) {
                 if attempt == 0 {
                     self.flush();
@@ -318,8 +314,9 @@ impl Engine {
             }
             let code_len = t.code.len();
             let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, base));
-            let pages = block.pages();
-            let id = self.cache.install(eip, mode, block.end, pages, t, register)?;
+            let pages =
+                (page_of(cs_base.wrapping_add(block.start)), page_of(cs_base.wrapping_add(block.end.wrapping_sub(1))));
+            let id = self.cache.install(cs_base.wrapping_add(eip), mode, block.end, pages, t, register)?;
             if register {
                 for p in [pages.0, pages.1] {
                     if self.mem.is_ram(p) {
@@ -364,7 +361,7 @@ impl Engine {
     /// Run the instruction at EIP in the VMM.
     fn emulate(&mut self) -> Step {
         let eip = self.cpu.hot.eip;
-        let i = decode_one(self.mem.ram(), eip);
+        let i = self.decode_at(eip);
         self.stats.count_callout(i.mnemonic());
         let mut written = Vec::new();
         let r = {
@@ -509,7 +506,7 @@ impl Engine {
             self.map_hole(page);
             return Step::Continue;
         }
-        let i = decode_one(self.mem.ram(), f.eip);
+        let i = self.decode_at(f.eip);
         self.cpu.hot.eip = i.next_ip32();
         self.stats.hole_writes += 1;
         Step::Continue
@@ -525,7 +522,7 @@ impl Engine {
         if matches!(si_code, FPE_INTDIV | FPE_INTOVF) {
             return self.exception(Exception::new(vector::DE));
         }
-        let i = decode_one(self.mem.ram(), self.cpu.hot.eip);
+        let i = self.decode_at(self.cpu.hot.eip);
         let sse =
             i.cpuid_features().iter().any(|f| matches!(f, iced_x86::CpuidFeature::SSE | iced_x86::CpuidFeature::SSE2));
         /// CR4.OSXMMEXCPT
@@ -596,10 +593,15 @@ fn warm_up_decoder() {
     }
 }
 
-fn decode_one(ram: &[u8], eip: u32) -> Instruction {
-    let bytes = ram.get(eip as usize..).unwrap_or(&[]);
-    let mut d = Decoder::with_ip(32, bytes, eip as u64, DecoderOptions::NONE);
-    d.decode()
+impl Engine {
+    /// Decode the instruction at CS:`eip` in the current code size.
+    fn decode_at(&self, eip: u32) -> Instruction {
+        let cs = self.cpu.seg[SEG_CS];
+        let bits = if self.cpu.mode().has(Mode::CS16) { 16 } else { 32 };
+        let at = cs.base.wrapping_add(eip) as usize;
+        let bytes = self.mem.ram().get(at..).unwrap_or(&[]);
+        Decoder::with_ip(bits, bytes, eip as u64, DecoderOptions::NONE).decode()
+    }
 }
 
 fn disasm_guest(insns: &[Instruction]) -> String {

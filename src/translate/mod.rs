@@ -389,7 +389,7 @@ impl<'a> Translator<'a> {
             {
                 Class::Emulate
             }
-            Class::ImplicitDs | Class::StringEs
+            Class::ImplicitDs | Class::StringEs | Class::MaskMov
                 if !mode.seg_flat(crate::cpu::SEG_ES) || !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
                 Class::Emulate
@@ -411,6 +411,7 @@ impl<'a> Translator<'a> {
             Class::IncDecShort => self.inc_dec_short(i),
             Class::ImplicitDs => string::implicit_ds(self, i),
             Class::StringEs => string::string_es(self, i),
+            Class::MaskMov => string::maskmov(self, i),
             Class::PushReg => stack::push_reg(self, i),
             Class::PushImm => stack::push_imm(self, i),
             Class::PushMem => stack::push_mem(self, i),
@@ -538,14 +539,16 @@ impl<'a> Translator<'a> {
         let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
         let uses_sp = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)))
             || (mem && (is_sp(i.memory_base()) || is_sp(i.memory_index())));
-        if !mem && !uses_sp && opcode_override.is_none() {
+        let code16 = self.opts.mode.has(Mode::CS16);
+        if !mem && !uses_sp && opcode_override.is_none() && !code16 {
             self.a.bytes(bytes);
             return;
         }
         let high = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
         if mem {
             let seg = seg_index(i.memory_segment());
-            if !self.opts.mode.seg_flat(seg) {
+            // 16-bit code mostly uses 16-bit addressing: always the checked form.
+            if !self.opts.mode.seg_flat(seg) || code16 {
                 self.ident_segmented(i, bytes, seg, high, opcode_override);
                 return;
             }
@@ -566,7 +569,11 @@ impl<'a> Translator<'a> {
         let eip = i.ip32();
         let m = guest_mem(i, GUEST_ESP);
         let size = i.memory_size().size().max(1) as i32;
-        segment::checked_linear(self, eip, &m, seg, size);
+        if crate::decode::has_16bit_addressing(i) {
+            segment::checked_linear16(self, eip, i, seg, size);
+        } else {
+            segment::checked_linear(self, eip, &m, seg, size);
+        }
         let sp_reg = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
         if !high {
             self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(SCRATCH, 0)));
@@ -610,6 +617,25 @@ impl<'a> Translator<'a> {
                 pbuf[np] = b;
                 np += 1;
             }
+        }
+        if self.opts.mode.has(Mode::CS16) {
+            // 64-bit mode defaults to 32-bit operands, 16-bit code to 16-bit:
+            // the operand-size prefix is set from the instruction's real size.
+            let mandatory66 = i.op_code().mandatory_prefix() == iced_x86::MandatoryPrefix::P66;
+            let mut kept = [0u8; 15];
+            let mut nk = 0;
+            if i.op_code().operand_size() == 16 {
+                kept[0] = 0x66;
+                nk = 1;
+            }
+            for &b in &pbuf[..np] {
+                if b != 0x66 || mandatory66 {
+                    kept[nk] = b;
+                    nk += 1;
+                }
+            }
+            pbuf = kept;
+            np = nk;
         }
         let prefixes = &pbuf[..np];
         let mut obuf = [0u8; 3];

@@ -35,6 +35,32 @@ pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: us
     t.a.byte(0x40 | e.rex_rxb);
     t.a.byte(0x8D);
     t.a.bytes(e.as_slice());
+    check_and_add_base(t, eip, seg, size);
+}
+
+/// The same for a 16-bit addressing form (`[bx+si+d16]` ...): the offset
+/// is the 16-bit sum of zero-extended 16-bit registers and displacement.
+///
+/// ```text
+///     movzx r13d, base16 (or mov r13d, 0) ; [movzx r10d, index16 ; lea r13d, [r13+r10]]
+///     lea r13d, [r13+disp] ; movzx r13d, r13w ; <checks as above>
+/// ```
+pub(super) fn checked_linear16(t: &mut Translator, eip: u32, i: &iced_x86::Instruction, seg: usize, size: i32) {
+    match super::host_gpr(i.memory_base()).filter(|_| i.memory_base() != iced_x86::Register::None) {
+        Some(b) => t.a.movzx_r32_r16(SCRATCH, b),
+        None => t.a.mov_r32_imm(SCRATCH, 0),
+    }
+    if let Some(x) = super::host_gpr(i.memory_index()).filter(|_| i.memory_index() != iced_x86::Register::None) {
+        t.a.movzx_r32_r16(R10, x);
+        t.a.lea_r32_bi(SCRATCH, SCRATCH, R10, 0);
+    }
+    t.a.lea_r32(SCRATCH, SCRATCH, (i.memory_displacement32() & 0xFFFF) as i32);
+    t.a.movzx_r32_r16(SCRATCH, SCRATCH);
+    check_and_add_base(t, eip, seg, size);
+}
+
+/// Range-check the offset in R13D for segment `seg` and add its base.
+fn check_and_add_base(t: &mut Translator, eip: u32, seg: usize, size: i32) {
     t.a.pushfq();
     let off = 4 * seg as i32;
     t.a.cmp_r32_mbase(SCRATCH, VCPU, OFF_SEG_LO + off);

@@ -52,3 +52,20 @@ pub(super) fn string_es(t: &mut Translator, i: &Instruction) {
         t.a.mov_r32_r32(RSI, RSI);
     }
 }
+
+/// MASKMOVQ/MASKMOVDQU store through DS:EDI: the same host-pointer form as
+/// the ES:EDI string instructions (their registers are MMX/XMM 0-7, so the
+/// copied bytes need no REX).
+pub(super) fn maskmov(t: &mut Translator, i: &Instruction) {
+    let b = t.guest_bytes(i);
+    if let Some(last) = t.insn_map.last_mut() {
+        last.fixup = Fixup::TruncStringPtrs;
+    }
+    t.a.lea_r64_bi(RDI, WINDOW, RDI);
+    for &x in b {
+        if !matches!(x, 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65) {
+            t.a.byte(x);
+        }
+    }
+    t.a.mov_r32_r32(RDI, RDI);
+}
