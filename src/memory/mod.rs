@@ -15,6 +15,8 @@
 //! The window is 4 GiB aligned so that `mov esi, esi` turns a host pointer
 //! `window + esi` back into the guest address (string instructions).
 
+pub mod mmu;
+
 use std::ptr::NonNull;
 
 use thiserror::Error;
