@@ -106,6 +106,10 @@ fn feature_ok(f: CpuidFeature) -> bool {
 
 /// Does the instruction use the x87/MMX/SSE state?
 pub fn uses_fpu(i: &Instruction) -> bool {
+    use Mnemonic as M;
+    if matches!(i.mnemonic(), M::Lfence | M::Mfence | M::Sfence | M::Pause) {
+        return false;
+    }
     i.cpuid_features().iter().any(|f| {
         matches!(
             f,

@@ -60,8 +60,48 @@ pub struct Env<'a> {
     pub cpu: &'a mut Cpu,
     pub mem: &'a mut GuestMemory,
     pub io: &'a mut PortBus,
-    /// Guest pages written by the VMM (their translations must be dropped).
+    /// Guest physical pages written by the VMM (their translations must be dropped).
     pub written: &'a mut Vec<u32>,
+    /// A page fault one of the instruction's memory accesses took, with its
+    /// linear address (the caller rolls the instruction back and raises it).
+    pub page_fault: std::cell::Cell<Option<(u32, u32)>>,
+    /// INVLPG executed: this linear address's translations must go.
+    pub invlpg: Option<u32>,
+    /// Accesses are user-mode (CPL 3) for paging protection checks.
+    pub user: bool,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(cpu: &'a mut Cpu, mem: &'a mut GuestMemory, io: &'a mut PortBus, written: &'a mut Vec<u32>) -> Self {
+        let user = cpu.cpl == 3;
+        Env { cpu, mem, io, written, page_fault: std::cell::Cell::new(None), invlpg: None, user }
+    }
+
+    /// The page fault an access took, as an exception (CR2 set), if any.
+    pub fn take_page_fault(&mut self) -> Option<Exception> {
+        let (lin, code) = self.page_fault.take()?;
+        self.cpu.cr[2] = lin;
+        Some(Exception::with_code(vector::PF, code))
+    }
+
+    /// Physical address of linear `lin` for a read, or None after recording
+    /// a page fault (paging off: the identity).
+    fn phys_read(&self, lin: u32) -> Option<u32> {
+        let regs = self.mem.paging();
+        if !regs.enabled() {
+            return Some(lin);
+        }
+        let access = crate::memory::mmu::Access { write: false, user: self.user };
+        match crate::memory::mmu::lookup(self.mem.ram(), regs, lin, access) {
+            Ok((t, _)) => Some(t.phys_page | (lin & 0xFFF)),
+            Err(code) => {
+                if self.page_fault.get().is_none() {
+                    self.page_fault.set(Some((lin, code)));
+                }
+                None
+            }
+        }
+    }
 }
 
 type R<T> = Result<T, Exception>;
@@ -151,17 +191,43 @@ impl Env<'_> {
         Ok(self.cpu.seg[seg].base.wrapping_add(self.offset(i)))
     }
 
+    /// Read `size` bytes at linear `addr` (through the guest page tables).
     pub fn read(&self, addr: u32, size: usize) -> u32 {
         let mut b = [0u8; 4];
-        self.mem.read(addr, &mut b[..size]);
+        for (k, byte) in b.iter_mut().enumerate().take(size) {
+            let lin = addr.wrapping_add(k as u32);
+            if k == 0 || lin & 0xFFF == 0 {
+                // New page: translate (once per page).
+            }
+            match self.phys_read(lin) {
+                Some(p) => *byte = self.mem.read_u8(p),
+                None => return 0,
+            }
+        }
         u32::from_le_bytes(b)
     }
 
+    /// Write `size` bytes at linear `addr`; a page fault is recorded and
+    /// nothing further is written.
     pub fn write(&mut self, addr: u32, size: usize, v: u32) {
-        self.mem.write(addr, &v.to_le_bytes()[..size]);
-        let first = addr & !(PAGE_SIZE as u32 - 1);
-        let last = addr.wrapping_add(size as u32 - 1) & !(PAGE_SIZE as u32 - 1);
-        for p in [first, last] {
+        let bytes = v.to_le_bytes();
+        // Check every page first so a faulting write changes nothing.
+        let mut phys = [0u32; 4];
+        for k in 0..size {
+            let lin = addr.wrapping_add(k as u32);
+            match self.mem.translate(lin, true, self.user) {
+                Ok(p) => phys[k] = p,
+                Err(code) => {
+                    if self.page_fault.get().is_none() {
+                        self.page_fault.set(Some((lin, code)));
+                    }
+                    return;
+                }
+            }
+        }
+        for k in 0..size {
+            self.mem.write(phys[k], &bytes[k..k + 1]);
+            let p = phys[k] & !(PAGE_SIZE as u32 - 1);
             if self.mem.is_protected(p) && !self.written.contains(&p) {
                 self.written.push(p);
             }
@@ -595,7 +661,12 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 base &= 0xFF_FFFF;
             }
             let t = TableReg { base, limit };
-            if i.mnemonic() == M::Lgdt { env.cpu.gdtr = t } else { env.cpu.idtr = t }
+            if i.mnemonic() == M::Lgdt {
+                env.cpu.gdtr = t;
+            } else {
+                env.cpu.idtr = t;
+                env.cpu.idt_loaded = true;
+            }
         }
         M::Sgdt | M::Sidt => {
             let t = if i.mnemonic() == M::Sgdt { env.cpu.gdtr } else { env.cpu.idtr };
@@ -624,7 +695,11 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.require_cpl0()?;
             env.cpu.cr[0] &= !(1 << 3);
         }
-        M::Invd | M::Wbinvd | M::Invlpg => env.require_cpl0()?,
+        M::Invd | M::Wbinvd => env.require_cpl0()?,
+        M::Invlpg => {
+            env.require_cpl0()?;
+            env.invlpg = Some(env.ea(i)?);
+        }
         M::Rdmsr => {
             env.require_cpl0()?;
             let v = match env.cpu.reg(ECX) {
@@ -853,10 +928,6 @@ fn mov_cr(env: &mut Env, i: &Instruction) -> R<Flow> {
         match n {
             0 => {
                 if v & 0x8000_0000 != 0 && v & 1 == 0 {
-                    return Err(gp0());
-                }
-                if v & 0x8000_0000 != 0 {
-                    log::error!("guest enabled paging (CR0.PG); paging is not virtualized yet");
                     return Err(gp0());
                 }
                 // ET is hardwired to 1 on 486+.
@@ -1100,7 +1171,7 @@ mod tests {
         let mut written = Vec::new();
         let i = Decoder::with_ip(32, code, 0x1000, DecoderOptions::NONE).decode();
         let r = {
-            let mut env = Env { cpu: &mut cpu, mem: &mut mem, io: &mut io, written: &mut written };
+            let mut env = Env::new(&mut cpu, &mut mem, &mut io, &mut written);
             execute(&mut env, &i)
         };
         (cpu, r)

@@ -103,7 +103,11 @@ pub struct HotState {
     pub seg_base: [u32; 6],
     pub seg_lo: [u32; 6],
     pub seg_hi: [u32; 6],
-    _pad2: [u32; 14],
+    _pad2: [u32; 16],
+    /// Host RIP of the last fault in translated code, and the raw 64-bit
+    /// values of `RESUME_REGS` there, to resume it after a hidden fault.
+    pub resume_rip: u64,
+    pub resume_regs: [u64; 6],
     pub fx_guest: [u8; 512],
     pub fx_host: [u8; 512],
     /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
@@ -123,6 +127,12 @@ pub const OFF_FPU_ACTIVE: i32 = offset_of!(HotState, fpu_active) as i32;
 pub const OFF_SEG_BASE: i32 = offset_of!(HotState, seg_base) as i32;
 pub const OFF_SEG_LO: i32 = offset_of!(HotState, seg_lo) as i32;
 pub const OFF_SEG_HI: i32 = offset_of!(HotState, seg_hi) as i32;
+pub const OFF_RESUME_RIP: i32 = offset_of!(HotState, resume_rip) as i32;
+pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
+/// Host registers that can hold something other than the zero-extended
+/// guest value at a fault: borrowed registers and string-instruction host
+/// pointers (RBP, RSI, RDI) and the scratch registers (R10, R11, R13).
+pub const RESUME_REGS: [u8; 6] = [5, 6, 7, 10, 11, 13];
 pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
 pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_FX_GUEST: i32 = offset_of!(HotState, fx_guest) as i32;

@@ -112,7 +112,7 @@ impl Engine {
             cache: std::ptr::null(),
             hot: std::ptr::null_mut(),
             exit_fault: tramp.exit_fault,
-            poll_page: mem.poll_page(),
+            poll_pages: mem.poll_pages(),
             fault: FaultRecord::default(),
         });
         Ok(Engine {
@@ -365,7 +365,7 @@ impl Engine {
         self.stats.count_callout(i.mnemonic());
         let mut written = Vec::new();
         let r = {
-            let mut env = Env { cpu: &mut self.cpu, mem: &mut self.mem, io: &mut self.io, written: &mut written };
+            let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
             interp::execute(&mut env, &i)
         };
         for p in written {
@@ -425,7 +425,7 @@ impl Engine {
             }
             let mut written = Vec::new();
             let r = {
-                let mut env = Env { cpu: &mut self.cpu, mem: &mut self.mem, io: &mut self.io, written: &mut written };
+                let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
                 env.deliver(cur.vector, cur.error_code, kind, ret)
             };
             for p in written {
@@ -470,8 +470,7 @@ impl Engine {
             libc::SIGILL => return self.exception(Exception::new(vector::UD)),
             _ => {}
         }
-        let poll = self.mem.poll_page();
-        if f.addr >= poll && f.addr < poll + PAGE_SIZE {
+        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {
             self.mem.set_poll(false);
             self.stats.polls += 1;
             return Step::Continue;

@@ -16,7 +16,7 @@ use std::cell::Cell;
 use std::sync::Once;
 
 use crate::cache::CodeCache;
-use crate::cpu::HotState;
+use crate::cpu::{HotState, RESUME_REGS};
 use crate::memory::set_poll_page;
 use crate::translate::Fixup;
 
@@ -43,7 +43,8 @@ pub struct SignalCtx {
     pub cache: *const CodeCache,
     pub hot: *mut HotState,
     pub exit_fault: usize,
-    pub poll_page: usize,
+    /// Poll pages of the two windows.
+    pub poll_pages: [usize; 2],
     pub fault: FaultRecord,
 }
 
@@ -118,8 +119,10 @@ extern "C" fn timer_handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc:
     let ctx = CTX.with(|c| c.get());
     if !ctx.is_null() {
         // SAFETY: ctx points at the running engine's SignalCtx.
-        let page = unsafe { (*ctx).poll_page };
-        set_poll_page(page, true);
+        let pages = unsafe { (*ctx).poll_pages };
+        for p in pages {
+            set_poll_page(p, true);
+        }
     }
 }
 
@@ -153,6 +156,14 @@ fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &
     let Some(entry) = idx.checked_sub(1).and_then(|k| block.insn_map.get(k)) else {
         return false;
     };
+    // The raw host registers a resumed instruction needs back (before the
+    // fixups below turn them into guest values for a delivered fault).
+    // SAFETY: hot is the running vCPU's state.
+    let hot = unsafe { &mut *ctx.hot };
+    for (slot, r) in hot.resume_regs.iter_mut().zip(RESUME_REGS) {
+        *slot = g[greg(r)] as u64;
+    }
+    hot.resume_rip = rip as u64;
     match entry.fixup {
         Fixup::None => {}
         Fixup::TruncStringPtrs => {

@@ -26,6 +26,7 @@
 //! ```
 
 use crate::cpu::{
+    OFF_RESUME_REGS, OFF_RESUME_RIP, RESUME_REGS,
     OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_FX_GUEST, OFF_FX_HOST, OFF_GPR, OFF_HOST_RSP, OFF_LIVE_FLAGS,
     OFF_WINDOW, exit, flags,
 };
@@ -37,6 +38,10 @@ use crate::translate::ExitTargets;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Trampolines {
     pub enter: usize,
+    /// `resume(hot, _)`: like enter, but also restores `RESUME_REGS` from
+    /// `hot.resume_regs` and continues at `hot.resume_rip` (a hidden fault
+    /// was handled).
+    pub resume: usize,
     pub exits: ExitTargets,
     pub exit_fault: usize,
 }
@@ -67,6 +72,15 @@ fn bind_rel8(a: &mut Asm, at: usize) {
 pub fn generate() -> (Vec<u8>, Trampolines) {
     let mut a = Asm::new();
     let mut t = Trampolines { enter: a.len(), ..Default::default() };
+    entry(&mut a, false);
+    t.resume = a.len();
+    entry(&mut a, true);
+    exits(a, t)
+}
+
+/// The entry sequence (see the module comment); `resume` adds the raw
+/// registers and jumps to the saved host RIP.
+fn entry(a: &mut Asm, resume: bool) {
     for r in [RBX, RBP, R12, R13, R14, R15] {
         a.push_r64(r);
     }
@@ -75,10 +89,10 @@ pub fn generate() -> (Vec<u8>, Trampolines) {
     a.mov_r64_r64(VCPU, RDI);
     a.mov_r64_r64(R11, RSI);
     a.mov_r64_mbase(WINDOW, VCPU, OFF_WINDOW);
-    let skip = skip_unless_fpu(&mut a);
-    fx(&mut a, 0, OFF_FX_HOST);
-    fx(&mut a, 1, OFF_FX_GUEST);
-    bind_rel8(&mut a, skip);
+    let skip = skip_unless_fpu(a);
+    fx(a, 0, OFF_FX_HOST);
+    fx(a, 1, OFF_FX_GUEST);
+    bind_rel8(a, skip);
     a.mov_r32_mbase(RAX, VCPU, OFF_LIVE_FLAGS);
     a.byte(0x25); // and eax, imm32
     a.u32(flags::HOST_LIVE);
@@ -87,8 +101,20 @@ pub fn generate() -> (Vec<u8>, Trampolines) {
     for (k, r) in GUEST_REGS.into_iter().enumerate() {
         a.mov_r32_mbase(r, VCPU, OFF_GPR + 4 * k as i32);
     }
-    a.jmp_r64(R11);
+    if !resume {
+        a.jmp_r64(R11);
+        return;
+    }
+    for (k, r) in RESUME_REGS.into_iter().enumerate() {
+        a.mov_r64_mbase(r, VCPU, OFF_RESUME_REGS + 8 * k as i32);
+    }
+    // push qword [r14+resume_rip] ; ret  (RSP is back at host_rsp after it)
+    a.bytes(&[0x41, 0xFF, 0xB6]);
+    a.u32(OFF_RESUME_RIP as u32);
+    a.ret();
+}
 
+fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     let mut jumps_to_save = Vec::new();
     let exit_stub = |a: &mut Asm, reason: u32, store_r13: bool| -> usize {
         let at = a.len();
@@ -135,6 +161,7 @@ pub fn generate() -> (Vec<u8>, Trampolines) {
 pub fn relocate(t: Trampolines, base: usize) -> Trampolines {
     Trampolines {
         enter: base + t.enter,
+        resume: base + t.resume,
         exits: ExitTargets {
             chain: base + t.exits.chain,
             indirect: base + t.exits.indirect,

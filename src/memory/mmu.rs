@@ -91,6 +91,21 @@ fn write32(ram: &mut [u8], a: u32, v: u32) {
 /// Translate `linear` for `access`, updating A/D bits in `ram` on success.
 /// On failure returns the page-fault error code (CR2 is `linear`).
 pub fn walk(ram: &mut [u8], regs: PagingRegs, linear: u32, access: Access) -> Result<Translation, u32> {
+    let (t, updates) = lookup(ram, regs, linear, access)?;
+    for (addr, v) in updates.into_iter().flatten() {
+        write32(ram, addr, v);
+    }
+    Ok(t)
+}
+
+/// Translate without touching the tables; also returns the accessed/dirty
+/// updates a real access would make (entry address, new value).
+pub fn lookup(
+    ram: &[u8],
+    regs: PagingRegs,
+    linear: u32,
+    access: Access,
+) -> Result<(Translation, [Option<(u32, u32)>; 2]), u32> {
     let err_base = if access.write { pf::W } else { 0 } | if access.user { pf::U } else { 0 };
     let pde_addr = (regs.cr3 & !0xFFF) + ((linear >> 22) << 2);
     let pde = read32(ram, pde_addr);
@@ -124,20 +139,19 @@ pub fn walk(ram: &mut [u8], regs: PagingRegs, linear: u32, access: Access) -> Re
         return Err(err_base | pf::P);
     }
     // Accessed bits on both levels; dirty on the final entry for writes.
-    if pde & pte::A == 0 {
-        write32(ram, pde_addr, pde | pte::A);
+    let mut updates = [None, None];
+    if !large && pde & pte::A == 0 {
+        updates[0] = Some((pde_addr, pde | pte::A));
     }
-    let mut e = read32(ram, entry_addr);
-    let mut new = e | pte::A;
+    let mut new = entry | pte::A;
     if access.write {
         new |= pte::D;
     }
-    if new != e {
-        write32(ram, entry_addr, new);
-        e = new;
+    if new != entry {
+        updates[1] = Some((entry_addr, new));
     }
-    let global = regs.cr4 & CR4_PGE != 0 && e & pte::G != 0;
-    Ok(Translation { phys_page, writable, global, dirty: e & pte::D != 0 })
+    let global = regs.cr4 & CR4_PGE != 0 && new & pte::G != 0;
+    Ok((Translation { phys_page, writable, global, dirty: new & pte::D != 0 }, updates))
 }
 
 #[cfg(test)]

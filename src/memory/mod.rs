@@ -16,6 +16,9 @@
 //! `window + esi` back into the guest address (string instructions).
 
 pub mod mmu;
+pub mod shadow;
+
+pub use shadow::ShadowFault;
 
 use std::ptr::NonNull;
 
@@ -27,8 +30,11 @@ pub const PAGE_SIZE: usize = 4096;
 pub const WINDOW_SIZE: usize = 1 << 32;
 /// Offset of the poll page below the window base.
 pub const POLL_PAGE_OFFSET: i32 = -(2 * PAGE_SIZE as i32);
-/// Reserved address space: room to align a 4 GiB window plus guards.
-const RESERVE_SIZE: usize = 3 * WINDOW_SIZE;
+/// Offset of the user window (the CPL 3 view when paging is on) from the
+/// supervisor window; the 4 GiB between them is a guard.
+pub const USER_WINDOW_OFFSET: usize = 2 * WINDOW_SIZE;
+/// Reserved address space: room to align the two windows plus guards.
+const RESERVE_SIZE: usize = 5 * WINDOW_SIZE;
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -49,9 +55,11 @@ pub struct GuestMemory {
     alias: NonNull<u8>,
     ram_size: usize,
     memfd: libc::c_int,
-    /// Per guest page: the page is write-protected in the window because it
+    /// Per guest physical page: write-protected in the windows because it
     /// holds translated code.
     protected: Vec<bool>,
+    /// Shadow page tables (paging on).
+    shadow: shadow::Shadow,
 }
 
 // SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
@@ -98,6 +106,7 @@ impl GuestMemory {
                 ram_size: ram,
                 memfd: fd,
                 protected: vec![false; ram / PAGE_SIZE],
+                shadow: shadow::Shadow::default(),
             };
             if alias == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM alias"));
@@ -114,16 +123,18 @@ impl GuestMemory {
             if w == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM into the window"));
             }
-            let poll = libc::mmap(
-                (window as isize + POLL_PAGE_OFFSET as isize) as *mut libc::c_void,
-                PAGE_SIZE,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            );
-            if poll == libc::MAP_FAILED {
-                return Err(os("mapping the poll page"));
+            for w in [window, window + USER_WINDOW_OFFSET] {
+                let poll = libc::mmap(
+                    (w as isize + POLL_PAGE_OFFSET as isize) as *mut libc::c_void,
+                    PAGE_SIZE,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                );
+                if poll == libc::MAP_FAILED {
+                    return Err(os("mapping the poll page"));
+                }
             }
             Ok(m)
         }
@@ -138,8 +149,30 @@ impl GuestMemory {
         self.ram_size
     }
 
-    pub fn poll_page(&self) -> usize {
-        (self.window as isize + POLL_PAGE_OFFSET as isize) as usize
+    /// The poll pages below the supervisor and user windows.
+    pub fn poll_pages(&self) -> [usize; 2] {
+        let p = (self.window as isize + POLL_PAGE_OFFSET as isize) as usize;
+        [p, p + USER_WINDOW_OFFSET]
+    }
+
+    /// The user window (CPL 3 view with paging on).
+    pub fn user_window(&self) -> usize {
+        self.window + USER_WINDOW_OFFSET
+    }
+
+    /// The window translated code of privilege `cpl` uses.
+    pub fn window_for(&self, cpl: u8) -> usize {
+        if self.shadow.enabled() && cpl == 3 { self.user_window() } else { self.window }
+    }
+
+    /// Which window and guest linear address a host address falls in.
+    pub fn window_hit(&self, host: usize) -> Option<(u8, u32)> {
+        if host >= self.window && host < self.window + WINDOW_SIZE {
+            Some((0, (host - self.window) as u32))
+        } else {
+            let u = self.user_window();
+            (host >= u && host < u + WINDOW_SIZE).then(|| (1, (host - u) as u32))
+        }
     }
 
     /// Guest RAM as a host slice (the alias mapping, never write-protected).
@@ -175,6 +208,10 @@ impl GuestMemory {
             return;
         }
         self.protected[idx] = on;
+        if self.shadow.enabled() {
+            self.shadow.protect_aliases(self.window, page, on);
+            return;
+        }
         let prot = if on { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
         // SAFETY: the page lies inside the RAM part of our own window mapping.
         let rc = unsafe { libc::mprotect((self.window + idx * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
@@ -194,7 +231,9 @@ impl GuestMemory {
 
     /// Make the next poll load in translated code fault (or stop doing so).
     pub fn set_poll(&self, request_exit: bool) {
-        set_poll_page(self.poll_page(), request_exit);
+        for p in self.poll_pages() {
+            set_poll_page(p, request_exit);
+        }
     }
 
     /// Read guest physical memory; bytes outside RAM read as all ones.

@@ -120,6 +120,14 @@ pub struct Translator<'a> {
 /// CR0.EM/TS/MP or CR4.OSFXSR (SDM Vol. 3 Table 2-2 and 13-1), if any.
 pub fn fpu_fault(i: &Instruction, mode: Mode) -> Option<u8> {
     use iced_x86::CpuidFeature as F;
+    use iced_x86::Mnemonic as M;
+    // Fences, prefetches and PAUSE touch no FPU/SSE state: they never trap.
+    if matches!(
+        i.mnemonic(),
+        M::Lfence | M::Mfence | M::Sfence | M::Pause | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2
+    ) {
+        return None;
+    }
     let (em, ts) = (mode.has(Mode::EM), mode.has(Mode::TS));
     if i.mnemonic() == iced_x86::Mnemonic::Wait {
         return (ts && mode.has(Mode::MP)).then_some(vector::NM);

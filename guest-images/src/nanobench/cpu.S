@@ -1,0 +1,300 @@
+/*
+ * nanobench: descriptor-table glue, ring transitions, exception/interrupt
+ * entry points and the timed loops. kernel.c builds the GDT/IDT/TSS and
+ * calls these.
+ *
+ * Selectors (must match kernel.c): 0x08 ring-0 code, 0x10 ring-0 data,
+ * 0x1B ring-3 code, 0x23 ring-3 data, 0x28 TSS.
+ */
+#define KCODE 0x08
+#define KDATA 0x10
+#define UCODE 0x1B
+#define UDATA 0x23
+
+    .text
+
+/* void load_segments(void): reload CS/DS/ES/FS/GS/SS from the new GDT. */
+    .globl load_segments
+load_segments:
+    ljmp $KCODE, $1f
+1:  movw $KDATA, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %fs
+    movw %ax, %gs
+    movw %ax, %ss
+    ret
+
+/* ------------------------------------------------------------------ */
+/* Ring 3                                                              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * uint64_t run_at_ring3(uint64_t (*fn)(uint32_t), uint32_t arg)
+ * IRETs to ring 3 on user_stack, calls fn(arg) there, and comes back with
+ * INT 0x81 (ring3_return), which discards that interrupt frame and returns
+ * fn's result to our caller as if this were an ordinary call.
+ */
+    .globl run_at_ring3
+run_at_ring3:
+    pushl %ebp
+    pushl %ebx
+    pushl %esi
+    pushl %edi
+    movl 20(%esp), %eax
+    movl %eax, user_fn
+    movl 24(%esp), %eax
+    movl %eax, user_arg
+    movl %esp, kernel_saved_esp
+    /* IRET to CPL 3 nulls data segment registers whose DPL < 3, so load
+       the ring-3 data selector first (allowed at CPL 0: DPL 3 >= CPL). */
+    movw $UDATA, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %fs
+    movw %ax, %gs
+    pushl $UDATA                /* SS */
+    pushl $user_stack_top       /* ESP */
+    pushfl                      /* EFLAGS: IF=0, IOPL=0 as now */
+    andl $~0x3000, (%esp)
+    pushl $UCODE                /* CS */
+    pushl $ring3_entry          /* EIP */
+    iret
+
+ring3_entry:
+    pushl user_arg
+    call *user_fn
+    addl $4, %esp
+    movl %eax, user_ret
+    movl %edx, user_ret + 4
+    int $0x81
+    /* not reached */
+1:  jmp 1b
+
+/* INT 0x81 (DPL 3 interrupt gate): back to run_at_ring3's caller, at CPL 0
+   on the TSS ESP0 stack; the frame there is simply abandoned. */
+    .globl ring3_return
+ring3_return:
+    movw $KDATA, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %fs
+    movw %ax, %gs
+    movl kernel_saved_esp, %esp
+    movl user_ret, %eax
+    movl user_ret + 4, %edx
+    popl %edi
+    popl %esi
+    popl %ebx
+    popl %ebp
+    ret
+
+/* ------------------------------------------------------------------ */
+/* Handlers being measured                                             */
+/* ------------------------------------------------------------------ */
+
+/* INT 0x80 (DPL 3 interrupt gate): the null system call. */
+    .globl syscall_handler
+    .p2align 4
+syscall_handler:
+    iret
+
+/*
+ * #DE: skip the faulting DIV/IDIV r/m32 with a register operand (F7 /6 or
+ * F7 /7, mod = 11: two bytes) and return. Anything else is unexpected and
+ * goes to the fatal path, so a wrong saved EIP cannot loop forever.
+ */
+    .globl de_handler
+    .p2align 4
+de_handler:
+    pushl %eax
+    pushl %edx
+    movl 8(%esp), %eax          /* saved EIP */
+    cmpb $0xF7, (%eax)
+    jne 1f
+    movzbl 1(%eax), %edx
+    andl $0xF0, %edx            /* mod = 11, reg = 110 or 111 */
+    cmpl $0xF0, %edx
+    jne 1f
+    addl $2, 8(%esp)
+    popl %edx
+    popl %eax
+    iret
+1:  popl %edx
+    popl %eax
+    pushl $0                    /* error code */
+    pushl $0                    /* vector */
+    jmp exc_common
+
+/* ------------------------------------------------------------------ */
+/* Everything else: report and exit                                    */
+/* ------------------------------------------------------------------ */
+
+/* 256 stubs, 16 bytes apart (kernel.c computes isr_stubs + 16 * vector).
+   Each pushes a dummy error code where the CPU pushes none, then the
+   vector number. */
+    .p2align 4
+    .globl isr_stubs
+isr_stubs:
+    .set vec, 0
+    .rept 256
+    .p2align 4
+    .if (vec == 8) || (vec >= 10 && vec <= 14) || (vec == 17) || (vec == 21)
+    .else
+    pushl $0
+    .endif
+    pushl $vec
+    jmp exc_common
+    .set vec, vec + 1
+    .endr
+
+exc_common:
+    pushal
+    movw $KDATA, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    pushl %esp                  /* struct exc_frame * */
+    call exc_fatal              /* does not return */
+1:  jmp 1b
+
+/* ------------------------------------------------------------------ */
+/* Timed loops: uint64_t nb_X(uint32_t n), n >= 1                      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Serialization around RDTSC, chosen at run time by ser_mode:
+ * 0 none, 1 CPUID (default), 2 LFENCE. Its cost (and that of the loop
+ * control) is removed by subtracting the empty loop, measured the same way.
+ * Clobbers EAX..EDX and flags.
+ */
+.macro SERIALIZE
+    cmpl $1, ser_mode
+    jb 8f
+    ja 7f
+    xorl %eax, %eax
+    cpuid
+    jmp 8f
+7:  lfence
+8:
+.endm
+
+/* Prologue: save callee-saved regs, EBP = n, ESI:EDI = start TSC.
+   The loop counter is EBP so ECX/EDX/EAX are free for the operation. */
+.macro BEGIN name
+    .globl \name
+    .p2align 4
+\name:
+    pushl %ebp
+    pushl %ebx
+    pushl %esi
+    pushl %edi
+    movl 20(%esp), %ebp
+    SERIALIZE
+    rdtsc
+    movl %eax, %esi
+    movl %edx, %edi
+.endm
+
+/* Epilogue: EDX:EAX = end TSC - start TSC. */
+.macro END
+    SERIALIZE
+    rdtsc
+    subl %esi, %eax
+    sbbl %edi, %edx
+    popl %edi
+    popl %esi
+    popl %ebx
+    popl %ebp
+    ret
+.endm
+
+/* Loop head, 16-byte aligned, and the loop control. */
+.macro LOOP
+    .p2align 4
+1:
+.endm
+.macro NEXT
+    decl %ebp
+    jnz 1b
+.endm
+
+BEGIN nb_empty
+LOOP
+NEXT
+END
+
+/* Runs at CPL 3 (through run_at_ring3). */
+BEGIN nb_syscall
+LOOP
+    int $0x80
+NEXT
+END
+
+BEGIN nb_clisti
+LOOP
+    cli
+    sti
+NEXT
+    cli
+END
+
+BEGIN nb_pushfpopf
+LOOP
+    pushfl
+    popfl
+NEXT
+END
+
+BEGIN nb_in
+    movl $0x3FD, %edx           /* COM1 LSR */
+LOOP
+    inb %dx, %al
+NEXT
+END
+
+BEGIN nb_out
+    xorl %eax, %eax
+LOOP
+    outb %al, $0x80             /* POST port */
+NEXT
+END
+
+BEGIN nb_callret
+LOOP
+    call null_function
+NEXT
+END
+
+BEGIN nb_divzero
+    xorl %ecx, %ecx
+LOOP
+    divl %ecx                   /* F7 F1: #DE, de_handler skips it */
+NEXT
+END
+
+    .p2align 4
+null_function:
+    ret
+
+/*
+ * Later milestones (paging) go here, e.g.
+ *   nb_pgfault: touch a not-present page; the #PF handler (vector 14,
+ *               now caught by isr_stubs) maps it or skips the access;
+ *   nb_cr3:     mov %eax, %cr3 with the current page directory;
+ *   nb_ptemod:  store to a live PTE + INVLPG.
+ * Add the loop with BEGIN/LOOP/NEXT/END and a row in kernel.c's benches[].
+ */
+
+    .data
+    .p2align 2
+    .globl ser_mode
+ser_mode:         .long 1
+user_fn:          .long 0
+user_arg:         .long 0
+user_ret:         .long 0, 0
+kernel_saved_esp: .long 0
+
+    .bss
+    .p2align 4
+    .skip 16384
+user_stack_top:
