@@ -259,6 +259,9 @@ pub struct GuestBlock {
     pub classes: Vec<Class>,
     /// Address after the last instruction.
     pub end: u32,
+    /// The last instruction ran past the end of the bytes given (it is
+    /// marked invalid; with paging, its next page may just be unmapped).
+    pub truncated: bool,
 }
 
 impl GuestBlock {
@@ -290,6 +293,7 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
     let mut insns = Vec::with_capacity(16);
     let mut classes = Vec::with_capacity(16);
     let mut end = eip;
+    let mut truncated = false;
     loop {
         if !d.can_decode() {
             // Ran off the end of memory: an invalid instruction at `end`.
@@ -300,9 +304,20 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
             insns.push(inv);
             classes.push(Class::Invalid);
             end = end.wrapping_add(1);
+            truncated = true;
             break;
         }
         let i = d.decode();
+        if d.last_error() == iced_x86::DecoderError::NoMoreBytes {
+            let mut inv = Instruction::default();
+            inv.set_len(1);
+            inv.set_ip32(end);
+            insns.push(inv);
+            classes.push(Class::Invalid);
+            end = end.wrapping_add(1);
+            truncated = true;
+            break;
+        }
         let mut cls = classify_in(&i, bitness == 16);
         if cls == Class::Emulate && cpl == 0 && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) {
             cls = Class::SysInline;
@@ -314,7 +329,7 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
             break;
         }
     }
-    GuestBlock { start: eip, insns, classes, end }
+    GuestBlock { start: eip, insns, classes, end, truncated }
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub type BlockId = u32;
 pub struct Block {
     pub eip: u32,
     pub mode: Mode,
+    /// Physical page of `eip` (part of the key: the same linear code in two
+    /// address spaces is two blocks).
+    pub phys: u32,
     /// Guest address after the block.
     pub end: u32,
     /// Host (RX) address of the entry.
@@ -74,8 +77,8 @@ pub struct CodeCache {
     /// End of the trampolines (start of the flushable area).
     base_used: usize,
     pub blocks: Vec<Block>,
-    /// `Mode::key(eip)` -> block.
-    pub map: HashMap<u64, BlockId>,
+    /// (`Mode::key(linear eip)`, physical page of the eip) -> block.
+    pub map: HashMap<(u64, u32), BlockId>,
     pub exits: Vec<Exit>,
     page_blocks: HashMap<u32, Vec<BlockId>>,
     pub flushes: u64,
@@ -182,6 +185,7 @@ impl CodeCache {
         &mut self,
         eip: u32,
         mode: Mode,
+        phys: u32,
         end: u32,
         pages: (u32, u32),
         t: Translation,
@@ -203,6 +207,7 @@ impl CodeCache {
         self.blocks.push(Block {
             eip,
             mode,
+            phys,
             end,
             host,
             host_len: t.code.len(),
@@ -214,7 +219,7 @@ impl CodeCache {
             pages,
         });
         if register {
-            self.map.insert(mode.key(eip), id);
+            self.map.insert((mode.key(eip), phys), id);
             self.page_blocks.entry(pages.0).or_default().push(id);
             if pages.1 != pages.0 {
                 self.page_blocks.entry(pages.1).or_default().push(id);
@@ -223,8 +228,23 @@ impl CodeCache {
         Some(id)
     }
 
-    pub fn lookup(&self, eip: u32, mode: Mode) -> Option<BlockId> {
-        self.map.get(&mode.key(eip)).copied()
+    pub fn lookup(&self, eip: u32, mode: Mode, phys: u32) -> Option<BlockId> {
+        self.map.get(&(mode.key(eip), phys)).copied()
+    }
+
+    /// Unchain every exit (the linear-to-physical mapping changed, so a
+    /// chained jump could reach code of another address space).
+    pub fn unlink_all(&mut self) {
+        for k in 0..self.exits.len() {
+            let e = self.exits[k];
+            if e.linked.is_some() {
+                self.patch(e.rel32, e.tail);
+                self.exits[k].linked = None;
+            }
+        }
+        for b in &mut self.blocks {
+            b.incoming.clear();
+        }
     }
 
     /// Write a rel32 field at RX address `field` through the RW mapping.
@@ -266,10 +286,10 @@ impl CodeCache {
             }
             b.valid = false;
             n += 1;
-            let (eip, mode, host, pages) = (b.eip, b.mode, b.host, b.pages);
+            let (eip, mode, phys, host, pages) = (b.eip, b.mode, b.phys, b.host, b.pages);
             let incoming = std::mem::take(&mut b.incoming);
-            if self.map.get(&mode.key(eip)) == Some(&id) {
-                self.map.remove(&mode.key(eip));
+            if self.map.get(&(mode.key(eip), phys)) == Some(&id) {
+                self.map.remove(&(mode.key(eip), phys));
             }
             let slot = jc_slot(mode, eip);
             if hot.jc_targets[slot] == host as u64 {

@@ -284,6 +284,20 @@ pub struct TableReg {
     pub limit: u16,
 }
 
+/// See `Cpu::snapshot`.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    gpr: [u32; 8],
+    eflags: u32,
+    seg: [Segment; 6],
+    cpl: u8,
+    cr: [u32; 5],
+    gdtr: TableReg,
+    idtr: TableReg,
+    ldtr: Segment,
+    tr: Segment,
+}
+
 /// The vCPU: hot state plus VMM-only architectural state.
 pub struct Cpu {
     pub hot: Box<HotState>,
@@ -330,6 +344,37 @@ impl Cpu {
             idt_loaded: false,
             msr_sysenter: [0; 3],
         }
+    }
+
+    /// The architectural state an instruction executed by the VMM may change
+    /// (to undo it when one of its memory accesses page-faults).
+    pub fn snapshot(&self) -> CpuSnapshot {
+        CpuSnapshot {
+            gpr: self.hot.gpr,
+            eflags: self.eflags(),
+            seg: self.seg,
+            cpl: self.cpl,
+            cr: self.cr,
+            gdtr: self.gdtr,
+            idtr: self.idtr,
+            ldtr: self.ldtr,
+            tr: self.tr,
+        }
+    }
+
+    pub fn restore(&mut self, s: &CpuSnapshot) {
+        self.hot.gpr = s.gpr;
+        self.set_eflags(s.eflags);
+        self.seg = s.seg;
+        self.cpl = s.cpl;
+        // CR2 keeps the faulting address the caller just stored.
+        let cr2 = self.cr[2];
+        self.cr = s.cr;
+        self.cr[2] = cr2;
+        self.gdtr = s.gdtr;
+        self.idtr = s.idtr;
+        self.ldtr = s.ldtr;
+        self.tr = s.tr;
     }
 
     /// Copy segment bases and valid offset ranges into `HotState` for the

@@ -19,7 +19,8 @@ use crate::cpu::interrupt::{EventKind, is_contributory};
 use crate::cpu::{Cpu, Exception, HotState, Mode, SEG_CS, exit, flags, vector};
 use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_in};
 use crate::devices::PortBus;
-use crate::memory::{GuestMemory, PAGE_SIZE, WINDOW_SIZE};
+use crate::memory::mmu::PagingRegs;
+use crate::memory::{GuestMemory, PAGE_SIZE, ShadowFault, WINDOW_SIZE};
 use crate::translate::{Options, Translator};
 use signals::{FaultRecord, SignalCtx};
 use stats::Stats;
@@ -93,6 +94,8 @@ pub struct Engine {
     sig: Box<SignalCtx>,
     /// Hole pages mapped read-only with all-ones bytes.
     hole_pages: HashSet<u32>,
+    /// (user, linear page) -> physical page of code, with paging on.
+    code_tlb: std::collections::HashMap<(bool, u32), u32>,
     log: Option<Box<dyn Write + Send>>,
 }
 
@@ -125,6 +128,7 @@ impl Engine {
             opts,
             sig,
             hole_pages: HashSet::new(),
+            code_tlb: std::collections::HashMap::new(),
             log: None,
         })
     }
@@ -182,17 +186,38 @@ impl Engine {
             if !mode.is_fast() {
                 self.cpu.sync_segments();
             }
-            // Blocks are keyed by linear address (CS base + EIP) and mode.
+            // Translated code of CPL 3 sees the user window when paging is on.
+            let window = self.mem.window_for(mode.cpl()) as u64;
+            if self.cpu.hot.window != window {
+                self.cpu.hot.window = window;
+                if let Err(e) = set_gs_base(window as usize) {
+                    return RunOutcome::InternalError(format!("setting the GS base: {e}"));
+                }
+            }
+            // Blocks are keyed by linear address (CS base + EIP), mode and
+            // the physical page of the EIP.
             let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
-            let id = match self.cache.lookup(lin, mode) {
+            let phys = match self.code_page(lin, mode.cpl() == 3) {
+                Ok(p) => p,
+                Err(step) => {
+                    chain_from = None;
+                    match step {
+                        Step::Done(out) => return out,
+                        _ => continue,
+                    }
+                }
+            };
+            let id = match self.cache.lookup(lin, mode, phys) {
                 Some(id) => id,
                 None => match self.translate(eip, mode, true) {
-                    Some(id) => {
+                    Ok(id) => {
                         chain_from = None; // a flush may have renumbered exits
                         id
                     }
-                    None => {
-                        return RunOutcome::InternalError("code cache cannot hold one block".into());
+                    Err(Step::Done(out)) => return out,
+                    Err(_) => {
+                        chain_from = None;
+                        continue;
                     }
                 },
             };
@@ -255,8 +280,14 @@ impl Engine {
             // in new(), which follows the sysv64 ABI described in trampoline.rs.
             unsafe { std::mem::transmute::<usize, EnterFn>(self.tramp.enter) }
         };
-        // SAFETY: `host` is the entry of a block in the cache; the GS base is
-        // the window; signal handlers and SignalCtx are set for this thread.
+        self.run_translated(f, host)
+    }
+
+    fn run_translated(&mut self, f: EnterFn, host: usize) -> Step {
+        // SAFETY: `host` is the entry of a block in the cache (or, for the
+        // resume trampoline, unused: it continues at hot.resume_rip inside a
+        // block that is still in the cache); the GS base is the window;
+        // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
         let reason = self.cpu.hot.exit_reason;
         self.stats.count_exit(reason);
@@ -282,14 +313,37 @@ impl Engine {
 
     /// Decode and translate the block at `eip`; `register` = false makes a
     /// one-off block (used to step one instruction after a code write).
-    fn translate(&mut self, eip: u32, mode: Mode, register: bool) -> Option<BlockId> {
+    /// An instruction fetch that faults returns the step delivering #PF.
+    fn translate(&mut self, eip: u32, mode: Mode, register: bool) -> Result<BlockId, Step> {
         let t0 = Instant::now();
         let max = if !register || mode.has(Mode::TF) { 1 } else { MAX_BLOCK_INSNS };
         let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
         // Code is fetched at CS base + EIP; instructions keep EIP offsets.
         let cs_base = self.cpu.seg[SEG_CS].base;
-        let code = self.mem.ram().get(cs_base as usize..).unwrap_or(&[]);
-        let mut block = decode_block_in(code, 0, eip, max, mode.cpl(), bits);
+        let lin = cs_base.wrapping_add(eip);
+        let fetch = self.fetch_code(lin, mode.cpl() == 3)?;
+        let (mut block, phys0, phys_end) = {
+            let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
+            let mut block = decode_block_in(code, base, eip, max, mode.cpl(), bits);
+            if let Fetch::Paged { phys, .. } = &fetch {
+                // An instruction running into a page that is not mapped: the
+                // block ends before it, or it faults when it comes first.
+                if phys[1].is_none() && block.truncated {
+                    {
+                        let k = block.insns.len() - 1;
+                        if k == 0 {
+                            let next = (lin & !0xFFF).wrapping_add(PAGE_SIZE as u32);
+                            return Err(self.fetch_fault(next, mode.cpl() == 3));
+                        }
+                        block.end = block.insns[k].ip32();
+                        block.insns.truncate(k);
+                        block.classes.truncate(k);
+                    }
+                }
+            }
+            let (p0, p_end) = fetch.phys_pages(lin, cs_base.wrapping_add(block.end.wrapping_sub(1)));
+            (block, p0, p_end)
+        };
         if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
             self.cut_at_breakpoints(&mut block);
         }
@@ -299,24 +353,27 @@ impl Engine {
         }
         let opts = Options { inline_lookup: self.opts.chaining, mode };
         for attempt in 0..2 {
-            let code = self.mem.ram().get(cs_base as usize..).unwrap_or(&[]);
-            let base = self.cache.next_addr();
-            let t = Translator::new(base, self.tramp.exits, self.cache.next_exit_id(), opts, code).translate(&block);
+            let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
+            let host = self.cache.next_addr();
+            let t = Translator::new(host, self.tramp.exits, self.cache.next_exit_id(), opts, code)
+                .with_code_base(base)
+                .translate(&block);
             if !self.cache.fits(t.code.len()) {
                 if attempt == 0 {
                     self.flush();
                     continue;
                 }
-                return None;
+                return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
             }
             if t.uses_fpu {
                 self.cpu.hot.fpu_active = 1;
             }
             let code_len = t.code.len();
-            let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, base));
-            let pages =
-                (page_of(cs_base.wrapping_add(block.start)), page_of(cs_base.wrapping_add(block.end.wrapping_sub(1))));
-            let id = self.cache.install(cs_base.wrapping_add(eip), mode, block.end, pages, t, register)?;
+            let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, host));
+            let pages = (phys0, phys_end);
+            let Some(id) = self.cache.install(lin, mode, phys0, block.end, pages, t, register) else {
+                return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
+            };
             if register {
                 for p in [pages.0, pages.1] {
                     if self.mem.is_ram(p) {
@@ -331,9 +388,74 @@ impl Engine {
             if let Some(text) = out_text {
                 self.logln(&format!("OUT: [size={code_len}]\n{text}"));
             }
-            return Some(id);
+            return Ok(id);
         }
-        None
+        Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())))
+    }
+
+    /// Physical page of the code at linear `lin` (soft TLB in front of the
+    /// guest page tables); a fetch fault becomes the #PF step.
+    fn code_page(&mut self, lin: u32, user: bool) -> Result<u32, Step> {
+        if !self.mem.paging().enabled() {
+            return Ok(page_of(lin));
+        }
+        let key = (user, page_of(lin));
+        if let Some(&p) = self.code_tlb.get(&key) {
+            return Ok(p);
+        }
+        match self.mem.translate(page_of(lin), false, user) {
+            Ok(p) => {
+                self.code_tlb.insert(key, p);
+                Ok(p)
+            }
+            Err(_) => Err(self.fetch_fault(lin, user)),
+        }
+    }
+
+    /// The guest changed its paging registers or executed INVLPG: drop
+    /// shadow mappings, the soft TLB, chains and jump-cache entries, since a
+    /// linear address may now mean other code.
+    fn paging_changed(&mut self, invlpg: Option<u32>) {
+        let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
+        match invlpg {
+            Some(lin) if regs == self.mem.paging() => self.mem.invlpg(lin),
+            _ => self.mem.set_paging(regs),
+        }
+        self.code_tlb.clear();
+        self.cache.unlink_all();
+        self.cpu.hot.jc_keys.fill(crate::cpu::JC_EMPTY_KEY);
+        self.stats.tlb_flushes += 1;
+    }
+
+    /// The code bytes around linear `lin`: guest RAM itself with paging off,
+    /// else a copy of its page and (when mapped) the next one.
+    fn fetch_code(&mut self, lin: u32, user: bool) -> Result<Fetch, Step> {
+        if !self.mem.paging().enabled() {
+            return Ok(Fetch::Flat);
+        }
+        let page = lin & !0xFFF;
+        let p0 = match self.mem.translate(page, false, user) {
+            Ok(p) => p,
+            Err(_) => return Err(self.fetch_fault(lin, user)),
+        };
+        let next = page.wrapping_add(PAGE_SIZE as u32);
+        let p1 = self.mem.translate(next, false, user).ok();
+        let mut buf = vec![0xFF; 2 * PAGE_SIZE];
+        self.mem.read(p0, &mut buf[..PAGE_SIZE]);
+        if let Some(p) = p1 {
+            self.mem.read(p, &mut buf[PAGE_SIZE..]);
+        } else {
+            buf.truncate(PAGE_SIZE);
+        }
+        Ok(Fetch::Paged { buf, page, phys: [Some(p0), p1] })
+    }
+
+    /// The #PF of an instruction fetch at `lin`.
+    fn fetch_fault(&mut self, lin: u32, user: bool) -> Step {
+        let code = self.mem.translate(lin, false, user).err().unwrap_or(0);
+        self.cpu.cr[2] = lin;
+        self.stats.page_faults += 1;
+        self.exception(Exception::with_code(vector::PF, code))
     }
 
     /// End the block before any enabled execution breakpoint after its
@@ -364,12 +486,25 @@ impl Engine {
         let i = self.decode_at(eip);
         self.stats.count_callout(i.mnemonic());
         let mut written = Vec::new();
-        let r = {
+        let before = self.cpu.snapshot();
+        let (r, invlpg, pf) = {
             let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
-            interp::execute(&mut env, &i)
+            let r = interp::execute(&mut env, &i);
+            let pf = env.take_page_fault();
+            (r, env.invlpg, pf)
         };
         for p in written {
             self.code_written(p);
+        }
+        if let Some(e) = pf {
+            // A memory access of the instruction faulted: undo it, raise #PF.
+            self.cpu.restore(&before);
+            self.stats.page_faults += 1;
+            return self.exception(e);
+        }
+        let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
+        if invlpg.is_some() || regs != self.mem.paging() {
+            self.paging_changed(invlpg);
         }
         match r {
             Ok(Flow::Next) => {
@@ -424,10 +559,24 @@ impl Engine {
                 self.logln(&l);
             }
             let mut written = Vec::new();
+            let before = self.cpu.snapshot();
             let r = {
                 let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
-                env.deliver(cur.vector, cur.error_code, kind, ret)
+                // Delivery reads the IDT/GDT/TSS and writes the frame as supervisor accesses.
+                env.user = false;
+                let r = env.deliver(cur.vector, cur.error_code, kind, ret);
+                match env.take_page_fault() {
+                    Some(pf) => Err(pf),
+                    None => r,
+                }
             };
+            if r.is_err() {
+                self.cpu.restore(&before);
+            }
+            let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
+            if regs != self.mem.paging() {
+                self.paging_changed(None); // a task switch loaded CR3
+            }
             for p in written {
                 self.code_written(p);
             }
@@ -475,6 +624,9 @@ impl Engine {
             self.stats.polls += 1;
             return Step::Continue;
         }
+        if let (Some((win, lin)), true) = (self.mem.window_hit(f.addr), self.mem.paging().enabled()) {
+            return self.shadow_fault(win, lin, f.write);
+        }
         if f.addr < window || f.addr >= window + WINDOW_SIZE {
             // Only reachable through wrap-around at the top or bottom of the
             // address space; the flat segment's limit check would fault there.
@@ -509,6 +661,44 @@ impl Engine {
         self.cpu.hot.eip = i.next_ip32();
         self.stats.hole_writes += 1;
         Step::Continue
+    }
+
+    /// A host fault in a shadow window: map the page and resume the faulting
+    /// instruction where it stopped (hidden), or deliver the guest #PF (true).
+    fn shadow_fault(&mut self, win: u8, lin: u32, write: bool) -> Step {
+        match self.mem.shadow_fault(win, lin, write) {
+            ShadowFault::Mapped => {
+                self.stats.hidden_faults += 1;
+                self.resume()
+            }
+            ShadowFault::PageFault(code) => {
+                self.cpu.cr[2] = lin;
+                self.stats.page_faults += 1;
+                self.exception(Exception::with_code(vector::PF, code))
+            }
+            ShadowFault::CodeWrite(phys) => {
+                self.code_written(phys);
+                self.step_one()
+            }
+            ShadowFault::Hole(_) => {
+                // Device memory is not emulated behind paging yet: reads of a
+                // hole see all ones, writes are dropped (the instruction is skipped).
+                let i = self.decode_at(self.cpu.hot.eip);
+                self.cpu.hot.eip = i.next_ip32();
+                self.stats.hole_writes += 1;
+                Step::Continue
+            }
+        }
+    }
+
+    /// Continue translated code at the host RIP of the last fault, with the
+    /// raw registers the signal handler saved.
+    fn resume(&mut self) -> Step {
+        let f: EnterFn = {
+            // SAFETY: `tramp.resume` follows the same ABI as `enter`.
+            unsafe { std::mem::transmute::<usize, EnterFn>(self.tramp.resume) }
+        };
+        self.run_translated(f, 0)
     }
 
     /// SIGFPE: integer divide errors are #DE; an unmasked x87 exception is
@@ -562,13 +752,47 @@ impl Engine {
         let eip = self.cpu.hot.eip;
         let mode = self.cpu.mode();
         self.cpu.sync_segments();
-        let Some(id) = self.translate(eip, mode, false) else {
-            return Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into()));
+        let id = match self.translate(eip, mode, false) {
+            Ok(id) => id,
+            Err(step) => return step,
         };
         let host = self.cache.blocks[id as usize].host;
         match self.enter(host) {
             Step::Chain(_) => Step::Continue,
             s => s,
+        }
+    }
+}
+
+/// Where a block's code bytes come from.
+enum Fetch {
+    /// Paging off: guest RAM at CS base + EIP.
+    Flat,
+    /// Paging on: a copy of the code page (and the next one if mapped).
+    Paged { buf: Vec<u8>, page: u32, phys: [Option<u32>; 2] },
+}
+
+impl Fetch {
+    /// The code bytes and the EIP of their first byte.
+    fn code<'a>(&'a self, ram: &'a [u8], cs_base: u32, eip: u32) -> (&'a [u8], u32) {
+        match self {
+            Fetch::Flat => (ram.get(cs_base as usize..).unwrap_or(&[]), 0),
+            Fetch::Paged { buf, page, .. } => {
+                let lin = cs_base.wrapping_add(eip);
+                (&buf[..], eip.wrapping_sub(lin.wrapping_sub(*page)))
+            }
+        }
+    }
+
+    /// Physical pages of the block's first byte `lin` and last byte `last`.
+    fn phys_pages(&self, lin: u32, last: u32) -> (u32, u32) {
+        match self {
+            Fetch::Flat => (page_of(lin), page_of(last)),
+            Fetch::Paged { page, phys, .. } => {
+                let p0 = phys[0].unwrap_or(0);
+                let p1 = if page_of(last) != *page { phys[1].unwrap_or(p0) } else { p0 };
+                (p0, p1)
+            }
         }
     }
 }

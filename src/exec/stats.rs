@@ -21,6 +21,9 @@ pub struct Stats {
     pub smc_pages: u64,
     pub invalidated_blocks: u64,
     pub hole_writes: u64,
+    pub page_faults: u64,
+    pub hidden_faults: u64,
+    pub tlb_flushes: u64,
     pub callouts: HashMap<Mnemonic, u64>,
 }
 
@@ -62,6 +65,11 @@ impl Stats {
             s,
             "  code pages written      {} ({} blocks invalidated)",
             self.smc_pages, self.invalidated_blocks
+        );
+        let _ = writeln!(
+            s,
+            "  paging: {} hidden faults, {} guest page faults, {} TLB flushes",
+            self.hidden_faults, self.page_faults, self.tlb_flushes
         );
         let mut c: Vec<_> = self.callouts.iter().collect();
         c.sort_by(|a, b| b.1.cmp(a.1).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));

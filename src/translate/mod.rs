@@ -112,8 +112,9 @@ pub struct Translator<'a> {
     opts: Options,
     insn_map: Vec<InsnMapEntry>,
     pending_exits: Vec<(usize, u32)>,
-    /// Guest memory the instructions were decoded from (address 0 = index 0).
+    /// Guest code the instructions were decoded from; index 0 is EIP `code_base`.
     code: &'a [u8],
+    code_base: u32,
 }
 
 /// The exception an x87/MMX/SSE instruction raises in `mode` because of
@@ -319,7 +320,14 @@ impl<'a> Translator<'a> {
             insn_map: Vec::new(),
             pending_exits: Vec::new(),
             code,
+            code_base: 0,
         }
+    }
+
+    /// `code[0]` holds the byte at EIP `base` (default 0).
+    pub fn with_code_base(mut self, base: u32) -> Self {
+        self.code_base = base;
+        self
     }
 
     /// Translate `block`.
@@ -485,7 +493,7 @@ impl<'a> Translator<'a> {
     }
 
     fn guest_bytes(&self, i: &Instruction) -> &'a [u8] {
-        let s = i.ip32() as usize;
+        let s = i.ip32().wrapping_sub(self.code_base) as usize;
         self.code.get(s..s + i.len()).unwrap_or(&[])
     }
 

@@ -279,13 +279,13 @@ fn lookup_text(start: usize) -> Vec<String> {
     vec![
         "movzx r10d,r13w".into(),
         "mov r11,rcx".into(),
-        "mov rcx,[r14+r10*8+500h]".into(),
+        format!("mov rcx,[r14+r10*8+{:X}h]", crate::cpu::OFF_JC_KEYS),
         "lea rcx,[rcx+r13]".into(),
         format!("jrcxz {:016X}h", host(hit)),
         "mov rcx,r11".into(),
         jmp_to(EXITS.indirect),
         "mov rcx,r11".into(),
-        "jmp qword ptr [r14+r10*8+200500h]".into(),
+        format!("jmp qword ptr [r14+r10*8+{:X}h]", crate::cpu::OFF_JC_TARGETS),
     ]
 }
 
