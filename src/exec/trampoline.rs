@@ -26,9 +26,8 @@
 //! ```
 
 use crate::cpu::{
-    OFF_RESUME_REGS, OFF_RESUME_RIP, RESUME_REGS,
     OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_FX_GUEST, OFF_FX_HOST, OFF_GPR, OFF_HOST_RSP, OFF_LIVE_FLAGS,
-    OFF_WINDOW, exit, flags,
+    OFF_RESUME_REGS, OFF_RESUME_RIP, OFF_WINDOW, RESUME_REGS, exit, flags,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;

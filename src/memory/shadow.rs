@@ -156,8 +156,11 @@ impl GuestMemory {
     pub fn flush_shadow(&mut self, keep_global: bool) {
         let sh = &mut self.shadow;
         if !keep_global || sh.mapped.len() > BULK_FLUSH_THRESHOLD {
-            let kept: Vec<(u64, Entry)> =
-                if keep_global { sh.mapped.iter().filter(|(_, e)| e.global).map(|(k, e)| (*k, *e)).collect() } else { Vec::new() };
+            let kept: Vec<(u64, Entry)> = if keep_global {
+                sh.mapped.iter().filter(|(_, e)| e.global).map(|(k, e)| (*k, *e)).collect()
+            } else {
+                Vec::new()
+            };
             unmap_range(self.window, WINDOW_SIZE);
             unmap_range(self.window + USER_WINDOW_OFFSET, WINDOW_SIZE);
             sh.mapped.clear();
@@ -192,11 +195,8 @@ impl GuestMemory {
 
     fn map_page(&mut self, win: u8, lin_page: u32, e: Entry) {
         let k = key(win, lin_page);
-        let prot = if e.writable && !self.is_protected(e.phys) {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
+        let prot =
+            if e.writable && !self.is_protected(e.phys) { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: maps one page of our memfd at a page of our own window.
         unsafe {
             libc::mmap(
