@@ -111,8 +111,8 @@ fn inline_pushf_popf_cli_sti_at_cpl0() {
     assert_eq!(st.regs[EBX], 0x003, "CLI cleared the virtual IF");
     assert_eq!(st.regs[EDX], 0x3AD7, "POPFD loaded arithmetic flags, DF... and IOPL 3, IF");
     assert_eq!(st.regs[ECX], 0x3AD7);
-    let only_hlt = stats.callouts.keys().all(|m| *m == iced_x86::Mnemonic::Hlt);
-    assert!(only_hlt, "no VMM callout for CLI/STI/PUSHFD/POPFD at CPL 0: {:?}", stats.callouts);
+    let only_hlt = stats.callout_list().iter().all(|(m, _)| *m == iced_x86::Mnemonic::Hlt);
+    assert!(only_hlt, "no VMM callout for CLI/STI/PUSHFD/POPFD at CPL 0: {:?}", stats.callout_list());
 }
 
 #[test]

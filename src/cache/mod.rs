@@ -16,6 +16,36 @@ use crate::emit::rel32;
 use crate::memory::PAGE_SIZE;
 use crate::translate::{ExitSite, InsnMapEntry, Translation};
 
+/// A multiplicative hasher for the block map: its keys are small integers
+/// the guest does not choose adversarially per lookup, and SipHash's cost
+/// shows on every dispatch.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        /// An odd constant with well-mixed bits (2^64 / golden ratio).
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
+    }
+}
+
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// Default code cache size.
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
 /// Smallest usable cache: the trampolines and a few blocks.
@@ -78,9 +108,9 @@ pub struct CodeCache {
     base_used: usize,
     pub blocks: Vec<Block>,
     /// (`Mode::key(linear eip)`, physical page of the eip) -> block.
-    pub map: HashMap<(u64, u32), BlockId>,
+    pub map: FastMap<(u64, u32), BlockId>,
     pub exits: Vec<Exit>,
-    page_blocks: HashMap<u32, Vec<BlockId>>,
+    page_blocks: FastMap<u32, Vec<BlockId>>,
     pub flushes: u64,
 }
 
@@ -124,9 +154,9 @@ impl CodeCache {
                 used: 0,
                 base_used: 0,
                 blocks: Vec::new(),
-                map: HashMap::new(),
+                map: FastMap::default(),
                 exits: Vec::new(),
-                page_blocks: HashMap::new(),
+                page_blocks: FastMap::default(),
                 flushes: 0,
             })
         }

@@ -108,8 +108,13 @@ pub struct HotState {
     /// values of `RESUME_REGS` there, to resume it after a hidden fault.
     pub resume_rip: u64,
     pub resume_regs: [u64; 6],
-    pub fx_guest: [u8; 512],
-    pub fx_host: [u8; 512],
+    /// Guest XMM0-7 and MXCSR while the VMM runs (the x87/MMX state stays
+    /// in the hardware: the VMM's Rust code never uses x87).
+    pub xmm: [u8; 128],
+    pub mxcsr: u32,
+    /// The MXCSR Rust code runs with.
+    pub host_mxcsr: u32,
+    _pad3: [u32; 2],
     /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
     pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
@@ -135,12 +140,15 @@ pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
 pub const RESUME_REGS: [u8; 6] = [5, 6, 7, 10, 11, 13];
 pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
 pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
-pub const OFF_FX_GUEST: i32 = offset_of!(HotState, fx_guest) as i32;
-pub const OFF_FX_HOST: i32 = offset_of!(HotState, fx_host) as i32;
+pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
+pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;
+pub const OFF_HOST_MXCSR: i32 = offset_of!(HotState, host_mxcsr) as i32;
 pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
 pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
 
-const _: () = assert!(OFF_FX_GUEST % 16 == 0 && OFF_FX_HOST % 16 == 0);
+const _: () = assert!(OFF_XMM % 16 == 0);
+/// MXCSR after reset: all exceptions masked, round to nearest.
+pub const MXCSR_RESET: u32 = 0x1F80;
 
 impl HotState {
     /// A zeroed state on the heap (it is several MiB: never on the stack).
@@ -156,18 +164,10 @@ impl HotState {
             Box::from_raw(p)
         };
         b.jc_keys.fill(JC_EMPTY_KEY);
-        b.fx_guest = initial_fxsave_image();
+        b.mxcsr = MXCSR_RESET;
+        b.host_mxcsr = MXCSR_RESET;
         b
     }
-}
-
-/// FXSAVE image of the state after FNINIT with MXCSR at its reset value.
-pub fn initial_fxsave_image() -> [u8; 512] {
-    let mut a = [0u8; 512];
-    a[0..2].copy_from_slice(&0x037Fu16.to_le_bytes()); // FCW
-    a[24..28].copy_from_slice(&0x1F80u32.to_le_bytes()); // MXCSR
-    a[28..32].copy_from_slice(&0xFFFFu32.to_le_bytes()); // MXCSR_MASK
-    a
 }
 
 /// Guest exception vectors.

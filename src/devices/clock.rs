@@ -66,9 +66,10 @@ impl VirtualClock {
     #[inline]
     pub fn advance_insns(&self, n: u64) {
         if let Source::Icount { ns, ns_per_insn } = &self.source {
-            // A single atomic add keeps this cheap on the hot path; the sum
-            // cannot realistically reach 2^64 ns (584 years).
-            ns.fetch_add(n.saturating_mul(*ns_per_insn), Ordering::Relaxed);
+            let delta = n.saturating_mul(*ns_per_insn);
+            // Uncontended (one CPU thread advances time), so this compare
+            // and swap succeeds first time; saturating keeps time monotonic.
+            let _ = ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(delta)));
         }
     }
 

@@ -96,6 +96,9 @@ pub struct Engine {
     hole_pages: HashSet<u32>,
     /// (user, linear page) -> physical page of code, with paging on.
     code_tlb: std::collections::HashMap<(bool, u32), u32>,
+    /// Decoded VMM-executed instructions by (linear address, mode); cleared
+    /// whenever code or its mapping may have changed.
+    emu_cache: crate::cache::FastMap<(u32, u16), Instruction>,
     log: Option<Box<dyn Write + Send>>,
 }
 
@@ -129,6 +132,7 @@ impl Engine {
             sig,
             hole_pages: HashSet::new(),
             code_tlb: std::collections::HashMap::new(),
+            emu_cache: Default::default(),
             log: None,
         })
     }
@@ -154,6 +158,10 @@ impl Engine {
         if let Err(e) = set_gs_base(self.mem.window_base()) {
             return RunOutcome::InternalError(format!("setting the GS base: {e}"));
         }
+        // The guest's x87/MMX state lives in this thread's FPU while it runs
+        // (the VMM's Rust code never touches x87): start from the FNINIT state.
+        // SAFETY: FNINIT only resets this thread's x87 state.
+        unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
         self.sig.cache = &self.cache;
         self.sig.hot = &mut *self.cpu.hot;
         let ctx: *mut SignalCtx = &mut *self.sig;
@@ -422,6 +430,7 @@ impl Engine {
             _ => self.mem.set_paging(regs),
         }
         self.code_tlb.clear();
+        self.emu_cache.clear();
         self.cache.unlink_all();
         self.cpu.hot.jc_keys.fill(crate::cpu::JC_EMPTY_KEY);
         self.stats.tlb_flushes += 1;
@@ -475,6 +484,7 @@ impl Engine {
 
     /// Drop all translations (the cache is full, or breakpoints changed).
     fn flush(&mut self) {
+        self.emu_cache.clear();
         self.cache.flush(&mut self.cpu.hot);
         self.mem.unprotect_all();
         self.stats.flushes += 1;
@@ -486,7 +496,8 @@ impl Engine {
         let i = self.decode_at(eip);
         self.stats.count_callout(i.mnemonic());
         let mut written = Vec::new();
-        let before = self.cpu.snapshot();
+        let paging = self.mem.paging().enabled();
+        let before = paging.then(|| self.cpu.snapshot());
         let (r, invlpg, pf) = {
             let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
             let r = interp::execute(&mut env, &i);
@@ -498,7 +509,9 @@ impl Engine {
         }
         if let Some(e) = pf {
             // A memory access of the instruction faulted: undo it, raise #PF.
-            self.cpu.restore(&before);
+            if let Some(b) = &before {
+                self.cpu.restore(b);
+            }
             self.stats.page_faults += 1;
             return self.exception(e);
         }
@@ -603,6 +616,7 @@ impl Engine {
     /// The guest wrote page `page` of RAM outside translated code's view
     /// (VMM write or a trapped store): drop the translations made from it.
     fn code_written(&mut self, page: u32) {
+        self.emu_cache.clear();
         let n = self.cache.invalidate_page(page, &mut self.cpu.hot);
         self.stats.invalidated_blocks += n as u64;
         self.stats.smc_pages += 1;
@@ -817,13 +831,30 @@ fn warm_up_decoder() {
 }
 
 impl Engine {
-    /// Decode the instruction at CS:`eip` in the current code size.
-    fn decode_at(&self, eip: u32) -> Instruction {
+    /// Decode the instruction at CS:`eip` in the current code size (through
+    /// the guest page tables; cached per linear address and mode until code
+    /// changes).
+    fn decode_at(&mut self, eip: u32) -> Instruction {
         let cs = self.cpu.seg[SEG_CS];
-        let bits = if self.cpu.mode().has(Mode::CS16) { 16 } else { 32 };
-        let at = cs.base.wrapping_add(eip) as usize;
-        let bytes = self.mem.ram().get(at..).unwrap_or(&[]);
-        Decoder::with_ip(bits, bytes, eip as u64, DecoderOptions::NONE).decode()
+        let mode = self.cpu.mode();
+        let lin = cs.base.wrapping_add(eip);
+        if let Some(i) = self.emu_cache.get(&(lin, mode.0)) {
+            return *i;
+        }
+        let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
+        let mut bytes = [0u8; crate::decode::MAX_INSN_LEN];
+        let mut n = 0;
+        let user = mode.cpl() == 3;
+        while n < bytes.len() {
+            match self.mem.translate(lin.wrapping_add(n as u32), false, user) {
+                Ok(p) if self.mem.is_ram(p) => bytes[n] = self.mem.read_u8(p),
+                _ => break,
+            }
+            n += 1;
+        }
+        let i = Decoder::with_ip(bits, &bytes[..n], eip as u64, DecoderOptions::NONE).decode();
+        self.emu_cache.insert((lin, mode.0), i);
+        i
     }
 }
 

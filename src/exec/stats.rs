@@ -1,6 +1,5 @@
 //! Counters behind `--stats`.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 
 use iced_x86::Mnemonic;
@@ -24,7 +23,8 @@ pub struct Stats {
     pub page_faults: u64,
     pub hidden_faults: u64,
     pub tlb_flushes: u64,
-    pub callouts: HashMap<Mnemonic, u64>,
+    /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
+    pub callouts: Vec<u64>,
 }
 
 impl Stats {
@@ -35,7 +35,20 @@ impl Stats {
     }
 
     pub fn count_callout(&mut self, m: Mnemonic) {
-        *self.callouts.entry(m).or_default() += 1;
+        let k = m as usize;
+        if self.callouts.len() <= k {
+            self.callouts.resize(Mnemonic::values().len().max(k + 1), 0);
+        }
+        self.callouts[k] += 1;
+    }
+
+    /// Callouts as (mnemonic, count), most frequent first.
+    pub fn callout_list(&self) -> Vec<(Mnemonic, u64)> {
+        let mut v: Vec<(Mnemonic, u64)> = Mnemonic::values()
+            .filter_map(|m| self.callouts.get(m as usize).copied().filter(|&n| n > 0).map(|n| (m, n)))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        v
     }
 
     /// The `--stats` report.
@@ -71,8 +84,7 @@ impl Stats {
             "  paging: {} hidden faults, {} guest page faults, {} TLB flushes",
             self.hidden_faults, self.page_faults, self.tlb_flushes
         );
-        let mut c: Vec<_> = self.callouts.iter().collect();
-        c.sort_by(|a, b| b.1.cmp(a.1).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        let c = self.callout_list();
         let _ = writeln!(s, "  callouts by instruction:");
         for (m, n) in c {
             let _ = writeln!(s, "    {:<30} {n}", format!("{m:?}").to_lowercase());

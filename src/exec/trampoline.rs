@@ -6,7 +6,7 @@
 //!     mov [rdi+host_rsp], rsp
 //!     mov r14, rdi ; mov r11, rsi ; mov r15, [r14+window]
 //!     cmp dword [r14+fpu_active], 0 ; je 1f
-//!     fxsave [r14+fx_host] ; fxrstor [r14+fx_guest]
+//!     movdqa xmm0..7, [r14+xmm] ; ldmxcsr [r14+mxcsr]      ; x87 state stays live
 //! 1:  mov eax, [r14+live_flags] ; and eax, CF|PF|AF|ZF|SF|OF|DF ; push rax ; popfq
 //!     mov eax..edi, r12d <- [r14+gpr]      ; guest ESP into r12d
 //!     jmp r11
@@ -21,13 +21,13 @@
 //!     mov rsp, [r14+host_rsp]
 //!     pushfq ; pop rax ; mov [r14+live_flags], eax ; cld
 //!     cmp dword [r14+fpu_active], 0 ; je 2f
-//!     fxsave [r14+fx_guest] ; fxrstor [r14+fx_host]
+//!     movdqa [r14+xmm], xmm0..7 ; stmxcsr [r14+mxcsr] ; ldmxcsr [r14+host_mxcsr]
 //! 2:  add rsp, 8 ; pop r15, r14, r13, r12, rbp, rbx ; ret
 //! ```
 
 use crate::cpu::{
-    OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_FX_GUEST, OFF_FX_HOST, OFF_GPR, OFF_HOST_RSP, OFF_LIVE_FLAGS,
-    OFF_RESUME_REGS, OFF_RESUME_RIP, OFF_WINDOW, RESUME_REGS, exit, flags,
+    OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS, OFF_MXCSR,
+    OFF_RESUME_REGS, OFF_RESUME_RIP, OFF_WINDOW, OFF_XMM, RESUME_REGS, exit, flags,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;
@@ -48,9 +48,17 @@ pub struct Trampolines {
 /// Guest registers in `HotState::gpr` order and their host registers.
 const GUEST_REGS: [u8; 8] = [RAX, RCX, RDX, RBX, GUEST_ESP, RBP, RSI, RDI];
 
-fn fx(a: &mut Asm, ext: u8, disp: i32) {
-    // fxsave/fxrstor [r14 + disp32]: REX.B 0F AE /ext mod=10 rm=110
-    a.bytes(&[0x41, 0x0F, 0xAE, 0x80 | (ext << 3) | 6]);
+/// `movdqa xmmN, [r14+disp]` (load) or `movdqa [r14+disp], xmmN` (store) for N = 0..7.
+fn xmm_all(a: &mut Asm, store: bool) {
+    for n in 0..8u8 {
+        a.bytes(&[0x66, 0x41, 0x0F, if store { 0x7F } else { 0x6F }, 0x86 | (n << 3)]);
+        a.u32((OFF_XMM + 16 * n as i32) as u32);
+    }
+}
+
+/// `ldmxcsr [r14+disp]` (ext 2) / `stmxcsr [r14+disp]` (ext 3).
+fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
+    a.bytes(&[0x41, 0x0F, 0xAE, 0x86 | (ext << 3)]);
     a.u32(disp as u32);
 }
 
@@ -89,8 +97,8 @@ fn entry(a: &mut Asm, resume: bool) {
     a.mov_r64_r64(R11, RSI);
     a.mov_r64_mbase(WINDOW, VCPU, OFF_WINDOW);
     let skip = skip_unless_fpu(a);
-    fx(a, 0, OFF_FX_HOST);
-    fx(a, 1, OFF_FX_GUEST);
+    xmm_all(a, false);
+    mxcsr(a, 2, OFF_MXCSR);
     bind_rel8(a, skip);
     a.mov_r32_mbase(RAX, VCPU, OFF_LIVE_FLAGS);
     a.byte(0x25); // and eax, imm32
@@ -145,8 +153,9 @@ fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     a.mov_mbase_r32(VCPU, OFF_LIVE_FLAGS, RAX);
     a.cld();
     let skip = skip_unless_fpu(&mut a);
-    fx(&mut a, 0, OFF_FX_GUEST);
-    fx(&mut a, 1, OFF_FX_HOST);
+    xmm_all(&mut a, true);
+    mxcsr(&mut a, 3, OFF_MXCSR);
+    mxcsr(&mut a, 2, OFF_HOST_MXCSR);
     bind_rel8(&mut a, skip);
     a.bytes(&[0x48, 0x83, 0xC4, 0x08]); // add rsp, 8
     for r in [R15, R14, R13, R12, RBP, RBX] {
@@ -182,12 +191,30 @@ mod tests {
         let d = disasm64(&code);
         assert!(d.iter().all(|l| !l.contains("(bad)") && !l.is_empty()));
         let text = d.join("\n");
-        assert!(text.contains("fxsave [r14+80h]") || text.contains("fxsave"), "{text}");
+        assert!(text.contains("movdqa xmm7,[r14+"), "{text}");
+        assert!(text.contains("ldmxcsr"), "{text}");
         assert!(text.contains("popfq"));
         assert!(text.contains("mov r12d,[r14+10h]"), "{text}");
         assert!(text.contains("jmp r11"));
         assert!(t.exit_fault > t.exits.exception && t.exits.exception > t.exits.chain);
         let exit = disasm64(&code[t.exits.indirect..t.exits.emulate]);
         assert_eq!(exit[0], "mov [r14+20h],r13d");
+    }
+}
+#[cfg(test)]
+mod dump {
+    #[test]
+    #[ignore]
+    fn dump_trampolines() {
+        let (code, _) = super::generate();
+        let mut d = iced_x86::Decoder::with_ip(64, &code, 0, 0);
+        let mut f = iced_x86::IntelFormatter::new();
+        use iced_x86::Formatter;
+        while d.can_decode() {
+            let i = d.decode();
+            let mut s = String::new();
+            f.format(&i, &mut s);
+            println!("{:4x} {s}", i.ip());
+        }
     }
 }
