@@ -201,20 +201,3 @@ mod tests {
         assert_eq!(exit[0], "mov [r14+20h],r13d");
     }
 }
-#[cfg(test)]
-mod dump {
-    #[test]
-    #[ignore]
-    fn dump_trampolines() {
-        let (code, _) = super::generate();
-        let mut d = iced_x86::Decoder::with_ip(64, &code, 0, 0);
-        let mut f = iced_x86::IntelFormatter::new();
-        use iced_x86::Formatter;
-        while d.can_decode() {
-            let i = d.decode();
-            let mut s = String::new();
-            f.format(&i, &mut s);
-            println!("{:4x} {s}", i.ip());
-        }
-    }
-}

@@ -422,6 +422,10 @@ impl<'a> Translator<'a> {
             c => c,
         };
         match cls {
+            Class::Ident if matches!(i.mnemonic(), iced_x86::Mnemonic::Div | iced_x86::Mnemonic::Idiv) => {
+                self.divide_by_zero_check(i);
+                self.ident(i, None);
+            }
             Class::Ident => self.ident(i, None),
             Class::Alias82 => self.ident(i, Some(0x80)),
             Class::IncDecShort => self.inc_dec_short(i),
@@ -483,6 +487,54 @@ impl<'a> Translator<'a> {
             }
             Class::Invalid => self.exception_exit(eip, vector::UD),
         }
+    }
+
+    /// DIV/IDIV by zero raises #DE without a host SIGFPE (which costs
+    /// microseconds): the divisor is tested with JRCXZ, flag-free.
+    ///
+    /// ```text
+    ///     mov r11, rcx ; mov/movzx ecx, <divisor> ; jrcxz zero ; jmp ok
+    /// zero: mov rcx, r11 ; <#DE exit>
+    /// ok:   mov rcx, r11 ; div ...
+    /// ```
+    /// Divisors through non-flat segments keep the SIGFPE path.
+    fn divide_by_zero_check(&mut self, i: &Instruction) {
+        let size = if i.op0_kind() == OpKind::Memory { i.memory_size().size() } else { i.op0_register().size() };
+        if i.op0_kind() == OpKind::Memory && !self.opts.mode.seg_flat(seg_index(i.memory_segment())) {
+            return;
+        }
+        if self.opts.mode.has(Mode::CS16) {
+            return;
+        }
+        self.a.mov_r64_r64(R11, RCX);
+        if i.op0_kind() == OpKind::Memory {
+            let m = guest_mem(i, GUEST_ESP);
+            let (op, prefix): (&[u8], &[u8]) = match size {
+                1 => (&[0x0F, 0xB6], &[]),
+                2 => (&[0x0F, 0xB7], &[]),
+                _ => (&[0x8B], &[]),
+            };
+            self.mem_op(prefix, op, RCX, &m, &[]);
+        } else {
+            let r = i.op0_register();
+            let src = host_gpr(r).unwrap_or(RAX);
+            match size {
+                1 => {
+                    // movzx ecx, r8 (AH..BH are 4..7 without REX; AL..BL 0..3).
+                    let code = if is_high_byte(r) { (src & 7) + 4 } else { src & 7 };
+                    self.a.bytes(&[0x0F, 0xB6, 0xC8 | code]);
+                }
+                2 => self.a.movzx_r32_r16(RCX, src),
+                _ => self.a.mov_r32_r32(RCX, src),
+            }
+        }
+        self.a.bytes(&[0xE3, 2]); // jrcxz zero (over the 2-byte jmp)
+        self.a.bytes(&[0xEB, 0]); // jmp ok (patched below)
+        let start = self.a.len();
+        self.a.mov_r64_r64(RCX, R11);
+        self.exception_exit(i.ip32(), vector::DE);
+        self.a.buf[start - 1] = (self.a.len() - start) as u8;
+        self.a.mov_r64_r64(RCX, R11);
     }
 
     /// End the block raising exception `v` at `eip`.

@@ -845,14 +845,22 @@ fn check_translation(mem: &[u8], b: &GuestBlock, t: &Translation) -> Result<(), 
             continue; // substituted sequence, see the golden tests
         }
         let off = t.insn_map[k + 1].host_off as usize;
-        let Some(&(_, h)) = host.iter().find(|(o, _)| *o == off) else {
+        let Some(mut h) = host.iter().find(|(o, _)| *o == off).map(|&(_, h)| h) else {
             return Err(ctx(format!("no host instruction at {off:#x} for guest {:#x}", g.ip32())));
         };
+        if matches!(g.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) {
+            // After the divide-by-zero check: the copied instruction itself.
+            let end = t.insn_map.get(k + 2).map_or(usize::MAX, |e| e.host_off as usize);
+            if let Some(&(_, d)) = host.iter().find(|(o, x)| *o >= off && *o < end && x.mnemonic() == g.mnemonic()) {
+                h = d;
+            }
+        }
         if fpu_fault(g, Mode::default()).is_some() {
             continue;
         }
         check_ident(g, &h, cls).map_err(|e| ctx(format!("at {:#x}: {e}", g.ip32())))?;
-        if let Some(n) = t.insn_map.get(k + 2) {
+        let divide = matches!(g.mnemonic(), Mnemonic::Div | Mnemonic::Idiv);
+        if let Some(n) = t.insn_map.get(k + 2).filter(|_| !divide) {
             if n.host_off as usize != off + h.len() {
                 return Err(ctx(format!("guest {:#x}: IDENT emitted more than one host instruction", g.ip32())));
             }
