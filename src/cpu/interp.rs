@@ -67,6 +67,9 @@ pub struct Env<'a> {
     pub page_fault: std::cell::Cell<Option<(u32, u32)>>,
     /// INVLPG executed: this linear address's translations must go.
     pub invlpg: Option<u32>,
+    /// A MOV to CR0, CR3 or CR4 executed (a CR3 reload flushes the TLB even
+    /// when the value is unchanged).
+    pub cr_written: bool,
     /// Accesses are user-mode (CPL 3) for paging protection checks.
     pub user: bool,
 }
@@ -74,7 +77,7 @@ pub struct Env<'a> {
 impl<'a> Env<'a> {
     pub fn new(cpu: &'a mut Cpu, mem: &'a mut GuestMemory, io: &'a mut PortBus, written: &'a mut Vec<u32>) -> Self {
         let user = cpu.cpl == 3;
-        Env { cpu, mem, io, written, page_fault: std::cell::Cell::new(None), invlpg: None, user }
+        Env { cpu, mem, io, written, page_fault: std::cell::Cell::new(None), invlpg: None, cr_written: false, user }
     }
 
     /// The page fault an access took, as an exception (CR2 set), if any.
@@ -86,12 +89,12 @@ impl<'a> Env<'a> {
 
     /// Physical address of linear `lin` for a read, or None after recording
     /// a page fault (paging off: the identity).
-    fn phys_read(&self, lin: u32) -> Option<u32> {
+    fn phys_read(&self, lin: u32, user: bool) -> Option<u32> {
         let regs = self.mem.paging();
         if !regs.enabled() {
             return Some(lin);
         }
-        let access = crate::memory::mmu::Access { write: false, user: self.user };
+        let access = crate::memory::mmu::Access { write: false, user };
         match crate::memory::mmu::lookup(self.mem.ram(), regs, lin, access) {
             Ok((t, _)) => Some(t.phys_page | (lin & 0xFFF)),
             Err(code) => {
@@ -191,8 +194,25 @@ impl Env<'_> {
         Ok(self.cpu.seg[seg].base.wrapping_add(self.offset(i)))
     }
 
-    /// Read `size` bytes at linear `addr` (through the guest page tables).
+    /// Read `size` bytes at linear `addr` (through the guest page tables,
+    /// with the privilege of the current CPL).
     pub fn read(&self, addr: u32, size: usize) -> u32 {
+        self.read_as(addr, size, self.user)
+    }
+
+    /// Read a system structure (GDT, LDT, IDT, TSS): always a supervisor access.
+    pub fn read_sys(&self, addr: u32, size: usize) -> u32 {
+        self.read_as(addr, size, false)
+    }
+
+    /// Write a system structure: always a supervisor access.
+    pub fn write_sys(&mut self, addr: u32, size: usize, v: u32) {
+        let user = std::mem::replace(&mut self.user, false);
+        self.write(addr, size, v);
+        self.user = user;
+    }
+
+    fn read_as(&self, addr: u32, size: usize, user: bool) -> u32 {
         let mut b = [0u8; 4];
         if !self.mem.paging().enabled() {
             // Identity: one bounds-checked copy (bytes outside RAM read as ones).
@@ -201,7 +221,7 @@ impl Env<'_> {
         }
         for (k, byte) in b.iter_mut().enumerate().take(size) {
             let lin = addr.wrapping_add(k as u32);
-            match self.phys_read(lin) {
+            match self.phys_read(lin, user) {
                 Some(p) => *byte = self.mem.read_u8(p),
                 None => return 0,
             }
@@ -327,7 +347,7 @@ impl Env<'_> {
             return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
         }
         let a = table.base.wrapping_add(off);
-        Ok(self.read(a, 4) as u64 | (self.read(a.wrapping_add(4), 4) as u64) << 32)
+        Ok(self.read_sys(a, 4) as u64 | (self.read_sys(a.wrapping_add(4), 4) as u64) << 32)
     }
 
     /// Set the accessed bit of a descriptor in memory, as the CPU does on load.
@@ -337,8 +357,8 @@ impl Env<'_> {
         }
         let base = if sel & 4 != 0 { self.cpu.ldtr.base } else { self.cpu.gdtr.base };
         let a = base.wrapping_add((sel & !7) as u32 + 5);
-        let b = self.read(a, 1) | 1;
-        self.write(a, 1, b);
+        let b = self.read_sys(a, 1) | 1;
+        self.write_sys(a, 1, b);
     }
 
     /// Load a data or stack segment register with protected-mode checks.
@@ -762,8 +782,8 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 } else {
                     // Mark the TSS busy in the GDT and in the cache.
                     let a = env.cpu.gdtr.base.wrapping_add((sel & !7) as u32 + 5);
-                    let b = env.read(a, 1) | 2;
-                    env.write(a, 1, b);
+                    let b = env.read_sys(a, 1) | 2;
+                    env.write_sys(a, 1, b);
                     env.cpu.tr = Segment { attr: s.attr | 2, ..s };
                 }
             }
@@ -883,12 +903,12 @@ fn check_io(env: &Env, port: u16, size: usize) -> R<()> {
     if tr.attr & 0x08 == 0 || tr.limit < 0x67 {
         return Err(gp0());
     }
-    let map = env.read(tr.base.wrapping_add(0x66), 2);
+    let map = env.read_sys(tr.base.wrapping_add(0x66), 2);
     let byte = map + port as u32 / 8;
     if byte + 1 > tr.limit {
         return Err(gp0());
     }
-    let bits = env.read(tr.base.wrapping_add(byte), 2);
+    let bits = env.read_sys(tr.base.wrapping_add(byte), 2);
     let mask = ((1u32 << size) - 1) << (port % 8);
     if bits & mask != 0 { Err(gp0()) } else { Ok(()) }
 }
@@ -935,6 +955,7 @@ fn string_io(env: &mut Env, i: &Instruction) -> R<Flow> {
 
 fn mov_cr(env: &mut Env, i: &Instruction) -> R<Flow> {
     if i.op0_register().is_cr() {
+        env.cr_written = true;
         let n = (i.op0_register() as u32 - Register::CR0 as u32) as usize;
         let v = env.reg(i.op1_register());
         match n {

@@ -86,7 +86,7 @@ impl Env<'_> {
             return Err(gp(idt_err));
         }
         let a = self.cpu.idtr.base.wrapping_add(vector as u32 * 8);
-        let gate = self.read(a, 4) as u64 | (self.read(a.wrapping_add(4), 4) as u64) << 32;
+        let gate = self.read_sys(a, 4) as u64 | (self.read_sys(a.wrapping_add(4), 4) as u64) << 32;
         let attr = ((gate >> 40) & 0xFF) as u16;
         let gty = attr & 0x1F;
         if !matches!(gty, ty::TASK_GATE | ty::INT_GATE16 | ty::TRAP_GATE16 | ty::INT_GATE32 | ty::TRAP_GATE32) {
@@ -167,8 +167,8 @@ impl Env<'_> {
         if vector as u32 * 4 + 3 > self.cpu.idtr.limit as u32 {
             return Err(gp(0));
         }
-        let ip = self.read(a, 2);
-        let cs = self.read(a.wrapping_add(2), 2) as u16;
+        let ip = self.read_sys(a, 2);
+        let cs = self.read_sys(a.wrapping_add(2), 2) as u16;
         let f = self.cpu.eflags();
         self.push(f, 2);
         self.push(self.cpu.seg[SEG_CS].selector as u32, 2);
@@ -194,11 +194,11 @@ impl Env<'_> {
             return Err(ts);
         }
         let esp = if is32 {
-            self.read(tr.base.wrapping_add(esp_off), 4)
+            self.read_sys(tr.base.wrapping_add(esp_off), 4)
         } else {
-            self.read(tr.base.wrapping_add(esp_off), 2)
+            self.read_sys(tr.base.wrapping_add(esp_off), 2)
         };
-        let ss = self.read(tr.base.wrapping_add(ss_off), 2) as u16;
+        let ss = self.read_sys(tr.base.wrapping_add(ss_off), 2) as u16;
         Ok((ss, esp))
     }
 
@@ -224,7 +224,7 @@ impl Env<'_> {
     /// IRET / IRETD in protected mode. Returns the new EIP.
     pub fn iret(&mut self, size: usize) -> R<u32> {
         if self.cpu.eflags() & flags::NT != 0 {
-            let link = self.read(self.cpu.tr.base, 2) as u16;
+            let link = self.read_sys(self.cpu.tr.base, 2) as u16;
             return self.task_switch(link, TaskSwitch::Iret, 0);
         }
         let esp = self.cpu.reg(ESP);
@@ -402,45 +402,45 @@ impl Env<'_> {
             efl &= !flags::NT;
         }
         let ob = old.base;
-        self.write(ob.wrapping_add(32), 4, ret_eip);
-        self.write(ob.wrapping_add(36), 4, efl);
+        self.write_sys(ob.wrapping_add(32), 4, ret_eip);
+        self.write_sys(ob.wrapping_add(36), 4, efl);
         for (k, r) in [EAX, ECX, EDX, 3, ESP, EBP, ESI, EDI].into_iter().enumerate() {
             let v = self.cpu.reg(r);
-            self.write(ob.wrapping_add(40 + 4 * k as u32), 4, v);
+            self.write_sys(ob.wrapping_add(40 + 4 * k as u32), 4, v);
         }
         for k in 0..6 {
             let v = self.cpu.seg[k].selector as u32;
-            self.write(ob.wrapping_add(72 + 4 * k as u32), 2, v);
+            self.write_sys(ob.wrapping_add(72 + 4 * k as u32), 2, v);
         }
         let gdt = self.cpu.gdtr.base;
         let busy_byte = |s: u16| gdt.wrapping_add((s & !7) as u32 + 5);
         if matches!(how, TaskSwitch::Jmp | TaskSwitch::Iret) {
             let a = busy_byte(old.selector);
-            let b = self.read(a, 1) & !2;
-            self.write(a, 1, b);
+            let b = self.read_sys(a, 1) & !2;
+            self.write_sys(a, 1, b);
         }
         let nb = new.base;
         if matches!(how, TaskSwitch::Call | TaskSwitch::Int) {
-            self.write(nb, 2, old.selector as u32);
+            self.write_sys(nb, 2, old.selector as u32);
         }
         if how != TaskSwitch::Iret {
             let a = busy_byte(sel);
-            let b = self.read(a, 1) | 2;
-            self.write(a, 1, b);
+            let b = self.read_sys(a, 1) | 2;
+            self.write_sys(a, 1, b);
         }
         // Load the incoming task.
-        let cr3 = self.read(nb.wrapping_add(28), 4);
-        let eip = self.read(nb.wrapping_add(32), 4);
-        let mut nfl = self.read(nb.wrapping_add(36), 4);
+        let cr3 = self.read_sys(nb.wrapping_add(28), 4);
+        let eip = self.read_sys(nb.wrapping_add(32), 4);
+        let mut nfl = self.read_sys(nb.wrapping_add(36), 4);
         let mut regs = [0u32; 8];
         for (k, r) in regs.iter_mut().enumerate() {
-            *r = self.read(nb.wrapping_add(40 + 4 * k as u32), 4);
+            *r = self.read_sys(nb.wrapping_add(40 + 4 * k as u32), 4);
         }
         let mut sels = [0u16; 6];
         for (k, s) in sels.iter_mut().enumerate() {
-            *s = self.read(nb.wrapping_add(72 + 4 * k as u32), 2) as u16;
+            *s = self.read_sys(nb.wrapping_add(72 + 4 * k as u32), 2) as u16;
         }
-        let ldt = self.read(nb.wrapping_add(96), 2) as u16;
+        let ldt = self.read_sys(nb.wrapping_add(96), 2) as u16;
         if matches!(how, TaskSwitch::Call | TaskSwitch::Int) {
             nfl |= flags::NT;
         }

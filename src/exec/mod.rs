@@ -423,11 +423,11 @@ impl Engine {
     /// The guest changed its paging registers or executed INVLPG: drop
     /// shadow mappings, the soft TLB, chains and jump-cache entries, since a
     /// linear address may now mean other code.
-    fn paging_changed(&mut self, invlpg: Option<u32>) {
+    fn paging_changed(&mut self, invlpg: Option<u32>, cr_written: bool) {
         let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
         match invlpg {
             Some(lin) if regs == self.mem.paging() => self.mem.invlpg(lin),
-            _ => self.mem.set_paging(regs),
+            _ => self.mem.set_paging(regs, cr_written),
         }
         self.code_tlb.clear();
         self.emu_cache.clear();
@@ -498,11 +498,11 @@ impl Engine {
         let mut written = Vec::new();
         let paging = self.mem.paging().enabled();
         let before = paging.then(|| self.cpu.snapshot());
-        let (r, invlpg, pf) = {
+        let (r, invlpg, cr_written, pf) = {
             let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
             let r = interp::execute(&mut env, &i);
             let pf = env.take_page_fault();
-            (r, env.invlpg, pf)
+            (r, env.invlpg, env.cr_written, pf)
         };
         for p in written {
             self.code_written(p);
@@ -516,8 +516,8 @@ impl Engine {
             return self.exception(e);
         }
         let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
-        if invlpg.is_some() || regs != self.mem.paging() {
-            self.paging_changed(invlpg);
+        if invlpg.is_some() || cr_written || regs != self.mem.paging() {
+            self.paging_changed(invlpg, cr_written);
         }
         match r {
             Ok(Flow::Next) => {
@@ -588,7 +588,7 @@ impl Engine {
             }
             let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
             if regs != self.mem.paging() {
-                self.paging_changed(None); // a task switch loaded CR3
+                self.paging_changed(None, true); // a task switch loaded CR3
             }
             for p in written {
                 self.code_written(p);

@@ -102,9 +102,14 @@ impl GuestMemory {
     }
 
     /// The guest changed CR0, CR3 or CR4: update the windows.
-    pub fn set_paging(&mut self, new: PagingRegs) {
+    /// `cr3_written`: a MOV to CR3 (even of the same value) flushes the
+    /// non-global translations.
+    pub fn set_paging(&mut self, new: PagingRegs, cr3_written: bool) {
         let old = self.shadow.regs;
         if old == new {
+            if cr3_written && new.enabled() {
+                self.flush_shadow(new.cr4 & mmu::CR4_PGE != 0);
+            }
             return;
         }
         self.shadow.regs = new;
@@ -176,8 +181,20 @@ impl GuestMemory {
         }
     }
 
-    /// INVLPG: drop the mappings of one linear page in both windows.
+    /// INVLPG: drop the mappings of the page holding `lin` in both windows
+    /// (all 4 MiB of it when a large page maps it).
     pub fn invlpg(&mut self, lin: u32) {
+        let regs = self.shadow.regs;
+        let pde = self.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2));
+        if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
+            let base = lin & 0xFFC0_0000;
+            let keys: Vec<u64> =
+                self.shadow.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base).collect();
+            for k in keys {
+                self.unmap_page(k);
+            }
+            return;
+        }
         let page = lin & !(PAGE_SIZE as u32 - 1);
         for win in 0..2 {
             self.unmap_page(key(win, page));
