@@ -215,7 +215,12 @@ impl Env<'_> {
     fn read_as(&self, addr: u32, size: usize, user: bool) -> u32 {
         let mut b = [0u8; 4];
         if !self.mem.paging().enabled() {
-            // Identity: one bounds-checked copy (bytes outside RAM read as ones).
+            // Identity: a fixed 4-byte load, masked (bytes outside RAM read as ones).
+            let a = addr as usize;
+            if let Some(w) = self.mem.ram().get(a..a + 4) {
+                let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                return if size >= 4 { v } else { v & ((1u32 << (8 * size)) - 1) };
+            }
             self.mem.read(addr, &mut b[..size]);
             return u32::from_le_bytes(b);
         }

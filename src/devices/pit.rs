@@ -270,10 +270,7 @@ impl Channel {
     fn status(&mut self, tick: u64) -> u8 {
         let out = if self.out(tick) { STATUS_OUT } else { 0 };
         let null = if self.null_count { STATUS_NULL_COUNT } else { 0 };
-        out | null
-            | (self.access as u8) << CW_ACCESS_SHIFT
-            | self.mode << CW_MODE_SHIFT
-            | u8::from(self.bcd)
+        out | null | (self.access as u8) << CW_ACCESS_SHIFT | self.mode << CW_MODE_SHIFT | u8::from(self.bcd)
     }
 
     /// Counter latch command: freezes the count for reading, unless a
@@ -545,6 +542,7 @@ impl Pit {
     /// The OUT level of `channel` (0-2) now; `false` for other numbers.
     pub fn out(&mut self, channel: usize) -> bool {
         let tick = self.now_ticks();
+        self.sync_irq0(tick);
         self.channels.get_mut(channel).is_some_and(|c| c.out(tick))
     }
 
@@ -807,10 +805,12 @@ mod tests {
         assert_eq!(p.next_irq0_ns(clock.now_ns()), Some(clock.now_ns()), "edges at 100, 200 uncollected");
         assert_eq!(p.irq0_edges(clock.now_ns()), 2);
         assert_eq!(p.next_irq0_ns(clock.now_ns()), Some(ticks_to_ns(300)));
-        at_tick(&clock, 300);
-        assert_eq!(read16(&mut p, 0), 40);
+        at_tick(&clock, 350);
+        assert!(p.out(0), "looking at OUT0 past the reload must not lose its edge");
+        assert_eq!(read16(&mut p, 0), 30);
         at_tick(&clock, 400);
         assert_eq!(p.irq0_edges(clock.now_ns()), 3, "300, 340, 380");
+        assert_eq!(p.next_irq0_ns(clock.now_ns()), Some(ticks_to_ns(420)));
         out(&mut p, PIT_CONTROL, 0xE2);
         assert_eq!(inb(&mut p, PIT_BASE) & STATUS_NULL_COUNT, 0);
     }

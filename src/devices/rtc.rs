@@ -326,7 +326,7 @@ impl Rtc {
                 consider(Some((second + 1) * NS - self.offset_ns));
             }
             if self.reg_b & B_AIE != 0 {
-                consider(self.next_alarm_secs(second).map(|s| i128::from(s) * NS - self.offset_ns));
+                consider(self.next_alarm_secs(clamp_secs(second)).map(|s| i128::from(s) * NS - self.offset_ns));
             }
         }
         let next = next?;
@@ -369,10 +369,9 @@ impl Rtc {
     }
 
     fn irqf(&self) -> bool {
-        let enabled = (self.reg_b & B_PIE != 0 && self.flags & C_PF != 0)
+        (self.reg_b & B_PIE != 0 && self.flags & C_PF != 0)
             || (self.reg_b & B_AIE != 0 && self.flags & C_AF != 0)
-            || (self.reg_b & B_UIE != 0 && self.flags & C_UF != 0);
-        enabled
+            || (self.reg_b & B_UIE != 0 && self.flags & C_UF != 0)
     }
 
     /// Sets register C's flags for the events between the last update and
@@ -393,7 +392,7 @@ impl Rtc {
             let (before, after) = (self.rtc_ns(from).div_euclid(NS), self.rtc_ns(now_ns).div_euclid(NS));
             if after > before {
                 self.flags |= C_UF;
-                if self.next_alarm_secs(before).is_some_and(|s| i128::from(s) <= after) {
+                if self.next_alarm_secs(clamp_secs(before)).is_some_and(|s| i128::from(s) <= after) {
                     self.flags |= C_AF;
                 }
             }
@@ -407,7 +406,7 @@ impl Rtc {
 
     /// Encodes `value` (0-99) in the current number format.
     fn encode(&self, value: u8) -> u8 {
-        if self.reg_b & B_BINARY != 0 { value } else { (value / 10 % 10) << 4 | value % 10 }
+        if self.reg_b & B_BINARY != 0 { value } else { ((value / 10 % 10) << 4) | (value % 10) }
     }
 
     /// Hour register value of `hour` (0-23) in the current formats.
@@ -553,11 +552,6 @@ impl Rtc {
             }
             _ => {}
         }
-        if divider_reset && !self.divider_in_reset() {
-            // Entering reset: freeze the divider phase too (no periodic
-            // events until release re-bases it).
-            log::debug!("rtc: divider held in reset");
-        }
     }
 
     /// A guest write to a time register: edits the held time, or the
@@ -580,7 +574,6 @@ impl Rtc {
             REG_CENTURY => time.year = i64::from(decoded) * 100 + time.year.rem_euclid(100),
             _ => return,
         }
-        let old_weekday = self.current_time(now_ns).weekday();
         match &mut self.held {
             Some(held) => *held = time,
             None => {
@@ -588,12 +581,6 @@ impl Rtc {
                 let new_secs = i128::from(time.to_unix());
                 self.offset_ns += (new_secs - old_secs) * NS;
             }
-        }
-        // Keep the weekday register counting from where it was when only
-        // the date moved under a guest-set weekday.
-        if self.weekday_offset != 0 {
-            let new_weekday = self.current_time(now_ns).weekday();
-            let _ = (old_weekday, new_weekday);
         }
     }
 }
@@ -655,5 +642,345 @@ impl PortDevice for Rtc {
             _ => log::debug!("rtc: write {low:#x} to foreign port {port:#x}"),
         }
         IoEffect::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB_RAM: u64 = 1024 * 1024;
+    /// 2024-03-15 13:45:30 UTC, a Friday.
+    const FRIDAY_AFTERNOON: i64 = 1_710_510_330;
+
+    fn rtc_at(unix_secs: i64) -> (Rtc, VirtualClock) {
+        let clock = VirtualClock::icount(1);
+        (Rtc::with_start_time(clock.clone(), 128 * MIB_RAM, unix_secs), clock)
+    }
+
+    fn read(rtc: &mut Rtc, reg: u8) -> u8 {
+        assert_eq!(rtc.write(RTC_INDEX, 1, u32::from(reg)), IoEffect::None);
+        rtc.read(RTC_DATA, 1) as u8
+    }
+
+    fn write(rtc: &mut Rtc, reg: u8, value: u8) {
+        assert_eq!(rtc.write(RTC_INDEX, 1, u32::from(reg)), IoEffect::None);
+        assert_eq!(rtc.write(RTC_DATA, 1, u32::from(value)), IoEffect::None);
+    }
+
+    fn time_regs(rtc: &mut Rtc) -> [u8; 8] {
+        [REG_SECONDS, REG_MINUTES, REG_HOURS, REG_WEEKDAY, REG_DAY, REG_MONTH, REG_YEAR, REG_CENTURY]
+            .map(|reg| read(rtc, reg))
+    }
+
+    fn advance_secs(clock: &VirtualClock, secs: u64) {
+        clock.advance_to_ns(clock.now_ns() + secs * NS_PER_SEC);
+    }
+
+    #[test]
+    fn calendar_conversions() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        for days in [-800_000, -1, 0, 59, 10_957, 19_797, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(DateTime::from_unix(FRIDAY_AFTERNOON).weekday(), 5);
+        assert_eq!(DateTime::from_unix(FRIDAY_AFTERNOON).to_unix(), FRIDAY_AFTERNOON);
+    }
+
+    #[test]
+    fn bcd_24_hour_is_the_default() {
+        let (mut rtc, _) = rtc_at(FRIDAY_AFTERNOON);
+        assert_eq!(read(&mut rtc, REG_B), 0x02);
+        assert_eq!(read(&mut rtc, REG_A), 0x26);
+        assert_eq!(read(&mut rtc, REG_D), 0x80);
+        assert_eq!(time_regs(&mut rtc), [0x30, 0x45, 0x13, 6, 0x15, 0x03, 0x24, 0x20]);
+    }
+
+    #[test]
+    fn binary_and_12_hour_formats() {
+        let (mut rtc, _) = rtc_at(FRIDAY_AFTERNOON);
+        write(&mut rtc, REG_B, 0x06);
+        assert_eq!(time_regs(&mut rtc), [30, 45, 13, 6, 15, 3, 24, 20]);
+        write(&mut rtc, REG_B, 0x04);
+        assert_eq!(read(&mut rtc, REG_HOURS), 0x81, "1 PM, binary");
+        write(&mut rtc, REG_B, 0x00);
+        assert_eq!(read(&mut rtc, REG_HOURS), 0x81, "1 PM, BCD");
+        let (mut midnight, _) = rtc_at(FRIDAY_AFTERNOON - 13 * 3600);
+        write(&mut midnight, REG_B, 0x00);
+        assert_eq!(read(&mut midnight, REG_HOURS), 0x12, "12 AM");
+        let (mut noon, _) = rtc_at(FRIDAY_AFTERNOON - 3600);
+        write(&mut noon, REG_B, 0x00);
+        assert_eq!(read(&mut noon, REG_HOURS), 0x92, "12 PM");
+        let (mut late, _) = rtc_at(FRIDAY_AFTERNOON + 10 * 3600);
+        write(&mut late, REG_B, 0x00);
+        assert_eq!(read(&mut late, REG_HOURS), 0x91, "11 PM");
+    }
+
+    #[test]
+    fn time_advances_with_virtual_time() {
+        let (mut rtc, clock) = rtc_at(946_684_799); // 1999-12-31 23:59:59, a Friday
+        assert_eq!(time_regs(&mut rtc), [0x59, 0x59, 0x23, 6, 0x31, 0x12, 0x99, 0x19]);
+        clock.advance_to_ns(NS_PER_SEC - 1);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x59);
+        clock.advance_to_ns(NS_PER_SEC);
+        assert_eq!(time_regs(&mut rtc), [0x00, 0x00, 0x00, 7, 0x01, 0x01, 0x00, 0x20]);
+        advance_secs(&clock, 61);
+        assert_eq!(read(&mut rtc, REG_MINUTES), 0x01);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x01);
+    }
+
+    #[test]
+    fn icount_start_is_fixed_and_runs_are_identical() {
+        let clock_a = VirtualClock::icount(10);
+        let clock_b = VirtualClock::icount(10);
+        let mut a = Rtc::new(clock_a.clone(), 64 * MIB_RAM);
+        let mut b = Rtc::new(clock_b.clone(), 64 * MIB_RAM);
+        assert_eq!(time_regs(&mut a), [0, 0, 0, 7, 0x01, 0x01, 0x00, 0x20], "2000-01-01, a Saturday");
+        for n in [12_345_678, 99_999_999, 1] {
+            clock_a.advance_insns(n);
+            clock_b.advance_insns(n);
+            assert_eq!(time_regs(&mut a), time_regs(&mut b));
+            assert_eq!(read(&mut a, REG_A), read(&mut b, REG_A));
+        }
+    }
+
+    #[test]
+    fn host_start_is_current_utc() {
+        let mut rtc = Rtc::new(VirtualClock::host(), 64 * MIB_RAM);
+        assert_eq!(read(&mut rtc, REG_CENTURY), 0x20);
+        assert!(read(&mut rtc, REG_YEAR) >= 0x24);
+    }
+
+    #[test]
+    fn update_in_progress_in_the_last_244_us() {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        assert_eq!(read(&mut rtc, REG_A) & A_UIP, 0);
+        clock.advance_to_ns(NS_PER_SEC - 244_001);
+        assert_eq!(read(&mut rtc, REG_A) & A_UIP, 0);
+        clock.advance_to_ns(NS_PER_SEC - 244_000);
+        assert_eq!(read(&mut rtc, REG_A), A_UIP | 0x26);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x30, "old time still valid");
+        clock.advance_to_ns(NS_PER_SEC - 1);
+        assert_eq!(read(&mut rtc, REG_A) & A_UIP, A_UIP);
+        clock.advance_to_ns(NS_PER_SEC);
+        assert_eq!(read(&mut rtc, REG_A) & A_UIP, 0);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x31);
+        // No updates, so no UIP, while SET is on.
+        write(&mut rtc, REG_B, 0x82);
+        clock.advance_to_ns(2 * NS_PER_SEC - 1000);
+        assert_eq!(read(&mut rtc, REG_A) & A_UIP, 0);
+    }
+
+    #[test]
+    fn update_ended_interrupt_and_register_c_clearing() {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        clock.advance_to_ns(NS_PER_SEC / 2);
+        write(&mut rtc, REG_B, 0x12);
+        assert!(!rtc.irq8_pending(clock.now_ns()));
+        assert_eq!(rtc.next_irq8_ns(clock.now_ns()), Some(NS_PER_SEC));
+        clock.advance_to_ns(NS_PER_SEC);
+        assert!(rtc.irq8_pending(clock.now_ns()));
+        assert_eq!(rtc.next_irq8_ns(clock.now_ns()), None, "line already high");
+        // PF is set even though PIE is off (1024 Hz default rate).
+        assert_eq!(read(&mut rtc, REG_C), C_IRQF | C_UF | C_PF);
+        assert_eq!(read(&mut rtc, REG_C), 0);
+        assert!(!rtc.irq8_pending(clock.now_ns()));
+        // Flags without their enable bit do not raise IRQF.
+        write(&mut rtc, REG_B, 0x02);
+        advance_secs(&clock, 3);
+        assert!(!rtc.irq8_pending(clock.now_ns()));
+        assert_eq!(read(&mut rtc, REG_C), C_UF | C_PF);
+        assert_eq!(rtc.next_irq8_ns(clock.now_ns()), None, "nothing enabled");
+    }
+
+    /// Counts periodic interrupts in one second by following next_irq8_ns.
+    fn periodic_per_second(rate: u8) -> u32 {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        write(&mut rtc, REG_A, 0x20 | rate);
+        write(&mut rtc, REG_B, 0x42);
+        let mut count = 0;
+        while let Some(t) = rtc.next_irq8_ns(clock.now_ns()) {
+            if t > NS_PER_SEC {
+                break;
+            }
+            assert!(t > clock.now_ns(), "next edge is in the future");
+            clock.advance_to_ns(t - 1);
+            assert!(!rtc.irq8_pending(clock.now_ns()), "not early");
+            clock.advance_to_ns(t);
+            assert!(rtc.irq8_pending(clock.now_ns()));
+            assert_eq!(read(&mut rtc, REG_C) & (C_IRQF | C_PF), C_IRQF | C_PF);
+            count += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn periodic_interrupt_rates() {
+        assert_eq!(periodic_per_second(6), 1024);
+        assert_eq!(periodic_per_second(15), 2);
+        assert_eq!(periodic_per_second(1), 256, "rate 1 repeats rate 8");
+        assert_eq!(periodic_per_second(2), 128);
+        assert_eq!(periodic_per_second(3), 8192);
+        assert_eq!(periodic_per_second(0), 0);
+    }
+
+    #[test]
+    fn alarm_interrupt() {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        write(&mut rtc, REG_SECONDS_ALARM, 0x00);
+        write(&mut rtc, REG_MINUTES_ALARM, 0x46);
+        write(&mut rtc, REG_HOURS_ALARM, 0x13);
+        write(&mut rtc, REG_B, 0x22);
+        assert_eq!(rtc.next_irq8_ns(0), Some(30 * NS_PER_SEC));
+        advance_secs(&clock, 29);
+        assert!(!rtc.irq8_pending(clock.now_ns()));
+        assert_eq!(read(&mut rtc, REG_C) & C_AF, 0);
+        advance_secs(&clock, 1);
+        assert!(rtc.irq8_pending(clock.now_ns()));
+        assert_eq!(read(&mut rtc, REG_C), C_IRQF | C_AF | C_UF | C_PF);
+        // Next day, same time.
+        assert_eq!(rtc.next_irq8_ns(clock.now_ns()), Some((30 + 86_400) * NS_PER_SEC));
+        // Don't-care minutes and hours: every minute at second 0.
+        write(&mut rtc, REG_MINUTES_ALARM, 0xC0);
+        write(&mut rtc, REG_HOURS_ALARM, 0xFF);
+        assert_eq!(rtc.next_irq8_ns(clock.now_ns()), Some(90 * NS_PER_SEC));
+        // A jump over the alarm still flags it.
+        advance_secs(&clock, 600);
+        assert_eq!(read(&mut rtc, REG_C) & C_AF, C_AF);
+        // An impossible alarm never fires.
+        write(&mut rtc, REG_HOURS_ALARM, 0x25);
+        assert_eq!(rtc.next_irq8_ns(clock.now_ns()), None);
+        advance_secs(&clock, 2 * 86_400);
+        assert_eq!(read(&mut rtc, REG_C) & C_AF, 0);
+        // 12-hour alarm: 1:46 PM.
+        write(&mut rtc, REG_B, 0x20);
+        write(&mut rtc, REG_HOURS_ALARM, 0x81);
+        write(&mut rtc, REG_MINUTES_ALARM, 0x46);
+        write(&mut rtc, REG_SECONDS_ALARM, 0xC0);
+        let now = clock.now_ns();
+        assert_eq!(read(&mut rtc, REG_HOURS), 0x81);
+        assert_eq!(read(&mut rtc, REG_MINUTES), 0x56);
+        assert_eq!(rtc.next_irq8_ns(now), Some(now + (86_400 - 600) * NS_PER_SEC), "tomorrow 13:46:00");
+    }
+
+    #[test]
+    fn set_bit_freezes_time_for_setting() {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        clock.advance_to_ns(NS_PER_SEC / 4);
+        write(&mut rtc, REG_B, 0x12);
+        write(&mut rtc, REG_B, 0x92);
+        assert_eq!(read(&mut rtc, REG_B), 0x82, "SET clears UIE");
+        // Linux's order: year, month, day, hours, minutes, seconds.
+        for (reg, value) in [
+            (REG_YEAR, 0x25),
+            (REG_MONTH, 0x02),
+            (REG_DAY, 0x28),
+            (REG_HOURS, 0x23),
+            (REG_MINUTES, 0x59),
+            (REG_SECONDS, 0x58),
+        ] {
+            write(&mut rtc, reg, value);
+        }
+        advance_secs(&clock, 5);
+        assert_eq!(time_regs(&mut rtc), [0x58, 0x59, 0x23, 6, 0x28, 0x02, 0x25, 0x20], "frozen while SET");
+        assert_eq!(read(&mut rtc, REG_C) & C_UF, 0, "no updates while SET");
+        write(&mut rtc, REG_B, 0x02);
+        // The divider kept running: the next update comes on its schedule.
+        clock.advance_to_ns(6 * NS_PER_SEC - 1);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x58);
+        clock.advance_to_ns(7 * NS_PER_SEC);
+        assert_eq!(time_regs(&mut rtc), [0x00, 0x00, 0x00, 7, 0x01, 0x03, 0x25, 0x20]);
+    }
+
+    #[test]
+    fn writes_while_running_keep_the_second_phase() {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        clock.advance_to_ns(NS_PER_SEC / 2);
+        write(&mut rtc, REG_MINUTES, 0x10);
+        write(&mut rtc, REG_CENTURY, 0x21);
+        assert_eq!(time_regs(&mut rtc)[..3], [0x30, 0x10, 0x13]);
+        assert_eq!(read(&mut rtc, REG_YEAR), 0x24);
+        assert_eq!(read(&mut rtc, REG_CENTURY), 0x21);
+        clock.advance_to_ns(NS_PER_SEC);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x31);
+        // Weekday is an independent counter.
+        write(&mut rtc, REG_WEEKDAY, 2);
+        assert_eq!(read(&mut rtc, REG_WEEKDAY), 2);
+        advance_secs(&clock, 86_400);
+        assert_eq!(read(&mut rtc, REG_WEEKDAY), 3);
+        // Garbage is clamped, not a panic.
+        write(&mut rtc, REG_MONTH, 0xFF);
+        write(&mut rtc, REG_HOURS, 0xFF);
+        write(&mut rtc, REG_WEEKDAY, 0);
+        assert_eq!(read(&mut rtc, REG_MONTH), 0x12);
+        assert_eq!(read(&mut rtc, REG_HOURS), 0x23);
+        assert_eq!(read(&mut rtc, REG_WEEKDAY), 1);
+    }
+
+    #[test]
+    fn divider_reset_stops_the_clock() {
+        let (mut rtc, clock) = rtc_at(FRIDAY_AFTERNOON);
+        write(&mut rtc, REG_A, 0x76);
+        advance_secs(&clock, 10);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x30);
+        assert_eq!(read(&mut rtc, REG_C), 0, "no periodic flag while in reset");
+        let released = clock.now_ns();
+        write(&mut rtc, REG_A, 0x26);
+        clock.advance_to_ns(released + NS_PER_SEC / 2 - 1);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x30);
+        clock.advance_to_ns(released + NS_PER_SEC / 2);
+        assert_eq!(read(&mut rtc, REG_SECONDS), 0x31, "first update 500 ms after release");
+    }
+
+    #[test]
+    fn cmos_memory_size_bytes() {
+        let clock = VirtualClock::icount(1);
+        let mut big = Rtc::new(clock.clone(), 128 * MIB_RAM);
+        let bytes = |rtc: &mut Rtc, reg: u8| u16::from_le_bytes([read(rtc, reg), read(rtc, reg + 1)]);
+        assert_eq!(bytes(&mut big, CMOS_BASE_MEMORY), 640);
+        assert_eq!(bytes(&mut big, CMOS_EXTENDED_MEMORY), 0xFFFF, "capped");
+        assert_eq!(bytes(&mut big, CMOS_EXTENDED_MEMORY_POST), 0xFFFF);
+        assert_eq!(bytes(&mut big, CMOS_MEMORY_ABOVE_16M), 112 * 16);
+        assert_eq!(read(&mut big, CMOS_FLOPPY_TYPES), 0);
+        assert_eq!(read(&mut big, CMOS_EQUIPMENT), 0x02);
+        let mut small = Rtc::new(clock.clone(), 8 * MIB_RAM);
+        assert_eq!(bytes(&mut small, CMOS_EXTENDED_MEMORY), 7 * 1024);
+        assert_eq!(bytes(&mut small, CMOS_EXTENDED_MEMORY_POST), 7 * 1024);
+        assert_eq!(bytes(&mut small, CMOS_MEMORY_ABOVE_16M), 0);
+        let sum: u16 = (0x10..0x2E).map(|r| u16::from(read(&mut small, r))).sum();
+        assert_eq!(u16::from_be_bytes([read(&mut small, 0x2E), read(&mut small, 0x2F)]), sum);
+        let mut tiny = Rtc::new(clock, 512 * 1024);
+        assert_eq!(bytes(&mut tiny, CMOS_BASE_MEMORY), 512);
+        assert_eq!(bytes(&mut tiny, CMOS_EXTENDED_MEMORY), 0);
+    }
+
+    #[test]
+    fn nvram_index_and_nmi_mask() {
+        let (mut rtc, _) = rtc_at(FRIDAY_AFTERNOON);
+        write(&mut rtc, 0x40, 0xA5);
+        write(&mut rtc, 0x7F, 0x5A);
+        assert_eq!(read(&mut rtc, 0x40), 0xA5);
+        assert!(!rtc.nmi_disabled());
+        rtc.write(RTC_INDEX, 1, 0xC0);
+        assert!(rtc.nmi_disabled());
+        assert_eq!(rtc.read(RTC_DATA, 1), 0xA5, "bit 7 of the index is the NMI mask");
+        assert_eq!(rtc.read(RTC_INDEX, 1), 0xFF);
+        assert_eq!(read(&mut rtc, 0x7F), 0x5A);
+        write(&mut rtc, REG_D, 0x00);
+        assert_eq!(read(&mut rtc, REG_D), 0x80);
+        write(&mut rtc, REG_C, 0xFF);
+        assert_eq!(read(&mut rtc, REG_C), 0);
+        write(&mut rtc, REG_A, 0xFF);
+        assert_eq!(read(&mut rtc, REG_A) & 0x7F, 0x7F, "UIP is read-only");
+        // 16-bit write: index then data.
+        rtc.write(RTC_INDEX, 2, 0x3341);
+        assert_eq!(read(&mut rtc, 0x41), 0x33);
+        assert_eq!(rtc.read(RTC_INDEX, 2), 0x33FF);
+        assert_eq!(rtc.read(0x72, 1), 0xFF);
+        assert_eq!(rtc.write(0x72, 1, 0), IoEffect::None);
     }
 }

@@ -99,6 +99,8 @@ pub struct Engine {
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::cache::FastMap<(u32, u16), Instruction>,
+    /// The mode of the block last entered (what the exit's instruction ran in).
+    mode: Mode,
     log: Option<Box<dyn Write + Send>>,
 }
 
@@ -133,6 +135,7 @@ impl Engine {
             hole_pages: HashSet::new(),
             code_tlb: std::collections::HashMap::new(),
             emu_cache: Default::default(),
+            mode: Mode::default(),
             log: None,
         })
     }
@@ -178,6 +181,7 @@ impl Engine {
         loop {
             let eip = self.cpu.hot.eip;
             let mode = self.cpu.mode();
+            self.mode = mode;
             // Debug-register execution breakpoints are faults taken before
             // the instruction, unless RF is set.
             if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
@@ -765,6 +769,7 @@ impl Engine {
     fn step_one(&mut self) -> Step {
         let eip = self.cpu.hot.eip;
         let mode = self.cpu.mode();
+        self.mode = mode;
         self.cpu.sync_segments();
         let id = match self.translate(eip, mode, false) {
             Ok(id) => id,
@@ -836,7 +841,7 @@ impl Engine {
     /// changes).
     fn decode_at(&mut self, eip: u32) -> Instruction {
         let cs = self.cpu.seg[SEG_CS];
-        let mode = self.cpu.mode();
+        let mode = self.mode;
         let lin = cs.base.wrapping_add(eip);
         if let Some(i) = self.emu_cache.get(&(lin, mode.0)) {
             return *i;

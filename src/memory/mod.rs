@@ -239,6 +239,10 @@ impl GuestMemory {
     /// Read guest physical memory; bytes outside RAM read as all ones.
     pub fn read(&self, addr: u32, buf: &mut [u8]) {
         let ram = self.ram();
+        if let Some(src) = ram.get(addr as usize..addr as usize + buf.len()) {
+            buf.copy_from_slice(src);
+            return;
+        }
         for (i, b) in buf.iter_mut().enumerate() {
             let a = addr.wrapping_add(i as u32) as usize;
             *b = if a < ram.len() { ram[a] } else { 0xFF };
@@ -248,6 +252,10 @@ impl GuestMemory {
     /// Write guest physical memory; bytes outside RAM are dropped.
     pub fn write(&mut self, addr: u32, data: &[u8]) {
         let ram = self.ram_mut();
+        if let Some(dst) = ram.get_mut(addr as usize..addr as usize + data.len()) {
+            dst.copy_from_slice(data);
+            return;
+        }
         for (i, b) in data.iter().enumerate() {
             let a = addr.wrapping_add(i as u32) as usize;
             if a < ram.len() {
