@@ -169,3 +169,18 @@ fn page_fault_write_to_read_only_page_before_idt_is_reported() {
     let (out, _, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
     assert_eq!(out, RunOutcome::Exception { vector: 14, error_code: Some(3), eip: SNIPPET_CODE_ADDR + 118 });
 }
+
+#[test]
+fn compute_image_with_paging_matches_qemu_output() {
+    // The compute kernel turns paging on (4 MiB identity pages) with paging=1;
+    // its output must be the same as without (QEMU's golden).
+    let out = Command::new(env!("CARGO_BIN_EXE_btvisor"))
+        .args(["-append", "paging=1", "guest-images/compute.elf"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run btvisor");
+    let want = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/guest-images/expected/compute.out"))
+        .expect("golden output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert_eq!(out.status.code(), Some(1));
+}
