@@ -70,6 +70,8 @@ pub struct Config {
     pub stats: bool,
     /// Code cache size (`--cache-size`, or QEMU's `-accel tcg,tb-size=MiB`).
     pub cache_bytes: Option<u64>,
+    /// `-icount shift=N`: deterministic time, 2^N ns per guest instruction.
+    pub icount_shift: Option<u32>,
 }
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
@@ -107,6 +109,8 @@ pub enum CliError {
     UnsupportedDisplay(String),
     #[error("unsupported -device `{0}`: only isa-debug-exit is available")]
     UnsupportedDevice(String),
+    #[error("invalid -icount `{0}`: expected shift=N with N from 0 to 10, or auto")]
+    InvalidIcount(String),
     #[error("invalid code cache size `{value}`: {reason}")]
     InvalidCacheSize { value: String, reason: &'static str },
     #[error("unsupported -accel `{0}`: only tcg (binary translation) is available")]
@@ -188,6 +192,9 @@ struct RawArgs {
     /// Translated-code cache size: N[K|M|G], MiB when no unit is given
     #[arg(long = "cache-size", value_name = "SIZE")]
     cache_size: Option<String>,
+    /// Deterministic time: [shift=]N (2^N ns per instruction) or auto
+    #[arg(long, value_name = "SHIFT")]
+    icount: Option<String>,
 
     /// Accepted for QEMU compatibility: only `none`
     #[arg(long, value_name = "TYPE")]
@@ -249,6 +256,7 @@ const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("enable-kvm", false),
     ("stats", false),
     ("cache-size", true),
+    ("icount", true),
     ("help", false),
     ("version", false),
 ];
@@ -379,7 +387,28 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
             Some(spec) => Some(parse_cache_size(spec)?),
             None => cache_bytes,
         },
+        icount_shift: match &raw.icount {
+            Some(spec) => Some(parse_icount(spec)?),
+            None => None,
+        },
     })
+}
+
+/// Largest icount shift QEMU accepts (2^10 ns per instruction).
+const MAX_ICOUNT_SHIFT: u32 = 10;
+/// The shift `-icount auto` uses (QEMU adapts it; btvisor keeps it fixed).
+const AUTO_ICOUNT_SHIFT: u32 = 3;
+
+fn parse_icount(spec: &str) -> Result<u32, CliError> {
+    let shift = spec.split(',').next().unwrap_or(spec);
+    let shift = shift.strip_prefix("shift=").unwrap_or(shift);
+    if shift == "auto" {
+        return Ok(AUTO_ICOUNT_SHIFT);
+    }
+    match shift.parse::<u32>() {
+        Ok(n) if n <= MAX_ICOUNT_SHIFT => Ok(n),
+        _ => Err(CliError::InvalidIcount(spec.to_owned())),
+    }
 }
 
 /// Smallest and largest code cache (the cache must hold the trampolines and
@@ -533,6 +562,7 @@ mod tests {
                 log_file: None,
                 stats: false,
                 cache_bytes: None,
+                icount_shift: None,
             }
         );
     }
@@ -626,6 +656,14 @@ mod tests {
         assert!(help.is_informational());
         assert_eq!(help.exit_code(), 0);
         assert!(help.to_string().contains("out_asm"));
+    }
+
+    #[test]
+    fn icount_spellings() {
+        assert_eq!(ok(&["-icount", "shift=4", "k"]).icount_shift, Some(4));
+        assert_eq!(ok(&["-icount", "2", "k"]).icount_shift, Some(2));
+        assert_eq!(ok(&["-icount", "auto", "k"]).icount_shift, Some(3));
+        assert!(parse(&["-icount", "shift=99", "k"]).is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use thiserror::Error;
 
 use crate::cli::{Config, SerialTarget};
 use crate::cpu::{EAX, EBX, ESP};
-use crate::devices::PortBus;
+use crate::devices::chipset::pc_machine;
+use crate::devices::clock::VirtualClock;
 use crate::exec::{Engine, EngineOptions, ExecError, Trace};
 use crate::loader::{LoaderError, MULTIBOOT_BOOTLOADER_MAGIC, load_multiboot};
 use crate::memory::{GuestMemory, MemoryError};
@@ -56,15 +57,26 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
     let cmdline = multiboot_cmdline(&config.image, &config.append);
     let boot = load_multiboot(&image, mem.ram_mut(), &cmdline, LOADER_NAME)
         .map_err(|source| VmError::Load { path, source })?;
-    let io = PortBus::pc_standard(serial_writer(&config.serial)?);
+    let clock = match config.icount_shift {
+        Some(shift) => VirtualClock::icount(1 << shift),
+        None => VirtualClock::host(),
+    };
+    let (io, mut chipset) = pc_machine(serial_writer(&config.serial)?, config.mem_bytes, clock);
+    let raw_mode = match config.serial {
+        SerialTarget::Stdout => chipset.connect_stdin(),
+        _ => None,
+    };
     let t = &config.trace;
     let opts = EngineOptions {
         trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int },
         // Every block entry is visible in the exec trace only without chaining.
-        chaining: !t.exec,
+        chaining: !t.exec && config.icount_shift.is_none(),
+        icount: config.icount_shift.is_some(),
         cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     };
     let mut engine = Engine::new(mem, io, opts)?;
+    engine.chipset = Some(chipset);
+    engine.raw_mode = raw_mode;
     if let Some(p) = &config.log_file {
         let f = File::create(p).map_err(|source| VmError::Log { path: p.display().to_string(), source })?;
         engine.set_log(Box::new(std::io::BufWriter::new(f)));

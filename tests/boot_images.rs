@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
-const IMAGES: &[&str] = &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging"];
+const IMAGES: &[&str] = &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -158,6 +158,11 @@ fn boot_smc() {
 #[test]
 fn boot_paging() {
     boot_and_compare("paging");
+}
+
+#[test]
+fn boot_pm() {
+    boot_and_compare("pm");
 }
 
 #[test]

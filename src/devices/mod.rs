@@ -5,7 +5,12 @@
 //! a single table index because guests poll status ports (e.g. the UART's
 //! line status register) in tight loops.
 
+pub mod chipset;
+pub mod clock;
 pub mod debug_exit;
+pub mod pic;
+pub mod pit;
+pub mod rtc;
 pub mod uart;
 
 use thiserror::Error;

@@ -19,6 +19,7 @@ use crate::cpu::interrupt::{EventKind, is_contributory};
 use crate::cpu::{Cpu, Exception, HotState, Mode, SEG_CS, exit, flags, vector};
 use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_in};
 use crate::devices::PortBus;
+use crate::devices::chipset::Chipset;
 use crate::memory::mmu::PagingRegs;
 use crate::memory::{GuestMemory, PAGE_SIZE, ShadowFault, WINDOW_SIZE};
 use crate::translate::{Options, Translator};
@@ -30,6 +31,10 @@ use trampoline::Trampolines;
 const DR7_ENABLE_MASK: u32 = 0xFF;
 /// DR6.BS: the #DB was a single-step trap.
 const DR6_BS: u32 = 1 << 14;
+
+/// The same with interrupt-producing devices attached: it bounds the latency
+/// of a timer interrupt while the guest spins in chained code.
+pub const CHIPSET_POLL_INTERVAL_NS: u64 = 1_000_000;
 
 /// Interval at which the dispatcher regains control from chained code.
 pub const POLL_INTERVAL_NS: u64 = 10_000_000;
@@ -59,11 +64,19 @@ pub struct EngineOptions {
     pub trace: Trace,
     /// Chain direct exits and look indirect targets up inline.
     pub chaining: bool,
+    /// Deterministic time: the clock advances with executed instructions and
+    /// every block returns to the dispatcher (no chaining).
+    pub icount: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { cache_size: crate::cache::DEFAULT_CACHE_SIZE, trace: Trace::default(), chaining: true }
+        EngineOptions {
+            cache_size: crate::cache::DEFAULT_CACHE_SIZE,
+            trace: Trace::default(),
+            chaining: true,
+            icount: false,
+        }
     }
 }
 
@@ -101,6 +114,14 @@ pub struct Engine {
     emu_cache: crate::cache::FastMap<(u32, u16), Instruction>,
     /// The mode of the block last entered (what the exit's instruction ran in).
     mode: Mode,
+    /// PIC/PIT/RTC/UART interrupt sources, if the machine has them.
+    pub chipset: Option<Chipset>,
+    /// Restores the host terminal when the machine goes away.
+    pub raw_mode: Option<crate::devices::chipset::RawModeGuard>,
+    /// Virtual time at which the chipset must be looked at again.
+    next_irq_check: u64,
+    /// A port write may have changed interrupt state: look at the chipset now.
+    irq_dirty: bool,
     log: Option<Box<dyn Write + Send>>,
 }
 
@@ -136,6 +157,10 @@ impl Engine {
             code_tlb: std::collections::HashMap::new(),
             emu_cache: Default::default(),
             mode: Mode::default(),
+            chipset: None,
+            raw_mode: None,
+            next_irq_check: 0,
+            irq_dirty: true,
             log: None,
         })
     }
@@ -169,7 +194,10 @@ impl Engine {
         self.sig.hot = &mut *self.cpu.hot;
         let ctx: *mut SignalCtx = &mut *self.sig;
         signals::set_current(ctx);
-        let _timer = signals::IntervalTimer::start(POLL_INTERVAL_NS);
+        // Without chaining (icount) every block returns anyway; with a
+        // chipset, timer interrupts need a finer bound than the default.
+        let interval = if self.chipset.is_some() { CHIPSET_POLL_INTERVAL_NS } else { POLL_INTERVAL_NS };
+        let _timer = (!self.opts.icount).then(|| signals::IntervalTimer::start(interval));
         let out = self.dispatch();
         signals::set_current(std::ptr::null_mut());
         self.io.flush();
@@ -179,6 +207,16 @@ impl Engine {
     fn dispatch(&mut self) -> RunOutcome {
         let mut chain_from: Option<u32> = None;
         loop {
+            if self.chipset.is_some() {
+                match self.check_interrupts() {
+                    Some(Step::Done(out)) => return out,
+                    Some(_) => {
+                        chain_from = None;
+                        continue;
+                    }
+                    None => {}
+                }
+            }
             let eip = self.cpu.hot.eip;
             let mode = self.cpu.mode();
             self.mode = mode;
@@ -247,7 +285,13 @@ impl Engine {
                 self.logln(&l);
             }
             let events = self.stats.exceptions;
+            let block_insns = self.cache.blocks[id as usize].insn_map.len().saturating_sub(1) as u64;
             let step = self.enter(host);
+            if self.opts.icount {
+                if let Some(cs) = &self.chipset {
+                    cs.clock.advance_insns(block_insns);
+                }
+            }
             // Single-step: a #DB trap after each instruction that began with
             // TF set and completed without raising an event.
             if mode.has(Mode::TF) && self.stats.exceptions == events && !matches!(step, Step::Done(_)) {
@@ -511,6 +555,21 @@ impl Engine {
         for p in written {
             self.code_written(p);
         }
+        if matches!(
+            i.mnemonic(),
+            iced_x86::Mnemonic::Out
+                | iced_x86::Mnemonic::Outsb
+                | iced_x86::Mnemonic::Outsw
+                | iced_x86::Mnemonic::Outsd
+                | iced_x86::Mnemonic::In
+        ) || i.mnemonic() == iced_x86::Mnemonic::Sti
+            || i.mnemonic() == iced_x86::Mnemonic::Popf
+            || i.mnemonic() == iced_x86::Mnemonic::Popfd
+            || i.mnemonic() == iced_x86::Mnemonic::Iret
+            || i.mnemonic() == iced_x86::Mnemonic::Iretd
+        {
+            self.irq_dirty = true;
+        }
         if let Some(e) = pf {
             // A memory access of the instruction faulted: undo it, raise #PF.
             if let Some(b) = &before {
@@ -537,10 +596,71 @@ impl Engine {
             Ok(Flow::Halt) => {
                 let ie = self.cpu.eflags() & flags::IF != 0;
                 self.cpu.hot.eip = i.next_ip32();
-                // No interrupt source exists yet, so a halted CPU never wakes.
+                if ie && self.chipset.is_some() {
+                    return self.halt_until_interrupt(eip);
+                }
                 Step::Done(RunOutcome::Halted { eip, interrupts_enabled: ie })
             }
             Err(e) => self.exception(e),
+        }
+    }
+
+    /// Deliver a pending external interrupt if IF allows and the chipset
+    /// (looked at only when a timer is due or a port write touched it) has one.
+    fn check_interrupts(&mut self) -> Option<Step> {
+        let cs = self.chipset.as_mut()?;
+        let now = cs.clock.now_ns();
+        if !self.irq_dirty && now < self.next_irq_check {
+            return None;
+        }
+        self.irq_dirty = false;
+        let intr = cs.update();
+        self.next_irq_check = cs.next_event_ns().unwrap_or(u64::MAX);
+        if cs.input_pending() {
+            self.irq_dirty = true;
+        }
+        if !intr || self.cpu.hot.vif == 0 {
+            // Look again as soon as the guest may accept it.
+            self.irq_dirty |= intr;
+            return None;
+        }
+        let v = cs.acknowledge();
+        self.irq_dirty = true; // more may be pending
+        self.stats.interrupts += 1;
+        let eip = self.cpu.hot.eip;
+        Some(self.raise(Exception::new(v), EventKind::External, eip))
+    }
+
+    /// HLT with IF set: sleep (or, with icount, skip time) until a device
+    /// raises an interrupt, then deliver it.
+    fn halt_until_interrupt(&mut self, eip: u32) -> Step {
+        /// Longest single sleep, so host input is noticed promptly.
+        const MAX_NAP_NS: u64 = 5_000_000;
+        let icount = self.opts.icount;
+        loop {
+            self.irq_dirty = true;
+            if let Some(step) = self.check_interrupts() {
+                return step;
+            }
+            let Some(cs) = self.chipset.as_mut() else {
+                return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
+            };
+            let now = cs.clock.now_ns();
+            let next = cs.next_event_ns();
+            if icount {
+                match next {
+                    Some(t) => cs.clock.advance_to_ns(t.max(now + 1)),
+                    None => return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true }),
+                }
+                continue;
+            }
+            if next.is_none() && !cs.has_input() {
+                // Nothing can ever wake the CPU.
+                return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
+            }
+            let nap = next.map_or(MAX_NAP_NS, |t| t.saturating_sub(now)).min(MAX_NAP_NS);
+            self.stats.halt_sleeps += 1;
+            std::thread::sleep(std::time::Duration::from_nanos(nap.max(1)));
         }
     }
 

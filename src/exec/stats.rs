@@ -23,6 +23,8 @@ pub struct Stats {
     pub page_faults: u64,
     pub hidden_faults: u64,
     pub tlb_flushes: u64,
+    pub interrupts: u64,
+    pub halt_sleeps: u64,
     /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
     pub callouts: Vec<u64>,
 }
@@ -84,6 +86,7 @@ impl Stats {
             "  paging: {} hidden faults, {} guest page faults, {} TLB flushes",
             self.hidden_faults, self.page_faults, self.tlb_flushes
         );
+        let _ = writeln!(s, "  external interrupts     {} ({} HLT sleeps)", self.interrupts, self.halt_sleeps);
         let c = self.callout_list();
         let _ = writeln!(s, "  callouts by instruction:");
         for (m, n) in c {

@@ -1,0 +1,262 @@
+//! The PC's interrupt and timer hardware wired together: the 8259A pair, the
+//! 8254 PIT (IRQ 0), the RTC (IRQ 8) and COM1 (IRQ 4), on one virtual clock.
+//!
+//! The devices sit on the port bus (shared with this struct through
+//! `Shared`), and the dispatcher asks `Chipset` at instruction boundaries
+//! whether INTR is up, acknowledges the interrupt to get its vector, and
+//! learns when the next timer event is due (to sleep in HLT).
+
+use std::io::Read;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::clock::VirtualClock;
+use super::pic::{DualPic, ELCR_MASTER, ELCR_PORTS, MASTER_CMD, PIC_PORTS, SLAVE_CMD};
+use super::pit::{PIT_BASE, PIT_PORTS, PORT_61, Pit};
+use super::rtc::{RTC_INDEX, RTC_PORTS, Rtc};
+use super::uart::{UART_PORTS, Uart16550};
+use super::{
+    COM1_BASE, DEBUG_EXIT_BASE, DEBUG_EXIT_PORTS, DebugExit, IoEffect, POST_PORT, PortBus, PortDevice, PostPort,
+};
+
+/// IRQ lines of the PC devices.
+pub const IRQ_TIMER: u8 = 0;
+pub const IRQ_COM1: u8 = 4;
+pub const IRQ_RTC: u8 = 8;
+
+/// A device shared between the port bus and the chipset logic.
+pub struct Shared<T>(pub Arc<Mutex<T>>);
+
+/// Lock a device, recovering it if a panic poisoned the lock (device state
+/// is plain data, still usable).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<T: PortDevice> PortDevice for Shared<T> {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        lock(&self.0).read(port, size)
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
+        lock(&self.0).write(port, size, value)
+    }
+
+    fn flush(&mut self) {
+        lock(&self.0).flush()
+    }
+}
+
+/// Handles to the interrupt-producing devices.
+pub struct Chipset {
+    pub clock: VirtualClock,
+    pub pic: Arc<Mutex<DualPic>>,
+    pub pit: Arc<Mutex<Pit>>,
+    pub rtc: Arc<Mutex<Rtc>>,
+    pub uart: Arc<Mutex<Uart16550>>,
+    /// Bytes from the host's standard input for COM1, if connected.
+    input: Option<Receiver<u8>>,
+    /// A byte taken from `input` that the UART could not accept yet.
+    held: Option<u8>,
+}
+
+impl Chipset {
+    /// Bring the interrupt lines up to date at the current virtual time;
+    /// returns whether INTR is asserted.
+    pub fn update(&mut self) -> bool {
+        let now = self.clock.now_ns();
+        let edges = lock(&self.pit).irq0_edges(now);
+        let rtc_line = lock(&self.rtc).irq8_pending(now);
+        self.feed_input();
+        let uart_line = lock(&self.uart).irq_pending();
+        let mut pic = lock(&self.pic);
+        if edges > 0 {
+            pic.pulse_irq(IRQ_TIMER);
+        }
+        pic.set_irq(IRQ_RTC, rtc_line);
+        pic.set_irq(IRQ_COM1, uart_line);
+        pic.intr()
+    }
+
+    /// INTA: the vector of the highest-priority pending interrupt.
+    pub fn acknowledge(&mut self) -> u8 {
+        lock(&self.pic).acknowledge()
+    }
+
+    /// When the next timer event (PIT IRQ 0 or RTC IRQ 8) is due.
+    pub fn next_event_ns(&self) -> Option<u64> {
+        let now = self.clock.now_ns();
+        let a = lock(&self.pit).next_irq0_ns(now);
+        let b = lock(&self.rtc).next_irq8_ns(now);
+        match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        }
+    }
+
+    /// Move host input bytes into the UART while it has room.
+    fn feed_input(&mut self) {
+        let Some(rx) = &self.input else { return };
+        let mut uart = lock(&self.uart);
+        loop {
+            if !uart.can_accept_input() {
+                return;
+            }
+            let byte = match self.held.take() {
+                Some(b) => b,
+                None => match rx.try_recv() {
+                    Ok(b) => b,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+                },
+            };
+            uart.push_input(byte);
+        }
+    }
+
+    /// Is a host input source connected (a halted guest may wait for it)?
+    pub fn has_input(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Is host input waiting (so a halted guest should wake up)?
+    pub fn input_pending(&mut self) -> bool {
+        if self.held.is_some() {
+            return true;
+        }
+        match self.input.as_ref().map(|rx| rx.try_recv()) {
+            Some(Ok(b)) => {
+                self.held = Some(b);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The port bus and chipset of a PC as QEMU's `-M isapc` gives a
+/// bare-metal kernel: COM1, isa-debug-exit, port 0x80, PIC pair, PIT with
+/// port 0x61, RTC/CMOS.
+pub fn pc_machine(
+    serial_out: Box<dyn std::io::Write + Send>,
+    ram_bytes: u64,
+    clock: VirtualClock,
+) -> (PortBus, Chipset) {
+    let pic = Arc::new(Mutex::new(DualPic::new()));
+    let pit = Arc::new(Mutex::new(Pit::new(clock.clone())));
+    let rtc = Arc::new(Mutex::new(Rtc::new(clock.clone(), ram_bytes)));
+    let uart = Arc::new(Mutex::new(Uart16550::new(serial_out)));
+    let mut bus = PortBus::new();
+    let devices: [(u16, u16, Box<dyn PortDevice>); 9] = [
+        (COM1_BASE, UART_PORTS, Box::new(Shared(uart.clone()))),
+        (DEBUG_EXIT_BASE, DEBUG_EXIT_PORTS, Box::new(DebugExit)),
+        (POST_PORT, 1, Box::new(PostPort)),
+        (MASTER_CMD, PIC_PORTS, Box::new(Shared(pic.clone()))),
+        (SLAVE_CMD, PIC_PORTS, Box::new(Shared(pic.clone()))),
+        (ELCR_MASTER, ELCR_PORTS, Box::new(Shared(pic.clone()))),
+        (PIT_BASE, PIT_PORTS, Box::new(Shared(pit.clone()))),
+        (PORT_61, 1, Box::new(Shared(pit.clone()))),
+        (RTC_INDEX, RTC_PORTS, Box::new(Shared(rtc.clone()))),
+    ];
+    for (first, count, dev) in devices {
+        // The fixed ranges above are disjoint, so this cannot fail.
+        if let Err(err) = bus.register(first, count, dev) {
+            log::error!("pc_machine: {err}");
+        }
+    }
+    let chipset = Chipset { clock, pic, pit, rtc, uart, input: None, held: None };
+    (bus, chipset)
+}
+
+impl Chipset {
+    /// Feed COM1 from the host's standard input (a reader thread; raw mode
+    /// when it is a terminal, restored at exit by the returned guard).
+    pub fn connect_stdin(&mut self) -> Option<RawModeGuard> {
+        let guard = RawModeGuard::enable();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("com1-stdin".into()).spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 64];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        for &b in &buf[..n] {
+                            if tx.send(b).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        if spawned.is_ok() {
+            self.input = Some(rx);
+        }
+        guard
+    }
+}
+
+/// Puts a terminal on standard input into raw mode; restores it on drop.
+pub struct RawModeGuard {
+    saved: libc::termios,
+}
+
+impl RawModeGuard {
+    fn enable() -> Option<Self> {
+        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a valid termios.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return None;
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            // Keep output post-processing so the host terminal still maps \n,
+            // and Ctrl-C so the user can still stop btvisor.
+            t.c_oflag = saved.c_oflag;
+            t.c_lflag |= libc::ISIG;
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return None;
+            }
+            Some(RawModeGuard { saved })
+        }
+    }
+}
+
+impl Drop for RawModeGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring the attributes read in enable().
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_interrupt_reaches_the_cpu() {
+        let clock = VirtualClock::icount(0);
+        let (mut bus, mut cs) = pc_machine(Box::new(std::io::sink()), 16 << 20, clock.clone());
+        // PIC: ICW1..4, vectors 0x20/0x28, unmask IRQ 0 only.
+        for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFE)] {
+            bus.write(p, 1, v);
+        }
+        // PIT channel 0, mode 2, count 1193 (~1 ms).
+        for (p, v) in [(0x43, 0x34), (0x40, 1193 & 0xFF), (0x40, 1193 >> 8)] {
+            bus.write(p, 1, v);
+        }
+        assert!(!cs.update());
+        let next = cs.next_event_ns().expect("timer armed");
+        assert!(next > 900_000 && next < 1_100_000, "{next}");
+        clock.advance_to_ns(next);
+        assert!(cs.update());
+        assert_eq!(cs.acknowledge(), 0x20);
+        assert!(!cs.update(), "in service until EOI");
+    }
+}
