@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
-const IMAGES: &[&str] = &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm"];
+const IMAGES: &[&str] = &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -163,6 +163,11 @@ fn boot_paging() {
 #[test]
 fn boot_pm() {
     boot_and_compare("pm");
+}
+
+#[test]
+fn boot_pmtask() {
+    boot_and_compare("pmtask");
 }
 
 #[test]

@@ -32,10 +32,6 @@ const DR7_ENABLE_MASK: u32 = 0xFF;
 /// DR6.BS: the #DB was a single-step trap.
 const DR6_BS: u32 = 1 << 14;
 
-/// The same with interrupt-producing devices attached: it bounds the latency
-/// of a timer interrupt while the guest spins in chained code.
-pub const CHIPSET_POLL_INTERVAL_NS: u64 = 1_000_000;
-
 /// Interval at which the dispatcher regains control from chained code.
 pub const POLL_INTERVAL_NS: u64 = 10_000_000;
 
@@ -122,6 +118,13 @@ pub struct Engine {
     next_irq_check: u64,
     /// A port write may have changed interrupt state: look at the chipset now.
     irq_dirty: bool,
+    /// INTR was asserted at the last look (deliver once IF is set).
+    intr_line: bool,
+    /// The interval timer fired (a device deadline may have passed).
+    time_due: bool,
+    /// The per-thread timer that brings the dispatcher back from chained
+    /// code: periodically, and at the next device deadline.
+    timer: Option<signals::IntervalTimer>,
     log: Option<Box<dyn Write + Send>>,
 }
 
@@ -161,6 +164,9 @@ impl Engine {
             raw_mode: None,
             next_irq_check: 0,
             irq_dirty: true,
+            intr_line: false,
+            time_due: true,
+            timer: None,
             log: None,
         })
     }
@@ -196,9 +202,9 @@ impl Engine {
         signals::set_current(ctx);
         // Without chaining (icount) every block returns anyway; with a
         // chipset, timer interrupts need a finer bound than the default.
-        let interval = if self.chipset.is_some() { CHIPSET_POLL_INTERVAL_NS } else { POLL_INTERVAL_NS };
-        let _timer = (!self.opts.icount).then(|| signals::IntervalTimer::start(interval));
+        self.timer = if self.opts.icount { None } else { signals::IntervalTimer::start(POLL_INTERVAL_NS) };
         let out = self.dispatch();
+        self.timer = None;
         signals::set_current(std::ptr::null_mut());
         self.io.flush();
         out
@@ -555,19 +561,7 @@ impl Engine {
         for p in written {
             self.code_written(p);
         }
-        if matches!(
-            i.mnemonic(),
-            iced_x86::Mnemonic::Out
-                | iced_x86::Mnemonic::Outsb
-                | iced_x86::Mnemonic::Outsw
-                | iced_x86::Mnemonic::Outsd
-                | iced_x86::Mnemonic::In
-        ) || i.mnemonic() == iced_x86::Mnemonic::Sti
-            || i.mnemonic() == iced_x86::Mnemonic::Popf
-            || i.mnemonic() == iced_x86::Mnemonic::Popfd
-            || i.mnemonic() == iced_x86::Mnemonic::Iret
-            || i.mnemonic() == iced_x86::Mnemonic::Iretd
-        {
+        if self.chipset.is_some() && touches_interrupt_state(&i, self.cpu.reg(crate::cpu::EDX) as u16) {
             self.irq_dirty = true;
         }
         if let Some(e) = pf {
@@ -608,20 +602,35 @@ impl Engine {
     /// Deliver a pending external interrupt if IF allows and the chipset
     /// (looked at only when a timer is due or a port write touched it) has one.
     fn check_interrupts(&mut self) -> Option<Step> {
+        let deliverable = self.intr_line && self.cpu.hot.vif != 0;
+        // Reading the clock costs ~20 ns: only when the timer fired (at a
+        // device deadline), a port access touched the chipset, or an
+        // asserted INTR may now be accepted. icount runs check every block.
+        if !self.irq_dirty && !deliverable && !self.time_due && !self.opts.icount {
+            return None;
+        }
         let cs = self.chipset.as_mut()?;
         let now = cs.clock.now_ns();
-        if !self.irq_dirty && now < self.next_irq_check {
+        if !self.irq_dirty && !deliverable && now < self.next_irq_check {
+            self.time_due = false;
             return None;
         }
         self.irq_dirty = false;
+        self.time_due = false;
         let intr = cs.update();
+        self.intr_line = intr;
         self.next_irq_check = cs.next_event_ns().unwrap_or(u64::MAX);
+        if let Some(t) = &self.timer {
+            // Come back from chained code at the next deadline (within the
+            // default interval in any case).
+            let first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
+            t.rearm(first, POLL_INTERVAL_NS);
+        }
         if cs.input_pending() {
             self.irq_dirty = true;
         }
         if !intr || self.cpu.hot.vif == 0 {
-            // Look again as soon as the guest may accept it.
-            self.irq_dirty |= intr;
+            // `intr_line` makes the next dispatch with IF set look again.
             return None;
         }
         let v = cs.acknowledge();
@@ -760,6 +769,7 @@ impl Engine {
         if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {
             self.mem.set_poll(false);
             self.stats.polls += 1;
+            self.time_due = true;
             return Step::Continue;
         }
         if let (Some((win, lin)), true) = (self.mem.window_hit(f.addr), self.mem.paging().enabled()) {
@@ -900,6 +910,24 @@ impl Engine {
             Step::Chain(_) => Step::Continue,
             s => s,
         }
+    }
+}
+
+/// Can this VMM-executed instruction change what the interrupt controller
+/// asserts? Port writes to the chipset's devices, and reads that acknowledge
+/// something (UART RBR/IIR, PIC poll, RTC register C).
+fn touches_interrupt_state(i: &Instruction, dx: u16) -> bool {
+    use iced_x86::Mnemonic as M;
+    use iced_x86::OpKind;
+    let imm_or_dx =
+        |n: u32| if i.op_count() > n && i.op_kind(n) == OpKind::Immediate8 { i.immediate8() as u16 } else { dx };
+    match i.mnemonic() {
+        M::Out | M::Outsb | M::Outsw | M::Outsd => {
+            let port = imm_or_dx(0);
+            port != crate::devices::POST_PORT && !(crate::devices::DEBUG_EXIT_BASE..0xF8).contains(&port)
+        }
+        M::In | M::Insb | M::Insw | M::Insd => matches!(imm_or_dx(1), 0x20 | 0xA0 | 0x3F8 | 0x3FA | 0x71),
+        _ => false,
     }
 }
 

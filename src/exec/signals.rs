@@ -247,6 +247,16 @@ pub struct IntervalTimer {
 }
 
 impl IntervalTimer {
+    /// Fire once after `first_ns`, then every `interval_ns`.
+    pub fn rearm(&self, first_ns: u64, interval_ns: u64) {
+        let ts = |ns: u64| libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+        let spec = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(first_ns.max(1)) };
+        // SAFETY: re-arming the timer created in start().
+        unsafe {
+            libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut());
+        }
+    }
+
     pub fn start(interval_ns: u64) -> Option<Self> {
         // SAFETY: creating a timer that signals this thread; checked result.
         unsafe {

@@ -80,6 +80,8 @@ stub_table:
 
 /* record the state a task starts with: regs, TR, EFLAGS, busy bytes */
 .macro RECORD
+    pushfl
+    popl t_efl
     movl %eax, t_regs+0
     movl %ebx, t_regs+4
     movl %ecx, t_regs+8
@@ -91,8 +93,6 @@ stub_table:
     xorl %eax, %eax
     str %ax
     movl %eax, t_tr
-    pushfl
-    popl t_efl
     movzbl gdt+TSS_A+5, %eax
     movl %eax, t_accA
     movzbl gdt+TSS_B+5, %eax
@@ -195,7 +195,7 @@ df_resume:
     ret
 
 /* ---- task B --------------------------------------------------------------- */
-    .globl task_b_jmp, task_b_call, task_df
+    .globl task_b_jmp, task_b_call, task_df, b_after_iret
 task_b_jmp:
     RECORD
     movl $0xB0000001, %eax      /* must not leak into task A */
@@ -206,6 +206,7 @@ task_b_call:
     RECORD
     movl $0xB0000002, %eax
     iret
+b_after_iret:
     jmp task_b_call             /* the next CALL resumes here */
 
 /* ---- #DF task ------------------------------------------------------------- */
