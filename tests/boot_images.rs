@@ -14,7 +14,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
-const IMAGES: &[&str] = &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask"];
+const IMAGES: &[&str] =
+    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -168,6 +169,11 @@ fn boot_pm() {
 #[test]
 fn boot_pmtask() {
     boot_and_compare("pmtask");
+}
+
+#[test]
+fn boot_pmfpu() {
+    boot_and_compare("pmfpu");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-use super::interrupt::EventKind;
+use super::interrupt::{EventKind, TaskSwitch};
 use super::{
     Cpu, EAX, EBP, ECX, EDI, EDX, ESI, ESP, Exception, SEG_CS, SEG_DS, SEG_ES, SEG_FS, SEG_GS, SEG_SS, Segment,
     TableReg, cpuid, flags, vector,
@@ -847,7 +847,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         M::Iret | M::Iretd => {
             let size = if i.code() == Code::Iretw { 2 } else { 4 };
             if env.cpu.cr[0] & 1 != 0 {
-                return env.iret(size).map(Flow::Jump);
+                return env.iret(size, i.next_ip32()).map(Flow::Jump);
             }
             let eip = env.pop(size);
             let cs = env.pop(size) as u16;
@@ -1037,6 +1037,28 @@ fn far_transfer(env: &mut Env, i: &Instruction) -> R<Flow> {
     };
     let ret_cs = env.cpu.seg[SEG_CS].selector as u32;
     let ret_eip = i.next_ip32();
+    let call = i.is_call_far() || i.is_call_far_indirect();
+    // A TSS or task-gate selector switches tasks (SDM "Task Switching").
+    if env.cpu.cr[0] & 1 != 0 && sel & 0xFFFC != 0 {
+        let d = env.descriptor(sel)?;
+        let attr = ((d >> 40) & 0xFF) as u16;
+        if attr & 0x10 == 0 {
+            let how = if call { TaskSwitch::Call } else { TaskSwitch::Jmp };
+            let (dpl, rpl) = (((attr >> 5) & 3) as u8, (sel & 3) as u8);
+            if dpl < env.cpu.cpl || dpl < rpl {
+                return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
+            }
+            if attr & 0x80 == 0 {
+                return Err(Exception::with_code(vector::NP, (sel & 0xFFFC) as u32));
+            }
+            let target = match attr & 0x1F {
+                0x09 => sel,
+                0x05 => (d >> 16) as u16,
+                _ => return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32)),
+            };
+            return env.task_switch(target, how, ret_eip).map(Flow::Jump);
+        }
+    }
     env.load_cs(sel)?;
     if i.is_call_far() || i.is_call_far_indirect() {
         env.push(ret_cs, size);

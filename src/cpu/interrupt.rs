@@ -221,11 +221,12 @@ impl Env<'_> {
         Ok(s)
     }
 
-    /// IRET / IRETD in protected mode. Returns the new EIP.
-    pub fn iret(&mut self, size: usize) -> R<u32> {
+    /// IRET / IRETD in protected mode (`next_eip` follows the IRET: saved in
+    /// the outgoing task on a task return). Returns the new EIP.
+    pub fn iret(&mut self, size: usize, next_eip: u32) -> R<u32> {
         if self.cpu.eflags() & flags::NT != 0 {
             let link = self.read_sys(self.cpu.tr.base, 2) as u16;
-            return self.task_switch(link, TaskSwitch::Iret, 0);
+            return self.task_switch(link, TaskSwitch::Iret, next_eip);
         }
         let esp = self.cpu.reg(ESP);
         let ss_base = self.cpu.seg[SEG_SS].base;
