@@ -232,6 +232,8 @@ fn needs_vmm(i: &Instruction) -> bool {
         M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Sgdt | M::Sidt | M::Sldt | M::Str | M::Smsw | M::Lmsw => true,
         M::Clts | M::Invd | M::Wbinvd | M::Invlpg | M::Rdmsr | M::Wrmsr | M::Rdpmc => true,
         M::Lar | M::Lsl | M::Verr | M::Verw | M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => true,
+        // They store the x87 instruction pointer, which is a host address.
+        M::Fnstenv | M::Fstenv | M::Fnsave | M::Fsave | M::Fxsave => true,
         M::Bound | M::Arpl | M::Daa | M::Das | M::Aaa | M::Aas | M::Aam | M::Aad | M::Salc => true,
         // String forms left over here use 16-bit addressing.
         M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Scasb | M::Scasw | M::Scasd => {

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
 const IMAGES: &[&str] =
-    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu"];
+    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -174,6 +174,11 @@ fn boot_pmtask() {
 #[test]
 fn boot_pmfpu() {
     boot_and_compare("pmfpu");
+}
+
+#[test]
+fn boot_pmdebug() {
+    boot_and_compare("pmdebug");
 }
 
 #[test]

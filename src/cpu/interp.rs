@@ -189,7 +189,7 @@ impl Env<'_> {
     }
 
     /// Linear address of the memory operand.
-    fn ea(&self, i: &Instruction) -> R<u32> {
+    pub(crate) fn ea(&self, i: &Instruction) -> R<u32> {
         let seg = seg_index(i.memory_segment()).unwrap_or(SEG_DS);
         Ok(self.cpu.seg[seg].base.wrapping_add(self.offset(i)))
     }

@@ -549,6 +549,16 @@ impl Engine {
         let eip = self.cpu.hot.eip;
         let i = self.decode_at(eip);
         self.stats.count_callout(i.mnemonic());
+        if matches!(
+            i.mnemonic(),
+            iced_x86::Mnemonic::Fnstenv
+                | iced_x86::Mnemonic::Fstenv
+                | iced_x86::Mnemonic::Fnsave
+                | iced_x86::Mnemonic::Fsave
+                | iced_x86::Mnemonic::Fxsave
+        ) {
+            return self.fpu_store(&i);
+        }
         let mut written = Vec::new();
         let paging = self.mem.paging().enabled();
         let before = paging.then(|| self.cpu.snapshot());
@@ -670,6 +680,86 @@ impl Engine {
             let nap = next.map_or(MAX_NAP_NS, |t| t.saturating_sub(now)).min(MAX_NAP_NS);
             self.stats.halt_sleeps += 1;
             std::thread::sleep(std::time::Duration::from_nanos(nap.max(1)));
+        }
+    }
+
+    /// FNSTENV/FNSAVE/FXSAVE: the live x87 state holds the *host* address of
+    /// the last x87 instruction (FIP); the image the guest stores gets the
+    /// guest EIP and CS instead, and FXSAVE gets the guest's XMM/MXCSR.
+    fn fpu_store(&mut self, i: &Instruction) -> Step {
+        use iced_x86::Mnemonic as M;
+        if let Some(v) = crate::translate::fpu_fault(i, self.mode) {
+            return self.exception(Exception::new(v));
+        }
+        #[repr(C, align(16))]
+        struct Area([u8; 512]);
+        let mut fx64 = Area([0; 512]);
+        // SAFETY: FXSAVE64 writes 512 bytes to a 16-byte aligned buffer.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fx64.0.as_mut_ptr(), options(nostack)) };
+        let host_fip = u64::from_le_bytes(fx64.0[8..16].try_into().unwrap_or([0; 8])) as usize;
+        let guest_fip = self
+            .cache
+            .block_at(host_fip)
+            .and_then(|b| {
+                let off = (host_fip - b.host) as u32;
+                let k = b.insn_map.partition_point(|e| e.host_off <= off);
+                k.checked_sub(1).and_then(|k| b.insn_map.get(k)).map(|e| e.eip)
+            })
+            .unwrap_or(host_fip as u32);
+        let cs = self.cpu.seg[SEG_CS].selector;
+        let ds = self.cpu.seg[crate::cpu::SEG_DS].selector;
+        let mut img = Area([0; 512]);
+        let len = match i.mnemonic() {
+            M::Fnstenv | M::Fstenv => {
+                // SAFETY: FNSTENV stores 28 bytes (32-bit format) into the buffer.
+                unsafe { core::arch::asm!("fnstenv [{}]", in(reg) img.0.as_mut_ptr(), options(nostack)) };
+                28
+            }
+            M::Fnsave | M::Fsave => {
+                // SAFETY: FNSAVE stores 108 bytes and reinitializes the FPU, as the guest asked.
+                unsafe { core::arch::asm!("fnsave [{}]", in(reg) img.0.as_mut_ptr(), options(nostack)) };
+                108
+            }
+            _ => {
+                // SAFETY: FXSAVE stores 512 bytes (32-bit format) into the aligned buffer.
+                unsafe { core::arch::asm!("fxsave [{}]", in(reg) img.0.as_mut_ptr(), options(nostack)) };
+                // The live XMM registers and MXCSR are the VMM's here.
+                img.0[24..28].copy_from_slice(&self.cpu.hot.mxcsr.to_le_bytes());
+                if self.cpu.hot.fpu_active != 0 {
+                    img.0[160..288].copy_from_slice(&self.cpu.hot.xmm);
+                }
+                512
+            }
+        };
+        // FIP and its selector; the data pointer's selector is the guest's DS.
+        let (fip_at, fcs_at, fds_at) = if len == 512 { (8, 12, 20) } else { (12, 16, 24) };
+        img.0[fip_at..fip_at + 4].copy_from_slice(&guest_fip.to_le_bytes());
+        img.0[fcs_at..fcs_at + 2].copy_from_slice(&cs.to_le_bytes());
+        img.0[fds_at..fds_at + 2].copy_from_slice(&ds.to_le_bytes());
+        let mut written = Vec::new();
+        let r = {
+            let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
+            match env.ea(i) {
+                Ok(a) => {
+                    for (k, chunk) in img.0[..len].chunks(4).enumerate() {
+                        let mut w = [0u8; 4];
+                        w[..chunk.len()].copy_from_slice(chunk);
+                        env.write(a.wrapping_add(4 * k as u32), chunk.len(), u32::from_le_bytes(w));
+                    }
+                    env.take_page_fault().map_or(Ok(()), Err)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        for p in written {
+            self.code_written(p);
+        }
+        match r {
+            Ok(()) => {
+                self.cpu.hot.eip = i.next_ip32();
+                Step::Continue
+            }
+            Err(e) => self.exception(e),
         }
     }
 
