@@ -125,6 +125,9 @@ pub struct Engine {
     /// The per-thread timer that brings the dispatcher back from chained
     /// code: periodically, and at the next device deadline.
     timer: Option<signals::IntervalTimer>,
+    /// Data breakpoints as programmed (DR0-3, DR7) and the pages watched.
+    watch_regs: [u32; 5],
+    watch_pages: Vec<(u32, bool)>,
     log: Option<Box<dyn Write + Send>>,
 }
 
@@ -167,6 +170,8 @@ impl Engine {
             intr_line: false,
             time_due: true,
             timer: None,
+            watch_regs: [0; 5],
+            watch_pages: Vec::new(),
             log: None,
         })
     }
@@ -571,6 +576,11 @@ impl Engine {
         for p in written {
             self.code_written(p);
         }
+        let dregs = [self.cpu.dr[0], self.cpu.dr[1], self.cpu.dr[2], self.cpu.dr[3], self.cpu.dr[7]];
+        if dregs != self.watch_regs {
+            self.watch_regs = dregs;
+            self.arm_watchpoints();
+        }
         if self.chipset.is_some() && touches_interrupt_state(&i, self.cpu.reg(crate::cpu::EDX) as u16) {
             self.irq_dirty = true;
         }
@@ -878,6 +888,9 @@ impl Engine {
         }
         let gaddr = (f.addr - window) as u32;
         let page = page_of(gaddr);
+        if let Some(&(_, write_only)) = self.watch_pages.iter().find(|(p, _)| *p == page) {
+            return self.watch_fault(gaddr, f.write || !write_only);
+        }
         if self.mem.is_ram(gaddr) {
             if f.write && self.mem.is_protected(gaddr) {
                 // Self-modifying code: drop the page's translations, then run
@@ -937,6 +950,81 @@ impl Engine {
             unsafe { std::mem::transmute::<usize, EnterFn>(self.tramp.resume) }
         };
         self.run_translated(f, 0)
+    }
+
+    /// Enabled DR0-3 data breakpoints: (index, address, length, write-only).
+    fn data_breakpoints(&self) -> Vec<(usize, u32, u32, bool)> {
+        let dr7 = self.cpu.dr[7];
+        (0..4)
+            .filter_map(|n| {
+                let enabled = dr7 & (3 << (2 * n)) != 0;
+                let rw = (dr7 >> (16 + 4 * n)) & 3;
+                let len = match (dr7 >> (18 + 4 * n)) & 3 {
+                    0 => 1,
+                    1 => 2,
+                    2 => 8,
+                    _ => 4,
+                };
+                // R/W 01 = writes, 11 = reads and writes (10 = I/O, not supported).
+                (enabled && (rw == 1 || rw == 3)).then_some((n, self.cpu.dr[n] & !(len - 1), len, rw == 1))
+            })
+            .collect()
+    }
+
+    /// Protect the pages holding data breakpoints so accesses fault.
+    fn arm_watchpoints(&mut self) {
+        for (p, _) in std::mem::take(&mut self.watch_pages) {
+            self.mem.set_watch_protect(p, None);
+        }
+        if self.mem.paging().enabled() {
+            if !self.data_breakpoints().is_empty() {
+                log::warn!("data breakpoints are not supported with paging on");
+            }
+            return;
+        }
+        for (_, addr, len, write_only) in self.data_breakpoints() {
+            for p in [page_of(addr), page_of(addr.wrapping_add(len - 1))] {
+                match self.watch_pages.iter_mut().find(|(q, _)| *q == p) {
+                    Some(e) => e.1 &= write_only,
+                    None => self.watch_pages.push((p, write_only)),
+                }
+            }
+        }
+        for &(p, w) in &self.watch_pages {
+            self.mem.set_watch_protect(p, Some(w));
+        }
+    }
+
+    /// An access to a watched page: run the instruction with the page open,
+    /// then raise the #DB trap if it touched a breakpoint's bytes.
+    fn watch_fault(&mut self, gaddr: u32, write: bool) -> Step {
+        let hit = self.data_breakpoints().into_iter().find(|&(_, addr, len, write_only)| {
+            gaddr >= addr && gaddr < addr.wrapping_add(len) && (write || !write_only)
+        });
+        let pages = std::mem::take(&mut self.watch_pages);
+        for &(p, _) in &pages {
+            self.mem.set_watch_protect(p, None);
+        }
+        let page = page_of(gaddr);
+        if write && self.mem.is_protected(page) {
+            self.code_written(page);
+        }
+        let events = self.stats.exceptions;
+        let step = self.step_one();
+        let faulted = self.stats.exceptions != events;
+        self.watch_pages = pages;
+        for &(p, w) in &self.watch_pages {
+            self.mem.set_watch_protect(p, Some(w));
+        }
+        match (step, hit) {
+            (Step::Done(out), _) => Step::Done(out),
+            (_, Some((n, ..))) if !faulted => {
+                self.cpu.dr[6] = (self.cpu.dr[6] & !0xF) | (1 << n);
+                let eip = self.cpu.hot.eip;
+                self.raise(Exception::new(vector::DB), EventKind::Exception, eip)
+            }
+            (s, _) => s,
+        }
     }
 
     /// SIGFPE: integer divide errors are #DE; an unmasked x87 exception is

@@ -220,6 +220,24 @@ impl GuestMemory {
         }
     }
 
+    /// Data-breakpoint watch on one RAM page of the identity window (paging
+    /// off): `Some(write_only)` makes writes (or every access) fault; `None`
+    /// restores the page's normal protection.
+    pub fn set_watch_protect(&mut self, page: u32, watch: Option<bool>) {
+        let idx = page as usize / PAGE_SIZE;
+        if idx >= self.protected.len() || self.shadow.enabled() {
+            return;
+        }
+        let prot = match watch {
+            Some(true) => libc::PROT_READ,
+            Some(false) => libc::PROT_NONE,
+            None if self.protected[idx] => libc::PROT_READ,
+            None => libc::PROT_READ | libc::PROT_WRITE,
+        };
+        // SAFETY: a RAM page of our own window mapping.
+        unsafe { libc::mprotect((self.window + idx * PAGE_SIZE) as *mut libc::c_void, PAGE_SIZE, prot) };
+    }
+
     /// Drop every code-page protection (code cache flush).
     pub fn unprotect_all(&mut self) {
         for idx in 0..self.protected.len() {
