@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
 const IMAGES: &[&str] =
-    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug"];
+    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug", "irq"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -159,6 +159,11 @@ fn boot_smc() {
 #[test]
 fn boot_paging() {
     boot_and_compare("paging");
+}
+
+#[test]
+fn boot_irq() {
+    boot_and_compare("irq");
 }
 
 #[test]

@@ -932,8 +932,8 @@ impl Engine {
                 self.step_one()
             }
             ShadowFault::Hole(_) => {
-                // Device memory is not emulated behind paging yet: reads of a
-                // hole see all ones, writes are dropped (the instruction is skipped).
+                // A write to a hole (no device memory exists): dropped, the
+                // instruction is skipped. Reads were mapped to all ones.
                 let i = self.decode_at(self.cpu.hot.eip);
                 self.cpu.hot.eip = i.next_ip32();
                 self.stats.hole_writes += 1;

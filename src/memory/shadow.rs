@@ -210,6 +210,30 @@ impl GuestMemory {
         }
     }
 
+    /// Map a read-only page of 0xFF bytes for a linear page that maps a hole.
+    fn map_hole(&mut self, win: u8, lin_page: u32, phys: u32) {
+        let k = key(win, lin_page);
+        let addr = host_addr(self.window, k);
+        // SAFETY: replaces one page of our own window reservation with
+        // anonymous memory, filled and then made read-only.
+        unsafe {
+            let p = libc::mmap(
+                addr as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return;
+            }
+            std::ptr::write_bytes(p as *mut u8, 0xFF, PAGE_SIZE);
+            libc::mprotect(p, PAGE_SIZE, libc::PROT_READ);
+        }
+        self.shadow.mapped.insert(k, Entry { phys, writable: false, global: false });
+    }
+
     fn map_page(&mut self, win: u8, lin_page: u32, e: Entry) {
         let k = key(win, lin_page);
         let prot =
@@ -242,6 +266,11 @@ impl GuestMemory {
             Err(code) => return ShadowFault::PageFault(code),
         };
         if !self.is_ram(t.phys_page) {
+            if !write {
+                // Reads of a hole see all ones: an anonymous read-only page.
+                self.map_hole(win, lin & !(PAGE_SIZE as u32 - 1), t.phys_page);
+                return ShadowFault::Mapped;
+            }
             return ShadowFault::Hole(t.phys_page);
         }
         if write && self.is_protected(t.phys_page) {

@@ -130,7 +130,9 @@ spin_end:
     cli
     ret
 
-/* fill(dst, byte, n): rep stosb with IF=1, IF=0 again on return. */
+/* fill(dst, byte, n): rep stosb with IF=1, IF=0 again on return. The NOP
+   keeps the rep out of the STI shadow (QEMU's TCG would extend the shadow
+   over every iteration). */
     .globl fill, fill_insn
 fill:
     pushl %edi
@@ -139,6 +141,7 @@ fill:
     movl 16(%esp), %ecx
     cld
     sti
+    nop
 fill_insn:
     rep stosb
     cli

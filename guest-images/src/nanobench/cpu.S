@@ -5,7 +5,17 @@
  *
  * Selectors (must match kernel.c): 0x08 ring-0 code, 0x10 ring-0 data,
  * 0x1B ring-3 code, 0x23 ring-3 data, 0x28 TSS.
+ *
+ * With paging on, only what runs or is touched at CPL 3 is user-accessible:
+ * the code between user_text_start and user_text_end (ring3_entry and the
+ * ring-3 loops), ser_mode and the run_at_ring3 mailbox between
+ * user_data_start and user_data_end, and the user stack between
+ * user_bss_start and user_bss_end. Each block is page-aligned and padded to
+ * a page boundary so that no supervisor code or data shares its pages;
+ * kernel.c maps everything else supervisor-only.
  */
+#include "nanobench.h"
+
 #define KCODE 0x08
 #define KDATA 0x10
 #define UCODE 0x1B
@@ -61,16 +71,6 @@ run_at_ring3:
     pushl $ring3_entry          /* EIP */
     iret
 
-ring3_entry:
-    pushl user_arg
-    call *user_fn
-    addl $4, %esp
-    movl %eax, user_ret
-    movl %edx, user_ret + 4
-    int $0x81
-    /* not reached */
-1:  jmp 1b
-
 /* INT 0x81 (DPL 3 interrupt gate): back to run_at_ring3's caller, at CPL 0
    on the TSS ESP0 stack; the frame there is simply abandoned. */
     .globl ring3_return
@@ -124,6 +124,46 @@ de_handler:
     popl %eax
     pushl $0                    /* error code */
     pushl $0                    /* vector */
+    jmp exc_common
+
+/*
+ * #PF for pgfault: ring-3 code read a not-present page PGF_VA + k*4096,
+ * k = 0 or 1 (error code: user, read, not present). Set P in its PTE (no
+ * INVLPG needed: a not-present entry is never cached in the TLB), clear P
+ * in the other page's PTE and INVLPG that page, then IRET to re-execute the
+ * read, which now completes. So each fault both maps one page and unmaps
+ * the other: nb_pgfault alternates between the two, and every one of its
+ * iterations is one fault round trip + one map + one unmap. Any other
+ * page fault is fatal (exc_fatal prints CR2).
+ */
+    .globl pf_handler
+    .p2align 4
+pf_handler:
+    pushl %eax
+    pushl %edx
+    movl 8(%esp), %eax          /* error code */
+    andl $0x7, %eax             /* P, W/R, U/S */
+    cmpl $0x4, %eax             /* user read of a not-present page */
+    jne 1f
+    movl %cr2, %eax
+    movl %eax, %edx
+    andl $~(2 * PAGE_SIZE - 1), %edx
+    cmpl $PGF_VA, %edx
+    jne 1f
+    shrl $12, %eax
+    andl $1, %eax               /* k */
+    orl $PTE_P, test_pt + 4 * PGF_IDX(, %eax, 4)
+    xorl $1, %eax
+    andl $~PTE_P, test_pt + 4 * PGF_IDX(, %eax, 4)
+    shll $12, %eax
+    invlpg PGF_VA(%eax)
+    popl %edx
+    popl %eax
+    addl $4, %esp               /* error code */
+    iret
+1:  popl %edx
+    popl %eax
+    pushl $14                   /* vector; the CPU pushed the error code */
     jmp exc_common
 
 /* ------------------------------------------------------------------ */
@@ -218,18 +258,6 @@ exc_common:
     jnz 1b
 .endm
 
-BEGIN nb_empty
-LOOP
-NEXT
-END
-
-/* Runs at CPL 3 (through run_at_ring3). */
-BEGIN nb_syscall
-LOOP
-    int $0x80
-NEXT
-END
-
 BEGIN nb_clisti
 LOOP
     cli
@@ -276,25 +304,123 @@ END
 null_function:
     ret
 
+/* ---- paging (kernel.c turns it on before any loop runs) ---- */
+
+/* One PTE store + INVLPG: flip the frame behind PTEMOD_VA (present,
+   supervisor) between two frames; the page itself is never touched. */
+BEGIN nb_ptemod
+    movl test_pt + 4 * PTEMOD_IDX, %eax
+    movl ptemod_flip, %ecx      /* frame A ^ frame B */
+LOOP
+    xorl %ecx, %eax
+    movl %eax, test_pt + 4 * PTEMOD_IDX
+    invlpg PTEMOD_VA
+NEXT
+END
+
+/* MOV to CR3 of the value it already holds (flushes the TLB; no global
+   pages, CR4.PGE stays clear). */
+BEGIN nb_cr3
+    movl %cr3, %eax
+LOOP
+    movl %eax, %cr3
+NEXT
+END
+
 /*
- * Later milestones (paging) go here, e.g.
- *   nb_pgfault: touch a not-present page; the #PF handler (vector 14,
- *               now caught by isr_stubs) maps it or skips the access;
- *   nb_cr3:     mov %eax, %cr3 with the current page directory;
- *   nb_ptemod:  store to a live PTE + INVLPG.
- * Add the loop with BEGIN/LOOP/NEXT/END and a row in kernel.c's benches[].
+ * Context switch between two address spaces, ctx_pd[0] and ctx_pd[1] (they
+ * share the kernel's page tables, differ in what CTX_VA maps): each
+ * iteration loads the other one into CR3 and reads one dword from each of
+ * the CTX_PAGES pages at CTX_VA, so one operation = one switch + 64 touches
+ * (with their TLB misses). The kernel's own CR3 is restored at the end.
  */
+BEGIN nb_ctxsw
+    movl %cr3, %edx             /* kernel_pd, restored below */
+    movl $ctx_pd, %ebx
+    leal PAGE_SIZE(%ebx), %ecx
+    xorl %ebx, %ecx             /* ctx_pd[0] ^ ctx_pd[1] */
+LOOP
+    xorl %ecx, %ebx
+    movl %ebx, %cr3
+    .set pg, 0
+    .rept CTX_PAGES
+    movl CTX_VA + pg * PAGE_SIZE, %eax
+    .set pg, pg + 1
+    .endr
+NEXT
+    movl %edx, %cr3
+END
+
+/* ------------------------------------------------------------------ */
+/* User text: everything executed at CPL 3, on user pages of its own   */
+/* ------------------------------------------------------------------ */
+
+    .p2align 12
+    .globl user_text_start
+user_text_start:
+
+ring3_entry:
+    pushl user_arg
+    call *user_fn
+    addl $4, %esp
+    movl %eax, user_ret
+    movl %edx, user_ret + 4
+    int $0x81
+    /* not reached */
+1:  jmp 1b
+
+/* Also the ring-0 baseline: ring 0 may run code on user pages. */
+BEGIN nb_empty
+LOOP
+NEXT
+END
+
+BEGIN nb_syscall
+LOOP
+    int $0x80
+NEXT
+END
+
+/*
+ * Page-fault round trip from CPL 3. Each iteration reads the one of the two
+ * pages at PGF_VA that is not present (they alternate); the #PF handler
+ * maps it, unmaps the other one (clear P + INVLPG) and IRETs, and the read
+ * completes. Measured op = one #PF round trip (CPL 3 -> 0 -> 3, with the
+ * handler's map) + one unmap, all done in the handler (no extra system
+ * call). kernel.c unmaps both pages before every run (pgfault_reset).
+ */
+BEGIN nb_pgfault
+    movl $PGF_VA + PAGE_SIZE, %edx
+LOOP
+    xorl $PAGE_SIZE, %edx
+    movl (%edx), %eax
+NEXT
+END
+
+    .p2align 12
+    .globl user_text_end
+user_text_end:
 
     .data
     .p2align 2
+kernel_saved_esp: .long 0
+
+/* User data: read or written at CPL 3 (SERIALIZE reads ser_mode). */
+    .p2align 12
+    .globl user_data_start, user_data_end
+user_data_start:
     .globl ser_mode
 ser_mode:         .long 1
 user_fn:          .long 0
 user_arg:         .long 0
 user_ret:         .long 0, 0
-kernel_saved_esp: .long 0
+    .p2align 12
+user_data_end:
 
     .bss
-    .p2align 4
+    .p2align 12
+    .globl user_bss_start, user_bss_end
+user_bss_start:
     .skip 16384
 user_stack_top:
+user_bss_end:

@@ -5,19 +5,25 @@
  *
  * Sets up its own GDT (flat ring-0/ring-3 code and data, a TSS with
  * SS0:ESP0) and IDT (INT 0x80 and INT 0x81 with DPL 3, a #DE handler that
- * skips the faulting DIV, everything else fatal), then times loops of n
- * iterations with RDTSC (see cpu.S). Each loop runs `reps` times, interleaved
- * with the others; the result is (min loop - min empty loop) / n, rounded.
+ * skips the faulting DIV, a #PF handler for the pgfault loop, everything
+ * else fatal), turns paging on (4 KiB pages, see setup_paging), then times
+ * loops with RDTSC (see cpu.S). Each loop runs `reps` times, interleaved
+ * with the others; the result is (min loop - min empty loop) / iterations,
+ * rounded. Every loop runs n iterations except the costly paging ones
+ * (pgfault, ptemod, cr3, ctxsw), which run pn; their empty-loop share is
+ * scaled to pn.
  *
- * Command line: n=ITERATIONS (default 100000), reps=R (default 5),
- * ser=0|1|2 (RDTSC serialization: none, CPUID (default), LFENCE),
- * verbose=1 (print every raw loop time).
+ * Command line: n=ITERATIONS (default 100000), pn=ITERATIONS for the
+ * paging rows (default n/10), reps=R (default 5), ser=0|1|2 (RDTSC
+ * serialization: none, CPUID (default), LFENCE), verbose=1 (print every
+ * raw loop time).
  *
  * Output: one "NAME: C cycles" line per benchmark, "empty: C cycles" being
  * the raw per-iteration cost of the empty loop. Exit value 0; an unexpected
  * exception prints its frame and exits with 3.
  */
 #include "rt.h"
+#include "nanobench.h"
 
 uint64_t nb_empty(uint32_t n);
 uint64_t nb_syscall(uint32_t n);
@@ -27,11 +33,20 @@ uint64_t nb_in(uint32_t n);
 uint64_t nb_out(uint32_t n);
 uint64_t nb_callret(uint32_t n);
 uint64_t nb_divzero(uint32_t n);
+uint64_t nb_pgfault(uint32_t n);
+uint64_t nb_ptemod(uint32_t n);
+uint64_t nb_cr3(uint32_t n);
+uint64_t nb_ctxsw(uint32_t n);
 
 void load_segments(void);
 uint64_t run_at_ring3(uint64_t (*fn)(uint32_t), uint32_t arg);
-extern char isr_stubs[], syscall_handler[], de_handler[], ring3_return[];
+extern char isr_stubs[], syscall_handler[], de_handler[], pf_handler[], ring3_return[];
 extern uint32_t ser_mode;
+/* cpu.S: the page-aligned blocks used at CPL 3 */
+extern char user_text_start[], user_text_end[], user_data_start[], user_data_end[];
+extern char user_bss_start[], user_bss_end[];
+/* link.ld */
+extern char __load_start[], __bss_end[];
 
 /* ---- descriptor tables ------------------------------------------------ */
 
@@ -94,7 +109,7 @@ static void setup_cpu(void)
     idt[0] = int_gate(de_handler, 0);
     idt[0x80] = int_gate(syscall_handler, 3);
     idt[0x81] = int_gate(ring3_return, 3);
-    /* Milestone (paging): idt[14] = int_gate(pf_handler, 0); */
+    idt[14] = int_gate(pf_handler, 0);
     struct dtr i = { sizeof(idt) - 1, (uint32_t)idt };
     __asm__ volatile("lidt %0" :: "m"(i));
 
@@ -117,12 +132,124 @@ void exc_fatal(struct exc_frame *f)
     puts_serial(" error "); put_hex(f->error);
     puts_serial(" at "); put_hex(f->cs); putc_serial(':'); put_hex(f->eip);
     puts_serial(" eflags "); put_hex(f->eflags);
+    if (f->vector == 14) {
+        uint32_t cr2;
+        __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+        puts_serial(" cr2 "); put_hex(cr2);
+    }
     if (f->cs & 3) {
         puts_serial(" user ss:esp "); put_hex(f->user_ss); putc_serial(':'); put_hex(f->user_esp);
     }
     putc_serial('\n');
     exit(3);
 }
+
+/* ---- paging ------------------------------------------------------------- */
+
+#define PG(x) __attribute__((aligned(PAGE_SIZE))) x
+
+/* Used by cpu.S too (identity-mapped, so their addresses are physical). */
+PG(uint32_t kernel_pd[1024]);
+PG(static uint32_t kernel_pt[1024]);   /* linear 0-4 MiB, identity */
+PG(uint32_t test_pt[1024]);            /* linear TEST_VA + 0-4 MiB */
+PG(uint32_t ctx_pd[2][1024]);          /* ctxsw's two address spaces */
+PG(static uint32_t ctx_pt[2][1024]);   /* their CTX_VA slot */
+uint32_t ptemod_flip;                  /* PTEMOD_VA's two frames, XORed */
+
+/* Backing frames (identity-mapped themselves, as part of .bss). */
+PG(static uint8_t pgf_frames[2][PAGE_SIZE]);
+PG(static uint8_t ptemod_frames[2][PAGE_SIZE]);
+PG(static uint8_t ctx_frames[2][CTX_PAGES][PAGE_SIZE]);
+
+#define PDI(va) ((uint32_t)(va) >> 22)
+#define PTI(va) (((uint32_t)(va) >> 12) & 1023)
+
+static int in_range(uint32_t a, const char *lo, const char *hi)
+{
+    return a >= (uint32_t)lo && a < (uint32_t)hi;
+}
+
+/*
+ * Identity-map the kernel image (__load_start up to the end of .bss; it must
+ * fit below 4 MiB) with 4 KiB supervisor pages, except the user blocks of
+ * cpu.S, which get user pages; everything below 1 MiB stays unmapped (the
+ * command line was read before this). Build the benchmark tables (see
+ * nanobench.h), load CR3 and set CR0.PG and CR0.WP. All pages are
+ * writable; page-directory entries allow everything (the PTEs decide).
+ */
+static void setup_paging(void)
+{
+    if ((uint32_t)__bss_end > (4u << 20)) {
+        puts_serial("nanobench: image above 4 MiB, cannot identity-map it\n");
+        exit(3);
+    }
+    for (uint32_t a = (uint32_t)__load_start; a < (uint32_t)__bss_end; a += PAGE_SIZE) {
+        uint32_t pte = a | PTE_P | PTE_W;
+        if (in_range(a, user_text_start, user_text_end) || in_range(a, user_data_start, user_data_end) ||
+            in_range(a, user_bss_start, user_bss_end))
+            pte |= PTE_U;
+        kernel_pt[PTI(a)] = pte;
+    }
+    kernel_pd[0] = (uint32_t)kernel_pt | PTE_P | PTE_W | PTE_U;
+
+    /* pgfault: two user pages, not present until pf_handler maps one. */
+    for (int k = 0; k < 2; k++)
+        test_pt[PGF_IDX + k] = (uint32_t)pgf_frames[k] | PTE_W | PTE_U;
+    /* ptemod: a present supervisor page whose frame nb_ptemod flips. */
+    test_pt[PTEMOD_IDX] = (uint32_t)ptemod_frames[0] | PTE_P | PTE_W;
+    ptemod_flip = (uint32_t)ptemod_frames[0] ^ (uint32_t)ptemod_frames[1];
+    kernel_pd[PDI(TEST_VA)] = (uint32_t)test_pt | PTE_P | PTE_W | PTE_U;
+
+    /* ctxsw: two directories sharing the kernel's page tables (copies of
+       kernel_pd), each mapping its own CTX_PAGES frames at CTX_VA. */
+    for (int s = 0; s < 2; s++) {
+        memcpy(ctx_pd[s], kernel_pd, sizeof(kernel_pd));
+        for (int i = 0; i < CTX_PAGES; i++) {
+            ctx_pt[s][i] = (uint32_t)ctx_frames[s][i] | PTE_P | PTE_W;
+            ((volatile uint32_t *)ctx_frames[s][i])[0] = s << 16 | i;   /* tag */
+        }
+        ctx_pd[s][PDI(CTX_VA)] = (uint32_t)ctx_pt[s] | PTE_P | PTE_W;
+    }
+
+    uint32_t cr0;
+    __asm__ volatile("mov %0, %%cr3" :: "r"(kernel_pd) : "memory");
+    __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+    cr0 |= CR0_PG | CR0_WP;
+    __asm__ volatile("mov %0, %%cr0" :: "r"(cr0) : "memory");
+}
+
+/* Before each pgfault run: both pages not present, out of the TLB. */
+static void pgfault_reset(void)
+{
+    for (int k = 0; k < 2; k++) {
+        test_pt[PGF_IDX + k] &= ~PTE_P;
+        __asm__ volatile("invlpg (%0)" :: "r"(PGF_VA + k * PAGE_SIZE) : "memory");
+    }
+}
+
+/* Check that paging took and that the two address spaces differ. */
+static void check_paging(void)
+{
+    extern uint32_t ctx_probe(uint32_t cr3);   /* below */
+    for (uint32_t s = 0; s < 2; s++) {
+        uint32_t got = ctx_probe((uint32_t)ctx_pd[s]);
+        if (got != (s << 16 | (CTX_PAGES - 1))) {
+            puts_serial("nanobench: ctxsw space "); put_dec(s);
+            puts_serial(" reads "); put_hex(got); puts_serial(" at its last page\n");
+            exit(3);
+        }
+    }
+}
+
+/* Read the last CTX_VA page's tag in address space cr3 (at ring 0). */
+__asm__(".text\n"
+        "ctx_probe:\n"
+        "    movl %cr3, %ecx\n"
+        "    movl 4(%esp), %eax\n"
+        "    movl %eax, %cr3\n"
+        "    movl " "0x40400000 + 63 * 4096" ", %eax\n"
+        "    movl %ecx, %cr3\n"
+        "    ret\n");
 
 /* ---- benchmarks --------------------------------------------------------- */
 
