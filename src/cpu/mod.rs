@@ -114,7 +114,10 @@ pub struct HotState {
     pub mxcsr: u32,
     /// The MXCSR Rust code runs with.
     pub host_mxcsr: u32,
-    _pad3: [u32; 2],
+    /// Nonzero while the interrupt controller asserts INTR: translated STI
+    /// and POPFD test it to leave the block for the dispatcher to deliver.
+    pub intr_pending: u32,
+    _pad3: [u32; 1],
     /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
     pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
@@ -143,6 +146,7 @@ pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
 pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;
 pub const OFF_HOST_MXCSR: i32 = offset_of!(HotState, host_mxcsr) as i32;
+pub const OFF_INTR_PENDING: i32 = offset_of!(HotState, intr_pending) as i32;
 pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
 pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
 

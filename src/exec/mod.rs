@@ -32,6 +32,9 @@ const DR7_ENABLE_MASK: u32 = 0xFF;
 /// DR6.BS: the #DB was a single-step trap.
 const DR6_BS: u32 = 1 << 14;
 
+/// While INTR is asserted but IF is clear, how soon to look again.
+const PENDING_RECHECK_NS: u64 = 50_000;
+
 /// Interval at which the dispatcher regains control from chained code.
 pub const POLL_INTERVAL_NS: u64 = 10_000_000;
 
@@ -639,11 +642,16 @@ impl Engine {
         self.time_due = false;
         let intr = cs.update();
         self.intr_line = intr;
+        self.cpu.hot.intr_pending = u32::from(intr);
         self.next_irq_check = cs.next_event_ns().unwrap_or(u64::MAX);
         if let Some(t) = &self.timer {
             // Come back from chained code at the next deadline (within the
             // default interval in any case).
-            let first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
+            let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
+            if intr {
+                // Masked by IF for now: look again soon.
+                first = first.min(PENDING_RECHECK_NS);
+            }
             t.rearm(first, POLL_INTERVAL_NS);
         }
         if cs.input_pending() {
@@ -655,6 +663,7 @@ impl Engine {
         }
         let v = cs.acknowledge();
         self.irq_dirty = true; // more may be pending
+        self.cpu.hot.intr_pending = 0;
         self.stats.interrupts += 1;
         let eip = self.cpu.hot.eip;
         Some(self.raise(Exception::new(v), EventKind::External, eip))
@@ -861,6 +870,14 @@ impl Engine {
     fn fault(&mut self) -> Step {
         let f = self.sig.fault;
         let window = self.mem.window_base();
+        if f.signo == signals::timer_signal() {
+            // A REP string instruction stopped between iterations: the state
+            // is precise at it; look for interrupts and go on.
+            self.mem.set_poll(false);
+            self.stats.polls += 1;
+            self.time_due = true;
+            return Step::Continue;
+        }
         match f.signo {
             libc::SIGFPE => return self.float_exception(f.code),
             libc::SIGILL => return self.exception(Exception::new(vector::UD)),

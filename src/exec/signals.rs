@@ -115,13 +115,18 @@ pub fn set_current(ctx: *mut SignalCtx) {
     CTX.with(|c| c.set(ctx));
 }
 
-extern "C" fn timer_handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let ctx = CTX.with(|c| c.get());
     if !ctx.is_null() {
-        // SAFETY: ctx points at the running engine's SignalCtx.
-        let pages = unsafe { (*ctx).poll_pages };
-        for p in pages {
-            set_poll_page(p, true);
+        // SAFETY: ctx points at the running engine's SignalCtx; info and uc
+        // come from the kernel.
+        unsafe {
+            let pages = (*ctx).poll_pages;
+            for p in pages {
+                set_poll_page(p, true);
+            }
+            // A long REP string instruction is stopped between iterations.
+            redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t), true);
         }
     }
 }
@@ -132,14 +137,22 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     // is not being mutated while translated code runs.
     unsafe {
         let ctx = CTX.with(|c| c.get());
-        if ctx.is_null() || !redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t)) {
+        if ctx.is_null() || !redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t), false) {
             chain(sig, info, uc);
         }
     }
 }
 
 /// Turn a fault in translated code into a FAULT exit; false if not ours.
-fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &mut libc::ucontext_t) -> bool {
+/// With `interrupt_only`, only a REP string instruction in progress is
+/// stopped (the timer signal).
+fn redirect(
+    ctx: &mut SignalCtx,
+    sig: libc::c_int,
+    info: &libc::siginfo_t,
+    uc: &mut libc::ucontext_t,
+    interrupt_only: bool,
+) -> bool {
     let g = &mut uc.uc_mcontext.gregs;
     let rip = g[libc::REG_RIP as usize] as usize;
     // SAFETY: see handler().
@@ -156,6 +169,9 @@ fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &
     let Some(entry) = idx.checked_sub(1).and_then(|k| block.insn_map.get(k)) else {
         return false;
     };
+    if interrupt_only && entry.fixup != Fixup::RepString {
+        return false;
+    }
     // The raw host registers a resumed instruction needs back (before the
     // fixups below turn them into guest values for a delivered fault).
     // SAFETY: hot is the running vCPU's state.
@@ -166,7 +182,7 @@ fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &
     hot.resume_rip = rip as u64;
     match entry.fixup {
         Fixup::None => {}
-        Fixup::TruncStringPtrs => {
+        Fixup::TruncStringPtrs | Fixup::RepString => {
             g[libc::REG_RSI as usize] &= 0xFFFF_FFFF;
             g[libc::REG_RDI as usize] &= 0xFFFF_FFFF;
         }
@@ -174,8 +190,9 @@ fn redirect(ctx: &mut SignalCtx, sig: libc::c_int, info: &libc::siginfo_t, uc: &
             g[greg(reg)] = g[greg(from)];
         }
     }
-    // SAFETY: si_addr is valid for the fault signals we handle.
-    let addr = unsafe { info.si_addr() } as usize;
+    // SAFETY: si_addr is valid for the fault signals we handle (the timer
+    // signal's is unused).
+    let addr = if interrupt_only { 0 } else { (unsafe { info.si_addr() }) as usize };
     /// Page-fault error code bit: the access was a write.
     const PF_WRITE: i64 = 2;
     ctx.fault = FaultRecord {

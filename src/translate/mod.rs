@@ -60,6 +60,10 @@ pub enum Fixup {
     None,
     /// ESI/EDI held host pointers (string instructions): truncate to 32 bits.
     TruncStringPtrs,
+    /// The same for a REP string instruction, which may also be interrupted
+    /// between iterations (the timer signal stops it there, as hardware
+    /// takes interrupts between iterations; re-executing resumes it).
+    RepString,
     /// Host register `reg` was borrowed; its guest value is in `from`.
     Restore {
         reg: u8,
@@ -341,11 +345,25 @@ impl<'a> Translator<'a> {
         self.mark(block.start, Fixup::None);
         self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
         let mut fell_through = true;
-        for (i, &cls) in block.insns.iter().zip(&block.classes) {
+        // After STI (one instruction later: its shadow) and POPFD, a pending
+        // interrupt may have become deliverable.
+        let mut check_after: Option<usize> = None;
+        for (k, (i, &cls)) in block.insns.iter().zip(&block.classes).enumerate() {
             fpu |= cls == Class::Ident && uses_fpu(i);
             self.insn(i, cls);
             if cls.ends_block() {
                 fell_through = false;
+            }
+            if cls == Class::SysInline {
+                match i.mnemonic() {
+                    iced_x86::Mnemonic::Sti => check_after = Some(k + 1),
+                    iced_x86::Mnemonic::Popfd => check_after = Some(k),
+                    _ => {}
+                }
+            }
+            if check_after == Some(k) && !cls.ends_block() {
+                self.interrupt_window_check(i.next_ip32());
+                check_after = None;
             }
         }
         if fell_through {
@@ -533,6 +551,25 @@ impl<'a> Translator<'a> {
         let start = self.a.len();
         self.a.mov_r64_r64(RCX, R11);
         self.exception_exit(i.ip32(), vector::DE);
+        self.a.buf[start - 1] = (self.a.len() - start) as u8;
+        self.a.mov_r64_r64(RCX, R11);
+    }
+
+    /// Leave for the dispatcher (unchained, at `next`) if INTR is pending.
+    ///
+    /// ```text
+    ///     mov r11, rcx ; mov ecx, [r14+intr_pending] ; jrcxz 1f
+    ///     mov rcx, r11 ; mov r13d, next ; jmp exit_indirect
+    /// 1:  mov rcx, r11
+    /// ```
+    fn interrupt_window_check(&mut self, next: u32) {
+        self.a.mov_r64_r64(R11, RCX);
+        self.a.mov_r32_mbase(RCX, VCPU, crate::cpu::OFF_INTR_PENDING);
+        self.a.bytes(&[0xE3, 0]); // jrcxz (patched below)
+        let start = self.a.len();
+        self.a.mov_r64_r64(RCX, R11);
+        self.a.mov_r32_imm(SCRATCH, next);
+        self.jmp_abs(self.exits_to.indirect);
         self.a.buf[start - 1] = (self.a.len() - start) as u8;
         self.a.mov_r64_r64(RCX, R11);
     }

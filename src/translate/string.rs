@@ -39,7 +39,11 @@ pub(super) fn string_es(t: &mut Translator, i: &Instruction) {
         Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd
     );
     if let Some(last) = t.insn_map.last_mut() {
-        last.fixup = Fixup::TruncStringPtrs;
+        last.fixup = if i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix() {
+            Fixup::RepString
+        } else {
+            Fixup::TruncStringPtrs
+        };
     }
     t.a.lea_r64_bi(RDI, WINDOW, RDI);
     if uses_esi {

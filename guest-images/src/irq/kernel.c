@@ -222,15 +222,21 @@ static uint32_t clk(void)
 }
 
 /* Wait until cond() or `ms` milliseconds. The iteration cap only matters
-   if the clock does not run at all. Returns cond(). */
+   if the clock does not run at all. Returns cond(). clk() runs with IF=0,
+   so with IF=1 each round also spins a while: most of the wait is then
+   interruptible, not just the few instructions between two clk() calls. */
 static int wait_for(int (*cond)(void), uint32_t ms)
 {
     uint32_t t0 = clk();
+    int iflag = (get_eflags() & EFLAGS_IF) != 0;
     for (uint32_t i = 0; i < ms * 20000u; i++) {
         if (cond && cond())
             return 1;
         if (clk() - t0 >= ms * PIT_MS)
             break;
+        if (iflag)
+            for (volatile int k = 0; k < 100; k++)
+                ;
     }
     return cond ? cond() : 0;
 }

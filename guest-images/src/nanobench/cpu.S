@@ -150,6 +150,7 @@ pf_handler:
     andl $~(2 * PAGE_SIZE - 1), %edx
     cmpl $PGF_VA, %edx
     jne 1f
+    incl pf_count               /* kernel.c checks one fault per iteration */
     shrl $12, %eax
     andl $1, %eax               /* k */
     orl $PTE_P, test_pt + 4 * PGF_IDX(, %eax, 4)
@@ -404,6 +405,8 @@ user_text_end:
     .data
     .p2align 2
 kernel_saved_esp: .long 0
+    .globl pf_count
+pf_count:         .long 0
 
 /* User data: read or written at CPL 3 (SERIALIZE reads ser_mode). */
     .p2align 12

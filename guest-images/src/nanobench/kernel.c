@@ -16,7 +16,8 @@
  * Command line: n=ITERATIONS (default 100000), pn=ITERATIONS for the
  * paging rows (default n/10), reps=R (default 5), ser=0|1|2 (RDTSC
  * serialization: none, CPUID (default), LFENCE), verbose=1 (print every
- * raw loop time).
+ * raw loop time), paging=0 (leave paging off and run only the rows that do
+ * not need it, to see what paging costs the others).
  *
  * Output: one "NAME: C cycles" line per benchmark, "empty: C cycles" being
  * the raw per-iteration cost of the empty loop. Exit value 0; an unexpected
@@ -41,7 +42,7 @@ uint64_t nb_ctxsw(uint32_t n);
 void load_segments(void);
 uint64_t run_at_ring3(uint64_t (*fn)(uint32_t), uint32_t arg);
 extern char isr_stubs[], syscall_handler[], de_handler[], pf_handler[], ring3_return[];
-extern uint32_t ser_mode;
+extern uint32_t ser_mode, pf_count;
 /* cpu.S: the page-aligned blocks used at CPL 3 */
 extern char user_text_start[], user_text_end[], user_data_start[], user_data_end[];
 extern char user_bss_start[], user_bss_end[];
@@ -221,35 +222,41 @@ static void setup_paging(void)
 /* Before each pgfault run: both pages not present, out of the TLB. */
 static void pgfault_reset(void)
 {
+    pf_count = 0;
     for (int k = 0; k < 2; k++) {
         test_pt[PGF_IDX + k] &= ~PTE_P;
         __asm__ volatile("invlpg (%0)" :: "r"(PGF_VA + k * PAGE_SIZE) : "memory");
     }
 }
 
+/* Read the first dword of CTX_VA page i in address space cr3 (at ring 0). */
+static uint32_t ctx_probe(uint32_t cr3, uint32_t i)
+{
+    uint32_t old, v;
+    __asm__ volatile("mov %%cr3, %0\n\t"
+                     "mov %2, %%cr3\n\t"
+                     "mov (%3), %1\n\t"
+                     "mov %0, %%cr3"
+                     : "=&r"(old), "=&r"(v)
+                     : "r"(cr3), "r"(CTX_VA + i * PAGE_SIZE)
+                     : "memory");
+    return v;
+}
+
 /* Check that paging took and that the two address spaces differ. */
 static void check_paging(void)
 {
-    extern uint32_t ctx_probe(uint32_t cr3);   /* below */
-    for (uint32_t s = 0; s < 2; s++) {
-        uint32_t got = ctx_probe((uint32_t)ctx_pd[s]);
-        if (got != (s << 16 | (CTX_PAGES - 1))) {
-            puts_serial("nanobench: ctxsw space "); put_dec(s);
-            puts_serial(" reads "); put_hex(got); puts_serial(" at its last page\n");
-            exit(3);
+    for (uint32_t s = 0; s < 2; s++)
+        for (uint32_t i = 0; i < CTX_PAGES; i += CTX_PAGES - 1) {
+            uint32_t got = ctx_probe((uint32_t)ctx_pd[s], i);
+            if (got != (s << 16 | i)) {
+                puts_serial("nanobench: ctxsw space "); put_dec(s);
+                puts_serial(" page "); put_dec(i);
+                puts_serial(" reads "); put_hex(got); putc_serial('\n');
+                exit(3);
+            }
         }
-    }
 }
-
-/* Read the last CTX_VA page's tag in address space cr3 (at ring 0). */
-__asm__(".text\n"
-        "ctx_probe:\n"
-        "    movl %cr3, %ecx\n"
-        "    movl 4(%esp), %eax\n"
-        "    movl %eax, %cr3\n"
-        "    movl " "0x40400000 + 63 * 4096" ", %eax\n"
-        "    movl %ecx, %cr3\n"
-        "    ret\n");
 
 /* ---- benchmarks --------------------------------------------------------- */
 
@@ -257,30 +264,41 @@ struct bench {
     const char *name;
     uint64_t (*fn)(uint32_t n);
     int ring3;          /* run the loop at CPL 3 */
+    int paging;         /* costly: pn iterations instead of n */
+    void (*prep)(void); /* before every run, untimed (or 0) */
 };
 
 static const struct bench benches[] = {
-    { "empty",      nb_empty,     0 },   /* baseline, must stay first */
-    { "empty3",     nb_empty,     1 },   /* baseline for the ring-3 rows */
-    { "syscall",    nb_syscall,   1 },   /* INT 0x80 + IRET, CPL 3 -> 0 -> 3 */
-    { "cli+sti",    nb_clisti,    0 },
-    { "pushf+popf", nb_pushfpopf, 0 },
-    { "in",         nb_in,        0 },   /* inb 0x3FD (UART LSR) */
-    { "out",        nb_out,       0 },   /* outb 0x80 (POST port) */
-    { "call/ret",   nb_callret,   0 },
-    { "divzero",    nb_divzero,   0 },   /* DIV by 0, #DE, skip, IRET */
-    /*
-     * Later milestones (need paging; see the end of cpu.S):
-     * { "pgfault", nb_pgfault, 0 },   #PF on a not-present page + IRET
-     * { "cr3wr",   nb_cr3,     0 },   MOV to CR3 (TLB flush)
-     * { "ptemod",  nb_ptemod,  0 },   store to a live PTE
-     */
+    /* rows with paging = 1 must come last (see paging=0 in kmain) */
+    { "empty",      nb_empty,     0, 0, 0 },   /* baseline, must stay first */
+    { "empty3",     nb_empty,     1, 0, 0 },   /* baseline for the ring-3 rows */
+    { "syscall",    nb_syscall,   1, 0, 0 },   /* INT 0x80 + IRET, CPL 3 -> 0 -> 3 */
+    { "cli+sti",    nb_clisti,    0, 0, 0 },
+    { "pushf+popf", nb_pushfpopf, 0, 0, 0 },
+    { "in",         nb_in,        0, 0, 0 },   /* inb 0x3FD (UART LSR) */
+    { "out",        nb_out,       0, 0, 0 },   /* outb 0x80 (POST port) */
+    { "call/ret",   nb_callret,   0, 0, 0 },
+    { "divzero",    nb_divzero,   0, 0, 0 },   /* DIV by 0, #DE, skip, IRET */
+    /* #PF from CPL 3 on a not-present user page, handler maps it, IRET,
+       read completes; plus the unmap (clear P + INVLPG) of the other page */
+    { "pgfault",    nb_pgfault,   1, 1, pgfault_reset },
+    { "ptemod",     nb_ptemod,    0, 1, 0 },   /* PTE store + INVLPG */
+    { "cr3",        nb_cr3,       0, 1, 0 },   /* MOV to CR3, same value */
+    { "ctxsw",      nb_ctxsw,     0, 1, 0 },   /* CR3 switch + 64 page reads */
 };
 #define NBENCH (sizeof(benches) / sizeof(benches[0]))
 
 static uint64_t run(const struct bench *b, uint32_t n)
 {
-    return b->ring3 ? run_at_ring3(b->fn, n) : b->fn(n);
+    if (b->prep)
+        b->prep();
+    uint64_t t = b->ring3 ? run_at_ring3(b->fn, n) : b->fn(n);
+    if (b->fn == nb_pgfault && pf_count != n) {
+        puts_serial("nanobench: pgfault took "); put_dec(pf_count);
+        puts_serial(" faults in "); put_dec(n); puts_serial(" iterations\n");
+        exit(3);
+    }
+    return t;
 }
 
 /* (hi:lo) / d for d != 0, quotient < 2^64, without libgcc. */
@@ -319,31 +337,51 @@ int kmain(uint32_t magic, uint32_t info)
     ser_mode = cmdline_uint("ser", 1);
     if (n == 0)
         n = 1;
+    uint32_t paging = cmdline_uint("paging", 1);
+    uint32_t pn = cmdline_uint("pn", n / 10);
+    if (pn == 0)
+        pn = 1;
     if (reps == 0)
         reps = 1;
     if (ser_mode > 2)
         ser_mode = 1;
 
     setup_cpu();
+    if (paging) {
+        setup_paging();
+        check_paging();
+    }
 
     static const char *const ser_names[] = { "none", "cpuid", "lfence" };
     puts_serial("nanobench: n="); put_dec(n);
+    if (paging) {
+        puts_serial(" pn="); put_dec(pn);
+    }
     puts_serial(" reps="); put_dec(reps);
     puts_serial(" serialize="); puts_serial(ser_names[ser_mode]);
+    if (!paging)
+        puts_serial(" paging=off");
     putc_serial('\n');
 
+    /* paging=0: old rows only, with paging off (the paging rows come last) */
+    unsigned nb = 0;
+    while (nb < NBENCH && (paging || !benches[nb].paging))
+        nb++;
+
     /* Warm-up: translate/cache every loop and handler once. */
-    for (unsigned b = 0; b < NBENCH; b++)
-        run(&benches[b], n < 1000 ? n : 1000);
+    for (unsigned b = 0; b < nb; b++) {
+        uint32_t m = benches[b].paging ? pn : n;
+        run(&benches[b], m < 1000 ? m : 1000);
+    }
 
     uint64_t best[NBENCH];
-    for (unsigned b = 0; b < NBENCH; b++)
+    for (unsigned b = 0; b < nb; b++)
         best[b] = ~0ULL;
     /* Interleave the benchmarks so slow drift (other load on the host)
        hits all of them alike; keep each one's minimum. */
     for (uint32_t r = 0; r < reps; r++)
-        for (unsigned b = 0; b < NBENCH; b++) {
-            uint64_t t = run(&benches[b], n);
+        for (unsigned b = 0; b < nb; b++) {
+            uint64_t t = run(&benches[b], benches[b].paging ? pn : n);
             if (t < best[b])
                 best[b] = t;
             if (verbose) {
@@ -353,14 +391,17 @@ int kmain(uint32_t magic, uint32_t info)
             }
         }
 
-    for (unsigned b = 0; b < NBENCH; b++) {
+    for (unsigned b = 0; b < nb; b++) {
         const struct bench *x = &benches[b];
         puts_serial(x->name);
         puts_serial(": ");
+        uint32_t m = x->paging ? pn : n;
+        /* the matching empty loop's time, scaled from n to m iterations */
+        uint64_t base = div64(best[x->ring3 ? 1 : 0] * m, n);
         if (b < 2) /* baselines: raw cycles per iteration */
             put_int(per_op(best[b], 0, n));
         else
-            put_int(per_op(best[b], best[x->ring3 ? 1 : 0], n));
+            put_int(per_op(best[b], base, m));
         puts_serial(" cycles\n");
     }
     return 0;
