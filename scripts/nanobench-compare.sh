@@ -4,8 +4,9 @@
 #   (b) qemu-system-i386 -accel tcg
 # and print cycles per operation side by side, with the VMware BT figures
 # of Adams & Agesen (ASPLOS 2006) where we have them. Builds nothing.
-# APPEND goes to the kernel command line, e.g. "n=200000 reps=7 ser=2"
-# (see guest-images/src/nanobench/kernel.c). BTVISOR=path overrides the
+# APPEND goes to the kernel command line, e.g. "n=200000 pn=20000 reps=7
+# ser=2", or "paging=0" for the rows that need no paging, run with paging
+# off (see guest-images/src/nanobench/kernel.c). BTVISOR=path overrides the
 # btvisor binary; TIMEOUT=seconds bounds each run (default 300).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +63,7 @@ value() {
 }
 
 # VMware BT on the paper's Pentium 4 (cycles); only the figures we have.
-declare -A paper=([call/ret]=51 [in]=214 [divzero]=3223)
+declare -A paper=([call/ret]=51 [in]=214 [divzero]=3223 [pgfault]=3927 [ptemod]=391)
 
 # rows: in the order the kernel prints them (QEMU's output, else btvisor's)
 src=qemu
@@ -73,7 +74,8 @@ if [ -f "$tmp/$src.ok" ]; then
     echo
     echo "$(grep -m1 '^nanobench:' "$tmp/$src.out") (cycles per operation, empty loop subtracted)"
 fi
-[ ${#names[@]} -gt 0 ] || names=(empty empty3 syscall cli+sti pushf+popf in out call/ret divzero)
+[ ${#names[@]} -gt 0 ] || names=(empty empty3 syscall cli+sti pushf+popf in out call/ret divzero \
+    pgfault ptemod cr3 ctxsw)
 
 printf '%-12s %10s %10s %9s %12s\n' benchmark btvisor QEMU ratio "VMware BT*"
 printf '%-12s %10s %10s %9s %12s\n' ------------ ---------- ---------- --------- ------------
@@ -93,6 +95,12 @@ for n in "${names[@]}"; do
 done
 echo "ratio = btvisor / QEMU. empty/empty3: raw cycles per iteration of the"
 echo "empty loop at ring 0 / ring 3 (subtracted from the other rows)."
+echo "All rows run with paging on (4 KiB pages) unless APPEND has paging=0."
+echo "pgfault: CPL-3 read of a not-present page, #PF, handler sets P, IRET,"
+echo "  read completes; each fault also unmaps the previous page (clear P +"
+echo "  INVLPG). ptemod: PTE store + INVLPG. cr3: MOV to CR3, same value."
+echo "ctxsw: CR3 switch to the other of two address spaces + one read from"
+echo "  each of 64 pages. These four run pn iterations (default n/10)."
 echo "* Adams & Agesen, ASPLOS 2006, VMware's binary translator, cycles on"
 echo "  their Pentium 4 host: a different CPU, for orders of magnitude only."
 

@@ -340,6 +340,8 @@ fn golden_string_instructions() {
     assert_eq!(first_insn(&[0xD7]), ["xlat gs:[ebx]"]); // xlat
     let (b, t) = translate_guest(&[0xF3, 0xA5, 0xF4]);
     assert_eq!(b.classes[0], Class::StringEs);
+    assert_eq!(t.insn_map[1].fixup, Fixup::RepString);
+    let (_, t) = translate_guest(&[0xA5, 0xF4]);
     assert_eq!(t.insn_map[1].fixup, Fixup::TruncStringPtrs);
     let (_, t) = translate_guest(&[0xAC, 0xF4]);
     assert_eq!(&t.code[7..10], &[0x65, 0x67, 0xAC]);
@@ -859,7 +861,10 @@ fn check_translation(mem: &[u8], b: &GuestBlock, t: &Translation) -> Result<(), 
             continue;
         }
         check_ident(g, &h, cls).map_err(|e| ctx(format!("at {:#x}: {e}", g.ip32())))?;
-        let divide = matches!(g.mnemonic(), Mnemonic::Div | Mnemonic::Idiv);
+        // DIV/IDIV carry a zero check; the instruction after STI carries the
+        // interrupt-window check.
+        let after_sti = k > 0 && b.insns[k - 1].mnemonic() == Mnemonic::Sti;
+        let divide = matches!(g.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) || after_sti;
         if let Some(n) = t.insn_map.get(k + 2).filter(|_| !divide) {
             if n.host_off as usize != off + h.len() {
                 return Err(ctx(format!("guest {:#x}: IDENT emitted more than one host instruction", g.ip32())));
