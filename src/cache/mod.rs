@@ -111,6 +111,9 @@ pub struct CodeCache {
     pub map: FastMap<(u64, u32), BlockId>,
     pub exits: Vec<Exit>,
     page_blocks: FastMap<u32, Vec<BlockId>>,
+    /// Linear page -> blocks whose code it holds (paging: INVLPG of a page
+    /// unchains only the blocks reached through it).
+    lin_blocks: FastMap<u32, Vec<BlockId>>,
     pub flushes: u64,
 }
 
@@ -157,6 +160,7 @@ impl CodeCache {
                 map: FastMap::default(),
                 exits: Vec::new(),
                 page_blocks: FastMap::default(),
+                lin_blocks: FastMap::default(),
                 flushes: 0,
             })
         }
@@ -262,6 +266,40 @@ impl CodeCache {
         self.map.get(&(mode.key(eip), phys)).copied()
     }
 
+    /// Record the linear pages a block's code was fetched from.
+    pub fn index_linear(&mut self, id: BlockId, first: u32, last: u32) {
+        self.lin_blocks.entry(first).or_default().push(id);
+        if last != first {
+            self.lin_blocks.entry(last).or_default().push(id);
+        }
+    }
+
+    /// The mapping of linear pages `[lo, hi]` changed (INVLPG): unchain the
+    /// blocks fetched through them and drop their jump-cache entries; a
+    /// later lookup finds them again only if the page still maps the same
+    /// physical code (the block key holds the physical page).
+    pub fn unlink_linear(&mut self, lo: u32, hi: u32, hot: &mut HotState) {
+        let pages: Vec<u32> = self.lin_blocks.keys().copied().filter(|p| (lo..=hi).contains(p)).collect();
+        for p in pages {
+            for id in self.lin_blocks.remove(&p).unwrap_or_default() {
+                let Some(b) = self.blocks.get_mut(id as usize) else { continue };
+                let (eip, mode, host) = (b.eip, b.mode, b.host);
+                let incoming = std::mem::take(&mut b.incoming);
+                for ex in incoming {
+                    let e = self.exits[ex as usize];
+                    if e.linked == Some(id) {
+                        self.patch(e.rel32, e.tail);
+                        self.exits[ex as usize].linked = None;
+                    }
+                }
+                let slot = jc_slot(mode, eip);
+                if hot.jc_targets[slot] == host as u64 {
+                    hot.jc_keys[slot] = JC_EMPTY_KEY;
+                }
+            }
+        }
+    }
+
     /// Unchain every exit (the linear-to-physical mapping changed, so a
     /// chained jump could reach code of another address space).
     pub fn unlink_all(&mut self) {
@@ -354,6 +392,7 @@ impl CodeCache {
         self.map.clear();
         self.exits.clear();
         self.page_blocks.clear();
+        self.lin_blocks.clear();
         hot.jc_keys.fill(JC_EMPTY_KEY);
         self.flushes += 1;
     }
@@ -376,14 +415,16 @@ pub fn jc_slot(mode: Mode, eip: u32) -> usize {
     mode.jc_table() * JUMP_CACHE_ENTRIES + ((eip as usize) & (JUMP_CACHE_ENTRIES - 1))
 }
 
-/// Insert `eip -> host` into the jump cache of `mode` (fast modes only).
-pub fn jc_insert(hot: &mut HotState, mode: Mode, eip: u32, host: usize) {
+/// Insert `eip -> host` into the jump cache of `mode` (fast modes only);
+/// returns the slot written.
+pub fn jc_insert(hot: &mut HotState, mode: Mode, eip: u32, host: usize) -> Option<usize> {
     if !mode.is_fast() {
-        return;
+        return None;
     }
     let s = jc_slot(mode, eip);
     hot.jc_keys[s] = (eip as u64).wrapping_neg();
     hot.jc_targets[s] = host as u64;
+    Some(s)
 }
 
 fn align(x: usize) -> usize {

@@ -224,12 +224,19 @@ impl Env<'_> {
             self.mem.read(addr, &mut b[..size]);
             return u32::from_le_bytes(b);
         }
+        // One translation per page touched.
+        let mut phys = 0;
         for (k, byte) in b.iter_mut().enumerate().take(size) {
             let lin = addr.wrapping_add(k as u32);
-            match self.phys_read(lin, user) {
-                Some(p) => *byte = self.mem.read_u8(p),
-                None => return 0,
+            if k == 0 || lin & 0xFFF == 0 {
+                match self.phys_read(lin, user) {
+                    Some(p) => phys = p,
+                    None => return 0,
+                }
+            } else {
+                phys += 1;
             }
+            *byte = self.mem.read_u8(phys);
         }
         u32::from_le_bytes(b)
     }
@@ -252,6 +259,10 @@ impl Env<'_> {
         let mut phys = [0u32; 4];
         for k in 0..size {
             let lin = addr.wrapping_add(k as u32);
+            if k > 0 && lin & 0xFFF != 0 {
+                phys[k] = phys[k - 1] + 1;
+                continue;
+            }
             match self.mem.translate(lin, true, self.user) {
                 Ok(p) => phys[k] = p,
                 Err(code) => {

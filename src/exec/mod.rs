@@ -128,6 +128,13 @@ pub struct Engine {
     /// The per-thread timer that brings the dispatcher back from chained
     /// code: periodically, and at the next device deadline.
     timer: Option<signals::IntervalTimer>,
+    /// Jump-cache slots filled since the last clear (so a TLB flush clears
+    /// those, not all 2 MiB of tables).
+    jc_used: Vec<u32>,
+    jc_marked: Vec<bool>,
+    /// The last true page fault from translated code (window, address,
+    /// write): mapped eagerly when the guest's handler returns.
+    last_pf: Option<(u8, u32, bool)>,
     /// Data breakpoints as programmed (DR0-3, DR7) and the pages watched.
     watch_regs: [u32; 5],
     watch_pages: Vec<(u32, bool)>,
@@ -174,6 +181,9 @@ impl Engine {
             time_due: true,
             timer: None,
             watch_regs: [0; 5],
+            jc_used: Vec::new(),
+            last_pf: None,
+            jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
             watch_pages: Vec::new(),
             log: None,
         })
@@ -292,7 +302,12 @@ impl Engine {
             }
             let host = self.cache.blocks[id as usize].host;
             if self.opts.chaining {
-                jc_insert(&mut self.cpu.hot, mode, eip, host);
+                if let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host) {
+                    if !self.jc_marked[s] {
+                        self.jc_marked[s] = true;
+                        self.jc_used.push(s as u32);
+                    }
+                }
             }
             if self.opts.trace.exec {
                 let l = format!("Trace 0: {host:#x} [{:08x}/{eip:08x}/{:#x}]", 0, self.cpu.eflags());
@@ -450,6 +465,8 @@ impl Engine {
                         self.mem.set_code_protect(p, true);
                     }
                 }
+                let last = cs_base.wrapping_add(block.end.wrapping_sub(1));
+                self.cache.index_linear(id, page_of(lin), page_of(last));
             }
             self.stats.blocks += 1;
             self.stats.guest_insns += block.insns.len() as u64;
@@ -487,15 +504,29 @@ impl Engine {
     /// linear address may now mean other code.
     fn paging_changed(&mut self, invlpg: Option<u32>, cr_written: bool) {
         let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
-        match invlpg {
-            Some(lin) if regs == self.mem.paging() => self.mem.invlpg(lin),
-            _ => self.mem.set_paging(regs, cr_written),
-        }
-        self.code_tlb.clear();
         self.emu_cache.clear();
-        self.cache.unlink_all();
-        self.cpu.hot.jc_keys.fill(crate::cpu::JC_EMPTY_KEY);
         self.stats.tlb_flushes += 1;
+        if let Some(lin) = invlpg.filter(|_| regs == self.mem.paging()) {
+            // One page (or one 4 MiB page): only code reached through it.
+            self.mem.invlpg(lin);
+            let large = regs.cr4 & crate::memory::mmu::CR4_PSE != 0;
+            let (lo, hi) = if large { (lin & 0xFFC0_0000, lin | 0x003F_F000) } else { (page_of(lin), page_of(lin)) };
+            self.code_tlb.retain(|(_, p), _| !(lo..=hi).contains(p));
+            self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
+            return;
+        }
+        self.mem.set_paging(regs, cr_written);
+        self.code_tlb.clear();
+        self.cache.unlink_all();
+        self.clear_jump_caches();
+    }
+
+    /// Empty every jump-cache entry filled since the last clear.
+    fn clear_jump_caches(&mut self) {
+        for s in self.jc_used.drain(..) {
+            self.cpu.hot.jc_keys[s as usize] = crate::cpu::JC_EMPTY_KEY;
+            self.jc_marked[s as usize] = false;
+        }
     }
 
     /// The code bytes around linear `lin`: guest RAM itself with paging off,
@@ -578,6 +609,11 @@ impl Engine {
         };
         for p in written {
             self.code_written(p);
+        }
+        if matches!(i.mnemonic(), iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd) {
+            if let Some((win, lin, write)) = self.last_pf.take() {
+                self.mem.prefetch_after_fault(win, lin, write);
+            }
         }
         let dregs = [self.cpu.dr[0], self.cpu.dr[1], self.cpu.dr[2], self.cpu.dr[3], self.cpu.dr[7]];
         if dregs != self.watch_regs {
@@ -942,6 +978,7 @@ impl Engine {
             ShadowFault::PageFault(code) => {
                 self.cpu.cr[2] = lin;
                 self.stats.page_faults += 1;
+                self.last_pf = Some((win, lin, write));
                 self.exception(Exception::with_code(vector::PF, code))
             }
             ShadowFault::CodeWrite(phys) => {
@@ -1232,6 +1269,17 @@ fn disasm_host(code: &[u8], base: usize) -> String {
 
 /// Point the GS base of this thread at the guest window.
 fn set_gs_base(base: usize) -> std::io::Result<()> {
+    /// AT_HWCAP2 bit: the kernel lets user code use WRGSBASE.
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    static FSGSBASE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: getauxval only reads the auxiliary vector.
+    let fast = *FSGSBASE.get_or_init(|| unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE != 0);
+    if fast {
+        // SAFETY: the kernel enabled WRGSBASE for user code (HWCAP2); it only
+        // changes this thread's GS base, which Rust and glibc do not use.
+        unsafe { core::arch::asm!("wrgsbase {}", in(reg) base as u64, options(nostack, preserves_flags)) };
+        return Ok(());
+    }
     /// arch_prctl code to set the GS base.
     const ARCH_SET_GS: libc::c_int = 0x1001;
     // SAFETY: arch_prctl(ARCH_SET_GS) only changes this thread's GS base,

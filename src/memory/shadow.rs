@@ -16,7 +16,11 @@ use super::mmu::{self, Access, PagingRegs};
 use super::{GuestMemory, PAGE_SIZE, USER_WINDOW_OFFSET, WINDOW_SIZE};
 
 /// Above this many mappings a flush remaps whole windows instead of pages.
-const BULK_FLUSH_THRESHOLD: usize = 256;
+const BULK_FLUSH_THRESHOLD: usize = 16;
+/// Pages around a hidden fault that are mapped along with it when the guest
+/// has already marked them accessed (their A bit, and D for writable
+/// mappings, would not change): one aligned group of page-table entries.
+const PREFETCH_GROUP: u32 = 64;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -279,7 +283,45 @@ impl GuestMemory {
         let lin_page = lin & !(PAGE_SIZE as u32 - 1);
         let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global };
         self.map_page(win, lin_page, e);
+        self.prefetch_neighbours(win, lin_page);
         ShadowFault::Mapped
+    }
+
+    /// Map the pages of `lin_page`'s group that the guest has already
+    /// accessed, so a working set refaults once per group, not per page,
+    /// after a CR3 switch. Only entries whose A bit is set are mapped (and
+    /// writable only with D set), so no accessed/dirty bit the guest would
+    /// see set by hardware is missed.
+    fn prefetch_neighbours(&mut self, win: u8, lin_page: u32) {
+        let regs = self.shadow.regs;
+        let access = Access { write: false, user: win == 1 };
+        let group = lin_page & !((PREFETCH_GROUP * PAGE_SIZE as u32) - 1);
+        for k in 0..PREFETCH_GROUP {
+            let p = group + k * PAGE_SIZE as u32;
+            if p == lin_page || self.shadow.mapped.contains_key(&key(win, p)) {
+                continue;
+            }
+            let Ok((t, updates)) = mmu::lookup(self.ram(), regs, p, access) else { continue };
+            // Any A/D update needed means the guest has not touched it: skip.
+            if updates.iter().any(|u| u.is_some()) || !self.is_ram(t.phys_page) {
+                continue;
+            }
+            let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global };
+            self.map_page(win, p, e);
+        }
+    }
+
+    /// The guest returned from a page-fault handler: if the faulting page is
+    /// now mapped, map it before the instruction retries (saves a host fault).
+    pub fn prefetch_after_fault(&mut self, win: u8, lin: u32, write: bool) {
+        if self.shadow.enabled() && !self.shadow.mapped.contains_key(&key(win, lin & !(PAGE_SIZE as u32 - 1))) {
+            let access = Access { write, user: win == 1 };
+            if let Ok((t, _)) = mmu::lookup(self.ram(), self.shadow.regs, lin, access) {
+                if self.is_ram(t.phys_page) && !(write && self.is_protected(t.phys_page)) {
+                    let _ = self.shadow_fault(win, lin, write);
+                }
+            }
+        }
     }
 
     /// Translate a linear address for the VMM's own accesses (identity with
