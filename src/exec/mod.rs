@@ -32,6 +32,9 @@ const DR7_ENABLE_MASK: u32 = 0xFF;
 /// DR6.BS: the #DB was a single-step trap.
 const DR6_BS: u32 = 1 << 14;
 
+/// Slots of the direct-mapped decoded-instruction cache.
+const EMU_CACHE_SLOTS: usize = 256;
+
 /// While INTR is asserted but IF is clear, how soon to look again.
 const PENDING_RECHECK_NS: u64 = 50_000;
 
@@ -111,6 +114,8 @@ pub struct Engine {
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::cache::FastMap<(u32, u16), Instruction>,
+    /// A direct-mapped front for `emu_cache` (cleared with it).
+    emu_slots: Vec<Option<(u32, u16, Instruction)>>,
     /// The mode of the block last entered (what the exit's instruction ran in).
     mode: Mode,
     /// PIC/PIT/RTC/UART interrupt sources, if the machine has them.
@@ -172,6 +177,7 @@ impl Engine {
             hole_pages: HashSet::new(),
             code_tlb: std::collections::HashMap::new(),
             emu_cache: Default::default(),
+            emu_slots: vec![None; EMU_CACHE_SLOTS],
             mode: Mode::default(),
             chipset: None,
             raw_mode: None,
@@ -281,6 +287,21 @@ impl Engine {
                     }
                 }
             };
+            // The jump cache in front of the block map: with nothing to chain,
+            // a hit gives the entry directly (entries are dropped whenever a
+            // linear address may map other code).
+            if chain_from.is_none() && self.opts.chaining && mode.is_fast() && !self.opts.trace.exec {
+                let s = crate::cache::jc_slot(mode, lin);
+                if self.cpu.hot.jc_keys[s] == (lin as u64).wrapping_neg() {
+                    let host = self.cpu.hot.jc_targets[s] as usize;
+                    match self.enter(host) {
+                        Step::Chain(e) => chain_from = Some(e),
+                        Step::Continue => {}
+                        Step::Done(out) => return out,
+                    }
+                    continue;
+                }
+            }
             let id = match self.cache.lookup(lin, mode, phys) {
                 Some(id) => id,
                 None => match self.translate(eip, mode, true) {
@@ -505,6 +526,7 @@ impl Engine {
     fn paging_changed(&mut self, invlpg: Option<u32>, cr_written: bool) {
         let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
         self.emu_cache.clear();
+        self.emu_slots.iter_mut().for_each(|e| *e = None);
         self.stats.tlb_flushes += 1;
         if let Some(lin) = invlpg.filter(|_| regs == self.mem.paging()) {
             // One page (or one 4 MiB page): only code reached through it.
@@ -578,6 +600,7 @@ impl Engine {
     /// Drop all translations (the cache is full, or breakpoints changed).
     fn flush(&mut self) {
         self.emu_cache.clear();
+        self.emu_slots.iter_mut().for_each(|e| *e = None);
         self.cache.flush(&mut self.cpu.hot);
         self.mem.unprotect_all();
         self.stats.flushes += 1;
@@ -895,6 +918,7 @@ impl Engine {
     /// (VMM write or a trapped store): drop the translations made from it.
     fn code_written(&mut self, page: u32) {
         self.emu_cache.clear();
+        self.emu_slots.iter_mut().for_each(|e| *e = None);
         let n = self.cache.invalidate_page(page, &mut self.cpu.hot);
         self.stats.invalidated_blocks += n as u64;
         self.stats.smc_pages += 1;
@@ -1223,8 +1247,15 @@ impl Engine {
         let cs = self.cpu.seg[SEG_CS];
         let mode = self.mode;
         let lin = cs.base.wrapping_add(eip);
-        if let Some(i) = self.emu_cache.get(&(lin, mode.0)) {
-            return *i;
+        let slot = lin as usize % EMU_CACHE_SLOTS;
+        if let Some((l, m, i)) = &self.emu_slots[slot] {
+            if *l == lin && *m == mode.0 {
+                return *i;
+            }
+        }
+        if let Some(i) = self.emu_cache.get(&(lin, mode.0)).copied() {
+            self.emu_slots[slot] = Some((lin, mode.0, i));
+            return i;
         }
         let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
         let mut bytes = [0u8; crate::decode::MAX_INSN_LEN];
