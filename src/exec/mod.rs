@@ -238,7 +238,7 @@ impl Engine {
         let mut chain_from: Option<u32> = None;
         loop {
             if self.chipset.is_some() {
-                match self.check_interrupts() {
+                match self.check_interrupts(true) {
                     Some(Step::Done(out)) => return out,
                     Some(_) => {
                         chain_from = None;
@@ -683,7 +683,9 @@ impl Engine {
 
     /// Deliver a pending external interrupt if IF allows and the chipset
     /// (looked at only when a timer is due or a port write touched it) has one.
-    fn check_interrupts(&mut self) -> Option<Step> {
+    /// `arm_timer`: re-arm the interval timer for the next deadline (not
+    /// while halted: the halt loop sleeps until then itself).
+    fn check_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
         let deliverable = self.intr_line && self.cpu.hot.vif != 0;
         // Reading the clock costs ~20 ns: only when the timer fired (at a
         // device deadline), a port access touched the chipset, or an
@@ -703,7 +705,7 @@ impl Engine {
         self.intr_line = intr;
         self.cpu.hot.intr_pending = u32::from(intr);
         self.next_irq_check = cs.next_event_ns().unwrap_or(u64::MAX);
-        if let Some(t) = &self.timer {
+        if let Some(t) = self.timer.as_ref().filter(|_| arm_timer) {
             // Come back from chained code at the next deadline (within the
             // default interval in any case).
             let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
@@ -734,9 +736,17 @@ impl Engine {
         /// Longest single sleep, so host input is noticed promptly.
         const MAX_NAP_NS: u64 = 5_000_000;
         let icount = self.opts.icount;
+        if let Some(t) = &self.timer {
+            // Nothing runs in translated code while halted: no timer signals.
+            t.rearm_disarmed();
+        }
         loop {
             self.irq_dirty = true;
-            if let Some(step) = self.check_interrupts() {
+            if let Some(step) = self.check_interrupts(false) {
+                // Awake again: bring the timer back for chained code.
+                if let Some(t) = &self.timer {
+                    t.rearm(POLL_INTERVAL_NS, POLL_INTERVAL_NS);
+                }
                 return step;
             }
             let Some(cs) = self.chipset.as_mut() else {
