@@ -297,8 +297,9 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
     let mut end = eip;
     let mut truncated = false;
     loop {
-        if !d.can_decode() {
-            // Ran off the end of memory: an invalid instruction at `end`.
+        let i = if d.can_decode() { Some(d.decode()) } else { None };
+        let Some(i) = i.filter(|_| d.last_error() != iced_x86::DecoderError::NoMoreBytes) else {
+            // Ran off the end of the bytes: an invalid instruction at `end`.
             let mut inv = Instruction::default();
             // The length first: iced derives the next IP from it.
             inv.set_len(1);
@@ -308,18 +309,7 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
             end = end.wrapping_add(1);
             truncated = true;
             break;
-        }
-        let i = d.decode();
-        if d.last_error() == iced_x86::DecoderError::NoMoreBytes {
-            let mut inv = Instruction::default();
-            inv.set_len(1);
-            inv.set_ip32(end);
-            insns.push(inv);
-            classes.push(Class::Invalid);
-            end = end.wrapping_add(1);
-            truncated = true;
-            break;
-        }
+        };
         let mut cls = classify_in(&i, bitness == 16);
         if cls == Class::Emulate && cpl == 0 && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) {
             cls = Class::SysInline;

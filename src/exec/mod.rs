@@ -1141,23 +1141,7 @@ impl Engine {
     }
 
     fn map_hole(&mut self, page: u32) {
-        let addr = self.mem.window_base() + page as usize;
-        // SAFETY: `addr` is a hole page inside our own window reservation
-        // (above RAM); mapping anonymous memory there touches nothing else.
-        unsafe {
-            let p = libc::mmap(
-                addr as *mut libc::c_void,
-                PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            );
-            if p != libc::MAP_FAILED {
-                std::ptr::write_bytes(p as *mut u8, 0xFF, PAGE_SIZE);
-                libc::mprotect(p, PAGE_SIZE, libc::PROT_READ);
-            }
-        }
+        crate::memory::map_ones_page(self.mem.window_base() + page as usize);
         self.hole_pages.insert(page);
     }
 

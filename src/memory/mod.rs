@@ -301,6 +301,27 @@ impl GuestMemory {
     }
 }
 
+/// Replace the page at host address `addr` (inside a window) with a
+/// read-only page of 0xFF bytes: what reads of unbacked guest memory see.
+pub fn map_ones_page(addr: usize) {
+    // SAFETY: callers pass a page of a window reservation owned by a
+    // GuestMemory; anonymous memory mapped there touches nothing else.
+    unsafe {
+        let p = libc::mmap(
+            addr as *mut libc::c_void,
+            PAGE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            std::ptr::write_bytes(p as *mut u8, 0xFF, PAGE_SIZE);
+            libc::mprotect(p, PAGE_SIZE, libc::PROT_READ);
+        }
+    }
+}
+
 /// Async-signal-safe form of `set_poll` (used from the timer signal handler).
 pub fn set_poll_page(page: usize, request_exit: bool) {
     let prot = if request_exit { libc::PROT_NONE } else { libc::PROT_READ };

@@ -217,24 +217,7 @@ impl GuestMemory {
     /// Map a read-only page of 0xFF bytes for a linear page that maps a hole.
     fn map_hole(&mut self, win: u8, lin_page: u32, phys: u32) {
         let k = key(win, lin_page);
-        let addr = host_addr(self.window, k);
-        // SAFETY: replaces one page of our own window reservation with
-        // anonymous memory, filled and then made read-only.
-        unsafe {
-            let p = libc::mmap(
-                addr as *mut libc::c_void,
-                PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            );
-            if p == libc::MAP_FAILED {
-                return;
-            }
-            std::ptr::write_bytes(p as *mut u8, 0xFF, PAGE_SIZE);
-            libc::mprotect(p, PAGE_SIZE, libc::PROT_READ);
-        }
+        super::map_ones_page(host_addr(self.window, k));
         self.shadow.mapped.insert(k, Entry { phys, writable: false, global: false });
     }
 
