@@ -51,6 +51,8 @@ pub enum Class {
     Emulate,
     /// CLI, STI, PUSHFD, POPFD in a CPL-0 block: translated inline.
     SysInline,
+    /// IN/OUT in a CPL-0 block: a call into the VMM without leaving the block.
+    PortIo,
     /// Raises #UD (undefined, or a feature the virtual CPU does not have).
     Invalid,
 }
@@ -313,6 +315,12 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
         let mut cls = classify_in(&i, bitness == 16);
         if cls == Class::Emulate && cpl == 0 && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) {
             cls = Class::SysInline;
+        } else if cls == Class::Emulate
+            && cpl == 0
+            && bitness == 32
+            && matches!(i.mnemonic(), Mnemonic::In | Mnemonic::Out)
+        {
+            cls = Class::PortIo;
         }
         end = i.next_ip32();
         insns.push(i);

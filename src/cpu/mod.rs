@@ -122,6 +122,18 @@ pub struct HotState {
     pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
     pub jc_targets: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
+    /// Port I/O done in place by translated code at CPL 0 (`translate::io`):
+    /// the port, size | direction << 8, the value in or out, and what the
+    /// callout reports back (`io_exit`: an isa-debug-exit status;
+    /// `io_dirty`: interrupt state may have changed).
+    pub io_port: u32,
+    pub io_info: u32,
+    pub io_value: u32,
+    pub io_exit: u32,
+    pub io_dirty: u32,
+    /// `*mut PortBus` and the callout function, set by the engine.
+    pub io_bus: u64,
+    pub io_fn: u64,
 }
 
 pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
@@ -141,6 +153,10 @@ pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
 /// guest value at a fault: borrowed registers and string-instruction host
 /// pointers (RBP, RSI, RDI) and the scratch registers (R10, R11, R13).
 pub const RESUME_REGS: [u8; 6] = [5, 6, 7, 10, 11, 13];
+pub const OFF_IO_PORT: i32 = offset_of!(HotState, io_port) as i32;
+pub const OFF_IO_INFO: i32 = offset_of!(HotState, io_info) as i32;
+pub const OFF_IO_VALUE: i32 = offset_of!(HotState, io_value) as i32;
+pub const OFF_IO_FN: i32 = offset_of!(HotState, io_fn) as i32;
 pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
 pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;

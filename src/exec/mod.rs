@@ -220,6 +220,8 @@ impl Engine {
         // (the VMM's Rust code never touches x87): start from the FNINIT state.
         // SAFETY: FNINIT only resets this thread's x87 state.
         unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
+        self.cpu.hot.io_bus = &mut self.io as *mut PortBus as u64;
+        self.cpu.hot.io_fn = io_callout as *const () as u64;
         self.sig.cache = &self.cache;
         self.sig.hot = &mut *self.cpu.hot;
         let ctx: *mut SignalCtx = &mut *self.sig;
@@ -395,6 +397,14 @@ impl Engine {
         // block that is still in the cache); the GS base is the window;
         // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
+        if self.cpu.hot.io_dirty != 0 {
+            self.cpu.hot.io_dirty = 0;
+            self.irq_dirty = true;
+        }
+        if self.cpu.hot.io_exit != 0 {
+            self.cpu.hot.io_exit = 0;
+            return Step::Done(RunOutcome::DebugExit(self.cpu.hot.io_value as i32));
+        }
         let reason = self.cpu.hot.exit_reason;
         self.stats.count_exit(reason);
         match reason {
@@ -1172,13 +1182,47 @@ fn touches_interrupt_state(i: &Instruction, dx: u16) -> bool {
     let imm_or_dx =
         |n: u32| if i.op_count() > n && i.op_kind(n) == OpKind::Immediate8 { i.immediate8() as u16 } else { dx };
     match i.mnemonic() {
-        M::Out | M::Outsb | M::Outsw | M::Outsd => {
-            let port = imm_or_dx(0);
-            port != crate::devices::POST_PORT && !(crate::devices::DEBUG_EXIT_BASE..0xF8).contains(&port)
-        }
-        M::In | M::Insb | M::Insw | M::Insd => matches!(imm_or_dx(1), 0x20 | 0xA0 | 0x3F8 | 0x3FA | 0x71),
+        M::Out | M::Outsb | M::Outsw | M::Outsd => port_touches_interrupts(imm_or_dx(0), true),
+        M::In | M::Insb | M::Insw | M::Insd => port_touches_interrupts(imm_or_dx(1), false),
         _ => false,
     }
+}
+
+/// See `touches_interrupt_state`.
+fn port_touches_interrupts(port: u16, out: bool) -> bool {
+    if out {
+        port != crate::devices::POST_PORT && !(crate::devices::DEBUG_EXIT_BASE..0xF8).contains(&port)
+    } else {
+        matches!(port, 0x20 | 0xA0 | 0x3F8 | 0x3FA | 0x71)
+    }
+}
+
+/// Port I/O called from translated code (`translate::io`). Returns nonzero
+/// when the dispatcher must look (debug exit, interrupt state changed).
+extern "sysv64" fn io_callout(hot: *mut HotState) -> u32 {
+    // SAFETY: translated code passes the running vCPU's HotState, whose
+    // io_bus the engine set to its live PortBus before entering; nothing
+    // else touches the bus while translated code runs.
+    let hot = unsafe { &mut *hot };
+    // SAFETY: as above.
+    let bus = unsafe { &mut *(hot.io_bus as *mut PortBus) };
+    let port = hot.io_port as u16;
+    let size = (hot.io_info & 0xFF) as u8;
+    let out = hot.io_info & crate::translate::io::IO_OUT != 0;
+    if out {
+        if let crate::devices::IoEffect::Exit(code) = bus.write(port, size, hot.io_value) {
+            hot.io_exit = 1;
+            hot.io_value = code as u32;
+            return 1;
+        }
+    } else {
+        hot.io_value = bus.read(port, size);
+    }
+    if port_touches_interrupts(port, out) {
+        hot.io_dirty = 1;
+        return 1;
+    }
+    0
 }
 
 /// Where a block's code bytes come from.

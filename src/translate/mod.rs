@@ -23,6 +23,7 @@
 //!         jmp exit_chain
 //! ```
 
+pub mod io;
 mod lookup;
 mod segment;
 mod stack;
@@ -493,6 +494,7 @@ impl<'a> Translator<'a> {
                 self.a.lea_r32(GUEST_ESP, GUEST_ESP, 4 + n);
                 lookup::indirect(self);
             }
+            Class::PortIo => io::port_io(self, i),
             Class::SysInline => match i.mnemonic() {
                 iced_x86::Mnemonic::Cli => system::cli_sti(self, false),
                 iced_x86::Mnemonic::Sti => system::cli_sti(self, true),

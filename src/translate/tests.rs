@@ -534,7 +534,23 @@ fn check_block(code: &[u8]) -> Result<(), String> {
     let exits = [EXITS.chain, EXITS.indirect, EXITS.emulate, EXITS.exception];
     let (mut di_rebased, mut si_rebased) = (false, false);
     let mut end = 0;
+    // The port-I/O callout (`translate::io`): from the PUSHFQ before a
+    // `call [r14+io_fn]` to the POPFQ after it the host stack is used to
+    // save caller-saved registers around a call into the VMM.
+    let mut io_spans = Vec::new();
+    for (c, (_, x)) in insns.iter().enumerate() {
+        let is_io_call = x.mnemonic() == Mnemonic::Call
+            && x.op0_kind() == OpKind::Memory
+            && x.memory_base() == Register::R14
+            && x.memory_displacement64() == crate::cpu::OFF_IO_FN as u64;
+        if is_io_call {
+            let lo = insns[..c].iter().rposition(|(_, y)| y.mnemonic() == Mnemonic::Pushfq).unwrap_or(c);
+            let hi = insns[c..].iter().position(|(_, y)| y.mnemonic() == Mnemonic::Popfq).map_or(c, |p| c + p);
+            io_spans.push(lo..=hi);
+        }
+    }
     for (k, &(off, i)) in insns.iter().enumerate() {
+        let in_io_span = io_spans.iter().any(|s| s.contains(&k));
         let bytes = &code[off..off + i.len()];
         let err = |why: &str| Err(format!("host insn at +{off:#x} `{}` ({}): {why}", fmt(&i), hex(bytes)));
         end = off + i.len();
@@ -557,7 +573,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             Mnemonic::Push => is_r13(&i) && next.is_some_and(|n| n.mnemonic() == Mnemonic::Popfq),
             Mnemonic::Popfq => prev.is_some_and(|p| p.mnemonic() == Mnemonic::Push && is_r13(&p)),
             _ => false,
-        };
+        } || io_spans.iter().any(|s| s.contains(&k));
         if !template {
             use Mnemonic as M;
             if matches!(
@@ -598,6 +614,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
         }
         match i.flow_control() {
             FlowControl::Next | FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch => {}
+            FlowControl::IndirectCall if in_io_span => {}
             FlowControl::IndirectBranch => {
                 let ok = m == Mnemonic::Jmp
                     && i.op0_kind() == OpKind::Memory

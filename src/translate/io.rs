@@ -1,0 +1,115 @@
+//! IN/OUT at CPL 0 without leaving translated code: the block calls the
+//! VMM's port bus directly (CPL 0 always passes the I/O permission check).
+//! Only what the C ABI lets the callee clobber is saved around the call.
+//!
+//! ```text
+//!     mov r13d, port (or movzx r13d, dx) ; mov [r14+io_port], r13d
+//!     mov dword [r14+io_info], size | out << 8   [; mov [r14+io_value], eax]
+//!     pushfq ; push rax, rcx, rdx, rsi, rdi       ; guest flags and caller-saved regs
+//!     cmp dword [r14+fpu_active], 0 ; je 1f
+//!     movdqa [r14+xmm], xmm0..7 ; stmxcsr [r14+mxcsr] ; ldmxcsr [r14+host_mxcsr]
+//! 1:  mov r13, rsp ; and rsp, -16 ; mov rdi, r14 ; call [r14+io_fn] ; mov rsp, r13
+//!     mov r10d, eax                                ; nonzero: the dispatcher must look
+//!     cmp dword [r14+fpu_active], 0 ; je 2f
+//!     movdqa xmm0..7, [r14+xmm] ; ldmxcsr [r14+mxcsr]
+//! 2:  pop rdi, rsi, rdx, rcx, rax ; popfq
+//!    [mov al/ax/eax, [r14+io_value]]               ; IN
+//!     mov r11, rcx ; mov ecx, r10d ; jrcxz 3f
+//!     mov rcx, r11 ; mov r13d, next ; jmp exit_indirect
+//! 3:  mov rcx, r11
+//! ```
+
+use iced_x86::{Instruction, Mnemonic, OpKind};
+
+use super::Translator;
+use crate::cpu::{
+    OFF_FPU_ACTIVE, OFF_HOST_MXCSR, OFF_IO_FN, OFF_IO_INFO, OFF_IO_PORT, OFF_IO_VALUE, OFF_MXCSR, OFF_XMM,
+};
+use crate::emit::Asm;
+use crate::emit::reg::*;
+
+/// `io_info` bit: the access is an OUT.
+pub const IO_OUT: u32 = 1 << 8;
+
+/// Caller-saved host registers that hold guest state.
+const SAVED: [u8; 5] = [RAX, RCX, RDX, RSI, RDI];
+
+/// `cmp dword [r14+fpu_active], 0 ; je <patched>`; returns the rel8 offset.
+fn skip_unless_fpu(a: &mut Asm) -> usize {
+    a.bytes(&[0x41, 0x83, 0xBE]);
+    a.u32(OFF_FPU_ACTIVE as u32);
+    a.bytes(&[0x00, 0x74, 0x00]);
+    a.len() - 1
+}
+
+fn xmm_all(a: &mut Asm, store: bool) {
+    for n in 0..8u8 {
+        a.bytes(&[0x66, 0x41, 0x0F, if store { 0x7F } else { 0x6F }, 0x86 | (n << 3)]);
+        a.u32((OFF_XMM + 16 * n as i32) as u32);
+    }
+}
+
+fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
+    a.bytes(&[0x41, 0x0F, 0xAE, 0x86 | (ext << 3)]);
+    a.u32(disp as u32);
+}
+
+pub(super) fn port_io(t: &mut Translator, i: &Instruction) {
+    let out = i.mnemonic() == Mnemonic::Out;
+    let (port_op, data_op) = if out { (0, 1) } else { (1, 0) };
+    let size = i.op_register(data_op).size() as u32;
+    if i.op_kind(port_op) == OpKind::Immediate8 {
+        t.a.mov_r32_imm(SCRATCH, i.immediate8() as u32);
+    } else {
+        t.a.movzx_r32_r16(SCRATCH, RDX);
+    }
+    t.a.mov_mbase_r32(VCPU, OFF_IO_PORT, SCRATCH);
+    t.a.mov_mbase_imm32(VCPU, OFF_IO_INFO, size | if out { IO_OUT } else { 0 });
+    if out {
+        t.a.mov_mbase_r32(VCPU, OFF_IO_VALUE, RAX);
+    }
+    t.a.pushfq();
+    for r in SAVED {
+        t.a.push_r64(r);
+    }
+    let skip = skip_unless_fpu(&mut t.a);
+    xmm_all(&mut t.a, true);
+    mxcsr(&mut t.a, 3, OFF_MXCSR);
+    mxcsr(&mut t.a, 2, OFF_HOST_MXCSR);
+    let l = t.a.len();
+    t.a.buf[skip] = (l - skip - 1) as u8;
+    t.a.mov_r64_r64(SCRATCH, RSP);
+    t.a.bytes(&[0x48, 0x83, 0xE4, 0xF0]); // and rsp, -16
+    t.a.mov_r64_r64(RDI, VCPU);
+    t.a.bytes(&[0x41, 0xFF, 0x96]); // call qword [r14+io_fn]
+    t.a.u32(OFF_IO_FN as u32);
+    t.a.mov_r64_r64(RSP, SCRATCH);
+    t.a.mov_r32_r32(R10, RAX);
+    let skip = skip_unless_fpu(&mut t.a);
+    xmm_all(&mut t.a, false);
+    mxcsr(&mut t.a, 2, OFF_MXCSR);
+    let l = t.a.len();
+    t.a.buf[skip] = (l - skip - 1) as u8;
+    for r in SAVED.into_iter().rev() {
+        t.a.pop_r64(r);
+    }
+    t.a.popfq();
+    if !out {
+        // mov al/ax/eax, [r14+io_value]
+        match size {
+            1 => t.a.bytes(&[0x41, 0x8A, 0x86]),
+            2 => t.a.bytes(&[0x66, 0x41, 0x8B, 0x86]),
+            _ => t.a.bytes(&[0x41, 0x8B, 0x86]),
+        }
+        t.a.u32(OFF_IO_VALUE as u32);
+    }
+    t.a.mov_r64_r64(R11, RCX);
+    t.a.mov_r32_r32(RCX, R10);
+    t.a.bytes(&[0xE3, 0]); // jrcxz (patched)
+    let start = t.a.len();
+    t.a.mov_r64_r64(RCX, R11);
+    t.a.mov_r32_imm(SCRATCH, i.next_ip32());
+    t.jmp_abs(t.exits_to.indirect);
+    t.a.buf[start - 1] = (t.a.len() - start) as u8;
+    t.a.mov_r64_r64(RCX, R11);
+}
