@@ -74,7 +74,7 @@ if [ -f "$tmp/$src.ok" ]; then
     echo
     echo "$(grep -m1 '^nanobench:' "$tmp/$src.out") (cycles per operation, empty loop subtracted)"
 fi
-[ ${#names[@]} -gt 0 ] || names=(empty empty3 syscall cli+sti pushf+popf in out call/ret divzero \
+[ ${#names[@]} -gt 0 ] || names=(empty empty3 syscall cli+sti pushf+popf in out call/ret divzero irq \
     pgfault ptemod cr3 ctxsw)
 
 printf '%-12s %10s %10s %9s %12s\n' benchmark btvisor QEMU ratio "VMware BT*"

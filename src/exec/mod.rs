@@ -133,6 +133,8 @@ pub struct Engine {
     /// The per-thread timer that brings the dispatcher back from chained
     /// code: periodically, and at the next device deadline.
     timer: Option<signals::IntervalTimer>,
+    /// Virtual time of the timer's next expiry as last armed.
+    timer_expiry: u64,
     /// Jump-cache slots filled since the last clear (so a TLB flush clears
     /// those, not all 2 MiB of tables).
     jc_used: Vec<u32>,
@@ -186,6 +188,7 @@ impl Engine {
             intr_line: false,
             time_due: true,
             timer: None,
+            timer_expiry: 0,
             watch_regs: [0; 5],
             jc_used: Vec::new(),
             last_pf: None,
@@ -723,7 +726,12 @@ impl Engine {
                 // Masked by IF for now: look again soon.
                 first = first.min(PENDING_RECHECK_NS);
             }
-            t.rearm(first, POLL_INTERVAL_NS);
+            // Re-arming is a costly syscall: only when it moves the expiry earlier.
+            let want = now.saturating_add(first);
+            if want < self.timer_expiry || self.timer_expiry <= now {
+                t.rearm(first, POLL_INTERVAL_NS);
+                self.timer_expiry = want;
+            }
         }
         if cs.input_pending() {
             self.irq_dirty = true;
@@ -749,6 +757,7 @@ impl Engine {
         if let Some(t) = &self.timer {
             // Nothing runs in translated code while halted: no timer signals.
             t.rearm_disarmed();
+            self.timer_expiry = u64::MAX;
         }
         loop {
             self.irq_dirty = true;
@@ -756,6 +765,7 @@ impl Engine {
                 // Awake again: bring the timer back for chained code.
                 if let Some(t) = &self.timer {
                     t.rearm(POLL_INTERVAL_NS, POLL_INTERVAL_NS);
+                    self.timer_expiry = 0;
                 }
                 return step;
             }

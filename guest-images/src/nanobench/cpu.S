@@ -301,6 +301,37 @@ LOOP
 NEXT
 END
 
+/* IRQ 4 round trip: IER = THRE raises IRQ 4 (THR is empty); the handler
+   clears IER, EOIs the master PIC and returns. IRQ 4 is unmasked only
+   around the loop; IF is set throughout it. */
+BEGIN nb_irq
+    movb $0xEF, %al             /* unmask IRQ 4 */
+    outb %al, $0x21
+    movw $0x3F9, %dx            /* COM1 IER */
+    sti
+LOOP
+    movb $0x02, %al
+    outb %al, %dx               /* IER.ETBEI: interrupt now */
+NEXT
+    cli
+    movb $0xFF, %al
+    outb %al, $0x21
+END
+
+    .globl irq4_handler
+    .p2align 4
+irq4_handler:
+    pushl %eax
+    pushl %edx
+    xorl %eax, %eax
+    movw $0x3F9, %dx
+    outb %al, %dx               /* IER = 0: the line drops */
+    movb $0x20, %al
+    outb %al, $0x20             /* non-specific EOI */
+    popl %edx
+    popl %eax
+    iret
+
     .p2align 4
 null_function:
     ret

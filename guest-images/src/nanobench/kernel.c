@@ -34,6 +34,8 @@ uint64_t nb_in(uint32_t n);
 uint64_t nb_out(uint32_t n);
 uint64_t nb_callret(uint32_t n);
 uint64_t nb_divzero(uint32_t n);
+uint64_t nb_irq(uint32_t n);
+void irq4_handler(void);
 uint64_t nb_pgfault(uint32_t n);
 uint64_t nb_ptemod(uint32_t n);
 uint64_t nb_cr3(uint32_t n);
@@ -119,6 +121,17 @@ static void setup_cpu(void)
        there is no PIC (writes to unclaimed ports vanish). */
     outb(0x21, 0xFF);
     outb(0xA1, 0xFF);
+
+    /* For the irq row: PICs remapped to 0x20/0x28 (still all masked),
+       COM1 IRQ 4 at vector 0x24, OUT2 set so the UART drives its IRQ line. */
+    static const uint8_t icw[] = { 0x11, 0x20, 0x04, 0x01 };
+    outb(0x20, icw[0]); outb(0x21, icw[1]); outb(0x21, icw[2]); outb(0x21, icw[3]);
+    outb(0xA0, 0x11); outb(0xA1, 0x28); outb(0xA1, 0x02); outb(0xA1, 0x01);
+    outb(0x21, 0xFF);
+    outb(0xA1, 0xFF);
+    idt[0x24] = int_gate(irq4_handler, 0);
+    outb(0x3F9, 0x00);          /* IER: no UART interrupts yet */
+    outb(0x3FC, 0x08);          /* MCR: OUT2 */
 }
 
 struct exc_frame {
@@ -279,6 +292,10 @@ static const struct bench benches[] = {
     { "out",        nb_out,       0, 0, 0 },   /* outb 0x80 (POST port) */
     { "call/ret",   nb_callret,   0, 0, 0 },
     { "divzero",    nb_divzero,   0, 0, 0 },   /* DIV by 0, #DE, skip, IRET */
+    /* External interrupt round trip: OUT enabling the UART's transmitter-
+       empty interrupt raises IRQ 4 at once; delivery through the PIC and the
+       IDT; the handler disables it again, EOIs and IRETs. */
+    { "irq",        nb_irq,       0, 0, 0 },
     /* #PF from CPL 3 on a not-present user page, handler maps it, IRET,
        read completes; plus the unmap (clear P + INVLPG) of the other page */
     { "pgfault",    nb_pgfault,   1, 1, pgfault_reset },
