@@ -61,10 +61,9 @@ pub struct Chipset {
 }
 
 impl Chipset {
-    /// Bring the interrupt lines up to date at the current virtual time;
-    /// returns whether INTR is asserted.
-    pub fn update(&mut self) -> bool {
-        let now = self.clock.now_ns();
+    /// Bring the interrupt lines up to date at virtual time `now`; returns
+    /// whether INTR is asserted.
+    pub fn update(&mut self, now: u64) -> bool {
         let edges = lock(&self.pit).irq0_edges(now);
         let rtc_line = lock(&self.rtc).irq8_pending(now);
         self.feed_input();
@@ -83,9 +82,8 @@ impl Chipset {
         lock(&self.pic).acknowledge()
     }
 
-    /// When the next timer event (PIT IRQ 0 or RTC IRQ 8) is due.
-    pub fn next_event_ns(&self) -> Option<u64> {
-        let now = self.clock.now_ns();
+    /// When the next timer event (PIT IRQ 0 or RTC IRQ 8) is due, from `now`.
+    pub fn next_event_ns(&self, now: u64) -> Option<u64> {
         let a = lock(&self.pit).next_irq0_ns(now);
         let b = lock(&self.rtc).next_irq8_ns(now);
         match (a, b) {
@@ -251,12 +249,12 @@ mod tests {
         for (p, v) in [(0x43, 0x34), (0x40, 1193 & 0xFF), (0x40, 1193 >> 8)] {
             bus.write(p, 1, v);
         }
-        assert!(!cs.update());
-        let next = cs.next_event_ns().expect("timer armed");
+        assert!(!cs.update(clock.now_ns()));
+        let next = cs.next_event_ns(clock.now_ns()).expect("timer armed");
         assert!(next > 900_000 && next < 1_100_000, "{next}");
         clock.advance_to_ns(next);
-        assert!(cs.update());
+        assert!(cs.update(clock.now_ns()));
         assert_eq!(cs.acknowledge(), 0x20);
-        assert!(!cs.update(), "in service until EOI");
+        assert!(!cs.update(clock.now_ns()), "in service until EOI");
     }
 }

@@ -298,6 +298,11 @@ impl Rtc {
     /// enabled periodic, alarm or update-ended event has happened since the
     /// guest last read register C.
     pub fn irq8_pending(&mut self, now_ns: u64) -> bool {
+        // With no interrupt enabled the line stays low; the flags are brought
+        // up to date when the guest reads them.
+        if self.reg_b & (B_PIE | B_AIE | B_UIE) == 0 {
+            return false;
+        }
         self.update_flags(now_ns);
         self.irqf()
     }

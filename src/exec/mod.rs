@@ -714,15 +714,15 @@ impl Engine {
         }
         self.irq_dirty = false;
         self.time_due = false;
-        let intr = cs.update();
+        let intr = cs.update(now);
         self.intr_line = intr;
         self.cpu.hot.intr_pending = u32::from(intr);
-        self.next_irq_check = cs.next_event_ns().unwrap_or(u64::MAX);
+        self.next_irq_check = cs.next_event_ns(now).unwrap_or(u64::MAX);
         if let Some(t) = self.timer.as_ref().filter(|_| arm_timer) {
             // Come back from chained code at the next deadline (within the
             // default interval in any case).
             let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
-            if intr {
+            if intr && self.cpu.hot.vif == 0 {
                 // Masked by IF for now: look again soon.
                 first = first.min(PENDING_RECHECK_NS);
             }
@@ -773,7 +773,7 @@ impl Engine {
                 return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
             };
             let now = cs.clock.now_ns();
-            let next = cs.next_event_ns();
+            let next = cs.next_event_ns(now);
             if icount {
                 match next {
                     Some(t) => cs.clock.advance_to_ns(t.max(now + 1)),
@@ -1229,8 +1229,13 @@ extern "sysv64" fn io_callout(hot: *mut HotState) -> u32 {
         hot.io_value = bus.read(port, size);
     }
     if port_touches_interrupts(port, out) {
+        // The dispatcher must look at the chipset; right away only if an
+        // interrupt could be taken now (IF set). Otherwise the next exit
+        // looks, and a later STI/POPFD leaves the block since INTR "may be"
+        // pending.
         hot.io_dirty = 1;
-        return 1;
+        hot.intr_pending = 1;
+        return u32::from(hot.vif != 0);
     }
     0
 }
