@@ -66,6 +66,10 @@ impl Chipset {
     pub fn update(&mut self, now: u64) -> bool {
         let edges = lock(&self.pit).irq0_edges(now);
         let rtc_line = lock(&self.rtc).irq8_pending(now);
+        // The UART line as the guest left it (a read of RBR may have dropped
+        // it) before new input raises it again: the PIC must see that edge.
+        let before = lock(&self.uart).irq_pending();
+        lock(&self.pic).set_irq(IRQ_COM1, before);
         self.feed_input();
         let uart_line = lock(&self.uart).irq_pending();
         let mut pic = lock(&self.pic);
