@@ -94,9 +94,8 @@ impl<'a> Env<'a> {
         if !regs.enabled() {
             return Some(lin);
         }
-        let access = crate::memory::mmu::Access { write: false, user };
-        match crate::memory::mmu::lookup(self.mem.ram(), regs, lin, access) {
-            Ok((t, _)) => Some(t.phys_page | (lin & 0xFFF)),
+        match self.mem.translate_read(lin, user) {
+            Ok(p) => Some(p),
             Err(code) => {
                 if self.page_fault.get().is_none() {
                     self.page_fault.set(Some((lin, code)));

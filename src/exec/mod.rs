@@ -110,7 +110,7 @@ pub struct Engine {
     /// Hole pages mapped read-only with all-ones bytes.
     hole_pages: HashSet<u32>,
     /// (user, linear page) -> physical page of code, with paging on.
-    code_tlb: std::collections::HashMap<(bool, u32), u32>,
+    code_tlb: crate::cache::FastMap<(bool, u32), u32>,
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::cache::FastMap<(u32, u16), Instruction>,
@@ -177,7 +177,7 @@ impl Engine {
             opts,
             sig,
             hole_pages: HashSet::new(),
-            code_tlb: std::collections::HashMap::new(),
+            code_tlb: Default::default(),
             emu_cache: Default::default(),
             emu_slots: vec![None; EMU_CACHE_SLOTS],
             mode: Mode::default(),

@@ -29,10 +29,20 @@ struct Entry {
     global: bool,
 }
 
+/// Entries of the VMM's own translation cache (a TLB for `translate`).
+const VMM_TLB_ENTRIES: usize = 256;
+/// An empty VMM TLB entry (no linear page has the low bits set).
+const VMM_TLB_EMPTY: u32 = 1;
+
 /// Shadow mapping bookkeeping.
 #[derive(Default)]
 pub struct Shadow {
     regs: PagingRegs,
+    /// Translations for the VMM's accesses: (linear page | user << 1 |
+    /// write << 2, physical page). Only entries whose accessed (and, for
+    /// writes, dirty) bits are already set are cached, so a hit changes
+    /// nothing a walk would; flushed like the shadow mappings.
+    vmm_tlb: std::cell::RefCell<Vec<(u32, u32)>>,
     /// (window << 32 | linear page) -> mapping.
     mapped: HashMap<u64, Entry>,
     /// Physical page -> keys of `mapped` that map it.
@@ -117,6 +127,7 @@ impl GuestMemory {
             return;
         }
         self.shadow.regs = new;
+        self.shadow.vmm_tlb.borrow_mut().clear();
         match (old.enabled(), new.enabled()) {
             (false, false) => {}
             (false, true) => {
@@ -163,6 +174,7 @@ impl GuestMemory {
 
     /// Drop shadow mappings (all, or all but global ones).
     pub fn flush_shadow(&mut self, keep_global: bool) {
+        self.shadow.vmm_tlb.borrow_mut().clear();
         let sh = &mut self.shadow;
         if !keep_global || sh.mapped.len() > BULK_FLUSH_THRESHOLD {
             let kept: Vec<(u64, Entry)> = if keep_global {
@@ -188,6 +200,7 @@ impl GuestMemory {
     /// INVLPG: drop the mappings of the page holding `lin` in both windows
     /// (all 4 MiB of it when a large page maps it).
     pub fn invlpg(&mut self, lin: u32) {
+        self.shadow.vmm_tlb.borrow_mut().clear();
         let regs = self.shadow.regs;
         let pde = self.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2));
         if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
@@ -314,7 +327,49 @@ impl GuestMemory {
         if !regs.enabled() {
             return Ok(lin);
         }
+        if let Some(p) = self.tlb_get(lin, write, user) {
+            return Ok(p);
+        }
         let t = mmu::walk(self.ram_mut(), regs, lin, Access { write, user })?;
+        self.tlb_put(lin, write, user, t.phys_page);
         Ok(t.phys_page | (lin & (PAGE_SIZE as u32 - 1)))
+    }
+
+    /// `translate` for reads without changing guest memory: an access whose
+    /// accessed bits are not set yet is translated but not cached.
+    pub fn translate_read(&self, lin: u32, user: bool) -> Result<u32, u32> {
+        let regs = self.shadow.regs;
+        if !regs.enabled() {
+            return Ok(lin);
+        }
+        if let Some(p) = self.tlb_get(lin, false, user) {
+            return Ok(p);
+        }
+        let (t, updates) = mmu::lookup(self.ram(), regs, lin, Access { write: false, user })?;
+        if updates.iter().all(|u| u.is_none()) {
+            self.tlb_put(lin, false, user, t.phys_page);
+        }
+        Ok(t.phys_page | (lin & (PAGE_SIZE as u32 - 1)))
+    }
+
+    fn tlb_key(lin: u32, write: bool, user: bool) -> (usize, u32) {
+        let page = lin & !(PAGE_SIZE as u32 - 1);
+        ((page >> 12) as usize % VMM_TLB_ENTRIES, page | (u32::from(user) << 1) | (u32::from(write) << 2))
+    }
+
+    fn tlb_get(&self, lin: u32, write: bool, user: bool) -> Option<u32> {
+        let (slot, key) = Self::tlb_key(lin, write, user);
+        let tlb = self.shadow.vmm_tlb.borrow();
+        let &(k, p) = tlb.get(slot)?;
+        (k == key).then_some(p | (lin & (PAGE_SIZE as u32 - 1)))
+    }
+
+    fn tlb_put(&self, lin: u32, write: bool, user: bool, phys_page: u32) {
+        let (slot, key) = Self::tlb_key(lin, write, user);
+        let mut tlb = self.shadow.vmm_tlb.borrow_mut();
+        if tlb.is_empty() {
+            tlb.resize(VMM_TLB_ENTRIES, (VMM_TLB_EMPTY, 0));
+        }
+        tlb[slot] = (key, phys_page);
     }
 }
