@@ -135,6 +135,8 @@ pub struct Engine {
     timer: Option<signals::IntervalTimer>,
     /// Virtual time of the timer's next expiry as last armed.
     timer_expiry: u64,
+    /// The last virtual time read for the chipset.
+    last_now: u64,
     /// Jump-cache slots filled since the last clear (so a TLB flush clears
     /// those, not all 2 MiB of tables).
     jc_used: Vec<u32>,
@@ -189,6 +191,7 @@ impl Engine {
             time_due: true,
             timer: None,
             timer_expiry: 0,
+            last_now: 0,
             watch_regs: [0; 5],
             jc_used: Vec::new(),
             last_pf: None,
@@ -707,7 +710,11 @@ impl Engine {
             return None;
         }
         let cs = self.chipset.as_mut()?;
-        let now = cs.clock.now_ns();
+        // With no timer armed, a look caused by a port access needs no fresh
+        // time (no timer edge can be due); the last reading stands in.
+        let timers_idle = self.next_irq_check == u64::MAX && !self.opts.icount;
+        let mut now = if timers_idle && self.irq_dirty { self.last_now } else { cs.clock.now_ns() };
+        self.last_now = now;
         if !self.irq_dirty && !deliverable && now < self.next_irq_check {
             self.time_due = false;
             return None;
@@ -718,6 +725,11 @@ impl Engine {
         self.intr_line = intr;
         self.cpu.hot.intr_pending = u32::from(intr);
         self.next_irq_check = cs.next_event_ns(now).unwrap_or(u64::MAX);
+        if timers_idle && self.next_irq_check != u64::MAX {
+            // The access just armed a timer: deadlines need the real time.
+            now = cs.clock.now_ns();
+            self.last_now = now;
+        }
         if let Some(t) = self.timer.as_ref().filter(|_| arm_timer) {
             // Come back from chained code at the next deadline (within the
             // default interval in any case).
