@@ -223,7 +223,18 @@ impl Env<'_> {
             self.mem.read(addr, &mut b[..size]);
             return u32::from_le_bytes(b);
         }
-        // One translation per page touched.
+        if (addr & 0xFFF) as usize + size <= PAGE_SIZE {
+            // Within one page: one translation, one load.
+            let Some(p) = self.phys_read(addr, user) else { return 0 };
+            let a = p as usize;
+            if let Some(w) = self.mem.ram().get(a..a + 4) {
+                let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                return if size >= 4 { v } else { v & ((1u32 << (8 * size)) - 1) };
+            }
+            self.mem.read(p, &mut b[..size]);
+            return u32::from_le_bytes(b);
+        }
+        // Across a page boundary: one translation per page.
         let mut phys = 0;
         for (k, byte) in b.iter_mut().enumerate().take(size) {
             let lin = addr.wrapping_add(k as u32);
@@ -250,6 +261,23 @@ impl Env<'_> {
                 let p = p & !(PAGE_SIZE as u32 - 1);
                 if self.mem.is_protected(p) && !self.written.contains(&p) {
                     self.written.push(p);
+                }
+            }
+            return;
+        }
+        if (addr & 0xFFF) as usize + size <= PAGE_SIZE {
+            match self.mem.translate(addr, true, self.user) {
+                Ok(p) => {
+                    self.mem.write(p, &bytes[..size]);
+                    let page = p & !(PAGE_SIZE as u32 - 1);
+                    if self.mem.is_protected(page) && !self.written.contains(&page) {
+                        self.written.push(page);
+                    }
+                }
+                Err(code) => {
+                    if self.page_fault.get().is_none() {
+                        self.page_fault.set(Some((addr, code)));
+                    }
                 }
             }
             return;
