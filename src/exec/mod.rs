@@ -167,6 +167,8 @@ impl Engine {
             hot: std::ptr::null_mut(),
             exit_fault: tramp.exit_fault,
             poll_pages: mem.poll_pages(),
+            in_guest: std::sync::atomic::AtomicBool::new(false),
+            timer_fired: std::sync::atomic::AtomicBool::new(false),
             fault: FaultRecord::default(),
         });
         Ok(Engine {
@@ -398,11 +400,13 @@ impl Engine {
     }
 
     fn run_translated(&mut self, f: EnterFn, host: usize) -> Step {
+        self.sig.in_guest.store(true, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: `host` is the entry of a block in the cache (or, for the
         // resume trampoline, unused: it continues at hot.resume_rip inside a
         // block that is still in the cache); the GS base is the window;
         // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
+        self.sig.in_guest.store(false, std::sync::atomic::Ordering::Relaxed);
         if self.cpu.hot.io_dirty != 0 {
             self.cpu.hot.io_dirty = 0;
             self.irq_dirty = true;
@@ -702,6 +706,9 @@ impl Engine {
     /// `arm_timer`: re-arm the interval timer for the next deadline (not
     /// while halted: the halt loop sleeps until then itself).
     fn check_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
+        if self.sig.timer_fired.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.time_due = true;
+        }
         let deliverable = self.intr_line && self.cpu.hot.vif != 0;
         // Reading the clock costs ~20 ns: only when the timer fired (at a
         // device deadline), a port access touched the chipset, or an
@@ -766,19 +773,9 @@ impl Engine {
         /// Longest single sleep, so host input is noticed promptly.
         const MAX_NAP_NS: u64 = 5_000_000;
         let icount = self.opts.icount;
-        if let Some(t) = &self.timer {
-            // Nothing runs in translated code while halted: no timer signals.
-            t.rearm_disarmed();
-            self.timer_expiry = u64::MAX;
-        }
         loop {
             self.irq_dirty = true;
             if let Some(step) = self.check_interrupts(false) {
-                // Awake again: bring the timer back for chained code.
-                if let Some(t) = &self.timer {
-                    t.rearm(POLL_INTERVAL_NS, POLL_INTERVAL_NS);
-                    self.timer_expiry = 0;
-                }
                 return step;
             }
             let Some(cs) = self.chipset.as_mut() else {

@@ -45,6 +45,10 @@ pub struct SignalCtx {
     pub exit_fault: usize,
     /// Poll pages of the two windows.
     pub poll_pages: [usize; 2],
+    /// Translated code is running (the timer must stop it through the poll
+    /// page); otherwise the timer just records that it fired.
+    pub in_guest: std::sync::atomic::AtomicBool,
+    pub timer_fired: std::sync::atomic::AtomicBool,
     pub fault: FaultRecord,
 }
 
@@ -121,6 +125,12 @@ extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *m
         // SAFETY: ctx points at the running engine's SignalCtx; info and uc
         // come from the kernel.
         unsafe {
+            use std::sync::atomic::Ordering::Relaxed;
+            if !(*ctx).in_guest.load(Relaxed) {
+                // In the VMM: it looks at the time before entering again.
+                (*ctx).timer_fired.store(true, Relaxed);
+                return;
+            }
             let pages = (*ctx).poll_pages;
             for p in pages {
                 set_poll_page(p, true);
