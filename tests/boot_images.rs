@@ -5,10 +5,8 @@
 //! `guest-images/<name>.elf` because the Multiboot command line (as QEMU
 //! builds it) is "<kernel path> <append>", and hello prints it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -21,52 +19,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-struct Run {
-    status: Option<ExitStatus>, // None: killed after TIMEOUT
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-/// Run btvisor with `args` from the crate root, killing it after TIMEOUT.
+use common::run::Run;
+
+/// Run btvisor with `args` from the crate root (no input), killing it after TIMEOUT.
 fn run_btvisor(args: &[String]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
-        .args(args)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("failed to spawn btvisor");
-    // Drain pipes on threads so a chatty guest cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait failed") {
-            break Some(s);
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status,
-        stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
-    }
+    common::run::run_btvisor(args, &[], Duration::ZERO, TIMEOUT)
 }
 
 /// Line diff good enough for golden outputs: lists differing lines.

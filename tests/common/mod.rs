@@ -3,3 +3,4 @@
 
 pub mod r#gen; // `gen` is a reserved keyword in edition 2024
 pub mod native32;
+pub mod run;
