@@ -26,8 +26,8 @@
 //! ```
 
 use crate::cpu::{
-    OFF_EIP, OFF_EXIT_REASON, OFF_FPU_ACTIVE, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS, OFF_MXCSR,
-    OFF_RESUME_REGS, OFF_RESUME_RIP, OFF_WINDOW, OFF_XMM, RESUME_REGS, exit, flags,
+    OFF_EIP, OFF_EXIT_REASON, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS, OFF_MXCSR, OFF_RESUME_REGS,
+    OFF_RESUME_RIP, OFF_WINDOW, RESUME_REGS, exit, flags,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;
@@ -48,27 +48,7 @@ pub struct Trampolines {
 /// Guest registers in `HotState::gpr` order and their host registers.
 const GUEST_REGS: [u8; 8] = [RAX, RCX, RDX, RBX, GUEST_ESP, RBP, RSI, RDI];
 
-/// `movdqa xmmN, [r14+disp]` (load) or `movdqa [r14+disp], xmmN` (store) for N = 0..7.
-fn xmm_all(a: &mut Asm, store: bool) {
-    for n in 0..8u8 {
-        a.bytes(&[0x66, 0x41, 0x0F, if store { 0x7F } else { 0x6F }, 0x86 | (n << 3)]);
-        a.u32((OFF_XMM + 16 * n as i32) as u32);
-    }
-}
-
-/// `ldmxcsr [r14+disp]` (ext 2) / `stmxcsr [r14+disp]` (ext 3).
-fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
-    a.bytes(&[0x41, 0x0F, 0xAE, 0x86 | (ext << 3)]);
-    a.u32(disp as u32);
-}
-
-/// `cmp dword [r14+fpu_active], 0 ; je <skip>`; returns the rel8 offset.
-fn skip_unless_fpu(a: &mut Asm) -> usize {
-    a.bytes(&[0x41, 0x83, 0xBE]);
-    a.u32(OFF_FPU_ACTIVE as u32);
-    a.bytes(&[0x00, 0x74, 0x00]);
-    a.len() - 1
-}
+use crate::translate::io::{mxcsr, skip_unless_fpu, xmm_all};
 
 fn bind_rel8(a: &mut Asm, at: usize) {
     let rel = a.len() - (at + 1);

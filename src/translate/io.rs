@@ -35,21 +35,24 @@ pub const IO_OUT: u32 = 1 << 8;
 const SAVED: [u8; 5] = [RAX, RCX, RDX, RSI, RDI];
 
 /// `cmp dword [r14+fpu_active], 0 ; je <patched>`; returns the rel8 offset.
-fn skip_unless_fpu(a: &mut Asm) -> usize {
+/// (Shared with the trampolines: the same guest-FPU switch.)
+pub(crate) fn skip_unless_fpu(a: &mut Asm) -> usize {
     a.bytes(&[0x41, 0x83, 0xBE]);
     a.u32(OFF_FPU_ACTIVE as u32);
     a.bytes(&[0x00, 0x74, 0x00]);
     a.len() - 1
 }
 
-fn xmm_all(a: &mut Asm, store: bool) {
+/// `movdqa xmmN, [r14+xmm+16N]` (load) or the store, for N = 0..7.
+pub(crate) fn xmm_all(a: &mut Asm, store: bool) {
     for n in 0..8u8 {
         a.bytes(&[0x66, 0x41, 0x0F, if store { 0x7F } else { 0x6F }, 0x86 | (n << 3)]);
         a.u32((OFF_XMM + 16 * n as i32) as u32);
     }
 }
 
-fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
+/// `ldmxcsr [r14+disp]` (ext 2) / `stmxcsr [r14+disp]` (ext 3).
+pub(crate) fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
     a.bytes(&[0x41, 0x0F, 0xAE, 0x86 | (ext << 3)]);
     a.u32(disp as u32);
 }
