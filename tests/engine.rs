@@ -184,3 +184,13 @@ fn compute_image_with_paging_matches_qemu_output() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn fault_with_an_empty_idt_triple_faults() {
+    // lidt [data] (limit 0) ; ud2 -> #UD -> #GP (no gate) -> #DF -> shutdown
+    let mut code = vec![0x0F, 0x01, 0x1D];
+    code.extend_from_slice(&SNIPPET_DATA_ADDR.to_le_bytes());
+    code.extend_from_slice(&[0x0F, 0x0B]);
+    let (out, _, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::TripleFault { eip: SNIPPET_CODE_ADDR + 7 });
+}
