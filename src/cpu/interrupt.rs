@@ -125,15 +125,24 @@ impl Env<'_> {
         let old_flags = self.cpu.eflags();
         let old_cs = self.cpu.seg[SEG_CS].selector as u32;
         let new_cpl = if conforming(cs.attr) { self.cpu.cpl } else { dpl_of(cs.attr) };
-        let mut frame: Vec<u32> = Vec::with_capacity(6);
+        // The frame, pushed in this order (no allocation on this hot path).
+        let mut frame = [0u32; 6];
+        let mut n = 0;
+        let mut add = |v: u32| {
+            frame[n] = v;
+            n += 1;
+        };
         if new_cpl < self.cpu.cpl {
             let (ss_sel, esp) = self.tss_stack(new_cpl)?;
             let ss = self.check_stack_segment(ss_sel, new_cpl, ext)?;
-            frame.extend([self.cpu.seg[SEG_SS].selector as u32, self.cpu.reg(ESP)]);
-            frame.extend([old_flags, old_cs, ret_eip]);
-            frame.extend(error);
+            for v in [self.cpu.seg[SEG_SS].selector as u32, self.cpu.reg(ESP), old_flags, old_cs, ret_eip] {
+                add(v);
+            }
+            if let Some(e) = error {
+                add(e);
+            }
             let mut sp = esp;
-            for v in frame {
+            for &v in &frame[..n] {
                 sp = sp.wrapping_sub(size as u32);
                 let at = ss.base.wrapping_add(sp);
                 self.write(at, size, v);
@@ -142,9 +151,13 @@ impl Env<'_> {
             self.cpu.seg[SEG_SS] = Segment { attr: ss.attr | 1, ..ss };
             self.cpu.set_reg(ESP, sp);
         } else {
-            frame.extend([old_flags, old_cs, ret_eip]);
-            frame.extend(error);
-            for v in frame {
+            for v in [old_flags, old_cs, ret_eip] {
+                add(v);
+            }
+            if let Some(e) = error {
+                add(e);
+            }
+            for &v in &frame[..n] {
                 self.push(v, size);
             }
         }
