@@ -354,7 +354,9 @@ impl GuestMemory {
 
     fn tlb_key(lin: u32, write: bool, user: bool) -> (usize, u32) {
         let page = lin & !(PAGE_SIZE as u32 - 1);
-        ((page >> 12) as usize % VMM_TLB_ENTRIES, page | (u32::from(user) << 1) | (u32::from(write) << 2))
+        let kind = (u32::from(user) << 1) | (u32::from(write) << 2);
+        // Read and write entries of one page live in different slots.
+        (((page >> 10) | kind) as usize % VMM_TLB_ENTRIES, page | kind)
     }
 
     fn tlb_get(&self, lin: u32, write: bool, user: bool) -> Option<u32> {
