@@ -403,11 +403,6 @@ impl CodeCache {
         let b = self.blocks.get(idx.checked_sub(1)?)?;
         (addr < b.host + b.host_len).then_some(b)
     }
-
-    /// Guest pages with registered code (for tracing/statistics).
-    pub fn code_pages(&self) -> usize {
-        self.page_blocks.values().filter(|v| !v.is_empty()).count()
-    }
 }
 
 /// The jump-cache slot of a guest EIP in the table of `mode`.

@@ -329,8 +329,6 @@ pub struct Cpu {
     pub cr: [u32; 5],
     pub dr: [u32; 8],
     pub cpl: u8,
-    /// Set by HLT; cleared by an interrupt.
-    pub halted: bool,
     /// The guest has executed LIDT (before that, an exception is reported
     /// as unhandled instead of vectoring through the reset IVT).
     pub idt_loaded: bool,
@@ -360,7 +358,6 @@ impl Cpu {
             cr: [0x11, 0, 0, 0, 0], // CR0: PE | ET
             dr: [0, 0, 0, 0, 0xFFFF_0FF0, 0x400, 0xFFFF_0FF0, 0x400],
             cpl: 0,
-            halted: false,
             idt_loaded: false,
             msr_sysenter: [0; 3],
         }
@@ -395,6 +392,11 @@ impl Cpu {
         self.idtr = s.idtr;
         self.ldtr = s.ldtr;
         self.tr = s.tr;
+    }
+
+    /// The control registers paging depends on.
+    pub fn paging_regs(&self) -> crate::memory::mmu::PagingRegs {
+        crate::memory::mmu::PagingRegs { cr0: self.cr[0], cr3: self.cr[3], cr4: self.cr[4] }
     }
 
     /// Copy segment bases and valid offset ranges into `HotState` for the

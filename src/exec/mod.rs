@@ -20,7 +20,6 @@ use crate::cpu::{Cpu, Exception, HotState, Mode, SEG_CS, exit, flags, vector};
 use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_in};
 use crate::devices::PortBus;
 use crate::devices::chipset::Chipset;
-use crate::memory::mmu::PagingRegs;
 use crate::memory::{GuestMemory, PAGE_SIZE, ShadowFault, WINDOW_SIZE};
 use crate::translate::{Options, Translator};
 use signals::{FaultRecord, SignalCtx};
@@ -544,9 +543,8 @@ impl Engine {
     /// shadow mappings, the soft TLB, chains and jump-cache entries, since a
     /// linear address may now mean other code.
     fn paging_changed(&mut self, invlpg: Option<u32>, cr_written: bool) {
-        let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
-        self.emu_cache.clear();
-        self.emu_slots.iter_mut().for_each(|e| *e = None);
+        let regs = self.cpu.paging_regs();
+        self.clear_emu_cache();
         self.stats.tlb_flushes += 1;
         if let Some(lin) = invlpg.filter(|_| regs == self.mem.paging()) {
             // One page (or one 4 MiB page): only code reached through it.
@@ -619,8 +617,7 @@ impl Engine {
 
     /// Drop all translations (the cache is full, or breakpoints changed).
     fn flush(&mut self) {
-        self.emu_cache.clear();
-        self.emu_slots.iter_mut().for_each(|e| *e = None);
+        self.clear_emu_cache();
         self.cache.flush(&mut self.cpu.hot);
         self.mem.unprotect_all();
         self.stats.flushes += 1;
@@ -674,7 +671,7 @@ impl Engine {
             self.stats.page_faults += 1;
             return self.exception(e);
         }
-        let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
+        let regs = self.cpu.paging_regs();
         if invlpg.is_some() || cr_written || regs != self.mem.paging() {
             self.paging_changed(invlpg, cr_written);
         }
@@ -926,7 +923,7 @@ impl Engine {
             if r.is_err() {
                 self.cpu.restore(&before);
             }
-            let regs = PagingRegs { cr0: self.cpu.cr[0], cr3: self.cpu.cr[3], cr4: self.cpu.cr[4] };
+            let regs = self.cpu.paging_regs();
             if regs != self.mem.paging() {
                 self.paging_changed(None, true); // a task switch loaded CR3
             }
@@ -956,8 +953,7 @@ impl Engine {
     /// The guest wrote page `page` of RAM outside translated code's view
     /// (VMM write or a trapped store): drop the translations made from it.
     fn code_written(&mut self, page: u32) {
-        self.emu_cache.clear();
-        self.emu_slots.iter_mut().for_each(|e| *e = None);
+        self.clear_emu_cache();
         let n = self.cache.invalidate_page(page, &mut self.cpu.hot);
         self.stats.invalidated_blocks += n as u64;
         self.stats.smc_pages += 1;
@@ -1302,6 +1298,12 @@ fn warm_up_decoder() {
 }
 
 impl Engine {
+    /// Forget decoded VMM instructions (code or its mapping changed).
+    fn clear_emu_cache(&mut self) {
+        self.emu_cache.clear();
+        self.emu_slots.iter_mut().for_each(|e| *e = None);
+    }
+
     /// Decode the instruction at CS:`eip` in the current code size (through
     /// the guest page tables; cached per linear address and mode until code
     /// changes).

@@ -284,16 +284,6 @@ impl IntervalTimer {
         }
     }
 
-    /// Stop firing until re-armed.
-    pub fn rearm_disarmed(&self) {
-        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        let spec = libc::itimerspec { it_interval: zero, it_value: zero };
-        // SAFETY: disarming the timer created in start().
-        unsafe {
-            libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut());
-        }
-    }
-
     pub fn start(interval_ns: u64) -> Option<Self> {
         // SAFETY: creating a timer that signals this thread; checked result.
         unsafe {

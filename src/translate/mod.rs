@@ -31,19 +31,12 @@ mod string;
 mod system;
 
 use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
-use thiserror::Error;
 
 use crate::cpu::{Mode, OFF_EIP, OFF_EXIT_ARG, vector};
 use crate::decode::{Class, GuestBlock, uses_fpu};
 use crate::emit::reg::*;
 use crate::emit::{Asm, GuestMem, PREFIX_ADDR32, PREFIX_GS, encode_guest_mem, rel32};
 use crate::memory::POLL_PAGE_OFFSET;
-
-#[derive(Debug, Error)]
-pub enum TranslateError {
-    #[error("instruction at {0:#010x} cannot be translated: {1}")]
-    Unsupported(u32, &'static str),
-}
 
 /// Host addresses of the shared exit routines (see `exec::trampoline`).
 #[derive(Debug, Clone, Copy, Default)]
