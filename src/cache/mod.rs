@@ -83,6 +83,8 @@ pub struct Block {
     pub incoming: Vec<u32>,
     pub valid: bool,
     pub pages: (u32, u32),
+    /// Listed in `lin_blocks` (INVLPG and CR3 loads can find its chains).
+    pub indexed: bool,
 }
 
 /// A direct exit, globally numbered.
@@ -251,6 +253,7 @@ impl CodeCache {
             incoming: Vec::new(),
             valid: register,
             pages,
+            indexed: false,
         });
         if register {
             self.map.insert((mode.key(eip), phys), id);
@@ -268,6 +271,9 @@ impl CodeCache {
 
     /// Record the linear pages a block's code was fetched from.
     pub fn index_linear(&mut self, id: BlockId, first: u32, last: u32) {
+        if let Some(b) = self.blocks.get_mut(id as usize) {
+            b.indexed = true;
+        }
         self.lin_blocks.entry(first).or_default().push(id);
         if last != first {
             self.lin_blocks.entry(last).or_default().push(id);
@@ -279,10 +285,15 @@ impl CodeCache {
     /// later lookup finds them again only if the page still maps the same
     /// physical code (the block key holds the physical page).
     pub fn unlink_linear(&mut self, lo: u32, hi: u32, hot: &mut HotState) {
-        let pages: Vec<u32> = self.lin_blocks.keys().copied().filter(|p| (lo..=hi).contains(p)).collect();
+        let pages: Vec<u32> = if lo == hi {
+            vec![lo]
+        } else {
+            self.lin_blocks.keys().copied().filter(|p| (lo..=hi).contains(p)).collect()
+        };
         for p in pages {
             for id in self.lin_blocks.remove(&p).unwrap_or_default() {
                 let Some(b) = self.blocks.get_mut(id as usize) else { continue };
+                b.indexed = false;
                 let (eip, mode, host) = (b.eip, b.mode, b.host);
                 let incoming = std::mem::take(&mut b.incoming);
                 for ex in incoming {
@@ -298,6 +309,12 @@ impl CodeCache {
                 }
             }
         }
+    }
+
+    /// Were blocks fetched through linear page `page` (since it was last
+    /// unlinked)?
+    pub fn has_linear(&self, page: u32) -> bool {
+        self.lin_blocks.contains_key(&page)
     }
 
     /// Unchain every exit (the linear-to-physical mapping changed, so a

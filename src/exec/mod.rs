@@ -168,6 +168,7 @@ impl Engine {
             poll_pages: mem.poll_pages(),
             in_guest: std::sync::atomic::AtomicBool::new(false),
             timer_fired: std::sync::atomic::AtomicBool::new(false),
+            poll_armed: std::sync::atomic::AtomicBool::new(false),
             fault: FaultRecord::default(),
         });
         Ok(Engine {
@@ -311,7 +312,8 @@ impl Engine {
                     continue;
                 }
             }
-            let id = match self.cache.lookup(lin, mode, phys) {
+            let found = self.cache.lookup(lin, mode, phys).filter(|&id| self.still_valid(id, lin));
+            let id = match found {
                 Some(id) => id,
                 None => match self.translate(eip, mode, true) {
                     Ok(id) => {
@@ -507,6 +509,10 @@ impl Engine {
                 }
                 let last = cs_base.wrapping_add(block.end.wrapping_sub(1));
                 self.cache.index_linear(id, page_of(lin), page_of(last));
+                if page_of(last) != page_of(lin) {
+                    // Recorded so that a CR3 load revalidates this page too.
+                    self.code_page_quiet(last, mode.cpl() == 3);
+                }
             }
             self.stats.blocks += 1;
             self.stats.guest_insns += block.insns.len() as u64;
@@ -518,6 +524,37 @@ impl Engine {
             return Ok(id);
         }
         Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())))
+    }
+
+    /// Can block `id`, found by its first page, run at `lin`? A block that
+    /// continues on a second page is stale if that page now maps other
+    /// code; a block unlinked by INVLPG is indexed again before it is
+    /// chained or jump-cached.
+    fn still_valid(&mut self, id: BlockId, lin: u32) -> bool {
+        let b = &self.cache.blocks[id as usize];
+        let (pages, end, indexed, user) = (b.pages, b.end, b.indexed, b.mode.cpl() == 3);
+        let last = self.cpu.seg[SEG_CS].base.wrapping_add(end.wrapping_sub(1));
+        if pages.1 != pages.0 && self.mem.paging().enabled() && self.code_page_quiet(last, user) != Some(pages.1) {
+            return false;
+        }
+        if !indexed {
+            self.cache.index_linear(id, page_of(lin), page_of(last));
+        }
+        true
+    }
+
+    /// `code_page` without raising the fetch fault.
+    fn code_page_quiet(&mut self, lin: u32, user: bool) -> Option<u32> {
+        if !self.mem.paging().enabled() {
+            return Some(page_of(lin));
+        }
+        let key = (user, page_of(lin));
+        if let Some(&p) = self.code_tlb.get(&key) {
+            return Some(p);
+        }
+        let p = self.mem.translate(page_of(lin), false, user).ok()?;
+        self.code_tlb.insert(key, p);
+        Some(p)
     }
 
     /// Physical page of the code at linear `lin` (soft TLB in front of the
@@ -540,25 +577,76 @@ impl Engine {
     }
 
     /// The guest changed its paging registers or executed INVLPG: drop
-    /// shadow mappings, the soft TLB, chains and jump-cache entries, since a
-    /// linear address may now mean other code.
+    /// shadow mappings, the soft TLB, chains and jump-cache entries that a
+    /// linear address may now contradict.
     fn paging_changed(&mut self, invlpg: Option<u32>, cr_written: bool) {
         let regs = self.cpu.paging_regs();
-        self.clear_emu_cache();
+        let old = self.mem.paging();
         self.stats.tlb_flushes += 1;
-        if let Some(lin) = invlpg.filter(|_| regs == self.mem.paging()) {
+        if let Some(lin) = invlpg.filter(|_| regs == old) {
             // One page (or one 4 MiB page): only code reached through it.
             self.mem.invlpg(lin);
-            let large = regs.cr4 & crate::memory::mmu::CR4_PSE != 0;
-            let (lo, hi) = if large { (lin & 0xFFC0_0000, lin | 0x003F_F000) } else { (page_of(lin), page_of(lin)) };
-            self.code_tlb.retain(|(_, p), _| !(lo..=hi).contains(p));
-            self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
+            let large = regs.cr4 & crate::memory::mmu::CR4_PSE != 0
+                && self.mem.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2)) & crate::memory::mmu::pte::PS != 0;
+            if large {
+                let (lo, hi) = (lin & 0xFFC0_0000, lin | 0x003F_F000);
+                self.code_tlb.retain(|(_, p), _| !(lo..=hi).contains(p));
+                self.forget_code_pages(lo, hi);
+            } else {
+                let page = page_of(lin);
+                let had =
+                    self.code_tlb.remove(&(false, page)).is_some() | self.code_tlb.remove(&(true, page)).is_some();
+                if had || self.cache.has_linear(page) {
+                    self.forget_code_pages(page, page);
+                }
+            }
             return;
         }
         self.mem.set_paging(regs, cr_written);
+        self.sync_poll_pages();
+        if old.enabled() && regs.enabled() && old.cr0 == regs.cr0 && old.cr4 == regs.cr4 {
+            // A CR3 load: keep what translated code assumes about the code
+            // pages that still map the same physical pages.
+            let stale: Vec<(bool, u32)> = self
+                .code_tlb
+                .iter()
+                .filter(|&(&(user, page), &phys)| !self.mem.still_maps(page, user, phys))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in stale {
+                self.code_tlb.remove(&k);
+                self.forget_code_pages(k.1, k.1);
+            }
+            return;
+        }
+        self.clear_emu_cache();
         self.code_tlb.clear();
         self.cache.unlink_all();
         self.clear_jump_caches();
+    }
+
+    /// Linear pages `[lo, hi]` may map other code now: unchain the blocks
+    /// fetched through them and forget decoded instructions.
+    fn forget_code_pages(&mut self, lo: u32, hi: u32) {
+        self.clear_emu_cache();
+        self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
+    }
+
+    /// The current shadow context changed: move the timer's poll request
+    /// (if one is pending) to the new windows' poll pages.
+    fn sync_poll_pages(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pages = self.mem.poll_pages();
+        if pages == self.sig.poll_pages {
+            return;
+        }
+        if self.sig.poll_armed.swap(false, Relaxed) {
+            for p in self.sig.poll_pages {
+                crate::memory::set_poll_page(p, false);
+            }
+            self.time_due = true;
+        }
+        self.sig.poll_pages = pages;
     }
 
     /// Empty every jump-cache entry filled since the last clear.
@@ -969,6 +1057,7 @@ impl Engine {
             // A REP string instruction stopped between iterations: the state
             // is precise at it; look for interrupts and go on.
             self.mem.set_poll(false);
+            self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;
             self.time_due = true;
             return Step::Continue;
@@ -980,6 +1069,7 @@ impl Engine {
         }
         if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {
             self.mem.set_poll(false);
+            self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;
             self.time_due = true;
             return Step::Continue;

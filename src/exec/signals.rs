@@ -49,6 +49,8 @@ pub struct SignalCtx {
     /// page); otherwise the timer just records that it fired.
     pub in_guest: std::sync::atomic::AtomicBool,
     pub timer_fired: std::sync::atomic::AtomicBool,
+    /// The timer made `poll_pages` inaccessible and no exit has undone it.
+    pub poll_armed: std::sync::atomic::AtomicBool,
     pub fault: FaultRecord,
 }
 
@@ -135,6 +137,7 @@ extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *m
             for p in pages {
                 set_poll_page(p, true);
             }
+            (*ctx).poll_armed.store(true, Relaxed);
             // A long REP string instruction is stopped between iterations.
             redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t), true);
         }

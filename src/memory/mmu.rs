@@ -88,6 +88,18 @@ fn write32(ram: &mut [u8], a: u32, v: u32) {
     }
 }
 
+/// The raw page-directory and page-table entries `linear` is translated
+/// through (the PDE twice for a 4 MiB page): two translations made from
+/// equal entries are equal, which is how cached shadow mappings are
+/// revalidated after a CR3 load.
+pub fn entries(ram: &[u8], regs: PagingRegs, linear: u32) -> (u32, u32) {
+    let pde = read32(ram, (regs.cr3 & !0xFFF) + ((linear >> 22) << 2));
+    if pde & pte::P == 0 || (regs.cr4 & CR4_PSE != 0 && pde & pte::PS != 0) {
+        return (pde, pde);
+    }
+    (pde, read32(ram, (pde & !0xFFF) + (((linear >> 12) & 0x3FF) << 2)))
+}
+
 /// Translate `linear` for `access`, updating A/D bits in `ram` on success.
 /// On failure returns the page-fault error code (CR2 is `linear`).
 pub fn walk(ram: &mut [u8], regs: PagingRegs, linear: u32, access: Access) -> Result<Translation, u32> {

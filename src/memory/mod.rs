@@ -48,6 +48,45 @@ fn os(what: &'static str) -> MemoryError {
     MemoryError::Os { what, source: std::io::Error::last_os_error() }
 }
 
+/// Reserve `RESERVE_SIZE` bytes of inaccessible host address space holding
+/// a 4 GiB-aligned window pair with its poll pages; returns (reservation,
+/// supervisor window).
+fn reserve_window() -> Result<(usize, usize), MemoryError> {
+    // SAFETY: fresh anonymous mappings; the reservation is owned by the
+    // caller, the poll pages lie inside it.
+    unsafe {
+        let res = libc::mmap(
+            std::ptr::null_mut(),
+            RESERVE_SIZE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if res == libc::MAP_FAILED {
+            return Err(os("reserving a 4 GiB guest window"));
+        }
+        // First 4 GiB boundary with room for the poll and guard pages below.
+        let window = ((res as usize) + 2 * PAGE_SIZE + WINDOW_SIZE - 1) & !(WINDOW_SIZE - 1);
+        for w in [window, window + USER_WINDOW_OFFSET] {
+            let poll = libc::mmap(
+                (w as isize + POLL_PAGE_OFFSET as isize) as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            if poll == libc::MAP_FAILED {
+                let e = os("mapping the poll page");
+                libc::munmap(res, RESERVE_SIZE);
+                return Err(e);
+            }
+        }
+        Ok((res as usize, window))
+    }
+}
+
 /// Guest RAM plus its host window.
 pub struct GuestMemory {
     reservation: NonNull<u8>,
@@ -83,20 +122,13 @@ impl GuestMemory {
                 libc::close(fd);
                 return Err(os("ftruncate"));
             }
-            let res = libc::mmap(
-                std::ptr::null_mut(),
-                RESERVE_SIZE,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            );
-            if res == libc::MAP_FAILED {
-                libc::close(fd);
-                return Err(os("reserving the 4 GiB guest window"));
-            }
-            // First 4 GiB boundary with room for the poll and guard pages below.
-            let window = ((res as usize) + 2 * PAGE_SIZE + WINDOW_SIZE - 1) & !(WINDOW_SIZE - 1);
+            let (res, window) = match reserve_window() {
+                Ok(r) => r,
+                Err(e) => {
+                    libc::close(fd);
+                    return Err(e);
+                }
+            };
             let alias =
                 libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             let mut m = GuestMemory {
@@ -123,26 +155,20 @@ impl GuestMemory {
             if w == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM into the window"));
             }
-            for w in [window, window + USER_WINDOW_OFFSET] {
-                let poll = libc::mmap(
-                    (w as isize + POLL_PAGE_OFFSET as isize) as *mut libc::c_void,
-                    PAGE_SIZE,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                    -1,
-                    0,
-                );
-                if poll == libc::MAP_FAILED {
-                    return Err(os("mapping the poll page"));
-                }
-            }
+            m.shadow.contexts.push(shadow::Context::new(window, None));
             Ok(m)
         }
     }
 
-    /// Host address of guest address 0 (the GS base).
+    /// Host address of guest address 0 with paging off (the GS base).
     pub fn window_base(&self) -> usize {
         self.window
+    }
+
+    /// Supervisor window of the current shadow context (the identity
+    /// window with paging off).
+    fn cur_window(&self) -> usize {
+        self.shadow.window()
     }
 
     pub fn ram_size(&self) -> usize {
@@ -151,24 +177,25 @@ impl GuestMemory {
 
     /// The poll pages below the supervisor and user windows.
     pub fn poll_pages(&self) -> [usize; 2] {
-        let p = (self.window as isize + POLL_PAGE_OFFSET as isize) as usize;
+        let p = (self.cur_window() as isize + POLL_PAGE_OFFSET as isize) as usize;
         [p, p + USER_WINDOW_OFFSET]
     }
 
     /// The user window (CPL 3 view with paging on).
     pub fn user_window(&self) -> usize {
-        self.window + USER_WINDOW_OFFSET
+        self.cur_window() + USER_WINDOW_OFFSET
     }
 
     /// The window translated code of privilege `cpl` uses.
     pub fn window_for(&self, cpl: u8) -> usize {
-        if self.shadow.enabled() && cpl == 3 { self.user_window() } else { self.window }
+        if self.shadow.enabled() && cpl == 3 { self.user_window() } else { self.cur_window() }
     }
 
     /// Which window and guest linear address a host address falls in.
     pub fn window_hit(&self, host: usize) -> Option<(u8, u32)> {
-        if host >= self.window && host < self.window + WINDOW_SIZE {
-            Some((0, (host - self.window) as u32))
+        let w = self.cur_window();
+        if host >= w && host < w + WINDOW_SIZE {
+            Some((0, (host - w) as u32))
         } else {
             let u = self.user_window();
             (host >= u && host < u + WINDOW_SIZE).then(|| (1, (host - u) as u32))
@@ -209,7 +236,7 @@ impl GuestMemory {
         }
         self.protected[idx] = on;
         if self.shadow.enabled() {
-            self.shadow.protect_aliases(self.window, page, on);
+            self.shadow.protect_aliases(page, on);
             return;
         }
         let prot = if on { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
@@ -334,6 +361,7 @@ pub fn set_poll_page(page: usize, request_exit: bool) {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        shadow::release(&mut self.shadow);
         // SAFETY: unmapping exactly the regions created in new().
         unsafe {
             libc::munmap(self.reservation.as_ptr() as *mut libc::c_void, RESERVE_SIZE);

@@ -1,38 +1,90 @@
 //! Shadow paging through the host MMU.
 //!
-//! With guest paging on, the two windows are shadows of the guest's page
+//! With guest paging on, a pair of windows is a shadow of the guest's page
 //! tables: the supervisor window (CPL 0-2) and the user window (CPL 3, only
 //! user pages), built lazily. A host fault in translated code calls
 //! `GuestMemory::shadow_fault`, which walks the guest tables (setting A/D
 //! bits) and either maps the physical page at the faulting linear page —
 //! read-only until the guest's dirty bit is set, or while the physical page
-//! holds translated code — or reports the guest page fault. CR3 writes and
-//! INVLPG drop shadow mappings as a TLB flush would (global pages survive a
-//! CR3 reload with CR4.PGE).
-
-use std::collections::HashMap;
+//! holds translated code — or reports the guest page fault.
+//!
+//! Shadows are cached per address space: each of up to `MAX_CONTEXTS`
+//! contexts (one per page-directory address loaded into CR3) owns its own
+//! window pair, and switching CR3 switches windows instead of unmapping
+//! them. Every mapping records the raw guest PDE and PTE it was made from
+//! (with the A/D bits already set); a CR3 load revalidates the target
+//! context by re-reading those entries, and keeps each mapping whose entries
+//! are unchanged — exactly the translation a fresh walk would give, with no
+//! A/D bit left to set. Changed ones are unmapped. Global pages survive a
+//! CR3 load unvalidated, as in a TLB. INVLPG drops a page in every context
+//! (hardware drops global entries too), and a change of CR0 or CR4 flushes
+//! all contexts.
 
 use super::mmu::{self, Access, PagingRegs};
 use super::{GuestMemory, PAGE_SIZE, USER_WINDOW_OFFSET, WINDOW_SIZE};
+use crate::cache::FastMap;
 
-/// Above this many mappings a flush remaps whole windows instead of pages.
+/// Above this many dropped mappings a flush remaps whole windows instead of
+/// unmapping page by page.
 const BULK_FLUSH_THRESHOLD: usize = 16;
 /// Pages around a hidden fault that are mapped along with it when the guest
 /// has already marked them accessed (their A bit, and D for writable
 /// mappings, would not change): one aligned group of page-table entries.
 const PREFETCH_GROUP: u32 = 64;
+/// Address spaces whose shadows are kept at once (each reserves 20 GiB of
+/// host address space, none of it backed until mapped).
+const MAX_CONTEXTS: usize = 8;
+/// Mappings kept over all contexts before the inactive ones are dropped (a
+/// host process has at most ~65530 memory areas, and every mapping can be one).
+const MAX_TOTAL_MAPPINGS: usize = 24_000;
+/// `Context::cr3` of a context that shadows no address space.
+const NO_CR3: u32 = 1;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     phys: u32,
     writable: bool,
     global: bool,
+    /// The guest PDE and PTE the mapping was made from (`mmu::entries`).
+    pde: u32,
+    pte: u32,
 }
 
 /// Entries of the VMM's own translation cache (a TLB for `translate`).
 const VMM_TLB_ENTRIES: usize = 256;
 /// An empty VMM TLB entry (no linear page has the low bits set).
 const VMM_TLB_EMPTY: u32 = 1;
+
+/// The shadow window pair of one guest address space.
+pub(super) struct Context {
+    /// Page-directory address this context shadows, or `NO_CR3`.
+    cr3: u32,
+    /// Supervisor window base (the user window is `USER_WINDOW_OFFSET` above).
+    pub(super) window: usize,
+    /// The host reservation this context owns (the first context uses the
+    /// GuestMemory's own window); unmapped on drop.
+    pub(super) own: Option<usize>,
+    /// (window << 32 | linear page) -> mapping.
+    mapped: FastMap<u64, Entry>,
+    /// Physical page -> keys of `mapped` that map it.
+    rmap: FastMap<u32, Vec<u64>>,
+    /// Last use (for replacing the least recently used context).
+    used: u64,
+}
+
+impl Context {
+    pub(super) fn new(window: usize, own: Option<usize>) -> Self {
+        Context { cr3: NO_CR3, window, own, mapped: FastMap::default(), rmap: FastMap::default(), used: 0 }
+    }
+
+    fn forget(&mut self, k: u64) -> Option<Entry> {
+        let e = self.mapped.remove(&k)?;
+        if let Some(v) = self.rmap.get_mut(&e.phys) {
+            v.retain(|&x| x != k);
+        }
+        Some(e)
+    }
+}
 
 /// Shadow mapping bookkeeping.
 #[derive(Default)]
@@ -43,10 +95,10 @@ pub struct Shadow {
     /// writes, dirty) bits are already set are cached, so a hit changes
     /// nothing a walk would; flushed like the shadow mappings.
     vmm_tlb: std::cell::RefCell<Vec<(u32, u32)>>,
-    /// (window << 32 | linear page) -> mapping.
-    mapped: HashMap<u64, Entry>,
-    /// Physical page -> keys of `mapped` that map it.
-    rmap: HashMap<u32, Vec<u64>>,
+    pub(super) contexts: Vec<Context>,
+    /// Index of the context whose windows translated code uses.
+    pub(super) cur: usize,
+    clock: u64,
 }
 
 /// Result of handling a host fault in a window.
@@ -66,6 +118,11 @@ fn key(win: u8, lin_page: u32) -> u64 {
     (win as u64) << 32 | lin_page as u64
 }
 
+fn host_addr(window: usize, k: u64) -> usize {
+    let win = (k >> 32) as usize;
+    window + win * USER_WINDOW_OFFSET + (k as u32) as usize
+}
+
 impl Shadow {
     pub fn enabled(&self) -> bool {
         self.regs.enabled()
@@ -75,28 +132,31 @@ impl Shadow {
         self.regs
     }
 
-    /// Change the write protection of every shadow alias of `phys`.
-    pub(super) fn protect_aliases(&mut self, window: usize, phys: u32, on: bool) {
-        let Some(keys) = self.rmap.get(&phys) else { return };
-        for &k in keys {
-            let Some(e) = self.mapped.get(&k) else { continue };
-            let addr = host_addr(window, k);
-            let prot = if on || !e.writable { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
-            // SAFETY: `addr` is a page of our own window reservation that
-            // currently maps guest RAM.
-            unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE_SIZE, prot) };
+    /// Supervisor window of the current context.
+    pub(super) fn window(&self) -> usize {
+        self.contexts[self.cur].window
+    }
+
+    /// Change the write protection of every shadow alias of `phys`, in
+    /// every context.
+    pub(super) fn protect_aliases(&mut self, phys: u32, on: bool) {
+        for c in &self.contexts {
+            let Some(keys) = c.rmap.get(&phys) else { continue };
+            for &k in keys {
+                let Some(e) = c.mapped.get(&k) else { continue };
+                let addr = host_addr(c.window, k);
+                let prot = if on || !e.writable { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+                // SAFETY: `addr` is a page of a window reservation we own
+                // that currently maps guest RAM.
+                unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE_SIZE, prot) };
+            }
         }
     }
 }
 
-fn host_addr(window: usize, k: u64) -> usize {
-    let win = (k >> 32) as usize;
-    window + win * USER_WINDOW_OFFSET + (k as u32) as usize
-}
-
 /// Replace `len` bytes at `addr` with inaccessible memory.
 fn unmap_range(addr: usize, len: usize) {
-    // SAFETY: the range lies inside the window reservation owned by
+    // SAFETY: the range lies inside a window reservation owned by
     // GuestMemory; mapping PROT_NONE there touches nothing else.
     unsafe {
         libc::mmap(
@@ -120,10 +180,7 @@ impl GuestMemory {
     /// non-global translations.
     pub fn set_paging(&mut self, new: PagingRegs, cr3_written: bool) {
         let old = self.shadow.regs;
-        if old == new {
-            if cr3_written && new.enabled() {
-                self.flush_shadow(new.cr4 & mmu::CR4_PGE != 0);
-            }
+        if old == new && !(cr3_written && new.enabled()) {
             return;
         }
         self.shadow.regs = new;
@@ -133,19 +190,123 @@ impl GuestMemory {
             (false, true) => {
                 // The supervisor window stops being an identity map of RAM.
                 unmap_range(self.window, WINDOW_SIZE);
-                self.shadow.mapped.clear();
-                self.shadow.rmap.clear();
+                for c in &mut self.shadow.contexts {
+                    c.mapped.clear();
+                    c.rmap.clear();
+                    c.cr3 = NO_CR3;
+                }
+                self.shadow.cur = 0;
+                self.select_context(new.cr3);
             }
             (true, false) => {
-                self.flush_shadow(false);
+                for ci in 0..self.shadow.contexts.len() {
+                    self.flush_context(ci, false);
+                    self.shadow.contexts[ci].cr3 = NO_CR3;
+                }
+                self.shadow.cur = 0;
                 self.map_identity();
             }
             (true, true) => {
-                let only_cr3 = old.cr0 == new.cr0 && old.cr4 == new.cr4;
-                let keep_global = only_cr3 && new.cr4 & mmu::CR4_PGE != 0;
-                self.flush_shadow(keep_global);
+                if old.cr0 != new.cr0 || old.cr4 != new.cr4 {
+                    // Rights, page sizes or globalness changed: nothing cached holds.
+                    for ci in 0..self.shadow.contexts.len() {
+                        self.flush_context(ci, false);
+                        self.shadow.contexts[ci].cr3 = NO_CR3;
+                    }
+                }
+                self.select_context(new.cr3);
             }
         }
+    }
+
+    /// Make the context of page directory `cr3` current (reusing the least
+    /// recently used one if none shadows it yet) and revalidate it.
+    fn select_context(&mut self, cr3: u32) {
+        let pd = cr3 & !0xFFF;
+        self.shadow.clock += 1;
+        let found = self.shadow.contexts.iter().position(|c| c.cr3 == pd);
+        let ci = match found {
+            Some(ci) => {
+                self.revalidate(ci);
+                ci
+            }
+            None => {
+                let sh = &mut self.shadow;
+                let ci = match sh.contexts.iter().position(|c| c.cr3 == NO_CR3) {
+                    Some(ci) => ci,
+                    None if sh.contexts.len() < MAX_CONTEXTS => match super::reserve_window() {
+                        Ok((res, window)) => {
+                            sh.contexts.push(Context::new(window, Some(res)));
+                            sh.contexts.len() - 1
+                        }
+                        Err(e) => {
+                            log::warn!("no window for another address space ({e}); reusing one");
+                            self.lru_context()
+                        }
+                    },
+                    None => self.lru_context(),
+                };
+                self.flush_context(ci, false);
+                self.shadow.contexts[ci].cr3 = pd;
+                ci
+            }
+        };
+        let sh = &mut self.shadow;
+        sh.contexts[ci].used = sh.clock;
+        sh.cur = ci;
+    }
+
+    fn lru_context(&self) -> usize {
+        let cs = &self.shadow.contexts;
+        (0..cs.len()).min_by_key(|&i| cs[i].used).unwrap_or(0)
+    }
+
+    /// Drop the mappings of context `ci` whose guest entries changed since
+    /// they were made (global ones are kept, as a CR3 load keeps them).
+    fn revalidate(&mut self, ci: usize) {
+        let regs = self.shadow.regs;
+        let ram = self.ram();
+        let c = &self.shadow.contexts[ci];
+        let stale: Vec<u64> = c
+            .mapped
+            .iter()
+            .filter(|(k, e)| !e.global && mmu::entries(ram, regs, **k as u32) != (e.pde, e.pte))
+            .map(|(&k, _)| k)
+            .collect();
+        self.drop_mappings(ci, stale);
+    }
+
+    /// Unmap the pages `keys` of context `ci`.
+    fn drop_mappings(&mut self, ci: usize, keys: Vec<u64>) {
+        let c = &mut self.shadow.contexts[ci];
+        if keys.len() > BULK_FLUSH_THRESHOLD && keys.len() * 2 > c.mapped.len() {
+            let kept: Vec<(u64, Entry)> = {
+                let gone: std::collections::HashSet<u64> = keys.into_iter().collect();
+                c.mapped.iter().filter(|(k, _)| !gone.contains(k)).map(|(k, e)| (*k, *e)).collect()
+            };
+            self.clear_windows(ci);
+            for (k, e) in kept {
+                self.map_page(ci, (k >> 32) as u8, k as u32, e);
+            }
+            return;
+        }
+        for k in keys {
+            if self.shadow.contexts[ci].forget(k).is_some() {
+                unmap_range(host_addr(self.shadow.contexts[ci].window, k), PAGE_SIZE);
+            }
+        }
+    }
+
+    /// Make both windows of context `ci` inaccessible and forget its mappings.
+    fn clear_windows(&mut self, ci: usize) {
+        let c = &mut self.shadow.contexts[ci];
+        if c.mapped.is_empty() {
+            return;
+        }
+        unmap_range(c.window, WINDOW_SIZE);
+        unmap_range(c.window + USER_WINDOW_OFFSET, WINDOW_SIZE);
+        c.mapped.clear();
+        c.rmap.clear();
     }
 
     /// Map RAM at the supervisor window again (paging turned off),
@@ -172,76 +333,66 @@ impl GuestMemory {
         }
     }
 
-    /// Drop shadow mappings (all, or all but global ones).
-    pub fn flush_shadow(&mut self, keep_global: bool) {
-        self.shadow.vmm_tlb.borrow_mut().clear();
-        let sh = &mut self.shadow;
-        if !keep_global || sh.mapped.len() > BULK_FLUSH_THRESHOLD {
-            let kept: Vec<(u64, Entry)> = if keep_global {
-                sh.mapped.iter().filter(|(_, e)| e.global).map(|(k, e)| (*k, *e)).collect()
-            } else {
-                Vec::new()
-            };
-            unmap_range(self.window, WINDOW_SIZE);
-            unmap_range(self.window + USER_WINDOW_OFFSET, WINDOW_SIZE);
-            sh.mapped.clear();
-            sh.rmap.clear();
-            for (k, e) in kept {
-                self.map_page((k >> 32) as u8, k as u32, e);
-            }
+    /// Drop the mappings of context `ci` (all, or all but global ones).
+    fn flush_context(&mut self, ci: usize, keep_global: bool) {
+        let c = &self.shadow.contexts[ci];
+        let drop: Vec<u64> = c.mapped.iter().filter(|(_, e)| !(keep_global && e.global)).map(|(k, _)| *k).collect();
+        if drop.len() == c.mapped.len() {
+            self.clear_windows(ci);
         } else {
-            let drop: Vec<u64> = sh.mapped.iter().filter(|(_, e)| !e.global).map(|(k, _)| *k).collect();
-            for k in drop {
-                self.unmap_page(k);
-            }
+            self.drop_mappings(ci, drop);
+        }
+    }
+
+    /// Drop every shadow mapping of every context.
+    pub fn flush_shadow(&mut self) {
+        self.shadow.vmm_tlb.borrow_mut().clear();
+        for ci in 0..self.shadow.contexts.len() {
+            self.flush_context(ci, false);
         }
     }
 
     /// INVLPG: drop the mappings of the page holding `lin` in both windows
-    /// (all 4 MiB of it when a large page maps it).
-    pub fn invlpg(&mut self, lin: u32) {
+    /// of every context (all 4 MiB of it when a large page maps it). Returns
+    /// whether any mapping was dropped.
+    pub fn invlpg(&mut self, lin: u32) -> bool {
         self.shadow.vmm_tlb.borrow_mut().clear();
         let regs = self.shadow.regs;
         let pde = self.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2));
-        if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
-            let base = lin & 0xFFC0_0000;
-            let keys: Vec<u64> =
-                self.shadow.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base).collect();
-            for k in keys {
-                self.unmap_page(k);
-            }
-            return;
+        let mut any = false;
+        for ci in 0..self.shadow.contexts.len() {
+            let c = &self.shadow.contexts[ci];
+            let keys: Vec<u64> = if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
+                let base = lin & 0xFFC0_0000;
+                c.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base).collect()
+            } else {
+                let page = lin & !(PAGE_SIZE as u32 - 1);
+                (0..2).map(|w| key(w, page)).filter(|k| c.mapped.contains_key(k)).collect()
+            };
+            any |= !keys.is_empty();
+            self.drop_mappings(ci, keys);
         }
-        let page = lin & !(PAGE_SIZE as u32 - 1);
-        for win in 0..2 {
-            self.unmap_page(key(win, page));
-        }
-    }
-
-    fn unmap_page(&mut self, k: u64) {
-        if let Some(e) = self.shadow.mapped.remove(&k) {
-            if let Some(v) = self.shadow.rmap.get_mut(&e.phys) {
-                v.retain(|&x| x != k);
-            }
-            unmap_range(host_addr(self.window, k), PAGE_SIZE);
-        }
+        any
     }
 
     /// Map a read-only page of 0xFF bytes for a linear page that maps a hole.
-    fn map_hole(&mut self, win: u8, lin_page: u32, phys: u32) {
+    fn map_hole(&mut self, win: u8, lin_page: u32, e: Entry) {
+        let c = &mut self.shadow.contexts[self.shadow.cur];
         let k = key(win, lin_page);
-        super::map_ones_page(host_addr(self.window, k));
-        self.shadow.mapped.insert(k, Entry { phys, writable: false, global: false });
+        super::map_ones_page(host_addr(c.window, k));
+        c.forget(k);
+        c.mapped.insert(k, e);
     }
 
-    fn map_page(&mut self, win: u8, lin_page: u32, e: Entry) {
+    fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry) {
         let k = key(win, lin_page);
         let prot =
             if e.writable && !self.is_protected(e.phys) { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let c = &mut self.shadow.contexts[ci];
         // SAFETY: maps one page of our memfd at a page of our own window.
         unsafe {
             libc::mmap(
-                host_addr(self.window, k) as *mut libc::c_void,
+                host_addr(c.window, k) as *mut libc::c_void,
                 PAGE_SIZE,
                 prot,
                 libc::MAP_SHARED | libc::MAP_FIXED,
@@ -249,15 +400,31 @@ impl GuestMemory {
                 e.phys as libc::off_t,
             );
         }
-        if let Some(old) = self.shadow.mapped.insert(k, e) {
-            if let Some(v) = self.shadow.rmap.get_mut(&old.phys) {
-                v.retain(|&x| x != k);
-            }
-        }
-        self.shadow.rmap.entry(e.phys).or_default().push(k);
+        c.forget(k);
+        c.mapped.insert(k, e);
+        c.rmap.entry(e.phys).or_default().push(k);
     }
 
-    /// Handle a host fault at linear `lin` of window `win` (1 = user).
+    /// Keep the total number of host mappings bounded: drop the inactive
+    /// contexts' shadows first, then the current one's.
+    fn limit_mappings(&mut self) {
+        let total: usize = self.shadow.contexts.iter().map(|c| c.mapped.len()).sum();
+        if total < MAX_TOTAL_MAPPINGS {
+            return;
+        }
+        let cur = self.shadow.cur;
+        for ci in 0..self.shadow.contexts.len() {
+            if ci != cur {
+                self.flush_context(ci, false);
+            }
+        }
+        if self.shadow.contexts[cur].mapped.len() >= MAX_TOTAL_MAPPINGS / 2 {
+            self.flush_context(cur, false);
+        }
+    }
+
+    /// Handle a host fault at linear `lin` of window `win` (1 = user) of
+    /// the current context.
     pub fn shadow_fault(&mut self, win: u8, lin: u32, write: bool) -> ShadowFault {
         let regs = self.shadow.regs;
         let access = Access { write, user: win == 1 };
@@ -265,10 +432,15 @@ impl GuestMemory {
             Ok(t) => t,
             Err(code) => return ShadowFault::PageFault(code),
         };
+        let lin_page = lin & !(PAGE_SIZE as u32 - 1);
+        let (pde, pte) = mmu::entries(self.ram(), regs, lin);
+        self.limit_mappings();
+        let cur = self.shadow.cur;
         if !self.is_ram(t.phys_page) {
             if !write {
                 // Reads of a hole see all ones: an anonymous read-only page.
-                self.map_hole(win, lin & !(PAGE_SIZE as u32 - 1), t.phys_page);
+                let e = Entry { phys: t.phys_page, writable: false, global: t.global, pde, pte };
+                self.map_hole(win, lin_page, e);
                 return ShadowFault::Mapped;
             }
             return ShadowFault::Hole(t.phys_page);
@@ -276,25 +448,25 @@ impl GuestMemory {
         if write && self.is_protected(t.phys_page) {
             return ShadowFault::CodeWrite(t.phys_page);
         }
-        let lin_page = lin & !(PAGE_SIZE as u32 - 1);
-        let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global };
-        self.map_page(win, lin_page, e);
+        let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
+        self.map_page(cur, win, lin_page, e);
         self.prefetch_neighbours(win, lin_page);
         ShadowFault::Mapped
     }
 
     /// Map the pages of `lin_page`'s group that the guest has already
-    /// accessed, so a working set refaults once per group, not per page,
-    /// after a CR3 switch. Only entries whose A bit is set are mapped (and
-    /// writable only with D set), so no accessed/dirty bit the guest would
-    /// see set by hardware is missed.
+    /// accessed, so a working set refaults once per group, not per page.
+    /// Only entries whose A bit is set are mapped (and writable only with D
+    /// set), so no accessed/dirty bit the guest would see set by hardware is
+    /// missed.
     fn prefetch_neighbours(&mut self, win: u8, lin_page: u32) {
         let regs = self.shadow.regs;
+        let cur = self.shadow.cur;
         let access = Access { write: false, user: win == 1 };
         let group = lin_page & !((PREFETCH_GROUP * PAGE_SIZE as u32) - 1);
         for k in 0..PREFETCH_GROUP {
             let p = group + k * PAGE_SIZE as u32;
-            if p == lin_page || self.shadow.mapped.contains_key(&key(win, p)) {
+            if p == lin_page || self.shadow.contexts[cur].mapped.contains_key(&key(win, p)) {
                 continue;
             }
             let Ok((t, updates)) = mmu::lookup(self.ram(), regs, p, access) else { continue };
@@ -302,15 +474,19 @@ impl GuestMemory {
             if updates.iter().any(|u| u.is_some()) || !self.is_ram(t.phys_page) {
                 continue;
             }
-            let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global };
-            self.map_page(win, p, e);
+            let (pde, pte) = mmu::entries(self.ram(), regs, p);
+            let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
+            self.map_page(cur, win, p, e);
         }
     }
 
     /// The guest returned from a page-fault handler: if the faulting page is
     /// now mapped, map it before the instruction retries (saves a host fault).
     pub fn prefetch_after_fault(&mut self, win: u8, lin: u32, write: bool) {
-        if self.shadow.enabled() && !self.shadow.mapped.contains_key(&key(win, lin & !(PAGE_SIZE as u32 - 1))) {
+        let cur = self.shadow.cur;
+        if self.shadow.enabled()
+            && !self.shadow.contexts[cur].mapped.contains_key(&key(win, lin & !(PAGE_SIZE as u32 - 1)))
+        {
             let access = Access { write, user: win == 1 };
             if let Ok((t, _)) = mmu::lookup(self.ram(), self.shadow.regs, lin, access) {
                 if self.is_ram(t.phys_page) && !(write && self.is_protected(t.phys_page)) {
@@ -352,6 +528,14 @@ impl GuestMemory {
         Ok(t.phys_page | (lin & (PAGE_SIZE as u32 - 1)))
     }
 
+    /// Would a fetch from linear page `lin_page` still read physical page
+    /// `phys`, without setting an accessed bit? (Revalidates what translated
+    /// code assumes after a CR3 load.)
+    pub fn still_maps(&self, lin_page: u32, user: bool, phys: u32) -> bool {
+        matches!(mmu::lookup(self.ram(), self.shadow.regs, lin_page, Access { write: false, user }),
+            Ok((t, [None, None])) if t.phys_page == phys)
+    }
+
     fn tlb_key(lin: u32, write: bool, user: bool) -> (usize, u32) {
         let page = lin & !(PAGE_SIZE as u32 - 1);
         let kind = (u32::from(user) << 1) | (u32::from(write) << 2);
@@ -373,5 +557,16 @@ impl GuestMemory {
             tlb.resize(VMM_TLB_ENTRIES, (VMM_TLB_EMPTY, 0));
         }
         tlb[slot] = (key, phys_page);
+    }
+}
+
+/// Release the reservations of the extra contexts.
+pub(super) fn release(sh: &mut Shadow) {
+    for c in sh.contexts.drain(..) {
+        if let Some(res) = c.own {
+            // SAFETY: `res` is a reservation made by reserve_window and
+            // owned by this context alone.
+            unsafe { libc::munmap(res as *mut libc::c_void, super::RESERVE_SIZE) };
+        }
     }
 }
