@@ -17,6 +17,7 @@ const EXITS: ExitTargets = ExitTargets {
     indirect: HOST_BASE - 0xC0,
     emulate: HOST_BASE - 0x80,
     exception: HOST_BASE - 0x40,
+    soft_miss: HOST_BASE - 0x140,
 };
 
 /// Translate the whole text range block after block; returns guest instructions.

@@ -72,6 +72,8 @@ pub struct Config {
     pub cache_bytes: Option<u64>,
     /// `-icount shift=N`: deterministic time, 2^N ns per guest instruction.
     pub icount_shift: Option<u32>,
+    /// `--soft-mmu`: every memory access through the soft TLB (testing).
+    pub soft_mmu: bool,
 }
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
@@ -195,6 +197,10 @@ struct RawArgs {
     /// Deterministic time: [shift=]N (2^N ns per instruction) or auto
     #[arg(long, value_name = "SHIFT")]
     icount: Option<String>,
+    /// Translate every eligible memory access with a soft-TLB lookup
+    /// instead of the shadow window (for testing the soft form)
+    #[arg(long = "soft-mmu")]
+    soft_mmu: bool,
 
     /// Accepted for QEMU compatibility: only `none`
     #[arg(long, value_name = "TYPE")]
@@ -257,6 +263,7 @@ const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("stats", false),
     ("cache-size", true),
     ("icount", true),
+    ("soft-mmu", false),
     ("help", false),
     ("version", false),
 ];
@@ -391,6 +398,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
             Some(spec) => Some(parse_icount(spec)?),
             None => None,
         },
+        soft_mmu: raw.soft_mmu,
     })
 }
 
@@ -563,6 +571,7 @@ mod tests {
                 stats: false,
                 cache_bytes: None,
                 icount_shift: None,
+                soft_mmu: false,
             }
         );
     }

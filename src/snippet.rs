@@ -47,8 +47,13 @@ pub enum SnippetError {
 
 /// Run `code` from `input` to its end.
 pub fn run_snippet(code: &[u8], input: &SnippetState) -> Result<SnippetState, SnippetError> {
+    run_snippet_with(code, input, false)
+}
+
+/// `run_snippet`, optionally with every memory access in the soft-TLB form.
+pub fn run_snippet_with(code: &[u8], input: &SnippetState, soft_mmu: bool) -> Result<SnippetState, SnippetError> {
     let end = SNIPPET_CODE_ADDR + code.len() as u32;
-    match run_snippet_outcome(code, input)? {
+    match run_snippet_inner(code, input, soft_mmu)? {
         (RunOutcome::Halted { eip, .. }, state, _) if eip == end => Ok(state),
         (other, _, _) => Err(SnippetError::Outcome(other)),
     }
@@ -60,6 +65,14 @@ pub fn run_snippet_outcome(
     code: &[u8],
     input: &SnippetState,
 ) -> Result<(RunOutcome, SnippetState, Stats), SnippetError> {
+    run_snippet_inner(code, input, false)
+}
+
+fn run_snippet_inner(
+    code: &[u8],
+    input: &SnippetState,
+    soft_mmu: bool,
+) -> Result<(RunOutcome, SnippetState, Stats), SnippetError> {
     let room = (SNIPPET_STACK_TOP - 0x1_0000 - SNIPPET_CODE_ADDR) as usize;
     if code.len() + 1 > room {
         return Err(SnippetError::TooLong(code.len()));
@@ -70,7 +83,7 @@ pub fn run_snippet_outcome(
     mem.ram_mut()[at + code.len()] = HLT;
     let d = SNIPPET_DATA_ADDR as usize;
     mem.ram_mut()[d..d + 256].copy_from_slice(&input.data);
-    let opts = EngineOptions { cache_size: DEFAULT_CACHE_SIZE / 16, ..EngineOptions::default() };
+    let opts = EngineOptions { cache_size: DEFAULT_CACHE_SIZE / 16, soft_mmu, ..EngineOptions::default() };
     let mut e = Engine::new(mem, PortBus::new(), opts)?;
     e.cpu.hot.gpr = input.regs;
     e.cpu.set_eflags(input.eflags & !(flags::IF | flags::TF));

@@ -72,6 +72,7 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         // Every block entry is visible in the exec trace only without chaining.
         chaining: !t.exec && config.icount_shift.is_none(),
         icount: config.icount_shift.is_some(),
+        soft_mmu: config.soft_mmu,
         cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     };
     let mut engine = Engine::new(mem, io, opts)?;

@@ -54,6 +54,11 @@ fn diff(want: &str, got: &str) -> String {
 }
 
 fn boot_and_compare(name: &str) {
+    boot_and_compare_with(name, &[]);
+}
+
+/// `boot_and_compare` with extra btvisor options.
+fn boot_and_compare_with(name: &str, extra: &[&str]) {
     let exp = root().join("guest-images/expected");
     let read = |ext: &str| std::fs::read_to_string(exp.join(format!("{name}.{ext}")));
     let want_out = read("out").expect("missing golden .out");
@@ -64,7 +69,8 @@ fn boot_and_compare(name: &str) {
         .find(|p| root().join(p).exists())
         .unwrap_or_else(|| panic!("no image for {name}"));
 
-    let mut args = vec!["-serial".to_string(), "stdio".to_string(), image];
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(["-serial".to_string(), "stdio".to_string(), image]);
     if let Ok(a) = read("args") {
         args.push("-append".into());
         args.push(a.trim_end_matches('\n').to_string());
@@ -83,6 +89,16 @@ fn boot_and_compare(name: &str) {
         problems.push_str(&format!("serial output differs:\n{}", diff(&want_out, &r.stdout)));
     }
     assert!(problems.is_empty(), "image {name}: btvisor {}\n{problems}--- stderr ---\n{}", args.join(" "), r.stderr);
+}
+
+/// The soft-TLB form of memory accesses (normally only for instructions
+/// that keep faulting) must give the same results for every access the
+/// instruction, protected-mode and paging kernels make.
+#[test]
+fn soft_mmu_matches_golden() {
+    for name in ["insn", "insn-sse", "smc", "pm", "pmfpu", "pmdebug", "paging", "irq"] {
+        boot_and_compare_with(name, &["--soft-mmu"]);
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use btvisor::snippet::{SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SnippetState, run_snippet};
+use btvisor::snippet::{SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SnippetState, run_snippet_with};
 use common::r#gen::{self as seqgen, AF, ARITH, CF, Family, Gen, OF, PF, Rng, SF, Seq, Size, ZF};
 use common::native32::{Native32, State32};
 
@@ -117,7 +117,8 @@ impl Harness {
         bregs[4] = SNIPPET_STACK_TOP;
         bregs[6] = SNIPPET_DATA_ADDR;
         let bin = SnippetState { regs: bregs, eflags: inp.eflags, data: inp.data };
-        let bt = match run_snippet(code, &bin) {
+        // Every other run translates memory accesses in the soft-TLB form.
+        let bt = match run_snippet_with(code, &bin, self.runs % 2 == 0) {
             Ok(o) => {
                 let mut br = o.regs;
                 br[4] = br[4].wrapping_sub(SNIPPET_STACK_TOP);

@@ -28,6 +28,17 @@ pub const JUMP_CACHE_TABLE_BYTES: i32 = (JUMP_CACHE_ENTRIES * 8) as i32;
 /// (`-eip`), and no 32-bit EIP negates to 1.
 pub const JC_EMPTY_KEY: u64 = 1;
 
+/// Entries per soft-TLB table (direct-mapped on the low 8 bits of the page
+/// number, so the index is a flag-free `movzx`).
+pub const SOFT_TLB_ENTRIES: usize = 256;
+/// Soft-TLB tables: (CPL 3 << 1 | write), so a hit needs no rights check.
+pub const SOFT_TLB_KINDS: usize = 4;
+/// Bytes of one soft-TLB table (entries are a tag and an addend).
+pub const SOFT_TLB_TABLE_BYTES: i32 = (SOFT_TLB_ENTRIES * 16) as i32;
+/// Soft-TLB tag of an empty entry: tags are negated page numbers, and no
+/// 20-bit page number negates to 1.
+pub const SOFT_EMPTY_TAG: u64 = 1;
+
 /// Guest register indices (x86 encoding order).
 pub const EAX: usize = 0;
 pub const ECX: usize = 1;
@@ -74,6 +85,9 @@ pub mod exit {
     pub const EXCEPTION: u32 = 4;
     /// A host signal hit translated code; details in the engine's fault record.
     pub const FAULT: u32 = 5;
+    /// A soft-TLB miss before the instruction at `eip`: `exit_arg` is the
+    /// linear address, `soft_kind` the table (`translate::soft`).
+    pub const SOFT_MISS: u32 = 6;
 }
 
 /// Hot vCPU state, shared with translated code.
@@ -134,6 +148,14 @@ pub struct HotState {
     /// `*mut PortBus` and the callout function, set by the engine.
     pub io_bus: u64,
     pub io_fn: u64,
+    /// The soft-TLB table of the last SOFT_MISS exit.
+    pub soft_kind: u32,
+    _pad4: [u32; 15],
+    /// Soft TLB for instructions translated with checked accesses
+    /// (`translate::soft`): per kind and slot, the negated page number
+    /// (`SOFT_EMPTY_TAG` when empty) and the host address of the page's
+    /// RAM minus its linear address.
+    pub soft_tlb: [[u64; 2]; SOFT_TLB_ENTRIES * SOFT_TLB_KINDS],
 }
 
 pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
@@ -162,6 +184,8 @@ pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
 pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;
 pub const OFF_HOST_MXCSR: i32 = offset_of!(HotState, host_mxcsr) as i32;
+pub const OFF_SOFT_KIND: i32 = offset_of!(HotState, soft_kind) as i32;
+pub const OFF_SOFT_TLB: i32 = offset_of!(HotState, soft_tlb) as i32;
 pub const OFF_INTR_PENDING: i32 = offset_of!(HotState, intr_pending) as i32;
 pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
 pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
@@ -184,6 +208,7 @@ impl HotState {
             Box::from_raw(p)
         };
         b.jc_keys.fill(JC_EMPTY_KEY);
+        b.soft_tlb.iter_mut().for_each(|e| e[0] = SOFT_EMPTY_TAG);
         b.mxcsr = MXCSR_RESET;
         b.host_mxcsr = MXCSR_RESET;
         b

@@ -268,6 +268,22 @@ impl Asm {
         self.byte(0xC0 | ((dst & 7) << 3) | (src & 7));
     }
 
+    /// `shrx dst32, src32, count32` (BMI2): a shift that leaves flags alone.
+    pub fn shrx_r32(&mut self, dst: u8, src: u8, count: u8) {
+        self.byte(0xC4);
+        self.byte(((!dst >> 3) & 1) << 7 | 0x40 | ((!src >> 3) & 1) << 5 | 0x02);
+        self.byte(((!count & 0xF) << 3) | 0x03);
+        self.byte(0xF7);
+        self.byte(0xC0 | ((dst & 7) << 3) | (src & 7));
+    }
+
+    /// `movzx dst32, src8` (low byte of any register).
+    pub fn movzx_r32_r8(&mut self, dst: u8, src: u8) {
+        self.rex(false, dst, 0, src, src >= 4);
+        self.bytes(&[0x0F, 0xB6]);
+        self.byte(0xC0 | ((dst & 7) << 3) | (src & 7));
+    }
+
     /// `mov r64, [base64 + index64*8 + disp32]`
     pub fn mov_r64_mbi8(&mut self, dst: u8, base: u8, index: u8, disp: i32) {
         self.rex(true, dst, index, base, false);

@@ -3,6 +3,7 @@
 //! handles whatever brought it back (see ARCHITECTURE.md, "Dispatcher").
 
 pub mod signals;
+mod soft_tlb;
 pub mod stats;
 pub mod trampoline;
 
@@ -68,6 +69,8 @@ pub struct EngineOptions {
     /// Deterministic time: the clock advances with executed instructions and
     /// every block returns to the dispatcher (no chaining).
     pub icount: bool,
+    /// Translate every eligible memory access in the soft form (testing).
+    pub soft_mmu: bool,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +80,7 @@ impl Default for EngineOptions {
             trace: Trace::default(),
             chaining: true,
             icount: false,
+            soft_mmu: false,
         }
     }
 }
@@ -97,6 +101,17 @@ pub enum RunOutcome {
 }
 
 /// A virtual machine's CPU, memory, devices and code cache.
+/// A true page fault raised by translated code.
+#[derive(Debug, Clone, Copy)]
+struct LastFault {
+    /// Shadow window (1 = user) or, for a soft access, the soft-TLB kind.
+    win: u8,
+    lin: u32,
+    write: bool,
+    eip: u32,
+    soft: bool,
+}
+
 pub struct Engine {
     pub cpu: Cpu,
     pub mem: GuestMemory,
@@ -140,9 +155,11 @@ pub struct Engine {
     /// those, not all 2 MiB of tables).
     jc_used: Vec<u32>,
     jc_marked: Vec<bool>,
-    /// The last true page fault from translated code (window, address,
-    /// write): mapped eagerly when the guest's handler returns.
-    last_pf: Option<(u8, u32, bool)>,
+    /// The last true page fault from translated code: mapped eagerly when
+    /// the guest's handler returns to the faulting instruction.
+    last_pf: Option<LastFault>,
+    /// Instructions with soft-TLB accesses and the soft TLB's bookkeeping.
+    soft: soft_tlb::SoftTlb,
     /// Data breakpoints as programmed (DR0-3, DR7) and the pages watched.
     watch_regs: [u32; 5],
     watch_pages: Vec<(u32, bool)>,
@@ -197,6 +214,7 @@ impl Engine {
             watch_regs: [0; 5],
             jc_used: Vec::new(),
             last_pf: None,
+            soft: Default::default(),
             jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
             watch_pages: Vec::new(),
             log: None,
@@ -434,6 +452,7 @@ impl Engine {
                 self.exception(e)
             }
             exit::FAULT => self.fault(),
+            exit::SOFT_MISS => self.soft_miss(),
             _ => Step::Done(RunOutcome::InternalError(format!("unknown exit reason {reason}"))),
         }
     }
@@ -482,9 +501,15 @@ impl Engine {
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
             let host = self.cache.next_addr();
-            let t = Translator::new(host, self.tramp.exits, self.cache.next_exit_id(), opts, code)
-                .with_code_base(base)
-                .translate(&block);
+            let mut tr =
+                Translator::new(host, self.tramp.exits, self.cache.next_exit_id(), opts, code).with_code_base(base);
+            if register && self.opts.soft_mmu {
+                tr = tr.with_soft_all();
+            } else if register && !self.soft.insns.is_empty() {
+                // (One-off blocks run an instruction through the shadow window.)
+                tr = tr.with_soft(&self.soft.insns);
+            }
+            let t = tr.translate(&block);
             if !self.cache.fits(t.code.len()) {
                 if attempt == 0 {
                     self.flush();
@@ -503,8 +528,9 @@ impl Engine {
             };
             if register {
                 for p in [pages.0, pages.1] {
-                    if self.mem.is_ram(p) {
+                    if self.mem.is_ram(p) && !self.mem.is_protected(p) {
                         self.mem.set_code_protect(p, true);
+                        self.soft.flush_writes(&mut self.cpu.hot);
                     }
                 }
                 let last = cs_base.wrapping_add(block.end.wrapping_sub(1));
@@ -586,9 +612,11 @@ impl Engine {
         if let Some(lin) = invlpg.filter(|_| regs == old) {
             // One page (or one 4 MiB page): only code reached through it.
             self.mem.invlpg(lin);
+            self.soft.flush_page(&mut self.cpu.hot, lin);
             let large = regs.cr4 & crate::memory::mmu::CR4_PSE != 0
                 && self.mem.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2)) & crate::memory::mmu::pte::PS != 0;
             if large {
+                self.soft.flush_all(&mut self.cpu.hot);
                 let (lo, hi) = (lin & 0xFFC0_0000, lin | 0x003F_F000);
                 self.code_tlb.retain(|(_, p), _| !(lo..=hi).contains(p));
                 self.forget_code_pages(lo, hi);
@@ -603,6 +631,7 @@ impl Engine {
             return;
         }
         self.mem.set_paging(regs, cr_written);
+        self.soft.flush_all(&mut self.cpu.hot);
         self.sync_poll_pages();
         if old.enabled() && regs.enabled() && old.cr0 == regs.cr0 && old.cr4 == regs.cr4 {
             // A CR3 load: keep what translated code assumes about the code
@@ -739,8 +768,12 @@ impl Engine {
             self.code_written(p);
         }
         if matches!(i.mnemonic(), iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd) {
-            if let Some((win, lin, write)) = self.last_pf.take() {
-                self.mem.prefetch_after_fault(win, lin, write);
+            if let Some(f) = self.last_pf.take().filter(|f| f.eip == self.cpu.hot.eip) {
+                if f.soft {
+                    self.soft_fill(f.win as u32, f.lin);
+                } else {
+                    self.mem.prefetch_after_fault(f.win, f.lin, f.write);
+                }
             }
         }
         let dregs = [self.cpu.dr[0], self.cpu.dr[1], self.cpu.dr[2], self.cpu.dr[3], self.cpu.dr[7]];
@@ -1122,12 +1155,14 @@ impl Engine {
         match self.mem.shadow_fault(win, lin, write) {
             ShadowFault::Mapped => {
                 self.stats.hidden_faults += 1;
+                self.note_fault(false);
                 self.resume()
             }
             ShadowFault::PageFault(code) => {
                 self.cpu.cr[2] = lin;
                 self.stats.page_faults += 1;
-                self.last_pf = Some((win, lin, write));
+                self.last_pf = Some(LastFault { win, lin, write, eip: self.cpu.hot.eip, soft: false });
+                self.note_fault(true);
                 self.exception(Exception::with_code(vector::PF, code))
             }
             ShadowFault::CodeWrite(phys) => {
@@ -1143,6 +1178,66 @@ impl Engine {
                 Step::Continue
             }
         }
+    }
+
+    /// Score a host fault of the instruction at EIP; once it has faulted
+    /// often enough, retranslate its page with soft-TLB accesses.
+    fn note_fault(&mut self, true_fault: bool) {
+        let eip = self.cpu.hot.eip;
+        if !self.soft.note_fault(eip, true_fault) {
+            return;
+        }
+        let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
+        if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
+            // The faulting block keeps running until it exits (its code
+            // stays in the cache); the next lookup translates it again.
+            self.clear_emu_cache();
+            let n = self.cache.invalidate_page(phys, &mut self.cpu.hot);
+            self.stats.invalidated_blocks += n as u64;
+            self.mem.set_code_protect(phys, false);
+        }
+    }
+
+    /// A soft-TLB miss before the instruction at EIP (state precise there):
+    /// fill the entry and run the instruction again, raise its #PF, or run
+    /// it once through the shadow window (a page-crossing access, or a page
+    /// the soft TLB must not hold).
+    fn soft_miss(&mut self) -> Step {
+        let lin = self.cpu.hot.exit_arg;
+        let kind = self.cpu.hot.soft_kind & 3;
+        self.soft.misses += 1;
+        if self.soft.holds(&self.cpu.hot, kind, lin) {
+            return self.step_one();
+        }
+        let write = kind & crate::translate::soft::KIND_WRITE != 0;
+        let user = kind & crate::translate::soft::KIND_USER != 0;
+        match self.mem.translate(lin, write, user) {
+            Err(code) => {
+                self.cpu.cr[2] = lin;
+                self.stats.page_faults += 1;
+                self.last_pf = Some(LastFault { win: kind as u8, lin, write, eip: self.cpu.hot.eip, soft: true });
+                self.exception(Exception::with_code(vector::PF, code))
+            }
+            Ok(_) if self.soft_fill(kind, lin) => Step::Continue,
+            Ok(_) => self.step_one(),
+        }
+    }
+
+    /// Enter the page of `lin` in soft-TLB table `kind` if the guest tables
+    /// allow the access (setting A/D bits) and the page may be accessed
+    /// directly in RAM; false if not.
+    fn soft_fill(&mut self, kind: u32, lin: u32) -> bool {
+        let write = kind & crate::translate::soft::KIND_WRITE != 0;
+        let user = kind & crate::translate::soft::KIND_USER != 0;
+        let Ok(phys) = self.mem.translate(lin, write, user) else { return false };
+        let page = page_of(phys);
+        let watched = self.watch_pages.iter().any(|&(p, _)| p == page);
+        if !self.mem.is_ram(page) || (write && self.mem.is_protected(page)) || watched {
+            return false;
+        }
+        let host = self.mem.alias_ptr() as u64 + page as u64;
+        self.soft.fill(&mut self.cpu.hot, kind, lin, host);
+        true
     }
 
     /// Continue translated code at the host RIP of the last fault, with the
@@ -1176,6 +1271,8 @@ impl Engine {
 
     /// Protect the pages holding data breakpoints so accesses fault.
     fn arm_watchpoints(&mut self) {
+        // Soft-TLB accesses bypass the watched pages' protection.
+        self.soft.flush_all(&mut self.cpu.hot);
         for (p, _) in std::mem::take(&mut self.watch_pages) {
             self.mem.set_watch_protect(p, None);
         }

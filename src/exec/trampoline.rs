@@ -15,6 +15,7 @@
 //! exit_indirect:  mov [r14+eip], r13d ; mov dword [r14+exit_reason], INDIRECT ; jmp save
 //! exit_emulate:   mov dword [r14+exit_reason], EMULATE ; jmp save
 //! exit_exception: mov dword [r14+exit_reason], EXCEPTION ; jmp save
+//! exit_soft_miss: mov dword [r14+exit_reason], SOFT_MISS ; jmp save
 //! exit_fault:     mov dword [r14+exit_reason], FAULT      ; (signal handler lands here)
 //! save:
 //!     mov [r14+gpr], eax..edi, r12d
@@ -119,6 +120,8 @@ fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     jumps_to_save.push(a.jmp_rel32());
     t.exits.exception = exit_stub(&mut a, exit::EXCEPTION, false);
     jumps_to_save.push(a.jmp_rel32());
+    t.exits.soft_miss = exit_stub(&mut a, exit::SOFT_MISS, false);
+    jumps_to_save.push(a.jmp_rel32());
     t.exit_fault = exit_stub(&mut a, exit::FAULT, false);
     let save = a.len();
     for j in jumps_to_save {
@@ -155,6 +158,7 @@ pub fn relocate(t: Trampolines, base: usize) -> Trampolines {
             indirect: base + t.exits.indirect,
             emulate: base + t.exits.emulate,
             exception: base + t.exits.exception,
+            soft_miss: base + t.exits.soft_miss,
         },
         exit_fault: base + t.exit_fault,
     }

@@ -26,6 +26,7 @@
 pub mod io;
 mod lookup;
 mod segment;
+pub mod soft;
 mod stack;
 mod string;
 mod system;
@@ -45,6 +46,7 @@ pub struct ExitTargets {
     pub indirect: usize,
     pub emulate: usize,
     pub exception: usize,
+    pub soft_miss: usize,
 }
 
 /// How the signal handler repairs host registers when a fault hits the
@@ -113,6 +115,12 @@ pub struct Translator<'a> {
     /// Guest code the instructions were decoded from; index 0 is EIP `code_base`.
     code: &'a [u8],
     code_base: u32,
+    /// EIPs of instructions to translate with soft-TLB accesses (`soft`).
+    soft: Option<&'a crate::cache::FastMap<u32, ()>>,
+    /// The operand being emitted is a host address in R13 or a borrowed
+    /// register: `mem_op` leaves out GS and the address-size override.
+    host_mem: bool,
+    soft_all: bool,
 }
 
 /// The exception an x87/MMX/SSE instruction raises in `mode` because of
@@ -319,7 +327,22 @@ impl<'a> Translator<'a> {
             pending_exits: Vec::new(),
             code,
             code_base: 0,
+            soft: None,
+            host_mem: false,
+            soft_all: false,
         }
+    }
+
+    /// Translate every eligible instruction with soft-TLB accesses.
+    pub fn with_soft_all(mut self) -> Self {
+        self.soft_all = true;
+        self
+    }
+
+    /// Translate the instructions at these EIPs with soft-TLB accesses.
+    pub fn with_soft(mut self, soft: &'a crate::cache::FastMap<u32, ()>) -> Self {
+        self.soft = Some(soft);
+        self
     }
 
     /// `code[0]` holds the byte at EIP `base` (default 0).
@@ -600,8 +623,10 @@ impl<'a> Translator<'a> {
     /// Emit `gs: addr32 <prefixes> [REX] <opcode> <modrm...> <tail>`.
     pub(crate) fn mem_op(&mut self, prefixes: &[u8], opcode: &[u8], regf: u8, m: &GuestMem, tail: &[u8]) {
         let e = encode_guest_mem(regf, m);
-        self.a.byte(PREFIX_GS);
-        self.a.byte(PREFIX_ADDR32);
+        if !self.host_mem {
+            self.a.byte(PREFIX_GS);
+            self.a.byte(PREFIX_ADDR32);
+        }
         self.a.bytes(prefixes);
         if e.rex_rxb != 0 {
             self.a.byte(0x40 | e.rex_rxb);
@@ -652,6 +677,13 @@ impl<'a> Translator<'a> {
                 self.ident_segmented(i, bytes, seg, high, opcode_override);
                 return;
             }
+            let soft = self.soft_all || self.soft.is_some_and(|s| s.contains_key(&i.ip32()));
+            if soft && !crate::decode::has_16bit_addressing(i) {
+                if let Some((size, write)) = soft::eligible(i) {
+                    self.ident_soft(i, bytes, size, write, high, opcode_override);
+                    return;
+                }
+            }
         }
         let rex_needed = uses_sp; // R12 always needs a REX bit
         if rex_needed && high {
@@ -694,6 +726,49 @@ impl<'a> Translator<'a> {
         }
         self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(sub, 0)));
         self.a.mov_r64_r64(sub, R11);
+    }
+
+    /// The soft-TLB form (`soft`): the instruction is copied with the host
+    /// address in R13 (or in a borrowed legacy register when it names
+    /// AH/CH/DH/BH) as its operand.
+    fn ident_soft(
+        &mut self,
+        i: &Instruction,
+        bytes: &[u8],
+        size: usize,
+        write: bool,
+        high: bool,
+        opcode_override: Option<u8>,
+    ) {
+        let kind =
+            if write { soft::KIND_WRITE } else { 0 } | if self.opts.mode.cpl() == 3 { soft::KIND_USER } else { 0 };
+        let m = guest_mem(i, GUEST_ESP);
+        let used = |r: u8| {
+            (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
+        };
+        let sp_reg = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
+        let sub = if high { [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).filter(|_| !sp_reg) } else { None };
+        if high && sub.is_none() {
+            self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, None);
+            return;
+        }
+        soft::lookup(self, i, &m, kind, size);
+        self.host_mem = true;
+        match sub {
+            None => {
+                self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(SCRATCH, 0)))
+            }
+            Some(sub) => {
+                self.a.mov_r64_r64(R11, sub);
+                self.a.mov_r64_r64(sub, SCRATCH);
+                if let Some(last) = self.insn_map.last_mut() {
+                    last.fixup = Fixup::Restore { reg: sub, from: R11 };
+                }
+                self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(sub, 0)));
+                self.a.mov_r64_r64(sub, R11);
+            }
+        }
+        self.host_mem = false;
     }
 
     /// `mem_override` replaces the guest memory operand (checked segmented

@@ -21,6 +21,7 @@ const EXITS: ExitTargets = ExitTargets {
     indirect: HOST_BASE - 0xC0,
     emulate: HOST_BASE - 0x80,
     exception: HOST_BASE - 0x40,
+    soft_miss: HOST_BASE - 0x140,
 };
 /// Guest address of the code of the golden tests.
 const GUEST_AT: u32 = 0x1000;
@@ -1178,4 +1179,69 @@ fn running_off_memory_faults_at_the_right_eip() {
 fn endbr32_is_a_nop() {
     let (b, _) = translate_guest(&[0xF3, 0x0F, 0x1E, 0xFB, 0xF4]);
     assert_eq!(b.classes[0], Class::Ident);
+}
+
+/// Host text of the first instruction of `guest` translated in the soft form.
+fn first_insn_soft(guest: &[u8]) -> Vec<String> {
+    let mut g = guest.to_vec();
+    g.push(0xF4);
+    let mem = guest_mem(&g);
+    let b = decode_block(&mem, 0, GUEST_AT, 64);
+    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).with_soft_all().translate(&b);
+    disasm(&t.code, t.insn_map[1].host_off as usize, t.insn_map[2].host_off as usize)
+}
+
+#[test]
+fn soft_form_golden() {
+    // mov eax, [ebx+8]: a read of 4 bytes, CPL 0 read table (kind 0).
+    let tbl = crate::cpu::OFF_SOFT_TLB;
+    let got = first_insn_soft(&[0x8B, 0x43, 0x08]);
+    let want = [
+        "lea r13d,[ebx+8]".to_string(),
+        "mov r10,rcx".into(),
+        "mov r11d,0Ch".into(),
+        "lea ecx,[r13+3]".into(),
+        "shrx ecx,ecx,r11d".into(),
+        "shrx r11d,r13d,r11d".into(),
+        "movzx r13d,r11b".into(),
+        "lea r13,[r13+r13]".into(),
+        format!("mov r11,[r14+r13*8+{}]", ihex(tbl as u32)),
+        "lea rcx,[rcx+r11]".into(),
+    ];
+    assert_eq!(got[..10], want[..10], "{got:#?}");
+    assert!(got[10].starts_with("jrcxz"), "{got:#?}");
+    let tail = &got[got.len() - 5..];
+    assert_eq!(
+        tail,
+        [
+            format!("mov r11,[r14+r13*8+{}]", ihex(tbl as u32 + 8)),
+            "mov rcx,r10".to_string(),
+            "lea r13d,[ebx+8]".into(),
+            "lea r13,[r13+r11]".into(),
+            "mov eax,[r13]".into(),
+        ]
+    );
+    // The miss path records EIP, kind and the linear address, then exits.
+    assert!(got.contains(&format!("mov dword ptr [r14+20h],{:X}h", GUEST_AT)), "{got:#?}");
+    assert!(got.contains(&jmp_to(EXITS.soft_miss)), "{got:#?}");
+}
+
+#[test]
+fn soft_form_kinds_and_borrowed_registers() {
+    let tbl = |kind: i32| ihex((crate::cpu::OFF_SOFT_TLB + kind * crate::cpu::SOFT_TLB_TABLE_BYTES) as u32);
+    // add [esi+ecx*4], ah: a write (kind 1) naming AH: the host address
+    // goes through a borrowed legacy register (no REX possible).
+    let got = first_insn_soft(&[0x00, 0x24, 0x8E]);
+    assert!(got.contains(&format!("mov r11,[r14+r13*8+{}]", tbl(1))), "{got:#?}");
+    assert!(got.contains(&"lea ecx,[r13]".to_string()), "1-byte access: last byte = first {got:#?}");
+    let n = got.len();
+    // (ESI, the base, is free again once the address is in R13.)
+    assert_eq!(got[n - 4..], ["mov r11,rsi", "mov rsi,r13", "add [rsi],ah", "mov rsi,r11"], "{got:#?}");
+    // push dword [esp+4] is a stack instruction (not soft); mov [esp+4], esp keeps R12.
+    let got = first_insn_soft(&[0x89, 0x64, 0x24, 0x04]);
+    assert_eq!(got.last().map(String::as_str), Some("mov [r13],r12d"), "{got:#?}");
+    assert!(got.contains(&"lea r13d,[r12d+4]".to_string()), "{got:#?}");
+    // LEA and a BT with a register bit offset never take the soft form.
+    assert!(!first_insn_soft(&[0x8D, 0x43, 0x08]).iter().any(|l| l.contains("shrx")));
+    assert!(!first_insn_soft(&[0x0F, 0xA3, 0x03]).iter().any(|l| l.contains("shrx")));
 }

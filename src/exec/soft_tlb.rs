@@ -1,0 +1,108 @@
+//! The engine's side of soft-TLB accesses (`translate::soft`): which
+//! instructions get the soft form, and the contents of the soft TLB in
+//! `HotState`, which must never say more than the guest TLB would.
+//!
+//! Entries are made only from a completed walk (so the accessed and, for
+//! write tables, dirty bits are set as hardware sets them), only for RAM
+//! pages, and for writes only to pages that hold no translated code. They
+//! are dropped by INVLPG (that page), by any change of CR0/CR3/CR4 (all),
+//! and for write tables when a page becomes code.
+
+use crate::cache::FastMap;
+use crate::cpu::{HotState, SOFT_EMPTY_TAG, SOFT_TLB_ENTRIES, SOFT_TLB_KINDS};
+use crate::translate::soft::KIND_WRITE;
+
+/// Fault score at which an instruction is retranslated in the soft form.
+const SOFT_SCORE: u32 = 8;
+/// Score of a true page fault (the guest's handler runs: worth avoiding
+/// the host fault after two of them) and of a hidden one (the shadow
+/// mapping keeps being dropped: eight of them).
+const TRUE_FAULT_SCORE: u32 = 4;
+const HIDDEN_FAULT_SCORE: u32 = 1;
+/// Instructions scored at once; the scores restart beyond this.
+const MAX_SCORED: usize = 4096;
+
+#[derive(Default)]
+pub struct SoftTlb {
+    /// EIPs translated with soft accesses.
+    pub insns: FastMap<u32, ()>,
+    scores: FastMap<u32, u32>,
+    /// `soft_tlb` indices filled since the last flush.
+    used: Vec<u16>,
+    pub fills: u64,
+    pub misses: u64,
+}
+
+fn slot(kind: u32, lin: u32) -> usize {
+    kind as usize * SOFT_TLB_ENTRIES + ((lin >> 12) as usize % SOFT_TLB_ENTRIES)
+}
+
+fn tag(lin: u32) -> u64 {
+    ((lin >> 12) as u64).wrapping_neg()
+}
+
+impl SoftTlb {
+    /// A host fault of the instruction at `eip`; true when it has just
+    /// become a soft instruction (its blocks must be retranslated).
+    pub fn note_fault(&mut self, eip: u32, true_fault: bool) -> bool {
+        if self.insns.contains_key(&eip) {
+            return false;
+        }
+        if self.scores.len() >= MAX_SCORED {
+            self.scores.clear();
+        }
+        let s = self.scores.entry(eip).or_insert(0);
+        *s += if true_fault { TRUE_FAULT_SCORE } else { HIDDEN_FAULT_SCORE };
+        if *s < SOFT_SCORE {
+            return false;
+        }
+        self.scores.remove(&eip);
+        self.insns.insert(eip, ());
+        true
+    }
+
+    /// Does table `kind` hold the page of `lin`?
+    pub fn holds(&self, hot: &HotState, kind: u32, lin: u32) -> bool {
+        hot.soft_tlb[slot(kind, lin)][0] == tag(lin)
+    }
+
+    /// Enter the page of `lin` in table `kind`; `host_page` is the host
+    /// address of its RAM.
+    pub fn fill(&mut self, hot: &mut HotState, kind: u32, lin: u32, host_page: u64) {
+        let s = slot(kind, lin);
+        hot.soft_tlb[s] = [tag(lin), host_page.wrapping_sub((lin & !0xFFF) as u64)];
+        self.used.push(s as u16);
+        self.fills += 1;
+    }
+
+    /// Drop every entry.
+    pub fn flush_all(&mut self, hot: &mut HotState) {
+        for s in self.used.drain(..) {
+            hot.soft_tlb[s as usize][0] = SOFT_EMPTY_TAG;
+        }
+    }
+
+    /// Drop the write entries (a page became code).
+    pub fn flush_writes(&mut self, hot: &mut HotState) {
+        if self.used.is_empty() {
+            return;
+        }
+        self.used.retain(|&s| {
+            let write = (s as usize / SOFT_TLB_ENTRIES) as u32 & KIND_WRITE != 0;
+            if write {
+                hot.soft_tlb[s as usize][0] = SOFT_EMPTY_TAG;
+            }
+            !write
+        });
+    }
+
+    /// Drop the entries of the page of `lin` (INVLPG).
+    pub fn flush_page(&mut self, hot: &mut HotState, lin: u32) {
+        for kind in 0..SOFT_TLB_KINDS as u32 {
+            let s = slot(kind, lin);
+            if hot.soft_tlb[s][0] == tag(lin) {
+                hot.soft_tlb[s][0] = SOFT_EMPTY_TAG;
+            }
+        }
+    }
+}
