@@ -305,19 +305,9 @@ impl Engine {
             // Blocks are keyed by linear address (CS base + EIP), mode and
             // the physical page of the EIP.
             let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
-            let phys = match self.code_page(lin, mode.cpl() == 3) {
-                Ok(p) => p,
-                Err(step) => {
-                    chain_from = None;
-                    match step {
-                        Step::Done(out) => return out,
-                        _ => continue,
-                    }
-                }
-            };
             // The jump cache in front of the block map: with nothing to chain,
             // a hit gives the entry directly (entries are dropped whenever a
-            // linear address may map other code).
+            // linear address may map other code, so a hit needs no page walk).
             if chain_from.is_none() && self.opts.chaining && mode.is_fast() && !self.opts.trace.exec {
                 let s = crate::cache::jc_slot(mode, lin);
                 if self.cpu.hot.jc_keys[s] == (lin as u64).wrapping_neg() {
@@ -330,6 +320,16 @@ impl Engine {
                     continue;
                 }
             }
+            let phys = match self.code_page(lin, mode.cpl() == 3) {
+                Ok(p) => p,
+                Err(step) => {
+                    chain_from = None;
+                    match step {
+                        Step::Done(out) => return out,
+                        _ => continue,
+                    }
+                }
+            };
             let found = self.cache.lookup(lin, mode, phys).filter(|&id| self.still_valid(id, lin));
             let id = match found {
                 Some(id) => id,

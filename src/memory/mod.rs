@@ -309,6 +309,17 @@ impl GuestMemory {
         }
     }
 
+    /// Store a page-table entry update (an accessed bit) through a shared
+    /// reference, as a walk for a read does; outside RAM it is dropped.
+    pub(crate) fn write_u32_shared(&self, addr: u32, v: u32) {
+        if (addr as usize).checked_add(4).is_some_and(|end| end <= self.ram_size) {
+            // SAFETY: the 4 bytes lie inside the RAM alias mapping, which is
+            // shared with translated code and never borrowed across this
+            // call (callers hold no slice of RAM while translating).
+            unsafe { std::ptr::write_unaligned(self.alias.as_ptr().add(addr as usize) as *mut u32, v) };
+        }
+    }
+
     pub fn read_u8(&self, addr: u32) -> u8 {
         let mut b = [0u8; 1];
         self.read(addr, &mut b);

@@ -86,6 +86,23 @@ impl Context {
     }
 }
 
+/// The VMM's translation cache: (linear page | kind, physical page) per slot.
+struct VmmTlb(Box<[std::cell::Cell<(u32, u32)>; VMM_TLB_ENTRIES]>);
+
+impl Default for VmmTlb {
+    fn default() -> Self {
+        VmmTlb(Box::new(std::array::from_fn(|_| std::cell::Cell::new((VMM_TLB_EMPTY, 0)))))
+    }
+}
+
+impl VmmTlb {
+    fn clear(&self) {
+        for e in self.0.iter() {
+            e.set((VMM_TLB_EMPTY, 0));
+        }
+    }
+}
+
 /// Shadow mapping bookkeeping.
 #[derive(Default)]
 pub struct Shadow {
@@ -94,7 +111,7 @@ pub struct Shadow {
     /// write << 2, physical page). Only entries whose accessed (and, for
     /// writes, dirty) bits are already set are cached, so a hit changes
     /// nothing a walk would; flushed like the shadow mappings.
-    vmm_tlb: std::cell::RefCell<Vec<(u32, u32)>>,
+    vmm_tlb: VmmTlb,
     pub(super) contexts: Vec<Context>,
     /// Index of the context whose windows translated code uses.
     pub(super) cur: usize,
@@ -184,7 +201,7 @@ impl GuestMemory {
             return;
         }
         self.shadow.regs = new;
-        self.shadow.vmm_tlb.borrow_mut().clear();
+        self.shadow.vmm_tlb.clear();
         match (old.enabled(), new.enabled()) {
             (false, false) => {}
             (false, true) => {
@@ -346,7 +363,7 @@ impl GuestMemory {
 
     /// Drop every shadow mapping of every context.
     pub fn flush_shadow(&mut self) {
-        self.shadow.vmm_tlb.borrow_mut().clear();
+        self.shadow.vmm_tlb.clear();
         for ci in 0..self.shadow.contexts.len() {
             self.flush_context(ci, false);
         }
@@ -356,9 +373,13 @@ impl GuestMemory {
     /// of every context (all 4 MiB of it when a large page maps it). Returns
     /// whether any mapping was dropped.
     pub fn invlpg(&mut self, lin: u32) -> bool {
-        self.shadow.vmm_tlb.borrow_mut().clear();
         let regs = self.shadow.regs;
         let pde = self.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2));
+        if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
+            self.shadow.vmm_tlb.clear();
+        } else {
+            self.tlb_drop_page(lin);
+        }
         let mut any = false;
         for ci in 0..self.shadow.contexts.len() {
             let c = &self.shadow.contexts[ci];
@@ -511,8 +532,8 @@ impl GuestMemory {
         Ok(t.phys_page | (lin & (PAGE_SIZE as u32 - 1)))
     }
 
-    /// `translate` for reads without changing guest memory: an access whose
-    /// accessed bits are not set yet is translated but not cached.
+    /// `translate` for reads through a shared reference (the interpreter's
+    /// loads). The walk sets accessed bits as hardware does.
     pub fn translate_read(&self, lin: u32, user: bool) -> Result<u32, u32> {
         let regs = self.shadow.regs;
         if !regs.enabled() {
@@ -522,9 +543,10 @@ impl GuestMemory {
             return Ok(p);
         }
         let (t, updates) = mmu::lookup(self.ram(), regs, lin, Access { write: false, user })?;
-        if updates.iter().all(|u| u.is_none()) {
-            self.tlb_put(lin, false, user, t.phys_page);
+        for (addr, v) in updates.into_iter().flatten() {
+            self.write_u32_shared(addr, v);
         }
+        self.tlb_put(lin, false, user, t.phys_page);
         Ok(t.phys_page | (lin & (PAGE_SIZE as u32 - 1)))
     }
 
@@ -545,18 +567,24 @@ impl GuestMemory {
 
     fn tlb_get(&self, lin: u32, write: bool, user: bool) -> Option<u32> {
         let (slot, key) = Self::tlb_key(lin, write, user);
-        let tlb = self.shadow.vmm_tlb.borrow();
-        let &(k, p) = tlb.get(slot)?;
+        let (k, p) = self.shadow.vmm_tlb.0[slot].get();
         (k == key).then_some(p | (lin & (PAGE_SIZE as u32 - 1)))
+    }
+
+    /// Drop the VMM TLB entries of the page holding `lin`.
+    fn tlb_drop_page(&self, lin: u32) {
+        for (write, user) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (slot, key) = Self::tlb_key(lin, write, user);
+            let e = &self.shadow.vmm_tlb.0[slot];
+            if e.get().0 == key {
+                e.set((VMM_TLB_EMPTY, 0));
+            }
+        }
     }
 
     fn tlb_put(&self, lin: u32, write: bool, user: bool, phys_page: u32) {
         let (slot, key) = Self::tlb_key(lin, write, user);
-        let mut tlb = self.shadow.vmm_tlb.borrow_mut();
-        if tlb.is_empty() {
-            tlb.resize(VMM_TLB_ENTRIES, (VMM_TLB_EMPTY, 0));
-        }
-        tlb[slot] = (key, phys_page);
+        self.shadow.vmm_tlb.0[slot].set((key, phys_page));
     }
 }
 
