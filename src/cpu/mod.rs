@@ -150,7 +150,13 @@ pub struct HotState {
     pub io_fn: u64,
     /// The soft-TLB table of the last SOFT_MISS exit.
     pub soft_kind: u32,
-    _pad4: [u32; 15],
+    _pad4: [u32; 1],
+    /// The INVLPG callout (`translate::io::invlpg`), its `*mut GuestMemory`
+    /// and how many INVLPGs it completed.
+    pub invlpg_fn: u64,
+    pub mem_ptr: u64,
+    pub invlpg_done: u64,
+    _pad5: [u32; 8],
     /// Soft TLB for instructions translated with checked accesses
     /// (`translate::soft`): per kind and slot, the negated page number
     /// (`SOFT_EMPTY_TAG` when empty) and the host address of the page's
@@ -184,6 +190,7 @@ pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
 pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;
 pub const OFF_HOST_MXCSR: i32 = offset_of!(HotState, host_mxcsr) as i32;
+pub const OFF_INVLPG_FN: i32 = offset_of!(HotState, invlpg_fn) as i32;
 pub const OFF_SOFT_KIND: i32 = offset_of!(HotState, soft_kind) as i32;
 pub const OFF_SOFT_TLB: i32 = offset_of!(HotState, soft_tlb) as i32;
 pub const OFF_INTR_PENDING: i32 = offset_of!(HotState, intr_pending) as i32;

@@ -248,6 +248,8 @@ impl Engine {
         unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
         self.cpu.hot.io_bus = &mut self.io as *mut PortBus as u64;
         self.cpu.hot.io_fn = io_callout as *const () as u64;
+        self.cpu.hot.mem_ptr = &mut self.mem as *mut GuestMemory as u64;
+        self.cpu.hot.invlpg_fn = invlpg_callout as *const () as u64;
         self.sig.cache = &self.cache;
         self.sig.hot = &mut *self.cpu.hot;
         let ctx: *mut SignalCtx = &mut *self.sig;
@@ -256,6 +258,7 @@ impl Engine {
         // chipset, timer interrupts need a finer bound than the default.
         self.timer = if self.opts.icount { None } else { signals::IntervalTimer::start(POLL_INTERVAL_NS) };
         let out = self.dispatch();
+        self.stats.inline_invlpgs = self.cpu.hot.invlpg_done;
         self.timer = None;
         signals::set_current(std::ptr::null_mut());
         self.io.flush();
@@ -580,6 +583,7 @@ impl Engine {
         }
         let p = self.mem.translate(page_of(lin), false, user).ok()?;
         self.code_tlb.insert(key, p);
+        self.mem.mark_code_lin(lin);
         Some(p)
     }
 
@@ -596,6 +600,7 @@ impl Engine {
         match self.mem.translate(page_of(lin), false, user) {
             Ok(p) => {
                 self.code_tlb.insert(key, p);
+                self.mem.mark_code_lin(lin);
                 Ok(p)
             }
             Err(_) => Err(self.fetch_fault(lin, user)),
@@ -612,7 +617,7 @@ impl Engine {
         if let Some(lin) = invlpg.filter(|_| regs == old) {
             // One page (or one 4 MiB page): only code reached through it.
             self.mem.invlpg(lin);
-            self.soft.flush_page(&mut self.cpu.hot, lin);
+            soft_tlb::flush_page(&mut self.cpu.hot, lin);
             let large = regs.cr4 & crate::memory::mmu::CR4_PSE != 0
                 && self.mem.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2)) & crate::memory::mmu::pte::PS != 0;
             if large {
@@ -650,6 +655,7 @@ impl Engine {
         }
         self.clear_emu_cache();
         self.code_tlb.clear();
+        self.mem.clear_all_code_lin();
         self.cache.unlink_all();
         self.clear_jump_caches();
     }
@@ -659,6 +665,9 @@ impl Engine {
     fn forget_code_pages(&mut self, lo: u32, hi: u32) {
         self.clear_emu_cache();
         self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
+        if !self.code_tlb.keys().any(|&(_, p)| (lo..=hi).contains(&p)) {
+            self.mem.clear_code_lin(lo, hi);
+        }
     }
 
     /// The current shadow context changed: move the timer's poll request
@@ -1429,6 +1438,29 @@ extern "sysv64" fn io_callout(hot: *mut HotState) -> u32 {
         hot.intr_pending = 1;
         return u32::from(hot.vif != 0);
     }
+    0
+}
+
+/// INVLPG from translated code at CPL 0 (`translate::io::invlpg`): the
+/// linear address is in `io_value`. Returns nonzero when the engine must
+/// emulate it instead (the page holds translated code, or a 4 MiB page
+/// maps it: blocks must be unchained, which needs the whole engine).
+extern "sysv64" fn invlpg_callout(hot: *mut HotState) -> u32 {
+    // SAFETY: translated code passes the running vCPU's HotState, whose
+    // mem_ptr the engine set to its live GuestMemory before entering;
+    // nothing else uses it while translated code runs.
+    let hot = unsafe { &mut *hot };
+    // SAFETY: as above.
+    let mem = unsafe { &mut *(hot.mem_ptr as *mut GuestMemory) };
+    let lin = hot.io_value;
+    if mem.paging().enabled() {
+        if mem.has_code_lin(lin) || mem.large_page_at(lin) {
+            return 1;
+        }
+        mem.invlpg(lin);
+    }
+    soft_tlb::flush_page(hot, lin);
+    hot.invlpg_done += 1;
     0
 }
 

@@ -95,14 +95,14 @@ impl SoftTlb {
             !write
         });
     }
+}
 
-    /// Drop the entries of the page of `lin` (INVLPG).
-    pub fn flush_page(&mut self, hot: &mut HotState, lin: u32) {
-        for kind in 0..SOFT_TLB_KINDS as u32 {
-            let s = slot(kind, lin);
-            if hot.soft_tlb[s][0] == tag(lin) {
-                hot.soft_tlb[s][0] = SOFT_EMPTY_TAG;
-            }
+/// Drop the soft-TLB entries of the page of `lin` (INVLPG).
+pub fn flush_page(hot: &mut HotState, lin: u32) {
+    for kind in 0..SOFT_TLB_KINDS as u32 {
+        let s = slot(kind, lin);
+        if hot.soft_tlb[s][0] == tag(lin) {
+            hot.soft_tlb[s][0] = SOFT_EMPTY_TAG;
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Stats {
     pub page_faults: u64,
     pub hidden_faults: u64,
     pub tlb_flushes: u64,
+    /// INVLPGs completed by a callout from translated code.
+    pub inline_invlpgs: u64,
     pub interrupts: u64,
     pub halt_sleeps: u64,
     /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
@@ -84,8 +86,8 @@ impl Stats {
         );
         let _ = writeln!(
             s,
-            "  paging: {} hidden faults, {} guest page faults, {} TLB flushes",
-            self.hidden_faults, self.page_faults, self.tlb_flushes
+            "  paging: {} hidden faults, {} guest page faults, {} TLB flushes, {} INVLPGs in translated code",
+            self.hidden_faults, self.page_faults, self.tlb_flushes, self.inline_invlpgs
         );
         let _ = writeln!(s, "  external interrupts     {} ({} HLT sleeps)", self.interrupts, self.halt_sleeps);
         let c = self.callout_list();

@@ -99,6 +99,10 @@ pub struct GuestMemory {
     protected: Vec<bool>,
     /// Shadow page tables (paging on).
     shadow: shadow::Shadow,
+    /// One bit per linear page that translated code was fetched through
+    /// since the bit was last cleared (INVLPG of such a page must unchain
+    /// blocks, which only the engine can do).
+    code_lin: Vec<u64>,
 }
 
 // SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
@@ -139,6 +143,7 @@ impl GuestMemory {
                 memfd: fd,
                 protected: vec![false; ram / PAGE_SIZE],
                 shadow: shadow::Shadow::default(),
+                code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
             };
             if alias == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM alias"));
@@ -216,6 +221,31 @@ impl GuestMemory {
     /// Raw host pointer to the alias (for the engine, which also lets guest code write RAM).
     pub fn alias_ptr(&self) -> *mut u8 {
         self.alias.as_ptr()
+    }
+
+    /// Record that code was fetched through the linear page of `lin`.
+    pub fn mark_code_lin(&mut self, lin: u32) {
+        let p = (lin >> 12) as usize;
+        self.code_lin[p / 64] |= 1 << (p % 64);
+    }
+
+    /// Forget that mark for linear pages `[lo, hi]` (page addresses).
+    pub fn clear_code_lin(&mut self, lo: u32, hi: u32) {
+        for p in (lo >> 12)..=(hi >> 12) {
+            let p = p as usize;
+            self.code_lin[p / 64] &= !(1 << (p % 64));
+        }
+    }
+
+    /// Forget every mark.
+    pub fn clear_all_code_lin(&mut self) {
+        self.code_lin.fill(0);
+    }
+
+    /// Was code fetched through the linear page of `lin`?
+    pub fn has_code_lin(&self, lin: u32) -> bool {
+        let p = (lin >> 12) as usize;
+        self.code_lin[p / 64] & (1 << (p % 64)) != 0
     }
 
     /// Whether guest physical address `addr` is RAM.

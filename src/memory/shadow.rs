@@ -369,6 +369,12 @@ impl GuestMemory {
         }
     }
 
+    /// Does a 4 MiB page map `lin` (with CR4.PSE)?
+    pub fn large_page_at(&self, lin: u32) -> bool {
+        let regs = self.shadow.regs;
+        regs.cr4 & mmu::CR4_PSE != 0 && self.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2)) & mmu::pte::PS != 0
+    }
+
     /// INVLPG: drop the mappings of the page holding `lin` in both windows
     /// of every context (all 4 MiB of it when a large page maps it). Returns
     /// whether any mapping was dropped.

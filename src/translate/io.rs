@@ -23,7 +23,8 @@ use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::Translator;
 use crate::cpu::{
-    OFF_FPU_ACTIVE, OFF_HOST_MXCSR, OFF_IO_FN, OFF_IO_INFO, OFF_IO_PORT, OFF_IO_VALUE, OFF_MXCSR, OFF_XMM,
+    OFF_FPU_ACTIVE, OFF_HOST_MXCSR, OFF_INVLPG_FN, OFF_IO_FN, OFF_IO_INFO, OFF_IO_PORT, OFF_IO_VALUE, OFF_MXCSR,
+    OFF_XMM,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;
@@ -57,6 +58,70 @@ pub(crate) fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
     a.u32(disp as u32);
 }
 
+/// Call the VMM function whose address is at `[r14+fn_off]` with the
+/// vCPU state as its argument, keeping guest flags, registers and (when the
+/// guest uses them) XMM registers; its u32 result ends up in R10D.
+fn call_vmm(t: &mut Translator, fn_off: i32) {
+    t.a.pushfq();
+    for r in SAVED {
+        t.a.push_r64(r);
+    }
+    let skip = skip_unless_fpu(&mut t.a);
+    xmm_all(&mut t.a, true);
+    mxcsr(&mut t.a, 3, OFF_MXCSR);
+    mxcsr(&mut t.a, 2, OFF_HOST_MXCSR);
+    let l = t.a.len();
+    t.a.buf[skip] = (l - skip - 1) as u8;
+    t.a.mov_r64_r64(SCRATCH, RSP);
+    t.a.bytes(&[0x48, 0x83, 0xE4, 0xF0]); // and rsp, -16
+    t.a.mov_r64_r64(RDI, VCPU);
+    t.a.bytes(&[0x41, 0xFF, 0x96]); // call qword [r14+fn_off]
+    t.a.u32(fn_off as u32);
+    t.a.mov_r64_r64(RSP, SCRATCH);
+    t.a.mov_r32_r32(R10, RAX);
+    let skip = skip_unless_fpu(&mut t.a);
+    xmm_all(&mut t.a, false);
+    mxcsr(&mut t.a, 2, OFF_MXCSR);
+    let l = t.a.len();
+    t.a.buf[skip] = (l - skip - 1) as u8;
+    for r in SAVED.into_iter().rev() {
+        t.a.pop_r64(r);
+    }
+    t.a.popfq();
+}
+
+/// INVLPG at CPL 0 with a flat operand segment: the VMM drops the page's
+/// translations from a callout; it answers nonzero when the page holds
+/// translated code or a large page maps it, and the instruction is then
+/// emulated after an exit (which also unchains blocks).
+///
+/// ```text
+///     addr32 lea r13d, [ea] ; mov [r14+io_value], r13d
+///     <call [r14+invlpg_fn] as for IN/OUT>
+///     mov r11, rcx ; mov ecx, r10d ; jrcxz 1f
+///     mov rcx, r11 ; mov dword [r14+eip], eip ; jmp exit_emulate
+/// 1:  mov rcx, r11
+/// ```
+pub(super) fn invlpg(t: &mut Translator, i: &Instruction) {
+    let m = super::guest_mem(i, GUEST_ESP);
+    let e = crate::emit::encode_guest_mem(SCRATCH, &m);
+    t.a.byte(crate::emit::PREFIX_ADDR32);
+    t.a.byte(0x40 | e.rex_rxb);
+    t.a.byte(0x8D);
+    t.a.bytes(e.as_slice());
+    t.a.mov_mbase_r32(VCPU, OFF_IO_VALUE, SCRATCH);
+    call_vmm(t, OFF_INVLPG_FN);
+    t.a.mov_r64_r64(R11, RCX);
+    t.a.mov_r32_r32(RCX, R10);
+    t.a.bytes(&[0xE3, 0]); // jrcxz (patched)
+    let start = t.a.len();
+    t.a.mov_r64_r64(RCX, R11);
+    t.a.mov_mbase_imm32(VCPU, crate::cpu::OFF_EIP, i.ip32());
+    t.jmp_abs(t.exits_to.emulate);
+    t.a.buf[start - 1] = (t.a.len() - start) as u8;
+    t.a.mov_r64_r64(RCX, R11);
+}
+
 pub(super) fn port_io(t: &mut Translator, i: &Instruction) {
     let out = i.mnemonic() == Mnemonic::Out;
     let (port_op, data_op) = if out { (0, 1) } else { (1, 0) };
@@ -71,32 +136,7 @@ pub(super) fn port_io(t: &mut Translator, i: &Instruction) {
     if out {
         t.a.mov_mbase_r32(VCPU, OFF_IO_VALUE, RAX);
     }
-    t.a.pushfq();
-    for r in SAVED {
-        t.a.push_r64(r);
-    }
-    let skip = skip_unless_fpu(&mut t.a);
-    xmm_all(&mut t.a, true);
-    mxcsr(&mut t.a, 3, OFF_MXCSR);
-    mxcsr(&mut t.a, 2, OFF_HOST_MXCSR);
-    let l = t.a.len();
-    t.a.buf[skip] = (l - skip - 1) as u8;
-    t.a.mov_r64_r64(SCRATCH, RSP);
-    t.a.bytes(&[0x48, 0x83, 0xE4, 0xF0]); // and rsp, -16
-    t.a.mov_r64_r64(RDI, VCPU);
-    t.a.bytes(&[0x41, 0xFF, 0x96]); // call qword [r14+io_fn]
-    t.a.u32(OFF_IO_FN as u32);
-    t.a.mov_r64_r64(RSP, SCRATCH);
-    t.a.mov_r32_r32(R10, RAX);
-    let skip = skip_unless_fpu(&mut t.a);
-    xmm_all(&mut t.a, false);
-    mxcsr(&mut t.a, 2, OFF_MXCSR);
-    let l = t.a.len();
-    t.a.buf[skip] = (l - skip - 1) as u8;
-    for r in SAVED.into_iter().rev() {
-        t.a.pop_r64(r);
-    }
-    t.a.popfq();
+    call_vmm(t, OFF_IO_FN);
     if !out {
         // mov al/ax/eax, [r14+io_value]
         match size {

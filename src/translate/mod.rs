@@ -517,6 +517,12 @@ impl<'a> Translator<'a> {
                 iced_x86::Mnemonic::Pushfd => system::pushfd(self),
                 _ => system::popfd(self, eip),
             },
+            Class::Emulate if self.inline_invlpg(i) => {
+                // The decoder ended the block here (Emulate): continue to
+                // the next instruction through a chainable exit.
+                io::invlpg(self, i);
+                self.direct_exit(i.next_ip32());
+            }
             Class::Emulate => {
                 self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
                 self.jmp_abs(self.exits_to.emulate);
@@ -726,6 +732,17 @@ impl<'a> Translator<'a> {
         }
         self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(sub, 0)));
         self.a.mov_r64_r64(sub, R11);
+    }
+
+    /// INVLPG done by a callout from translated code (CPL 0, flat operand
+    /// segment, 32-bit addressing).
+    fn inline_invlpg(&self, i: &Instruction) -> bool {
+        let mode = self.opts.mode;
+        i.mnemonic() == iced_x86::Mnemonic::Invlpg
+            && mode.cpl() == 0
+            && !mode.has(Mode::CS16)
+            && mode.seg_flat(seg_index(i.memory_segment()))
+            && !crate::decode::has_16bit_addressing(i)
     }
 
     /// The soft-TLB form (`soft`): the instruction is copied with the host

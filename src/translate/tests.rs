@@ -543,7 +543,8 @@ fn check_block(code: &[u8]) -> Result<(), String> {
         let is_io_call = x.mnemonic() == Mnemonic::Call
             && x.op0_kind() == OpKind::Memory
             && x.memory_base() == Register::R14
-            && x.memory_displacement64() == crate::cpu::OFF_IO_FN as u64;
+            && (x.memory_displacement64() == crate::cpu::OFF_IO_FN as u64
+                || x.memory_displacement64() == crate::cpu::OFF_INVLPG_FN as u64);
         if is_io_call {
             let lo = insns[..c].iter().rposition(|(_, y)| y.mnemonic() == Mnemonic::Pushfq).unwrap_or(c);
             let hi = insns[c..].iter().position(|(_, y)| y.mnemonic() == Mnemonic::Popfq).map_or(c, |p| c + p);
@@ -1244,4 +1245,25 @@ fn soft_form_kinds_and_borrowed_registers() {
     // LEA and a BT with a register bit offset never take the soft form.
     assert!(!first_insn_soft(&[0x8D, 0x43, 0x08]).iter().any(|l| l.contains("shrx")));
     assert!(!first_insn_soft(&[0x0F, 0xA3, 0x03]).iter().any(|l| l.contains("shrx")));
+}
+
+#[test]
+fn invlpg_at_cpl0_is_a_callout() {
+    // invlpg [eax+10h]
+    let mem = guest_mem(&[0x0F, 0x01, 0x78, 0x10]);
+    let (_, t) = translate_at(&mem, GUEST_AT, 0, Mode::default());
+    let text = disasm(&t.code, 0, t.code.len());
+    assert!(text.contains(&"lea r13d,[eax+10h]".to_string()), "{text:#?}");
+    let call = format!("call qword ptr [r14+{}]", ihex(crate::cpu::OFF_INVLPG_FN as u32));
+    assert!(text.contains(&call), "{text:#?}");
+    // Refused by the VMM: emulated after an exit at the INVLPG's EIP.
+    assert!(text.contains(&format!("mov dword ptr [r14+20h],{:X}h", GUEST_AT)), "{text:#?}");
+    assert!(text.contains(&emulate_jmp()), "{text:#?}");
+    // Otherwise on to the next instruction through a chainable exit.
+    assert_eq!(t.exits.len(), 1);
+    assert_eq!(t.exits[0].target, GUEST_AT + 4);
+    // At CPL 3 it raises #GP: the VMM emulates it.
+    let (_, t) = translate_at(&mem, GUEST_AT, 3, Mode(3));
+    let text = disasm(&t.code, 0, t.code.len());
+    assert!(!text.contains(&call), "{text:#?}");
 }
