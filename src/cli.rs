@@ -689,6 +689,8 @@ mod tests {
         assert_eq!(c.log_file, Some(PathBuf::from("/tmp/log")));
         assert!(c.stats);
         assert!(ok(&["-stats", "k"]).stats);
+        assert!(ok(&["--soft-mmu", "k"]).soft_mmu);
+        assert!(!ok(&["k"]).soft_mmu);
     }
 
     #[test]
