@@ -20,6 +20,11 @@
  *            instruction straddling pages)
  *   split    data access straddling a page boundary
  *   pg       CR0.PG off/on with a non-identity mapping
+ *   spaces   page tables changed while another address space runs, A/D
+ *            bits cleared meanwhile, more address spaces than a VMM caches
+ *   refault  the same instructions faulting again and again on a page the
+ *            handler maps on demand (CPL 0 and 3, reads, writes, an access
+ *            straddling into a mapped page)
  * Expected values follow the SDM (vol. 3 ch. 4); output recorded on QEMU.
  * Prints "PASS|FAIL name got X want Y", then "N passed, M failed"; exits
  * with V=M. An unexpected exception prints its frame and exits with 255.
@@ -261,7 +266,7 @@ static void check_nofault(const char *name)
 }
 
 /* ---- page tables ------------------------------------------------------- */
-#define NPOOL 20
+#define NPOOL 48
 static uint32_t pool[NPOOL][1024] __attribute__((aligned(4096)));
 static int pool_used;
 static uint32_t *pd0;
@@ -967,6 +972,178 @@ static void t_pg(void)
     map(pd0, PHYS(0x43), PHYS(0x43), P | W);
 }
 
+static void t_spaces(void)
+{
+    const uint32_t L = 0x58000000;
+    uint32_t *pda = alloc_page(), *pdb = alloc_page();
+    for (int i = 0; i < 1024; i++)
+        pda[i] = pdb[i] = pd0[i];
+    wr(PHYS(0x50), 0x5A000050);
+    wr(PHYS(0x51), 0x5A000051);
+    wr(PHYS(0x52), 0x5A000052);
+    map(pda, L, PHYS(0x50), P | W);
+    map(pdb, L, PHYS(0x51), P | W);
+    volatile uint32_t *pte_a = pte_of(pda, L);
+    for (int i = 0; i < 2; i++) {           /* both spaces used before */
+        write_cr3((uint32_t)pda);
+        (void)rd(L);
+        write_cr3((uint32_t)pdb);
+        (void)rd(L);
+    }
+    write_cr3((uint32_t)pda);
+    check("spaces: space a reads phys 50", rd(L), 0x5A000050);
+    wr(L + 8, 0x5A0A0008);
+    check("spaces: write sets A|D in space a", *pte_a & (A | D), A | D);
+    write_cr3((uint32_t)pdb);
+    check("spaces: space b reads phys 51", rd(L), 0x5A000051);
+    *pte_a = PHYS(0x52) | P | W;            /* a's table changed while b runs */
+    write_cr3((uint32_t)pda);
+    check("spaces: back in a, changed PTE seen", rd(L), 0x5A000052);
+    check("spaces: A set by the read, D clear", *pte_a & (A | D), A);
+    wr(L + 8, 0x5A520008);
+    check("spaces: write lands in phys 52", rd(PHYS(0x52) + 8), 0x5A520008);
+    check("spaces: phys 50 keeps the old write", rd(PHYS(0x50) + 8), 0x5A0A0008);
+    check("spaces: D set by the write", *pte_a & D, D);
+
+    write_cr3((uint32_t)pdb);
+    *pte_a &= ~(A | D);                     /* cleared while b runs */
+    write_cr3((uint32_t)pda);
+    check("spaces: A/D clear before any access", *pte_a & (A | D), 0);
+    (void)rd(L);
+    check("spaces: read sets A again", *pte_a & (A | D), A);
+    wr(L + 12, 1);
+    check("spaces: write sets D again", *pte_a & (A | D), A | D);
+
+    set_wp(1);
+    write_cr3((uint32_t)pdb);
+    *pte_a &= ~W;                           /* made read-only while b runs */
+    write_cr3((uint32_t)pda);
+    freset();
+    try_write(L + 16, 7);
+    check_fault("spaces: now read-only", PF, P | W, L + 16, (uint32_t)try_write_insn, KCODE);
+    set_wp(0);
+
+    *pte_a = PHYS(0x51) | P | W;            /* no INVLPG: a reload flushes */
+    write_cr3((uint32_t)pda);
+    check("spaces: reload of the same CR3 sees the change", rd(L), 0x5A000051);
+
+    /* more address spaces than a VMM might cache, each its own page */
+    enum { NS = 10 };
+    uint32_t *pds[NS];
+    for (int k = 0; k < NS; k++) {
+        pds[k] = alloc_page();
+        for (int i = 0; i < 1024; i++)
+            pds[k][i] = pd0[i];
+        pds[k][L >> 22] = 0;                /* own page table for L */
+        wr(PHYS(0x60 + k), 0x5C000060 + k);
+        map(pds[k], L, PHYS(0x60 + k), P | W);
+    }
+    static const char *const pass_names[3] = { "spaces: 10 spaces pass 1", "spaces: 10 spaces pass 2",
+                                               "spaces: 10 spaces pass 3" };
+    for (int pass = 0; pass < 3; pass++) {
+        uint32_t bad = 0;
+        for (int k = 0; k < NS; k++) {
+            write_cr3((uint32_t)pds[k]);
+            if (rd(L) != 0x5C000060u + k)
+                bad++;
+            wr(L + 4, pass * 16 + k);
+        }
+        check(pass_names[pass], bad, 0);
+    }
+    uint32_t bad = 0;
+    for (int k = 0; k < NS; k++)
+        if (rd(PHYS(0x60 + k) + 4) != 2 * 16u + k)
+            bad++;
+    check("spaces: every space wrote its own page", bad, 0);
+    write_cr3((uint32_t)pd0);
+}
+
+/* refault: the handler maps the page at REFAULT_L on demand */
+#define REFAULT_L 0x40020000u
+static uint32_t refault_phys, refault_count;
+
+static int refault_fixup(struct frame *f, uint32_t cr2)
+{
+    (void)f;
+    if ((cr2 & ~0xFFFu) != REFAULT_L)
+        return 0;
+    refault_count++;
+    *pte_of(pd0, REFAULT_L) = refault_phys | P | W | U;
+    return 1;
+}
+
+static void unmap_refault(void)
+{
+    *pte_of(pd0, REFAULT_L) = 0;
+    invlpg(REFAULT_L);
+}
+
+static void t_refault(void)
+{
+    enum { N = 40 };
+    volatile uint32_t *pte = pte_of(pd0, REFAULT_L);
+    for (int k = 0; k < 4; k++) {
+        fill(PHYS(0x70 + k), 0x1000, 0x7E000070 + k);
+        wr(PHYS(0x70 + k), 0x7E000070 + k);
+    }
+    wr(PHYS(0x74), 0x7E7E7474);
+    map(pd0, REFAULT_L + 0x1000, PHYS(0x74), P | W | U);
+    pf_fixup = refault_fixup;
+    refault_count = 0;
+
+    uint32_t bad = 0;
+    for (int i = 0; i < N; i++) {           /* CPL 0 reads */
+        refault_phys = PHYS(0x70 + (i & 3));
+        unmap_refault();
+        if (rd(REFAULT_L) != 0x7E000070u + (i & 3))
+            bad++;
+    }
+    check("refault: CPL 0 reads see the page mapped on demand", bad, 0);
+    check("refault: A set, D clear after reads", *pte & (A | D), A);
+
+    for (int i = 0; i < N; i++) {           /* CPL 0 writes */
+        refault_phys = PHYS(0x70 + (i & 3));
+        unmap_refault();
+        wr(REFAULT_L + 8, 0x7E0B0000 + i);
+    }
+    bad = 0;
+    for (int k = 0; k < 4; k++)
+        if (rd(PHYS(0x70 + k) + 8) != 0x7E0B0000u + N - 4 + k)
+            bad++;
+    check("refault: CPL 0 writes land in the page mapped then", bad, 0);
+    check("refault: A|D set after a write", *pte & (A | D), A | D);
+
+    bad = 0;
+    for (int i = 0; i < N; i++) {           /* CPL 3 reads */
+        refault_phys = PHYS(0x70 + (i & 3));
+        unmap_refault();
+        if (run_user(user_read, REFAULT_L) != 0x7E000070u + (i & 3))
+            bad++;
+    }
+    check("refault: CPL 3 reads see the page mapped on demand", bad, 0);
+
+    bad = 0;
+    for (int i = 0; i < N; i++) {           /* a read straddling into L+0x1000 */
+        refault_phys = PHYS(0x70 + (i & 3));
+        unmap_refault();
+        uint32_t want = (rd(PHYS(0x70 + (i & 3)) + 0xFFC) >> 16) | 0x74740000u;
+        if (rd(REFAULT_L + 0xFFE) != want)
+            bad++;
+    }
+    check("refault: straddling reads combine both pages", bad, 0);
+    check("refault: one fault per access", refault_count, 4 * N);
+
+    unmap_refault();
+    freset();
+    pf_fixup = 0;
+    try_read(REFAULT_L + 0x20);
+    check_fault("refault: not present without the handler", PF, 0, REFAULT_L + 0x20, (uint32_t)try_read_insn, KCODE);
+    freset();
+    check("refault: user read aborts", run_user(user_read, REFAULT_L + 0x24), FAULTED);
+    check2("refault: user read aborts", "error code", last.err, U);
+    check2("refault: user read aborts", "cr2", last.cr2, REFAULT_L + 0x24);
+}
+
 int kmain(void);
 int kmain(void)
 {
@@ -986,6 +1163,8 @@ int kmain(void)
     t_fetch();
     t_split();
     t_pg();
+    t_spaces();
+    t_refault();
     put_dec(n_pass);
     puts_serial(" passed, ");
     put_dec(n_fail);
