@@ -74,6 +74,8 @@ pub struct Config {
     pub icount_shift: Option<u32>,
     /// `--soft-mmu`: every memory access through the soft TLB (testing).
     pub soft_mmu: bool,
+    /// `--text-screen FILE`: write the VGA text screen there at exit.
+    pub text_screen: Option<PathBuf>,
 }
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
@@ -201,6 +203,9 @@ struct RawArgs {
     /// instead of the shadow window (for testing the soft form)
     #[arg(long = "soft-mmu")]
     soft_mmu: bool,
+    /// At exit, write the VGA text screen (80x25, as text) to FILE
+    #[arg(long = "text-screen", value_name = "FILE")]
+    text_screen: Option<PathBuf>,
 
     /// Accepted for QEMU compatibility: only `none`
     #[arg(long, value_name = "TYPE")]
@@ -264,6 +269,7 @@ const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("cache-size", true),
     ("icount", true),
     ("soft-mmu", false),
+    ("text-screen", true),
     ("help", false),
     ("version", false),
 ];
@@ -399,6 +405,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
             None => None,
         },
         soft_mmu: raw.soft_mmu,
+        text_screen: raw.text_screen,
     })
 }
 
@@ -572,6 +579,7 @@ mod tests {
                 cache_bytes: None,
                 icount_shift: None,
                 soft_mmu: false,
+                text_screen: None,
             }
         );
     }
@@ -691,6 +699,7 @@ mod tests {
         assert!(ok(&["-stats", "k"]).stats);
         assert!(ok(&["--soft-mmu", "k"]).soft_mmu);
         assert!(!ok(&["k"]).soft_mmu);
+        assert_eq!(ok(&["--text-screen", "/tmp/s", "k"]).text_screen, Some(PathBuf::from("/tmp/s")));
     }
 
     #[test]

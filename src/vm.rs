@@ -54,6 +54,12 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
     let path = config.image.display().to_string();
     let image = std::fs::read(&config.image).map_err(|source| VmError::Image { path: path.clone(), source })?;
     let mut mem = GuestMemory::new(config.mem_bytes)?;
+    // The VGA's legacy window, in the text mode the BIOS leaves it in.
+    mem.add_mmio(
+        crate::devices::vga::VGA_WINDOW_BASE,
+        crate::devices::vga::VGA_WINDOW_SIZE,
+        Box::<crate::devices::vga::VgaText>::default(),
+    );
     let cmdline = multiboot_cmdline(&config.image, &config.append);
     let boot = load_multiboot(&image, mem.ram_mut(), &cmdline, LOADER_NAME)
         .map_err(|source| VmError::Load { path, source })?;

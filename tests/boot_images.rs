@@ -101,6 +101,22 @@ fn soft_mmu_matches_golden() {
     }
 }
 
+/// The paging kernel writes a line into the VGA text buffer through a page
+/// mapping device memory; `--text-screen` renders what the device holds.
+#[test]
+fn vga_text_screen_through_paging() {
+    let out = std::env::temp_dir().join(format!("btvisor-screen-{}.txt", std::process::id()));
+    let args: Vec<String> = ["--text-screen", &out.display().to_string(), "-serial", "null", "guest-images/paging.elf"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let r = run_btvisor(&args);
+    let screen = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(r.status.and_then(|s| s.code()), Some(1), "stderr: {}", r.stderr);
+    assert_eq!(screen.lines().next(), Some("PAGING MMIO OK"), "screen:\n{screen}");
+}
+
 #[test]
 fn boot_hello() {
     boot_and_compare("hello");

@@ -216,7 +216,8 @@ impl Env<'_> {
         if !self.mem.paging().enabled() {
             // Identity: a fixed 4-byte load, masked (bytes outside RAM read as ones).
             let a = addr as usize;
-            if let Some(w) = self.mem.ram().get(a..a + 4) {
+            if let Some(w) = self.mem.ram().get(a..a + 4).filter(|_| self.mem.is_ram(addr) && self.mem.is_ram(addr + 3))
+            {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                 return if size >= 4 { v } else { v & ((1u32 << (8 * size)) - 1) };
             }
@@ -227,7 +228,7 @@ impl Env<'_> {
             // Within one page: one translation, one load.
             let Some(p) = self.phys_read(addr, user) else { return 0 };
             let a = p as usize;
-            if let Some(w) = self.mem.ram().get(a..a + 4) {
+            if let Some(w) = self.mem.ram().get(a..a + 4).filter(|_| self.mem.is_ram(p) && self.mem.is_ram(p + 3)) {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                 return if size >= 4 { v } else { v & ((1u32 << (8 * size)) - 1) };
             }
@@ -903,6 +904,27 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         _ if i.flow_control() == iced_x86::FlowControl::ConditionalBranch => {
             return near_branch(env, i);
         }
+        // Reached only for accesses to device memory (`emulates_device_access`).
+        M::Mov => {
+            let size = mov_size(i);
+            let v = env.op(i, 1, size)?;
+            env.set_op(i, 0, size, v)?;
+        }
+        M::Movzx | M::Movsx => {
+            let from = if i.op1_kind() == OpKind::Memory { i.memory_size().size() } else { i.op1_register().size() };
+            let v = env.op(i, 1, from)?;
+            let v = match (i.mnemonic(), from) {
+                (M::Movsx, 1) => v as u8 as i8 as i32 as u32,
+                (M::Movsx, 2) => v as u16 as i16 as i32 as u32,
+                _ => v,
+            };
+            env.set_reg(i.op0_register(), v);
+        }
+        M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Lodsb | M::Lodsw | M::Lodsd
+            if !crate::decode::has_16bit_addressing(i) =>
+        {
+            return string_mem(env, i);
+        }
         M::Movsb
         | M::Movsw
         | M::Movsd
@@ -925,6 +947,86 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         _ => {
             log::warn!("instruction at {:#010x} ({:?}) is not emulated: raising #UD", i.ip32(), i.code());
             return Err(ud());
+        }
+    }
+    Ok(Flow::Next)
+}
+
+/// Can `execute` carry out `i` when its memory operand is device memory?
+pub fn emulates_device_access(i: &Instruction) -> bool {
+    use Mnemonic as M;
+    let plain_mov = i.mnemonic() == M::Mov
+        && !(0..i.op_count()).any(|n| {
+            i.op_kind(n) == OpKind::Register && {
+                let r = i.op_register(n);
+                r.is_segment_register() || r.is_cr() || r.is_dr()
+            }
+        });
+    let string = matches!(
+        i.mnemonic(),
+        M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Lodsb | M::Lodsw | M::Lodsd
+    ) && !crate::decode::has_16bit_addressing(i);
+    plain_mov || string || matches!(i.mnemonic(), M::Movzx | M::Movsx)
+}
+
+/// Operand size of a MOV between registers, memory and immediates.
+fn mov_size(i: &Instruction) -> usize {
+    if i.op0_kind() == OpKind::Register {
+        i.op0_register().size()
+    } else if i.op1_kind() == OpKind::Register {
+        i.op1_register().size()
+    } else {
+        i.memory_size().size()
+    }
+}
+
+/// MOVS/STOS/LODS with 32-bit addressing, with or without REP, carried out
+/// whole (they reached the VMM because they touch device memory).
+fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
+    use Mnemonic as M;
+    let size: usize = match i.mnemonic() {
+        M::Movsb | M::Stosb | M::Lodsb => 1,
+        M::Movsw | M::Stosw | M::Lodsw => 2,
+        _ => 4,
+    };
+    let rep = i.has_rep_prefix() || i.has_repe_prefix();
+    let step = if env.flag(crate::cpu::flags::DF) { (size as u32).wrapping_neg() } else { size as u32 };
+    let src_seg = match i.segment_prefix() {
+        Register::None => crate::cpu::SEG_DS,
+        r => seg_index(r).unwrap_or(crate::cpu::SEG_DS),
+    };
+    let (src_base, dst_base) = (env.cpu.seg[src_seg].base, env.cpu.seg[crate::cpu::SEG_ES].base);
+    let mut count = if rep { env.cpu.reg(crate::cpu::ECX) } else { 1 };
+    while count > 0 {
+        let (esi, edi) = (env.cpu.reg(crate::cpu::ESI), env.cpu.reg(crate::cpu::EDI));
+        match i.mnemonic() {
+            M::Movsb | M::Movsw | M::Movsd => {
+                let v = env.read(src_base.wrapping_add(esi), size);
+                env.write(dst_base.wrapping_add(edi), size, v);
+            }
+            M::Stosb | M::Stosw | M::Stosd => {
+                let v = env.cpu.reg(crate::cpu::EAX);
+                env.write(dst_base.wrapping_add(edi), size, v);
+            }
+            _ => {
+                let v = env.read(src_base.wrapping_add(esi), size);
+                let r = [Register::AL, Register::AX, Register::None, Register::EAX][size - 1];
+                env.set_reg(r, v);
+            }
+        }
+        if env.page_fault.get().is_some() {
+            // The caller rolls the registers back and raises #PF.
+            return Ok(Flow::Next);
+        }
+        if !matches!(i.mnemonic(), M::Stosb | M::Stosw | M::Stosd) {
+            env.cpu.set_reg(crate::cpu::ESI, esi.wrapping_add(step));
+        }
+        if !matches!(i.mnemonic(), M::Lodsb | M::Lodsw | M::Lodsd) {
+            env.cpu.set_reg(crate::cpu::EDI, edi.wrapping_add(step));
+        }
+        count -= 1;
+        if rep {
+            env.cpu.set_reg(crate::cpu::ECX, count);
         }
     }
     Ok(Flow::Next)

@@ -12,6 +12,7 @@ pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod uart;
+pub mod vga;
 
 use thiserror::Error;
 

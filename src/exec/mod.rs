@@ -1135,6 +1135,9 @@ impl Engine {
         if let Some(&(_, write_only)) = self.watch_pages.iter().find(|(p, _)| *p == page) {
             return self.watch_fault(gaddr, f.write || !write_only);
         }
+        if self.mem.is_mmio(gaddr) {
+            return self.device_access();
+        }
         if self.mem.is_ram(gaddr) {
             if f.write && self.mem.is_protected(gaddr) {
                 // Self-modifying code: drop the page's translations, then run
@@ -1178,6 +1181,7 @@ impl Engine {
                 self.code_written(phys);
                 self.step_one()
             }
+            ShadowFault::Mmio(_) => self.device_access(),
             ShadowFault::Hole(_) => {
                 // A write to a hole (no device memory exists): dropped, the
                 // instruction is skipped. Reads were mapped to all ones.
@@ -1187,6 +1191,21 @@ impl Engine {
                 Step::Continue
             }
         }
+    }
+
+    /// The instruction at EIP touched device memory (state precise before
+    /// it): the VMM executes it, its accesses going to the device. Only the
+    /// forms drivers use for device memory are emulated (MOV, MOVZX, MOVSX,
+    /// MOVS/STOS/LODS); any other is skipped with a warning.
+    fn device_access(&mut self) -> Step {
+        let i = self.decode_at(self.cpu.hot.eip);
+        if interp::emulates_device_access(&i) {
+            self.stats.device_accesses += 1;
+            return self.emulate();
+        }
+        log::warn!("{:?} at {:#010x} on device memory is not emulated: skipped", i.mnemonic(), i.ip32());
+        self.cpu.hot.eip = i.next_ip32();
+        Step::Continue
     }
 
     /// Score a host fault of the instruction at EIP; once it has faulted

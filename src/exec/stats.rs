@@ -20,6 +20,8 @@ pub struct Stats {
     pub smc_pages: u64,
     pub invalidated_blocks: u64,
     pub hole_writes: u64,
+    /// Instructions emulated because they accessed device memory.
+    pub device_accesses: u64,
     pub page_faults: u64,
     pub hidden_faults: u64,
     pub tlb_flushes: u64,
@@ -89,6 +91,7 @@ impl Stats {
             "  paging: {} hidden faults, {} guest page faults, {} TLB flushes, {} INVLPGs in translated code",
             self.hidden_faults, self.page_faults, self.tlb_flushes, self.inline_invlpgs
         );
+        let _ = writeln!(s, "  device memory accesses  {}", self.device_accesses);
         let _ = writeln!(s, "  external interrupts     {} ({} HLT sleeps)", self.interrupts, self.halt_sleeps);
         let c = self.callout_list();
         let _ = writeln!(s, "  callouts by instruction:");

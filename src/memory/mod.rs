@@ -87,6 +87,21 @@ fn reserve_window() -> Result<(usize, usize), MemoryError> {
     }
 }
 
+/// A device at guest physical addresses. Accesses from translated code fault
+/// (device pages are never mapped in a window) and reach it through the VMM.
+pub trait MmioDevice: Send {
+    /// Read `size` (1, 2 or 4) bytes at `offset` into the region, little-endian.
+    fn read(&mut self, offset: u32, size: u8) -> u32;
+    fn write(&mut self, offset: u32, size: u8, value: u32);
+}
+
+/// A device's physical range.
+struct MmioRegion {
+    base: u32,
+    len: u32,
+    dev: Box<dyn MmioDevice>,
+}
+
 /// Guest RAM plus its host window.
 pub struct GuestMemory {
     reservation: NonNull<u8>,
@@ -103,6 +118,11 @@ pub struct GuestMemory {
     /// since the bit was last cleared (INVLPG of such a page must unchain
     /// blocks, which only the engine can do).
     code_lin: Vec<u64>,
+    /// Memory-mapped devices (they shadow RAM where they overlap it).
+    mmio: std::cell::RefCell<Vec<MmioRegion>>,
+    /// (first address, length) of the range spanning every device: a
+    /// quick test for the common case of an address far from all of them.
+    mmio_span: (u32, u32),
 }
 
 // SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
@@ -144,6 +164,8 @@ impl GuestMemory {
                 protected: vec![false; ram / PAGE_SIZE],
                 shadow: shadow::Shadow::default(),
                 code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
+                mmio: Default::default(),
+                mmio_span: (0, 0),
             };
             if alias == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM alias"));
@@ -223,6 +245,10 @@ impl GuestMemory {
         self.alias.as_ptr()
     }
 
+    fn has_mmio(&self) -> bool {
+        self.mmio_span.1 != 0
+    }
+
     /// Record that code was fetched through the linear page of `lin`.
     pub fn mark_code_lin(&mut self, lin: u32) {
         let p = (lin >> 12) as usize;
@@ -248,9 +274,62 @@ impl GuestMemory {
         self.code_lin[p / 64] & (1 << (p % 64)) != 0
     }
 
-    /// Whether guest physical address `addr` is RAM.
+    /// Whether guest physical address `addr` is RAM (not a device).
     pub fn is_ram(&self, addr: u32) -> bool {
-        (addr as usize) < self.ram_size
+        (addr as usize) < self.ram_size && !self.is_mmio(addr)
+    }
+
+    /// Whether a device claims guest physical address `addr`.
+    pub fn is_mmio(&self, addr: u32) -> bool {
+        addr.wrapping_sub(self.mmio_span.0) < self.mmio_span.1
+            && self.mmio.borrow().iter().any(|r| addr.wrapping_sub(r.base) < r.len)
+    }
+
+    /// Attach a device at physical `[base, base + len)` (page-aligned). Its
+    /// pages are never mapped in a window, so every access reaches it.
+    pub fn add_mmio(&mut self, base: u32, len: u32, dev: Box<dyn MmioDevice>) {
+        self.mmio.get_mut().push(MmioRegion { base, len, dev });
+        let lo = self.mmio.get_mut().iter().map(|r| r.base as u64).min().unwrap_or(0);
+        let hi = self.mmio.get_mut().iter().map(|r| r.base as u64 + r.len as u64).max().unwrap_or(0);
+        self.mmio_span = (lo as u32, (hi - lo).min(u32::MAX as u64) as u32);
+        if !self.shadow.enabled() {
+            self.unmap_mmio_identity();
+        }
+    }
+
+    /// Make the device pages of the identity window inaccessible.
+    fn unmap_mmio_identity(&mut self) {
+        for r in self.mmio.get_mut().iter() {
+            // SAFETY: the range lies inside our own window reservation.
+            unsafe {
+                libc::mmap(
+                    (self.window + r.base as usize) as *mut libc::c_void,
+                    r.len as usize,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                );
+            }
+        }
+    }
+
+    /// A device access of `size` bytes at `addr` if one device claims all of
+    /// them: `Some(value read)` (for a write, the value written).
+    fn mmio_access(&self, addr: u32, size: usize, write: Option<u32>) -> Option<u32> {
+        let mut regions = self.mmio.borrow_mut();
+        let r = regions.iter_mut().find(|r| {
+            let off = addr.wrapping_sub(r.base);
+            off < r.len && off as u64 + size as u64 <= r.len as u64
+        })?;
+        let off = addr - r.base;
+        match write {
+            Some(v) => {
+                r.dev.write(off, size as u8, v);
+                Some(v)
+            }
+            None => Some(r.dev.read(off, size as u8)),
+        }
     }
 
     /// Is the page containing `addr` write-protected for translated code?
@@ -311,8 +390,25 @@ impl GuestMemory {
         }
     }
 
-    /// Read guest physical memory; bytes outside RAM read as all ones.
+    /// Read guest physical memory; devices answer for their ranges, other
+    /// bytes outside RAM read as all ones.
     pub fn read(&self, addr: u32, buf: &mut [u8]) {
+        if self.has_mmio() && (addr..=addr.wrapping_add(buf.len().max(1) as u32 - 1)).any(|a| self.is_mmio(a)) {
+            if buf.len() <= 4 {
+                if let Some(v) = self.mmio_access(addr, buf.len(), None) {
+                    buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
+                    return;
+                }
+            }
+            for (i, b) in buf.iter_mut().enumerate() {
+                let a = addr.wrapping_add(i as u32);
+                *b = match self.mmio_access(a, 1, None) {
+                    Some(v) => v as u8,
+                    None => self.ram().get(a as usize).copied().unwrap_or(0xFF),
+                };
+            }
+            return;
+        }
         let ram = self.ram();
         if let Some(src) = ram.get(addr as usize..addr as usize + buf.len()) {
             buf.copy_from_slice(src);
@@ -324,8 +420,27 @@ impl GuestMemory {
         }
     }
 
-    /// Write guest physical memory; bytes outside RAM are dropped.
+    /// Write guest physical memory; devices take their ranges, other bytes
+    /// outside RAM are dropped.
     pub fn write(&mut self, addr: u32, data: &[u8]) {
+        if self.has_mmio() && (addr..=addr.wrapping_add(data.len().max(1) as u32 - 1)).any(|a| self.is_mmio(a)) {
+            if data.len() <= 4 {
+                let mut v = [0u8; 4];
+                v[..data.len()].copy_from_slice(data);
+                if self.mmio_access(addr, data.len(), Some(u32::from_le_bytes(v))).is_some() {
+                    return;
+                }
+            }
+            for (i, &b) in data.iter().enumerate() {
+                let a = addr.wrapping_add(i as u32);
+                if self.mmio_access(a, 1, Some(b as u32)).is_none() {
+                    if let Some(r) = self.ram_mut().get_mut(a as usize) {
+                        *r = b;
+                    }
+                }
+            }
+            return;
+        }
         let ram = self.ram_mut();
         if let Some(dst) = ram.get_mut(addr as usize..addr as usize + data.len()) {
             dst.copy_from_slice(data);

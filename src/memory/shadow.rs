@@ -129,6 +129,8 @@ pub enum ShadowFault {
     CodeWrite(u32),
     /// The linear address maps a physical address outside RAM.
     Hole(u32),
+    /// The linear address maps a device: the access must be emulated.
+    Mmio(u32),
 }
 
 fn key(win: u8, lin_page: u32) -> u64 {
@@ -222,6 +224,7 @@ impl GuestMemory {
                 }
                 self.shadow.cur = 0;
                 self.map_identity();
+                self.unmap_mmio_identity();
             }
             (true, true) => {
                 if old.cr0 != new.cr0 || old.cr4 != new.cr4 {
@@ -463,6 +466,9 @@ impl GuestMemory {
         let (pde, pte) = mmu::entries(self.ram(), regs, lin);
         self.limit_mappings();
         let cur = self.shadow.cur;
+        if self.is_mmio(t.phys_page) {
+            return ShadowFault::Mmio(t.phys_page);
+        }
         if !self.is_ram(t.phys_page) {
             if !write {
                 // Reads of a hole see all ones: an anonymous read-only page.

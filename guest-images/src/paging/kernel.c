@@ -25,6 +25,9 @@
  *   refault  the same instructions faulting again and again on a page the
  *            handler maps on demand (CPL 0 and 3, reads, writes, an access
  *            straddling into a mapped page)
+ *   mmio     pages mapping the VGA text buffer (device memory) reach the
+ *            device: MOV, MOVZX, REP STOSW, REP MOVSD, CPL 3, the part of
+ *            the window text mode does not decode; leaves a line on screen
  * Expected values follow the SDM (vol. 3 ch. 4); output recorded on QEMU.
  * Prints "PASS|FAIL name got X want Y", then "N passed, M failed"; exits
  * with V=M. An unexpected exception prints its frame and exits with 255.
@@ -1144,6 +1147,54 @@ static void t_refault(void)
     check2("refault: user read aborts", "cr2", last.cr2, REFAULT_L + 0x24);
 }
 
+static void t_mmio(void)
+{
+    const uint32_t LV = 0x40030000, LA = 0x40031000, LU = 0x40032000;
+    const uint32_t S = 0x140;           /* scratch cells from row 2 on */
+    map(pd0, LV, 0xB8000, P | W);
+    map(pd0, LA, 0xA0000, P | W);
+    map(pd0, LU, 0xB8000, P | W | U);
+    wr(LV + S, 0x1F421F41);
+    check("mmio: dword read back through the mapping", rd(LV + S), 0x1F421F41);
+    check("mmio: seen at the identity address", rd(0xB8000 + S), 0x1F421F41);
+    check("mmio: A|D set in the PTE", *pte_of(pd0, LV) & (A | D), A | D);
+    wr8(0xB8000 + S + 2, 0x43);
+    check("mmio: byte stored at identity, read through mapping", rd8(LV + S + 2), 0x43);
+    check("mmio: movzx word", *(volatile uint16_t *)(LV + S + 2), 0x1F43);
+    wr8(LV + S + 0x70, 0x8F);
+    check("mmio: movsx byte", (uint32_t)(int32_t) * (volatile int8_t *)(LV + S + 0x70), 0xFFFFFF8F);
+
+    uint32_t d = LV + S + 0x20, c = 4, v = 0x0720;
+    __asm__ volatile("cld\n\trep stosw" : "+D"(d), "+c"(c) : "a"(v) : "memory");
+    check("mmio: rep stosw", rd(LV + S + 0x20), 0x07200720);
+    check("mmio: rep stosw end", rd(LV + S + 0x24), 0x07200720);
+    check2("mmio: rep stosw", "edi after", d, LV + S + 0x28);
+    check2("mmio: rep stosw", "ecx after", c, 0);
+    static const uint32_t src[4] = { 0x0A310A30, 0x0A330A32, 0x0A350A34, 0x0A370A36 };
+    uint32_t sp = (uint32_t)src;
+    d = LV + S + 0x40;
+    c = 4;
+    __asm__ volatile("cld\n\trep movsl" : "+S"(sp), "+D"(d), "+c"(c) : : "memory");
+    uint32_t bad = 0;
+    for (int k = 0; k < 4; k++)
+        if (rd(0xB8000 + S + 0x40 + 4 * k) != src[k])
+            bad++;
+    check("mmio: rep movsd from RAM", bad, 0);
+
+    check("mmio: CPL 3 read through a user mapping", run_user(user_read, LU + S), 0x1F431F41);
+    check("mmio: CPL 3 write", run_user(user_write, LU + S + 0x60), 0);
+    check("mmio: CPL 3 write seen", rd(0xB8000 + S + 0x60), 0x55AA55AA);
+
+    check("mmio: 0xA0000 not decoded in text mode", rd(LA), 0xFFFFFFFF);
+    wr(LA + 4, 0x12345678);
+    check("mmio: write there is dropped", rd(LA + 4), 0xFFFFFFFF);
+
+    static const char msg[] = "PAGING MMIO OK";
+    for (uint32_t k = 0; msg[k]; k++)
+        wr8(LV + 2 * k, (uint8_t)msg[k]), wr8(LV + 2 * k + 1, 0x07);
+    check("mmio: message on screen", rd8(0xB8000 + 2 * 7), 'M');
+}
+
 int kmain(void);
 int kmain(void)
 {
@@ -1165,6 +1216,7 @@ int kmain(void)
     t_pg();
     t_spaces();
     t_refault();
+    t_mmio();
     put_dec(n_pass);
     puts_serial(" passed, ");
     put_dec(n_fail);
