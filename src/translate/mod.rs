@@ -121,6 +121,8 @@ pub struct Translator<'a> {
     /// register: `mem_op` leaves out GS and the address-size override.
     host_mem: bool,
     soft_all: bool,
+    /// Operand-access analysis for soft-form candidates (made on first use).
+    info: Option<iced_x86::InstructionInfoFactory>,
 }
 
 /// The exception an x87/MMX/SSE instruction raises in `mode` because of
@@ -330,6 +332,7 @@ impl<'a> Translator<'a> {
             soft: None,
             host_mem: false,
             soft_all: false,
+            info: None,
         }
     }
 
@@ -685,7 +688,8 @@ impl<'a> Translator<'a> {
             }
             let soft = self.soft_all || self.soft.is_some_and(|s| s.contains_key(&i.ip32()));
             if soft && !crate::decode::has_16bit_addressing(i) {
-                if let Some((size, write)) = soft::eligible(i) {
+                let f = self.info.get_or_insert_with(iced_x86::InstructionInfoFactory::new);
+                if let Some((size, write)) = soft::eligible(i, f) {
                     self.ident_soft(i, bytes, size, write, high, opcode_override);
                     return;
                 }

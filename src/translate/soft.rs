@@ -49,7 +49,7 @@ pub const KIND_USER: u32 = 2;
 
 /// Can `i` (flat segment, 32-bit addressing) take the soft form? Returns the
 /// size of its memory access and whether it writes.
-pub(super) fn eligible(i: &Instruction) -> Option<(usize, bool)> {
+pub(super) fn eligible(i: &Instruction, f: &mut InstructionInfoFactory) -> Option<(usize, bool)> {
     use Mnemonic as M;
     let size = i.memory_size().size();
     if size == 0 || size > MAX_SIZE {
@@ -72,7 +72,6 @@ pub(super) fn eligible(i: &Instruction) -> Option<(usize, bool)> {
     {
         return None;
     }
-    let mut f = InstructionInfoFactory::new();
     let info = f.info(i);
     let mems = info.used_memory();
     if mems.len() != 1 {
