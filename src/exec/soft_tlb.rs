@@ -69,6 +69,10 @@ impl SoftTlb {
     /// Enter the page of `lin` in table `kind`; `host_page` is the host
     /// address of its RAM.
     pub fn fill(&mut self, hot: &mut HotState, kind: u32, lin: u32, host_page: u64) {
+        if self.used.len() >= SOFT_TLB_ENTRIES * SOFT_TLB_KINDS {
+            // Refilled slots are listed again: start over rather than grow.
+            self.flush_all(hot);
+        }
         let s = slot(kind, lin);
         hot.soft_tlb[s] = [tag(lin), host_page.wrapping_sub((lin & !0xFFF) as u64)];
         self.used.push(s as u16);
@@ -104,5 +108,41 @@ pub fn flush_page(hot: &mut HotState, lin: u32) {
         if hot.soft_tlb[s][0] == tag(lin) {
             hot.soft_tlb[s][0] = SOFT_EMPTY_TAG;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_flushes_and_scores() {
+        let mut hot = HotState::new_boxed();
+        let mut t = SoftTlb::default();
+        t.fill(&mut hot, KIND_WRITE, 0x1234_5678, 0x7000_0000_0000);
+        assert!(t.holds(&hot, KIND_WRITE, 0x1234_5000));
+        assert!(!t.holds(&hot, 0, 0x1234_5000), "other kind");
+        assert!(!t.holds(&hot, KIND_WRITE, 0x1334_5000), "same slot, other page");
+        // host address = linear address + addend
+        let e = hot.soft_tlb[slot(KIND_WRITE, 0x1234_5678)];
+        assert_eq!(e[1].wrapping_add(0x1234_5678), 0x7000_0000_0678);
+        t.fill(&mut hot, 0, 0x9000, 0x7000_0001_0000);
+        t.flush_writes(&mut hot);
+        assert!(!t.holds(&hot, KIND_WRITE, 0x1234_5000));
+        assert!(t.holds(&hot, 0, 0x9000));
+        flush_page(&mut hot, 0x9ABC);
+        assert!(!t.holds(&hot, 0, 0x9000));
+        // Refilling one slot forever does not grow the list without bound.
+        for _ in 0..10_000 {
+            t.fill(&mut hot, 0, 0x9000, 0x7000_0001_0000);
+        }
+        assert!(t.used.len() <= SOFT_TLB_ENTRIES * SOFT_TLB_KINDS);
+        assert!(t.holds(&hot, 0, 0x9000));
+        // Two true faults, or eight hidden ones, make an instruction soft.
+        assert!(!t.note_fault(0x100, true));
+        assert!(t.note_fault(0x100, true));
+        assert!(!t.note_fault(0x100, true), "already soft");
+        assert!((0..7).all(|_| !t.note_fault(0x200, false)));
+        assert!(t.note_fault(0x200, false));
     }
 }

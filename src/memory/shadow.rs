@@ -610,3 +610,90 @@ pub(super) fn release(sh: &mut Shadow) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::mmu::{CR0_PG, pte};
+
+    const PD_A: u32 = 0x1000;
+    const PD_B: u32 = 0x2000;
+    const PT: u32 = 0x3000;
+    const LIN: u32 = 0x5000;
+
+    fn regs(cr3: u32) -> PagingRegs {
+        PagingRegs { cr0: CR0_PG | 1, cr3, cr4: 0 }
+    }
+
+    fn set(m: &mut GuestMemory, addr: u32, v: u32) {
+        m.write(addr, &v.to_le_bytes());
+    }
+
+    fn mapped(m: &GuestMemory, win: u8, lin: u32) -> bool {
+        m.shadow.contexts[m.shadow.cur].mapped.contains_key(&key(win, lin))
+    }
+
+    /// Both directories share the page table mapping LIN -> 0x9000.
+    fn setup() -> GuestMemory {
+        let mut m = GuestMemory::new(1 << 20).expect("memory");
+        for pd in [PD_A, PD_B] {
+            set(&mut m, pd, PT | pte::P | pte::RW | pte::US);
+        }
+        set(&mut m, PT + 4 * (LIN >> 12), 0x9000 | pte::P | pte::RW);
+        set(&mut m, 0x9000, 0xC0FF_EE00);
+        m
+    }
+
+    #[test]
+    fn contexts_survive_switches_and_revalidate() {
+        let mut m = setup();
+        m.set_paging(regs(PD_A), true);
+        let wa = m.window_for(0);
+        assert_eq!(m.shadow_fault(0, LIN + 4, false), ShadowFault::Mapped);
+        // SAFETY: the fault just mapped this page of the window read-only.
+        assert_eq!(unsafe { std::ptr::read_volatile((wa + LIN as usize) as *const u32) }, 0xC0FF_EE00);
+        assert_eq!(m.read_u32(PT + 4 * (LIN >> 12)) & (pte::A | pte::D), pte::A, "A set by the walk");
+
+        m.set_paging(regs(PD_B), true);
+        assert_ne!(m.window_for(0), wa, "another address space, other windows");
+        assert!(!mapped(&m, 0, LIN));
+        m.set_paging(regs(PD_A), true);
+        assert_eq!(m.window_for(0), wa);
+        assert!(mapped(&m, 0, LIN), "unchanged entries keep their mapping");
+
+        // The PTE changes while B runs; loading A's CR3 drops the mapping.
+        m.set_paging(regs(PD_B), true);
+        set(&mut m, PT + 4 * (LIN >> 12), 0xA000 | pte::P | pte::RW | pte::A);
+        m.set_paging(regs(PD_A), true);
+        assert!(!mapped(&m, 0, LIN));
+        // So does clearing the accessed bit (the next access must set it).
+        assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
+        set(&mut m, PT + 4 * (LIN >> 12), 0xA000 | pte::P | pte::RW);
+        m.set_paging(regs(PD_A), true);
+        assert!(!mapped(&m, 0, LIN), "a reload of the same CR3 revalidates too");
+
+        // INVLPG reaches every context.
+        assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
+        m.set_paging(regs(PD_B), true);
+        m.invlpg(LIN);
+        m.set_paging(regs(PD_A), true);
+        assert!(!mapped(&m, 0, LIN));
+    }
+
+    #[test]
+    fn many_address_spaces_recycle_contexts() {
+        let mut m = setup();
+        for k in 0..(MAX_CONTEXTS as u32 + 3) {
+            let pd = 0x20000 + k * 0x1000;
+            set(&mut m, pd, PT | pte::P | pte::RW | pte::US);
+            m.set_paging(regs(pd), true);
+            assert_eq!(m.shadow_fault(0, LIN, true), ShadowFault::Mapped);
+            assert!(mapped(&m, 0, LIN));
+        }
+        assert_eq!(m.shadow.contexts.len(), MAX_CONTEXTS);
+        // Paging off: one identity window again, no shadow left.
+        m.set_paging(PagingRegs { cr0: 1, cr3: 0, cr4: 0 }, false);
+        assert_eq!(m.window_for(0), m.window_base());
+        assert!(m.shadow.contexts.iter().all(|c| c.mapped.is_empty()));
+    }
+}
