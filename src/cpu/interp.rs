@@ -67,8 +67,8 @@ pub struct Env<'a> {
     pub page_fault: std::cell::Cell<Option<(u32, u32)>>,
     /// INVLPG executed: this linear address's translations must go.
     pub invlpg: Option<u32>,
-    /// A MOV to CR0, CR3 or CR4 executed (a CR3 reload flushes the TLB even
-    /// when the value is unchanged).
+    /// A MOV to CR3 executed (it flushes the TLB even when the value is
+    /// unchanged).
     pub cr_written: bool,
     /// Accesses are user-mode (CPL 3) for paging protection checks.
     pub user: bool,
@@ -1100,8 +1100,10 @@ fn string_io(env: &mut Env, i: &Instruction) -> R<Flow> {
 
 fn mov_cr(env: &mut Env, i: &Instruction) -> R<Flow> {
     if i.op0_register().is_cr() {
-        env.cr_written = true;
         let n = (i.op0_register() as u32 - Register::CR0 as u32) as usize;
+        // Only a CR3 load flushes whatever the value; CR0/CR4 changes that
+        // matter to translation show in `Cpu::paging_regs`.
+        env.cr_written = n == 3;
         let v = env.reg(i.op1_register());
         match n {
             0 => {

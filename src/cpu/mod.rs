@@ -427,8 +427,18 @@ impl Cpu {
     }
 
     /// The control registers paging depends on.
+    /// Only the bits translation depends on: a change of another bit
+    /// (CR0.TS on every lazy FPU switch, CR4.OSFXSR...) must not look like
+    /// a paging change, which would flush every shadow.
     pub fn paging_regs(&self) -> crate::memory::mmu::PagingRegs {
-        crate::memory::mmu::PagingRegs { cr0: self.cr[0], cr3: self.cr[3], cr4: self.cr[4] }
+        use crate::memory::mmu::{CR0_PG, CR0_WP, CR4_PGE, CR4_PSE};
+        /// CR0.PE
+        const CR0_PE: u32 = 1;
+        crate::memory::mmu::PagingRegs {
+            cr0: self.cr[0] & (CR0_PG | CR0_WP | CR0_PE),
+            cr3: self.cr[3],
+            cr4: self.cr[4] & (CR4_PSE | CR4_PGE),
+        }
     }
 
     /// Copy segment bases and valid offset ranges into `HotState` for the

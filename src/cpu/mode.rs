@@ -21,6 +21,8 @@ impl Mode {
     pub const NO_OSFXSR: u16 = 1 << 5;
     /// CR0.MP: WAIT raises #NM when TS is set.
     pub const MP: u16 = 1 << 6;
+    /// The bits that decide how FPU/MMX/SSE instructions trap.
+    pub const FPU_BITS: u16 = Self::TS | Self::EM | Self::NO_OSFXSR | Self::MP;
     /// EFLAGS.TF: single-step, one instruction per block.
     pub const TF: u16 = 1 << 7;
     /// Bits 8..13: segment register n (ES, CS, SS, DS, FS, GS) is not flat.

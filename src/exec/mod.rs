@@ -280,6 +280,12 @@ impl Engine {
             }
             let eip = self.cpu.hot.eip;
             let mode = self.cpu.mode();
+            if (mode.0 ^ self.mode.0) & Mode::FPU_BITS != 0 {
+                // The jump-cache tables are per CPL and "x87 traps", not per
+                // FPU mode: an inline lookup must not find a block translated
+                // for other CR0.TS/EM/MP or CR4.OSFXSR settings.
+                self.clear_jump_caches();
+            }
             self.mode = mode;
             // Debug-register execution breakpoints are faults taken before
             // the instruction, unless RF is set.
