@@ -980,8 +980,12 @@ fn mov_size(i: &Instruction) -> usize {
     }
 }
 
-/// MOVS/STOS/LODS with 32-bit addressing, with or without REP, carried out
-/// whole (they reached the VMM because they touch device memory).
+/// Iterations of a REP string instruction on device memory done per
+/// emulation before the instruction is restarted where it stopped.
+const STRING_CHUNK: u32 = 4096;
+
+/// MOVS/STOS/LODS with 32-bit addressing, with or without REP (they reached
+/// the VMM because they touch device memory).
 fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
     use Mnemonic as M;
     let size: usize = match i.mnemonic() {
@@ -997,7 +1001,14 @@ fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
     };
     let (src_base, dst_base) = (env.cpu.seg[src_seg].base, env.cpu.seg[crate::cpu::SEG_ES].base);
     let mut count = if rep { env.cpu.reg(crate::cpu::ECX) } else { 1 };
+    // A long REP stops between iterations now and then (as translated REP
+    // string instructions do) so that interrupts and the timer get a look.
+    let mut budget = STRING_CHUNK;
     while count > 0 {
+        if budget == 0 {
+            return Ok(Flow::Jump(i.ip32()));
+        }
+        budget -= 1;
         let (esi, edi) = (env.cpu.reg(crate::cpu::ESI), env.cpu.reg(crate::cpu::EDI));
         match i.mnemonic() {
             M::Movsb | M::Movsw | M::Movsd => {
@@ -1377,6 +1388,49 @@ mod tests {
             execute(&mut env, &i)
         };
         (cpu, r)
+    }
+
+    #[test]
+    fn device_memory_moves_and_chunked_rep() {
+        use crate::devices::vga::{VGA_WINDOW_BASE, VGA_WINDOW_SIZE, VgaText};
+        let mut cpu = Cpu::new();
+        let mut mem = GuestMemory::new(1 << 20).expect("mem");
+        mem.add_mmio(VGA_WINDOW_BASE, VGA_WINDOW_SIZE, Box::<VgaText>::default());
+        let mut io = PortBus::new();
+        let mut written = Vec::new();
+        let mut exec = |cpu: &mut Cpu, mem: &mut GuestMemory, code: &[u8]| {
+            let i = Decoder::with_ip(32, code, 0x1000, DecoderOptions::NONE).decode();
+            assert!(emulates_device_access(&i), "{i}");
+            let mut env = Env::new(cpu, mem, &mut io, &mut written);
+            execute(&mut env, &i)
+        };
+        // mov dword [0xB8000], 0x1F421F41 ; movzx ecx, byte [0xB8002] ; movsx edx, byte [0xB8003]
+        exec(&mut cpu, &mut mem, &[0xC7, 0x05, 0x00, 0x80, 0x0B, 0x00, 0x41, 0x1F, 0x42, 0x9F]).expect("mov");
+        exec(&mut cpu, &mut mem, &[0x0F, 0xB6, 0x0D, 0x02, 0x80, 0x0B, 0x00]).expect("movzx");
+        exec(&mut cpu, &mut mem, &[0x0F, 0xBE, 0x15, 0x03, 0x80, 0x0B, 0x00]).expect("movsx");
+        assert_eq!(cpu.reg(ECX), 0x42);
+        assert_eq!(cpu.reg(EDX), 0xFFFF_FF9F);
+        // rep stosw over 5000 words: restarted in chunks until ECX is 0.
+        cpu.set_reg(EAX, 0x0720);
+        cpu.set_reg(ECX, 5000);
+        cpu.set_reg(EDI, 0xB8010);
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            match exec(&mut cpu, &mut mem, &[0xF3, 0x66, 0xAB]).expect("rep stosw") {
+                Flow::Next => break,
+                Flow::Jump(eip) => assert_eq!(eip, 0x1000, "restart at the instruction"),
+                f => panic!("{f:?}"),
+            }
+        }
+        assert_eq!(rounds, 2);
+        assert_eq!((cpu.reg(ECX), cpu.reg(EDI)), (0, 0xB8010 + 2 * 5000));
+        assert_eq!(mem.read_u32(0xB8010), 0x0720_0720);
+        assert_eq!(mem.read_u32(0xB8010 + 2 * 4998), 0x0720_0720);
+        assert_eq!(mem.read_u32(0xB8000), 0x9F42_1F41, "untouched before EDI");
+        // ADD on device memory is not one of the emulated forms.
+        let add = Decoder::with_ip(32, &[0x01, 0x05, 0, 0x80, 0x0B, 0], 0, DecoderOptions::NONE).decode();
+        assert!(!emulates_device_access(&add));
     }
 
     #[test]
