@@ -100,7 +100,6 @@ pub enum RunOutcome {
     InternalError(String),
 }
 
-/// A virtual machine's CPU, memory, devices and code cache.
 /// A true page fault raised by translated code.
 #[derive(Debug, Clone, Copy)]
 struct LastFault {
@@ -112,6 +111,7 @@ struct LastFault {
     soft: bool,
 }
 
+/// A virtual machine's CPU, memory, devices and code cache.
 pub struct Engine {
     pub cpu: Cpu,
     pub mem: GuestMemory,
