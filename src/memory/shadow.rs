@@ -364,14 +364,6 @@ impl GuestMemory {
         }
     }
 
-    /// Drop every shadow mapping of every context.
-    pub fn flush_shadow(&mut self) {
-        self.shadow.vmm_tlb.clear();
-        for ci in 0..self.shadow.contexts.len() {
-            self.flush_context(ci, false);
-        }
-    }
-
     /// Does a 4 MiB page map `lin` (with CR4.PSE)?
     pub fn large_page_at(&self, lin: u32) -> bool {
         let regs = self.shadow.regs;
