@@ -219,7 +219,7 @@ impl GuestMemory {
             }
             (true, false) => {
                 for ci in 0..self.shadow.contexts.len() {
-                    self.flush_context(ci, false);
+                    self.flush_context(ci);
                     self.shadow.contexts[ci].cr3 = NO_CR3;
                 }
                 self.shadow.cur = 0;
@@ -230,7 +230,7 @@ impl GuestMemory {
                 if old.cr0 != new.cr0 || old.cr4 != new.cr4 {
                     // Rights, page sizes or globalness changed: nothing cached holds.
                     for ci in 0..self.shadow.contexts.len() {
-                        self.flush_context(ci, false);
+                        self.flush_context(ci);
                         self.shadow.contexts[ci].cr3 = NO_CR3;
                     }
                 }
@@ -266,7 +266,7 @@ impl GuestMemory {
                     },
                     None => self.lru_context(),
                 };
-                self.flush_context(ci, false);
+                self.flush_context(ci);
                 self.shadow.contexts[ci].cr3 = pd;
                 ci
             }
@@ -353,15 +353,9 @@ impl GuestMemory {
         }
     }
 
-    /// Drop the mappings of context `ci` (all, or all but global ones).
-    fn flush_context(&mut self, ci: usize, keep_global: bool) {
-        let c = &self.shadow.contexts[ci];
-        let drop: Vec<u64> = c.mapped.iter().filter(|(_, e)| !(keep_global && e.global)).map(|(k, _)| *k).collect();
-        if drop.len() == c.mapped.len() {
-            self.clear_windows(ci);
-        } else {
-            self.drop_mappings(ci, drop);
-        }
+    /// Drop every mapping of context `ci`.
+    fn flush_context(&mut self, ci: usize) {
+        self.clear_windows(ci);
     }
 
     /// Does a 4 MiB page map `lin` (with CR4.PSE)?
@@ -437,11 +431,11 @@ impl GuestMemory {
         let cur = self.shadow.cur;
         for ci in 0..self.shadow.contexts.len() {
             if ci != cur {
-                self.flush_context(ci, false);
+                self.flush_context(ci);
             }
         }
         if self.shadow.contexts[cur].mapped.len() >= MAX_TOTAL_MAPPINGS / 2 {
-            self.flush_context(cur, false);
+            self.flush_context(cur);
         }
     }
 
