@@ -376,17 +376,24 @@ impl GuestMemory {
             self.tlb_drop_page(lin);
         }
         let mut any = false;
+        let large = regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0;
         for ci in 0..self.shadow.contexts.len() {
-            let c = &self.shadow.contexts[ci];
-            let keys: Vec<u64> = if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
+            let c = &mut self.shadow.contexts[ci];
+            if large {
                 let base = lin & 0xFFC0_0000;
-                c.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base).collect()
-            } else {
-                let page = lin & !(PAGE_SIZE as u32 - 1);
-                (0..2).map(|w| key(w, page)).filter(|k| c.mapped.contains_key(k)).collect()
-            };
-            any |= !keys.is_empty();
-            self.drop_mappings(ci, keys);
+                let keys: Vec<u64> = c.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base).collect();
+                any |= !keys.is_empty();
+                self.drop_mappings(ci, keys);
+                continue;
+            }
+            // One page (the common case): no list to build.
+            for w in 0..2 {
+                let k = key(w, lin & !(PAGE_SIZE as u32 - 1));
+                if c.forget(k).is_some() {
+                    unmap_range(host_addr(c.window, k), PAGE_SIZE);
+                    any = true;
+                }
+            }
         }
         any
     }

@@ -17,7 +17,8 @@
  * paging rows (default n/10), reps=R (default 5), ser=0|1|2 (RDTSC
  * serialization: none, CPUID (default), LFENCE), verbose=1 (print every
  * raw loop time), paging=0 (leave paging off and run only the rows that do
- * not need it, to see what paging costs the others).
+ * not need it, to see what paging costs the others), only=K (run only row K,
+ * counted from 1, besides the two empty loops: for profiling one path).
  *
  * Output: one "NAME: C cycles" line per benchmark, "empty: C cycles" being
  * the raw per-iteration cost of the empty loop. Exit value 0; an unexpected
@@ -351,6 +352,7 @@ int kmain(uint32_t magic, uint32_t info)
     uint32_t n = cmdline_uint("n", 100000);
     uint32_t reps = cmdline_uint("reps", 5);
     uint32_t verbose = cmdline_uint("verbose", 0);
+    uint32_t only = cmdline_uint("only", 0);
     ser_mode = cmdline_uint("ser", 1);
     if (n == 0)
         n = 1;
@@ -386,7 +388,10 @@ int kmain(uint32_t magic, uint32_t info)
         nb++;
 
     /* Warm-up: translate/cache every loop and handler once. */
+#define SKIP(b) (only != 0 && (b) >= 2 && (b) + 1 != only)
     for (unsigned b = 0; b < nb; b++) {
+        if (SKIP(b))
+            continue;
         uint32_t m = benches[b].paging ? pn : n;
         run(&benches[b], m < 1000 ? m : 1000);
     }
@@ -398,6 +403,8 @@ int kmain(uint32_t magic, uint32_t info)
        hits all of them alike; keep each one's minimum. */
     for (uint32_t r = 0; r < reps; r++)
         for (unsigned b = 0; b < nb; b++) {
+            if (SKIP(b))
+                continue;
             uint64_t t = run(&benches[b], benches[b].paging ? pn : n);
             if (t < best[b])
                 best[b] = t;
@@ -409,6 +416,8 @@ int kmain(uint32_t magic, uint32_t info)
         }
 
     for (unsigned b = 0; b < nb; b++) {
+        if (SKIP(b))
+            continue;
         const struct bench *x = &benches[b];
         puts_serial(x->name);
         puts_serial(": ");
