@@ -216,8 +216,7 @@ impl Env<'_> {
         if !self.mem.paging().enabled() {
             // Identity: a fixed 4-byte load, masked (bytes outside RAM read as ones).
             let a = addr as usize;
-            if let Some(w) = self.mem.ram().get(a..a + 4).filter(|_| self.mem.is_ram(addr) && self.mem.is_ram(addr + 3))
-            {
+            if let Some(w) = self.mem.ram().get(a..a + 4).filter(|_| self.mem.is_plain_ram(addr, 4)) {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                 return if size >= 4 { v } else { v & ((1u32 << (8 * size)) - 1) };
             }
@@ -228,7 +227,7 @@ impl Env<'_> {
             // Within one page: one translation, one load.
             let Some(p) = self.phys_read(addr, user) else { return 0 };
             let a = p as usize;
-            if let Some(w) = self.mem.ram().get(a..a + 4).filter(|_| self.mem.is_ram(p) && self.mem.is_ram(p + 3)) {
+            if let Some(w) = self.mem.ram().get(a..a + 4).filter(|_| self.mem.is_plain_ram(p, 4)) {
                 let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                 return if size >= 4 { v } else { v & ((1u32 << (8 * size)) - 1) };
             }
