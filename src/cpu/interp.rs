@@ -89,6 +89,7 @@ impl<'a> Env<'a> {
 
     /// Physical address of linear `lin` for a read, or None after recording
     /// a page fault (paging off: the identity).
+    #[inline]
     fn phys_read(&self, lin: u32, user: bool) -> Option<u32> {
         let regs = self.mem.paging();
         if !regs.enabled() {

@@ -230,6 +230,7 @@ impl GuestMemory {
     }
 
     /// Guest RAM as a host slice (the alias mapping, never write-protected).
+    #[inline]
     pub fn ram(&self) -> &[u8] {
         // SAFETY: alias maps ram_size bytes for the lifetime of self.
         unsafe { std::slice::from_raw_parts(self.alias.as_ptr(), self.ram_size) }
@@ -343,6 +344,7 @@ impl GuestMemory {
     }
 
     /// Is the page containing `addr` write-protected for translated code?
+    #[inline]
     pub fn is_protected(&self, addr: u32) -> bool {
         self.protected.get(addr as usize / PAGE_SIZE).copied().unwrap_or(false)
     }

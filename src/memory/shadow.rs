@@ -190,6 +190,7 @@ fn unmap_range(addr: usize, len: usize) {
 }
 
 impl GuestMemory {
+    #[inline]
     pub fn paging(&self) -> PagingRegs {
         self.shadow.regs
     }
@@ -524,6 +525,7 @@ impl GuestMemory {
 
     /// Translate a linear address for the VMM's own accesses (identity with
     /// paging off). Errors are page-fault error codes.
+    #[inline]
     pub fn translate(&mut self, lin: u32, write: bool, user: bool) -> Result<u32, u32> {
         let regs = self.shadow.regs;
         if !regs.enabled() {
@@ -539,6 +541,7 @@ impl GuestMemory {
 
     /// `translate` for reads through a shared reference (the interpreter's
     /// loads). The walk sets accessed bits as hardware does.
+    #[inline]
     pub fn translate_read(&self, lin: u32, user: bool) -> Result<u32, u32> {
         let regs = self.shadow.regs;
         if !regs.enabled() {
@@ -563,13 +566,16 @@ impl GuestMemory {
             Ok((t, [None, None])) if t.phys_page == phys)
     }
 
+    #[inline]
     fn tlb_key(lin: u32, write: bool, user: bool) -> (usize, u32) {
         let page = lin & !(PAGE_SIZE as u32 - 1);
-        let kind = (u32::from(user) << 1) | (u32::from(write) << 2);
-        // Read and write entries of one page live in different slots.
-        (((page >> 10) | kind) as usize % VMM_TLB_ENTRIES, page | kind)
+        let kind = u32::from(user) | (u32::from(write) << 1);
+        // Four slots per page number (one per kind), so neither the kinds
+        // of one page nor neighbouring pages evict each other.
+        ((((page >> 12) << 2) | kind) as usize % VMM_TLB_ENTRIES, page | (kind << 1))
     }
 
+    #[inline]
     fn tlb_get(&self, lin: u32, write: bool, user: bool) -> Option<u32> {
         let (slot, key) = Self::tlb_key(lin, write, user);
         let (k, p) = self.shadow.vmm_tlb.0[slot].get();
@@ -587,6 +593,7 @@ impl GuestMemory {
         }
     }
 
+    #[inline]
     fn tlb_put(&self, lin: u32, write: bool, user: bool, phys_page: u32) {
         let (slot, key) = Self::tlb_key(lin, write, user);
         self.shadow.vmm_tlb.0[slot].set((key, phys_page));
