@@ -681,6 +681,24 @@ mod tests {
     }
 
     #[test]
+    fn vmm_tlb_kinds_and_neighbours_do_not_collide() {
+        let mut m = setup();
+        set(&mut m, PT + 4 * 4, 0xA000 | pte::P | pte::RW);
+        m.set_paging(regs(PD_A), true);
+        // A read of one page and a write of the page below it (an IDT page
+        // and a stack page, say) both stay cached.
+        assert_eq!(m.translate(0x5010, false, false), Ok(0x9010));
+        assert_eq!(m.translate(0x4020, true, false), Ok(0xA020));
+        assert_eq!(m.tlb_get(0x5000, false, false), Some(0x9000));
+        assert_eq!(m.tlb_get(0x4000, true, false), Some(0xA000));
+        assert_eq!(m.tlb_get(0x4000, false, false), None, "a write entry is not a read entry");
+        // INVLPG drops only its page.
+        m.invlpg(0x4000);
+        assert_eq!(m.tlb_get(0x4000, true, false), None);
+        assert_eq!(m.tlb_get(0x5000, false, false), Some(0x9000));
+    }
+
+    #[test]
     fn many_address_spaces_recycle_contexts() {
         let mut m = setup();
         for k in 0..(MAX_CONTEXTS as u32 + 3) {
