@@ -78,6 +78,12 @@ fn run_snippet_inner(
         return Err(SnippetError::TooLong(code.len()));
     }
     let mut mem = GuestMemory::new(SNIPPET_RAM)?;
+    // The PC's VGA window (device memory), below the data area's page.
+    mem.add_mmio(
+        crate::devices::vga::VGA_WINDOW_BASE,
+        crate::devices::vga::VGA_WINDOW_SIZE,
+        Box::<crate::devices::vga::VgaText>::default(),
+    );
     let at = SNIPPET_CODE_ADDR as usize;
     mem.ram_mut()[at..at + code.len()].copy_from_slice(code);
     mem.ram_mut()[at + code.len()] = HLT;

@@ -194,3 +194,20 @@ fn fault_with_an_empty_idt_triple_faults() {
     let (out, _, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
     assert_eq!(out, RunOutcome::TripleFault { eip: SNIPPET_CODE_ADDR + 7 });
 }
+
+#[test]
+fn device_memory_in_a_loop_stops_taking_host_faults() {
+    // mov ecx, 1000 ; l: mov [ecx*2+0xB8000], ax ; loop l ; mov eax, [0xB8002]
+    let code = [
+        0xB9, 0xE8, 0x03, 0x00, 0x00, 0x66, 0x89, 0x04, 0x4D, 0x00, 0x80, 0x0B, 0x00, 0xE2, 0xF6, 0xA1, 0x02, 0x80,
+        0x0B, 0x00,
+    ];
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0x0741), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert_eq!(st.regs[EAX], 0x0741_0741, "the words reached the device and read back");
+    assert_eq!(stats.device_accesses, 1001);
+    // The store faults a few times, then takes the soft-TLB form, whose
+    // misses reach the device without a host fault.
+    let faults = stats.exits[btvisor::cpu::exit::FAULT as usize];
+    assert!(faults < 20, "{faults} host faults for 1001 device accesses");
+}

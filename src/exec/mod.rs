@@ -1142,6 +1142,7 @@ impl Engine {
             return self.watch_fault(gaddr, f.write || !write_only);
         }
         if self.mem.is_mmio(gaddr) {
+            self.note_fault(false);
             return self.device_access();
         }
         if self.mem.is_ram(gaddr) {
@@ -1187,7 +1188,10 @@ impl Engine {
                 self.code_written(phys);
                 self.step_one()
             }
-            ShadowFault::Mmio(_) => self.device_access(),
+            ShadowFault::Mmio(_) => {
+                self.note_fault(false);
+                self.device_access()
+            }
             ShadowFault::Hole(_) => {
                 // A write to a hole (no device memory exists): dropped, the
                 // instruction is skipped. Reads were mapped to all ones.
@@ -1253,6 +1257,9 @@ impl Engine {
                 self.exception(Exception::with_code(vector::PF, code))
             }
             Ok(_) if self.soft_fill(kind, lin) => Step::Continue,
+            // Device memory: emulated right away, without a host fault (an
+            // instruction that keeps touching a device becomes soft).
+            Ok(p) if self.mem.is_mmio(p) => self.device_access(),
             Ok(_) => self.step_one(),
         }
     }
