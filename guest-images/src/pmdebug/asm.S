@@ -5,74 +5,9 @@
 #define KDATA   0x10
     .text
 /* frame: es ds edi esi ebp esp ebx edx ecx eax vec err eip cs eflags */
-.macro STUB_NOERR n
-stub\n: pushl $0
-        pushl $\n
-        jmp isr_common
-.endm
-.macro STUB_ERR n
-stub\n: pushl $\n
-        jmp isr_common
-.endm
-STUB_NOERR 0
-STUB_NOERR 1
-STUB_NOERR 2
-STUB_NOERR 3
-STUB_NOERR 4
-STUB_NOERR 5
-STUB_NOERR 6
-STUB_NOERR 7
-STUB_ERR   8
-STUB_NOERR 9
-STUB_ERR   10
-STUB_ERR   11
-STUB_ERR   12
-STUB_ERR   13
-STUB_ERR   14
-STUB_NOERR 15
-STUB_NOERR 16
-STUB_ERR   17
-STUB_NOERR 18
-STUB_NOERR 19
-STUB_NOERR 20
-STUB_NOERR 21
-STUB_NOERR 22
-STUB_NOERR 23
-STUB_NOERR 24
-STUB_NOERR 25
-STUB_NOERR 26
-STUB_NOERR 27
-STUB_NOERR 28
-STUB_NOERR 29
-STUB_NOERR 30
-STUB_NOERR 31
+#include "exc_stubs.inc"
 
-isr_common:
-    pushal
-    pushl %ds
-    pushl %es
-    cld
-    movl $KDATA, %eax
-    movw %ax, %ds
-    movw %ax, %es
-    pushl %esp
-    call exc_handler
-    addl $4, %esp
-    popl %es
-    popl %ds
-    popal
-    addl $8, %esp
-    iret
-
-    .section .rodata
-    .globl stub_table
-    .align 4
-stub_table:
-    .long stub0, stub1, stub2, stub3, stub4, stub5, stub6, stub7
-    .long stub8, stub9, stub10, stub11, stub12, stub13, stub14, stub15
-    .long stub16, stub17, stub18, stub19, stub20, stub21, stub22, stub23
-    .long stub24, stub25, stub26, stub27, stub28, stub29, stub30, stub31
-    .text
+#include "isr_common.inc"
 
 /* single-step: POPF sets TF, the trap comes after the next instruction */
     .globl ss_run, ss_i1, ss_i2, ss_i3, ss_i4, ss_i5, ss_i6, ss_i7, ss_i8, ss_i9
