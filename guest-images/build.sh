@@ -24,6 +24,7 @@ echo "== common"
 kcc src/common/start.S   $B/start.o
 $CC $KCFLAGS -DAOUT_KLUDGE -c src/common/start.S -o $B/start-aout.o
 kcc src/common/rt.c      $B/rt.o
+kcc src/common/ktest.c   $B/ktest.o
 
 echo "== hello"
 kcc src/hello/hello.S $B/hello.o

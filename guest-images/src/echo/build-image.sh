@@ -4,4 +4,4 @@
 kcc src/echo/asm.S    $B/echo-asm.o
 kcc src/echo/kernel.c $B/echo-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o echo.elf \
-    $B/start.o $B/rt.o $B/echo-asm.o $B/echo-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/echo-asm.o $B/echo-kernel.o

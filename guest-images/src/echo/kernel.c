@@ -16,6 +16,7 @@
  * An unexpected exception prints its vector and exits with V=255.
  */
 #include "rt.h"
+#include "ktest.h"
 
 #define KCODE 0x08
 #define KDATA 0x10
@@ -34,16 +35,6 @@ struct dtr {
 static uint64_t gdt[3] __attribute__((aligned(8)));
 static uint64_t idt[48] __attribute__((aligned(8)));
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint32_t access, uint32_t flags)
-{
-    uint64_t d = limit & 0xFFFF;
-    d |= (uint64_t)(base & 0xFFFFFF) << 16;
-    d |= (uint64_t)(access & 0xFF) << 40;
-    d |= (uint64_t)((limit >> 16) & 0xF) << 48;
-    d |= (uint64_t)(flags & 0xF) << 52;
-    d |= (uint64_t)(base >> 24) << 56;
-    return d;
-}
 
 static void setup_descriptors(void)
 {

@@ -5,4 +5,4 @@
 kcc src/echo/asm.S    $B/idle-asm.o
 kcc src/idle/kernel.c $B/idle-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o idle.elf \
-    $B/start.o $B/rt.o $B/idle-asm.o $B/idle-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/idle-asm.o $B/idle-kernel.o

@@ -4,4 +4,4 @@
 kcc src/irq/asm.S    $B/irq-asm.o
 kcc src/irq/kernel.c $B/irq-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o irq.elf \
-    $B/start.o $B/rt.o $B/irq-asm.o $B/irq-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/irq-asm.o $B/irq-kernel.o

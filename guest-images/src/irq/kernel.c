@@ -22,6 +22,7 @@
  * with V=M. An unexpected exception prints its frame and exits with 255.
  */
 #include "rt.h"
+#include "ktest.h"
 
 #define KCODE 0x08
 #define KDATA 0x10
@@ -51,24 +52,6 @@ static inline uint32_t irq_save(void) { uint32_t f = get_eflags(); cli(); return
 static inline void irq_restore(uint32_t f) { if (f & EFLAGS_IF) sti(); }
 
 /* ---- results ---------------------------------------------------------- */
-static uint32_t n_pass, n_fail;
-
-static void check(const char *name, uint32_t got, uint32_t want)
-{
-    if (got == want) {
-        n_pass++;
-        puts_serial("PASS ");
-    } else {
-        n_fail++;
-        puts_serial("FAIL ");
-    }
-    puts_serial(name);
-    puts_serial(" got ");
-    put_hex(got);
-    puts_serial(" want ");
-    put_hex(want);
-    putc_serial('\n');
-}
 
 /* boolean checks print got/want 0x1 */
 static void ok(const char *name, int cond) { check(name, cond ? 1 : 0, 1); }
@@ -82,16 +65,6 @@ struct dtr {
 static uint64_t gdt[3] __attribute__((aligned(8)));
 static uint64_t idt[256] __attribute__((aligned(8)));
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint32_t access, uint32_t flags)
-{
-    uint64_t d = limit & 0xFFFF;
-    d |= (uint64_t)(base & 0xFFFFFF) << 16;
-    d |= (uint64_t)(access & 0xFF) << 40;
-    d |= (uint64_t)((limit >> 16) & 0xF) << 48;
-    d |= (uint64_t)(flags & 0xF) << 52;
-    d |= (uint64_t)(base >> 24) << 56;
-    return d;
-}
 
 static void set_gate(int n, uint32_t handler)
 {

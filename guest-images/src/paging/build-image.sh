@@ -4,4 +4,4 @@
 kcc src/paging/asm.S    $B/paging-asm.o
 kcc src/paging/kernel.c $B/paging-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o paging.elf \
-    $B/start.o $B/rt.o $B/paging-asm.o $B/paging-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/paging-asm.o $B/paging-kernel.o

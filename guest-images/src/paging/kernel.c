@@ -33,6 +33,7 @@
  * with V=M. An unexpected exception prints its frame and exits with 255.
  */
 #include "rt.h"
+#include "ktest.h"
 
 #define KCODE 0x08
 #define KDATA 0x10
@@ -93,24 +94,6 @@ static inline uint8_t rd8(uint32_t a) { return *(volatile uint8_t *)a; }
 static inline void wr8(uint32_t a, uint8_t v) { *(volatile uint8_t *)a = v; }
 
 /* ---- results ---------------------------------------------------------- */
-static uint32_t n_pass, n_fail;
-
-static void check(const char *name, uint32_t got, uint32_t want)
-{
-    if (got == want) {
-        n_pass++;
-        puts_serial("PASS ");
-    } else {
-        n_fail++;
-        puts_serial("FAIL ");
-    }
-    puts_serial(name);
-    puts_serial(" got ");
-    put_hex(got);
-    puts_serial(" want ");
-    put_hex(want);
-    putc_serial('\n');
-}
 
 static void check2(const char *name, const char *what, uint32_t got, uint32_t want)
 {
@@ -143,16 +126,6 @@ static uint64_t idt[256] __attribute__((aligned(8)));
 static struct tss tss __attribute__((aligned(64)));
 static uint8_t exc_stack[8192] __attribute__((aligned(16)));
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint32_t access, uint32_t flags)
-{
-    uint64_t d = limit & 0xFFFF;
-    d |= (uint64_t)(base & 0xFFFFFF) << 16;
-    d |= (uint64_t)(access & 0xFF) << 40;
-    d |= (uint64_t)((limit >> 16) & 0xF) << 48;
-    d |= (uint64_t)(flags & 0xF) << 52;
-    d |= (uint64_t)(base >> 24) << 56;
-    return d;
-}
 
 static void set_gate(int n, uint32_t handler, int dpl)
 {

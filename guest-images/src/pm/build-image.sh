@@ -4,4 +4,4 @@
 kcc src/pm/asm.S    $B/pm-asm.o
 kcc src/pm/kernel.c $B/pm-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o pm.elf \
-    $B/start.o $B/rt.o $B/pm-asm.o $B/pm-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/pm-asm.o $B/pm-kernel.o

@@ -32,6 +32,7 @@
  * exits with V=M. An unexpected exception prints its frame and exits 255.
  */
 #include "rt.h"
+#include "ktest.h"
 
 #define KCODE   0x08
 #define KDATA   0x10
@@ -76,24 +77,6 @@ extern char u_priv_int81[], u_priv_lds[], u_priv_lgdt[], u_priv_rdmsr[];
 extern char u_io_in[], u_io_out[], u_bm_out80[], u_bm_in80[], u_bm_out81[], u_bm_inw80[];
 
 /* ---- results ---------------------------------------------------------- */
-static uint32_t n_pass, n_fail;
-
-static void check(const char *name, uint32_t got, uint32_t want)
-{
-    if (got == want) {
-        n_pass++;
-        puts_serial("PASS ");
-    } else {
-        n_fail++;
-        puts_serial("FAIL ");
-    }
-    puts_serial(name);
-    puts_serial(" got ");
-    put_hex(got);
-    puts_serial(" want ");
-    put_hex(want);
-    putc_serial('\n');
-}
 
 /* ---- descriptor tables ---------------------------------------------- */
 struct tss {
@@ -122,12 +105,6 @@ static uint8_t sysenter_stack[4096] __attribute__((aligned(16)));
 #define ESP0 ((uint32_t)(exc_stack + sizeof exc_stack))
 #define SE_ESP ((uint32_t)(sysenter_stack + sizeof sysenter_stack))
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-    return (limit & 0xFFFF) | ((uint64_t)(base & 0xFFFFFF) << 16) |
-           ((uint64_t)access << 40) | ((uint64_t)((limit >> 16) & 0xF) << 48) |
-           ((uint64_t)(flags & 0xF) << 52) | ((uint64_t)(base >> 24) << 56);
-}
 
 static void set_gate(int n, uint32_t handler, uint8_t type_attr)
 {

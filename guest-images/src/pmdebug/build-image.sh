@@ -4,4 +4,4 @@
 kcc src/pmdebug/asm.S    $B/pmdebug-asm.o
 kcc src/pmdebug/kernel.c $B/pmdebug-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o pmdebug.elf \
-    $B/start.o $B/rt.o $B/pmdebug-asm.o $B/pmdebug-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/pmdebug-asm.o $B/pmdebug-kernel.o

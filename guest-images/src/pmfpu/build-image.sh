@@ -4,4 +4,4 @@
 kcc src/pmfpu/asm.S    $B/pmfpu-asm.o
 kcc src/pmfpu/kernel.c $B/pmfpu-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o pmfpu.elf \
-    $B/start.o $B/rt.o $B/pmfpu-asm.o $B/pmfpu-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/pmfpu-asm.o $B/pmfpu-kernel.o

@@ -15,6 +15,7 @@
  * with V=M. An unexpected exception prints its frame and exits with 255.
  */
 #include "rt.h"
+#include "ktest.h"
 
 #define KCODE 0x08
 #define KDATA 0x10
@@ -33,35 +34,11 @@ P(p_fld1) P(p_fwait) P(p_xorps) P(p_pxor_mmx) P(p_fxsave) P(p_mf) P(p_divss)
 #undef P
 extern char p_mf_fdiv[];
 
-static uint32_t n_pass, n_fail;
-
-static void check(const char *name, uint32_t got, uint32_t want)
-{
-    if (got == want) {
-        n_pass++;
-        puts_serial("PASS ");
-    } else {
-        n_fail++;
-        puts_serial("FAIL ");
-    }
-    puts_serial(name);
-    puts_serial(" got ");
-    put_hex(got);
-    puts_serial(" want ");
-    put_hex(want);
-    putc_serial('\n');
-}
 
 struct dtr { uint16_t limit; uint32_t base; } __attribute__((packed));
 static uint64_t gdt[3] __attribute__((aligned(8)));
 static uint64_t idt[32] __attribute__((aligned(8)));
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-    return (limit & 0xFFFF) | ((uint64_t)(base & 0xFFFFFF) << 16) |
-           ((uint64_t)access << 40) | ((uint64_t)((limit >> 16) & 0xF) << 48) |
-           ((uint64_t)(flags & 0xF) << 52) | ((uint64_t)(base >> 24) << 56);
-}
 
 static inline uint32_t read_cr0(void) { uint32_t v; __asm__ volatile("mov %%cr0, %0" : "=r"(v)); return v; }
 static inline uint32_t read_cr4(void) { uint32_t v; __asm__ volatile("mov %%cr4, %0" : "=r"(v)); return v; }

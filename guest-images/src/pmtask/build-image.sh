@@ -4,4 +4,4 @@
 kcc src/pmtask/asm.S    $B/pmtask-asm.o
 kcc src/pmtask/kernel.c $B/pmtask-kernel.o
 ld $LDFLAGS -T src/common/link.ld -o pmtask.elf \
-    $B/start.o $B/rt.o $B/pmtask-asm.o $B/pmtask-kernel.o
+    $B/start.o $B/rt.o $B/ktest.o $B/pmtask-asm.o $B/pmtask-kernel.o

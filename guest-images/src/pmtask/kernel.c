@@ -18,6 +18,7 @@
  * with V=M. An unexpected exception prints its frame and exits with 255.
  */
 #include "rt.h"
+#include "ktest.h"
 
 #define KCODE   0x08
 #define KDATA   0x10
@@ -40,24 +41,6 @@ void do_jmp_b(void), do_call_b(void), do_int_b(void), do_df(void);
 P(p_jmp_busy) P(p_call_busy) P(p_jmp_bad) P(p_iret_nt0)
 #undef P
 
-static uint32_t n_pass, n_fail;
-
-static void check(const char *name, uint32_t got, uint32_t want)
-{
-    if (got == want) {
-        n_pass++;
-        puts_serial("PASS ");
-    } else {
-        n_fail++;
-        puts_serial("FAIL ");
-    }
-    puts_serial(name);
-    puts_serial(" got ");
-    put_hex(got);
-    puts_serial(" want ");
-    put_hex(want);
-    putc_serial('\n');
-}
 
 struct tss {
     uint16_t link, r0;
@@ -82,12 +65,6 @@ static uint8_t stack_df[4096] __attribute__((aligned(16)));
 #define STACK_B  ((uint32_t)(stack_b + sizeof stack_b))
 #define STACK_DF ((uint32_t)(stack_df + sizeof stack_df))
 
-static uint64_t desc(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-    return (limit & 0xFFFF) | ((uint64_t)(base & 0xFFFFFF) << 16) |
-           ((uint64_t)access << 40) | ((uint64_t)((limit >> 16) & 0xF) << 48) |
-           ((uint64_t)(flags & 0xF) << 52) | ((uint64_t)(base >> 24) << 56);
-}
 
 static void set_gate(int n, uint32_t handler, uint8_t type_attr)
 {
