@@ -624,9 +624,7 @@ impl Engine {
             // One page (or one 4 MiB page): only code reached through it.
             self.mem.invlpg(lin);
             soft_tlb::flush_page(&mut self.cpu.hot, lin);
-            let large = regs.cr4 & crate::memory::mmu::CR4_PSE != 0
-                && self.mem.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2)) & crate::memory::mmu::pte::PS != 0;
-            if large {
+            if self.mem.large_page_at(lin) {
                 self.soft.flush_all(&mut self.cpu.hot);
                 let (lo, hi) = (lin & 0xFFC0_0000, lin | 0x003F_F000);
                 self.code_tlb.retain(|(_, p), _| !(lo..=hi).contains(p));

@@ -369,15 +369,13 @@ impl GuestMemory {
     /// of every context (all 4 MiB of it when a large page maps it). Returns
     /// whether any mapping was dropped.
     pub fn invlpg(&mut self, lin: u32) -> bool {
-        let regs = self.shadow.regs;
-        let pde = self.read_u32((regs.cr3 & !0xFFF) + ((lin >> 22) << 2));
-        if regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0 {
+        let large = self.large_page_at(lin);
+        if large {
             self.shadow.vmm_tlb.clear();
         } else {
             self.tlb_drop_page(lin);
         }
         let mut any = false;
-        let large = regs.cr4 & mmu::CR4_PSE != 0 && pde & mmu::pte::PS != 0;
         for ci in 0..self.shadow.contexts.len() {
             let c = &mut self.shadow.contexts[ci];
             if large {
