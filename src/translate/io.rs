@@ -103,12 +103,7 @@ fn call_vmm(t: &mut Translator, fn_off: i32) {
 /// 1:  mov rcx, r11
 /// ```
 pub(super) fn invlpg(t: &mut Translator, i: &Instruction) {
-    let m = super::guest_mem(i, GUEST_ESP);
-    let e = crate::emit::encode_guest_mem(SCRATCH, &m);
-    t.a.byte(crate::emit::PREFIX_ADDR32);
-    t.a.byte(0x40 | e.rex_rxb);
-    t.a.byte(0x8D);
-    t.a.bytes(e.as_slice());
+    t.lea_offset(&super::guest_mem(i, GUEST_ESP));
     t.a.mov_mbase_r32(VCPU, OFF_IO_VALUE, SCRATCH);
     call_vmm(t, OFF_INVLPG_FN);
     t.a.mov_r64_r64(R11, RCX);

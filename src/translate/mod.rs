@@ -629,6 +629,15 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// `addr32 lea r13d, [ea]`: the guest offset of `m`, wrapped at 4 GiB.
+    pub(crate) fn lea_offset(&mut self, m: &GuestMem) {
+        let e = encode_guest_mem(SCRATCH, m);
+        self.a.byte(PREFIX_ADDR32);
+        self.a.byte(0x40 | e.rex_rxb);
+        self.a.byte(0x8D);
+        self.a.bytes(e.as_slice());
+    }
+
     /// Emit `gs: addr32 <prefixes> [REX] <opcode> <modrm...> <tail>`.
     pub(crate) fn mem_op(&mut self, prefixes: &[u8], opcode: &[u8], regf: u8, m: &GuestMem, tail: &[u8]) {
         let e = encode_guest_mem(regf, m);

@@ -22,19 +22,15 @@
 
 use super::Translator;
 use crate::cpu::{OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, SEG_SS, vector};
+use crate::emit::GuestMem;
 use crate::emit::reg::*;
-use crate::emit::{GuestMem, PREFIX_ADDR32, encode_guest_mem};
 
 /// Condition codes.
 const JB: u8 = 0x2;
 const JA: u8 = 0x7;
 
 pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: usize, size: i32) {
-    let e = encode_guest_mem(SCRATCH, m);
-    t.a.byte(PREFIX_ADDR32);
-    t.a.byte(0x40 | e.rex_rxb);
-    t.a.byte(0x8D);
-    t.a.bytes(e.as_slice());
+    t.lea_offset(m);
     check_and_add_base(t, eip, seg, size);
 }
 

@@ -35,8 +35,8 @@ use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind};
 
 use super::Translator;
 use crate::cpu::{OFF_EIP, OFF_EXIT_ARG, OFF_SOFT_KIND, OFF_SOFT_TLB, SOFT_TLB_TABLE_BYTES};
+use crate::emit::GuestMem;
 use crate::emit::reg::*;
-use crate::emit::{GuestMem, PREFIX_ADDR32, encode_guest_mem};
 
 /// JRCXZ rel8 opcode.
 const JRCXZ: u8 = 0xE3;
@@ -81,20 +81,11 @@ pub(super) fn eligible(i: &Instruction, f: &mut InstructionInfoFactory) -> Optio
     Some((size, write))
 }
 
-/// `addr32 lea r13d, [ea]`.
-fn linear(t: &mut Translator, m: &GuestMem) {
-    let e = encode_guest_mem(SCRATCH, m);
-    t.a.byte(PREFIX_ADDR32);
-    t.a.byte(0x40 | e.rex_rxb);
-    t.a.byte(0x8D);
-    t.a.bytes(e.as_slice());
-}
-
 /// Emit the lookup for the access of `i` (kind `kind`, `size` bytes,
 /// operand `m`); afterwards R13 holds its host address.
 pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u32, size: usize) {
     let table = OFF_SOFT_TLB + kind as i32 * SOFT_TLB_TABLE_BYTES;
-    linear(t, m);
+    t.lea_offset(m);
     t.a.mov_r64_r64(R10, RCX);
     t.a.mov_r32_imm(R11, 12);
     t.a.lea_r32(RCX, SCRATCH, size as i32 - 1);
@@ -107,7 +98,7 @@ pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u3
     t.a.bytes(&[JRCXZ, 0]);
     let miss = t.a.len();
     t.a.mov_r64_r64(RCX, R10);
-    linear(t, m);
+    t.lea_offset(m);
     t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
     t.a.mov_mbase_imm32(VCPU, OFF_SOFT_KIND, kind);
     t.a.mov_mbase_r32(VCPU, OFF_EXIT_ARG, SCRATCH);
@@ -117,6 +108,6 @@ pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u3
     t.a.buf[miss - 1] = len as u8;
     t.a.mov_r64_mbi8(R11, VCPU, SCRATCH, table + 8);
     t.a.mov_r64_r64(RCX, R10);
-    linear(t, m);
+    t.lea_offset(m);
     t.a.lea_r64_bi(SCRATCH, SCRATCH, R11);
 }
