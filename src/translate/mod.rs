@@ -725,21 +725,37 @@ impl<'a> Translator<'a> {
         } else {
             segment::checked_linear(self, eip, &m, seg, size);
         }
-        let sp_reg = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
         if !high {
             self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(SCRATCH, 0)));
             return;
         }
-        let used = |r: u8| {
-            (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
-        };
-        let Some(sub) = [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).filter(|_| !sp_reg) else {
+        let Some(sub) = Self::borrowable(i) else {
             self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
             self.jmp_abs(self.exits_to.emulate);
             return;
         };
+        self.ident_borrowed(i, bytes, sub, opcode_override);
+    }
+
+    /// A legacy register the instruction does not name (it names AH..BH,
+    /// so its memory operand cannot use R13), unless it names ESP too.
+    fn borrowable(i: &Instruction) -> Option<u8> {
+        let reg_ops = || (0..i.op_count()).filter(|&n| i.op_kind(n) == OpKind::Register).map(|n| i.op_register(n));
+        if reg_ops().any(is_sp) {
+            return None;
+        }
+        [RSI, RDI, RBP].into_iter().find(|&r| !reg_ops().any(|x| host_gpr(x) == Some(r)))
+    }
+
+    /// Copy `i` with `[sub]` as its operand, `sub` holding R13 meanwhile
+    /// (the whole host address with `host_mem`, else the 32-bit offset).
+    fn ident_borrowed(&mut self, i: &Instruction, bytes: &[u8], sub: u8, opcode_override: Option<u8>) {
         self.a.mov_r64_r64(R11, sub);
-        self.a.mov_r32_r32(sub, SCRATCH);
+        if self.host_mem {
+            self.a.mov_r64_r64(sub, SCRATCH);
+        } else {
+            self.a.mov_r32_r32(sub, SCRATCH);
+        }
         if let Some(last) = self.insn_map.last_mut() {
             last.fixup = Fixup::Restore { reg: sub, from: R11 };
         }
@@ -773,11 +789,7 @@ impl<'a> Translator<'a> {
         let kind =
             if write { soft::KIND_WRITE } else { 0 } | if self.opts.mode.cpl() == 3 { soft::KIND_USER } else { 0 };
         let m = guest_mem(i, GUEST_ESP);
-        let used = |r: u8| {
-            (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
-        };
-        let sp_reg = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
-        let sub = if high { [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).filter(|_| !sp_reg) } else { None };
+        let sub = if high { Self::borrowable(i) } else { None };
         if high && sub.is_none() {
             self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, None);
             return;
@@ -788,15 +800,7 @@ impl<'a> Translator<'a> {
             None => {
                 self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(SCRATCH, 0)))
             }
-            Some(sub) => {
-                self.a.mov_r64_r64(R11, sub);
-                self.a.mov_r64_r64(sub, SCRATCH);
-                if let Some(last) = self.insn_map.last_mut() {
-                    last.fixup = Fixup::Restore { reg: sub, from: R11 };
-                }
-                self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(GuestMem::base_disp(sub, 0)));
-                self.a.mov_r64_r64(sub, R11);
-            }
+            Some(sub) => self.ident_borrowed(i, bytes, sub, opcode_override),
         }
         self.host_mem = false;
     }
