@@ -1245,16 +1245,15 @@ impl Engine {
         if self.soft.holds(&self.cpu.hot, kind, lin) {
             return self.step_one();
         }
-        let write = kind & crate::translate::soft::KIND_WRITE != 0;
-        let user = kind & crate::translate::soft::KIND_USER != 0;
-        match self.mem.translate(lin, write, user) {
+        match self.soft_translate(kind, lin) {
             Err(code) => {
                 self.cpu.cr[2] = lin;
                 self.stats.page_faults += 1;
+                let write = kind & crate::translate::soft::KIND_WRITE != 0;
                 self.last_pf = Some(LastFault { win: kind as u8, lin, write, eip: self.cpu.hot.eip, soft: true });
                 self.exception(Exception::with_code(vector::PF, code))
             }
-            Ok(_) if self.soft_fill(kind, lin) => Step::Continue,
+            Ok(p) if self.soft_enter(kind, lin, p) => Step::Continue,
             // Device memory: emulated right away, without a host fault (an
             // instruction that keeps touching a device becomes soft).
             Ok(p) if self.mem.is_mmio(p) => self.device_access(),
@@ -1262,13 +1261,23 @@ impl Engine {
         }
     }
 
+    /// The guest walk for an access of soft-TLB kind `kind` (sets A/D bits).
+    fn soft_translate(&mut self, kind: u32, lin: u32) -> Result<u32, u32> {
+        let write = kind & crate::translate::soft::KIND_WRITE != 0;
+        let user = kind & crate::translate::soft::KIND_USER != 0;
+        self.mem.translate(lin, write, user)
+    }
+
     /// Enter the page of `lin` in soft-TLB table `kind` if the guest tables
     /// allow the access (setting A/D bits) and the page may be accessed
     /// directly in RAM; false if not.
     fn soft_fill(&mut self, kind: u32, lin: u32) -> bool {
+        self.soft_translate(kind, lin).is_ok_and(|phys| self.soft_enter(kind, lin, phys))
+    }
+
+    /// `soft_fill` for a walk already made: `phys` is where `lin` goes.
+    fn soft_enter(&mut self, kind: u32, lin: u32, phys: u32) -> bool {
         let write = kind & crate::translate::soft::KIND_WRITE != 0;
-        let user = kind & crate::translate::soft::KIND_USER != 0;
-        let Ok(phys) = self.mem.translate(lin, write, user) else { return false };
         let page = page_of(phys);
         let watched = self.watch_pages.iter().any(|&(p, _)| p == page);
         if !self.mem.is_ram(page) || (write && self.mem.is_protected(page)) || watched {
