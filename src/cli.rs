@@ -56,12 +56,15 @@ pub struct TraceFlags {
 /// The validated configuration of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Multiboot kernel image.
+    /// Kernel image: a Linux bzImage or a Multiboot kernel.
     pub image: PathBuf,
     /// Guest RAM size in bytes.
     pub mem_bytes: u64,
     /// Kernel command line (`-append`); empty if not given.
     pub append: String,
+    /// `-initrd`: a Linux initial RAM disk, or the Multiboot modules
+    /// (QEMU's comma-separated list); empty if not given.
+    pub initrd: Vec<PathBuf>,
     pub serial: SerialTarget,
     pub trace: TraceFlags,
     /// File for trace/log output (`-D`); stderr if not given.
@@ -181,6 +184,9 @@ struct RawArgs {
     /// Kernel command line
     #[arg(long, value_name = "CMDLINE", allow_hyphen_values = true)]
     append: Option<String>,
+    /// Initial RAM disk (Linux) or Multiboot modules (comma-separated files)
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<String>,
     /// COM1 output: stdio, file:PATH, null or none
     #[arg(long, value_name = "DEV")]
     serial: Vec<String>,
@@ -253,6 +259,7 @@ struct RawArgs {
 const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("kernel", true),
     ("append", true),
+    ("initrd", true),
     ("serial", true),
     ("display", true),
     ("nographic", false),
@@ -392,6 +399,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
         image,
         mem_bytes,
         append: raw.append.unwrap_or_default(),
+        initrd: raw.initrd.map(|s| s.split(',').map(PathBuf::from).collect()).unwrap_or_default(),
         serial,
         trace,
         log_file: raw.log_file,
@@ -572,6 +580,7 @@ mod tests {
                 image: PathBuf::from("kernel.elf"),
                 mem_bytes: 128 * MIB,
                 append: String::new(),
+                initrd: Vec::new(),
                 serial: SerialTarget::Stdout,
                 trace: TraceFlags::default(),
                 log_file: None,
@@ -770,7 +779,7 @@ mod tests {
 
     #[test]
     fn unknown_options_are_clap_errors() {
-        let e = err(&["-initrd", "x", "k"]);
+        let e = err(&["-hda", "x", "k"]);
         assert!(matches!(e, CliError::Clap(_)));
         assert!(!e.is_informational());
         let e = err(&["--bogus", "k"]);

@@ -53,6 +53,10 @@ pub enum Class {
     SysInline,
     /// IN/OUT in a CPL-0 block: a call into the VMM without leaving the block.
     PortIo,
+    /// `F3 0F BC/BD`: TZCNT/LZCNT on CPUs with BMI1/LZCNT, but BSF/BSR with
+    /// an ignored REP prefix on the presented CPU, which has neither (the
+    /// kernel's `__ffs` uses this encoding on purpose). Copied without F3.
+    RepBitScan,
     /// Raises #UD (undefined, or a feature the virtual CPU does not have).
     Invalid,
 }
@@ -147,6 +151,9 @@ pub fn classify(i: &Instruction) -> Class {
 /// segment. In 16-bit code, 16-bit addressing is the norm and the translator
 /// handles it for ordinary instructions.
 pub fn classify_in(i: &Instruction, code16: bool) -> Class {
+    if matches!(i.mnemonic(), Mnemonic::Tzcnt | Mnemonic::Lzcnt) && !i.is_invalid() {
+        return Class::RepBitScan;
+    }
     if i.is_invalid() || !i.cpuid_features().iter().all(|&f| feature_ok(f)) {
         return Class::Invalid;
     }

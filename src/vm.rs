@@ -8,7 +8,7 @@ use std::path::Path;
 use thiserror::Error;
 
 use crate::cli::{Config, SerialTarget};
-use crate::cpu::{EAX, EBX, ESP};
+use crate::cpu::{EAX, EBX, ESI, ESP};
 use crate::devices::chipset::pc_machine;
 use crate::devices::clock::VirtualClock;
 use crate::exec::{Engine, EngineOptions, ExecError, Trace};
@@ -28,6 +28,12 @@ pub enum VmError {
     Serial { path: String, source: std::io::Error },
     #[error("cannot open log file {path}: {source}")]
     Log { path: String, source: std::io::Error },
+    #[error("cannot read initrd {path}: {source}")]
+    Initrd { path: String, source: std::io::Error },
+    #[error("a Linux kernel takes one -initrd file, not a comma-separated list")]
+    InitrdList,
+    #[error("-initrd with a Multiboot kernel (Multiboot modules) is not supported yet")]
+    MultibootModules,
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -49,6 +55,12 @@ pub fn multiboot_cmdline(image: &Path, append: &str) -> String {
     format!("{} {}", image.display(), append)
 }
 
+/// What the loader placed, by boot protocol.
+enum Boot {
+    Multiboot(crate::loader::BootInfo),
+    Linux(crate::loader::linux::LinuxBoot),
+}
+
 /// Build the machine described by `config`, ready to run.
 pub fn build(config: &Config) -> Result<Engine, VmError> {
     let path = config.image.display().to_string();
@@ -60,9 +72,24 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         crate::devices::vga::VGA_WINDOW_SIZE,
         Box::<crate::devices::vga::VgaText>::default(),
     );
-    let cmdline = multiboot_cmdline(&config.image, &config.append);
-    let boot = load_multiboot(&image, mem.ram_mut(), &cmdline, LOADER_NAME)
-        .map_err(|source| VmError::Load { path, source })?;
+    let boot = if crate::loader::linux::is_bzimage(&image) {
+        let initrd = match config.initrd.as_slice() {
+            [] => None,
+            [one] => Some(std::fs::read(one).map_err(|source| VmError::Initrd { path: one.display().to_string(), source })?),
+            _ => return Err(VmError::InitrdList),
+        };
+        let b = crate::loader::linux::load_bzimage(&image, mem.ram_mut(), &config.append, initrd.as_deref())
+            .map_err(|source| VmError::Load { path, source })?;
+        Boot::Linux(b)
+    } else {
+        if !config.initrd.is_empty() {
+            return Err(VmError::MultibootModules);
+        }
+        let cmdline = multiboot_cmdline(&config.image, &config.append);
+        let b = load_multiboot(&image, mem.ram_mut(), &cmdline, LOADER_NAME)
+            .map_err(|source| VmError::Load { path, source })?;
+        Boot::Multiboot(b)
+    };
     let clock = match config.icount_shift {
         Some(shift) => VirtualClock::icount(1 << shift),
         None => VirtualClock::host(),
@@ -89,9 +116,20 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         engine.set_log(Box::new(std::io::BufWriter::new(f)));
     }
     let cpu = &mut engine.cpu;
-    cpu.set_reg(EAX, MULTIBOOT_BOOTLOADER_MAGIC);
-    cpu.set_reg(EBX, boot.info_addr);
-    cpu.set_reg(ESP, 0);
-    cpu.hot.eip = boot.entry;
+    match boot {
+        Boot::Multiboot(b) => {
+            cpu.set_reg(EAX, MULTIBOOT_BOOTLOADER_MAGIC);
+            cpu.set_reg(EBX, b.info_addr);
+            cpu.set_reg(ESP, 0);
+            cpu.hot.eip = b.entry;
+        }
+        Boot::Linux(b) => {
+            // 32-bit boot protocol: ESI = zero page, EBP = EDI = EBX = 0,
+            // __BOOT_CS/__BOOT_DS from a GDT that holds them.
+            cpu.set_reg(ESI, b.zero_page);
+            cpu.gdtr = crate::cpu::TableReg { base: b.gdt_base, limit: b.gdt_limit };
+            cpu.hot.eip = b.entry;
+        }
+    }
     Ok(engine)
 }

@@ -14,6 +14,7 @@
 //! whole load plan has been validated.
 
 mod elf;
+pub mod linux;
 
 use thiserror::Error;
 
@@ -162,6 +163,14 @@ pub enum LoaderError {
     OverlapsInfoArea { start: u64, end: u64, info_start: u64, info_end: u64 },
     #[error("guest RAM of {ram_size:#x} bytes is too small: at least {min:#x} bytes are needed")]
     RamTooSmall { ram_size: u64, min: u64 },
+    #[error("not a Linux bzImage: no boot-sector signature, no \"HdrS\" setup header or not loaded high")]
+    NotLinux,
+    #[error("Linux boot protocol {}.{:02} is too old: at least {}.{:02} is needed", version >> 8, version & 0xFF, min >> 8, min & 0xFF)]
+    ProtocolTooOld { version: u16, min: u16 },
+    #[error("initrd of {size} bytes does not fit in guest RAM ({room} bytes free above the kernel): give more memory with -m")]
+    InitrdTooLarge { size: u64, room: u64 },
+    #[error("kernel command line of {len} bytes is longer than the kernel accepts ({max} bytes)")]
+    CmdlineTooLong { len: usize, max: usize },
     #[error("command line and boot loader name ({len} bytes) do not fit in the Multiboot info area")]
     InfoAreaTooSmall { len: usize },
 }

@@ -443,6 +443,13 @@ impl<'a> Translator<'a> {
             {
                 Class::Emulate
             }
+            // Their memory operand is used as a flat window address.
+            Class::PushMem | Class::PopMem | Class::JmpIndirect | Class::CallIndirect
+                if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
+                    && !mode.seg_flat(seg_index(i.memory_segment())) =>
+            {
+                Class::Emulate
+            }
             Class::ImplicitDs | Class::StringEs | Class::MaskMov
                 if !mode.seg_flat(crate::cpu::SEG_ES) || !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
@@ -466,6 +473,7 @@ impl<'a> Translator<'a> {
             }
             Class::Ident => self.ident(i, None),
             Class::Alias82 => self.ident(i, Some(0x80)),
+            Class::RepBitScan => self.rep_bitscan(i),
             Class::IncDecShort => self.inc_dec_short(i),
             Class::ImplicitDs => string::implicit_ds(self, i),
             Class::StringEs => string::string_es(self, i),
@@ -675,10 +683,46 @@ impl<'a> Translator<'a> {
         Some(rex)
     }
 
+    /// `F3 0F BC/BD` as BSF/BSR: the REP prefix (which a host with BMI1
+    /// would read as TZCNT/LZCNT) becomes an override naming the segment the
+    /// instruction uses anyway, and the BSF/BSR this decodes to is copied.
+    fn rep_bitscan(&mut self, i: &Instruction) {
+        let raw = self.guest_bytes(i);
+        let mut buf = [0u8; crate::decode::MAX_INSN_LEN];
+        let n = raw.len().min(buf.len());
+        buf[..n].copy_from_slice(&raw[..n]);
+        let same_segment = match i.memory_segment() {
+            Register::ES => 0x26,
+            Register::CS => 0x2E,
+            Register::SS => 0x36,
+            Register::FS => 0x64,
+            Register::GS => 0x65,
+            _ => 0x3E,
+        };
+        for b in buf[..n].iter_mut().take_while(|b| is_legacy_prefix(**b)) {
+            if *b == 0xF3 {
+                *b = same_segment;
+            }
+        }
+        let bitness = if self.opts.mode.has(Mode::CS16) { 16 } else { 32 };
+        let mut d = iced_x86::Decoder::with_ip(bitness, &buf[..n], i.ip(), iced_x86::DecoderOptions::NONE);
+        let j = d.decode();
+        if j.is_invalid() || !matches!(j.mnemonic(), iced_x86::Mnemonic::Bsf | iced_x86::Mnemonic::Bsr) {
+            self.exception_exit(i.ip32(), crate::cpu::vector::UD);
+            return;
+        }
+        self.ident_bytes(&j, &buf[..n], None);
+    }
+
     /// Copy an instruction, mapping ESP to R12 and memory into the window.
     /// `opcode_override` replaces the (one-byte) opcode.
     fn ident(&mut self, i: &Instruction, opcode_override: Option<u8>) {
         let bytes = self.guest_bytes(i);
+        self.ident_bytes(i, bytes, opcode_override)
+    }
+
+    /// `ident` of `bytes`, the encoding of `i`.
+    fn ident_bytes(&mut self, i: &Instruction, bytes: &[u8], opcode_override: Option<u8>) {
         let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
         let uses_sp = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)))
             || (mem && (is_sp(i.memory_base()) || is_sp(i.memory_index())));
