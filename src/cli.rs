@@ -779,7 +779,7 @@ mod tests {
 
     #[test]
     fn unknown_options_are_clap_errors() {
-        let e = err(&["-hda", "x", "k"]);
+        let e = err(&["--hda", "x", "k"]);
         assert!(matches!(e, CliError::Clap(_)));
         assert!(!e.is_informational());
         let e = err(&["--bogus", "k"]);

@@ -171,20 +171,36 @@ pub fn pc_machine(
 
 impl Chipset {
     /// Feed COM1 from the host's standard input (a reader thread; raw mode
-    /// when it is a terminal, restored at exit by the returned guard).
+    /// when it is a terminal, restored at exit by the returned guard). As
+    /// with QEMU's `-nographic`, Ctrl-C goes to the guest and Ctrl-A x ends
+    /// the run (status 0), Ctrl-A h lists the keys.
     pub fn connect_stdin(&mut self) -> Option<RawModeGuard> {
         let guard = RawModeGuard::enable();
+        let saved = guard.as_ref().map(|g| g.saved);
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new().name("com1-stdin".into()).spawn(move || {
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 64];
+            let mut esc = super::console::EscapeFilter::default();
             loop {
                 match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         for &b in &buf[..n] {
-                            if tx.send(b).is_err() {
-                                return;
+                            match esc.feed(b) {
+                                super::console::Key::Guest(b) => {
+                                    if tx.send(b).is_err() {
+                                        return;
+                                    }
+                                }
+                                super::console::Key::None => {}
+                                super::console::Key::Help => {
+                                    use std::io::Write;
+                                    let mut out = std::io::stdout();
+                                    let _ = out.write_all(super::console::HELP.as_bytes());
+                                    let _ = out.flush();
+                                }
+                                super::console::Key::Quit => quit_from_console(saved),
                             }
                         }
                     }
@@ -196,6 +212,21 @@ impl Chipset {
         }
         guard
     }
+}
+
+/// Ctrl-A x: leave at once, from the reader thread (the vCPU may be in a
+/// tight guest loop), with the terminal restored as QEMU leaves it.
+fn quit_from_console(saved: Option<libc::termios>) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Some(t) = saved {
+        // SAFETY: restoring attributes read from fd 0 by RawModeGuard::enable.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+    }
+    eprintln!("\r\nbtvisor: terminated (Ctrl-A x)");
+    std::process::exit(0)
 }
 
 /// Puts a terminal on standard input into raw mode; restores it on drop.
@@ -216,10 +247,9 @@ impl RawModeGuard {
             }
             let saved = t;
             libc::cfmakeraw(&mut t);
-            // Keep output post-processing so the host terminal still maps \n,
-            // and Ctrl-C so the user can still stop btvisor.
+            // Keep output post-processing so the host terminal still maps \n.
+            // Ctrl-C is a byte for the guest; Ctrl-A x stops btvisor.
             t.c_oflag = saved.c_oflag;
-            t.c_lflag |= libc::ISIG;
             if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
                 return None;
             }

@@ -7,6 +7,7 @@
 
 pub mod chipset;
 pub mod clock;
+pub mod console;
 pub mod debug_exit;
 pub mod pic;
 pub mod pit;

@@ -904,6 +904,8 @@ impl Engine {
         /// Longest single sleep, so host input is noticed promptly.
         const MAX_NAP_NS: u64 = 5_000_000;
         let icount = self.opts.icount;
+        // An idle guest (a shell at its prompt) shows its partial line now.
+        self.io.flush();
         loop {
             self.irq_dirty = true;
             if let Some(step) = self.check_interrupts(false) {
