@@ -7,6 +7,8 @@
 #   shell.cpio.gz     an interactive shell on ttyS0
 #   progs.cpio.gz     runs the static test programs of progs/
 #   progs/            those programs, to run on the host for comparison
+#   bench.cpio.gz     the workload scripts/linux-compare.sh times
+#   bench/, busybox   its programs and BusyBox, for the native runs
 # Needs root (apt) on Debian; installs cpio and gcc-multilib when missing.
 # Idempotent: packages already fetched are kept.
 set -euo pipefail
@@ -75,11 +77,18 @@ if ! echo 'int main(void){return 0;}' | gcc -m32 -static -x c -o /dev/null - 2>/
     apt_ready
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-multilib >/dev/null || fail "cannot install gcc-multilib"
 fi
-rm -rf "$OUT/progs" && mkdir -p "$OUT/progs"
-for c in progs/*.c; do
-    n=$(basename "$c" .c)
-    gcc -m32 -static -O2 -msse2 -mfpmath=387 -Wall -o "$OUT/progs/$n" "$c" -lm || fail "cannot build $c"
+# The test programs use SSE2 explicitly; the benchmarks are plain i686
+# code, so that QEMU's pentium3 model (no SSE2) runs them too.
+for d in progs bench; do
+    rm -rf "$OUT/$d" && mkdir -p "$OUT/$d"
+    flags="-msse2 -mfpmath=387"
+    [ $d = bench ] && flags="-march=i686 -mtune=generic"
+    for c in $d/*.c; do
+        n=$(basename "$c" .c)
+        gcc -m32 -static -O2 $flags -Wall -o "$OUT/$d/$n" "$c" -lm || fail "cannot build $c"
+    done
 done
+cp "$OUT/x/busybox/bin/busybox" "$OUT/busybox"
 
 # image MODE SCRIPT [EXTRA-DIR]: an initramfs with BusyBox and /init.
 image() {
@@ -88,12 +97,14 @@ image() {
     cp "$OUT/x/busybox/bin/busybox" "$root/bin/busybox"
     sed "s/@MODE@/$mode/g" init.sh > "$root/init" && chmod 755 "$root/init"
     [ -n "$script" ] && cp "$script" "$root/run.sh"
-    [ -n "$extra" ] && cp -r "$extra" "$root/progs"
+    [ -n "$extra" ] && cp -r "$extra" "$root/$(basename "$extra")"
+    [ "$mode" = bench ] && cp shell-workload.sh "$root/"
     echo 'PS1="# "' > "$root/etc/profile"
     (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$OUT/$mode.cpio.gz"
 }
 image batch batch.sh
 image shell ""
 image progs progs.sh "$OUT/progs"
+image bench bench.sh "$OUT/bench"
 rm -rf "$OUT/x"
 echo "guest-images/linux/out: $(cat "$OUT/kernel-version"), $(ls "$OUT"/*.cpio.gz | xargs -n1 basename | tr '\n' ' ')"

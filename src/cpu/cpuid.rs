@@ -1,22 +1,40 @@
-//! CPUID of the virtual CPU: a fixed model that advertises only what btvisor
-//! virtualizes, never the host's values (a guest that saw host features
-//! would use instructions the translator does not handle).
+//! CPUID of the virtual CPU: a real processor, an Intel Pentium M "Banias"
+//! (family 6, model 9), with exactly the features btvisor virtualizes. It
+//! is the one real IA-32 part with SSE2 but neither SSE3 nor PAE, the two
+//! things btvisor lacks, so kernels take the paths they take on that
+//! hardware. Its local APIC reads as disabled by firmware (CPUID.1:EDX.APIC
+//! clear, as on hardware whose APIC_BASE global enable is off), and the
+//! features whose machinery btvisor does not model (VME, DE, MCE, MTRR,
+//! MCA, PAT, CLFLUSH, DS, ACPI, TM, PBE) are masked, as a hypervisor masks
+//! them. Never the host's values: a guest that saw host features would use
+//! instructions the translator does not handle.
 
-/// Vendor string "BtvisorBTCPU" split over EBX, EDX, ECX.
-const VENDOR: &[u8; 12] = b"BtvisorBTCPU";
-/// Highest standard leaf.
-const MAX_LEAF: u32 = 1;
+/// "GenuineIntel" split over EBX, EDX, ECX.
+const VENDOR: &[u8; 12] = b"GenuineIntel";
+/// Highest standard leaf (the Pentium M has leaves 0-2).
+const MAX_LEAF: u32 = 2;
 /// Highest extended leaf (brand string).
 const MAX_EXT_LEAF: u32 = 0x8000_0004;
-/// Family 6, model 2, stepping 1 (a generic P6-class part).
-const SIGNATURE: u32 = (6 << 8) | (2 << 4) | 1;
+/// Family 6, model 9, stepping 5: Pentium M (Banias).
+pub const FAMILY: u32 = 6;
+pub const MODEL: u32 = 9;
+pub const STEPPING: u32 = 5;
+const SIGNATURE: u32 = (FAMILY << 8) | (MODEL << 4) | STEPPING;
+/// Leaf 2 cache and TLB descriptors of the Banias: 0xB0/0xB3 4 KiB I/D
+/// TLBs, 0x02/0x04 4 MiB I/D TLBs, 0x30/0x2C 32 KiB L1 I/D, 0x7C 1 MiB L2,
+/// 0xF0 64-byte prefetching; AL = 1 (one CPUID 2 call).
+const LEAF2: [u32; 4] = [0x02B3_B001, 0x0000_00F0, 0, 0x2C04_307C];
 
 /// Leaf 1 EDX feature bits.
 pub mod edx1 {
     pub const FPU: u32 = 1 << 0;
+    pub const PSE: u32 = 1 << 3;
     pub const TSC: u32 = 1 << 4;
+    pub const MSR: u32 = 1 << 5;
     pub const CX8: u32 = 1 << 8;
+    pub const APIC: u32 = 1 << 9;
     pub const SEP: u32 = 1 << 11;
+    pub const PGE: u32 = 1 << 13;
     pub const CMOV: u32 = 1 << 15;
     pub const MMX: u32 = 1 << 23;
     pub const FXSR: u32 = 1 << 24;
@@ -25,10 +43,21 @@ pub mod edx1 {
 }
 
 /// Features advertised in leaf 1 EDX.
-pub const FEATURES_EDX: u32 =
-    edx1::FPU | edx1::TSC | edx1::CX8 | edx1::CMOV | edx1::MMX | edx1::FXSR | edx1::SSE | edx1::SSE2;
+pub const FEATURES_EDX: u32 = edx1::FPU
+    | edx1::PSE
+    | edx1::TSC
+    | edx1::MSR
+    | edx1::CX8
+    | edx1::SEP
+    | edx1::PGE
+    | edx1::CMOV
+    | edx1::MMX
+    | edx1::FXSR
+    | edx1::SSE
+    | edx1::SSE2;
 
-const BRAND: &[u8; 48] = b"btvisor virtual CPU (binary translation)        ";
+/// The Pentium M's brand string (right-justified, as Intel's are).
+const BRAND: &[u8; 48] = b"        Intel(R) Pentium(R) M processor 1600MHz\0";
 
 fn dw(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
@@ -39,6 +68,7 @@ pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
     match leaf {
         0 => [MAX_LEAF, dw(VENDOR, 0), dw(VENDOR, 8), dw(VENDOR, 4)],
         1 => [SIGNATURE, 0, 0, FEATURES_EDX],
+        2 => LEAF2,
         0x8000_0000 => [MAX_EXT_LEAF, 0, 0, 0],
         0x8000_0001 => [0, 0, 0, 0],
         0x8000_0002..=0x8000_0004 => {
@@ -47,7 +77,7 @@ pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
         }
         // Intel: leaves above the maximum return the highest basic leaf's data.
         l if l < 0x8000_0000 => cpuid(MAX_LEAF, 0),
-        _ => [0, 0, 0, 0],
+        _ => cpuid(MAX_LEAF, 0),
     }
 }
 
@@ -64,7 +94,13 @@ mod tests {
         }
         assert_eq!(&v, VENDOR);
         let f = cpuid(1, 0);
+        assert_eq!(f[0], 0x695);
         assert_eq!(f[3] & edx1::SSE2, edx1::SSE2);
+        for implemented in [edx1::PSE, edx1::PGE, edx1::MSR, edx1::SEP] {
+            assert_ne!(f[3] & implemented, 0);
+        }
+        assert_eq!(f[3] & edx1::APIC, 0, "no local APIC yet");
+        assert_eq!(f[3] & (1 << 6), 0, "no PAE");
         assert_eq!(f[2], 0, "no SSE3+ features advertised");
     }
 }

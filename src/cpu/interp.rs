@@ -36,9 +36,27 @@ mod msr {
     pub const SYSENTER_CS: u32 = 0x174;
     pub const SYSENTER_ESP: u32 = 0x175;
     pub const SYSENTER_EIP: u32 = 0x176;
-    /// APIC base reset value: 0xFEE00000, enabled, bootstrap processor.
-    pub const APIC_BASE_VALUE: u64 = 0xFEE0_0900;
+    /// APIC base: 0xFEE00000, bootstrap processor, global enable clear (the
+    /// presented Pentium M's APIC is off, and CPUID says so).
+    pub const APIC_BASE_VALUE: u64 = 0xFEE0_0100;
+    /// IA32_PLATFORM_ID: bits 52:50 give the platform (0 here).
+    pub const PLATFORM_ID: u32 = 0x17;
+    /// IA32_BIOS_SIGN_ID: a write starts a microcode revision read-back;
+    /// reads give the revision in EDX.
+    pub const BIOS_SIGN_ID: u32 = 0x8B;
+    /// The Banias microcode revision it reports.
+    pub const MICROCODE_REVISION: u64 = 0x45 << 32;
+    /// IA32_MISC_ENABLE.
+    pub const MISC_ENABLE: u32 = 0x1A0;
+    /// Its reset value on the Pentium M: fast strings (bit 0), BTS and PEBS
+    /// unavailable (bits 11, 12).
+    pub const MISC_ENABLE_VALUE: u64 = 0x1801;
+    /// Software may change fast strings (bit 0) and the CPUID limit (bit 22).
+    pub const MISC_ENABLE_WRITABLE: u64 = 1 | 1 << 22;
 }
+
+/// IA32_MISC_ENABLE at reset.
+pub const MISC_ENABLE_RESET: u64 = msr::MISC_ENABLE_VALUE;
 
 /// Writable EFLAGS bits for POPF/IRET at CPL 0.
 const POPF_MASK: u32 = flags::CF
@@ -781,6 +799,9 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             let v = match env.cpu.reg(ECX) {
                 msr::TSC => host_tsc(),
                 msr::APIC_BASE => msr::APIC_BASE_VALUE,
+                msr::PLATFORM_ID => 0,
+                msr::BIOS_SIGN_ID => msr::MICROCODE_REVISION,
+                msr::MISC_ENABLE => env.cpu.msr_misc_enable,
                 msr::SYSENTER_CS => env.cpu.msr_sysenter[0] as u64,
                 msr::SYSENTER_ESP => env.cpu.msr_sysenter[1] as u64,
                 msr::SYSENTER_EIP => env.cpu.msr_sysenter[2] as u64,
@@ -793,7 +814,15 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.require_cpl0()?;
             let v = env.cpu.reg(EAX);
             match env.cpu.reg(ECX) {
-                msr::TSC | msr::APIC_BASE => {}
+                msr::TSC | msr::APIC_BASE | msr::BIOS_SIGN_ID => {}
+                msr::MISC_ENABLE => {
+                    let v = (env.cpu.reg(EDX) as u64) << 32 | v as u64;
+                    let w = msr::MISC_ENABLE_WRITABLE;
+                    if (v ^ env.cpu.msr_misc_enable) & !w != 0 {
+                        return Err(gp0());
+                    }
+                    env.cpu.msr_misc_enable = v;
+                }
                 msr::SYSENTER_CS => env.cpu.msr_sysenter[0] = v,
                 msr::SYSENTER_ESP => env.cpu.msr_sysenter[1] = v,
                 msr::SYSENTER_EIP => env.cpu.msr_sysenter[2] = v,
@@ -1460,10 +1489,12 @@ mod tests {
     }
 
     #[test]
-    fn cpuid_is_virtual() {
+    fn cpuid_presents_a_genuine_intel_pentium_m() {
         let (c, _) = run(&[0x0F, 0xA2], |c| c.set_reg(EAX, 0));
-        assert_eq!(c.reg(EAX), 1);
-        assert_eq!(c.reg(3).to_le_bytes(), *b"Btvi");
+        assert_eq!(c.reg(EAX), 2);
+        assert_eq!(c.reg(3).to_le_bytes(), *b"Genu");
+        let (c, _) = run(&[0x0F, 0xA2], |c| c.set_reg(EAX, 1));
+        assert_eq!((c.reg(EAX) >> 4) & 0xF, 9, "model 9 (Banias)");
     }
 
     #[test]

@@ -366,6 +366,8 @@ pub struct Cpu {
     pub idt_loaded: bool,
     /// MSR values we keep (TSC offset handled by RDTSC passthrough).
     pub msr_sysenter: [u32; 3],
+    /// IA32_MISC_ENABLE.
+    pub msr_misc_enable: u64,
 }
 
 impl Default for Cpu {
@@ -392,6 +394,7 @@ impl Cpu {
             cpl: 0,
             idt_loaded: false,
             msr_sysenter: [0; 3],
+            msr_misc_enable: interp::MISC_ENABLE_RESET,
         }
     }
 

@@ -58,13 +58,37 @@ pub struct Chipset {
     input: Option<Receiver<u8>>,
     /// A byte taken from `input` that the UART could not accept yet.
     held: Option<u8>,
+    /// PIT ticks owed to the guest: OUT0 edges that fell while an earlier
+    /// IRQ 0 was still unserved (see [`Chipset::update`]).
+    owed_ticks: u32,
 }
+
+/// Most PIT ticks the chipset owes at once: four seconds at Linux's HZ=250.
+/// A guest stopped for longer (a suspended host process) loses the rest
+/// instead of taking a storm of interrupts.
+const MAX_OWED_TICKS: u32 = 1000;
 
 impl Chipset {
     /// Bring the interrupt lines up to date at virtual time `now`; returns
     /// whether INTR is asserted.
+    ///
+    /// PIT ticks are never lost, as with KVM's PIT in its default
+    /// "reinject" mode: an OUT0 edge that falls while the previous IRQ 0 is
+    /// still requested or in service (the VMM thread was descheduled, or
+    /// translated code ran long with IF clear) is owed, and delivered as
+    /// soon as the guest has acknowledged and EOI'd the previous one. Linux
+    /// counts jiffies per tick and its "pit" clocksource derives time from
+    /// them; coalesced ticks would make it drift from the TSC until the
+    /// clocksource watchdog declares the TSC unstable.
     pub fn update(&mut self, now: u64) -> bool {
-        let edges = lock(&self.pit).irq0_edges(now);
+        let edges = {
+            let mut pit = lock(&self.pit);
+            if pit.take_channel0_reprogrammed() {
+                self.owed_ticks = 0;
+            }
+            pit.irq0_edges(now)
+        };
+        self.owed_ticks = self.owed_ticks.saturating_add(edges).min(MAX_OWED_TICKS);
         let rtc_line = lock(&self.rtc).irq8_pending(now);
         // The UART line as the guest left it (a read of RBR may have dropped
         // it) before new input raises it again: the PIC must see that edge.
@@ -73,7 +97,13 @@ impl Chipset {
         self.feed_input();
         let uart_line = lock(&self.uart).irq_pending();
         let mut pic = lock(&self.pic);
-        if edges > 0 {
+        let timer_bit = 1u16 << IRQ_TIMER;
+        if pic.imr() & timer_bit != 0 {
+            // A masked line keeps one request in IRR, as on hardware.
+            self.owed_ticks = self.owed_ticks.min(1);
+        }
+        if self.owed_ticks > 0 && (pic.irr() | pic.isr()) & timer_bit == 0 {
+            self.owed_ticks -= 1;
             pic.pulse_irq(IRQ_TIMER);
         }
         pic.set_irq(IRQ_RTC, rtc_line);
@@ -87,6 +117,8 @@ impl Chipset {
     }
 
     /// When the next timer event (PIT IRQ 0 or RTC IRQ 8) is due, from `now`.
+    /// Owed ticks wait for the guest's EOI, a port write that makes the
+    /// dispatcher call [`update`](Self::update) again.
     pub fn next_event_ns(&self, now: u64) -> Option<u64> {
         let a = lock(&self.pit).next_irq0_ns(now);
         let b = lock(&self.rtc).next_irq8_ns(now);
@@ -165,7 +197,7 @@ pub fn pc_machine(
             log::error!("pc_machine: {err}");
         }
     }
-    let chipset = Chipset { clock, pic, pit, rtc, uart, input: None, held: None };
+    let chipset = Chipset { clock, pic, pit, rtc, uart, input: None, held: None, owed_ticks: 0 };
     (bus, chipset)
 }
 
@@ -290,5 +322,16 @@ mod tests {
         assert!(cs.update(clock.now_ns()));
         assert_eq!(cs.acknowledge(), 0x20);
         assert!(!cs.update(clock.now_ns()), "in service until EOI");
+        // Three more periods pass before the EOI: the ticks are owed, not
+        // lost, and come one per EOI.
+        clock.advance_to_ns(next * 4);
+        assert!(!cs.update(clock.now_ns()), "still in service");
+        for _ in 0..3 {
+            bus.write(0x20, 1, 0x20); // EOI
+            assert!(cs.update(clock.now_ns()), "owed tick delivered");
+            assert_eq!(cs.acknowledge(), 0x20);
+        }
+        bus.write(0x20, 1, 0x20);
+        assert!(!cs.update(clock.now_ns()), "nothing more owed");
     }
 }

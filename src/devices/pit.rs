@@ -502,6 +502,9 @@ pub struct Pit {
     irq0_tick: u64,
     /// Counted OUT0 rising edges not yet returned by `irq0_edges`.
     irq0_edges: u64,
+    /// Set when the guest writes channel 0's control word or count, so
+    /// the chipset drops ticks it still owes from the old programming.
+    channel0_reprogrammed: bool,
 }
 
 impl Pit {
@@ -515,6 +518,7 @@ impl Pit {
             check_enables: 0,
             irq0_tick,
             irq0_edges: 0,
+            channel0_reprogrammed: false,
         }
     }
 
@@ -526,6 +530,11 @@ impl Pit {
         self.sync_irq0(ns_to_ticks(now_ns));
         let edges = std::mem::take(&mut self.irq0_edges);
         u32::try_from(edges).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the guest reprogrammed channel 0 since the previous call.
+    pub fn take_channel0_reprogrammed(&mut self) -> bool {
+        std::mem::take(&mut self.channel0_reprogrammed)
     }
 
     /// Virtual time of the next rising edge of OUT0 (`now_ns` if one is
@@ -570,6 +579,7 @@ impl Pit {
     /// directly (e.g. a control word forcing OUT high).
     fn change_channel0(&mut self, tick: u64, change: impl FnOnce(&mut Channel)) {
         self.sync_irq0(tick);
+        self.channel0_reprogrammed = true;
         let channel = &mut self.channels[0];
         let before = channel.out(tick);
         change(channel);

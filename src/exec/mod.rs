@@ -855,6 +855,13 @@ impl Engine {
         self.last_now = now;
         if !self.irq_dirty && !deliverable && now < self.next_irq_check {
             self.time_due = false;
+            // The timer fired before the deadline (its periodic backstop, or
+            // an expiry set for an earlier deadline): aim it at the deadline,
+            // or the next tick would wait for the backstop, up to
+            // POLL_INTERVAL_NS late.
+            if arm_timer {
+                self.arm_deadline_timer(now, self.intr_line);
+            }
             return None;
         }
         self.irq_dirty = false;
@@ -868,34 +875,40 @@ impl Engine {
             now = cs.clock.now_ns();
             self.last_now = now;
         }
-        if let Some(t) = self.timer.as_ref().filter(|_| arm_timer) {
-            // Come back from chained code at the next deadline (within the
-            // default interval in any case).
-            let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
-            if intr && self.cpu.hot.vif == 0 {
-                // Masked by IF for now: look again soon.
-                first = first.min(PENDING_RECHECK_NS);
-            }
-            // Re-arming is a costly syscall: only when it moves the expiry earlier.
-            let want = now.saturating_add(first);
-            if want < self.timer_expiry || self.timer_expiry <= now {
-                t.rearm(first, POLL_INTERVAL_NS);
-                self.timer_expiry = want;
-            }
-        }
         if cs.input_pending() {
             self.irq_dirty = true;
+        }
+        if arm_timer {
+            self.arm_deadline_timer(now, intr);
         }
         if !intr || self.cpu.hot.vif == 0 {
             // `intr_line` makes the next dispatch with IF set look again.
             return None;
         }
-        let v = cs.acknowledge();
+        let v = self.chipset.as_mut()?.acknowledge();
         self.irq_dirty = true; // more may be pending
         self.cpu.hot.intr_pending = 0;
         self.stats.interrupts += 1;
         let eip = self.cpu.hot.eip;
         Some(self.raise(Exception::new(v), EventKind::External, eip))
+    }
+
+    /// Points the interval timer at the next device deadline so chained
+    /// code comes back in time for it (within POLL_INTERVAL_NS in any case).
+    /// `intr`: INTR is asserted (if IF masks it, look again soon).
+    fn arm_deadline_timer(&mut self, now: u64, intr: bool) {
+        let Some(t) = self.timer.as_ref() else { return };
+        let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
+        if intr && self.cpu.hot.vif == 0 {
+            first = first.min(PENDING_RECHECK_NS);
+        }
+        // Re-arming is a costly syscall: only when it moves the expiry
+        // earlier, or the expiry it was set for has passed.
+        let want = now.saturating_add(first);
+        if want < self.timer_expiry || self.timer_expiry <= now {
+            t.rearm(first, POLL_INTERVAL_NS);
+            self.timer_expiry = want;
+        }
     }
 
     /// HLT with IF set: sleep (or, with icount, skip time) until a device

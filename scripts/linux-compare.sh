@@ -1,0 +1,67 @@
+#!/bin/bash
+# Side-by-side timing of the Linux guest (guest-images/linux/out, built by
+# guest-images/linux/build.sh) under btvisor, under QEMU TCG
+# (qemu-system-i386 -accel tcg -M isapc -cpu pentium3,-apic; Debian's
+# qemu-system-x86) and, where one exists, natively on the host:
+#   boot      start to the first userspace line (/init's banner)
+#   shell     the BusyBox shell workload (shell-workload.sh)
+#   cpu       the CPU-bound static program (bench/cpu.c)
+#   lmbench   the micro-benchmarks (bench/lmbench.c), ns per operation
+# Wall-clock times of console lines are taken as they arrive on the host.
+# usage: scripts/linux-compare.sh [RUNS]   (best of RUNS, default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+O=guest-images/linux/out
+[ -f $O/bench.cpio.gz ] || { echo "run guest-images/linux/build.sh first" >&2; exit 1; }
+cargo build --release -q
+BT="target/release/btvisor -m 256M -display none"
+QEMU="qemu-system-i386 -accel tcg -M isapc -cpu pentium3,-apic -m 256M -display none -no-reboot
+      -device isa-debug-exit,iobase=0xf4,iosize=0x4 -serial stdio -monitor none"
+ARGS="-kernel $O/bzImage -initrd $O/bench.cpio.gz -append console=ttyS0"
+
+# One run: prints "boot S", "shell S", "cpu S" and the lmbench lines.
+run() {
+    local start=$EPOCHREALTIME t0=0
+    # shellcheck disable=SC2086
+    $1 $ARGS < /dev/null 2>/dev/null | tr -d '\r' | while IFS= read -r line; do
+        t=$(echo "$EPOCHREALTIME - $start" | bc)
+        case "$line" in
+        *"btvisor-init: mode"*) echo "boot $t" ;;
+        BENCH-*-START) t0=$t ;;
+        BENCH-SHELL-END) echo "shell $(echo "$t - $t0" | bc)" ;;
+        BENCH-CPU-END) echo "cpu $(echo "$t - $t0" | bc)" ;;
+        "syscall "* | "fork+"* | "pipe "* | "page "* | "mmap+"*) echo "lm:$line" ;;
+        esac
+    done
+}
+
+best() {  # best NAME FILE: the smallest value of NAME over the runs
+    grep "^$1 " "$2" | awk '{print $2}' | sort -g | head -1
+}
+
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+T=$(mktemp -d)
+for i in $(seq 1 "$RUNS"); do
+    run "$BT" >> $T/bt
+    run "$QEMU" >> $T/qemu
+    ( start=$EPOCHREALTIME; mkdir -p $T/bb; $O/busybox --install -s $T/bb
+      PATH=$T/bb $T/bb/sh guest-images/linux/shell-workload.sh > /dev/null
+      echo "shell $(echo "$EPOCHREALTIME - $start" | bc)"
+      start=$EPOCHREALTIME; $O/bench/cpu > /dev/null; echo "cpu $(echo "$EPOCHREALTIME - $start" | bc)"
+      $O/bench/lmbench | sed 's/^/lm:/' ) >> $T/native
+done
+
+printf '%-22s %12s %12s %12s %10s %10s\n' figure btvisor qemu-tcg native qemu/bt bt/native
+for f in boot shell cpu; do
+    b=$(best $f $T/bt); q=$(best $f $T/qemu); n=$(best $f $T/native); n=${n:--}
+    r1=$(echo "scale=2; $q / $b" | bc)
+    r2=$([ "$n" = - ] && echo - || echo "scale=2; $b / $n" | bc)
+    printf '%-22s %11ss %11ss %11s%s %10s %10s\n' $f $b $q $n "$([ "$n" = - ] || echo s)" "$r1" "$r2"
+done
+for k in "syscall int80" "syscall vdso" "fork+exit+wait" "fork+exec" "pipe round trip" "page fault" "mmap+munmap"; do
+    g() { grep "^lm:$k " "$1" | awk '{print $(NF-1)}' | sort -g | head -1; }
+    b=$(g $T/bt); q=$(g $T/qemu); n=$(g $T/native)
+    printf '%-22s %10sns %10sns %10sns %10s %10s\n' "$k" $b $q $n "$(echo "scale=2; $q / $b" | bc)" "$(echo "scale=2; $b / $n" | bc)"
+done
+rm -rf $T
