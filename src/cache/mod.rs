@@ -427,10 +427,10 @@ pub fn jc_slot(mode: Mode, eip: u32) -> usize {
     mode.jc_table() * JUMP_CACHE_ENTRIES + ((eip as usize) & (JUMP_CACHE_ENTRIES - 1))
 }
 
-/// Insert `eip -> host` into the jump cache of `mode` (fast modes only);
-/// returns the slot written.
+/// Insert `eip -> host` into the jump cache of `mode` (modes that use it
+/// only); returns the slot written.
 pub fn jc_insert(hot: &mut HotState, mode: Mode, eip: u32, host: usize) -> Option<usize> {
-    if !mode.is_fast() {
+    if !mode.uses_jump_cache() {
         return None;
     }
     let s = jc_slot(mode, eip);

@@ -19,8 +19,10 @@ use std::mem::offset_of;
 /// Number of entries of the direct-mapped jump cache (indexed by the low 16
 /// bits of the guest EIP, so the index is a flag-free `movzx`).
 pub const JUMP_CACHE_ENTRIES: usize = 1 << 16;
-/// Number of jump-cache tables: one per (CPL 0/3) x (FPU trapping or not),
-/// so an inline lookup never finds a block of another mode.
+/// Number of jump-cache tables: one per (CPL 3 or not) x (FPU trapping or
+/// not), so user and kernel code (and FPU-switching kernels) keep their
+/// entries side by side. Each table is tagged with the one whole mode it
+/// holds, so an inline lookup never finds a block of another mode.
 pub const JUMP_CACHE_TABLES: usize = 4;
 /// Bytes between two tables' starts in `jc_keys` / `jc_targets`.
 pub const JUMP_CACHE_TABLE_BYTES: i32 = (JUMP_CACHE_ENTRIES * 8) as i32;

@@ -47,7 +47,19 @@ impl Mode {
         self.0 & (Self::CS16 | Self::TF | (0x3F << Self::NONFLAT_SHIFT)) == 0
     }
 
-    /// Which jump-cache table the mode uses (with `is_fast`).
+    /// 32-bit code in a flat CS without single-stepping: the modes whose
+    /// blocks use the inline jump cache. Other segments may be non-flat
+    /// (Linux's per-CPU FS in the kernel, TLS GS in user space): their
+    /// translations read segment bases and limits at run time, and each
+    /// table is tagged with the whole mode it holds blocks of (the
+    /// dispatcher empties a table before code of another mode uses it).
+    /// CS must be flat because the inline lookup keys on EIP, the
+    /// dispatcher on the linear address.
+    pub fn uses_jump_cache(self) -> bool {
+        self.0 & (Self::CS16 | Self::TF | (1 << (Self::NONFLAT_SHIFT + super::SEG_CS as u16))) == 0
+    }
+
+    /// Which jump-cache table the mode uses (with `uses_jump_cache`).
     pub fn jc_table(self) -> usize {
         usize::from(self.cpl() == 3) | (usize::from(self.has(Self::TS) || self.has(Self::EM)) << 1)
     }
@@ -121,6 +133,17 @@ mod tests {
         assert!(!m.seg_flat(super::super::SEG_FS));
         assert!(m.seg_flat(super::super::SEG_DS));
         assert!(!m.is_fast());
+        assert!(m.uses_jump_cache(), "a per-CPU or TLS segment keeps the jump cache");
         assert_ne!(m.key(0x100), Cpu::new().mode().key(0x100));
+    }
+
+    #[test]
+    fn jump_cache_needs_flat_32bit_cs_and_no_tf() {
+        let mut c = Cpu::new();
+        c.seg[super::super::SEG_CS].base = 0x1000;
+        assert!(!c.mode().uses_jump_cache(), "the inline lookup keys on EIP");
+        let mut c = Cpu::new();
+        c.hot.sys_flags |= flags::TF;
+        assert!(!c.mode().uses_jump_cache());
     }
 }

@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
 use crate::cpu::interp::{self, Env, Flow};
 use crate::cpu::interrupt::{EventKind, is_contributory};
-use crate::cpu::{Cpu, Exception, HotState, Mode, SEG_CS, exit, flags, vector};
+use crate::cpu::{Cpu, Exception, HotState, JUMP_CACHE_ENTRIES, Mode, SEG_CS, exit, flags, vector};
 use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_in};
 use crate::devices::PortBus;
 use crate::devices::chipset::Chipset;
@@ -155,6 +155,8 @@ pub struct Engine {
     /// those, not all 2 MiB of tables).
     jc_used: Vec<u32>,
     jc_marked: Vec<bool>,
+    /// The mode (`Mode.0`) whose blocks each jump-cache table holds.
+    jc_tags: [u16; crate::cpu::JUMP_CACHE_TABLES],
     /// The last true page fault from translated code: mapped eagerly when
     /// the guest's handler returns to the faulting instruction.
     last_pf: Option<LastFault>,
@@ -216,6 +218,8 @@ impl Engine {
             last_pf: None,
             soft: Default::default(),
             jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
+            // No mode sets every bit: the first use of a table tags it.
+            jc_tags: [u16::MAX; crate::cpu::JUMP_CACHE_TABLES],
             watch_pages: Vec::new(),
             log: None,
         })
@@ -280,11 +284,15 @@ impl Engine {
             }
             let eip = self.cpu.hot.eip;
             let mode = self.cpu.mode();
-            if (mode.0 ^ self.mode.0) & Mode::FPU_BITS != 0 {
-                // The jump-cache tables are per CPL and "x87 traps", not per
-                // FPU mode: an inline lookup must not find a block translated
-                // for other CR0.TS/EM/MP or CR4.OSFXSR settings.
-                self.clear_jump_caches();
+            if mode.uses_jump_cache() {
+                // A table serves one whole mode at a time: an inline lookup
+                // must not find a block translated for other FPU trap bits
+                // or segment flatness. Every mode change passes through here.
+                let t = mode.jc_table();
+                if self.jc_tags[t] != mode.0 {
+                    self.clear_jump_table(t);
+                    self.jc_tags[t] = mode.0;
+                }
             }
             self.mode = mode;
             // Debug-register execution breakpoints are faults taken before
@@ -317,7 +325,7 @@ impl Engine {
             // The jump cache in front of the block map: with nothing to chain,
             // a hit gives the entry directly (entries are dropped whenever a
             // linear address may map other code, so a hit needs no page walk).
-            if chain_from.is_none() && self.opts.chaining && mode.is_fast() && !self.opts.trace.exec {
+            if chain_from.is_none() && self.opts.chaining && mode.uses_jump_cache() && !self.opts.trace.exec {
                 let s = crate::cache::jc_slot(mode, lin);
                 if self.cpu.hot.jc_keys[s] == (lin as u64).wrapping_neg() {
                     let host = self.cpu.hot.jc_targets[s] as usize;
@@ -689,6 +697,21 @@ impl Engine {
             self.time_due = true;
         }
         self.sig.poll_pages = pages;
+    }
+
+    /// Empty the entries of jump-cache table `table`.
+    fn clear_jump_table(&mut self, table: usize) {
+        let range = (table * JUMP_CACHE_ENTRIES) as u32..((table + 1) * JUMP_CACHE_ENTRIES) as u32;
+        let (keys, marked) = (&mut self.cpu.hot.jc_keys, &mut self.jc_marked);
+        self.jc_used.retain(|&s| {
+            if range.contains(&s) {
+                keys[s as usize] = crate::cpu::JC_EMPTY_KEY;
+                marked[s as usize] = false;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Empty every jump-cache entry filled since the last clear.

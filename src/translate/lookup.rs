@@ -27,7 +27,7 @@ const JRCXZ: u8 = 0xE3;
 const MISS_PATH_LEN: u8 = 8;
 
 pub(super) fn indirect(t: &mut Translator) {
-    if !t.opts.inline_lookup || !t.opts.mode.is_fast() {
+    if !t.opts.inline_lookup || !t.opts.mode.uses_jump_cache() {
         t.a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
         t.jmp_abs(t.exits_to.indirect);
         return;
