@@ -20,35 +20,43 @@ QEMU="qemu-system-i386 -accel tcg -M isapc -cpu pentium3,-apic -m 256M -display 
       -device isa-debug-exit,iobase=0xf4,iosize=0x4 -serial stdio -monitor none"
 ARGS="-kernel $O/bzImage -initrd $O/bench.cpio.gz -append console=ttyS0"
 
+# Microseconds since the epoch, from bash itself (no process per line, so
+# the timestamps are taken as the lines arrive).
+usec() { local t=${EPOCHREALTIME/./}; echo $((10#$t)); }
+secs() { printf '%d.%06d' $(($1 / 1000000)) $(($1 % 1000000)); }
+
 # One run: prints "boot S", "shell S", "cpu S" and the lmbench lines.
 run() {
-    local start=$EPOCHREALTIME t0=0
+    local start t0=0 t
+    start=$(usec)
+    # The guests leave with status 65 (isa-debug-exit, /init succeeded).
     # shellcheck disable=SC2086
-    $1 $ARGS < /dev/null 2>/dev/null | tr -d '\r' | while IFS= read -r line; do
-        t=$(echo "$EPOCHREALTIME - $start" | bc)
+    { $1 $ARGS < /dev/null 2>/dev/null || true; } | while IFS= read -r line; do
+        t=${EPOCHREALTIME/./}; t=$((10#$t - start))
+        line=${line%$'\r'}
         case "$line" in
-        *"btvisor-init: mode"*) echo "boot $t" ;;
+        *"btvisor-init: mode"*) echo "boot $(secs $t)" ;;
         BENCH-*-START) t0=$t ;;
-        BENCH-SHELL-END) echo "shell $(echo "$t - $t0" | bc)" ;;
-        BENCH-CPU-END) echo "cpu $(echo "$t - $t0" | bc)" ;;
+        BENCH-SHELL-END) echo "shell $(secs $((t - t0)))" ;;
+        BENCH-CPU-END) echo "cpu $(secs $((t - t0)))" ;;
         "syscall "* | "fork+"* | "pipe "* | "page "* | "mmap+"*) echo "lm:$line" ;;
         esac
     done
 }
 
-best() {  # best NAME FILE: the smallest value of NAME over the runs
-    grep "^$1 " "$2" | awk '{print $2}' | sort -g | head -1
+best() {  # best NAME FILE: the smallest value of NAME over the runs (empty if none)
+    { grep "^$1 " "$2" || true; } | awk '{print $2}' | sort -g | head -1
 }
 
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
-T=$(mktemp -d)
+T=$(mktemp -d); echo "raw results in $T" >&2
 for i in $(seq 1 "$RUNS"); do
     run "$BT" >> $T/bt
     run "$QEMU" >> $T/qemu
-    ( start=$EPOCHREALTIME; mkdir -p $T/bb; $O/busybox --install -s $T/bb
-      PATH=$T/bb $T/bb/sh guest-images/linux/shell-workload.sh > /dev/null
-      echo "shell $(echo "$EPOCHREALTIME - $start" | bc)"
-      start=$EPOCHREALTIME; $O/bench/cpu > /dev/null; echo "cpu $(echo "$EPOCHREALTIME - $start" | bc)"
+    ( mkdir -p $T/bb; $O/busybox --install -s $T/bb
+      start=$(usec); PATH=$T/bb $T/bb/sh guest-images/linux/shell-workload.sh > /dev/null
+      echo "shell $(secs $(($(usec) - start)))"
+      start=$(usec); $O/bench/cpu > /dev/null; echo "cpu $(secs $(($(usec) - start)))"
       $O/bench/lmbench | sed 's/^/lm:/' ) >> $T/native
 done
 
@@ -60,8 +68,8 @@ for f in boot shell cpu; do
     printf '%-22s %11ss %11ss %11s%s %10s %10s\n' $f $b $q $n "$([ "$n" = - ] || echo s)" "$r1" "$r2"
 done
 for k in "syscall int80" "syscall vdso" "fork+exit+wait" "fork+exec" "pipe round trip" "page fault" "mmap+munmap"; do
-    g() { grep "^lm:$k " "$1" | awk '{print $(NF-1)}' | sort -g | head -1; }
+    g() { { grep "^lm:$k " "$1" || true; } | awk '{print $(NF-1)}' | sort -g | head -1; }
     b=$(g $T/bt); q=$(g $T/qemu); n=$(g $T/native)
     printf '%-22s %10sns %10sns %10sns %10s %10s\n' "$k" $b $q $n "$(echo "scale=2; $q / $b" | bc)" "$(echo "scale=2; $b / $n" | bc)"
 done
-rm -rf $T
+[ -n "${KEEP:-}" ] || rm -rf "$T"

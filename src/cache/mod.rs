@@ -434,7 +434,7 @@ pub fn jc_insert(hot: &mut HotState, mode: Mode, eip: u32, host: usize) -> Optio
         return None;
     }
     let s = jc_slot(mode, eip);
-    hot.jc_keys[s] = (eip as u64).wrapping_neg();
+    hot.jc_keys[s] = crate::cpu::jc_key(eip);
     hot.jc_targets[s] = host as u64;
     Some(s)
 }

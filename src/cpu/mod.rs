@@ -26,20 +26,29 @@ pub const JUMP_CACHE_ENTRIES: usize = 1 << 16;
 pub const JUMP_CACHE_TABLES: usize = 4;
 /// Bytes between two tables' starts in `jc_keys` / `jc_targets`.
 pub const JUMP_CACHE_TABLE_BYTES: i32 = (JUMP_CACHE_ENTRIES * 8) as i32;
-/// Jump-cache key marking an empty entry: keys are stored negated
-/// (`-eip`), and no 32-bit EIP negates to 1.
-pub const JC_EMPTY_KEY: u64 = 1;
+/// Jump-cache key marking an empty entry: keys are stored as `-(eip + 1)`
+/// (see [`jc_key`]), which is never 0, so a zeroed table is empty and a
+/// new engine need not write its tables.
+pub const JC_EMPTY_KEY: u64 = 0;
 
-/// Entries per soft-TLB table (direct-mapped on the low 8 bits of the page
-/// number, so the index is a flag-free `movzx`).
-pub const SOFT_TLB_ENTRIES: usize = 256;
+/// The jump-cache key of `eip`: a hit is `key + eip + 1 == 0`, computed by
+/// one flag-free LEA.
+pub fn jc_key(eip: u32) -> u64 {
+    (eip as u64 + 1).wrapping_neg()
+}
+
+/// Entries per soft-TLB table (direct-mapped on the low 16 bits of the page
+/// number, so the index is a flag-free `movzx`). A table covers 256 MiB:
+/// a program sweeping a few MiB (a sort, a copy) must not miss on every
+/// page it comes back to, since each miss is an exit to the engine.
+pub const SOFT_TLB_ENTRIES: usize = 1 << 16;
 /// Soft-TLB tables: (CPL 3 << 1 | write), so a hit needs no rights check.
 pub const SOFT_TLB_KINDS: usize = 4;
 /// Bytes of one soft-TLB table (entries are a tag and an addend).
 pub const SOFT_TLB_TABLE_BYTES: i32 = (SOFT_TLB_ENTRIES * 16) as i32;
-/// Soft-TLB tag of an empty entry: tags are negated page numbers, and no
-/// 20-bit page number negates to 1.
-pub const SOFT_EMPTY_TAG: u64 = 1;
+/// Soft-TLB tag of an empty entry: tags are `-(page + 1)` (see
+/// `exec::soft_tlb`), never 0, so a zeroed table is empty.
+pub const SOFT_EMPTY_TAG: u64 = 0;
 
 /// Guest register indices (x86 encoding order).
 pub const EAX: usize = 0;
@@ -134,7 +143,7 @@ pub struct HotState {
     /// and POPFD test it to leave the block for the dispatcher to deliver.
     pub intr_pending: u32,
     _pad3: [u32; 1],
-    /// Negated guest EIPs (`JC_EMPTY_KEY` when empty).
+    /// `jc_key(eip)` of the entries (`JC_EMPTY_KEY` when empty).
     pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
     pub jc_targets: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
@@ -160,8 +169,8 @@ pub struct HotState {
     pub invlpg_done: u64,
     _pad5: [u32; 8],
     /// Soft TLB for instructions translated with checked accesses
-    /// (`translate::soft`): per kind and slot, the negated page number
-    /// (`SOFT_EMPTY_TAG` when empty) and the host address of the page's
+    /// (`translate::soft`): per kind and slot, minus the page number plus
+    /// one (`SOFT_EMPTY_TAG` when empty) and the host address of the page's
     /// RAM minus its linear address.
     pub soft_tlb: [[u64; 2]; SOFT_TLB_ENTRIES * SOFT_TLB_KINDS],
 }
@@ -204,25 +213,68 @@ const _: () = assert!(OFF_XMM % 16 == 0);
 pub const MXCSR_RESET: u32 = 0x1F80;
 
 impl HotState {
-    /// A zeroed state on the heap (it is several MiB: never on the stack).
-    pub fn new_boxed() -> Box<HotState> {
-        let layout = std::alloc::Layout::new::<HotState>();
-        // SAFETY: HotState is plain data for which all-zero bytes are valid;
-        // the allocation has HotState's layout and is owned by the Box.
-        let mut b = unsafe {
-            let p = std::alloc::alloc_zeroed(layout) as *mut HotState;
-            if p.is_null() {
-                std::alloc::handle_alloc_error(layout);
-            }
-            Box::from_raw(p)
+    /// A zeroed state in its own anonymous mapping (it is several MiB:
+    /// never on the stack). The kernel gives zero pages lazily, so the
+    /// jump-cache and soft-TLB tables (empty when zero: JC_EMPTY_KEY and
+    /// SOFT_EMPTY_TAG are 0) cost nothing until used. A heap allocation
+    /// would be memset by calloc once glibc's dynamic mmap threshold has
+    /// grown past it, for every engine a test creates.
+    pub fn new_boxed() -> HotBox {
+        let size = std::mem::size_of::<HotState>();
+        // SAFETY: a fresh private anonymous mapping; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
-        b.jc_keys.fill(JC_EMPTY_KEY);
-        b.soft_tlb.iter_mut().for_each(|e| e[0] = SOFT_EMPTY_TAG);
+        let layout = std::alloc::Layout::new::<HotState>();
+        let Some(ptr) = std::ptr::NonNull::new(p.cast::<HotState>()).filter(|_| p != libc::MAP_FAILED) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        // Page-aligned, so aligned for HotState (64 bytes).
+        let mut b = HotBox(ptr);
         b.mxcsr = MXCSR_RESET;
         b.host_mxcsr = MXCSR_RESET;
         b
     }
 }
+
+/// Owner of a [`HotState`] in its own mapping (see [`HotState::new_boxed`]).
+pub struct HotBox(std::ptr::NonNull<HotState>);
+
+impl std::ops::Deref for HotBox {
+    type Target = HotState;
+    fn deref(&self) -> &HotState {
+        // SAFETY: the mapping lives as long as the HotBox, holds zero-valid
+        // plain data, and borrows follow the HotBox's own borrows.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl std::ops::DerefMut for HotBox {
+    fn deref_mut(&mut self) -> &mut HotState {
+        // SAFETY: as in deref; `&mut self` makes the borrow unique.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for HotBox {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in new_boxed, used by no one
+        // after the owner is gone.
+        unsafe {
+            libc::munmap(self.0.as_ptr().cast(), std::mem::size_of::<HotState>());
+        }
+    }
+}
+
+// SAFETY: HotBox owns its mapping exclusively, like a Box.
+unsafe impl Send for HotBox {}
 
 /// Guest exception vectors.
 pub mod vector {
@@ -354,7 +406,7 @@ pub struct CpuSnapshot {
 
 /// The vCPU: hot state plus VMM-only architectural state.
 pub struct Cpu {
-    pub hot: Box<HotState>,
+    pub hot: HotBox,
     pub seg: [Segment; 6],
     pub gdtr: TableReg,
     pub idtr: TableReg,

@@ -246,6 +246,15 @@ impl Asm {
         self.u32(imm);
     }
 
+    /// `lea r64, [base64 + index64 + disp8]` — flag-preserving 64-bit add.
+    pub fn lea_r64_bi_d8(&mut self, dst: u8, base: u8, index: u8, disp: i8) {
+        self.rex(true, dst, index, base, false);
+        self.byte(0x8D);
+        self.byte(0x44 | ((dst & 7) << 3));
+        self.byte(((index & 7) << 3) | (base & 7));
+        self.byte(disp as u8);
+    }
+
     /// `lea r64, [base64 + index64]` — flag-preserving 64-bit add.
     pub fn lea_r64_bi(&mut self, dst: u8, base: u8, index: u8) {
         self.rex(true, dst, index, base, false);
@@ -418,6 +427,10 @@ mod tests {
         assert_eq!(d, ["jmp qword ptr [r14+r10*8+80480h]"]);
         let (_, d) = one(|a| a.lea_r64_bi(RCX, RCX, R13));
         assert_eq!(d, ["lea rcx,[rcx+r13]"]);
+        let (_, d) = one(|a| a.lea_r64_bi_d8(RCX, RCX, R13, 1));
+        assert_eq!(d, ["lea rcx,[rcx+r13+1]"]);
+        let (_, d) = one(|a| a.lea_r64_bi_d8(RCX, R13, R11, -1));
+        assert_eq!(d, ["lea rcx,[r13+r11-1]"]);
         let (_, d) = one(|a| a.lea_r64_bi(RSI, R15, RSI));
         assert_eq!(d, ["lea rsi,[r15+rsi]"]);
         let (_, d) = one(|a| a.lea_r64_bi(RDI, R13, RDI));

@@ -327,7 +327,7 @@ impl Engine {
             // linear address may map other code, so a hit needs no page walk).
             if chain_from.is_none() && self.opts.chaining && mode.uses_jump_cache() && !self.opts.trace.exec {
                 let s = crate::cache::jc_slot(mode, lin);
-                if self.cpu.hot.jc_keys[s] == (lin as u64).wrapping_neg() {
+                if self.cpu.hot.jc_keys[s] == crate::cpu::jc_key(lin) {
                     let host = self.cpu.hot.jc_targets[s] as usize;
                     match self.enter(host) {
                         Step::Chain(e) => chain_from = Some(e),

@@ -28,7 +28,7 @@ pub struct SoftTlb {
     pub insns: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
     /// `soft_tlb` indices filled since the last flush.
-    used: Vec<u16>,
+    used: Vec<u32>,
     pub fills: u64,
     pub misses: u64,
 }
@@ -37,8 +37,10 @@ fn slot(kind: u32, lin: u32) -> usize {
     kind as usize * SOFT_TLB_ENTRIES + ((lin >> 12) as usize % SOFT_TLB_ENTRIES)
 }
 
+/// `-(page + 1)`: never 0 (the empty tag), and a hit is one flag-free
+/// `lea rcx, [rcx + tag + 1]` giving zero.
 fn tag(lin: u32) -> u64 {
-    ((lin >> 12) as u64).wrapping_neg()
+    ((lin >> 12) as u64 + 1).wrapping_neg()
 }
 
 impl SoftTlb {
@@ -75,7 +77,7 @@ impl SoftTlb {
         }
         let s = slot(kind, lin);
         hot.soft_tlb[s] = [tag(lin), host_page.wrapping_sub((lin & !0xFFF) as u64)];
-        self.used.push(s as u16);
+        self.used.push(s as u32);
         self.fills += 1;
     }
 

@@ -1,14 +1,15 @@
 //! Inline jump-cache lookup for indirect branches and returns.
 //!
 //! The target EIP is in R13D. The cache is direct-mapped on the low 16 bits
-//! of the EIP and stores negated keys, so a hit is `key + eip == 0`, tested
+//! of the EIP and stores keys `-(eip + 1)` (0 is empty), so a hit is
+//! `key + eip + 1 == 0`, tested
 //! with JRCXZ: the whole lookup leaves host flags (= guest flags) alone.
 //!
 //! ```text
 //!     movzx r10d, r13w
 //!     mov   r11, rcx                          ; guest ECX aside
 //!     mov   rcx, [r14 + r10*8 + jc_keys]
-//!     lea   rcx, [rcx + r13]
+//!     lea   rcx, [rcx + r13 + 1]
 //!     jrcxz hit
 //!     mov   rcx, r11
 //!     jmp   exit_indirect                     ; dispatcher: eip = r13d
@@ -36,7 +37,7 @@ pub(super) fn indirect(t: &mut Translator) {
     t.a.movzx_r32_r16(R10, SCRATCH);
     t.a.mov_r64_r64(R11, RCX);
     t.a.mov_r64_mbi8(RCX, VCPU, R10, OFF_JC_KEYS + table);
-    t.a.lea_r64_bi(RCX, RCX, SCRATCH);
+    t.a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
     t.a.bytes(&[JRCXZ, MISS_PATH_LEN]);
     let miss_start = t.a.len();
     t.a.mov_r64_r64(RCX, R11);

@@ -19,9 +19,9 @@
 //!     addr32 lea r13d, [ea]                ; linear address (flat segments)
 //!     mov r10, rcx ; mov r11d, 12
 //!     lea ecx, [r13+size-1] ; shrx ecx, ecx, r11d    ; page of the last byte
-//!     shrx r11d, r13d, r11d ; movzx r13d, r11b       ; slot of the first
+//!     shrx r11d, r13d, r11d ; movzx r13d, r11w       ; slot of the first
 //!     lea r13, [r13+r13]
-//!     mov r11, [r14+r13*8+table] ; lea rcx, [rcx+r11] ; jrcxz hit
+//!     mov r11, [r14+r13*8+table] ; lea rcx, [rcx+r11+1] ; jrcxz hit
 //!     mov rcx, r10 ; addr32 lea r13d, [ea]
 //!     mov dword [r14+eip], eip ; mov dword [r14+soft_kind], kind
 //!     mov [r14+exit_arg], r13d ; jmp exit_soft_miss
@@ -91,10 +91,10 @@ pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u3
     t.a.lea_r32(RCX, SCRATCH, size as i32 - 1);
     t.a.shrx_r32(RCX, RCX, R11);
     t.a.shrx_r32(R11, SCRATCH, R11);
-    t.a.movzx_r32_r8(SCRATCH, R11);
+    t.a.movzx_r32_r16(SCRATCH, R11);
     t.a.lea_r64_bi(SCRATCH, SCRATCH, SCRATCH);
     t.a.mov_r64_mbi8(R11, VCPU, SCRATCH, table);
-    t.a.lea_r64_bi(RCX, RCX, R11);
+    t.a.lea_r64_bi_d8(RCX, RCX, R11, 1);
     t.a.bytes(&[JRCXZ, 0]);
     let miss = t.a.len();
     t.a.mov_r64_r64(RCX, R10);

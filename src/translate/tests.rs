@@ -282,12 +282,12 @@ fn golden_call_direct() {
 
 fn lookup_text(start: usize) -> Vec<String> {
     // start = offset of `movzx r10d, r13w`; the hit path is 8 bytes after the jrcxz.
-    let hit = start + 4 + 3 + 8 + 4 + 2 + 8;
+    let hit = start + 4 + 3 + 8 + 5 + 2 + 8;
     vec![
         "movzx r10d,r13w".into(),
         "mov r11,rcx".into(),
         format!("mov rcx,[r14+r10*8+{:X}h]", crate::cpu::OFF_JC_KEYS),
-        "lea rcx,[rcx+r13]".into(),
+        "lea rcx,[rcx+r13+1]".into(),
         format!("jrcxz {:016X}h", host(hit)),
         "mov rcx,r11".into(),
         jmp_to(EXITS.indirect),
@@ -1293,10 +1293,10 @@ fn soft_form_golden() {
         "lea ecx,[r13+3]".into(),
         "shrx ecx,ecx,r11d".into(),
         "shrx r11d,r13d,r11d".into(),
-        "movzx r13d,r11b".into(),
+        "movzx r13d,r11w".into(),
         "lea r13,[r13+r13]".into(),
         format!("mov r11,[r14+r13*8+{}]", ihex(tbl as u32)),
-        "lea rcx,[rcx+r11]".into(),
+        "lea rcx,[rcx+r11+1]".into(),
     ];
     assert_eq!(got[..10], want[..10], "{got:#?}");
     assert!(got[10].starts_with("jrcxz"), "{got:#?}");
