@@ -32,6 +32,8 @@ pub enum Class {
     PushReg,
     PushImm,
     PushMem,
+    /// PUSH of a segment register (32-bit operand size): the guest selector.
+    PushSeg,
     PopReg,
     PopMem,
     Pushad,
@@ -165,6 +167,7 @@ pub fn classify_in(i: &Instruction, code16: bool) -> Class {
         Push_r32 => return Class::PushReg,
         Pop_r32 => return Class::PopReg,
         Pushd_imm32 | Pushd_imm8 => return Class::PushImm,
+        Pushd_ES | Pushd_CS | Pushd_SS | Pushd_DS | Pushd_FS | Pushd_GS => return Class::PushSeg,
         Push_rm32 if !mem16 => {
             return if i.op0_kind() == OpKind::Register { Class::PushReg } else { Class::PushMem };
         }

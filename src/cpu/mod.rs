@@ -128,7 +128,10 @@ pub struct HotState {
     pub seg_base: [u32; 6],
     pub seg_lo: [u32; 6],
     pub seg_hi: [u32; 6],
-    _pad2: [u32; 16],
+    /// The guest's selectors (ES..GS), for translated PUSH sreg; synced by
+    /// the dispatcher before it enters translated code.
+    pub seg_sel: [u32; 6],
+    _pad2: [u32; 10],
     /// Host RIP of the last fault in translated code, and the raw 64-bit
     /// values of `RESUME_REGS` there, to resume it after a hidden fault.
     pub resume_rip: u64,
@@ -186,6 +189,7 @@ pub const OFF_FPU_ACTIVE: i32 = offset_of!(HotState, fpu_active) as i32;
 pub const OFF_SEG_BASE: i32 = offset_of!(HotState, seg_base) as i32;
 pub const OFF_SEG_LO: i32 = offset_of!(HotState, seg_lo) as i32;
 pub const OFF_SEG_HI: i32 = offset_of!(HotState, seg_hi) as i32;
+pub const OFF_SEG_SEL: i32 = offset_of!(HotState, seg_sel) as i32;
 pub const OFF_RESUME_RIP: i32 = offset_of!(HotState, resume_rip) as i32;
 pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
 /// Host registers that can hold something other than the zero-extended
@@ -500,6 +504,13 @@ impl Cpu {
 
     /// Copy segment bases and valid offset ranges into `HotState` for the
     /// checked accesses of translated code.
+    /// Copy the selectors to `HotState::seg_sel` (PUSH sreg reads them).
+    pub fn sync_selectors(&mut self) {
+        for k in 0..6 {
+            self.hot.seg_sel[k] = u32::from(self.seg[k].selector);
+        }
+    }
+
     pub fn sync_segments(&mut self) {
         for k in 0..6 {
             let s = self.seg[k];

@@ -311,6 +311,7 @@ impl Engine {
             if !mode.is_fast() {
                 self.cpu.sync_segments();
             }
+            self.cpu.sync_selectors();
             // Translated code of CPL 3 sees the user window when paging is on.
             let window = self.mem.window_for(mode.cpl()) as u64;
             if self.cpu.hot.window != window {

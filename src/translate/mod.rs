@@ -429,6 +429,7 @@ impl<'a> Translator<'a> {
             Class::PushReg
             | Class::PushImm
             | Class::PushMem
+            | Class::PushSeg
             | Class::PopReg
             | Class::PopMem
             | Class::Pushad
@@ -443,8 +444,9 @@ impl<'a> Translator<'a> {
             {
                 Class::Emulate
             }
-            // Their memory operand is used as a flat window address.
-            Class::PushMem | Class::PopMem | Class::JmpIndirect | Class::CallIndirect
+            // Its memory operand is used as a flat window address (PUSH m32
+            // and indirect JMP/CALL check a non-flat segment's operand).
+            Class::PopMem
                 if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
                     && !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
@@ -480,6 +482,7 @@ impl<'a> Translator<'a> {
             Class::MaskMov => string::maskmov(self, i),
             Class::PushReg => stack::push_reg(self, i),
             Class::PushImm => stack::push_imm(self, i),
+            Class::PushSeg => stack::push_sreg(self, i),
             Class::PushMem => stack::push_mem(self, i),
             Class::PopReg => stack::pop_reg(self, i),
             Class::PopMem => stack::pop_mem(self, i),

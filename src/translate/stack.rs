@@ -6,12 +6,15 @@
 use iced_x86::{Instruction, OpKind};
 
 use super::{Translator, guest_mem, host_gpr};
+use crate::cpu::OFF_SEG_SEL;
 use crate::emit::GuestMem;
 use crate::emit::reg::*;
 
 const MOV_STORE: u8 = 0x89;
 const MOV_LOAD: u8 = 0x8B;
 const MOV_STORE_IMM: u8 = 0xC7;
+/// Operand-size prefix: a word store.
+const PREFIX_OPSIZE: u8 = 0x66;
 
 fn sp(disp: i32) -> GuestMem {
     GuestMem::base_disp(GUEST_ESP, disp)
@@ -34,11 +37,26 @@ pub(super) fn push_reg(t: &mut Translator, i: &Instruction) {
     t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
 }
 
-/// `push m32`: load into R13 first (the address uses the old ESP).
+/// `push m32`: load into R13 first (the address uses the old ESP; a
+/// non-flat segment's operand is checked and based first).
 pub(super) fn push_mem(t: &mut Translator, i: &Instruction) {
-    let m = guest_mem(i, GUEST_ESP);
-    t.mem_op(&[], &[MOV_LOAD], SCRATCH, &m, &[]);
+    t.load_scratch(i);
     t.mem_op(&[], &[MOV_STORE], SCRATCH, &sp(-4), &[]);
+    t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
+}
+
+/// PUSH ES/CS/SS/DS/FS/GS with 32-bit operand size: ESP drops by 4 and
+/// the guest's selector (`HotState::seg_sel`, synced by the dispatcher) is
+/// written as a word, leaving the upper half of the slot as it was, as
+/// current processors do (SDM Vol. 2B, PUSH).
+///
+/// ```text
+/// mov r13d, [r14+seg_sel+4*s] ; mov word gs:[r12d-4], r13w ; lea r12d, [r12-4]
+/// ```
+pub(super) fn push_sreg(t: &mut Translator, i: &Instruction) {
+    let s = super::seg_index(i.op0_register());
+    t.a.mov_r32_mbase(SCRATCH, VCPU, OFF_SEG_SEL + 4 * s as i32);
+    t.mem_op(&[PREFIX_OPSIZE], &[MOV_STORE], SCRATCH, &sp(-4), &[]);
     t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
 }
 
