@@ -34,6 +34,10 @@ pub enum Class {
     PushMem,
     /// PUSH of a segment register (32-bit operand size): the guest selector.
     PushSeg,
+    /// MOV ES/DS/FS/GS, r16/r32 and POP ES/DS/FS/GS: skipped in place when
+    /// they reload the selector already loaded from an unchanged
+    /// descriptor, else run by the VMM (`translate::segment::reload`).
+    SegReload,
     PopReg,
     PopMem,
     Pushad,
@@ -168,6 +172,13 @@ pub fn classify_in(i: &Instruction, code16: bool) -> Class {
         Pop_r32 => return Class::PopReg,
         Pushd_imm32 | Pushd_imm8 => return Class::PushImm,
         Pushd_ES | Pushd_CS | Pushd_SS | Pushd_DS | Pushd_FS | Pushd_GS => return Class::PushSeg,
+        Popd_ES | Popd_DS | Popd_FS | Popd_GS => return Class::SegReload,
+        Mov_Sreg_r32m16 | Mov_Sreg_rm16
+            if i.op1_kind() == OpKind::Register
+                && matches!(i.op0_register(), Register::ES | Register::DS | Register::FS | Register::GS) =>
+        {
+            return Class::SegReload;
+        }
         Push_rm32 if !mem16 => {
             return if i.op0_kind() == OpKind::Register { Class::PushReg } else { Class::PushMem };
         }

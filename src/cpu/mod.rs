@@ -162,6 +162,14 @@ pub struct HotState {
     /// `*mut PortBus` and the callout function, set by the engine.
     pub io_bus: u64,
     pub io_fn: u64,
+    /// Fast reloads of ES, DS, FS and GS (`translate::segment::reload`):
+    /// per segment register, `jc_key(selector)` when a reload of the loaded
+    /// selector may be skipped if its descriptor is unchanged (0: always
+    /// the VMM), the host address of that descriptor in the RAM alias, and
+    /// minus its 8 bytes as they were when loaded. Written by the dispatcher.
+    pub reload_key: [u64; 6],
+    pub reload_desc: [u64; 6],
+    pub reload_neg: [u64; 6],
     /// The soft-TLB table of the last SOFT_MISS exit.
     pub soft_kind: u32,
     _pad4: [u32; 1],
@@ -190,6 +198,9 @@ pub const OFF_SEG_BASE: i32 = offset_of!(HotState, seg_base) as i32;
 pub const OFF_SEG_LO: i32 = offset_of!(HotState, seg_lo) as i32;
 pub const OFF_SEG_HI: i32 = offset_of!(HotState, seg_hi) as i32;
 pub const OFF_SEG_SEL: i32 = offset_of!(HotState, seg_sel) as i32;
+pub const OFF_RELOAD_KEY: i32 = offset_of!(HotState, reload_key) as i32;
+pub const OFF_RELOAD_DESC: i32 = offset_of!(HotState, reload_desc) as i32;
+pub const OFF_RELOAD_NEG: i32 = offset_of!(HotState, reload_neg) as i32;
 pub const OFF_RESUME_RIP: i32 = offset_of!(HotState, resume_rip) as i32;
 pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
 /// Host registers that can hold something other than the zero-extended

@@ -2,6 +2,7 @@
 //! translates misses, chains direct exits, enters translated code and
 //! handles whatever brought it back (see ARCHITECTURE.md, "Dispatcher").
 
+mod seg_reload;
 pub mod signals;
 mod soft_tlb;
 pub mod stats;
@@ -157,6 +158,8 @@ pub struct Engine {
     jc_marked: Vec<bool>,
     /// The mode (`Mode.0`) whose blocks each jump-cache table holds.
     jc_tags: [u16; crate::cpu::JUMP_CACHE_TABLES],
+    /// Segment loads translated code may skip in place.
+    seg_reloads: seg_reload::SegReloads,
     /// The last true page fault from translated code: mapped eagerly when
     /// the guest's handler returns to the faulting instruction.
     last_pf: Option<LastFault>,
@@ -220,6 +223,7 @@ impl Engine {
             jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
             // No mode sets every bit: the first use of a table tags it.
             jc_tags: [u16::MAX; crate::cpu::JUMP_CACHE_TABLES],
+            seg_reloads: Default::default(),
             watch_pages: Vec::new(),
             log: None,
         })
@@ -312,6 +316,7 @@ impl Engine {
                 self.cpu.sync_segments();
             }
             self.cpu.sync_selectors();
+            self.seg_reloads.sync(&mut self.cpu);
             // Translated code of CPL 3 sees the user window when paging is on.
             let window = self.mem.window_for(mode.cpl()) as u64;
             if self.cpu.hot.window != window {
@@ -626,6 +631,7 @@ impl Engine {
     /// shadow mappings, the soft TLB, chains and jump-cache entries that a
     /// linear address may now contradict.
     fn paging_changed(&mut self, invlpg: Option<u32>, cr_written: bool) {
+        self.seg_reloads.paging_changed();
         let regs = self.cpu.paging_regs();
         let old = self.mem.paging();
         self.stats.tlb_flushes += 1;
@@ -835,6 +841,9 @@ impl Engine {
         }
         match r {
             Ok(Flow::Next) => {
+                if let Some(s) = loaded_data_segment(&i) {
+                    self.seg_reloads.note_load(&self.cpu, &self.mem, s);
+                }
                 self.cpu.hot.eip = i.next_ip32();
                 Step::Continue
             }
@@ -1678,4 +1687,22 @@ fn set_gs_base(base: usize) -> std::io::Result<()> {
     // which neither Rust nor glibc use on x86-64 Linux.
     let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, base) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// The data segment register (ES, DS, FS, GS) that `i` loads by MOV or
+/// POP, if any: the loads `translate::segment::reload` can skip later.
+fn loaded_data_segment(i: &Instruction) -> Option<usize> {
+    use iced_x86::{Code, Register};
+    let moves = matches!(i.code(), Code::Mov_Sreg_r32m16 | Code::Mov_Sreg_rm16);
+    let pops = matches!(i.code(), Code::Popd_ES | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS);
+    if !moves && !pops {
+        return None;
+    }
+    match i.op0_register() {
+        Register::ES => Some(crate::cpu::SEG_ES),
+        Register::DS => Some(crate::cpu::SEG_DS),
+        Register::FS => Some(crate::cpu::SEG_FS),
+        Register::GS => Some(crate::cpu::SEG_GS),
+        _ => None,
+    }
 }

@@ -430,6 +430,7 @@ impl<'a> Translator<'a> {
             | Class::PushImm
             | Class::PushMem
             | Class::PushSeg
+            | Class::SegReload
             | Class::PopReg
             | Class::PopMem
             | Class::Pushad
@@ -483,6 +484,7 @@ impl<'a> Translator<'a> {
             Class::PushReg => stack::push_reg(self, i),
             Class::PushImm => stack::push_imm(self, i),
             Class::PushSeg => stack::push_sreg(self, i),
+            Class::SegReload => segment::reload(self, i),
             Class::PushMem => stack::push_mem(self, i),
             Class::PopReg => stack::pop_reg(self, i),
             Class::PopMem => stack::pop_mem(self, i),

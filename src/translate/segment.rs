@@ -20,8 +20,12 @@
 //! ok:
 //! ```
 
+use iced_x86::{Instruction, OpKind};
+
 use super::Translator;
-use crate::cpu::{OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, SEG_SS, vector};
+use crate::cpu::{
+    OFF_EIP, OFF_RELOAD_DESC, OFF_RELOAD_KEY, OFF_RELOAD_NEG, OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, SEG_SS, vector,
+};
 use crate::emit::GuestMem;
 use crate::emit::reg::*;
 
@@ -78,4 +82,67 @@ fn check_and_add_base(t: &mut Translator, eip: u32, seg: usize, size: i32) {
     t.exception_exit(eip, v);
     let done = t.a.len();
     t.a.bind_rel32(ok, done);
+}
+
+/// JRCXZ rel8 and JMP rel8 opcodes.
+const JRCXZ: u8 = 0xE3;
+const JMP_REL8: u8 = 0xEB;
+/// MOVZX r32, r/m16 (0F B7).
+const MOVZX_R16: [u8; 2] = [0x0F, 0xB7];
+
+/// MOV ES/DS/FS/GS, r16/r32 and POP ES/DS/FS/GS. Linux's system-call
+/// entry reloads DS and ES with the selector they already hold, and its
+/// exit path FS; a reload of the loaded selector from a descriptor whose
+/// 8 bytes are unchanged is a no-op (the accessed bit is already set, the
+/// privilege checks passed and the hidden part would be the same), so it
+/// is skipped in place. The dispatcher arms the check only while the
+/// loaded state is what the VMM built from that descriptor, with the same
+/// GDTR, LDTR and paging (`Engine::sync_reloads`); anything else leaves
+/// through `exit_emulate` and the VMM runs the instruction.
+///
+/// ```text
+///     movzx r13d, r16 | movzx r13d, word gs:[r12d]   ; the new selector
+///     mov r10, rcx
+///     mov rcx, [r14+reload_key+8*s] ; lea rcx, [rcx+r13+1] ; jrcxz same_sel
+///     jmp short vmm
+/// same_sel:
+///     mov r11, [r14+reload_desc+8*s] ; mov rcx, [r11]      ; the descriptor now
+///     mov r11, [r14+reload_neg+8*s]  ; lea rcx, [rcx+r11] ; jrcxz done
+/// vmm:
+///     mov rcx, r10 ; mov dword [r14+eip], eip ; jmp exit_emulate
+/// done:
+///     mov rcx, r10 ; [lea r12d, [r12+4]]                ; POP: ESP moves
+/// ```
+pub(super) fn reload(t: &mut Translator, i: &Instruction) {
+    let pop = i.op_count() == 1;
+    let s = super::seg_index(i.op0_register()) as i32;
+    if pop {
+        t.mem_op(&[], &MOVZX_R16, SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
+    } else if i.op1_kind() == OpKind::Register {
+        let src = super::host_gpr(i.op1_register()).unwrap_or(RAX);
+        t.a.movzx_r32_r16(SCRATCH, src);
+    }
+    t.a.mov_r64_r64(R10, RCX);
+    t.a.mov_r64_mbase(RCX, VCPU, OFF_RELOAD_KEY + 8 * s);
+    t.a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
+    t.a.bytes(&[JRCXZ, 2, JMP_REL8, 0]);
+    let to_vmm = t.a.len() - 1;
+    t.a.mov_r64_mbase(R11, VCPU, OFF_RELOAD_DESC + 8 * s);
+    t.a.mov_r64_mbase(RCX, R11, 0);
+    t.a.mov_r64_mbase(R11, VCPU, OFF_RELOAD_NEG + 8 * s);
+    t.a.lea_r64_bi(RCX, RCX, R11);
+    t.a.bytes(&[JRCXZ, 0]);
+    let to_done = t.a.len() - 1;
+    let vmm = t.a.len();
+    t.a.mov_r64_r64(RCX, R10);
+    t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
+    t.jmp_abs(t.exits_to.emulate);
+    let done = t.a.len();
+    t.a.buf[to_vmm] = (vmm - (to_vmm + 1)) as u8;
+    t.a.buf[to_done] = (done - (to_done + 1)) as u8;
+    debug_assert!(done - (to_done + 1) < 128);
+    t.a.mov_r64_r64(RCX, R10);
+    if pop {
+        t.a.lea_r32(GUEST_ESP, GUEST_ESP, 4);
+    }
 }

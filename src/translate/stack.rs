@@ -7,14 +7,12 @@ use iced_x86::{Instruction, OpKind};
 
 use super::{Translator, guest_mem, host_gpr};
 use crate::cpu::OFF_SEG_SEL;
-use crate::emit::GuestMem;
+use crate::emit::{GuestMem, PREFIX_OPSIZE};
 use crate::emit::reg::*;
 
 const MOV_STORE: u8 = 0x89;
 const MOV_LOAD: u8 = 0x8B;
 const MOV_STORE_IMM: u8 = 0xC7;
-/// Operand-size prefix: a word store.
-const PREFIX_OPSIZE: u8 = 0x66;
 
 fn sp(disp: i32) -> GuestMem {
     GuestMem::base_disp(GUEST_ESP, disp)

@@ -707,6 +707,27 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             {
                 continue;
             }
+            // The in-place segment reload (`translate::segment::reload`)
+            // reads the descriptor the VMM published: `mov r11,
+            // [r14+reload_desc+8*s]` then `mov rcx, [r11]`.
+            let reads_descriptor = m == Mnemonic::Mov
+                && base == Register::R11
+                && mem.access() == OpAccess::Read
+                && mem.index() == Register::None
+                && mem.displacement() == 0
+                && prev.is_some_and(|p| {
+                    let d = p.memory_displacement64();
+                    let lo = crate::cpu::OFF_RELOAD_DESC as u64;
+                    p.mnemonic() == Mnemonic::Mov
+                        && p.op0_register() == Register::R11
+                        && p.memory_base() == Register::R14
+                        && p.memory_index() == Register::None
+                        && (lo..lo + 48).contains(&d)
+                        && (d - lo) % 8 == 0
+                });
+            if reads_descriptor {
+                continue;
+            }
             return err(&format!("memory access through {:?} with base {:?}", mem.segment(), base));
         }
         // Soft-TLB state: `mov r11, [r14+r13*8+addend]`, `mov rcx, r10`,
