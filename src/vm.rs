@@ -75,7 +75,9 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
     let boot = if crate::loader::linux::is_bzimage(&image) {
         let initrd = match config.initrd.as_slice() {
             [] => None,
-            [one] => Some(std::fs::read(one).map_err(|source| VmError::Initrd { path: one.display().to_string(), source })?),
+            [one] => {
+                Some(std::fs::read(one).map_err(|source| VmError::Initrd { path: one.display().to_string(), source })?)
+            }
             _ => return Err(VmError::InitrdList),
         };
         let b = crate::loader::linux::load_bzimage(&image, mem.ram_mut(), &config.append, initrd.as_deref())

@@ -363,38 +363,60 @@ impl CodeCache {
     /// how many. Chains into them are unlinked and jump-cache entries cleared.
     pub fn invalidate_page(&mut self, page: u32, hot: &mut HotState) -> usize {
         let ids = self.page_blocks.remove(&page).unwrap_or_default();
-        let mut n = 0;
-        for id in ids {
-            let b = &mut self.blocks[id as usize];
-            if !b.valid {
-                continue;
-            }
-            b.valid = false;
-            n += 1;
-            let (eip, mode, phys, host, pages) = (b.eip, b.mode, b.phys, b.host, b.pages);
-            let incoming = std::mem::take(&mut b.incoming);
-            if self.map.get(&(mode.key(eip), phys)) == Some(&id) {
-                self.map.remove(&(mode.key(eip), phys));
-            }
-            let slot = jc_slot(mode, eip);
-            if hot.jc_targets[slot] == host as u64 {
-                hot.jc_keys[slot] = JC_EMPTY_KEY;
-            }
-            for ex in incoming {
-                let e = self.exits[ex as usize];
-                if e.linked == Some(id) {
-                    self.patch(e.rel32, e.tail);
-                    self.exits[ex as usize].linked = None;
-                }
-            }
-            let other = if pages.0 == page { pages.1 } else { pages.0 };
-            if other != page {
-                if let Some(v) = self.page_blocks.get_mut(&other) {
-                    v.retain(|&x| x != id);
-                }
+        ids.into_iter().filter(|&id| self.drop_block(id, page, hot)).count()
+    }
+
+    /// Invalidate the blocks on guest page `page` whose instructions cover
+    /// guest EIP `eip` (one instruction is to be translated otherwise);
+    /// returns how many. The page's other blocks stay.
+    pub fn invalidate_at(&mut self, page: u32, eip: u32, hot: &mut HotState) -> usize {
+        let Some(list) = self.page_blocks.get(&page) else { return 0 };
+        let hit: Vec<BlockId> = list
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let b = &self.blocks[id as usize];
+                b.valid && eip.wrapping_sub(b.eip) < b.end.wrapping_sub(b.eip)
+            })
+            .collect();
+        if let Some(list) = self.page_blocks.get_mut(&page) {
+            list.retain(|id| !hit.contains(id));
+        }
+        hit.into_iter().filter(|&id| self.drop_block(id, page, hot)).count()
+    }
+
+    /// Make block `id` (listed under `page`, whose list the caller updates)
+    /// invalid: out of the block map and the jump cache, chains into it
+    /// unlinked, off its other page's list. False if it already was.
+    fn drop_block(&mut self, id: BlockId, page: u32, hot: &mut HotState) -> bool {
+        let b = &mut self.blocks[id as usize];
+        if !b.valid {
+            return false;
+        }
+        b.valid = false;
+        let (eip, mode, phys, host, pages) = (b.eip, b.mode, b.phys, b.host, b.pages);
+        let incoming = std::mem::take(&mut b.incoming);
+        if self.map.get(&(mode.key(eip), phys)) == Some(&id) {
+            self.map.remove(&(mode.key(eip), phys));
+        }
+        let slot = jc_slot(mode, eip);
+        if hot.jc_targets[slot] == host as u64 {
+            hot.jc_keys[slot] = JC_EMPTY_KEY;
+        }
+        for ex in incoming {
+            let e = self.exits[ex as usize];
+            if e.linked == Some(id) {
+                self.patch(e.rel32, e.tail);
+                self.exits[ex as usize].linked = None;
             }
         }
-        n
+        let other = if pages.0 == page { pages.1 } else { pages.0 };
+        if other != page {
+            if let Some(v) = self.page_blocks.get_mut(&other) {
+                v.retain(|&x| x != id);
+            }
+        }
+        true
     }
 
     /// Does any valid block hold code from `page`?

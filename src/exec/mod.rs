@@ -1273,12 +1273,18 @@ impl Engine {
         }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
         if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
+            // Only the blocks holding this instruction: instructions of a
+            // page turn soft one at a time (a new process faults in glibc's
+            // start-up code instruction by instruction), and retranslating
+            // the whole page each time cost hundreds of blocks per fork+exec.
             // The faulting block keeps running until it exits (its code
             // stays in the cache); the next lookup translates it again.
             self.clear_emu_cache();
-            let n = self.cache.invalidate_page(phys, &mut self.cpu.hot);
+            let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
             self.stats.invalidated_blocks += n as u64;
-            self.mem.set_code_protect(phys, false);
+            if !self.cache.page_has_code(phys) {
+                self.mem.set_code_protect(phys, false);
+            }
         }
     }
 

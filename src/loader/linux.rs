@@ -125,7 +125,12 @@ pub fn e820_map(ram_size: u64) -> [(u64, u64, u32); 3] {
 
 /// Loads bzImage `image` into `ram` with command line `cmdline` and the
 /// optional `initrd`, and writes the zero page.
-pub fn load_bzimage(image: &[u8], ram: &mut [u8], cmdline: &str, initrd: Option<&[u8]>) -> Result<LinuxBoot, LoaderError> {
+pub fn load_bzimage(
+    image: &[u8],
+    ram: &mut [u8],
+    cmdline: &str,
+    initrd: Option<&[u8]>,
+) -> Result<LinuxBoot, LoaderError> {
     let ram_size = ram.len() as u64;
     let file_len = image.len();
     let hdr = |o: usize, n: usize| -> Result<(), LoaderError> {
@@ -135,7 +140,8 @@ pub fn load_bzimage(image: &[u8], ram: &mut [u8], cmdline: &str, initrd: Option<
     if !is_bzimage(image) || rd16(image, OFF_BOOT_FLAG) != Some(BOOT_FLAG) {
         return Err(LoaderError::NotLinux);
     }
-    let version = rd16(image, OFF_VERSION).ok_or_else(|| truncated("the setup header", 0, OFF_VERSION + 2, file_len))?;
+    let version =
+        rd16(image, OFF_VERSION).ok_or_else(|| truncated("the setup header", 0, OFF_VERSION + 2, file_len))?;
     if version < MIN_PROTOCOL {
         return Err(LoaderError::ProtocolTooOld { version, min: MIN_PROTOCOL });
     }
@@ -183,10 +189,7 @@ pub fn load_bzimage(image: &[u8], ram: &mut [u8], cmdline: &str, initrd: Option<
             match addr {
                 Some(a) if a >= kernel_end => Some((a, data)),
                 _ => {
-                    return Err(LoaderError::InitrdTooLarge {
-                        size,
-                        room: (max + 1).saturating_sub(kernel_end),
-                    });
+                    return Err(LoaderError::InitrdTooLarge { size, room: (max + 1).saturating_sub(kernel_end) });
                 }
             }
         }

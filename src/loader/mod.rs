@@ -167,7 +167,9 @@ pub enum LoaderError {
     NotLinux,
     #[error("Linux boot protocol {}.{:02} is too old: at least {}.{:02} is needed", version >> 8, version & 0xFF, min >> 8, min & 0xFF)]
     ProtocolTooOld { version: u16, min: u16 },
-    #[error("initrd of {size} bytes does not fit in guest RAM ({room} bytes free above the kernel): give more memory with -m")]
+    #[error(
+        "initrd of {size} bytes does not fit in guest RAM ({room} bytes free above the kernel): give more memory with -m"
+    )]
     InitrdTooLarge { size: u64, room: u64 },
     #[error("kernel command line of {len} bytes is longer than the kernel accepts ({max} bytes)")]
     CmdlineTooLong { len: usize, max: usize },

@@ -7,8 +7,8 @@ use iced_x86::{Instruction, OpKind};
 
 use super::{Translator, guest_mem, host_gpr};
 use crate::cpu::OFF_SEG_SEL;
-use crate::emit::{GuestMem, PREFIX_OPSIZE};
 use crate::emit::reg::*;
+use crate::emit::{GuestMem, PREFIX_OPSIZE};
 
 const MOV_STORE: u8 = 0x89;
 const MOV_LOAD: u8 = 0x8B;
