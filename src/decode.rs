@@ -38,6 +38,9 @@ pub enum Class {
     /// they reload the selector already loaded from an unchanged
     /// descriptor, else run by the VMM (`translate::segment::reload`).
     SegReload,
+    /// VERW: ZF as the VMM last found it for the same selector, CPL and
+    /// unchanged descriptor, else run by the VMM (`translate::segment::verw`).
+    VerifyWrite,
     PopReg,
     PopMem,
     Pushad,
@@ -173,6 +176,7 @@ pub fn classify_in(i: &Instruction, code16: bool) -> Class {
         Pushd_imm32 | Pushd_imm8 => return Class::PushImm,
         Pushd_ES | Pushd_CS | Pushd_SS | Pushd_DS | Pushd_FS | Pushd_GS => return Class::PushSeg,
         Popd_ES | Popd_DS | Popd_FS | Popd_GS => return Class::SegReload,
+        Verw_rm16 | Verw_r32m16 if !mem16 => return Class::VerifyWrite,
         Mov_Sreg_r32m16 | Mov_Sreg_rm16
             if i.op1_kind() == OpKind::Register
                 && matches!(i.op0_register(), Register::ES | Register::DS | Register::FS | Register::GS) =>

@@ -1172,6 +1172,9 @@ fn lar_lsl_verx(env: &mut Env, i: &Instruction) -> R<()> {
     use Mnemonic as M;
     let n = if matches!(i.mnemonic(), M::Lar | M::Lsl) { 1 } else { 0 };
     let sel = env.op(i, n, 2)? as u16;
+    if i.mnemonic() == M::Verw {
+        env.cpu.last_verw = Some(sel);
+    }
     let d = if sel & 0xFFFC == 0 { None } else { env.descriptor(sel).ok() };
     let Some(d) = d else {
         env.set_flag(flags::ZF, false);

@@ -170,6 +170,13 @@ pub struct HotState {
     pub reload_key: [u64; 6],
     pub reload_desc: [u64; 6],
     pub reload_neg: [u64; 6],
+    /// The same for VERW (`translate::segment::verw`): the key of the
+    /// selector the VMM last verified at this CPL, its descriptor's host
+    /// address and negated bytes, and the ZF (0 or 0x40) VERW gave.
+    pub verw_key: u64,
+    pub verw_desc: u64,
+    pub verw_neg: u64,
+    pub verw_zf: u64,
     /// The soft-TLB table of the last SOFT_MISS exit.
     pub soft_kind: u32,
     _pad4: [u32; 1],
@@ -201,6 +208,10 @@ pub const OFF_SEG_SEL: i32 = offset_of!(HotState, seg_sel) as i32;
 pub const OFF_RELOAD_KEY: i32 = offset_of!(HotState, reload_key) as i32;
 pub const OFF_RELOAD_DESC: i32 = offset_of!(HotState, reload_desc) as i32;
 pub const OFF_RELOAD_NEG: i32 = offset_of!(HotState, reload_neg) as i32;
+pub const OFF_VERW_KEY: i32 = offset_of!(HotState, verw_key) as i32;
+pub const OFF_VERW_DESC: i32 = offset_of!(HotState, verw_desc) as i32;
+pub const OFF_VERW_NEG: i32 = offset_of!(HotState, verw_neg) as i32;
+pub const OFF_VERW_ZF: i32 = offset_of!(HotState, verw_zf) as i32;
 pub const OFF_RESUME_RIP: i32 = offset_of!(HotState, resume_rip) as i32;
 pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
 /// Host registers that can hold something other than the zero-extended
@@ -437,6 +448,9 @@ pub struct Cpu {
     pub msr_sysenter: [u32; 3],
     /// IA32_MISC_ENABLE.
     pub msr_misc_enable: u64,
+    /// The selector of the last VERW the interpreter ran (the engine takes
+    /// it to let translated code repeat the result; `exec::seg_reload`).
+    pub last_verw: Option<u16>,
 }
 
 impl Default for Cpu {
@@ -464,6 +478,7 @@ impl Cpu {
             idt_loaded: false,
             msr_sysenter: [0; 3],
             msr_misc_enable: interp::MISC_ENABLE_RESET,
+            last_verw: None,
         }
     }
 

@@ -844,6 +844,12 @@ impl Engine {
                 if let Some(s) = loaded_data_segment(&i) {
                     self.seg_reloads.note_load(&self.cpu, &self.mem, s);
                 }
+                if i.mnemonic() == iced_x86::Mnemonic::Verw {
+                    if let Some(sel) = self.cpu.last_verw.take() {
+                        let zf = self.cpu.hot.live_flags & flags::ZF != 0;
+                        self.seg_reloads.note_verw(&self.cpu, &self.mem, sel, zf);
+                    }
+                }
                 self.cpu.hot.eip = i.next_ip32();
                 Step::Continue
             }

@@ -38,9 +38,24 @@ struct Record {
     raw: u64,
 }
 
+/// What the VMM's last VERW found.
+#[derive(Clone, Copy, PartialEq)]
+struct VerwRecord {
+    selector: u16,
+    cpl: u8,
+    gdtr: TableReg,
+    ldtr: Segment,
+    paging_gen: u64,
+    invlpgs: u64,
+    host: u64,
+    raw: u64,
+    zf: bool,
+}
+
 #[derive(Default)]
 pub struct SegReloads {
     records: [Option<Record>; 6],
+    verw: Option<VerwRecord>,
     /// Bumped by every change of paging state the engine sees (CR0, CR3,
     /// CR4, INVLPG through the VMM): a descriptor's linear address may map
     /// other memory afterwards.
@@ -61,29 +76,31 @@ impl SegReloads {
             return;
         }
         let seg = cpu.seg[s];
-        let protected = cpu.cr[0] & CR0_PE != 0 && cpu.hot.sys_flags & flags::VM == 0;
-        if !protected || seg.selector & SEL_INDEX_MASK == 0 && seg.selector & SEL_TI == 0 {
-            return; // real or virtual-8086 mode, or a null selector
+        if let Some((host, raw)) = descriptor(cpu, mem, seg.selector) {
+            self.records[s] = Some(Record {
+                seg,
+                gdtr: cpu.gdtr,
+                ldtr: cpu.ldtr,
+                paging_gen: self.paging_gen,
+                invlpgs: cpu.hot.invlpg_done,
+                host,
+                raw,
+            });
         }
-        let base = if seg.selector & SEL_TI != 0 { cpu.ldtr.base } else { cpu.gdtr.base };
-        let lin = base.wrapping_add(u32::from(seg.selector & SEL_INDEX_MASK));
-        if lin & 0xFFF > 0xFF8 {
-            return; // the descriptor straddles two pages
-        }
-        let Ok(phys) = mem.translate_read(lin, false) else { return };
-        if !mem.is_plain_ram(phys, 8) {
-            return;
-        }
-        let mut b = [0u8; 8];
-        mem.read(phys, &mut b);
-        self.records[s] = Some(Record {
-            seg,
+    }
+
+    /// The VMM has just run a VERW of `selector` that set ZF to `zf`.
+    pub fn note_verw(&mut self, cpu: &Cpu, mem: &GuestMemory, selector: u16, zf: bool) {
+        self.verw = descriptor(cpu, mem, selector).map(|(host, raw)| VerwRecord {
+            selector,
+            cpl: cpu.cpl,
             gdtr: cpu.gdtr,
             ldtr: cpu.ldtr,
             paging_gen: self.paging_gen,
             invlpgs: cpu.hot.invlpg_done,
-            host: mem.alias_ptr() as u64 + u64::from(phys),
-            raw: u64::from_le_bytes(b),
+            host,
+            raw,
+            zf,
         });
     }
 
@@ -101,7 +118,51 @@ impl SegReloads {
             });
             publish(&mut cpu.hot, s, valid);
         }
+        let verw = self.verw.filter(|r| {
+            r.cpl == cpu.cpl
+                && r.gdtr == cpu.gdtr
+                && r.ldtr == cpu.ldtr
+                && r.paging_gen == self.paging_gen
+                && r.invlpgs == cpu.hot.invlpg_done
+                && cpu.hot.sys_flags & flags::VM == 0
+        });
+        match verw {
+            Some(r) => {
+                cpu.hot.verw_key = jc_key(u32::from(r.selector));
+                cpu.hot.verw_desc = r.host;
+                cpu.hot.verw_neg = r.raw.wrapping_neg();
+                cpu.hot.verw_zf = if r.zf { u64::from(flags::ZF) } else { 0 };
+            }
+            None => cpu.hot.verw_key = 0,
+        }
     }
+}
+
+/// The host address in the RAM alias and the bytes of the descriptor
+/// `selector` names, in protected mode outside virtual-8086 mode, if it is
+/// within its table's limit and on one page of RAM.
+fn descriptor(cpu: &Cpu, mem: &GuestMemory, selector: u16) -> Option<(u64, u64)> {
+    let protected = cpu.cr[0] & CR0_PE != 0 && cpu.hot.sys_flags & flags::VM == 0;
+    if !protected || selector & SEL_INDEX_MASK == 0 && selector & SEL_TI == 0 {
+        return None; // real or virtual-8086 mode, or a null selector
+    }
+    let (base, limit) =
+        if selector & SEL_TI != 0 { (cpu.ldtr.base, cpu.ldtr.limit) } else { (cpu.gdtr.base, u32::from(cpu.gdtr.limit)) };
+    let offset = u32::from(selector & SEL_INDEX_MASK);
+    if offset + 7 > limit {
+        return None;
+    }
+    let lin = base.wrapping_add(offset);
+    if lin & 0xFFF > 0xFF8 {
+        return None; // the descriptor straddles two pages
+    }
+    let phys = mem.translate_read(lin, false).ok()?;
+    if !mem.is_plain_ram(phys, 8) {
+        return None;
+    }
+    let mut b = [0u8; 8];
+    mem.read(phys, &mut b);
+    Some((mem.alias_ptr() as u64 + u64::from(phys), u64::from_le_bytes(b)))
 }
 
 fn publish(hot: &mut HotState, s: usize, r: Option<Record>) {

@@ -447,7 +447,7 @@ impl<'a> Translator<'a> {
             }
             // Its memory operand is used as a flat window address (PUSH m32
             // and indirect JMP/CALL check a non-flat segment's operand).
-            Class::PopMem
+            Class::PopMem | Class::VerifyWrite
                 if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
                     && !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
@@ -485,6 +485,7 @@ impl<'a> Translator<'a> {
             Class::PushImm => stack::push_imm(self, i),
             Class::PushSeg => stack::push_sreg(self, i),
             Class::SegReload => segment::reload(self, i),
+            Class::VerifyWrite => segment::verw(self, i),
             Class::PushMem => stack::push_mem(self, i),
             Class::PopReg => stack::pop_reg(self, i),
             Class::PopMem => stack::pop_mem(self, i),

@@ -24,7 +24,8 @@ use iced_x86::{Instruction, OpKind};
 
 use super::Translator;
 use crate::cpu::{
-    OFF_EIP, OFF_RELOAD_DESC, OFF_RELOAD_KEY, OFF_RELOAD_NEG, OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, SEG_SS, vector,
+    OFF_EIP, OFF_RELOAD_DESC, OFF_RELOAD_KEY, OFF_RELOAD_NEG, OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, OFF_VERW_DESC,
+    OFF_VERW_KEY, OFF_VERW_NEG, OFF_VERW_ZF, SEG_SS, flags, vector,
 };
 use crate::emit::GuestMem;
 use crate::emit::reg::*;
@@ -122,27 +123,66 @@ pub(super) fn reload(t: &mut Translator, i: &Instruction) {
         let src = super::host_gpr(i.op1_register()).unwrap_or(RAX);
         t.a.movzx_r32_r16(SCRATCH, src);
     }
+    let offs = (OFF_RELOAD_KEY + 8 * s, OFF_RELOAD_DESC + 8 * s, OFF_RELOAD_NEG + 8 * s);
+    check_selector_and_descriptor(t, i.ip32(), offs);
+    if pop {
+        t.a.lea_r32(GUEST_ESP, GUEST_ESP, 4);
+    }
+}
+
+/// VERW r/m16. Linux's return to user space runs `verw` on `__KERNEL_DS`
+/// (its MDS buffer clearing, which a Pentium M gets) on every system call.
+/// VERW's only output is ZF, decided by the selector, the CPL and the
+/// descriptor; the VMM records what it found (`exec::seg_reload`) and the
+/// dispatcher publishes it while GDTR, LDTR, paging and the CPL are as
+/// then. Translated code compares the selector and the descriptor's 8
+/// bytes as for a segment reload and sets ZF from the record:
+///
+/// ```text
+///     movzx r13d, r16 | movzx r13d, word gs:[ea]
+///     <selector and descriptor check as in `reload`, verw_* fields>
+///     pushfq ; pop r13 ; and r13d, ~ZF ; add r13d, [r14+verw_zf] ; push r13 ; popfq
+/// ```
+pub(super) fn verw(t: &mut Translator, i: &Instruction) {
+    if i.op0_kind() == OpKind::Register {
+        let src = super::host_gpr(i.op0_register()).unwrap_or(RAX);
+        t.a.movzx_r32_r16(SCRATCH, src);
+    } else {
+        let m = super::guest_mem(i, GUEST_ESP);
+        t.mem_op(&[], &MOVZX_R16, SCRATCH, &m, &[]);
+    }
+    check_selector_and_descriptor(t, i.ip32(), (OFF_VERW_KEY, OFF_VERW_DESC, OFF_VERW_NEG));
+    t.a.pushfq();
+    t.a.pop_r64(SCRATCH);
+    t.a.and_r32_imm(SCRATCH, !flags::ZF);
+    t.a.add_r32_mbase(SCRATCH, VCPU, OFF_VERW_ZF);
+    t.a.push_r64(SCRATCH);
+    t.a.popfq();
+}
+
+/// The selector in R13D against the key at `offs.0`, and the descriptor
+/// at the host address at `offs.1` against the negated bytes at `offs.2`;
+/// on any difference the VMM runs the instruction at `eip`. RCX is kept.
+fn check_selector_and_descriptor(t: &mut Translator, eip: u32, offs: (i32, i32, i32)) {
+    let (key, desc, neg) = offs;
     t.a.mov_r64_r64(R10, RCX);
-    t.a.mov_r64_mbase(RCX, VCPU, OFF_RELOAD_KEY + 8 * s);
+    t.a.mov_r64_mbase(RCX, VCPU, key);
     t.a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
     t.a.bytes(&[JRCXZ, 2, JMP_REL8, 0]);
     let to_vmm = t.a.len() - 1;
-    t.a.mov_r64_mbase(R11, VCPU, OFF_RELOAD_DESC + 8 * s);
+    t.a.mov_r64_mbase(R11, VCPU, desc);
     t.a.mov_r64_mbase(RCX, R11, 0);
-    t.a.mov_r64_mbase(R11, VCPU, OFF_RELOAD_NEG + 8 * s);
+    t.a.mov_r64_mbase(R11, VCPU, neg);
     t.a.lea_r64_bi(RCX, RCX, R11);
     t.a.bytes(&[JRCXZ, 0]);
     let to_done = t.a.len() - 1;
     let vmm = t.a.len();
     t.a.mov_r64_r64(RCX, R10);
-    t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
+    t.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
     t.jmp_abs(t.exits_to.emulate);
     let done = t.a.len();
     t.a.buf[to_vmm] = (vmm - (to_vmm + 1)) as u8;
     t.a.buf[to_done] = (done - (to_done + 1)) as u8;
     debug_assert!(done - (to_done + 1) < 128);
     t.a.mov_r64_r64(RCX, R10);
-    if pop {
-        t.a.lea_r32(GUEST_ESP, GUEST_ESP, 4);
-    }
 }
