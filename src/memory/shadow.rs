@@ -173,6 +173,16 @@ impl Shadow {
     }
 }
 
+/// Did the guest entries of mapping `e` change to `now` only by losing RW
+/// or D in the page-table entry? The frame, presence, U/S and the accessed
+/// bit (which the guest may clear to see new accesses) are as before, and
+/// the directory entry is unchanged: a read-only mapping still holds.
+fn only_lost_write(e: &Entry, now: (u32, u32)) -> bool {
+    use mmu::pte::{A, D, P, PS, RW};
+    let (pde, pte) = now;
+    pde == e.pde && e.pde & PS == 0 && pte & (P | A) == P | A && (pte ^ e.pte) & !(RW | D) == 0
+}
+
 /// Replace `len` bytes at `addr` with inaccessible memory.
 fn unmap_range(addr: usize, len: usize) {
     // SAFETY: the range lies inside a window reservation owned by
@@ -284,17 +294,38 @@ impl GuestMemory {
 
     /// Drop the mappings of context `ci` whose guest entries changed since
     /// they were made (global ones are kept, as a CR3 load keeps them).
+    /// An entry that only lost write permission or its dirty bit (fork
+    /// write-protects the parent's pages for copy-on-write, then reloads
+    /// CR3) keeps its mapping, made read-only: the next write faults and
+    /// takes the normal path, and reads cost no fault and no new mapping.
     fn revalidate(&mut self, ci: usize) {
         let regs = self.shadow.regs;
         let ram = self.ram();
         let c = &self.shadow.contexts[ci];
-        let stale: Vec<u64> = c
-            .mapped
-            .iter()
-            .filter(|(k, e)| !e.global && mmu::entries(ram, regs, **k as u32) != (e.pde, e.pte))
-            .map(|(&k, _)| k)
-            .collect();
+        let mut stale = Vec::new();
+        let mut read_only = Vec::new();
+        for (&k, e) in c.mapped.iter().filter(|(_, e)| !e.global) {
+            let now = mmu::entries(ram, regs, k as u32);
+            if now == (e.pde, e.pte) {
+                continue;
+            }
+            if only_lost_write(e, now) {
+                read_only.push((k, now));
+            } else {
+                stale.push(k);
+            }
+        }
         self.drop_mappings(ci, stale);
+        let c = &mut self.shadow.contexts[ci];
+        for (k, (pde, pte)) in read_only {
+            let Some(e) = c.mapped.get_mut(&k) else { continue };
+            if e.writable {
+                // SAFETY: a page of a window reservation we own that maps
+                // guest RAM; only its protection changes.
+                unsafe { libc::mprotect(host_addr(c.window, k) as *mut libc::c_void, PAGE_SIZE, libc::PROT_READ) };
+            }
+            *e = Entry { writable: false, pde, pte, ..*e };
+        }
     }
 
     /// Unmap the pages `keys` of context `ci`.
