@@ -438,24 +438,41 @@ impl GuestMemory {
     }
 
     fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry) {
-        let k = key(win, lin_page);
-        let prot =
-            if e.writable && !self.is_protected(e.phys) { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        self.map_run(ci, win, lin_page, &[e]);
+    }
+
+    /// The host protection of a mapping of `e`.
+    fn prot_of(&self, e: &Entry) -> libc::c_int {
+        if e.writable && !self.is_protected(e.phys) { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ }
+    }
+
+    /// Map `run[i]` at linear page `lin_page + i * 4 KiB` of window `win`
+    /// of context `ci`, with one host `mmap`: the caller guarantees that
+    /// the physical pages are consecutive and take the same protection.
+    fn map_run(&mut self, ci: usize, win: u8, lin_page: u32, run: &[Entry]) {
+        let Some(first) = run.first() else { return };
+        let prot = self.prot_of(first);
         let c = &mut self.shadow.contexts[ci];
-        // SAFETY: maps one page of our memfd at a page of our own window.
+        let k0 = key(win, lin_page);
+        // SAFETY: maps consecutive pages of our memfd at consecutive pages
+        // of our own window (a run never crosses the window's end: it lies
+        // within one aligned prefetch group or is a single page).
         unsafe {
             libc::mmap(
-                host_addr(c.window, k) as *mut libc::c_void,
-                PAGE_SIZE,
+                host_addr(c.window, k0) as *mut libc::c_void,
+                run.len() * PAGE_SIZE,
                 prot,
                 libc::MAP_SHARED | libc::MAP_FIXED,
                 self.memfd,
-                e.phys as libc::off_t,
+                first.phys as libc::off_t,
             );
         }
-        c.forget(k);
-        c.mapped.insert(k, e);
-        c.rmap.entry(e.phys).or_default().push(k);
+        for (i, e) in run.iter().enumerate() {
+            let k = key(win, lin_page + (i * PAGE_SIZE) as u32);
+            c.forget(k);
+            c.mapped.insert(k, *e);
+            c.rmap.entry(e.phys).or_default().push(k);
+        }
     }
 
     /// Keep the total number of host mappings bounded: drop the inactive
@@ -520,19 +537,44 @@ impl GuestMemory {
         let cur = self.shadow.cur;
         let access = Access { write: false, user: win == 1 };
         let group = lin_page & !((PREFETCH_GROUP * PAGE_SIZE as u32) - 1);
+        // Runs of linear pages mapping consecutive physical pages with the
+        // same protection (the kernel's direct map, a 4 MiB page) are
+        // mapped with one host call each.
+        let mut run: Vec<Entry> = Vec::new();
+        let mut run_start = 0;
         for k in 0..PREFETCH_GROUP {
             let p = group + k * PAGE_SIZE as u32;
-            if p == lin_page || self.shadow.contexts[cur].mapped.contains_key(&key(win, p)) {
-                continue;
+            let entry = if p == lin_page || self.shadow.contexts[cur].mapped.contains_key(&key(win, p)) {
+                None
+            } else {
+                match mmu::lookup(self.ram(), regs, p, access) {
+                    // Any A/D update needed means the guest has not touched it: skip.
+                    Ok((t, updates)) if !updates.iter().any(|u| u.is_some()) && self.is_ram(t.phys_page) => {
+                        let (pde, pte) = mmu::entries(self.ram(), regs, p);
+                        Some(Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte })
+                    }
+                    _ => None,
+                }
+            };
+            let extends = match (&entry, run.last()) {
+                (Some(e), Some(last)) => {
+                    e.phys == last.phys + PAGE_SIZE as u32 && self.prot_of(e) == self.prot_of(last)
+                }
+                _ => false,
+            };
+            if !extends && !run.is_empty() {
+                self.map_run(cur, win, run_start, &run);
+                run.clear();
             }
-            let Ok((t, updates)) = mmu::lookup(self.ram(), regs, p, access) else { continue };
-            // Any A/D update needed means the guest has not touched it: skip.
-            if updates.iter().any(|u| u.is_some()) || !self.is_ram(t.phys_page) {
-                continue;
+            if let Some(e) = entry {
+                if run.is_empty() {
+                    run_start = p;
+                }
+                run.push(e);
             }
-            let (pde, pte) = mmu::entries(self.ram(), regs, p);
-            let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
-            self.map_page(cur, win, p, e);
+        }
+        if !run.is_empty() {
+            self.map_run(cur, win, run_start, &run);
         }
     }
 
