@@ -342,10 +342,19 @@ impl GuestMemory {
             }
             return;
         }
-        for k in keys {
-            if self.shadow.contexts[ci].forget(k).is_some() {
-                unmap_range(host_addr(self.shadow.contexts[ci].window, k), PAGE_SIZE);
+        // Contiguous pages (an address space's teardown, a CR3 load after
+        // many PTEs changed) go out as one host call per run.
+        let c = &mut self.shadow.contexts[ci];
+        let mut gone: Vec<u64> = keys.into_iter().filter(|&k| c.forget(k).is_some()).collect();
+        gone.sort_unstable();
+        let mut i = 0;
+        while i < gone.len() {
+            let mut j = i + 1;
+            while j < gone.len() && gone[j] == gone[j - 1] + PAGE_SIZE as u64 && gone[j] >> 32 == gone[i] >> 32 {
+                j += 1;
             }
+            unmap_range(host_addr(c.window, gone[i]), (j - i) * PAGE_SIZE);
+            i = j;
         }
     }
 
