@@ -212,6 +212,11 @@ fn device_memory_in_a_loop_stops_taking_host_faults() {
     assert!(faults < 20, "{faults} host faults for 1001 device accesses");
 }
 
+/// How many times the VMM ran instructions with mnemonic `m`.
+fn callouts(stats: &btvisor::exec::stats::Stats, m: iced_x86::Mnemonic) -> u64 {
+    stats.callout_list().iter().find(|(k, _)| *k == m).map_or(0, |(_, n)| *n)
+}
+
 /// A reload of the selector a data segment register already holds is
 /// skipped in place only while its descriptor is unchanged: a changed base
 /// must take effect. Builds a GDT whose selector 0x18 is data based at the
@@ -245,9 +250,8 @@ fn segment_reload_sees_a_changed_descriptor() {
     assert_eq!(st.regs[7], dword(28));
     // The VMM ran MOV ES, the first two MOV DS and the final one, and the
     // first POP FS; the unchanged reloads were skipped in place.
-    let count = |m| stats.callout_list().iter().find(|(k, _)| *k == m).map_or(0, |(_, n)| *n);
-    assert_eq!(count(iced_x86::Mnemonic::Mov), 4);
-    assert_eq!(count(iced_x86::Mnemonic::Pop), 1);
+    assert_eq!(callouts(&stats, iced_x86::Mnemonic::Mov), 4);
+    assert_eq!(callouts(&stats, iced_x86::Mnemonic::Pop), 1);
 }
 
 /// VERW's result is repeated in place only for the same selector, CPL and
@@ -271,6 +275,5 @@ fn verw_sees_a_changed_descriptor() {
     assert_eq!(st.regs[EAX] & 0xFF, 1, "writable data: ZF set");
     assert_eq!(st.regs[EBX] & 0xFF, 0, "made read-only: ZF clear");
     assert_eq!(st.regs[ECX] & 0xFFFF, 0x0100, "unchanged: clear again (in place); writable again: set");
-    let count = |m| stats.callout_list().iter().find(|(k, _)| *k == m).map_or(0, |(_, n)| *n);
-    assert_eq!(count(iced_x86::Mnemonic::Verw), 3, "the third VERW ran in place");
+    assert_eq!(callouts(&stats, iced_x86::Mnemonic::Verw), 3, "the third VERW ran in place");
 }

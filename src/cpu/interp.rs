@@ -150,7 +150,8 @@ fn gpr_index(r: Register) -> Option<usize> {
     Some(n)
 }
 
-fn seg_index(r: Register) -> Option<usize> {
+/// The segment register index (ES..GS) of `r`, if it is one.
+pub(crate) fn seg_index(r: Register) -> Option<usize> {
     Some(match r {
         Register::ES => SEG_ES,
         Register::CS => SEG_CS,

@@ -45,6 +45,8 @@ pub mod reg {
 pub const PREFIX_GS: u8 = 0x65;
 pub const PREFIX_ADDR32: u8 = 0x67;
 pub const PREFIX_OPSIZE: u8 = 0x66;
+/// JRCXZ rel8: the flag-free test of the lookups (RCX in 64-bit mode).
+pub const JRCXZ: u8 = 0xE3;
 
 /// Growable machine-code buffer.
 #[derive(Default, Clone)]

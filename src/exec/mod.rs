@@ -315,8 +315,13 @@ impl Engine {
             if !mode.is_fast() {
                 self.cpu.sync_segments();
             }
-            self.cpu.sync_selectors();
-            self.seg_reloads.sync(&mut self.cpu);
+            if chain_from.is_none() {
+                // Back from an unlinked direct exit, nothing but EIP and the
+                // registers changed; otherwise the VMM may have loaded
+                // segments, descriptor tables or paging.
+                self.cpu.sync_selectors();
+                self.seg_reloads.sync(&mut self.cpu);
+            }
             // Translated code of CPL 3 sees the user window when paging is on.
             let window = self.mem.window_for(mode.cpl()) as u64;
             if self.cpu.hot.window != window {
@@ -1704,17 +1709,11 @@ fn set_gs_base(base: usize) -> std::io::Result<()> {
 /// The data segment register (ES, DS, FS, GS) that `i` loads by MOV or
 /// POP, if any: the loads `translate::segment::reload` can skip later.
 fn loaded_data_segment(i: &Instruction) -> Option<usize> {
-    use iced_x86::{Code, Register};
+    use iced_x86::Code;
     let moves = matches!(i.code(), Code::Mov_Sreg_r32m16 | Code::Mov_Sreg_rm16);
     let pops = matches!(i.code(), Code::Popd_ES | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS);
     if !moves && !pops {
         return None;
     }
-    match i.op0_register() {
-        Register::ES => Some(crate::cpu::SEG_ES),
-        Register::DS => Some(crate::cpu::SEG_DS),
-        Register::FS => Some(crate::cpu::SEG_FS),
-        Register::GS => Some(crate::cpu::SEG_GS),
-        _ => None,
-    }
+    interp::seg_index(i.op0_register()).filter(|&s| s != SEG_CS && s != crate::cpu::SEG_SS)
 }

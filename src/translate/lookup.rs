@@ -20,10 +20,9 @@
 
 use super::Translator;
 use crate::cpu::{JUMP_CACHE_TABLE_BYTES, OFF_EIP, OFF_JC_KEYS, OFF_JC_TARGETS};
+use crate::emit::JRCXZ;
 use crate::emit::reg::*;
 
-/// JRCXZ rel8 opcode (tests RCX in 64-bit mode).
-const JRCXZ: u8 = 0xE3;
 /// Bytes between the JRCXZ and `hit`: `mov rcx, r11` (3) + `jmp rel32` (5).
 const MISS_PATH_LEN: u8 = 8;
 

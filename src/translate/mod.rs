@@ -36,7 +36,7 @@ use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
 use crate::cpu::{Mode, OFF_EIP, OFF_EXIT_ARG, vector};
 use crate::decode::{Class, GuestBlock, uses_fpu};
 use crate::emit::reg::*;
-use crate::emit::{Asm, GuestMem, PREFIX_ADDR32, PREFIX_GS, encode_guest_mem, rel32};
+use crate::emit::{Asm, GuestMem, JRCXZ, PREFIX_ADDR32, PREFIX_GS, encode_guest_mem, rel32};
 use crate::memory::POLL_PAGE_OFFSET;
 
 /// Host addresses of the shared exit routines (see `exec::trampoline`).
@@ -587,7 +587,7 @@ impl<'a> Translator<'a> {
                 _ => self.a.mov_r32_r32(RCX, src),
             }
         }
-        self.a.bytes(&[0xE3, 2]); // jrcxz zero (over the 2-byte jmp)
+        self.a.bytes(&[JRCXZ, 2]); // jrcxz zero (over the 2-byte jmp)
         self.a.bytes(&[0xEB, 0]); // jmp ok (patched below)
         let start = self.a.len();
         self.a.mov_r64_r64(RCX, R11);
@@ -606,7 +606,7 @@ impl<'a> Translator<'a> {
     fn interrupt_window_check(&mut self, next: u32) {
         self.a.mov_r64_r64(R11, RCX);
         self.a.mov_r32_mbase(RCX, VCPU, crate::cpu::OFF_INTR_PENDING);
-        self.a.bytes(&[0xE3, 0]); // jrcxz (patched below)
+        self.a.bytes(&[JRCXZ, 0]); // jrcxz (patched below)
         let start = self.a.len();
         self.a.mov_r64_r64(RCX, R11);
         self.a.mov_r32_imm(SCRATCH, next);

@@ -27,8 +27,8 @@ use crate::cpu::{
     OFF_EIP, OFF_RELOAD_DESC, OFF_RELOAD_KEY, OFF_RELOAD_NEG, OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, OFF_VERW_DESC,
     OFF_VERW_KEY, OFF_VERW_NEG, OFF_VERW_ZF, SEG_SS, flags, vector,
 };
-use crate::emit::GuestMem;
 use crate::emit::reg::*;
+use crate::emit::{GuestMem, JRCXZ};
 
 /// Condition codes.
 const JB: u8 = 0x2;
@@ -85,8 +85,7 @@ fn check_and_add_base(t: &mut Translator, eip: u32, seg: usize, size: i32) {
     t.a.bind_rel32(ok, done);
 }
 
-/// JRCXZ rel8 and JMP rel8 opcodes.
-const JRCXZ: u8 = 0xE3;
+/// JMP rel8 opcode.
 const JMP_REL8: u8 = 0xEB;
 /// MOVZX r32, r/m16 (0F B7).
 const MOVZX_R16: [u8; 2] = [0x0F, 0xB7];
@@ -98,7 +97,7 @@ const MOVZX_R16: [u8; 2] = [0x0F, 0xB7];
 /// privilege checks passed and the hidden part would be the same), so it
 /// is skipped in place. The dispatcher arms the check only while the
 /// loaded state is what the VMM built from that descriptor, with the same
-/// GDTR, LDTR and paging (`Engine::sync_reloads`); anything else leaves
+/// GDTR, LDTR and paging (`exec::seg_reload`); anything else leaves
 /// through `exit_emulate` and the VMM runs the instruction.
 ///
 /// ```text
@@ -119,7 +118,8 @@ pub(super) fn reload(t: &mut Translator, i: &Instruction) {
     let s = super::seg_index(i.op0_register()) as i32;
     if pop {
         t.mem_op(&[], &MOVZX_R16, SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
-    } else if i.op1_kind() == OpKind::Register {
+    } else {
+        // `decode` sends only register sources here.
         let src = super::host_gpr(i.op1_register()).unwrap_or(RAX);
         t.a.movzx_r32_r16(SCRATCH, src);
     }

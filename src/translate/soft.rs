@@ -35,11 +35,9 @@ use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind};
 
 use super::Translator;
 use crate::cpu::{OFF_EIP, OFF_EXIT_ARG, OFF_SOFT_KIND, OFF_SOFT_TLB, SOFT_TLB_TABLE_BYTES};
-use crate::emit::GuestMem;
 use crate::emit::reg::*;
+use crate::emit::{GuestMem, JRCXZ};
 
-/// JRCXZ rel8 opcode.
-const JRCXZ: u8 = 0xE3;
 /// Largest memory operand the soft form handles (an XMM or x87 m80 operand).
 const MAX_SIZE: usize = 16;
 /// Soft-TLB kind bit: the access writes.

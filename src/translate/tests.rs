@@ -722,8 +722,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
                         && p.op0_register() == Register::R11
                         && p.memory_base() == Register::R14
                         && p.memory_index() == Register::None
-                        && ((lo..lo + 48).contains(&d) && (d - lo) % 8 == 0
-                            || d == crate::cpu::OFF_VERW_DESC as u64)
+                        && ((lo..lo + 48).contains(&d) && (d - lo) % 8 == 0 || d == crate::cpu::OFF_VERW_DESC as u64)
                 });
             if reads_descriptor {
                 continue;
