@@ -79,6 +79,8 @@ pub struct Config {
     pub soft_mmu: bool,
     /// `--text-screen FILE`: write the VGA text screen there at exit.
     pub text_screen: Option<PathBuf>,
+    /// `-perfmap`: write /tmp/perf-PID.map naming each translated block.
+    pub perfmap: bool,
 }
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
@@ -212,6 +214,10 @@ struct RawArgs {
     /// At exit, write the VGA text screen (80x25, as text) to FILE
     #[arg(long = "text-screen", value_name = "FILE")]
     text_screen: Option<PathBuf>,
+    /// Write /tmp/perf-PID.map naming each translated block by its guest
+    /// address, for `perf report` (as QEMU's -perfmap)
+    #[arg(long)]
+    perfmap: bool,
 
     /// Accepted for QEMU compatibility: only `none`
     #[arg(long, value_name = "TYPE")]
@@ -277,6 +283,7 @@ const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("icount", true),
     ("soft-mmu", false),
     ("text-screen", true),
+    ("perfmap", false),
     ("help", false),
     ("version", false),
 ];
@@ -414,6 +421,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
         },
         soft_mmu: raw.soft_mmu,
         text_screen: raw.text_screen,
+        perfmap: raw.perfmap,
     })
 }
 
@@ -589,6 +597,7 @@ mod tests {
                 icount_shift: None,
                 soft_mmu: false,
                 text_screen: None,
+                perfmap: false,
             }
         );
     }

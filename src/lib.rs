@@ -9,6 +9,7 @@ pub mod decode;
 pub mod devices;
 pub mod emit;
 pub mod exec;
+pub mod fastmap;
 pub mod loader;
 pub mod memory;
 pub mod snippet;

@@ -108,6 +108,7 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         chaining: !t.exec && config.icount_shift.is_none(),
         icount: config.icount_shift.is_some(),
         soft_mmu: config.soft_mmu,
+        perfmap: config.perfmap,
         cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     };
     let mut engine = Engine::new(mem, io, opts)?;

@@ -6,7 +6,6 @@
 //! Blocks are appended; a full cache is flushed whole. The shared
 //! trampolines live at the start and survive flushes.
 
-use std::collections::HashMap;
 use std::ptr::NonNull;
 
 use thiserror::Error;
@@ -16,35 +15,7 @@ use crate::emit::rel32;
 use crate::memory::PAGE_SIZE;
 use crate::translate::{ExitSite, InsnMapEntry, Translation};
 
-/// A multiplicative hasher for the block map: its keys are small integers
-/// the guest does not choose adversarially per lookup, and SipHash's cost
-/// shows on every dispatch.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(v as u64);
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        /// An odd constant with well-mixed bits (2^64 / golden ratio).
-        const K: u64 = 0x9E37_79B9_7F4A_7C15;
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
-    }
-}
-
-pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+pub use crate::fastmap::FastMap;
 
 /// Default code cache size.
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
@@ -176,6 +147,10 @@ impl CodeCache {
     pub fn rx_range(&self) -> (usize, usize) {
         let s = self.rx.as_ptr() as usize;
         (s, s + self.size)
+    }
+
+    pub fn base_used(&self) -> usize {
+        self.base_used
     }
 
     pub fn used(&self) -> usize {

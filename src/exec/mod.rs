@@ -72,6 +72,8 @@ pub struct EngineOptions {
     pub icount: bool,
     /// Translate every eligible memory access in the soft form (testing).
     pub soft_mmu: bool,
+    /// Name each translated block in /tmp/perf-PID.map (host profiling).
+    pub perfmap: bool,
 }
 
 impl Default for EngineOptions {
@@ -82,6 +84,7 @@ impl Default for EngineOptions {
             chaining: true,
             icount: false,
             soft_mmu: false,
+            perfmap: false,
         }
     }
 }
@@ -125,10 +128,10 @@ pub struct Engine {
     /// Hole pages mapped read-only with all-ones bytes.
     hole_pages: HashSet<u32>,
     /// (user, linear page) -> physical page of code, with paging on.
-    code_tlb: crate::cache::FastMap<(bool, u32), u32>,
+    code_tlb: crate::fastmap::FastMap<(bool, u32), u32>,
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
-    emu_cache: crate::cache::FastMap<(u32, u16), Instruction>,
+    emu_cache: crate::fastmap::FastMap<(u32, u16), Instruction>,
     /// A direct-mapped front for `emu_cache` (cleared with it).
     emu_slots: Vec<Option<(u32, u16, Instruction)>>,
     /// The mode of the block last entered (what the exit's instruction ran in).
@@ -169,6 +172,8 @@ pub struct Engine {
     watch_regs: [u32; 5],
     watch_pages: Vec<(u32, bool)>,
     log: Option<Box<dyn Write + Send>>,
+    /// /tmp/perf-PID.map, when `EngineOptions::perfmap` asks for it.
+    perfmap: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
@@ -226,6 +231,7 @@ impl Engine {
             seg_reloads: Default::default(),
             watch_pages: Vec::new(),
             log: None,
+            perfmap: None,
         })
     }
 
@@ -262,6 +268,9 @@ impl Engine {
         self.sig.hot = &mut *self.cpu.hot;
         let ctx: *mut SignalCtx = &mut *self.sig;
         signals::set_current(ctx);
+        if self.opts.perfmap && self.perfmap.is_none() {
+            self.open_perfmap();
+        }
         // Without chaining (icount) every block returns anyway; with a
         // chipset, timer interrupts need a finer bound than the default.
         self.timer = if self.opts.icount { None } else { signals::IntervalTimer::start(POLL_INTERVAL_NS) };
@@ -270,7 +279,25 @@ impl Engine {
         self.timer = None;
         signals::set_current(std::ptr::null_mut());
         self.io.flush();
+        if let Some(map) = &mut self.perfmap {
+            let _ = map.flush();
+        }
         out
+    }
+
+    /// Creates /tmp/perf-PID.map (perf's map for JIT code) and names the
+    /// trampolines in it; blocks are added as they are translated.
+    fn open_perfmap(&mut self) {
+        let path = format!("/tmp/perf-{}.map", std::process::id());
+        match std::fs::File::create(&path) {
+            Ok(f) => {
+                let mut map = std::io::BufWriter::new(f);
+                let (lo, _) = self.cache.rx_range();
+                let _ = writeln!(map, "{lo:x} {:x} btvisor-trampolines", self.cache.base_used());
+                self.perfmap = Some(map);
+            }
+            Err(e) => log::warn!("cannot write {path}: {e}"),
+        }
     }
 
     fn dispatch(&mut self) -> RunOutcome {
@@ -554,6 +581,10 @@ impl Engine {
             let Some(id) = self.cache.install(lin, mode, phys0, block.end, pages, t, register) else {
                 return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
             };
+            if let Some(map) = &mut self.perfmap {
+                // perf's JIT map format: START SIZE NAME (hex, no 0x).
+                let _ = writeln!(map, "{host:x} {code_len:x} guest-cpl{}-{lin:08x}", mode.cpl());
+            }
             if register {
                 for p in [pages.0, pages.1] {
                     if self.mem.is_ram(p) && !self.mem.is_protected(p) {

@@ -8,8 +8,8 @@
 //! are dropped by INVLPG (that page), by any change of CR0/CR3/CR4 (all),
 //! and for write tables when a page becomes code.
 
-use crate::cache::FastMap;
 use crate::cpu::{HotState, SOFT_EMPTY_TAG, SOFT_TLB_ENTRIES, SOFT_TLB_KINDS};
+use crate::fastmap::FastMap;
 use crate::translate::soft::KIND_WRITE;
 
 /// Fault score at which an instruction is retranslated in the soft form.

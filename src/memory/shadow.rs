@@ -22,7 +22,7 @@
 
 use super::mmu::{self, Access, PagingRegs};
 use super::{GuestMemory, PAGE_SIZE, USER_WINDOW_OFFSET, WINDOW_SIZE};
-use crate::cache::FastMap;
+use crate::fastmap::FastMap;
 
 /// Above this many dropped mappings a flush remaps whole windows instead of
 /// unmapping page by page.

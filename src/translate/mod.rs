@@ -116,7 +116,7 @@ pub struct Translator<'a> {
     code: &'a [u8],
     code_base: u32,
     /// EIPs of instructions to translate with soft-TLB accesses (`soft`).
-    soft: Option<&'a crate::cache::FastMap<u32, ()>>,
+    soft: Option<&'a crate::fastmap::FastMap<u32, ()>>,
     /// The operand being emitted is a host address in R13 or a borrowed
     /// register: `mem_op` leaves out GS and the address-size override.
     host_mem: bool,
@@ -343,7 +343,7 @@ impl<'a> Translator<'a> {
     }
 
     /// Translate the instructions at these EIPs with soft-TLB accesses.
-    pub fn with_soft(mut self, soft: &'a crate::cache::FastMap<u32, ()>) -> Self {
+    pub fn with_soft(mut self, soft: &'a crate::fastmap::FastMap<u32, ()>) -> Self {
         self.soft = Some(soft);
         self
     }
