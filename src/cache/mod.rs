@@ -260,28 +260,33 @@ impl CodeCache {
     /// later lookup finds them again only if the page still maps the same
     /// physical code (the block key holds the physical page).
     pub fn unlink_linear(&mut self, lo: u32, hi: u32, hot: &mut HotState) {
-        let pages: Vec<u32> = if lo == hi {
-            vec![lo]
-        } else {
-            self.lin_blocks.keys().copied().filter(|p| (lo..=hi).contains(p)).collect()
-        };
+        if lo == hi {
+            self.unlink_linear_page(lo, hot);
+            return;
+        }
+        let pages: Vec<u32> = self.lin_blocks.keys().copied().filter(|p| (lo..=hi).contains(p)).collect();
         for p in pages {
-            for id in self.lin_blocks.remove(&p).unwrap_or_default() {
-                let Some(b) = self.blocks.get_mut(id as usize) else { continue };
-                b.indexed = false;
-                let (eip, mode, host) = (b.eip, b.mode, b.host);
-                let incoming = std::mem::take(&mut b.incoming);
-                for ex in incoming {
-                    let e = self.exits[ex as usize];
-                    if e.linked == Some(id) {
-                        self.patch(e.rel32, e.tail);
-                        self.exits[ex as usize].linked = None;
-                    }
+            self.unlink_linear_page(p, hot);
+        }
+    }
+
+    /// `unlink_linear` of one page.
+    fn unlink_linear_page(&mut self, page: u32, hot: &mut HotState) {
+        for id in self.lin_blocks.remove(&page).unwrap_or_default() {
+            let Some(b) = self.blocks.get_mut(id as usize) else { continue };
+            b.indexed = false;
+            let (eip, mode, host) = (b.eip, b.mode, b.host);
+            let incoming = std::mem::take(&mut b.incoming);
+            for ex in incoming {
+                let e = self.exits[ex as usize];
+                if e.linked == Some(id) {
+                    self.patch(e.rel32, e.tail);
+                    self.exits[ex as usize].linked = None;
                 }
-                let slot = jc_slot(mode, eip);
-                if hot.jc_targets[slot] == host as u64 {
-                    hot.jc_keys[slot] = JC_EMPTY_KEY;
-                }
+            }
+            let slot = jc_slot(mode, eip);
+            if hot.jc_targets[slot] == host as u64 {
+                hot.jc_keys[slot] = JC_EMPTY_KEY;
             }
         }
     }

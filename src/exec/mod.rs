@@ -702,9 +702,15 @@ impl Engine {
                 .filter(|&(&(user, page), &phys)| !self.mem.still_maps(page, user, phys))
                 .map(|(k, _)| *k)
                 .collect();
-            for k in stale {
-                self.code_tlb.remove(&k);
-                self.forget_code_pages(k.1, k.1);
+            if stale.is_empty() {
+                return;
+            }
+            self.clear_emu_cache();
+            for k in &stale {
+                self.code_tlb.remove(k);
+            }
+            for (_, page) in stale {
+                self.unlink_code_page(page);
             }
             return;
         }
@@ -719,9 +725,23 @@ impl Engine {
     /// fetched through them and forget decoded instructions.
     fn forget_code_pages(&mut self, lo: u32, hi: u32) {
         self.clear_emu_cache();
+        if lo == hi {
+            self.unlink_code_page(lo);
+            return;
+        }
         self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
         if !self.code_tlb.keys().any(|&(_, p)| (lo..=hi).contains(&p)) {
             self.mem.clear_code_lin(lo, hi);
+        }
+    }
+
+    /// Linear page `page` may map other code now (its `code_tlb` entries
+    /// are already gone or revalidated): unchain the blocks fetched through
+    /// it, and unmark it unless a mapping for the other privilege remains.
+    fn unlink_code_page(&mut self, page: u32) {
+        self.cache.unlink_linear(page, page, &mut self.cpu.hot);
+        if !self.code_tlb.contains_key(&(false, page)) && !self.code_tlb.contains_key(&(true, page)) {
+            self.mem.clear_code_lin(page, page);
         }
     }
 

@@ -16,9 +16,12 @@
 //! context by re-reading those entries, and keeps each mapping whose entries
 //! are unchanged — exactly the translation a fresh walk would give, with no
 //! A/D bit left to set. Changed ones are unmapped. Global pages survive a
-//! CR3 load unvalidated, as in a TLB. INVLPG drops a page in every context
+//! CR3 load unvalidated, as in a TLB, and are shared: a global mapping made
+//! in one context is mapped in every other when it next becomes current
+//! (coalesced into runs), so a new address space starts with the kernel
+//! Linux maps global in all of them. INVLPG drops a page in every context
 //! (hardware drops global entries too), and a change of CR0 or CR4 flushes
-//! all contexts.
+//! all contexts and the global set.
 
 use super::mmu::{self, Access, PagingRegs};
 use super::{GuestMemory, PAGE_SIZE, USER_WINDOW_OFFSET, WINDOW_SIZE};
@@ -34,9 +37,13 @@ const PREFETCH_GROUP: u32 = 64;
 /// Address spaces whose shadows are kept at once (each reserves 20 GiB of
 /// host address space, none of it backed until mapped).
 const MAX_CONTEXTS: usize = 8;
-/// Mappings kept over all contexts before the inactive ones are dropped (a
-/// host process has at most ~65530 memory areas, and every mapping can be one).
-const MAX_TOTAL_MAPPINGS: usize = 24_000;
+/// Host memory areas (`Context::areas`, an upper bound) kept over all
+/// contexts before the inactive ones are dropped: a host process has at
+/// most ~65530 (vm.max_map_count), and the VMM needs some of its own.
+const MAX_TOTAL_AREAS: usize = 48_000;
+/// `Shadow::global_log` is rebuilt from the live set when it grows past
+/// this many times its size (INVLPG removes globals, not their log keys).
+const GLOBAL_LOG_SLACK: usize = 4;
 /// `Context::cr3` of a context that shadows no address space.
 const NO_CR3: u32 = 1;
 
@@ -67,22 +74,108 @@ pub(super) struct Context {
     /// (window << 32 | linear page) -> mapping.
     mapped: FastMap<u64, Entry>,
     /// Physical page -> keys of `mapped` that map it.
-    rmap: FastMap<u32, Vec<u64>>,
+    rmap: FastMap<u32, Aliases>,
+    /// The keys of `mapped` that are not global (what a CR3 load revalidates).
+    locals: FastMap<u64, ()>,
+    /// An upper bound on the host memory areas the windows hold: each host
+    /// call that maps or unmaps part of a window splits at most one area
+    /// into three.
+    areas: usize,
+    /// How much of `Shadow::global_log` this context has mapped.
+    globals_seen: usize,
     /// Last use (for replacing the least recently used context).
     used: u64,
 }
 
 impl Context {
     pub(super) fn new(window: usize, own: Option<usize>) -> Self {
-        Context { cr3: NO_CR3, window, own, mapped: FastMap::default(), rmap: FastMap::default(), used: 0 }
+        Context {
+            cr3: NO_CR3,
+            window,
+            own,
+            mapped: FastMap::default(),
+            rmap: FastMap::default(),
+            locals: FastMap::default(),
+            areas: 0,
+            globals_seen: 0,
+            used: 0,
+        }
+    }
+
+    fn insert(&mut self, k: u64, e: Entry) {
+        self.forget(k);
+        self.mapped.insert(k, e);
+        if !e.global {
+            self.locals.insert(k, ());
+        }
+        self.note_alias(e.phys, k);
     }
 
     fn forget(&mut self, k: u64) -> Option<Entry> {
         let e = self.mapped.remove(&k)?;
-        if let Some(v) = self.rmap.get_mut(&e.phys) {
-            v.retain(|&x| x != k);
+        if !e.global {
+            self.locals.remove(&k);
+        }
+        if let Some(a) = self.rmap.get_mut(&e.phys) {
+            if a.remove(k) {
+                self.rmap.remove(&e.phys);
+            }
         }
         Some(e)
+    }
+
+    /// Forget every mapping (the windows were made inaccessible).
+    fn clear(&mut self) {
+        self.mapped.clear();
+        self.rmap.clear();
+        self.locals.clear();
+        self.areas = 2;
+        self.globals_seen = 0;
+    }
+
+    fn note_alias(&mut self, phys: u32, k: u64) {
+        match self.rmap.entry(phys) {
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push(k),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Aliases::One(k));
+            }
+        }
+    }
+}
+
+/// The keys of the mappings of one physical page in a context: nearly
+/// always one (a page mapped in the direct map and in user space has two),
+/// so the common case allocates nothing.
+#[derive(Debug)]
+enum Aliases {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Aliases {
+    fn push(&mut self, k: u64) {
+        match self {
+            Aliases::One(a) => *self = Aliases::Many(vec![*a, k]),
+            Aliases::Many(v) => v.push(k),
+        }
+    }
+
+    /// Remove `k`; true if no key is left.
+    fn remove(&mut self, k: u64) -> bool {
+        match self {
+            Aliases::One(a) => *a == k,
+            Aliases::Many(v) => {
+                v.retain(|&x| x != k);
+                v.is_empty()
+            }
+        }
+    }
+
+    fn keys(&self) -> &[u64] {
+        match self {
+            Aliases::One(a) => std::slice::from_ref(a),
+            Aliases::Many(v) => v,
+        }
     }
 }
 
@@ -116,6 +209,14 @@ pub struct Shadow {
     /// Index of the context whose windows translated code uses.
     pub(super) cur: usize,
     clock: u64,
+    /// The global mappings made in any context since the last full flush.
+    /// A global TLB entry survives CR3 loads, so every context may map
+    /// them: a new address space starts with the kernel (which Linux maps
+    /// global in all of them) instead of faulting it in page by page.
+    globals: FastMap<u64, Entry>,
+    /// Keys in the order they were added to `globals` (a context maps the
+    /// part after its `globals_seen` when it becomes current).
+    global_log: Vec<u64>,
 }
 
 /// Result of handling a host fault in a window.
@@ -160,8 +261,8 @@ impl Shadow {
     /// every context.
     pub(super) fn protect_aliases(&mut self, phys: u32, on: bool) {
         for c in &self.contexts {
-            let Some(keys) = c.rmap.get(&phys) else { continue };
-            for &k in keys {
+            let Some(aliases) = c.rmap.get(&phys) else { continue };
+            for &k in aliases.keys() {
                 let Some(e) = c.mapped.get(&k) else { continue };
                 let addr = host_addr(c.window, k);
                 let prot = if on || !e.writable { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
@@ -221,10 +322,10 @@ impl GuestMemory {
                 // The supervisor window stops being an identity map of RAM.
                 unmap_range(self.window, WINDOW_SIZE);
                 for c in &mut self.shadow.contexts {
-                    c.mapped.clear();
-                    c.rmap.clear();
+                    c.clear();
                     c.cr3 = NO_CR3;
                 }
+                self.forget_globals();
                 self.shadow.cur = 0;
                 self.select_context(new.cr3);
             }
@@ -233,6 +334,7 @@ impl GuestMemory {
                     self.flush_context(ci);
                     self.shadow.contexts[ci].cr3 = NO_CR3;
                 }
+                self.forget_globals();
                 self.shadow.cur = 0;
                 self.map_identity();
                 self.unmap_mmio_identity();
@@ -244,6 +346,7 @@ impl GuestMemory {
                         self.flush_context(ci);
                         self.shadow.contexts[ci].cr3 = NO_CR3;
                     }
+                    self.forget_globals();
                 }
                 self.select_context(new.cr3);
             }
@@ -285,6 +388,71 @@ impl GuestMemory {
         let sh = &mut self.shadow;
         sh.contexts[ci].used = sh.clock;
         sh.cur = ci;
+        self.map_new_globals(ci);
+    }
+
+    /// Forget the global mappings (a full TLB flush).
+    fn forget_globals(&mut self) {
+        self.shadow.globals.clear();
+        self.shadow.global_log.clear();
+        for c in &mut self.shadow.contexts {
+            c.globals_seen = 0;
+        }
+    }
+
+    /// A mapping was made in some context: if it is global, every context
+    /// may use it from now on.
+    fn note_global(&mut self, k: u64, e: Entry) {
+        let sh = &mut self.shadow;
+        if sh.globals.insert(k, e).is_none() {
+            sh.global_log.push(k);
+            if sh.global_log.len() > GLOBAL_LOG_SLACK * sh.globals.len().max(1024) {
+                // Mostly keys INVLPG removed since: start over from the
+                // live set (each context checks all of it once).
+                sh.global_log = sh.globals.keys().copied().collect();
+                for c in &mut sh.contexts {
+                    c.globals_seen = 0;
+                }
+            }
+        }
+    }
+
+    /// Map in context `ci` the global mappings made elsewhere since it last
+    /// looked, as runs of contiguous pages.
+    fn map_new_globals(&mut self, ci: usize) {
+        let sh = &self.shadow;
+        let c = &sh.contexts[ci];
+        if c.globals_seen == sh.global_log.len() {
+            return;
+        }
+        let mut todo: Vec<(u64, Entry)> = sh.global_log[c.globals_seen..]
+            .iter()
+            .filter(|k| !c.mapped.contains_key(k))
+            .filter_map(|k| sh.globals.get(k).map(|e| (*k, *e)))
+            .collect();
+        self.shadow.contexts[ci].globals_seen = self.shadow.global_log.len();
+        todo.sort_unstable_by_key(|&(k, _)| k);
+        todo.dedup_by_key(|&mut (k, _)| k);
+        let mut i = 0;
+        while i < todo.len() {
+            let (k0, first) = todo[i];
+            let prot = self.prot_of(&first);
+            let mut j = i + 1;
+            while j < todo.len() {
+                let (k, e) = todo[j];
+                let (pk, pe) = todo[j - 1];
+                if k != pk + PAGE_SIZE as u64 || k >> 32 != k0 >> 32 || e.phys != pe.phys + PAGE_SIZE as u32 {
+                    break;
+                }
+                if self.prot_of(&e) != prot {
+                    break;
+                }
+                j += 1;
+            }
+            let run: Vec<Entry> = todo[i..j].iter().map(|&(_, e)| e).collect();
+            self.map_run(ci, (k0 >> 32) as u8, k0 as u32, &run);
+            i = j;
+        }
     }
 
     fn lru_context(&self) -> usize {
@@ -304,7 +472,7 @@ impl GuestMemory {
         let c = &self.shadow.contexts[ci];
         let mut stale = Vec::new();
         let mut read_only = Vec::new();
-        for (&k, e) in c.mapped.iter().filter(|(_, e)| !e.global) {
+        for (&k, e) in c.locals.keys().filter_map(|k| c.mapped.get_key_value(k)) {
             let now = mmu::entries(ram, regs, k as u32);
             if now == (e.pde, e.pte) {
                 continue;
@@ -354,6 +522,7 @@ impl GuestMemory {
                 j += 1;
             }
             unmap_range(host_addr(c.window, gone[i]), (j - i) * PAGE_SIZE);
+            c.areas += 2;
             i = j;
         }
     }
@@ -366,8 +535,7 @@ impl GuestMemory {
         }
         unmap_range(c.window, WINDOW_SIZE);
         unmap_range(c.window + USER_WINDOW_OFFSET, WINDOW_SIZE);
-        c.mapped.clear();
-        c.rmap.clear();
+        c.clear();
     }
 
     /// Map RAM at the supervisor window again (paging turned off),
@@ -415,6 +583,15 @@ impl GuestMemory {
         } else {
             self.tlb_drop_page(lin);
         }
+        let page = lin & !(PAGE_SIZE as u32 - 1);
+        if large {
+            let base = lin & 0xFFC0_0000;
+            self.shadow.globals.retain(|&k, _| (k as u32) & 0xFFC0_0000 != base);
+        } else {
+            for w in 0..2 {
+                self.shadow.globals.remove(&key(w, page));
+            }
+        }
         let mut any = false;
         for ci in 0..self.shadow.contexts.len() {
             let c = &mut self.shadow.contexts[ci];
@@ -427,9 +604,10 @@ impl GuestMemory {
             }
             // One page (the common case): no list to build.
             for w in 0..2 {
-                let k = key(w, lin & !(PAGE_SIZE as u32 - 1));
+                let k = key(w, page);
                 if c.forget(k).is_some() {
                     unmap_range(host_addr(c.window, k), PAGE_SIZE);
+                    c.areas += 2;
                     any = true;
                 }
             }
@@ -442,8 +620,8 @@ impl GuestMemory {
         let c = &mut self.shadow.contexts[self.shadow.cur];
         let k = key(win, lin_page);
         super::map_ones_page(host_addr(c.window, k));
-        c.forget(k);
-        c.mapped.insert(k, e);
+        c.insert(k, e);
+        c.areas += 2;
     }
 
     fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry) {
@@ -464,8 +642,8 @@ impl GuestMemory {
         let c = &mut self.shadow.contexts[ci];
         let k0 = key(win, lin_page);
         // SAFETY: maps consecutive pages of our memfd at consecutive pages
-        // of our own window (a run never crosses the window's end: it lies
-        // within one aligned prefetch group or is a single page).
+        // of our own window (a run never crosses the window's end: its keys
+        // are consecutive pages of one window).
         unsafe {
             libc::mmap(
                 host_addr(c.window, k0) as *mut libc::c_void,
@@ -476,19 +654,21 @@ impl GuestMemory {
                 first.phys as libc::off_t,
             );
         }
+        c.areas += 2;
         for (i, e) in run.iter().enumerate() {
             let k = key(win, lin_page + (i * PAGE_SIZE) as u32);
-            c.forget(k);
-            c.mapped.insert(k, *e);
-            c.rmap.entry(e.phys).or_default().push(k);
+            self.shadow.contexts[ci].insert(k, *e);
+            if e.global {
+                self.note_global(k, *e);
+            }
         }
     }
 
-    /// Keep the total number of host mappings bounded: drop the inactive
+    /// Keep the number of host memory areas bounded: drop the inactive
     /// contexts' shadows first, then the current one's.
     fn limit_mappings(&mut self) {
-        let total: usize = self.shadow.contexts.iter().map(|c| c.mapped.len()).sum();
-        if total < MAX_TOTAL_MAPPINGS {
+        let total: usize = self.shadow.contexts.iter().map(|c| c.areas).sum();
+        if total < MAX_TOTAL_AREAS {
             return;
         }
         let cur = self.shadow.cur;
@@ -497,7 +677,7 @@ impl GuestMemory {
                 self.flush_context(ci);
             }
         }
-        if self.shadow.contexts[cur].mapped.len() >= MAX_TOTAL_MAPPINGS / 2 {
+        if self.shadow.contexts[cur].areas >= MAX_TOTAL_AREAS / 2 {
             self.flush_context(cur);
         }
     }
@@ -757,6 +937,31 @@ mod tests {
         m.set_paging(regs(PD_B), true);
         m.invlpg(LIN);
         m.set_paging(regs(PD_A), true);
+        assert!(!mapped(&m, 0, LIN));
+    }
+
+    #[test]
+    fn global_mappings_reach_every_address_space_until_invlpg() {
+        let mut m = setup();
+        // CR4.PGE on, and LIN global in A's (shared) page table.
+        let regs_g = |cr3| PagingRegs { cr4: mmu::CR4_PGE, ..regs(cr3) };
+        set(&mut m, PT + 4 * (LIN >> 12), 0x9000 | pte::P | pte::RW | pte::G);
+        m.set_paging(regs_g(PD_A), true);
+        assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
+        // B has never run: it starts with the global mapping, as a TLB
+        // keeps global entries over a CR3 load.
+        m.set_paging(regs_g(PD_B), true);
+        assert!(mapped(&m, 0, LIN));
+        // INVLPG drops it everywhere; a new address space no longer gets it.
+        m.invlpg(LIN);
+        let pd_c = 0x20000;
+        set(&mut m, pd_c, PT | pte::P | pte::RW | pte::US);
+        m.set_paging(regs_g(pd_c), true);
+        assert!(!mapped(&m, 0, LIN));
+        // A change of CR4 forgets globals too.
+        assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
+        m.set_paging(regs(pd_c), false);
+        m.set_paging(regs_g(PD_A), true);
         assert!(!mapped(&m, 0, LIN));
     }
 
