@@ -270,20 +270,39 @@ impl CodeCache {
         }
     }
 
-    /// `unlink_linear` of one page.
+    /// `unlink_linear` of one page. A chain between two blocks that start
+    /// on this page at the same physical page stays, when its target lies
+    /// wholly on the page: a block runs only while its first page maps the
+    /// physical page it was translated from (it is entered by a lookup
+    /// keyed by that page, from the jump cache, which drops it here, or by
+    /// a chain that is valid on the same terms), so its page maps the
+    /// target's code too. Linux's processes switch address spaces all the
+    /// time; these chains are most of their code's.
     fn unlink_linear_page(&mut self, page: u32, hot: &mut HotState) {
         for id in self.lin_blocks.remove(&page).unwrap_or_default() {
             let Some(b) = self.blocks.get_mut(id as usize) else { continue };
             b.indexed = false;
-            let (eip, mode, host) = (b.eip, b.mode, b.host);
+            let (eip, mode, host, pages) = (b.eip, b.mode, b.host, b.pages);
             let incoming = std::mem::take(&mut b.incoming);
+            let mut kept = Vec::new();
             for ex in incoming {
                 let e = self.exits[ex as usize];
-                if e.linked == Some(id) {
+                if e.linked != Some(id) {
+                    continue;
+                }
+                let src = &self.blocks[e.block as usize];
+                let same_page = pages.0 == pages.1
+                    && src.pages.0 == pages.0
+                    && page_of(src.eip) == page_of(eip)
+                    && src.mode == mode;
+                if same_page {
+                    kept.push(ex);
+                } else {
                     self.patch(e.rel32, e.tail);
                     self.exits[ex as usize].linked = None;
                 }
             }
+            self.blocks[id as usize].incoming = kept;
             let slot = jc_slot(mode, eip);
             if hot.jc_targets[slot] == host as u64 {
                 hot.jc_keys[slot] = JC_EMPTY_KEY;
@@ -458,5 +477,44 @@ impl Drop for CodeCache {
             libc::munmap(self.rx.as_ptr() as *mut libc::c_void, self.size);
             libc::close(self.memfd);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block of 16 bytes of `ret` at linear `lin` (physical `phys`), with
+    /// one direct exit to `target`; returns its id and its exit's id.
+    fn block(c: &mut CodeCache, lin: u32, phys: u32, target: u32) -> (BlockId, u32) {
+        let t = Translation {
+            code: vec![0xC3; 16],
+            insn_map: Vec::new(),
+            exits: vec![ExitSite { rel32_off: 4, tail_off: 8, target }],
+            uses_fpu: false,
+        };
+        let exit = c.next_exit_id();
+        let id = c.install(lin, Mode::default(), phys, lin + 16, (phys, phys), t, true).expect("room");
+        c.index_linear(id, page_of(lin), page_of(lin));
+        (id, exit)
+    }
+
+    #[test]
+    fn unlinking_a_page_keeps_chains_within_it() {
+        let mut c = CodeCache::new(MIN_CACHE_SIZE).expect("cache");
+        let mut hot = crate::cpu::Cpu::new().hot;
+        let (a, a_exit) = block(&mut c, 0x0804_8000, 0x10_0000, 0x0804_8100);
+        let (b, b_exit) = block(&mut c, 0x0804_8100, 0x10_0000, 0x0804_9000);
+        let (other, _) = block(&mut c, 0x0804_9000, 0x20_0000, 0x0804_8100);
+        assert!(c.link(a_exit, b));
+        assert!(c.link(b_exit, other));
+        // Page 0x08049000 may map other code now: B's chain into it goes.
+        c.unlink_linear(0x0804_9000, 0x0804_9000, &mut hot);
+        assert_eq!(c.exits[b_exit as usize].linked, None);
+        // Page 0x08048000 too: A -> B stays (both run only while that page
+        // maps physical 0x100000).
+        c.unlink_linear(0x0804_8000, 0x0804_8000, &mut hot);
+        assert_eq!(c.exits[a_exit as usize].linked, Some(b));
+        assert!(!c.blocks[a as usize].indexed && !c.blocks[b as usize].indexed);
     }
 }
