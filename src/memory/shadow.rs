@@ -450,7 +450,7 @@ impl GuestMemory {
                 j += 1;
             }
             let run: Vec<Entry> = todo[i..j].iter().map(|&(_, e)| e).collect();
-            self.map_run(ci, (k0 >> 32) as u8, k0 as u32, &run);
+            self.map_run(ci, (k0 >> 32) as u8, k0 as u32, &run, false);
             i = j;
         }
     }
@@ -506,7 +506,7 @@ impl GuestMemory {
             };
             self.clear_windows(ci);
             for (k, e) in kept {
-                self.map_page(ci, (k >> 32) as u8, k as u32, e);
+                self.map_page(ci, (k >> 32) as u8, k as u32, e, false);
             }
             return;
         }
@@ -624,8 +624,8 @@ impl GuestMemory {
         c.areas += 2;
     }
 
-    fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry) {
-        self.map_run(ci, win, lin_page, &[e]);
+    fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry, populate: bool) {
+        self.map_run(ci, win, lin_page, &[e], populate);
     }
 
     /// The host protection of a mapping of `e`.
@@ -636,7 +636,7 @@ impl GuestMemory {
     /// Map `run[i]` at linear page `lin_page + i * 4 KiB` of window `win`
     /// of context `ci`, with one host `mmap`: the caller guarantees that
     /// the physical pages are consecutive and take the same protection.
-    fn map_run(&mut self, ci: usize, win: u8, lin_page: u32, run: &[Entry]) {
+    fn map_run(&mut self, ci: usize, win: u8, lin_page: u32, run: &[Entry], populate: bool) {
         let Some(first) = run.first() else { return };
         let prot = self.prot_of(first);
         let c = &mut self.shadow.contexts[ci];
@@ -649,7 +649,7 @@ impl GuestMemory {
                 host_addr(c.window, k0) as *mut libc::c_void,
                 run.len() * PAGE_SIZE,
                 prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
+                libc::MAP_SHARED | libc::MAP_FIXED | if populate { libc::MAP_POPULATE } else { 0 },
                 self.memfd,
                 first.phys as libc::off_t,
             );
@@ -711,7 +711,7 @@ impl GuestMemory {
             return ShadowFault::CodeWrite(t.phys_page);
         }
         let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
-        self.map_page(cur, win, lin_page, e);
+        self.map_page(cur, win, lin_page, e, true);
         self.prefetch_neighbours(win, lin_page);
         ShadowFault::Mapped
     }
@@ -752,7 +752,7 @@ impl GuestMemory {
                 _ => false,
             };
             if !extends && !run.is_empty() {
-                self.map_run(cur, win, run_start, &run);
+                self.map_run(cur, win, run_start, &run, true);
                 run.clear();
             }
             if let Some(e) = entry {
@@ -763,7 +763,7 @@ impl GuestMemory {
             }
         }
         if !run.is_empty() {
-            self.map_run(cur, win, run_start, &run);
+            self.map_run(cur, win, run_start, &run, true);
         }
     }
 
