@@ -11,6 +11,10 @@ use crate::memory::PAGE_SIZE;
 
 /// Maximum number of guest instructions per block.
 pub const MAX_BLOCK_INSNS: usize = 64;
+/// Conditional branches a block may go on past (side exits): one poll load
+/// and one jump fewer per branch on the fall-through path, and longer
+/// straight-line host code, for a little code duplication.
+pub const MAX_SIDE_EXITS: usize = 4;
 /// Longest x86 instruction.
 pub const MAX_INSN_LEN: usize = 15;
 
@@ -315,6 +319,22 @@ pub fn decode_block_at_cpl(code: &[u8], base: u32, eip: u32, max_insns: usize, c
 
 /// Decode a block of `bitness` (16 or 32) code running at `cpl`.
 pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: u8, bitness: u32) -> GuestBlock {
+    decode_superblock(code, base, eip, max_insns, cpl, bitness, 0)
+}
+
+/// `decode_block_in` that goes on past up to `side_exits` conditional
+/// branches: the block continues with the fall-through path, and the
+/// translator makes each taken branch a chainable side exit.
+pub fn decode_superblock(
+    code: &[u8],
+    base: u32,
+    eip: u32,
+    max_insns: usize,
+    cpl: u8,
+    bitness: u32,
+    side_exits: usize,
+) -> GuestBlock {
+    let mut side_exits_left = side_exits;
     let off = eip.wrapping_sub(base) as usize;
     let bytes = code.get(off..).unwrap_or(&[]);
     let mut d = Decoder::with_ip(bitness, bytes, eip as u64, DecoderOptions::NONE);
@@ -350,7 +370,11 @@ pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: 
         end = i.next_ip32();
         insns.push(i);
         classes.push(cls);
-        if cls.ends_block() || insns.len() >= max_insns || end as u64 >= page_end || end == 0 {
+        let side_exit = cls == Class::Jcc && side_exits_left > 0;
+        if side_exit {
+            side_exits_left -= 1;
+        }
+        if (cls.ends_block() && !side_exit) || insns.len() >= max_insns || end as u64 >= page_end || end == 0 {
             break;
         }
     }

@@ -19,7 +19,7 @@ use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
 use crate::cpu::interp::{self, Env, Flow};
 use crate::cpu::interrupt::{EventKind, is_contributory};
 use crate::cpu::{Cpu, Exception, HotState, JUMP_CACHE_ENTRIES, Mode, SEG_CS, exit, flags, vector};
-use crate::decode::{MAX_BLOCK_INSNS, decode_block, decode_block_in};
+use crate::decode::{MAX_BLOCK_INSNS, MAX_SIDE_EXITS, decode_block, decode_superblock};
 use crate::devices::PortBus;
 use crate::devices::chipset::Chipset;
 use crate::memory::{GuestMemory, PAGE_SIZE, ShadowFault, WINDOW_SIZE};
@@ -525,7 +525,10 @@ impl Engine {
         let fetch = self.fetch_code(lin, mode.cpl() == 3)?;
         let (mut block, phys0, phys_end) = {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
-            let mut block = decode_block_in(code, base, eip, max, mode.cpl(), bits);
+            // Side exits need chaining, and icount charges a block's
+            // instructions when it is entered (all of them must run).
+            let side_exits = if self.opts.chaining && !self.opts.icount { MAX_SIDE_EXITS } else { 0 };
+            let mut block = decode_superblock(code, base, eip, max, mode.cpl(), bits, side_exits);
             if let Fetch::Paged { phys, .. } = &fetch {
                 // An instruction running into a page that is not mapped: the
                 // block ends before it, or it faults when it comes first.

@@ -370,10 +370,18 @@ impl<'a> Translator<'a> {
         let mut check_after: Option<usize> = None;
         for (k, (i, &cls)) in block.insns.iter().zip(&block.classes).enumerate() {
             fpu |= cls == Class::Ident && uses_fpu(i);
-            self.insn(i, cls);
-            if cls.ends_block() {
-                fell_through = false;
+            // A conditional branch before the end is a side exit: the block
+            // goes on with its fall-through path.
+            let side_exit = cls == Class::Jcc && k + 1 < n;
+            if side_exit {
+                self.mark(i.ip32(), Fixup::None);
+                let at = self.a.jcc_rel32(i.condition_code() as u8 - 1);
+                self.pending_exits.push((at, i.near_branch32()));
+            } else {
+                self.insn(i, cls);
             }
+            let ends = cls.ends_block() && !side_exit;
+            fell_through = !ends;
             if cls == Class::SysInline {
                 match i.mnemonic() {
                     iced_x86::Mnemonic::Sti => check_after = Some(k + 1),
@@ -381,7 +389,7 @@ impl<'a> Translator<'a> {
                     _ => {}
                 }
             }
-            if check_after == Some(k) && !cls.ends_block() {
+            if check_after == Some(k) && !ends {
                 self.interrupt_window_check(i.next_ip32());
                 check_after = None;
             }

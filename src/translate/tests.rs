@@ -280,6 +280,23 @@ fn golden_call_direct() {
     );
 }
 
+#[test]
+fn golden_side_exit_continues_with_the_fall_through_path() {
+    // inc eax; je +1; inc ebx; inc ecx; hlt at 0x1000, with one side exit.
+    let mem = guest_mem(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4]);
+    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, 1);
+    assert_eq!(b.insns.len(), 5, "the block goes on past the JE to the HLT");
+    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
+    // The taken JE is the first exit, to 0x1004; the block continues inline.
+    assert_eq!(t.exits[0].target, 0x1004);
+    let tail = t.exits[0].tail_off as usize;
+    let text = disasm(&t.code, 7, 7 + 2 + 6 + 2 + 2);
+    assert_eq!(text, ["inc eax", format!("je {:016X}h", host(tail)).as_str(), "inc ebx", "inc ecx"]);
+    // Without side exits the JE ends the block, as before.
+    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, 0);
+    assert_eq!(b.insns.len(), 2);
+}
+
 fn lookup_text(start: usize) -> Vec<String> {
     // start = offset of `movzx r10d, r13w`; the hit path is 8 bytes after the jrcxz.
     let hit = start + 4 + 3 + 8 + 5 + 2 + 8;
