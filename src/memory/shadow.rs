@@ -111,6 +111,15 @@ impl Context {
         self.note_alias(e.phys, k);
     }
 
+    /// `insert` of a key known not to be mapped.
+    fn insert_new(&mut self, k: u64, e: Entry) {
+        self.mapped.insert(k, e);
+        if !e.global {
+            self.locals.insert(k, ());
+        }
+        self.note_alias(e.phys, k);
+    }
+
     fn forget(&mut self, k: u64) -> Option<Entry> {
         let e = self.mapped.remove(&k)?;
         if !e.global {
@@ -380,7 +389,7 @@ impl GuestMemory {
                     },
                     None => self.lru_context(),
                 };
-                self.flush_context(ci);
+                self.recycle_context(ci);
                 self.shadow.contexts[ci].cr3 = pd;
                 ci
             }
@@ -425,14 +434,22 @@ impl GuestMemory {
         if c.globals_seen == sh.global_log.len() {
             return;
         }
-        let mut todo: Vec<(u64, Entry)> = sh.global_log[c.globals_seen..]
+        let todo: Vec<(u64, Entry)> = sh.global_log[c.globals_seen..]
             .iter()
             .filter(|k| !c.mapped.contains_key(k))
             .filter_map(|k| sh.globals.get(k).map(|e| (*k, *e)))
             .collect();
         self.shadow.contexts[ci].globals_seen = self.shadow.global_log.len();
+        self.map_entries(ci, todo);
+    }
+
+    /// Map `todo` (keys not mapped in context `ci`) in runs of consecutive
+    /// linear and physical pages with the same protection, one host call
+    /// per run.
+    fn map_entries(&mut self, ci: usize, mut todo: Vec<(u64, Entry)>) {
         todo.sort_unstable_by_key(|&(k, _)| k);
         todo.dedup_by_key(|&mut (k, _)| k);
+        self.shadow.contexts[ci].mapped.reserve(todo.len());
         let mut i = 0;
         while i < todo.len() {
             let (k0, first) = todo[i];
@@ -449,8 +466,11 @@ impl GuestMemory {
                 }
                 j += 1;
             }
-            let run: Vec<Entry> = todo[i..j].iter().map(|&(_, e)| e).collect();
-            self.map_run(ci, (k0 >> 32) as u8, k0 as u32, &run, false);
+            self.mmap_run(ci, k0, first.phys, j - i, prot, false);
+            let c = &mut self.shadow.contexts[ci];
+            for &(k, e) in &todo[i..j] {
+                c.insert_new(k, e);
+            }
             i = j;
         }
     }
@@ -504,14 +524,20 @@ impl GuestMemory {
                 let gone: std::collections::HashSet<u64> = keys.into_iter().collect();
                 c.mapped.iter().filter(|(k, _)| !gone.contains(k)).map(|(k, e)| (*k, *e)).collect()
             };
+            let seen = c.globals_seen;
             self.clear_windows(ci);
-            for (k, e) in kept {
-                self.map_page(ci, (k >> 32) as u8, k as u32, e, false);
-            }
+            self.map_entries(ci, kept);
+            // Every global it had is among the kept ones.
+            self.shadow.contexts[ci].globals_seen = seen;
             return;
         }
-        // Contiguous pages (an address space's teardown, a CR3 load after
-        // many PTEs changed) go out as one host call per run.
+        self.unmap_keys(ci, keys);
+    }
+
+    /// Unmap the pages `keys` of context `ci` one by one: contiguous pages
+    /// (an address space's teardown, a CR3 load after many PTEs changed)
+    /// go out as one host call per run.
+    fn unmap_keys(&mut self, ci: usize, keys: Vec<u64>) {
         let c = &mut self.shadow.contexts[ci];
         let mut gone: Vec<u64> = keys.into_iter().filter(|&k| c.forget(k).is_some()).collect();
         gone.sort_unstable();
@@ -565,6 +591,47 @@ impl GuestMemory {
     /// Drop every mapping of context `ci`.
     fn flush_context(&mut self, ci: usize) {
         self.clear_windows(ci);
+    }
+
+    /// Make context `ci` ready for another address space: drop its
+    /// non-global mappings and keep the global ones (which hold in every
+    /// address space, as in a TLB). The non-global part of each window
+    /// below its lowest global page goes with one host call; Linux maps
+    /// only the kernel global, at the top, so that is all of user space.
+    fn recycle_context(&mut self, ci: usize) {
+        let c = &mut self.shadow.contexts[ci];
+        if c.locals.is_empty() {
+            return;
+        }
+        if c.locals.len() == c.mapped.len() {
+            self.clear_windows(ci);
+            return;
+        }
+        let globals: Vec<(u64, Entry)> = c.mapped.iter().filter(|(_, e)| e.global).map(|(k, e)| (*k, *e)).collect();
+        let mut stragglers = Vec::new();
+        for win in 0..2u8 {
+            let lowest = globals.iter().filter(|(k, _)| (k >> 32) as u8 == win).map(|(k, _)| *k as u32).min();
+            let below = lowest.unwrap_or(u32::MAX);
+            let base = c.window + win as usize * USER_WINDOW_OFFSET;
+            let len = if lowest.is_some() { below as usize } else { WINDOW_SIZE };
+            if len > 0 {
+                unmap_range(base, len);
+                c.areas += 2;
+            }
+            stragglers.extend(c.locals.keys().copied().filter(|&k| (k >> 32) as u8 == win && (k as u32) >= below));
+        }
+        // The locals among the globals, page by page (in runs).
+        self.unmap_keys(ci, stragglers);
+        let c = &mut self.shadow.contexts[ci];
+        let seen = c.globals_seen;
+        c.mapped.clear();
+        c.rmap.clear();
+        c.locals.clear();
+        for (k, e) in globals {
+            c.mapped.insert(k, e);
+            c.note_alias(e.phys, k);
+        }
+        c.globals_seen = seen;
     }
 
     /// Does a 4 MiB page map `lin` (with CR4.PSE)?
@@ -624,8 +691,9 @@ impl GuestMemory {
         c.areas += 2;
     }
 
-    fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry, populate: bool) {
-        self.map_run(ci, win, lin_page, &[e], populate);
+    /// Map one page for a hidden fault (populated: it is used at once).
+    fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry) {
+        self.map_run(ci, win, lin_page, &[e], true);
     }
 
     /// The host protection of a mapping of `e`.
@@ -639,22 +707,7 @@ impl GuestMemory {
     fn map_run(&mut self, ci: usize, win: u8, lin_page: u32, run: &[Entry], populate: bool) {
         let Some(first) = run.first() else { return };
         let prot = self.prot_of(first);
-        let c = &mut self.shadow.contexts[ci];
-        let k0 = key(win, lin_page);
-        // SAFETY: maps consecutive pages of our memfd at consecutive pages
-        // of our own window (a run never crosses the window's end: its keys
-        // are consecutive pages of one window).
-        unsafe {
-            libc::mmap(
-                host_addr(c.window, k0) as *mut libc::c_void,
-                run.len() * PAGE_SIZE,
-                prot,
-                libc::MAP_SHARED | libc::MAP_FIXED | if populate { libc::MAP_POPULATE } else { 0 },
-                self.memfd,
-                first.phys as libc::off_t,
-            );
-        }
-        c.areas += 2;
+        self.mmap_run(ci, key(win, lin_page), first.phys, run.len(), prot, populate);
         for (i, e) in run.iter().enumerate() {
             let k = key(win, lin_page + (i * PAGE_SIZE) as u32);
             self.shadow.contexts[ci].insert(k, *e);
@@ -662,6 +715,26 @@ impl GuestMemory {
                 self.note_global(k, *e);
             }
         }
+    }
+
+    /// The host half of mapping a run: `pages` pages of RAM from `phys` at
+    /// key `k0` of context `ci`, with protection `prot`.
+    fn mmap_run(&mut self, ci: usize, k0: u64, phys: u32, pages: usize, prot: libc::c_int, populate: bool) {
+        let c = &mut self.shadow.contexts[ci];
+        // SAFETY: maps consecutive pages of our memfd at consecutive pages
+        // of our own window (a run never crosses the window's end: its keys
+        // are consecutive pages of one window).
+        unsafe {
+            libc::mmap(
+                host_addr(c.window, k0) as *mut libc::c_void,
+                pages * PAGE_SIZE,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED | if populate { libc::MAP_POPULATE } else { 0 },
+                self.memfd,
+                phys as libc::off_t,
+            );
+        }
+        c.areas += 2;
     }
 
     /// Keep the number of host memory areas bounded: drop the inactive
@@ -711,7 +784,7 @@ impl GuestMemory {
             return ShadowFault::CodeWrite(t.phys_page);
         }
         let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
-        self.map_page(cur, win, lin_page, e, true);
+        self.map_page(cur, win, lin_page, e);
         self.prefetch_neighbours(win, lin_page);
         ShadowFault::Mapped
     }
@@ -963,6 +1036,31 @@ mod tests {
         m.set_paging(regs(pd_c), false);
         m.set_paging(regs_g(PD_A), true);
         assert!(!mapped(&m, 0, LIN));
+    }
+
+    #[test]
+    fn a_recycled_context_keeps_globals_and_drops_the_rest() {
+        let mut m = setup();
+        let regs_g = |cr3| PagingRegs { cr4: mmu::CR4_PGE, ..regs(cr3) };
+        // LIN is global; LIN + 4 KiB (same table) is not.
+        set(&mut m, PT + 4 * (LIN >> 12), 0x9000 | pte::P | pte::RW | pte::G);
+        set(&mut m, PT + 4 * ((LIN >> 12) + 1), 0xA000 | pte::P | pte::RW);
+        m.set_paging(regs_g(PD_A), true);
+        let wa = m.window_for(0);
+        assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
+        assert_eq!(m.shadow_fault(0, LIN + 0x1000, false), ShadowFault::Mapped);
+        // Enough other address spaces that A's context is recycled.
+        for k in 0..MAX_CONTEXTS as u32 {
+            let pd = 0x20000 + k * 0x1000;
+            set(&mut m, pd, PT | pte::P | pte::RW | pte::US);
+            m.set_paging(regs_g(pd), true);
+        }
+        let again = (0..m.shadow.contexts.len()).find(|&ci| m.shadow.contexts[ci].window == wa).expect("context");
+        assert_eq!(m.shadow.cur, again, "the least recently used context (A's) was reused");
+        assert!(mapped(&m, 0, LIN), "the global mapping stays");
+        assert!(!mapped(&m, 0, LIN + 0x1000), "the other one is gone");
+        // SAFETY: the global page is mapped read-only in this window.
+        assert_eq!(unsafe { std::ptr::read_volatile((wa + LIN as usize) as *const u32) }, 0xC0FF_EE00);
     }
 
     #[test]
