@@ -31,8 +31,10 @@ def main():
     if ks:
         for line in open(ks):
             p = line.split()
-            if len(p) >= 3:
+            try:
                 syms.append((int(p[0], 16), p[2]))
+            except (IndexError, ValueError):
+                continue  # a console line in the middle of the listing
         syms.sort()
     sym_starts = [s[0] for s in syms]
     out = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,dso"],
