@@ -38,6 +38,9 @@ pub enum Class {
     PushMem,
     /// PUSH of a segment register (32-bit operand size): the guest selector.
     PushSeg,
+    /// MOV r32/r16, Sreg: the guest selector, zero-extended to 32 bits as
+    /// on P6-family processors.
+    ReadSeg,
     /// MOV ES/DS/FS/GS, r16/r32 and POP ES/DS/FS/GS: skipped in place when
     /// they reload the selector already loaded from an unchanged
     /// descriptor, else run by the VMM (`translate::segment::reload`).
@@ -180,9 +183,10 @@ pub fn classify_in(i: &Instruction, code16: bool) -> Class {
         Pushd_imm32 | Pushd_imm8 => return Class::PushImm,
         Pushd_ES | Pushd_CS | Pushd_SS | Pushd_DS | Pushd_FS | Pushd_GS => return Class::PushSeg,
         Popd_ES | Popd_DS | Popd_FS | Popd_GS => return Class::SegReload,
+        Mov_r32m16_Sreg | Mov_rm16_Sreg if i.op0_kind() == OpKind::Register => return Class::ReadSeg,
         Verw_rm16 | Verw_r32m16 if !mem16 => return Class::VerifyWrite,
         Mov_Sreg_r32m16 | Mov_Sreg_rm16
-            if i.op1_kind() == OpKind::Register
+            if (i.op1_kind() == OpKind::Register || !mem16)
                 && matches!(i.op0_register(), Register::ES | Register::DS | Register::FS | Register::GS) =>
         {
             return Class::SegReload;
@@ -413,7 +417,6 @@ mod tests {
             &[0x9D],                         // popfd
             &[0x66, 0x9D],                   // popfw
             &[0x0F, 0x01, 0x05, 0, 0, 0, 0], // sgdt
-            &[0x8C, 0xC8],                   // mov eax, cs
             &[0x0F, 0x20, 0xC0],             // mov eax, cr0
             &[0xE6, 0x80],                   // out 0x80, al
             &[0x27],                         // daa
@@ -422,6 +425,10 @@ mod tests {
         ] {
             assert_eq!(classes(code)[0], Class::Emulate, "{code:02x?}");
         }
+        // MOV r, Sreg reads the guest's selector (kept by the dispatcher),
+        // as PUSH Sreg does: CS shows the guest's CPL, never the real one.
+        assert_eq!(classes(&[0x8C, 0xC8])[0], Class::ReadSeg); // mov eax, cs
+        assert_eq!(classes(&[0x8C, 0x00])[0], Class::Emulate); // mov [eax], es
     }
 
     #[test]

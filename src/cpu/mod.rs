@@ -177,6 +177,22 @@ pub struct HotState {
     pub verw_desc: u64,
     pub verw_neg: u64,
     pub verw_zf: u64,
+    /// The alternative load of each of ES, DS, FS and GS: a second
+    /// selector whose load translated code may make in place, by swapping
+    /// it with the loaded one (key, descriptor address, negated bytes and
+    /// the base and offset range checked accesses use). Linux toggles FS
+    /// between the user's null selector and `__KERNEL_PERCPU` on every
+    /// system call. Keys are `jc_key(selector | cpl << 16)` here and in
+    /// `reload_key`; written by the dispatcher, swapped by translated code.
+    pub alt_key: [u64; 6],
+    pub alt_desc: [u64; 6],
+    pub alt_neg: [u64; 6],
+    pub alt_base: [u32; 6],
+    pub alt_lo: [u32; 6],
+    pub alt_hi: [u32; 6],
+    /// Eight zero bytes: the "descriptor" of a null selector's record (its
+    /// negated bytes are 0 too, so the check always passes).
+    pub null_desc: u64,
     /// The soft-TLB table of the last SOFT_MISS exit.
     pub soft_kind: u32,
     _pad4: [u32; 1],
@@ -208,6 +224,12 @@ pub const OFF_SEG_SEL: i32 = offset_of!(HotState, seg_sel) as i32;
 pub const OFF_RELOAD_KEY: i32 = offset_of!(HotState, reload_key) as i32;
 pub const OFF_RELOAD_DESC: i32 = offset_of!(HotState, reload_desc) as i32;
 pub const OFF_RELOAD_NEG: i32 = offset_of!(HotState, reload_neg) as i32;
+pub const OFF_ALT_KEY: i32 = offset_of!(HotState, alt_key) as i32;
+pub const OFF_ALT_DESC: i32 = offset_of!(HotState, alt_desc) as i32;
+pub const OFF_ALT_NEG: i32 = offset_of!(HotState, alt_neg) as i32;
+pub const OFF_ALT_BASE: i32 = offset_of!(HotState, alt_base) as i32;
+pub const OFF_ALT_LO: i32 = offset_of!(HotState, alt_lo) as i32;
+pub const OFF_ALT_HI: i32 = offset_of!(HotState, alt_hi) as i32;
 pub const OFF_VERW_KEY: i32 = offset_of!(HotState, verw_key) as i32;
 pub const OFF_VERW_DESC: i32 = offset_of!(HotState, verw_desc) as i32;
 pub const OFF_VERW_NEG: i32 = offset_of!(HotState, verw_neg) as i32;
@@ -539,20 +561,26 @@ impl Cpu {
 
     pub fn sync_segments(&mut self) {
         for k in 0..6 {
-            let s = self.seg[k];
-            let (lo, hi) = if k != SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0 {
-                (1, 0) // null selector: every access faults
-            } else if s.attr & 0x1C == 0x14 {
-                // Expand-down data: offsets above the limit, up to 64 KiB or 4 GiB.
-                let top = if s.attr & (1 << 14) != 0 { u32::MAX } else { 0xFFFF };
-                (s.limit.wrapping_add(1), top)
-            } else {
-                (0, s.limit)
-            };
-            self.hot.seg_base[k] = s.base;
+            let (base, lo, hi) = self.checked_range(k, &self.seg[k]);
+            self.hot.seg_base[k] = base;
             self.hot.seg_lo[k] = lo;
             self.hot.seg_hi[k] = hi;
         }
+    }
+
+    /// What checked accesses through segment register `k` holding `s` use:
+    /// the base and the valid offsets `lo..=hi`.
+    pub fn checked_range(&self, k: usize, s: &Segment) -> (u32, u32, u32) {
+        let (lo, hi) = if k != SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0 {
+            (1, 0) // null selector: every access faults
+        } else if s.attr & 0x1C == 0x14 {
+            // Expand-down data: offsets above the limit, up to 64 KiB or 4 GiB.
+            let top = if s.attr & (1 << 14) != 0 { u32::MAX } else { 0xFFFF };
+            (s.limit.wrapping_add(1), top)
+        } else {
+            (0, s.limit)
+        };
+        (s.base, lo, hi)
     }
 
     pub fn eflags(&self) -> u32 {

@@ -97,13 +97,19 @@ impl Cpu {
             }
         }
         for (k, s) in self.seg.iter().enumerate() {
-            let null = k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0;
-            let expand_down = s.attr & 0x1C == 0x14;
-            if !s.is_flat() || null || expand_down {
+            if self.seg_nonflat(k, s) {
                 m |= 1 << (Mode::NONFLAT_SHIFT + k as u16);
             }
         }
         Mode(m)
+    }
+
+    /// Would segment register `k` holding `s` make the mode non-flat for
+    /// it (accesses checked and based at run time)?
+    pub fn seg_nonflat(&self, k: usize, s: &super::Segment) -> bool {
+        let null = k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0;
+        let expand_down = s.attr & 0x1C == 0x14;
+        !s.is_flat() || null || expand_down
     }
 }
 

@@ -257,6 +257,15 @@ impl Asm {
         self.byte(disp as u8);
     }
 
+    /// `lea r64, [base64 + index64 + disp32]` — flag-preserving 64-bit add.
+    pub fn lea_r64_bi_d32(&mut self, dst: u8, base: u8, index: u8, disp: i32) {
+        self.rex(true, dst, index, base, false);
+        self.byte(0x8D);
+        self.byte(0x84 | ((dst & 7) << 3));
+        self.byte(((index & 7) << 3) | (base & 7));
+        self.u32(disp as u32);
+    }
+
     /// `lea r64, [base64 + index64]` — flag-preserving 64-bit add.
     pub fn lea_r64_bi(&mut self, dst: u8, base: u8, index: u8) {
         self.rex(true, dst, index, base, false);

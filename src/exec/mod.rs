@@ -347,7 +347,7 @@ impl Engine {
                 // registers changed; otherwise the VMM may have loaded
                 // segments, descriptor tables or paging.
                 self.cpu.sync_selectors();
-                self.seg_reloads.sync(&mut self.cpu);
+                self.seg_reloads.sync(&mut self.cpu, &self.mem);
             }
             // Translated code of CPL 3 sees the user window when paging is on.
             let window = self.mem.window_for(mode.cpl()) as u64;
@@ -481,6 +481,8 @@ impl Engine {
         // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
         self.sig.in_guest.store(false, std::sync::atomic::Ordering::Relaxed);
+        // Translated code may have swapped segment loads in place.
+        self.seg_reloads.reconcile(&mut self.cpu);
         if self.cpu.hot.io_dirty != 0 {
             self.cpu.hot.io_dirty = 0;
             self.irq_dirty = true;

@@ -10,6 +10,18 @@
 //! has loaded it since), and GDTR, LDTR and the paging state are the ones
 //! the descriptor's address was resolved with. Translated code then checks
 //! the rest at run time: the same selector, and the same 8 descriptor bytes.
+//!
+//! Each register also has an *alternative* record: the load it held before
+//! the current one, when both leave the mode's flatness for that register
+//! as it is (both checked, say). A load of the alternative's selector at
+//! the same CPL, from unchanged descriptor bytes, swaps the two records in
+//! place (`HotState::alt_*`), so code that toggles a register between two
+//! selectors, as Linux does with FS on every system call (the user's null
+//! selector and `__KERNEL_PERCPU`), leaves translated code for neither.
+//! The engine reconciles after every exit (`SegReloads::reconcile`): a
+//! register whose selector in `HotState::seg_sel` differs from the VMM's
+//! was swapped, and takes the alternative's hidden part. Null selectors
+//! are recorded too (they need no descriptor).
 
 use crate::cpu::{Cpu, SEG_DS, SEG_ES, SEG_FS, SEG_GS, Segment, TableReg, flags, jc_key};
 use crate::memory::GuestMemory;
@@ -33,6 +45,9 @@ struct Descriptor {
     ldtr: Segment,
     paging_gen: u64,
     invlpgs: u64,
+    /// Its linear and physical addresses, and its host address.
+    lin: u32,
+    phys: u32,
     host: u64,
     raw: u64,
 }
@@ -70,18 +85,32 @@ impl Descriptor {
             ldtr: cpu.ldtr,
             paging_gen,
             invlpgs: cpu.hot.invlpg_done,
+            lin,
+            phys,
             host: mem.alias_ptr() as u64 + u64::from(phys),
             raw: u64::from_le_bytes(b),
         })
     }
 
-    /// Would the same selector still find the descriptor at `host`?
-    fn still_located(&self, cpu: &Cpu, paging_gen: u64) -> bool {
-        self.gdtr == cpu.gdtr
-            && self.ldtr == cpu.ldtr
-            && self.paging_gen == paging_gen
-            && self.invlpgs == cpu.hot.invlpg_done
-            && cpu.hot.sys_flags & flags::VM == 0
+    /// Would the same selector still find the descriptor at `host`? After
+    /// a change of paging (a CR3 load: every context switch) the table's
+    /// linear page is looked up again, without setting an accessed bit;
+    /// Linux's GDT stays where it was.
+    fn still_located(&mut self, cpu: &Cpu, mem: &GuestMemory, paging_gen: u64) -> bool {
+        if self.gdtr != cpu.gdtr || self.ldtr != cpu.ldtr || cpu.hot.sys_flags & flags::VM != 0 {
+            return false;
+        }
+        if self.paging_gen == paging_gen && self.invlpgs == cpu.hot.invlpg_done {
+            return true;
+        }
+        let page = self.lin & !0xFFF;
+        let same =
+            !mem.paging().enabled() && page == self.phys & !0xFFF || mem.still_maps(page, false, self.phys & !0xFFF);
+        if same {
+            self.paging_gen = paging_gen;
+            self.invlpgs = cpu.hot.invlpg_done;
+        }
+        same
     }
 }
 
@@ -90,7 +119,26 @@ impl Descriptor {
 struct Record {
     /// The segment register as the load left it (selector and hidden part).
     seg: Segment,
-    desc: Descriptor,
+    /// Its descriptor; none for a null selector.
+    desc: Option<Descriptor>,
+    /// The CPL the load's privilege checks passed at.
+    cpl: u8,
+}
+
+impl Record {
+    fn still_located(&mut self, cpu: &Cpu, mem: &GuestMemory, paging_gen: u64) -> bool {
+        self.desc.as_mut().is_none_or(|d| d.still_located(cpu, mem, paging_gen))
+    }
+
+    /// The key translated code compares `selector | cpl << 16` with.
+    fn key(&self) -> u64 {
+        jc_key(u32::from(self.seg.selector) | u32::from(self.cpl) << 16)
+    }
+}
+
+/// Is `selector` null (index 0 in the GDT)?
+fn is_null(selector: u16) -> bool {
+    selector & SEL_INDEX_MASK == 0 && selector & SEL_TI == 0
 }
 
 /// What the VMM's last VERW found.
@@ -105,6 +153,7 @@ struct VerwRecord {
 #[derive(Default)]
 pub struct SegReloads {
     records: [Option<Record>; 6],
+    alts: [Option<Record>; 6],
     verw: Option<VerwRecord>,
     /// Bumped by every change of paging state the engine sees (CR0, CR3,
     /// CR4, INVLPG through the VMM): a descriptor's linear address may map
@@ -121,12 +170,48 @@ impl SegReloads {
     /// The VMM has just loaded segment register `s` by MOV or POP: record
     /// the load if it can be checked in place later.
     pub fn note_load(&mut self, cpu: &Cpu, mem: &GuestMemory, s: usize) {
+        if !RELOADABLE.contains(&s) {
+            return;
+        }
         let seg = cpu.seg[s];
-        self.records[s] = RELOADABLE
-            .contains(&s)
-            .then(|| Descriptor::locate(cpu, mem, seg.selector, self.paging_gen))
-            .flatten()
-            .map(|desc| Record { seg, desc });
+        let protected = cpu.cr[0] & CR0_PE != 0 && cpu.hot.sys_flags & flags::VM == 0;
+        let new = if protected && is_null(seg.selector) {
+            Some(Record { seg, desc: None, cpl: cpu.cpl })
+        } else {
+            Descriptor::locate(cpu, mem, seg.selector, self.paging_gen).map(|d| Record {
+                seg,
+                desc: Some(d),
+                cpl: cpu.cpl,
+            })
+        };
+        // The load it replaces becomes the alternative, if the register
+        // held exactly that and the two share the mode's flatness.
+        let old = self.records[s].filter(|r| r.seg.selector != seg.selector);
+        if let (Some(n), Some(o)) = (new, old) {
+            if cpu.seg_nonflat(s, &n.seg) == cpu.seg_nonflat(s, &o.seg) {
+                self.alts[s] = Some(o);
+            }
+        }
+        self.records[s] = new;
+    }
+
+    /// After translated code ran: a register whose selector translated
+    /// code changed was swapped with its alternative; give the VMM's copy
+    /// the alternative's hidden part and swap the records.
+    pub fn reconcile(&mut self, cpu: &mut Cpu) {
+        for s in RELOADABLE {
+            if cpu.hot.seg_sel[s] == u32::from(cpu.seg[s].selector) {
+                continue;
+            }
+            match self.alts[s] {
+                Some(a) if u32::from(a.seg.selector) == cpu.hot.seg_sel[s] => {
+                    self.alts[s] = self.records[s];
+                    self.records[s] = Some(a);
+                    cpu.seg[s] = a.seg;
+                }
+                _ => debug_assert!(false, "segment {s} changed in translated code without a record"),
+            }
+        }
     }
 
     /// The VMM has just run a VERW of `selector` that set ZF to `zf`.
@@ -141,20 +226,63 @@ impl SegReloads {
 
     /// Publish the records that still describe the machine to `HotState`
     /// (and disarm the others), before translated code runs.
-    pub fn sync(&mut self, cpu: &mut Cpu) {
+    pub fn sync(&mut self, cpu: &mut Cpu, mem: &GuestMemory) {
         let paging_gen = self.paging_gen;
+        let null_desc = std::ptr::addr_of!(cpu.hot.null_desc) as u64;
         for s in RELOADABLE {
-            match self.records[s].filter(|r| r.seg == cpu.seg[s] && r.desc.still_located(cpu, paging_gen)) {
+            if let Some(r) = &mut self.records[s] {
+                if r.seg != cpu.seg[s] || !r.still_located(cpu, mem, paging_gen) {
+                    self.records[s] = None;
+                }
+            }
+            if let Some(a) = &mut self.alts[s] {
+                if !a.still_located(cpu, mem, paging_gen) {
+                    self.alts[s] = None;
+                }
+            }
+            let current = self.records[s];
+            let desc = |r: &Record| match r.desc {
+                Some(d) => (d.host, d.raw.wrapping_neg()),
+                None => (null_desc, 0),
+            };
+            match current {
                 Some(r) => {
+                    let (d, n) = desc(&r);
                     let hot = &mut cpu.hot;
-                    hot.reload_key[s] = jc_key(u32::from(r.seg.selector));
-                    hot.reload_desc[s] = r.desc.host;
-                    hot.reload_neg[s] = r.desc.raw.wrapping_neg();
+                    hot.reload_key[s] = r.key();
+                    hot.reload_desc[s] = d;
+                    hot.reload_neg[s] = n;
                 }
                 None => cpu.hot.reload_key[s] = 0,
             }
+            // The alternative only beside an armed current record (a swap
+            // moves the current one into the alternative's place).
+            let alt = self.alts[s].filter(|a| {
+                current.is_some()
+                    && a.seg.selector != cpu.seg[s].selector
+                    && cpu.seg_nonflat(s, &a.seg) == cpu.seg_nonflat(s, &cpu.seg[s])
+            });
+            match alt {
+                Some(a) => {
+                    let (d, n) = desc(&a);
+                    let (base, lo, hi) = cpu.checked_range(s, &a.seg);
+                    let hot = &mut cpu.hot;
+                    hot.alt_key[s] = a.key();
+                    hot.alt_desc[s] = d;
+                    hot.alt_neg[s] = n;
+                    hot.alt_base[s] = base;
+                    hot.alt_lo[s] = lo;
+                    hot.alt_hi[s] = hi;
+                }
+                None => cpu.hot.alt_key[s] = 0,
+            }
         }
-        match self.verw.filter(|r| r.cpl == cpu.cpl && r.desc.still_located(cpu, paging_gen)) {
+        if let Some(v) = &mut self.verw {
+            if !v.desc.still_located(cpu, mem, paging_gen) {
+                self.verw = None;
+            }
+        }
+        match self.verw.filter(|v| v.cpl == cpu.cpl) {
             Some(r) => {
                 let hot = &mut cpu.hot;
                 hot.verw_key = jc_key(u32::from(r.selector));

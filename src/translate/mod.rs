@@ -455,7 +455,7 @@ impl<'a> Translator<'a> {
             }
             // Its memory operand is used as a flat window address (PUSH m32
             // and indirect JMP/CALL check a non-flat segment's operand).
-            Class::PopMem | Class::VerifyWrite
+            Class::PopMem | Class::VerifyWrite | Class::SegReload
                 if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
                     && !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
@@ -492,6 +492,7 @@ impl<'a> Translator<'a> {
             Class::PushReg => stack::push_reg(self, i),
             Class::PushImm => stack::push_imm(self, i),
             Class::PushSeg => stack::push_sreg(self, i),
+            Class::ReadSeg => stack::read_sreg(self, i),
             Class::SegReload => segment::reload(self, i),
             Class::VerifyWrite => segment::verw(self, i),
             Class::PushMem => stack::push_mem(self, i),

@@ -24,8 +24,9 @@ use iced_x86::{Instruction, OpKind};
 
 use super::Translator;
 use crate::cpu::{
-    OFF_EIP, OFF_RELOAD_DESC, OFF_RELOAD_KEY, OFF_RELOAD_NEG, OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, OFF_VERW_DESC,
-    OFF_VERW_KEY, OFF_VERW_NEG, OFF_VERW_ZF, SEG_SS, flags, vector,
+    OFF_ALT_BASE, OFF_ALT_DESC, OFF_ALT_HI, OFF_ALT_KEY, OFF_ALT_LO, OFF_ALT_NEG, OFF_EIP, OFF_RELOAD_DESC,
+    OFF_RELOAD_KEY, OFF_RELOAD_NEG, OFF_SEG_BASE, OFF_SEG_HI, OFF_SEG_LO, OFF_SEG_SEL, OFF_VERW_DESC, OFF_VERW_KEY,
+    OFF_VERW_NEG, OFF_VERW_ZF, SEG_SS, flags, vector,
 };
 use crate::emit::reg::*;
 use crate::emit::{GuestMem, JRCXZ};
@@ -87,47 +88,121 @@ fn check_and_add_base(t: &mut Translator, eip: u32, seg: usize, size: i32) {
 
 /// JMP rel8 opcode.
 const JMP_REL8: u8 = 0xEB;
+/// Length of `jmp rel32` (what a JRCXZ skips to fall through on a match).
+const JMP_REL32_LEN: u8 = 5;
 /// MOVZX r32, r/m16 (0F B7).
 const MOVZX_R16: [u8; 2] = [0x0F, 0xB7];
 
 /// MOV ES/DS/FS/GS, r16/r32 and POP ES/DS/FS/GS. Linux's system-call
-/// entry reloads DS and ES with the selector they already hold, and its
-/// exit path FS; a reload of the loaded selector from a descriptor whose
-/// 8 bytes are unchanged is a no-op (the accessed bit is already set, the
-/// privilege checks passed and the hidden part would be the same), so it
-/// is skipped in place. The dispatcher arms the check only while the
-/// loaded state is what the VMM built from that descriptor, with the same
-/// GDTR, LDTR and paging (`exec::seg_reload`); anything else leaves
-/// through `exit_emulate` and the VMM runs the instruction.
+/// entry reloads DS and ES with the selector they already hold, and
+/// toggles FS between the user's selector and `__KERNEL_PERCPU`. A reload
+/// of the loaded selector from a descriptor whose 8 bytes are unchanged is
+/// a no-op (the accessed bit is already set, the privilege checks passed
+/// and the hidden part would be the same), so it is skipped in place; a
+/// load of the register's *alternative* (the load before, recorded by the
+/// engine, with the same flatness) swaps the two records, base and offset
+/// range included. Keys hold the selector and the CPL of the load. The
+/// dispatcher arms both only while the loaded state is what the VMM built,
+/// with the same GDTR, LDTR and paging (`exec::seg_reload`); anything else
+/// leaves through `exit_emulate` and the VMM runs the instruction.
 ///
 /// ```text
-///     movzx r13d, r16 | movzx r13d, word gs:[r12d]   ; the new selector
+///     movzx r13d, r16 | movzx r13d, word gs:[r12d] | movzx r13d, word gs:[ea]
 ///     mov r10, rcx
-///     mov rcx, [r14+reload_key+8*s] ; lea rcx, [rcx+r13+1] ; jrcxz same_sel
-///     jmp short vmm
-/// same_sel:
-///     mov r11, [r14+reload_desc+8*s] ; mov rcx, [r11]      ; the descriptor now
-///     mov r11, [r14+reload_neg+8*s]  ; lea rcx, [rcx+r11] ; jrcxz done
+///     mov rcx, [r14+reload_key+8*s] ; lea rcx, [rcx+r13+1+cpl<<16] ; jrcxz +5 ; jmp alt
+///     mov r11, [r14+reload_desc+8*s] ; mov rcx, [r11]       ; the descriptor now
+///     mov r11, [r14+reload_neg+8*s] ; lea rcx, [rcx+r11] ; jrcxz +5 ; jmp vmm
+///     jmp done
+/// alt:
+///     <the same with alt_key, alt_desc, alt_neg; any miss: jmp vmm>
+///     for each of key, desc, neg, base, lo, hi:            ; swap the records
+///         mov rcx, [r14+reload_x] ; mov r11, [r14+alt_x] ; mov [r14+reload_x], r11 ; mov [r14+alt_x], rcx
+///     mov [r14+seg_sel+4*s], r13d
+///     jmp done
 /// vmm:
 ///     mov rcx, r10 ; mov dword [r14+eip], eip ; jmp exit_emulate
 /// done:
-///     mov rcx, r10 ; [lea r12d, [r12+4]]                ; POP: ESP moves
+///     mov rcx, r10 ; [lea r12d, [r12+4]]                 ; POP: ESP moves
 /// ```
 pub(super) fn reload(t: &mut Translator, i: &Instruction) {
     let pop = i.op_count() == 1;
     let s = super::seg_index(i.op0_register()) as i32;
     if pop {
         t.mem_op(&[], &MOVZX_R16, SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
+    } else if i.op1_kind() == OpKind::Memory {
+        // Linux's SYSEXIT path: `mov PT_FS(%esp), %fs` (a flat segment:
+        // `Translator::insn` sends other memory operands to the VMM).
+        let m = super::guest_mem(i, GUEST_ESP);
+        t.mem_op(&[], &MOVZX_R16, SCRATCH, &m, &[]);
     } else {
-        // `decode` sends only register sources here.
         let src = super::host_gpr(i.op1_register()).unwrap_or(RAX);
         t.a.movzx_r32_r16(SCRATCH, src);
     }
-    let offs = (OFF_RELOAD_KEY + 8 * s, OFF_RELOAD_DESC + 8 * s, OFF_RELOAD_NEG + 8 * s);
-    check_selector_and_descriptor(t, i.ip32(), offs);
+    let key_disp = 1 + (i32::from(t.opts.mode.cpl()) << 16);
+    t.a.mov_r64_r64(R10, RCX);
+    let mut to_vmm = Vec::new();
+    // The loaded selector again: nothing to do.
+    let to_alt = key_test(t, OFF_RELOAD_KEY + 8 * s, key_disp);
+    to_vmm.push(descriptor_test(t, OFF_RELOAD_DESC + 8 * s, OFF_RELOAD_NEG + 8 * s));
+    let mut to_done = vec![t.a.jmp_rel32()];
+    // The alternative: swap it in.
+    let alt = t.a.len();
+    t.a.bind_rel32(to_alt, alt);
+    to_vmm.push(key_test(t, OFF_ALT_KEY + 8 * s, key_disp));
+    to_vmm.push(descriptor_test(t, OFF_ALT_DESC + 8 * s, OFF_ALT_NEG + 8 * s));
+    for (cur, other) in [(OFF_RELOAD_KEY, OFF_ALT_KEY), (OFF_RELOAD_DESC, OFF_ALT_DESC), (OFF_RELOAD_NEG, OFF_ALT_NEG)]
+    {
+        let (cur, other) = (cur + 8 * s, other + 8 * s);
+        t.a.mov_r64_mbase(RCX, VCPU, cur);
+        t.a.mov_r64_mbase(R11, VCPU, other);
+        t.a.mov_mbase_r64(VCPU, cur, R11);
+        t.a.mov_mbase_r64(VCPU, other, RCX);
+    }
+    for (cur, other) in [(OFF_SEG_BASE, OFF_ALT_BASE), (OFF_SEG_LO, OFF_ALT_LO), (OFF_SEG_HI, OFF_ALT_HI)] {
+        let (cur, other) = (cur + 4 * s, other + 4 * s);
+        t.a.mov_r32_mbase(RCX, VCPU, cur);
+        t.a.mov_r32_mbase(R11, VCPU, other);
+        t.a.mov_mbase_r32(VCPU, cur, R11);
+        t.a.mov_mbase_r32(VCPU, other, RCX);
+    }
+    t.a.mov_mbase_r32(VCPU, OFF_SEG_SEL + 4 * s, SCRATCH);
+    to_done.push(t.a.jmp_rel32());
+    let vmm = t.a.len();
+    for at in to_vmm {
+        t.a.bind_rel32(at, vmm);
+    }
+    t.a.mov_r64_r64(RCX, R10);
+    t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
+    t.jmp_abs(t.exits_to.emulate);
+    let done = t.a.len();
+    for at in to_done {
+        t.a.bind_rel32(at, done);
+    }
+    t.a.mov_r64_r64(RCX, R10);
     if pop {
         t.a.lea_r32(GUEST_ESP, GUEST_ESP, 4);
     }
+}
+
+/// `mov rcx, [r14+key] ; lea rcx, [rcx+r13+disp] ; jrcxz +5 ; jmp rel32`:
+/// falls through when the key matches R13D; returns the jump to patch.
+fn key_test(t: &mut Translator, key: i32, disp: i32) -> usize {
+    t.a.mov_r64_mbase(RCX, VCPU, key);
+    t.a.lea_r64_bi_d32(RCX, RCX, SCRATCH, disp);
+    t.a.bytes(&[JRCXZ, JMP_REL32_LEN]);
+    t.a.jmp_rel32()
+}
+
+/// `mov r11, [r14+desc] ; mov rcx, [r11] ; mov r11, [r14+neg] ; lea rcx,
+/// [rcx+r11] ; jrcxz +5 ; jmp rel32`: falls through when the descriptor's
+/// bytes are as recorded; returns the jump to patch.
+fn descriptor_test(t: &mut Translator, desc: i32, neg: i32) -> usize {
+    t.a.mov_r64_mbase(R11, VCPU, desc);
+    t.a.mov_r64_mbase(RCX, R11, 0);
+    t.a.mov_r64_mbase(R11, VCPU, neg);
+    t.a.lea_r64_bi(RCX, RCX, R11);
+    t.a.bytes(&[JRCXZ, JMP_REL32_LEN]);
+    t.a.jmp_rel32()
 }
 
 /// VERW r/m16. Linux's return to user space runs `verw` on `__KERNEL_DS`

@@ -58,6 +58,22 @@ pub(super) fn push_sreg(t: &mut Translator, i: &Instruction) {
     t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
 }
 
+/// MOV r32, Sreg (the selector zero-extended, as P6-family processors
+/// do) or MOV r16, Sreg, from the selectors the dispatcher keeps in
+/// `HotState::seg_sel`:
+///
+/// ```text
+///     mov r32, [r14+seg_sel+4*s]   |   mov r16, [r14+seg_sel+4*s]
+/// ```
+pub(super) fn read_sreg(t: &mut Translator, i: &Instruction) {
+    let s = super::seg_index(i.op1_register());
+    let r = host_gpr(i.op0_register()).unwrap_or(RAX);
+    if i.op0_register().size() == 2 {
+        t.a.byte(PREFIX_OPSIZE);
+    }
+    t.a.mov_r32_mbase(r, VCPU, OFF_SEG_SEL + 4 * s as i32);
+}
+
 /// `pop r32`; `pop esp` loads ESP from the old top of stack.
 pub(super) fn pop_reg(t: &mut Translator, i: &Instruction) {
     let r = host_gpr(i.op0_register()).unwrap_or(RAX);

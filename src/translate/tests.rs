@@ -726,7 +726,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             }
             // The in-place segment reload (`translate::segment::reload`)
             // reads the descriptor the VMM published: `mov r11,
-            // [r14+reload_desc+8*s]` then `mov rcx, [r11]`.
+            // [r14+reload_desc+8*s]` (or `alt_desc`) then `mov rcx, [r11]`.
             let reads_descriptor = m == Mnemonic::Mov
                 && base == Register::R11
                 && mem.access() == OpAccess::Read
@@ -734,12 +734,17 @@ fn check_block(code: &[u8]) -> Result<(), String> {
                 && mem.displacement() == 0
                 && prev.is_some_and(|p| {
                     let d = p.memory_displacement64();
-                    let lo = crate::cpu::OFF_RELOAD_DESC as u64;
+                    let in_table = |lo: i32| {
+                        let lo = lo as u64;
+                        (lo..lo + 48).contains(&d) && (d - lo) % 8 == 0
+                    };
                     p.mnemonic() == Mnemonic::Mov
                         && p.op0_register() == Register::R11
                         && p.memory_base() == Register::R14
                         && p.memory_index() == Register::None
-                        && ((lo..lo + 48).contains(&d) && (d - lo) % 8 == 0 || d == crate::cpu::OFF_VERW_DESC as u64)
+                        && (in_table(crate::cpu::OFF_RELOAD_DESC)
+                            || in_table(crate::cpu::OFF_ALT_DESC)
+                            || d == crate::cpu::OFF_VERW_DESC as u64)
                 });
             if reads_descriptor {
                 continue;
