@@ -2,6 +2,7 @@
 """Attribute a `perf record` profile of btvisor to guest code.
 
 usage: scripts/perf-guest.py PERF.DATA /tmp/perf-PID.map [KALLSYMS] [TOP]
+       (PERF_TIME=START,END limits it to a window of perf's timestamps)
 
 perf shows translated code as samples in the code cache's memfd; this maps
 each such sample through the map btvisor writes with -perfmap to the guest
@@ -11,6 +12,7 @@ by host symbol. Record without -g: one line per sample.
 """
 import bisect
 import collections
+import os
 import subprocess
 import sys
 
@@ -37,8 +39,10 @@ def main():
                 continue  # a console line in the middle of the listing
         syms.sort()
     sym_starts = [s[0] for s in syms]
-    out = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,dso"],
-                         capture_output=True, text=True, check=True).stdout
+    cmd = ["perf", "script", "-i", data, "-F", "ip,sym,dso"]
+    if os.environ.get("PERF_TIME"):
+        cmd += ["--time", os.environ["PERF_TIME"]]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     count = collections.Counter()
     total = 0
     for line in out.splitlines():
