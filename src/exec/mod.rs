@@ -128,7 +128,9 @@ pub struct Engine {
     /// Hole pages mapped read-only with all-ones bytes.
     hole_pages: HashSet<u32>,
     /// (user, linear page) -> physical page of code, with paging on.
-    code_tlb: crate::fastmap::FastMap<(bool, u32), u32>,
+    /// The value is the physical page and whether the mapping was global
+    /// (then a CR3 load keeps it without a walk, as a TLB keeps it).
+    code_tlb: crate::fastmap::FastMap<(bool, u32), (u32, bool)>,
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::fastmap::FastMap<(u32, u16), Instruction>,
@@ -639,11 +641,11 @@ impl Engine {
             return Some(page_of(lin));
         }
         let key = (user, page_of(lin));
-        if let Some(&p) = self.code_tlb.get(&key) {
+        if let Some(&(p, _)) = self.code_tlb.get(&key) {
             return Some(p);
         }
         let p = self.mem.translate(page_of(lin), false, user).ok()?;
-        self.code_tlb.insert(key, p);
+        self.code_tlb.insert(key, (p, self.mem.maps_global(page_of(lin), user)));
         self.mem.mark_code_lin(lin);
         Some(p)
     }
@@ -655,12 +657,12 @@ impl Engine {
             return Ok(page_of(lin));
         }
         let key = (user, page_of(lin));
-        if let Some(&p) = self.code_tlb.get(&key) {
+        if let Some(&(p, _)) = self.code_tlb.get(&key) {
             return Ok(p);
         }
         match self.mem.translate(page_of(lin), false, user) {
             Ok(p) => {
-                self.code_tlb.insert(key, p);
+                self.code_tlb.insert(key, (p, self.mem.maps_global(page_of(lin), user)));
                 self.mem.mark_code_lin(lin);
                 Ok(p)
             }
@@ -704,7 +706,7 @@ impl Engine {
             let stale: Vec<(bool, u32)> = self
                 .code_tlb
                 .iter()
-                .filter(|&(&(user, page), &phys)| !self.mem.still_maps(page, user, phys))
+                .filter(|&(&(user, page), &(phys, global))| !global && !self.mem.still_maps(page, user, phys))
                 .map(|(k, _)| *k)
                 .collect();
             if stale.is_empty() {

@@ -891,6 +891,13 @@ impl GuestMemory {
         Ok(t.phys_page | (lin & (PAGE_SIZE as u32 - 1)))
     }
 
+    /// Does a global mapping (CR4.PGE and the G bit) translate `lin_page`
+    /// now? Such a translation survives CR3 loads, as in a TLB.
+    pub fn maps_global(&self, lin_page: u32, user: bool) -> bool {
+        matches!(mmu::lookup(self.ram(), self.shadow.regs, lin_page, Access { write: false, user }),
+            Ok((t, _)) if t.global)
+    }
+
     /// Would a fetch from linear page `lin_page` still read physical page
     /// `phys`, without setting an accessed bit? (Revalidates what translated
     /// code assumes after a CR3 load.)
