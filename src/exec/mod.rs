@@ -2,6 +2,7 @@
 //! translates misses, chains direct exits, enters translated code and
 //! handles whatever brought it back (see ARCHITECTURE.md, "Dispatcher").
 
+mod code_tlb;
 mod seg_reload;
 pub mod signals;
 mod soft_tlb;
@@ -128,9 +129,7 @@ pub struct Engine {
     /// Hole pages mapped read-only with all-ones bytes.
     hole_pages: HashSet<u32>,
     /// (user, linear page) -> physical page of code, with paging on.
-    /// The value is the physical page and whether the mapping was global
-    /// (then a CR3 load keeps it without a walk, as a TLB keeps it).
-    code_tlb: crate::fastmap::FastMap<(bool, u32), (u32, bool)>,
+    code_tlb: code_tlb::CodeTlb,
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::fastmap::FastMap<(u32, u16), Instruction>,
@@ -641,11 +640,11 @@ impl Engine {
             return Some(page_of(lin));
         }
         let key = (user, page_of(lin));
-        if let Some(&(p, _)) = self.code_tlb.get(&key) {
+        if let Some(p) = self.code_tlb.get(&key) {
             return Some(p);
         }
         let p = self.mem.translate(page_of(lin), false, user).ok()?;
-        self.code_tlb.insert(key, (p, self.mem.maps_global(page_of(lin), user)));
+        self.code_tlb.insert(key, p, self.mem.maps_global(page_of(lin), user));
         self.mem.mark_code_lin(lin);
         Some(p)
     }
@@ -657,12 +656,12 @@ impl Engine {
             return Ok(page_of(lin));
         }
         let key = (user, page_of(lin));
-        if let Some(&(p, _)) = self.code_tlb.get(&key) {
+        if let Some(p) = self.code_tlb.get(&key) {
             return Ok(p);
         }
         match self.mem.translate(page_of(lin), false, user) {
             Ok(p) => {
-                self.code_tlb.insert(key, (p, self.mem.maps_global(page_of(lin), user)));
+                self.code_tlb.insert(key, p, self.mem.maps_global(page_of(lin), user));
                 self.mem.mark_code_lin(lin);
                 Ok(p)
             }
@@ -685,12 +684,11 @@ impl Engine {
             if self.mem.large_page_at(lin) {
                 self.soft.flush_all(&mut self.cpu.hot);
                 let (lo, hi) = (lin & 0xFFC0_0000, lin | 0x003F_F000);
-                self.code_tlb.retain(|(_, p), _| !(lo..=hi).contains(p));
+                self.code_tlb.remove_range(lo, hi);
                 self.forget_code_pages(lo, hi);
             } else {
                 let page = page_of(lin);
-                let had =
-                    self.code_tlb.remove(&(false, page)).is_some() | self.code_tlb.remove(&(true, page)).is_some();
+                let had = self.code_tlb.remove(&(false, page)) | self.code_tlb.remove(&(true, page));
                 if had || self.cache.has_linear(page) {
                     self.forget_code_pages(page, page);
                 }
@@ -703,12 +701,8 @@ impl Engine {
         if old.enabled() && regs.enabled() && old.cr0 == regs.cr0 && old.cr4 == regs.cr4 {
             // A CR3 load: keep what translated code assumes about the code
             // pages that still map the same physical pages.
-            let stale: Vec<(bool, u32)> = self
-                .code_tlb
-                .iter()
-                .filter(|&(&(user, page), &(phys, global))| !global && !self.mem.still_maps(page, user, phys))
-                .map(|(k, _)| *k)
-                .collect();
+            let mem = &self.mem;
+            let stale = self.code_tlb.stale_locals(|(user, page), phys| !mem.still_maps(page, user, phys));
             if stale.is_empty() {
                 return;
             }
@@ -737,7 +731,7 @@ impl Engine {
             return;
         }
         self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
-        if !self.code_tlb.keys().any(|&(_, p)| (lo..=hi).contains(&p)) {
+        if !self.code_tlb.any_in(lo, hi) {
             self.mem.clear_code_lin(lo, hi);
         }
     }
