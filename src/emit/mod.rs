@@ -204,7 +204,12 @@ impl Asm {
 
     /// `lea r32, [base64 + index64 + disp32]` — flag-preserving 32-bit add.
     pub fn lea_r32_bi(&mut self, dst: u8, base: u8, index: u8, disp: i32) {
-        self.rex(false, dst, index, base, false);
+        self.lea_bi_d32(false, dst, base, index, disp);
+    }
+
+    /// `lea r32/r64, [base64 + index64 + disp32]`.
+    fn lea_bi_d32(&mut self, wide: bool, dst: u8, base: u8, index: u8, disp: i32) {
+        self.rex(wide, dst, index, base, false);
         self.byte(0x8D);
         self.byte(0x84 | ((dst & 7) << 3));
         self.byte(((index & 7) << 3) | (base & 7));
@@ -259,11 +264,7 @@ impl Asm {
 
     /// `lea r64, [base64 + index64 + disp32]` — flag-preserving 64-bit add.
     pub fn lea_r64_bi_d32(&mut self, dst: u8, base: u8, index: u8, disp: i32) {
-        self.rex(true, dst, index, base, false);
-        self.byte(0x8D);
-        self.byte(0x84 | ((dst & 7) << 3));
-        self.byte(((index & 7) << 3) | (base & 7));
-        self.u32(disp as u32);
+        self.lea_bi_d32(true, dst, base, index, disp);
     }
 
     /// `lea r64, [base64 + index64]` — flag-preserving 64-bit add.
