@@ -1,0 +1,352 @@
+//! Exits and faults: host faults in translated code (hidden shadow
+//! faults, true page faults, writes to code, device memory, holes), the
+//! soft TLB's misses, data breakpoints, x87/SSE exceptions and the
+//! one-instruction steps the engine uses to get past them.
+
+use super::*;
+
+impl Engine {
+    /// The guest wrote page `page` of RAM outside translated code's view
+    /// (VMM write or a trapped store): drop the translations made from it.
+    pub(super) fn code_written(&mut self, page: u32) {
+        self.clear_emu_cache();
+        let n = self.cache.invalidate_page(page, &mut self.cpu.hot);
+        self.stats.invalidated_blocks += n as u64;
+        self.stats.smc_pages += 1;
+        self.mem.set_code_protect(page, false);
+    }
+
+    /// A host signal in translated code (the handler set EIP to the
+    /// faulting guest instruction and the guest state is as before it).
+    pub(super) fn fault(&mut self) -> Step {
+        let f = self.sig.fault;
+        let window = self.mem.window_base();
+        if f.signo == signals::timer_signal() {
+            // A REP string instruction stopped between iterations: the state
+            // is precise at it; look for interrupts and go on.
+            self.mem.set_poll(false);
+            self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.stats.polls += 1;
+            self.time_due = true;
+            return Step::Continue;
+        }
+        match f.signo {
+            libc::SIGFPE => return self.float_exception(f.code),
+            libc::SIGILL => return self.exception(Exception::new(vector::UD)),
+            _ => {}
+        }
+        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {
+            self.mem.set_poll(false);
+            self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.stats.polls += 1;
+            self.time_due = true;
+            return Step::Continue;
+        }
+        if let (Some((win, lin)), true) = (self.mem.window_hit(f.addr), self.mem.paging().enabled()) {
+            return self.shadow_fault(win, lin, f.write);
+        }
+        if f.addr < window || f.addr >= window + WINDOW_SIZE {
+            // Only reachable through wrap-around at the top or bottom of the
+            // address space; the flat segment's limit check would fault there.
+            if f.addr + 2 * PAGE_SIZE >= window && f.addr < window + WINDOW_SIZE + PAGE_SIZE {
+                return self.exception(Exception::with_code(vector::GP, 0));
+            }
+            return Step::Done(RunOutcome::InternalError(format!(
+                "host fault at {:#x} (rip {:#x}) outside the guest window",
+                f.addr, f.host_rip
+            )));
+        }
+        let gaddr = (f.addr - window) as u32;
+        let page = page_of(gaddr);
+        if let Some(&(_, write_only)) = self.watch_pages.iter().find(|(p, _)| *p == page) {
+            return self.watch_fault(gaddr, f.write || !write_only);
+        }
+        if self.mem.is_mmio(gaddr) {
+            self.note_fault(false);
+            return self.device_access();
+        }
+        if self.mem.is_ram(gaddr) {
+            if f.write && self.mem.is_protected(gaddr) {
+                // Self-modifying code: drop the page's translations, then run
+                // the storing instruction alone before translating again.
+                self.code_written(page);
+                return self.step_one();
+            }
+            return Step::Done(RunOutcome::InternalError(format!(
+                "unexpected fault on guest RAM at {gaddr:#x} (eip {:#x})",
+                f.eip
+            )));
+        }
+        // A hole: reads see all ones, writes are dropped.
+        if !self.hole_pages.contains(&page) {
+            self.map_hole(page);
+            return Step::Continue;
+        }
+        let i = self.decode_at(f.eip);
+        self.cpu.hot.eip = i.next_ip32();
+        self.stats.hole_writes += 1;
+        Step::Continue
+    }
+
+    /// A host fault in a shadow window: map the page and resume the faulting
+    /// instruction where it stopped (hidden), or deliver the guest #PF (true).
+    pub(super) fn shadow_fault(&mut self, win: u8, lin: u32, write: bool) -> Step {
+        match self.mem.shadow_fault(win, lin, write) {
+            ShadowFault::Mapped => {
+                self.stats.hidden_faults += 1;
+                self.note_fault(false);
+                self.resume()
+            }
+            ShadowFault::PageFault(code) => {
+                self.cpu.cr[2] = lin;
+                self.stats.page_faults += 1;
+                self.last_pf = Some(LastFault { win, lin, write, eip: self.cpu.hot.eip, soft: false });
+                self.note_fault(true);
+                self.exception(Exception::with_code(vector::PF, code))
+            }
+            ShadowFault::CodeWrite(phys) => {
+                self.code_written(phys);
+                self.step_one()
+            }
+            ShadowFault::Mmio(_) => {
+                self.note_fault(false);
+                self.device_access()
+            }
+            ShadowFault::Hole(_) => {
+                // A write to a hole (no device memory exists): dropped, the
+                // instruction is skipped. Reads were mapped to all ones.
+                let i = self.decode_at(self.cpu.hot.eip);
+                self.cpu.hot.eip = i.next_ip32();
+                self.stats.hole_writes += 1;
+                Step::Continue
+            }
+        }
+    }
+
+    /// The instruction at EIP touched device memory (state precise before
+    /// it): the VMM executes it, its accesses going to the device. Only the
+    /// forms drivers use for device memory are emulated (MOV, MOVZX, MOVSX,
+    /// MOVS/STOS/LODS); any other is skipped with a warning.
+    pub(super) fn device_access(&mut self) -> Step {
+        let i = self.decode_at(self.cpu.hot.eip);
+        if interp::emulates_device_access(&i) {
+            self.stats.device_accesses += 1;
+            return self.emulate();
+        }
+        log::warn!("{:?} at {:#010x} on device memory is not emulated: skipped", i.mnemonic(), i.ip32());
+        self.cpu.hot.eip = i.next_ip32();
+        Step::Continue
+    }
+
+    /// Score a host fault of the instruction at EIP; once it has faulted
+    /// often enough, retranslate its page with soft-TLB accesses.
+    pub(super) fn note_fault(&mut self, true_fault: bool) {
+        let eip = self.cpu.hot.eip;
+        if !self.soft.note_fault(eip, true_fault) {
+            return;
+        }
+        let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
+        if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
+            // Only the blocks holding this instruction: instructions of a
+            // page turn soft one at a time (a new process faults in glibc's
+            // start-up code instruction by instruction), and retranslating
+            // the whole page each time cost hundreds of blocks per fork+exec.
+            // The faulting block keeps running until it exits (its code
+            // stays in the cache); the next lookup translates it again.
+            self.clear_emu_cache();
+            let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
+            self.stats.invalidated_blocks += n as u64;
+            if !self.cache.page_has_code(phys) {
+                self.mem.set_code_protect(phys, false);
+            }
+        }
+    }
+
+    /// A soft-TLB miss before the instruction at EIP (state precise there):
+    /// fill the entry and run the instruction again, raise its #PF, or run
+    /// it once through the shadow window (a page-crossing access, or a page
+    /// the soft TLB must not hold).
+    pub(super) fn soft_miss(&mut self) -> Step {
+        let lin = self.cpu.hot.exit_arg;
+        let kind = self.cpu.hot.soft_kind & 3;
+        self.soft.misses += 1;
+        if self.soft.holds(&self.cpu.hot, kind, lin) {
+            return self.step_one();
+        }
+        match self.soft_translate(kind, lin) {
+            Err(code) => {
+                self.cpu.cr[2] = lin;
+                self.stats.page_faults += 1;
+                let write = kind & crate::translate::soft::KIND_WRITE != 0;
+                self.last_pf = Some(LastFault { win: kind as u8, lin, write, eip: self.cpu.hot.eip, soft: true });
+                self.exception(Exception::with_code(vector::PF, code))
+            }
+            Ok(p) if self.soft_enter(kind, lin, p) => Step::Continue,
+            // Device memory: emulated right away, without a host fault (an
+            // instruction that keeps touching a device becomes soft).
+            Ok(p) if self.mem.is_mmio(p) => self.device_access(),
+            Ok(_) => self.step_one(),
+        }
+    }
+
+    /// The guest walk for an access of soft-TLB kind `kind` (sets A/D bits).
+    pub(super) fn soft_translate(&mut self, kind: u32, lin: u32) -> Result<u32, u32> {
+        let write = kind & crate::translate::soft::KIND_WRITE != 0;
+        let user = kind & crate::translate::soft::KIND_USER != 0;
+        self.mem.translate(lin, write, user)
+    }
+
+    /// Enter the page of `lin` in soft-TLB table `kind` if the guest tables
+    /// allow the access (setting A/D bits) and the page may be accessed
+    /// directly in RAM; false if not.
+    pub(super) fn soft_fill(&mut self, kind: u32, lin: u32) -> bool {
+        self.soft_translate(kind, lin).is_ok_and(|phys| self.soft_enter(kind, lin, phys))
+    }
+
+    /// `soft_fill` for a walk already made: `phys` is where `lin` goes.
+    pub(super) fn soft_enter(&mut self, kind: u32, lin: u32, phys: u32) -> bool {
+        let write = kind & crate::translate::soft::KIND_WRITE != 0;
+        let page = page_of(phys);
+        let watched = self.watch_pages.iter().any(|&(p, _)| p == page);
+        if !self.mem.is_ram(page) || (write && self.mem.is_protected(page)) || watched {
+            return false;
+        }
+        let host = self.mem.alias_ptr() as u64 + page as u64;
+        self.soft.fill(&mut self.cpu.hot, kind, lin, host);
+        true
+    }
+
+    /// Continue translated code at the host RIP of the last fault, with the
+    /// raw registers the signal handler saved.
+    pub(super) fn resume(&mut self) -> Step {
+        let f: EnterFn = {
+            // SAFETY: `tramp.resume` follows the same ABI as `enter`.
+            unsafe { std::mem::transmute::<usize, EnterFn>(self.tramp.resume) }
+        };
+        self.run_translated(f, 0)
+    }
+
+    /// Enabled DR0-3 data breakpoints: (index, address, length, write-only).
+    pub(super) fn data_breakpoints(&self) -> Vec<(usize, u32, u32, bool)> {
+        let dr7 = self.cpu.dr[7];
+        (0..4)
+            .filter_map(|n| {
+                let enabled = dr7 & (3 << (2 * n)) != 0;
+                let rw = (dr7 >> (16 + 4 * n)) & 3;
+                let len = match (dr7 >> (18 + 4 * n)) & 3 {
+                    0 => 1,
+                    1 => 2,
+                    2 => 8,
+                    _ => 4,
+                };
+                // R/W 01 = writes, 11 = reads and writes (10 = I/O, not supported).
+                (enabled && (rw == 1 || rw == 3)).then_some((n, self.cpu.dr[n] & !(len - 1), len, rw == 1))
+            })
+            .collect()
+    }
+
+    /// Protect the pages holding data breakpoints so accesses fault.
+    pub(super) fn arm_watchpoints(&mut self) {
+        // Soft-TLB accesses bypass the watched pages' protection.
+        self.soft.flush_all(&mut self.cpu.hot);
+        for (p, _) in std::mem::take(&mut self.watch_pages) {
+            self.mem.set_watch_protect(p, None);
+        }
+        if self.mem.paging().enabled() {
+            if !self.data_breakpoints().is_empty() {
+                log::warn!("data breakpoints are not supported with paging on");
+            }
+            return;
+        }
+        for (_, addr, len, write_only) in self.data_breakpoints() {
+            for p in [page_of(addr), page_of(addr.wrapping_add(len - 1))] {
+                match self.watch_pages.iter_mut().find(|(q, _)| *q == p) {
+                    Some(e) => e.1 &= write_only,
+                    None => self.watch_pages.push((p, write_only)),
+                }
+            }
+        }
+        for &(p, w) in &self.watch_pages {
+            self.mem.set_watch_protect(p, Some(w));
+        }
+    }
+
+    /// An access to a watched page: run the instruction with the page open,
+    /// then raise the #DB trap if it touched a breakpoint's bytes.
+    pub(super) fn watch_fault(&mut self, gaddr: u32, write: bool) -> Step {
+        let hit = self.data_breakpoints().into_iter().find(|&(_, addr, len, write_only)| {
+            gaddr >= addr && gaddr < addr.wrapping_add(len) && (write || !write_only)
+        });
+        let pages = std::mem::take(&mut self.watch_pages);
+        for &(p, _) in &pages {
+            self.mem.set_watch_protect(p, None);
+        }
+        let page = page_of(gaddr);
+        if write && self.mem.is_protected(page) {
+            self.code_written(page);
+        }
+        let events = self.stats.exceptions;
+        let step = self.step_one();
+        let faulted = self.stats.exceptions != events;
+        self.watch_pages = pages;
+        for &(p, w) in &self.watch_pages {
+            self.mem.set_watch_protect(p, Some(w));
+        }
+        match (step, hit) {
+            (Step::Done(out), _) => Step::Done(out),
+            (_, Some((n, ..))) if !faulted => {
+                self.cpu.dr[6] = (self.cpu.dr[6] & !0xF) | (1 << n);
+                let eip = self.cpu.hot.eip;
+                self.raise(Exception::new(vector::DB), EventKind::Exception, eip)
+            }
+            (s, _) => s,
+        }
+    }
+
+    /// SIGFPE: integer divide errors are #DE; an unmasked x87 exception is
+    /// #MF at the waiting instruction that found it; an SSE one is #XM, or
+    /// #UD when CR4.OSXMMEXCPT is clear.
+    pub(super) fn float_exception(&mut self, si_code: i32) -> Step {
+        /// siginfo codes of SIGFPE for integer divide by zero and overflow.
+        const FPE_INTDIV: i32 = 1;
+        const FPE_INTOVF: i32 = 2;
+        if matches!(si_code, FPE_INTDIV | FPE_INTOVF) {
+            return self.exception(Exception::new(vector::DE));
+        }
+        let i = self.decode_at(self.cpu.hot.eip);
+        let sse =
+            i.cpuid_features().iter().any(|f| matches!(f, iced_x86::CpuidFeature::SSE | iced_x86::CpuidFeature::SSE2));
+        /// CR4.OSXMMEXCPT
+        const CR4_OSXMMEXCPT: u32 = 1 << 10;
+        let v = if !sse {
+            vector::MF
+        } else if self.cpu.cr[4] & CR4_OSXMMEXCPT != 0 {
+            vector::XM
+        } else {
+            vector::UD
+        };
+        self.exception(Exception::new(v))
+    }
+
+    pub(super) fn map_hole(&mut self, page: u32) {
+        crate::memory::map_ones_page(self.mem.window_base() + page as usize);
+        self.hole_pages.insert(page);
+    }
+
+    /// Execute the single instruction at EIP from a one-off translation.
+    pub(super) fn step_one(&mut self) -> Step {
+        let eip = self.cpu.hot.eip;
+        let mode = self.cpu.mode();
+        self.mode = mode;
+        self.cpu.sync_segments();
+        let id = match self.translate(eip, mode, false) {
+            Ok(id) => id,
+            Err(step) => return step,
+        };
+        let host = self.cache.blocks[id as usize].host;
+        match self.enter(host) {
+            Step::Chain(_) => Step::Continue,
+            s => s,
+        }
+    }
+}

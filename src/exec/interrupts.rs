@@ -1,0 +1,194 @@
+//! Interrupt delivery: looking at the chipset, arming the interval timer
+//! for the next device deadline, HLT, and raising exceptions and
+//! interrupts through the guest's IDT.
+
+use super::*;
+
+impl Engine {
+    /// Deliver a pending external interrupt if IF allows and the chipset
+    /// (looked at only when a timer is due or a port write touched it) has one.
+    /// `arm_timer`: re-arm the interval timer for the next deadline (not
+    /// while halted: the halt loop sleeps until then itself).
+    pub(super) fn check_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
+        if self.sig.timer_fired.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.time_due = true;
+        }
+        let deliverable = self.intr_line && self.cpu.hot.vif != 0;
+        // Reading the clock costs ~20 ns: only when the timer fired (at a
+        // device deadline), a port access touched the chipset, or an
+        // asserted INTR may now be accepted. icount runs check every block.
+        if !self.irq_dirty && !deliverable && !self.time_due && !self.opts.icount {
+            return None;
+        }
+        let cs = self.chipset.as_mut()?;
+        // With no timer armed, a look caused by a port access needs no fresh
+        // time (no timer edge can be due); the last reading stands in.
+        let timers_idle = self.next_irq_check == u64::MAX && !self.opts.icount;
+        let mut now = if timers_idle && self.irq_dirty { self.last_now } else { cs.clock.now_ns() };
+        self.last_now = now;
+        if !self.irq_dirty && !deliverable && now < self.next_irq_check {
+            self.time_due = false;
+            // The timer fired before the deadline (its periodic backstop, or
+            // an expiry set for an earlier deadline): aim it at the deadline,
+            // or the next tick would wait for the backstop, up to
+            // POLL_INTERVAL_NS late.
+            if arm_timer {
+                self.arm_deadline_timer(now, self.intr_line);
+            }
+            return None;
+        }
+        self.irq_dirty = false;
+        self.time_due = false;
+        let intr = cs.update(now);
+        self.intr_line = intr;
+        self.cpu.hot.intr_pending = u32::from(intr);
+        self.next_irq_check = cs.next_event_ns(now).unwrap_or(u64::MAX);
+        if timers_idle && self.next_irq_check != u64::MAX {
+            // The access just armed a timer: deadlines need the real time.
+            now = cs.clock.now_ns();
+            self.last_now = now;
+        }
+        if cs.input_pending() {
+            self.irq_dirty = true;
+        }
+        if arm_timer {
+            self.arm_deadline_timer(now, intr);
+        }
+        if !intr || self.cpu.hot.vif == 0 {
+            // `intr_line` makes the next dispatch with IF set look again.
+            return None;
+        }
+        let v = self.chipset.as_mut()?.acknowledge();
+        self.irq_dirty = true; // more may be pending
+        self.cpu.hot.intr_pending = 0;
+        self.stats.interrupts += 1;
+        let eip = self.cpu.hot.eip;
+        Some(self.raise(Exception::new(v), EventKind::External, eip))
+    }
+
+    /// Points the interval timer at the next device deadline so chained
+    /// code comes back in time for it (within POLL_INTERVAL_NS in any case).
+    /// `intr`: INTR is asserted (if IF masks it, look again soon).
+    pub(super) fn arm_deadline_timer(&mut self, now: u64, intr: bool) {
+        let Some(t) = self.timer.as_ref() else { return };
+        let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
+        if intr && self.cpu.hot.vif == 0 {
+            first = first.min(PENDING_RECHECK_NS);
+        }
+        // Re-arming is a costly syscall: only when it moves the expiry
+        // earlier, or the expiry it was set for has passed.
+        let want = now.saturating_add(first);
+        if want < self.timer_expiry || self.timer_expiry <= now {
+            t.rearm(first, POLL_INTERVAL_NS);
+            self.timer_expiry = want;
+        }
+    }
+
+    /// HLT with IF set: sleep (or, with icount, skip time) until a device
+    /// raises an interrupt, then deliver it.
+    pub(super) fn halt_until_interrupt(&mut self, eip: u32) -> Step {
+        /// Longest single sleep, so host input is noticed promptly.
+        const MAX_NAP_NS: u64 = 5_000_000;
+        let icount = self.opts.icount;
+        // An idle guest (a shell at its prompt) shows its partial line now.
+        self.io.flush();
+        loop {
+            self.irq_dirty = true;
+            if let Some(step) = self.check_interrupts(false) {
+                return step;
+            }
+            let Some(cs) = self.chipset.as_mut() else {
+                return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
+            };
+            let now = cs.clock.now_ns();
+            let next = cs.next_event_ns(now);
+            if icount {
+                match next {
+                    Some(t) => cs.clock.advance_to_ns(t.max(now + 1)),
+                    None => return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true }),
+                }
+                continue;
+            }
+            if next.is_none() && !cs.has_input() {
+                // Nothing can ever wake the CPU.
+                return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
+            }
+            let nap = next.map_or(MAX_NAP_NS, |t| t.saturating_sub(now)).min(MAX_NAP_NS);
+            self.stats.halt_sleeps += 1;
+            std::thread::sleep(std::time::Duration::from_nanos(nap.max(1)));
+        }
+    }
+
+    /// A guest exception (a fault) at the current EIP.
+    pub(super) fn exception(&mut self, e: Exception) -> Step {
+        let eip = self.cpu.hot.eip;
+        self.raise(e, EventKind::Exception, eip)
+    }
+
+    /// Deliver an event through the guest IDT, escalating faults during
+    /// delivery to #DF and a fault while delivering #DF to a triple fault.
+    pub(super) fn raise(&mut self, e: Exception, kind: EventKind, ret_eip: u32) -> Step {
+        let eip = self.cpu.hot.eip;
+        self.stats.exceptions += 1;
+        if !self.cpu.idt_loaded {
+            return Step::Done(RunOutcome::Exception { vector: e.vector, error_code: e.error_code, eip });
+        }
+        let (mut cur, mut kind, mut ret) = (e, kind, ret_eip);
+        loop {
+            if self.opts.trace.int {
+                let l = format!(
+                    "{:>4}: v={:02x} e={} i={} cpl={} IP={:04x}:{eip:08x} pc={eip:08x} SP={:04x}:{:08x} EAX={:08x}",
+                    self.stats.exceptions,
+                    cur.vector,
+                    cur.error_code.map_or("----".into(), |c| format!("{c:04x}")),
+                    u8::from(kind == EventKind::Software),
+                    self.cpu.cpl,
+                    self.cpu.seg[crate::cpu::SEG_CS].selector,
+                    self.cpu.seg[crate::cpu::SEG_SS].selector,
+                    self.cpu.reg(crate::cpu::ESP),
+                    self.cpu.reg(crate::cpu::EAX),
+                );
+                self.logln(&l);
+            }
+            let mut written = Vec::new();
+            let before = self.cpu.snapshot();
+            let r = {
+                let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
+                // Delivery reads the IDT/GDT/TSS and writes the frame as supervisor accesses.
+                env.user = false;
+                let r = env.deliver(cur.vector, cur.error_code, kind, ret);
+                match env.take_page_fault() {
+                    Some(pf) => Err(pf),
+                    None => r,
+                }
+            };
+            if r.is_err() {
+                self.cpu.restore(&before);
+            }
+            let regs = self.cpu.paging_regs();
+            if regs != self.mem.paging() {
+                self.paging_changed(None, true); // a task switch loaded CR3
+            }
+            for p in written {
+                self.code_written(p);
+            }
+            match r {
+                Ok(handler) => {
+                    self.cpu.hot.eip = handler;
+                    return Step::Continue;
+                }
+                Err(e2) => {
+                    if cur.vector == vector::DF {
+                        return Step::Done(RunOutcome::TripleFault { eip });
+                    }
+                    let second_bad = is_contributory(e2.vector) || e2.vector == vector::PF;
+                    let escalate = (is_contributory(cur.vector) && is_contributory(e2.vector))
+                        || (cur.vector == vector::PF && second_bad);
+                    cur = if escalate { Exception::with_code(vector::DF, 0) } else { e2 };
+                    kind = EventKind::Exception;
+                    ret = eip;
+                }
+            }
+        }
+    }
+}
