@@ -306,7 +306,13 @@ impl Engine {
 
     fn dispatch(&mut self) -> RunOutcome {
         let mut chain_from: Option<u32> = None;
+        // The last exit left translated code at an unchained direct exit or
+        // a jump-cache miss, with nothing run by the VMM since: the mode,
+        // the checked segments' HotState copies and the published reload
+        // records are still as this loop last set them.
+        let mut clean = false;
         loop {
+            let was_clean = std::mem::replace(&mut clean, false);
             if self.chipset.is_some() {
                 match self.check_interrupts(true) {
                     Some(Step::Done(out)) => return out,
@@ -318,8 +324,8 @@ impl Engine {
                 }
             }
             let eip = self.cpu.hot.eip;
-            let mode = self.cpu.mode();
-            if mode.uses_jump_cache() {
+            let mode = if was_clean { self.mode } else { self.cpu.mode() };
+            if !was_clean && mode.uses_jump_cache() {
                 // A table serves one whole mode at a time: an inline lookup
                 // must not find a block translated for other FPU trap bits
                 // or segment flatness. Every mode change passes through here.
@@ -343,10 +349,10 @@ impl Engine {
                     }
                 }
             }
-            if !mode.is_fast() {
+            if !was_clean && !mode.is_fast() {
                 self.cpu.sync_segments();
             }
-            if chain_from.is_none() {
+            if !was_clean && chain_from.is_none() {
                 // Back from an unlinked direct exit, nothing but EIP and the
                 // registers changed; otherwise the VMM may have loaded
                 // segments, descriptor tables or paging.
@@ -376,6 +382,7 @@ impl Engine {
                         Step::Continue => {}
                         Step::Done(out) => return out,
                     }
+                    clean = self.exited_clean();
                     continue;
                 }
             }
@@ -446,7 +453,14 @@ impl Engine {
                 Step::Continue => {}
                 Step::Done(out) => return out,
             }
+            clean = self.exited_clean();
         }
+    }
+
+    /// Did translated code last leave through an unchained direct exit or
+    /// a jump-cache miss (nothing for the VMM to run)?
+    fn exited_clean(&self) -> bool {
+        matches!(self.cpu.hot.exit_reason, exit::CHAIN | exit::INDIRECT)
     }
 
     /// An enabled DR0-3 execution breakpoint at `eip`: raise #DB (or, with
