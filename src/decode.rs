@@ -65,7 +65,8 @@ pub enum Class {
     Ret,
     /// Needs the VMM: the block ends before it and `cpu::interp` runs it.
     Emulate,
-    /// CLI, STI, PUSHFD, POPFD in a CPL-0 block: translated inline.
+    /// CLI, STI, PUSHFD, POPFD and MOV r32, CR2 in a CPL-0 block:
+    /// translated inline.
     SysInline,
     /// IN/OUT in a CPL-0 block: a call into the VMM without leaving the block.
     PortIo,
@@ -362,7 +363,11 @@ pub fn decode_superblock(
             break;
         };
         let mut cls = classify_in(&i, bitness == 16);
-        if cls == Class::Emulate && cpl == 0 && matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) {
+        let reads_cr2 = i.code() == Code::Mov_r32_cr && i.op1_register() == Register::CR2;
+        if cls == Class::Emulate
+            && cpl == 0
+            && (matches!(i.code(), Code::Cli | Code::Sti | Code::Pushfd | Code::Popfd) || reads_cr2)
+        {
             cls = Class::SysInline;
         } else if cls == Class::Emulate
             && cpl == 0
@@ -398,6 +403,11 @@ mod tests {
         for code in [&[0xFA][..], &[0xFB], &[0x9C], &[0x9D]] {
             assert_eq!(decode_block(code, 0x1000, 0x1000, 64).classes[0], Class::SysInline);
         }
+        // mov eax, cr2: inline at CPL 0, the VMM's (#GP) at CPL 3; other
+        // control registers always the VMM's.
+        assert_eq!(decode_block(&[0x0F, 0x20, 0xD0], 0x1000, 0x1000, 64).classes[0], Class::SysInline);
+        assert_eq!(classes(&[0x0F, 0x20, 0xD0])[0], Class::Emulate);
+        assert_eq!(decode_block(&[0x0F, 0x20, 0xD8], 0x1000, 0x1000, 64).classes[0], Class::Emulate);
         // 16-bit PUSHF stays with the VMM.
         assert_eq!(decode_block(&[0x66, 0x9C], 0x1000, 0x1000, 64).classes[0], Class::Emulate);
     }

@@ -121,7 +121,10 @@ pub struct HotState {
     pub vif: u32,
     /// EFLAGS bits that are neither host-live nor IF (TF, IOPL, NT, RF, AC, ID...).
     pub sys_flags: u32,
-    _pad: [u32; 13],
+    /// A copy of CR2 for translated `mov r32, %cr2` at CPL 0 (the page-
+    /// fault handler's first read); set by the dispatcher after VMM work.
+    pub cr2: u32,
+    _pad: [u32; 12],
     /// Per segment register (ES..GS): base, and the lowest and highest
     /// valid offsets (expand-down segments have lo = limit + 1). Read by the
     /// checked access sequence of non-flat segments; synced by `Cpu::sync_segments`.
@@ -245,6 +248,7 @@ pub const OFF_IO_INFO: i32 = offset_of!(HotState, io_info) as i32;
 pub const OFF_IO_VALUE: i32 = offset_of!(HotState, io_value) as i32;
 pub const OFF_IO_FN: i32 = offset_of!(HotState, io_fn) as i32;
 pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
+pub const OFF_CR2: i32 = offset_of!(HotState, cr2) as i32;
 pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
 pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;

@@ -353,6 +353,7 @@ impl Engine {
                 self.cpu.sync_segments();
             }
             if !was_clean && chain_from.is_none() {
+                self.cpu.hot.cr2 = self.cpu.cr[2];
                 // Back from an unlinked direct exit, nothing but EIP and the
                 // registers changed; otherwise the VMM may have loaded
                 // segments, descriptor tables or paging.

@@ -541,6 +541,7 @@ impl<'a> Translator<'a> {
                 iced_x86::Mnemonic::Cli => system::cli_sti(self, false),
                 iced_x86::Mnemonic::Sti => system::cli_sti(self, true),
                 iced_x86::Mnemonic::Pushfd => system::pushfd(self),
+                iced_x86::Mnemonic::Mov => system::read_cr2(self, i),
                 _ => system::popfd(self, eip),
             },
             Class::Emulate if self.inline_invlpg(i) => {

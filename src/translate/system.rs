@@ -1,6 +1,6 @@
-//! Inline forms of CLI, STI, PUSHFD and POPFD for blocks running at CPL 0,
-//! so the guest kernel's interrupt-flag traffic never leaves the code cache
-//! (VMware's "translated CLI is faster than a native one"). The virtual IF
+//! Inline forms of CLI, STI, PUSHFD, POPFD and MOV r32, CR2 for blocks
+//! running at CPL 0, so the guest kernel's interrupt-flag traffic and its
+//! page-fault entry never leave the code cache (VMware's "translated CLI is faster than a native one"). The virtual IF
 //! is the dword `HotState::vif` (0 or 0x200); the other system flags are
 //! `HotState::sys_flags`; arithmetic flags and DF are host RFLAGS.
 
@@ -76,3 +76,15 @@ pub(super) fn popfd(t: &mut Translator, eip: u32) {
 
 /// Condition code "not zero".
 const JNZ: u8 = 0x5;
+
+/// `mov r32, %cr2` at CPL 0 (Linux's page-fault entry reads CR2 first):
+/// CR2 is only written by the VMM, which the dispatcher copies to
+/// `HotState::cr2` before translated code runs again.
+///
+/// ```text
+///     mov r32, [r14+cr2]
+/// ```
+pub(super) fn read_cr2(t: &mut Translator, i: &iced_x86::Instruction) {
+    let r = super::host_gpr(i.op0_register()).unwrap_or(RAX);
+    t.a.mov_r32_mbase(r, VCPU, crate::cpu::OFF_CR2);
+}
