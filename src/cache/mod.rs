@@ -15,7 +15,7 @@ use crate::emit::rel32;
 use crate::memory::PAGE_SIZE;
 use crate::translate::{ExitSite, InsnMapEntry, Translation};
 
-pub use crate::fastmap::FastMap;
+use crate::fastmap::FastMap;
 
 /// Default code cache size.
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;

@@ -41,20 +41,9 @@ impl Engine {
     /// Physical page of the code at linear `lin` (soft TLB in front of the
     /// guest page tables); a fetch fault becomes the #PF step.
     pub(super) fn code_page(&mut self, lin: u32, user: bool) -> Result<u32, Step> {
-        if !self.mem.paging().enabled() {
-            return Ok(page_of(lin));
-        }
-        let key = (user, page_of(lin));
-        if let Some(p) = self.code_tlb.get(&key) {
-            return Ok(p);
-        }
-        match self.mem.translate(page_of(lin), false, user) {
-            Ok(p) => {
-                self.code_tlb.insert(key, p, self.mem.maps_global(page_of(lin), user));
-                self.mem.mark_code_lin(lin);
-                Ok(p)
-            }
-            Err(_) => Err(self.fetch_fault(lin, user)),
+        match self.code_page_quiet(lin, user) {
+            Some(p) => Ok(p),
+            None => Err(self.fetch_fault(lin, user)),
         }
     }
 

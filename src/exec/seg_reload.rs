@@ -57,8 +57,7 @@ impl Descriptor {
     /// virtual-8086 mode, if it is within its table's limit and on one
     /// page of RAM.
     fn locate(cpu: &Cpu, mem: &GuestMemory, selector: u16, paging_gen: u64) -> Option<Self> {
-        let protected = cpu.cr[0] & CR0_PE != 0 && cpu.hot.sys_flags & flags::VM == 0;
-        if !protected || selector & SEL_INDEX_MASK == 0 && selector & SEL_TI == 0 {
+        if !protected(cpu) || is_null(selector) {
             return None; // real or virtual-8086 mode, or a null selector
         }
         let (base, limit) = if selector & SEL_TI != 0 {
@@ -141,6 +140,12 @@ fn is_null(selector: u16) -> bool {
     selector & SEL_INDEX_MASK == 0 && selector & SEL_TI == 0
 }
 
+/// Protected mode outside virtual-8086 mode (where selectors name
+/// descriptors)?
+fn protected(cpu: &Cpu) -> bool {
+    cpu.cr[0] & CR0_PE != 0 && cpu.hot.sys_flags & flags::VM == 0
+}
+
 /// What the VMM's last VERW found.
 #[derive(Clone, Copy)]
 struct VerwRecord {
@@ -174,8 +179,7 @@ impl SegReloads {
             return;
         }
         let seg = cpu.seg[s];
-        let protected = cpu.cr[0] & CR0_PE != 0 && cpu.hot.sys_flags & flags::VM == 0;
-        let new = if protected && is_null(seg.selector) {
+        let new = if protected(cpu) && is_null(seg.selector) {
             Some(Record { seg, desc: None, cpl: cpu.cpl })
         } else {
             Descriptor::locate(cpu, mem, seg.selector, self.paging_gen).map(|d| Record {
@@ -184,13 +188,10 @@ impl SegReloads {
                 cpl: cpu.cpl,
             })
         };
-        // The load it replaces becomes the alternative, if the register
-        // held exactly that and the two share the mode's flatness.
-        let old = self.records[s].filter(|r| r.seg.selector != seg.selector);
-        if let (Some(n), Some(o)) = (new, old) {
-            if cpu.seg_nonflat(s, &n.seg) == cpu.seg_nonflat(s, &o.seg) {
-                self.alts[s] = Some(o);
-            }
+        // The load it replaces becomes the alternative (`sync` arms it only
+        // beside a current load of the same flatness).
+        if let Some(old) = self.records[s].filter(|r| r.seg.selector != seg.selector) {
+            self.alts[s] = Some(old);
         }
         self.records[s] = new;
     }
@@ -230,16 +231,8 @@ impl SegReloads {
         let paging_gen = self.paging_gen;
         let null_desc = std::ptr::addr_of!(cpu.hot.null_desc) as u64;
         for s in RELOADABLE {
-            if let Some(r) = &mut self.records[s] {
-                if r.seg != cpu.seg[s] || !r.still_located(cpu, mem, paging_gen) {
-                    self.records[s] = None;
-                }
-            }
-            if let Some(a) = &mut self.alts[s] {
-                if !a.still_located(cpu, mem, paging_gen) {
-                    self.alts[s] = None;
-                }
-            }
+            self.records[s].take_if(|r| r.seg != cpu.seg[s] || !r.still_located(cpu, mem, paging_gen));
+            self.alts[s].take_if(|a| !a.still_located(cpu, mem, paging_gen));
             let current = self.records[s];
             let desc = |r: &Record| match r.desc {
                 Some(d) => (d.host, d.raw.wrapping_neg()),
@@ -277,11 +270,7 @@ impl SegReloads {
                 None => cpu.hot.alt_key[s] = 0,
             }
         }
-        if let Some(v) = &mut self.verw {
-            if !v.desc.still_located(cpu, mem, paging_gen) {
-                self.verw = None;
-            }
-        }
+        self.verw.take_if(|v| !v.desc.still_located(cpu, mem, paging_gen));
         match self.verw.filter(|v| v.cpl == cpu.cpl) {
             Some(r) => {
                 let hot = &mut cpu.hot;

@@ -111,24 +111,13 @@ impl Context {
         self.note_alias(e.phys, k);
     }
 
-    /// `insert` of a key known not to be mapped.
-    fn insert_new(&mut self, k: u64, e: Entry) {
-        self.mapped.insert(k, e);
-        if !e.global {
-            self.locals.insert(k, ());
-        }
-        self.note_alias(e.phys, k);
-    }
-
     fn forget(&mut self, k: u64) -> Option<Entry> {
         let e = self.mapped.remove(&k)?;
         if !e.global {
             self.locals.remove(&k);
         }
-        if let Some(a) = self.rmap.get_mut(&e.phys) {
-            if a.remove(k) {
-                self.rmap.remove(&e.phys);
-            }
+        if self.rmap.get_mut(&e.phys).is_some_and(|a| a.remove(k)) {
+            self.rmap.remove(&e.phys);
         }
         Some(e)
     }
@@ -440,13 +429,15 @@ impl GuestMemory {
             .filter_map(|k| sh.globals.get(k).map(|e| (*k, *e)))
             .collect();
         self.shadow.contexts[ci].globals_seen = self.shadow.global_log.len();
-        self.map_entries(ci, todo);
+        self.map_entries(ci, todo, false);
     }
 
-    /// Map `todo` (keys not mapped in context `ci`) in runs of consecutive
-    /// linear and physical pages with the same protection, one host call
-    /// per run.
-    fn map_entries(&mut self, ci: usize, mut todo: Vec<(u64, Entry)>) {
+    /// Map `todo` (RAM pages) in context `ci` in runs of consecutive linear
+    /// and physical pages with the same protection, one host call per run
+    /// (the kernel's direct map, a 4 MiB page, a seeded kernel), populated
+    /// when `populate` (pages about to be used: those of a hidden fault).
+    /// Global entries join the global set.
+    fn map_entries(&mut self, ci: usize, mut todo: Vec<(u64, Entry)>, populate: bool) {
         todo.sort_unstable_by_key(|&(k, _)| k);
         todo.dedup_by_key(|&mut (k, _)| k);
         self.shadow.contexts[ci].mapped.reserve(todo.len());
@@ -456,20 +447,22 @@ impl GuestMemory {
             let prot = self.prot_of(&first);
             let mut j = i + 1;
             while j < todo.len() {
-                let (k, e) = todo[j];
-                let (pk, pe) = todo[j - 1];
-                if k != pk + PAGE_SIZE as u64 || k >> 32 != k0 >> 32 || e.phys != pe.phys + PAGE_SIZE as u32 {
-                    break;
-                }
-                if self.prot_of(&e) != prot {
+                let ((k, e), (pk, pe)) = (todo[j], todo[j - 1]);
+                let joins = k == pk + PAGE_SIZE as u64
+                    && k >> 32 == k0 >> 32
+                    && e.phys == pe.phys + PAGE_SIZE as u32
+                    && self.prot_of(&e) == prot;
+                if !joins {
                     break;
                 }
                 j += 1;
             }
-            self.mmap_run(ci, k0, first.phys, j - i, prot, false);
-            let c = &mut self.shadow.contexts[ci];
+            self.mmap_run(ci, k0, first.phys, j - i, prot, populate);
             for &(k, e) in &todo[i..j] {
-                c.insert_new(k, e);
+                self.shadow.contexts[ci].insert(k, e);
+                if e.global {
+                    self.note_global(k, e);
+                }
             }
             i = j;
         }
@@ -526,7 +519,9 @@ impl GuestMemory {
             };
             let seen = c.globals_seen;
             self.clear_windows(ci);
-            self.map_entries(ci, kept);
+            // (A hole's all-ones page is not RAM: it faults in again.)
+            let kept = kept.into_iter().filter(|(_, e)| self.is_ram(e.phys)).collect();
+            self.map_entries(ci, kept, false);
             // Every global it had is among the kept ones.
             self.shadow.contexts[ci].globals_seen = seen;
             return;
@@ -691,30 +686,9 @@ impl GuestMemory {
         c.areas += 2;
     }
 
-    /// Map one page for a hidden fault (populated: it is used at once).
-    fn map_page(&mut self, ci: usize, win: u8, lin_page: u32, e: Entry) {
-        self.map_run(ci, win, lin_page, &[e], true);
-    }
-
     /// The host protection of a mapping of `e`.
     fn prot_of(&self, e: &Entry) -> libc::c_int {
         if e.writable && !self.is_protected(e.phys) { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ }
-    }
-
-    /// Map `run[i]` at linear page `lin_page + i * 4 KiB` of window `win`
-    /// of context `ci`, with one host `mmap`: the caller guarantees that
-    /// the physical pages are consecutive and take the same protection.
-    fn map_run(&mut self, ci: usize, win: u8, lin_page: u32, run: &[Entry], populate: bool) {
-        let Some(first) = run.first() else { return };
-        let prot = self.prot_of(first);
-        self.mmap_run(ci, key(win, lin_page), first.phys, run.len(), prot, populate);
-        for (i, e) in run.iter().enumerate() {
-            let k = key(win, lin_page + (i * PAGE_SIZE) as u32);
-            self.shadow.contexts[ci].insert(k, *e);
-            if e.global {
-                self.note_global(k, *e);
-            }
-        }
     }
 
     /// The host half of mapping a run: `pages` pages of RAM from `phys` at
@@ -784,7 +758,7 @@ impl GuestMemory {
             return ShadowFault::CodeWrite(t.phys_page);
         }
         let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
-        self.map_page(cur, win, lin_page, e);
+        self.map_entries(cur, vec![(key(win, lin_page), e)], true);
         self.prefetch_neighbours(win, lin_page);
         ShadowFault::Mapped
     }
@@ -799,45 +773,23 @@ impl GuestMemory {
         let cur = self.shadow.cur;
         let access = Access { write: false, user: win == 1 };
         let group = lin_page & !((PREFETCH_GROUP * PAGE_SIZE as u32) - 1);
-        // Runs of linear pages mapping consecutive physical pages with the
-        // same protection (the kernel's direct map, a 4 MiB page) are
-        // mapped with one host call each.
-        let mut run: Vec<Entry> = Vec::new();
-        let mut run_start = 0;
+        let mut todo = Vec::new();
         for k in 0..PREFETCH_GROUP {
             let p = group + k * PAGE_SIZE as u32;
-            let entry = if p == lin_page || self.shadow.contexts[cur].mapped.contains_key(&key(win, p)) {
-                None
-            } else {
-                match mmu::lookup(self.ram(), regs, p, access) {
-                    // Any A/D update needed means the guest has not touched it: skip.
-                    Ok((t, updates)) if !updates.iter().any(|u| u.is_some()) && self.is_ram(t.phys_page) => {
-                        let (pde, pte) = mmu::entries(self.ram(), regs, p);
-                        Some(Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte })
-                    }
-                    _ => None,
-                }
-            };
-            let extends = match (&entry, run.last()) {
-                (Some(e), Some(last)) => {
-                    e.phys == last.phys + PAGE_SIZE as u32 && self.prot_of(e) == self.prot_of(last)
-                }
-                _ => false,
-            };
-            if !extends && !run.is_empty() {
-                self.map_run(cur, win, run_start, &run, true);
-                run.clear();
+            if p == lin_page || self.shadow.contexts[cur].mapped.contains_key(&key(win, p)) {
+                continue;
             }
-            if let Some(e) = entry {
-                if run.is_empty() {
-                    run_start = p;
+            match mmu::lookup(self.ram(), regs, p, access) {
+                // Any A/D update needed means the guest has not touched it: skip.
+                Ok((t, updates)) if !updates.iter().any(|u| u.is_some()) && self.is_ram(t.phys_page) => {
+                    let (pde, pte) = mmu::entries(self.ram(), regs, p);
+                    let e = Entry { phys: t.phys_page, writable: t.writable && t.dirty, global: t.global, pde, pte };
+                    todo.push((key(win, p), e));
                 }
-                run.push(e);
+                _ => {}
             }
         }
-        if !run.is_empty() {
-            self.map_run(cur, win, run_start, &run, true);
-        }
+        self.map_entries(cur, todo, true);
     }
 
     /// The guest returned from a page-fault handler: if the faulting page is

@@ -86,8 +86,6 @@ fn check_and_add_base(t: &mut Translator, eip: u32, seg: usize, size: i32) {
     t.a.bind_rel32(ok, done);
 }
 
-/// JMP rel8 opcode.
-const JMP_REL8: u8 = 0xEB;
 /// Length of `jmp rel32` (what a JRCXZ skips to fall through on a match).
 const JMP_REL32_LEN: u8 = 5;
 /// MOVZX r32, r/m16 (0F B7).
@@ -167,18 +165,7 @@ pub(super) fn reload(t: &mut Translator, i: &Instruction) {
     }
     t.a.mov_mbase_r32(VCPU, OFF_SEG_SEL + 4 * s, SCRATCH);
     to_done.push(t.a.jmp_rel32());
-    let vmm = t.a.len();
-    for at in to_vmm {
-        t.a.bind_rel32(at, vmm);
-    }
-    t.a.mov_r64_r64(RCX, R10);
-    t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
-    t.jmp_abs(t.exits_to.emulate);
-    let done = t.a.len();
-    for at in to_done {
-        t.a.bind_rel32(at, done);
-    }
-    t.a.mov_r64_r64(RCX, R10);
+    vmm_tail(t, i.ip32(), &to_vmm, &to_done);
     if pop {
         t.a.lea_r32(GUEST_ESP, GUEST_ESP, 4);
     }
@@ -238,26 +225,35 @@ pub(super) fn verw(t: &mut Translator, i: &Instruction) {
 /// The selector in R13D against the key at `offs.0`, and the descriptor
 /// at the host address at `offs.1` against the negated bytes at `offs.2`;
 /// on any difference the VMM runs the instruction at `eip`. RCX is kept.
+///
+/// ```text
+///     mov r10, rcx ; <key_test> ; <descriptor_test> ; jmp done
+/// vmm:
+///     mov rcx, r10 ; mov dword [r14+eip], eip ; jmp exit_emulate
+/// done:
+///     mov rcx, r10
+/// ```
 fn check_selector_and_descriptor(t: &mut Translator, eip: u32, offs: (i32, i32, i32)) {
     let (key, desc, neg) = offs;
     t.a.mov_r64_r64(R10, RCX);
-    t.a.mov_r64_mbase(RCX, VCPU, key);
-    t.a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
-    t.a.bytes(&[JRCXZ, 2, JMP_REL8, 0]);
-    let to_vmm = t.a.len() - 1;
-    t.a.mov_r64_mbase(R11, VCPU, desc);
-    t.a.mov_r64_mbase(RCX, R11, 0);
-    t.a.mov_r64_mbase(R11, VCPU, neg);
-    t.a.lea_r64_bi(RCX, RCX, R11);
-    t.a.bytes(&[JRCXZ, 0]);
-    let to_done = t.a.len() - 1;
+    let to_vmm = [key_test(t, key, 1), descriptor_test(t, desc, neg)];
+    let to_done = t.a.jmp_rel32();
+    vmm_tail(t, eip, &to_vmm, &[to_done]);
+}
+
+/// Bind `to_vmm` to a tail that restores RCX from R10 and has the VMM run
+/// the instruction at `eip`, and `to_done` to what follows (RCX restored).
+fn vmm_tail(t: &mut Translator, eip: u32, to_vmm: &[usize], to_done: &[usize]) {
     let vmm = t.a.len();
+    for &at in to_vmm {
+        t.a.bind_rel32(at, vmm);
+    }
     t.a.mov_r64_r64(RCX, R10);
     t.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
     t.jmp_abs(t.exits_to.emulate);
     let done = t.a.len();
-    t.a.buf[to_vmm] = (vmm - (to_vmm + 1)) as u8;
-    t.a.buf[to_done] = (done - (to_done + 1)) as u8;
-    debug_assert!(done - (to_done + 1) < 128);
+    for &at in to_done {
+        t.a.bind_rel32(at, done);
+    }
     t.a.mov_r64_r64(RCX, R10);
 }
