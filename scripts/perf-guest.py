@@ -2,7 +2,8 @@
 """Attribute a `perf record` profile of btvisor to guest code.
 
 usage: scripts/perf-guest.py PERF.DATA /tmp/perf-PID.map [KALLSYMS] [TOP]
-       (PERF_TIME=START,END limits it to a window of perf's timestamps)
+       (PERF_TIME=START,END limits it to a window of perf's timestamps;
+        PERF_USER=1 lists user blocks one by one instead of as one line)
 
 perf shows translated code as samples in the code cache's memfd; this maps
 each such sample through the map btvisor writes with -perfmap to the guest
@@ -59,7 +60,7 @@ def main():
             count["code cache (unnamed)"] += 1
             continue
         name = blocks[i][2]
-        if name.startswith("guest-cpl3"):
+        if name.startswith("guest-cpl3") and not os.environ.get("PERF_USER"):
             name = "guest user code"
         elif name.startswith("guest-cpl") and syms:
             g = int(name[-8:], 16)

@@ -62,7 +62,7 @@ impl Engine {
             return self.watch_fault(gaddr, f.write || !write_only);
         }
         if self.mem.is_mmio(gaddr) {
-            self.note_fault(false);
+            self.note_fault(gaddr, false);
             return self.device_access();
         }
         if self.mem.is_ram(gaddr) {
@@ -94,14 +94,14 @@ impl Engine {
         match self.mem.shadow_fault(win, lin, write) {
             ShadowFault::Mapped => {
                 self.stats.hidden_faults += 1;
-                self.note_fault(false);
+                self.note_fault(lin, false);
                 self.resume()
             }
             ShadowFault::PageFault(code) => {
                 self.cpu.cr[2] = lin;
                 self.stats.page_faults += 1;
                 self.last_pf = Some(LastFault { win, lin, write, eip: self.cpu.hot.eip, soft: false });
-                self.note_fault(true);
+                self.note_fault(lin, true);
                 self.exception(Exception::with_code(vector::PF, code))
             }
             ShadowFault::CodeWrite(phys) => {
@@ -109,7 +109,7 @@ impl Engine {
                 self.step_one()
             }
             ShadowFault::Mmio(_) => {
-                self.note_fault(false);
+                self.note_fault(lin, false);
                 self.device_access()
             }
             ShadowFault::Hole(_) => {
@@ -140,9 +140,9 @@ impl Engine {
 
     /// Score a host fault of the instruction at EIP; once it has faulted
     /// often enough, retranslate its page with soft-TLB accesses.
-    pub(super) fn note_fault(&mut self, true_fault: bool) {
+    pub(super) fn note_fault(&mut self, lin: u32, true_fault: bool) {
         let eip = self.cpu.hot.eip;
-        if !self.soft.note_fault(eip, true_fault) {
+        if !self.soft.note_fault(eip, lin, true_fault) {
             return;
         }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
