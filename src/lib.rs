@@ -10,6 +10,8 @@ pub mod devices;
 pub mod emit;
 pub mod exec;
 pub mod fastmap;
+pub mod fuzz;
+pub mod guest_warn;
 pub mod loader;
 pub mod memory;
 pub mod snippet;

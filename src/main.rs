@@ -13,9 +13,12 @@ use btvisor::vm;
 
 /// The guest executed HLT with interrupts disabled: it stopped for good.
 const EXIT_HALTED: u8 = 0;
-/// Bad options, unreadable or invalid image, or an internal VMM error
-/// (QEMU's status for a failed start).
+/// Bad options, or an unreadable or invalid image (QEMU's status for a
+/// failed start).
 const EXIT_RUNNER_ERROR: u8 = 1;
+/// An internal error of the monitor (sysexits' EX_SOFTWARE): even, so no
+/// isa-debug-exit status `(V << 1) | 1` can be mistaken for it.
+const EXIT_INTERNAL_ERROR: u8 = 70;
 /// The guest triple-faulted (a fault while delivering a double fault).
 const EXIT_TRIPLE_FAULT: u8 = 2;
 /// The guest took an exception before it loaded an IDT.
@@ -79,7 +82,7 @@ fn main() -> ExitCode {
         }
         RunOutcome::InternalError(msg) => {
             eprintln!("btvisor: internal error: {msg}");
-            EXIT_RUNNER_ERROR
+            EXIT_INTERNAL_ERROR
         }
     };
     eprintln!("{}", engine.cpu.dump());

@@ -971,11 +971,11 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         | M::Scasw
         | M::Scasd
         | M::Xlatb => {
-            log::warn!("16-bit addressing string instruction at {:#x} not supported", i.ip32());
+            crate::guest_warn!("16-bit addressing string instruction at {:#x} not supported", i.ip32());
             return Err(ud());
         }
         _ => {
-            log::warn!("instruction at {:#010x} ({:?}) is not emulated: raising #UD", i.ip32(), i.code());
+            crate::guest_warn!("instruction at {:#010x} ({:?}) is not emulated: raising #UD", i.ip32(), i.code());
             return Err(ud());
         }
     }

@@ -399,7 +399,7 @@ impl Env<'_> {
         let ok_type = if want_busy { t == ty::TSS32_BUSY } else { t == ty::TSS32_AVAIL };
         if !ok_type {
             if t == ty::TSS16_AVAIL {
-                log::warn!("16-bit TSS task switch is not supported");
+                crate::guest_warn!("16-bit TSS task switch is not supported");
             }
             return Err(if want_busy { Exception::with_code(vector::TS, sel_err) } else { gp(sel_err) });
         }

@@ -302,7 +302,7 @@ impl Pic8259 {
             }
             InitStep::Icw4 => {
                 if value & ICW4_8086 == 0 {
-                    log::warn!("8259A: 8080/85 mode requested (ICW4 {value:#x}); using 8086 mode");
+                    crate::guest_warn!("8259A: 8080/85 mode requested (ICW4 {value:#x}); using 8086 mode");
                 }
                 self.auto_eoi = value & ICW4_AEOI != 0;
                 self.special_fully_nested = value & ICW4_SFNM != 0;

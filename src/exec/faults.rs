@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// `si_code` of a signal the kernel raised for a fault with no address
+/// (a general-protection fault).
+const SI_KERNEL: i32 = 0x80;
+
 impl Engine {
     /// The guest wrote page `page` of RAM outside translated code's view
     /// (VMM write or a trapped store): drop the translations made from it.
@@ -33,6 +37,11 @@ impl Engine {
         match f.signo {
             libc::SIGFPE => return self.float_exception(f.code),
             libc::SIGILL => return self.exception(Exception::new(vector::UD)),
+            // A general-protection fault without an address (si_code
+            // SI_KERNEL): translated code only meets one where the guest
+            // instruction itself raises #GP(0) on hardware: a misaligned
+            // 16-byte SSE operand, reserved MXCSR bits (LDMXCSR, FXRSTOR).
+            libc::SIGSEGV if f.code == SI_KERNEL => return self.exception(Exception::with_code(vector::GP, 0)),
             _ => {}
         }
         if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {
@@ -133,7 +142,7 @@ impl Engine {
             self.stats.device_accesses += 1;
             return self.emulate();
         }
-        log::warn!("{:?} at {:#010x} on device memory is not emulated: skipped", i.mnemonic(), i.ip32());
+        crate::guest_warn!("{:?} at {:#010x} on device memory is not emulated: skipped", i.mnemonic(), i.ip32());
         self.cpu.hot.eip = i.next_ip32();
         Step::Continue
     }
@@ -254,7 +263,7 @@ impl Engine {
         }
         if self.mem.paging().enabled() {
             if !self.data_breakpoints().is_empty() {
-                log::warn!("data breakpoints are not supported with paging on");
+                crate::guest_warn!("data breakpoints are not supported with paging on");
             }
             return;
         }

@@ -237,9 +237,11 @@ struct Layout {
     modrm_end: usize,
 }
 
-fn layout(bytes: &[u8], has_modrm: bool) -> Layout {
+fn layout(bytes: &[u8], has_modrm: bool, code16: bool) -> Layout {
     let mut p = 0;
+    let mut addr_prefix = false;
     while p < bytes.len() && is_legacy_prefix(bytes[p]) {
+        addr_prefix |= bytes[p] == PREFIX_ADDR32;
         p += 1;
     }
     let mut o = p;
@@ -256,7 +258,15 @@ fn layout(bytes: &[u8], has_modrm: bool) -> Layout {
         let md = modrm >> 6;
         let rm = modrm & 7;
         m += 1;
-        if md != 3 {
+        if md != 3 && code16 != addr_prefix {
+            // 16-bit addressing: no SIB; disp16 with mod 10, or alone
+            // ([disp16]) with mod 00 and r/m 110.
+            m += match (md, rm) {
+                (1, _) => 1,
+                (2, _) | (0, 6) => 2,
+                _ => 0,
+            };
+        } else if md != 3 {
             let mut disp = match md {
                 1 => 1,
                 2 => 4,
@@ -877,7 +887,7 @@ impl<'a> Translator<'a> {
         mem_override: Option<GuestMem>,
     ) {
         let modrm = has_modrm(i);
-        let l = layout(bytes, modrm);
+        let l = layout(bytes, modrm, self.opts.mode.has(Mode::CS16));
         // Fixed-size copies: this is the hot path of translation.
         let mut pbuf = [0u8; 15];
         let mut np = 0;
