@@ -13,7 +13,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
 const IMAGES: &[&str] =
-    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug", "irq"];
+    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug", "irq", "devmem"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -175,6 +175,18 @@ fn boot_pmfpu() {
 #[test]
 fn boot_pmdebug() {
     boot_and_compare("pmdebug");
+}
+
+#[test]
+fn boot_devmem() {
+    boot_and_compare("devmem");
+}
+
+#[test]
+fn devmem_soft_mmu() {
+    // The same instructions in the soft-TLB form (a soft miss on device
+    // memory takes the same bounce path).
+    boot_and_compare_with("devmem", &["--soft-mmu"]);
 }
 
 #[test]

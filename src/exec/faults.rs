@@ -133,14 +133,19 @@ impl Engine {
     }
 
     /// The instruction at EIP touched device memory (state precise before
-    /// it): the VMM executes it, its accesses going to the device. Only the
-    /// forms drivers use for device memory are emulated (MOV, MOVZX, MOVSX,
-    /// MOVS/STOS/LODS); any other is skipped with a warning.
+    /// it). MOV, MOVZX/MOVSX and MOVS/STOS/LODS (the forms drivers use) the
+    /// interpreter runs against the device; any other instruction runs once
+    /// against bounce pages (`bounce`). Only a REP string instruction the
+    /// interpreter lacks (16-bit addressing, CMPS/SCAS) is still skipped,
+    /// with a rate-limited warning.
     pub(super) fn device_access(&mut self) -> Step {
         let i = self.decode_at(self.cpu.hot.eip);
         if interp::emulates_device_access(&i) {
             self.stats.device_accesses += 1;
             return self.emulate();
+        }
+        if let Some(step) = self.device_bounce(&i) {
+            return step;
         }
         crate::guest_warn!("{:?} at {:#010x} on device memory is not emulated: skipped", i.mnemonic(), i.ip32());
         self.cpu.hot.eip = i.next_ip32();

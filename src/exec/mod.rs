@@ -2,6 +2,7 @@
 //! translates misses, chains direct exits, enters translated code and
 //! handles whatever brought it back (see ARCHITECTURE.md, "Dispatcher").
 
+mod bounce;
 mod code_pages;
 mod code_tlb;
 mod faults;
@@ -172,6 +173,10 @@ pub struct Engine {
     last_pf: Option<LastFault>,
     /// Instructions with soft-TLB accesses and the soft TLB's bookkeeping.
     soft: soft_tlb::SoftTlb,
+    /// An instruction is running against bounce pages (`bounce`).
+    bouncing: bool,
+    /// Instructions the VMM has executed (`emulate`) so far.
+    emulated: u64,
     /// Data breakpoints as programmed (DR0-3, DR7) and the pages watched.
     watch_regs: [u32; 5],
     watch_pages: Vec<(u32, bool)>,
@@ -229,6 +234,8 @@ impl Engine {
             jc_used: Vec::new(),
             last_pf: None,
             soft: Default::default(),
+            bouncing: false,
+            emulated: 0,
             jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
             // No mode sets every bit: the first use of a table tags it.
             jc_tags: [u16::MAX; crate::cpu::JUMP_CACHE_TABLES],
@@ -576,7 +583,10 @@ impl Engine {
             let text = disasm_guest(&block.insns);
             self.logln(&format!("----------------\nIN: \n{text}"));
         }
-        let opts = Options { inline_lookup: self.opts.chaining, mode };
+        // A one-off block runs exactly one instruction: its indirect branch
+        // leaves for the dispatcher instead of continuing from the jump
+        // cache (the bounce pages of `bounce` are mapped only meanwhile).
+        let opts = Options { inline_lookup: self.opts.chaining && register, mode };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
             let host = self.cache.next_addr();
@@ -662,6 +672,7 @@ impl Engine {
     fn emulate(&mut self) -> Step {
         let eip = self.cpu.hot.eip;
         let i = self.decode_at(eip);
+        self.emulated += 1;
         self.stats.count_callout(i.mnemonic());
         if matches!(
             i.mnemonic(),

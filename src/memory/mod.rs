@@ -517,6 +517,41 @@ pub fn map_ones_page(addr: usize) {
     }
 }
 
+/// Map a zeroed, writable scratch page at `addr` (a page of a window that
+/// maps device memory, so never mapped otherwise): the bounce page on which
+/// the engine runs one instruction that touches the device. True on success.
+pub fn map_bounce_page(addr: usize) -> bool {
+    // SAFETY: callers pass a page of a window reservation owned by a
+    // GuestMemory that maps no guest RAM; anonymous memory mapped there
+    // touches nothing else.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            PAGE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    p != libc::MAP_FAILED
+}
+
+/// Make the bounce page at `addr` inaccessible again (as device pages are).
+pub fn unmap_bounce_page(addr: usize) {
+    // SAFETY: as in map_bounce_page.
+    unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            PAGE_SIZE,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+    }
+}
+
 /// Async-signal-safe form of `set_poll` (used from the timer signal handler).
 pub fn set_poll_page(page: usize, request_exit: bool) {
     let prot = if request_exit { libc::PROT_NONE } else { libc::PROT_READ };
