@@ -70,6 +70,9 @@ pub enum Class {
     SysInline,
     /// IN/OUT in a CPL-0 block: a call into the VMM without leaving the block.
     PortIo,
+    /// SGDT, SIDT, SLDT, STR and SMSW in 32-bit code: stores of the copies
+    /// of GDTR, IDTR, LDTR, TR and CR0 the dispatcher keeps in `HotState`.
+    StoreSys,
     /// `F3 0F BC/BD`: TZCNT/LZCNT on CPUs with BMI1/LZCNT, but BSF/BSR with
     /// an ignored REP prefix on the presented CPU, which has neither (the
     /// kernel's `__ffs` uses this encoding on purpose). Copied without F3.
@@ -375,6 +378,12 @@ pub fn decode_superblock(
             && matches!(i.mnemonic(), Mnemonic::In | Mnemonic::Out)
         {
             cls = Class::PortIo;
+        } else if cls == Class::Emulate
+            && bitness == 32
+            && matches!(i.mnemonic(), Mnemonic::Sgdt | Mnemonic::Sidt | Mnemonic::Sldt | Mnemonic::Str | Mnemonic::Smsw)
+            && !has_16bit_addressing(&i)
+        {
+            cls = Class::StoreSys;
         }
         end = i.next_ip32();
         insns.push(i);
@@ -426,7 +435,6 @@ mod tests {
             &[0x9C],                         // pushfd
             &[0x9D],                         // popfd
             &[0x66, 0x9D],                   // popfw
-            &[0x0F, 0x01, 0x05, 0, 0, 0, 0], // sgdt
             &[0x0F, 0x20, 0xC0],             // mov eax, cr0
             &[0xE6, 0x80],                   // out 0x80, al
             &[0x27],                         // daa
@@ -435,6 +443,18 @@ mod tests {
         ] {
             assert_eq!(classes(code)[0], Class::Emulate, "{code:02x?}");
         }
+        // SGDT/SIDT/SLDT/STR/SMSW store the dispatcher's copies, at any CPL.
+        for code in [
+            &[0x0F, 0x01, 0x05, 0, 0, 0, 0][..], // sgdt [0]
+            &[0x0F, 0x01, 0x0C, 0x24],           // sidt [esp]
+            &[0x0F, 0x00, 0xC0],                 // sldt eax
+            &[0x0F, 0x00, 0x08],                 // str [eax]
+            &[0x0F, 0x01, 0xE0],                 // smsw eax
+        ] {
+            assert_eq!(classes(code)[0], Class::StoreSys, "{code:02x?}");
+        }
+        // 16-bit addressing stays with the VMM.
+        assert_eq!(classes(&[0x67, 0x0F, 0x01, 0x07])[0], Class::Emulate); // sgdt [bx]
         // MOV r, Sreg reads the guest's selector (kept by the dispatcher),
         // as PUSH Sreg does: CS shows the guest's CPL, never the real one.
         assert_eq!(classes(&[0x8C, 0xC8])[0], Class::ReadSeg); // mov eax, cs

@@ -321,3 +321,33 @@ fn verw_sees_a_changed_descriptor() {
     assert_eq!(st.regs[ECX] & 0xFFFF, 0x0100, "unchanged: clear again (in place); writable again: set");
     assert_eq!(callouts(&stats, iced_x86::Mnemonic::Verw), 3, "the third VERW ran in place");
 }
+
+/// SGDT, SIDT, SLDT, STR and SMSW run in place (no VMM exit) and store what
+/// the VMM holds, including a GDTR loaded in the same run. (GNU as source
+/// in the test's history; `as --32`.)
+#[test]
+fn store_system_registers_in_place() {
+    let code = with_gdt(&[
+        0xbe, 0x00, 0x00, 0x08, 0x00, 0x0f, 0x01, 0x06, 0x0f, 0x01, 0x4e, 0x08, 0x0f, 0x00, 0xc0, 0x0f, 0x00, 0xcb,
+        0x0f, 0x01, 0xe1, 0x0f, 0x01, 0x66, 0x10, 0x66, 0xc7, 0x05, 0x00, 0x01, 0x09, 0x00, 0x17, 0x00, 0x0f, 0x01,
+        0x15, 0x00, 0x01, 0x09, 0x00, 0x0f, 0x01, 0x46, 0x14, 0x0f, 0x20, 0xc2, 0xf4,
+    ]);
+    let mut s = state([(EAX, 0xFFFF_FFFF), (ECX, 0), (EDX, 0)]);
+    s.data = [0xAA; 256];
+    let (out, st, stats) = run_snippet_outcome(&code, &s).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    let d = &st.data;
+    let le16 = |k: usize| u16::from_le_bytes([d[k], d[k + 1]]);
+    let le32 = |k: usize| u32::from_le_bytes([d[k], d[k + 1], d[k + 2], d[k + 3]]);
+    assert_eq!((le16(0), le32(2)), (0x1F, 0x90000), "sgdt");
+    assert_eq!(d[6], 0xAA, "sgdt stores 6 bytes");
+    assert_eq!(st.regs[EAX], 0, "sldt eax: the null LDT selector, zero-extended");
+    assert_eq!(st.regs[EBX], 0, "str ebx");
+    assert_eq!(st.regs[ECX], st.regs[EDX], "smsw ecx: all of CR0");
+    assert_eq!(le16(16), st.regs[EDX] as u16, "smsw m16");
+    assert_eq!(d[18], 0xAA, "smsw m16 stores 2 bytes");
+    assert_eq!((le16(20), le32(22)), (0x17, 0x90000), "sgdt after lgdt");
+    for m in [iced_x86::Mnemonic::Sgdt, iced_x86::Mnemonic::Sidt, iced_x86::Mnemonic::Sldt, iced_x86::Mnemonic::Str, iced_x86::Mnemonic::Smsw] {
+        assert_eq!(callouts(&stats, m), 0, "{m:?} left translated code");
+    }
+}

@@ -124,6 +124,10 @@ pub struct HotState {
     /// A copy of CR2 for translated `mov r32, %cr2` at CPL 0 (the page-
     /// fault handler's first read); set by the dispatcher after VMM work.
     pub cr2: u32,
+    /// Copies of GDTR (limit, base), IDTR (limit, base), the LDTR and TR
+    /// selectors and CR0, for translated SGDT, SIDT, SLDT, STR and SMSW;
+    /// set by the dispatcher after VMM work (`Cpu::sync_system_copies`).
+    pub sys_copy: [u32; SYS_COPY_LEN],
     _pad: [u32; 12],
     /// Per segment register (ES..GS): base, and the lowest and highest
     /// valid offsets (expand-down segments have lo = limit + 1). Read by the
@@ -249,6 +253,18 @@ pub const OFF_IO_VALUE: i32 = offset_of!(HotState, io_value) as i32;
 pub const OFF_IO_FN: i32 = offset_of!(HotState, io_fn) as i32;
 pub const OFF_VIF: i32 = offset_of!(HotState, vif) as i32;
 pub const OFF_CR2: i32 = offset_of!(HotState, cr2) as i32;
+/// `HotState::sys_copy` and the index of each of its fields.
+pub const OFF_SYS_COPY: i32 = offset_of!(HotState, sys_copy) as i32;
+pub const SYS_COPY_LEN: usize = 7;
+pub mod sys_copy {
+    pub const GDT_LIMIT: usize = 0;
+    pub const GDT_BASE: usize = 1;
+    pub const IDT_LIMIT: usize = 2;
+    pub const IDT_BASE: usize = 3;
+    pub const LDTR: usize = 4;
+    pub const TR: usize = 5;
+    pub const CR0: usize = 6;
+}
 pub const OFF_SYS_FLAGS: i32 = offset_of!(HotState, sys_flags) as i32;
 pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
 pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;
@@ -561,6 +577,20 @@ impl Cpu {
         for k in 0..6 {
             self.hot.seg_sel[k] = u32::from(self.seg[k].selector);
         }
+        self.sync_system_copies();
+    }
+
+    /// Refresh the copies translated SGDT/SIDT/SLDT/STR/SMSW store.
+    pub fn sync_system_copies(&mut self) {
+        use sys_copy::*;
+        let c = &mut self.hot.sys_copy;
+        c[GDT_LIMIT] = u32::from(self.gdtr.limit);
+        c[GDT_BASE] = self.gdtr.base;
+        c[IDT_LIMIT] = u32::from(self.idtr.limit);
+        c[IDT_BASE] = self.idtr.base;
+        c[LDTR] = u32::from(self.ldtr.selector);
+        c[TR] = u32::from(self.tr.selector);
+        c[CR0] = self.cr[0];
     }
 
     pub fn sync_segments(&mut self) {

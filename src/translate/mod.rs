@@ -465,7 +465,7 @@ impl<'a> Translator<'a> {
             }
             // Its memory operand is used as a flat window address (PUSH m32
             // and indirect JMP/CALL check a non-flat segment's operand).
-            Class::PopMem | Class::VerifyWrite | Class::SegReload
+            Class::PopMem | Class::VerifyWrite | Class::SegReload | Class::StoreSys
                 if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
                     && !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
@@ -547,6 +547,7 @@ impl<'a> Translator<'a> {
                 lookup::indirect(self);
             }
             Class::PortIo => io::port_io(self, i),
+            Class::StoreSys => system::store_sys(self, i),
             Class::SysInline => match i.mnemonic() {
                 iced_x86::Mnemonic::Cli => system::cli_sti(self, false),
                 iced_x86::Mnemonic::Sti => system::cli_sti(self, true),

@@ -45,16 +45,17 @@ pub(super) fn push_mem(t: &mut Translator, i: &Instruction) {
 
 /// PUSH ES/CS/SS/DS/FS/GS with 32-bit operand size: ESP drops by 4 and
 /// the guest's selector (`HotState::seg_sel`, synced by the dispatcher) is
-/// written as a word, leaving the upper half of the slot as it was, as
-/// current processors do (SDM Vol. 2B, PUSH).
+/// written zero-extended, as the host CPU (the oracle of the differential
+/// tests) and QEMU do. The SDM allows that or a 16-bit write (recent Intel
+/// cores); the dword store also lets a following POP forward from it.
 ///
 /// ```text
-/// mov r13d, [r14+seg_sel+4*s] ; mov word gs:[r12d-4], r13w ; lea r12d, [r12-4]
+/// mov r13d, [r14+seg_sel+4*s] ; mov dword gs:[r12d-4], r13d ; lea r12d, [r12-4]
 /// ```
 pub(super) fn push_sreg(t: &mut Translator, i: &Instruction) {
     let s = super::seg_index(i.op0_register());
     t.a.mov_r32_mbase(SCRATCH, VCPU, OFF_SEG_SEL + 4 * s as i32);
-    t.mem_op(&[PREFIX_OPSIZE], &[MOV_STORE], SCRATCH, &sp(-4), &[]);
+    t.mem_op(&[], &[MOV_STORE], SCRATCH, &sp(-4), &[]);
     t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
 }
 

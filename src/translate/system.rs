@@ -88,3 +88,44 @@ pub(super) fn read_cr2(t: &mut Translator, i: &iced_x86::Instruction) {
     let r = super::host_gpr(i.op0_register()).unwrap_or(RAX);
     t.a.mov_r32_mbase(r, VCPU, crate::cpu::OFF_CR2);
 }
+
+/// SGDT/SIDT m, SLDT/STR r/m and SMSW r/m: stores of the copies in
+/// `HotState::sys_copy` (never a VMM exit; the sensitive non-privileged
+/// instructions a guest kernel must not see through):
+///
+/// ```text
+/// SGDT m:  mov r13d, [r14+gdt_limit] ; mov word gs:[m], r13w
+///          mov r13d, [r14+gdt_base]  ; mov dword gs:[m+2], r13d
+/// SLDT m:  mov r13d, [r14+ldtr] ; mov word gs:[m], r13w
+/// SLDT r:  mov r32, [r14+ldtr]  |  mov r16, [r14+ldtr]
+/// ```
+/// SMSW stores CR0 alike (all 32 bits into a 32-bit register, as P6-family
+/// processors do; the low 16 into memory or a 16-bit register).
+pub(super) fn store_sys(t: &mut Translator, i: &iced_x86::Instruction) {
+    use crate::cpu::{OFF_SYS_COPY, sys_copy};
+    use iced_x86::{Mnemonic as M, OpKind};
+    let field = |k: usize| OFF_SYS_COPY + 4 * k as i32;
+    let (first, table) = match i.mnemonic() {
+        M::Sgdt => (sys_copy::GDT_LIMIT, true),
+        M::Sidt => (sys_copy::IDT_LIMIT, true),
+        M::Sldt => (sys_copy::LDTR, false),
+        M::Str => (sys_copy::TR, false),
+        _ => (sys_copy::CR0, false),
+    };
+    if i.op0_kind() != OpKind::Memory {
+        let r = super::host_gpr(i.op0_register()).unwrap_or(RAX);
+        if i.op0_register().size() == 2 {
+            t.a.byte(crate::emit::PREFIX_OPSIZE);
+        }
+        t.a.mov_r32_mbase(r, VCPU, field(first));
+        return;
+    }
+    let m = super::guest_mem(i, GUEST_ESP);
+    t.a.mov_r32_mbase(SCRATCH, VCPU, field(first));
+    t.mem_op(&[crate::emit::PREFIX_OPSIZE], &[0x89], SCRATCH, &m, &[]);
+    if table {
+        let base = GuestMem { disp: m.disp.wrapping_add(2), ..m };
+        t.a.mov_r32_mbase(SCRATCH, VCPU, field(first + 1));
+        t.mem_op(&[], &[0x89], SCRATCH, &base, &[]);
+    }
+}

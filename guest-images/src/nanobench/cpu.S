@@ -274,6 +274,52 @@ LOOP
 NEXT
 END
 
+/* The sensitive non-privileged stores (a binary translator must make them
+   show the guest's values without trapping): SGDT/SIDT to memory, SLDT to
+   memory, STR and SMSW to a register, MOV r32, Sreg and PUSH Sreg. */
+BEGIN nb_sgdt
+LOOP
+    sgdt sys_buf
+NEXT
+END
+
+BEGIN nb_sidt
+LOOP
+    sidt sys_buf
+NEXT
+END
+
+BEGIN nb_sldt
+LOOP
+    sldt sys_buf
+NEXT
+END
+
+BEGIN nb_str
+LOOP
+    str %eax
+NEXT
+END
+
+BEGIN nb_smsw
+LOOP
+    smsw %eax
+NEXT
+END
+
+BEGIN nb_movsreg
+LOOP
+    movl %ds, %eax
+NEXT
+END
+
+BEGIN nb_pushsreg
+LOOP
+    pushl %ds
+    popl %eax
+NEXT
+END
+
 BEGIN nb_in
     movl $0x3FD, %edx           /* COM1 LSR */
 LOOP
@@ -458,3 +504,7 @@ user_bss_start:
     .skip 16384
 user_stack_top:
 user_bss_end:
+
+    .bss
+    .p2align 3
+sys_buf: .skip 8

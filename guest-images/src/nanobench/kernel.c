@@ -31,6 +31,13 @@ uint64_t nb_empty(uint32_t n);
 uint64_t nb_syscall(uint32_t n);
 uint64_t nb_clisti(uint32_t n);
 uint64_t nb_pushfpopf(uint32_t n);
+uint64_t nb_sgdt(uint32_t n);
+uint64_t nb_sidt(uint32_t n);
+uint64_t nb_sldt(uint32_t n);
+uint64_t nb_str(uint32_t n);
+uint64_t nb_smsw(uint32_t n);
+uint64_t nb_movsreg(uint32_t n);
+uint64_t nb_pushsreg(uint32_t n);
 uint64_t nb_in(uint32_t n);
 uint64_t nb_out(uint32_t n);
 uint64_t nb_callret(uint32_t n);
@@ -289,6 +296,13 @@ static const struct bench benches[] = {
     { "syscall",    nb_syscall,   1, 0, 0 },   /* INT 0x80 + IRET, CPL 3 -> 0 -> 3 */
     { "cli+sti",    nb_clisti,    0, 0, 0 },
     { "pushf+popf", nb_pushfpopf, 0, 0, 0 },
+    { "sgdt",       nb_sgdt,      0, 0, 0 },   /* SGDT m */
+    { "sidt",       nb_sidt,      0, 0, 0 },   /* SIDT m */
+    { "sldt",       nb_sldt,      0, 0, 0 },   /* SLDT m16 */
+    { "str",        nb_str,       0, 0, 0 },   /* STR r32 */
+    { "smsw",       nb_smsw,      0, 0, 0 },   /* SMSW r32 */
+    { "mov r,sreg", nb_movsreg,   0, 0, 0 },   /* MOV r32, DS */
+    { "push sreg",  nb_pushsreg,  0, 0, 0 },   /* PUSH DS + POP r32 */
     { "in",         nb_in,        0, 0, 0 },   /* inb 0x3FD (UART LSR) */
     { "out",        nb_out,       0, 0, 0 },   /* outb 0x80 (POST port) */
     { "call/ret",   nb_callret,   0, 0, 0 },
