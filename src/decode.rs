@@ -162,15 +162,10 @@ fn has_sreg_operand(i: &Instruction) -> bool {
     (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_segment_register())
 }
 
-/// Classify one decoded 32-bit instruction.
+/// Classify one decoded instruction (of a 32- or 16-bit code segment).
+/// 16-bit addressing, the norm in 16-bit code and a 0x67 prefix away in
+/// 32-bit code, the translator handles for ordinary instructions.
 pub fn classify(i: &Instruction) -> Class {
-    classify_in(i, false)
-}
-
-/// Classify an instruction of a 32-bit (`code16` = false) or 16-bit code
-/// segment. In 16-bit code, 16-bit addressing is the norm and the translator
-/// handles it for ordinary instructions.
-pub fn classify_in(i: &Instruction, code16: bool) -> Class {
     if matches!(i.mnemonic(), Mnemonic::Tzcnt | Mnemonic::Lzcnt) && !i.is_invalid() {
         return Class::RepBitScan;
     }
@@ -232,7 +227,7 @@ pub fn classify_in(i: &Instruction, code16: bool) -> Class {
     if matches!(c, Jmp_rel8_16 | Jmp_rel16) {
         return Class::JmpDirect;
     }
-    if i.flow_control() != FlowControl::Next || (mem16 && !code16) || has_sreg_operand(i) {
+    if i.flow_control() != FlowControl::Next || has_sreg_operand(i) {
         return Class::Emulate;
     }
     // Anything else that moves the stack pointer implicitly would use the
@@ -365,7 +360,7 @@ pub fn decode_superblock(
             truncated = true;
             break;
         };
-        let mut cls = classify_in(&i, bitness == 16);
+        let mut cls = classify(&i);
         let reads_cr2 = i.code() == Code::Mov_r32_cr && i.op1_register() == Register::CR2;
         if cls == Class::Emulate
             && cpl == 0

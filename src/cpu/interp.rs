@@ -950,11 +950,6 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             };
             env.set_reg(i.op0_register(), v);
         }
-        M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Lodsb | M::Lodsw | M::Lodsd
-            if !crate::decode::has_16bit_addressing(i) =>
-        {
-            return string_mem(env, i);
-        }
         M::Movsb
         | M::Movsw
         | M::Movsd
@@ -970,9 +965,17 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         | M::Scasb
         | M::Scasw
         | M::Scasd
-        | M::Xlatb => {
-            crate::guest_warn!("16-bit addressing string instruction at {:#x} not supported", i.ip32());
-            return Err(ud());
+            if is_string_form(i) =>
+        {
+            return string_mem(env, i);
+        }
+        M::Xlatb => {
+            // AL = [seg: (E)BX + AL], the offset wrapping at the address size.
+            let mask = address_mask(i);
+            let seg = string_src_seg(i);
+            let off = env.cpu.reg(crate::cpu::EBX).wrapping_add(env.cpu.reg(EAX) & 0xFF) & mask;
+            let v = env.read(env.cpu.seg[seg].base.wrapping_add(off), 1);
+            env.set_reg(Register::AL, v);
         }
         _ => {
             crate::guest_warn!("instruction at {:#010x} ({:?}) is not emulated: raising #UD", i.ip32(), i.code());
@@ -992,10 +995,7 @@ pub fn emulates_device_access(i: &Instruction) -> bool {
                 r.is_segment_register() || r.is_cr() || r.is_dr()
             }
         });
-    let string = matches!(
-        i.mnemonic(),
-        M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Lodsb | M::Lodsw | M::Lodsd
-    ) && !crate::decode::has_16bit_addressing(i);
+    let string = is_string_form(i) || i.mnemonic() == M::Xlatb;
     plain_mov || string || matches!(i.mnemonic(), M::Movzx | M::Movsx)
 }
 
@@ -1016,21 +1016,93 @@ const STRING_CHUNK: u32 = 4096;
 
 /// MOVS/STOS/LODS with 32-bit addressing, with or without REP (they reached
 /// the VMM because they touch device memory).
-fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
-    use Mnemonic as M;
-    let size: usize = match i.mnemonic() {
-        M::Movsb | M::Stosb | M::Lodsb => 1,
-        M::Movsw | M::Stosw | M::Lodsw => 2,
-        _ => 4,
-    };
-    let rep = i.has_rep_prefix() || i.has_repe_prefix();
-    let step = if env.flag(crate::cpu::flags::DF) { (size as u32).wrapping_neg() } else { size as u32 };
-    let src_seg = match i.segment_prefix() {
+/// MOVS/STOS/LODS/CMPS/SCAS (the memory forms, not SSE's CMPSD/MOVSD).
+fn is_string_form(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| {
+        matches!(
+            i.op_kind(n),
+            OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+        )
+    })
+}
+
+/// The offset mask of `i`'s address size: 16-bit addressing uses SI, DI,
+/// CX (BX for XLAT) and wraps at 64 KiB, leaving the registers' upper
+/// halves alone.
+fn address_mask(i: &Instruction) -> u32 {
+    if crate::decode::has_16bit_addressing(i) { 0xFFFF } else { 0xFFFF_FFFF }
+}
+
+/// The source segment of a string instruction or XLAT (DS unless overridden).
+fn string_src_seg(i: &Instruction) -> usize {
+    match i.segment_prefix() {
         Register::None => crate::cpu::SEG_DS,
         r => seg_index(r).unwrap_or(crate::cpu::SEG_DS),
+    }
+}
+
+/// `reg = (reg & !mask) | (v & mask)`.
+fn set_masked(env: &mut Env, reg: usize, mask: u32, v: u32) {
+    let old = env.cpu.reg(reg);
+    env.cpu.set_reg(reg, (old & !mask) | (v & mask));
+}
+
+/// The arithmetic flags of `a - b` at `size` bytes (CMPS, SCAS).
+fn sub_flags(a: u32, b: u32, size: usize) -> u32 {
+    use crate::cpu::flags::*;
+    let bits = 8 * size as u32;
+    let mask = if size == 4 { u32::MAX } else { (1 << bits) - 1 };
+    let (a, b) = (a & mask, b & mask);
+    let r = a.wrapping_sub(b) & mask;
+    let sign = 1 << (bits - 1);
+    let mut f = 0;
+    if a < b {
+        f |= CF;
+    }
+    if r == 0 {
+        f |= ZF;
+    }
+    if r & sign != 0 {
+        f |= SF;
+    }
+    if (a ^ b) & (a ^ r) & sign != 0 {
+        f |= OF;
+    }
+    if (a ^ b ^ r) & 0x10 != 0 {
+        f |= AF;
+    }
+    if (r as u8).count_ones() % 2 == 0 {
+        f |= PF;
+    }
+    f
+}
+
+/// The string instructions, with 32- or 16-bit addressing and any REP
+/// prefix: (E)SI from DS (or the override), (E)DI from ES, (E)CX counts;
+/// REPE/REPNE end CMPS/SCAS on ZF.
+fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
+    use Mnemonic as M;
+    use crate::cpu::{ECX, EDI, ESI};
+    let m = i.mnemonic();
+    let size: usize = match m {
+        M::Movsb | M::Stosb | M::Lodsb | M::Cmpsb | M::Scasb => 1,
+        M::Movsw | M::Stosw | M::Lodsw | M::Cmpsw | M::Scasw => 2,
+        _ => 4,
     };
-    let (src_base, dst_base) = (env.cpu.seg[src_seg].base, env.cpu.seg[crate::cpu::SEG_ES].base);
-    let mut count = if rep { env.cpu.reg(crate::cpu::ECX) } else { 1 };
+    let mask = address_mask(i);
+    let rep = i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix();
+    let compares = matches!(m, M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Scasb | M::Scasw | M::Scasd);
+    let uses_si = !matches!(m, M::Stosb | M::Stosw | M::Stosd | M::Scasb | M::Scasw | M::Scasd);
+    let uses_di = !matches!(m, M::Lodsb | M::Lodsw | M::Lodsd);
+    let step = if env.flag(crate::cpu::flags::DF) { (size as u32).wrapping_neg() } else { size as u32 };
+    let (src_base, dst_base) = (env.cpu.seg[string_src_seg(i)].base, env.cpu.seg[crate::cpu::SEG_ES].base);
+    let acc = [Register::AL, Register::AX, Register::None, Register::EAX][size - 1];
+    let mut count = if rep { env.cpu.reg(ECX) & mask } else { 1 };
     // A long REP stops between iterations now and then (as translated REP
     // string instructions do) so that interrupts and the timer get a look.
     let mut budget = STRING_CHUNK;
@@ -1039,35 +1111,54 @@ fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
             return Ok(Flow::Jump(i.ip32()));
         }
         budget -= 1;
-        let (esi, edi) = (env.cpu.reg(crate::cpu::ESI), env.cpu.reg(crate::cpu::EDI));
-        match i.mnemonic() {
+        let (si, di) = (env.cpu.reg(ESI) & mask, env.cpu.reg(EDI) & mask);
+        let (src, dst) = (src_base.wrapping_add(si), dst_base.wrapping_add(di));
+        let mut flags = None;
+        match m {
             M::Movsb | M::Movsw | M::Movsd => {
-                let v = env.read(src_base.wrapping_add(esi), size);
-                env.write(dst_base.wrapping_add(edi), size, v);
+                let v = env.read(src, size);
+                env.write(dst, size, v);
             }
             M::Stosb | M::Stosw | M::Stosd => {
                 let v = env.cpu.reg(crate::cpu::EAX);
-                env.write(dst_base.wrapping_add(edi), size, v);
+                env.write(dst, size, v);
+            }
+            M::Lodsb | M::Lodsw | M::Lodsd => {
+                let v = env.read(src, size);
+                env.set_reg(acc, v);
+            }
+            M::Cmpsb | M::Cmpsw | M::Cmpsd => {
+                let (a, b) = (env.read(src, size), env.read(dst, size));
+                flags = Some(sub_flags(a, b, size));
             }
             _ => {
-                let v = env.read(src_base.wrapping_add(esi), size);
-                let r = [Register::AL, Register::AX, Register::None, Register::EAX][size - 1];
-                env.set_reg(r, v);
+                let (a, b) = (env.cpu.reg(crate::cpu::EAX), env.read(dst, size));
+                flags = Some(sub_flags(a, b, size));
             }
         }
         if env.page_fault.get().is_some() {
             // The caller rolls the registers back and raises #PF.
             return Ok(Flow::Next);
         }
-        if !matches!(i.mnemonic(), M::Stosb | M::Stosw | M::Stosd) {
-            env.cpu.set_reg(crate::cpu::ESI, esi.wrapping_add(step));
+        if let Some(f) = flags {
+            let e = env.cpu.eflags();
+            env.cpu.set_eflags((e & !crate::cpu::flags::ARITH) | f);
         }
-        if !matches!(i.mnemonic(), M::Lodsb | M::Lodsw | M::Lodsd) {
-            env.cpu.set_reg(crate::cpu::EDI, edi.wrapping_add(step));
+        if uses_si {
+            set_masked(env, ESI, mask, si.wrapping_add(step));
+        }
+        if uses_di {
+            set_masked(env, EDI, mask, di.wrapping_add(step));
         }
         count -= 1;
         if rep {
-            env.cpu.set_reg(crate::cpu::ECX, count);
+            set_masked(env, ECX, mask, count);
+            if compares {
+                let zf = env.flag(crate::cpu::flags::ZF);
+                if (i.has_repe_prefix() && !zf) || (i.has_repne_prefix() && zf) {
+                    break;
+                }
+            }
         }
     }
     Ok(Flow::Next)

@@ -758,11 +758,16 @@ impl<'a> Translator<'a> {
             self.a.bytes(bytes);
             return;
         }
+        if i.mnemonic() == iced_x86::Mnemonic::Lea {
+            self.lea(i, bytes);
+            return;
+        }
         let high = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
         if mem {
             let seg = seg_index(i.memory_segment());
-            // 16-bit code mostly uses 16-bit addressing: always the checked form.
-            if !self.opts.mode.seg_flat(seg) || code16 {
+            // 16-bit code mostly uses 16-bit addressing: always the checked
+            // form, as for 16-bit addressing (0x67) in 32-bit code.
+            if !self.opts.mode.seg_flat(seg) || code16 || crate::decode::has_16bit_addressing(i) {
                 self.ident_segmented(i, bytes, seg, high, opcode_override);
                 return;
             }
@@ -783,6 +788,24 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// LEA: the effective address alone, never a segment's base or limit.
+    /// With 16-bit addressing it is computed into R13D (`segment::offset16`)
+    /// and moved to the destination (`mov r16, r13w` or `mov r32, r13d`);
+    /// with 32-bit addressing the instruction is copied in the flat form
+    /// (the GS prefix does not enter LEA's result).
+    fn lea(&mut self, i: &Instruction, bytes: &[u8]) {
+        if crate::decode::has_16bit_addressing(i) {
+            segment::offset16(self, i);
+            let dst = host_gpr(i.op0_register()).unwrap_or(RAX);
+            if i.op0_register().size() == 2 {
+                self.a.byte(crate::emit::PREFIX_OPSIZE);
+            }
+            self.a.mov_r32_r32(dst, SCRATCH);
+            return;
+        }
+        self.ident_with_esp(i, bytes, true, GUEST_ESP, None, None);
+    }
+
     /// A memory access through a segment that is not flat: the linear
     /// address is computed and checked into R13D, then the instruction is
     /// copied with `[r13d]` (or a borrowed legacy register when it names
@@ -791,7 +814,10 @@ impl<'a> Translator<'a> {
         let eip = i.ip32();
         let m = guest_mem(i, GUEST_ESP);
         let size = i.memory_size().size().max(1) as i32;
-        if crate::decode::has_16bit_addressing(i) {
+        if crate::decode::has_16bit_addressing(i) && self.opts.mode.seg_flat(seg) {
+            // Base 0 and a 4 GiB limit: a 16-bit offset is always inside.
+            segment::offset16(self, i);
+        } else if crate::decode::has_16bit_addressing(i) {
             segment::checked_linear16(self, eip, i, seg, size);
         } else {
             segment::checked_linear(self, eip, &m, seg, size);

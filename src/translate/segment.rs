@@ -48,6 +48,17 @@ pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: us
 ///     lea r13d, [r13+disp] ; movzx r13d, r13w ; <checks as above>
 /// ```
 pub(super) fn checked_linear16(t: &mut Translator, eip: u32, i: &iced_x86::Instruction, seg: usize, size: i32) {
+    offset16(t, i);
+    check_and_add_base(t, eip, seg, size);
+}
+
+/// The 16-bit effective address of `i`'s memory operand into R13D (flag-free):
+///
+/// ```text
+/// movzx r13d, base16 | mov r13d, 0 ; [movzx r10d, index16 ; lea r13d, [r13+r10]]
+/// lea r13d, [r13 + disp16] ; movzx r13d, r13w
+/// ```
+pub(super) fn offset16(t: &mut Translator, i: &iced_x86::Instruction) {
     match super::host_gpr(i.memory_base()).filter(|_| i.memory_base() != iced_x86::Register::None) {
         Some(b) => t.a.movzx_r32_r16(SCRATCH, b),
         None => t.a.mov_r32_imm(SCRATCH, 0),
@@ -58,7 +69,6 @@ pub(super) fn checked_linear16(t: &mut Translator, eip: u32, i: &iced_x86::Instr
     }
     t.a.lea_r32(SCRATCH, SCRATCH, (i.memory_displacement32() & 0xFFFF) as i32);
     t.a.movzx_r32_r16(SCRATCH, SCRATCH);
-    check_and_add_base(t, eip, seg, size);
 }
 
 /// Range-check the offset in R13D for segment `seg` and add its base.

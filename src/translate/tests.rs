@@ -578,8 +578,30 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             io_spans.push(lo..=hi);
         }
     }
+    // The checked access of a non-flat segment or 16-bit addressing
+    // (`segment::check_and_add_base`): `pushfq ; cmp r13d, [r14+seg_lo+..]`
+    // ... then a POPFQ on the in-range path and one on the fault path.
+    let mut check_spans = Vec::new();
+    for (c, (_, x)) in insns.iter().enumerate() {
+        let checks = x.mnemonic() == Mnemonic::Pushfq
+            && insns.get(c + 1).is_some_and(|(_, n)| {
+                n.mnemonic() == Mnemonic::Cmp
+                    && n.op0_kind() == OpKind::Register
+                    && n.op0_register() == Register::R13D
+                    && n.op1_kind() == OpKind::Memory
+                    && n.memory_base() == Register::R14
+            });
+        if checks {
+            let pops: Vec<usize> =
+                insns[c..].iter().enumerate().filter(|(_, (_, y))| y.mnemonic() == Mnemonic::Popfq).map(|(p, _)| c + p).take(2).collect();
+            if pops.len() == 2 {
+                check_spans.push((c, pops[0], pops[1]));
+            }
+        }
+    }
     for (k, &(off, i)) in insns.iter().enumerate() {
         let in_io_span = io_spans.iter().any(|s| s.contains(&k));
+        let in_check = check_spans.iter().any(|&(a, p1, p2)| k == a || k == p1 || k == p2);
         let bytes = &code[off..off + i.len()];
         let err = |why: &str| Err(format!("host insn at +{off:#x} `{}` ({}): {why}", fmt(&i), hex(bytes)));
         end = off + i.len();
@@ -602,7 +624,8 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             Mnemonic::Push => is_r13(&i) && next.is_some_and(|n| n.mnemonic() == Mnemonic::Popfq),
             Mnemonic::Popfq => prev.is_some_and(|p| p.mnemonic() == Mnemonic::Push && is_r13(&p)),
             _ => false,
-        } || io_spans.iter().any(|s| s.contains(&k));
+        } || io_spans.iter().any(|s| s.contains(&k))
+            || in_check;
         if !template {
             use Mnemonic as M;
             if matches!(
@@ -978,6 +1001,9 @@ fn check_translation_as(mem: &[u8], b: &GuestBlock, t: &Translation, soft: bool)
         let high = (0..g.op_count()).any(|n| g.op_kind(n) == OpKind::Register && is_high_byte(g.op_register(n)));
         if uses_sp && high {
             continue; // substituted sequence, see the golden tests
+        }
+        if crate::decode::has_16bit_addressing(g) {
+            continue; // the checked 16-bit address first (`segment::offset16`)
         }
         let off = t.insn_map[k + 1].host_off as usize;
         let Some(mut h) = host.iter().find(|(o, _)| *o == off).map(|&(_, h)| h) else {
