@@ -215,6 +215,7 @@ pub fn classify(i: &Instruction) -> Class {
         {
             return Class::StringEs;
         }
+        Maskmovq_rDI_mm_mm | Maskmovdqu_rDI_xmm_xmm if !mem16 => return Class::MaskMov,
         Ud0 | Ud0_r16_rm16 | Ud0_r32_rm32 | Ud1_r16_rm16 | Ud1_r32_rm32 | Ud2 => {
             return Class::Invalid;
         }

@@ -844,3 +844,23 @@ fn family_lea_16bit_addressing() {
     }
     h.finish("family_lea_16bit_addressing");
 }
+
+/// MASKMOVQ: the bytes of MM0 whose mask byte (MM1) has its top bit set go
+/// to DS:[EDI] (EDI = the data area + 16), the rest stay; random data and
+/// masks against the host CPU.
+#[test]
+fn family_maskmovq() {
+    let mut h = Harness::new();
+    let mut rng = Rng::new(0x6d61_736b);
+    let code = [
+        0x0f, 0x6f, 0x06, 0x0f, 0x6f, 0x4e, 0x08, 0x89, 0xf7, 0x83, 0xc7, 0x10, 0x0f, 0xf7, 0xc1, 0x0f, 0x77,
+        0x29, 0xf7, // sub edi, esi: EDI relative to the data area in both worlds
+    ];
+    for k in 0..64 {
+        let mut input = Input::random(&mut rng);
+        input.regs[7] = 0; // EDI is set by the code (and compared)
+        let seq = case(&code, 0, 0);
+        h.check(&format!("maskmovq #{k}"), &seq, &input);
+    }
+    h.finish("family_maskmovq");
+}

@@ -393,3 +393,39 @@ fn sixteen_bit_string_instructions_in_32bit_code() {
     assert_eq!(st.regs[ECX], 0, "count exhausted");
     assert_eq!(st.regs[EAX] & 0xFF, 0x43, "xlat [bx+al]");
 }
+
+/// FXSAVE stores bytes 0-287 of its area (bytes 288-511 are reserved or
+/// software's: left alone) and raises #GP(0) on a misaligned area.
+#[test]
+fn fxsave_area_and_alignment() {
+    // fxsave [esi - 272] ; hlt: the area's byte 288 is data[16].
+    let code = [0x0f, 0xae, 0x86, 0xf0, 0xfe, 0xff, 0xff, 0xf4];
+    let mut s = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
+    s.data = [0xAA; 256];
+    let (out, st, _) = run_snippet_outcome(&code, &s).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert!(st.data[16..].iter().all(|&b| b == 0xAA), "bytes 288.. untouched: {:02x?}", &st.data[16..32]);
+    assert!(st.data[..16].iter().any(|&b| b != 0xAA), "XMM7's image (bytes 272-287) stored");
+    // fxsave [esi+8]: not 16-byte aligned.
+    let (out, _, _) = run_snippet_outcome(&[0x0f, 0xae, 0x46, 0x08, 0xf4], &s).expect("runs");
+    assert!(matches!(out, RunOutcome::Exception { vector: 13, error_code: Some(0), .. }), "{out:?}");
+}
+
+/// MASKMOVQ stores the bytes its mask selects to DS:[EDI]; a misaligned
+/// FXRSTOR (host #GP) is the guest's #GP(0) at that instruction.
+#[test]
+fn maskmovq_and_misaligned_fxrstor() {
+    let code = [
+        0x89, 0xf7, 0xc7, 0x06, 0x44, 0x33, 0x22, 0x11, 0xc7, 0x46, 0x04, 0x88, 0x77, 0x66, 0x55, 0xc7, 0x46, 0x08,
+        0x00, 0x80, 0x00, 0x80, 0xc7, 0x46, 0x0c, 0x80, 0x00, 0x80, 0x00, 0x0f, 0x6f, 0x4e, 0x08, 0xc7, 0x46, 0x10,
+        0xdd, 0xcc, 0xbb, 0xaa, 0xc7, 0x46, 0x14, 0x11, 0x00, 0xff, 0xee, 0x0f, 0x6f, 0x46, 0x10, 0x0f, 0xf7, 0xc1,
+        0x0f, 0x77, 0x0f, 0xae, 0x4e, 0x08, 0xf4,
+    ];
+    let (out, st, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(&st.data[..8], &[0x44, 0xCC, 0x22, 0xAA, 0x11, 0x77, 0xFF, 0x55], "maskmovq ({out:?})");
+    let fxrstor_at = btvisor::snippet::SNIPPET_CODE_ADDR + code.len() as u32 - 5;
+    assert!(
+        matches!(out, RunOutcome::Exception { vector: 13, error_code: Some(0), eip } if eip == fxrstor_at),
+        "{out:?}"
+    );
+}

@@ -802,11 +802,12 @@ impl Engine {
                 if self.cpu.hot.fpu_active != 0 {
                     img.0[160..288].copy_from_slice(&self.cpu.hot.xmm);
                 }
-                512
+                FXSAVE_STORED
             }
         };
         // FIP and its selector; the data pointer's selector is the guest's DS.
-        let (fip_at, fcs_at, fds_at) = if len == 512 { (8, 12, 20) } else { (12, 16, 24) };
+        let fxsave = len == FXSAVE_STORED;
+        let (fip_at, fcs_at, fds_at) = if fxsave { (8, 12, 20) } else { (12, 16, 24) };
         img.0[fip_at..fip_at + 4].copy_from_slice(&guest_fip.to_le_bytes());
         img.0[fcs_at..fcs_at + 2].copy_from_slice(&cs.to_le_bytes());
         img.0[fds_at..fds_at + 2].copy_from_slice(&ds.to_le_bytes());
@@ -814,6 +815,8 @@ impl Engine {
         let r = {
             let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
             match env.ea(i) {
+                // FXSAVE's area must be 16-byte aligned (#GP(0) otherwise).
+                Ok(a) if fxsave && a % 16 != 0 => Err(Exception::with_code(vector::GP, 0)),
                 Ok(a) => {
                     for (k, chunk) in img.0[..len].chunks(4).enumerate() {
                         let mut w = [0u8; 4];
@@ -837,6 +840,11 @@ impl Engine {
         }
     }
 }
+
+/// Bytes of its 512-byte area FXSAVE stores outside 64-bit mode: the x87,
+/// MXCSR and XMM0-7 images. Bytes 288-463 are reserved and 464-511 belong
+/// to software; the processor leaves both alone.
+const FXSAVE_STORED: usize = 288;
 
 /// Can this VMM-executed instruction change what the interrupt controller
 /// asserts? Port writes to the chipset's devices, and reads that acknowledge

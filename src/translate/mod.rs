@@ -147,7 +147,11 @@ pub fn fpu_fault(i: &Instruction, mode: Mode) -> Option<u8> {
         return (em || ts).then_some(vector::NM);
     }
     if has(F::SSE) || has(F::SSE2) {
-        if em || mode.has(Mode::NO_OSFXSR) {
+        // CR4.OSFXSR gates the XMM forms only: SSE's instructions on MMX
+        // registers (PAVGB mm, MASKMOVQ, PADDQ mm, ...) behave as MMX ones.
+        let xmm = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm())
+            || i.memory_size().size() == 16;
+        if em || (xmm && mode.has(Mode::NO_OSFXSR)) {
             return Some(vector::UD);
         }
         return ts.then_some(vector::NM);

@@ -522,6 +522,8 @@ fn is_host_string(m: Mnemonic) -> bool {
             | M::Cmpsb
             | M::Cmpsw
             | M::Cmpsd
+            | M::Maskmovq
+            | M::Maskmovdqu
     )
 }
 
