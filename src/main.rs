@@ -80,6 +80,10 @@ fn main() -> ExitCode {
             eprintln!("btvisor: triple fault at {eip:#010x}: the guest CPU shut down");
             EXIT_TRIPLE_FAULT
         }
+        RunOutcome::Unsupported(feature) => {
+            eprintln!("btvisor: the guest entered {feature}, which btvisor does not support");
+            EXIT_RUNNER_ERROR
+        }
         RunOutcome::InternalError(msg) => {
             eprintln!("btvisor: internal error: {msg}");
             EXIT_INTERNAL_ERROR

@@ -429,3 +429,17 @@ fn maskmovq_and_misaligned_fxrstor() {
         "{out:?}"
     );
 }
+
+/// Virtual-8086 mode is not implemented: an IRET into it ends the run with
+/// an error naming the feature (never a loop).
+#[test]
+fn iret_to_virtual_8086_mode_is_reported() {
+    let mut code = Vec::new();
+    for _ in 0..6 {
+        code.extend_from_slice(&[0x6a, 0x00]); // GS FS DS ES SS ESP
+    }
+    code.extend_from_slice(&[0x68, 0x02, 0x00, 0x02, 0x00]); // EFLAGS: VM
+    code.extend_from_slice(&[0x6a, 0x00, 0x6a, 0x00, 0xcf, 0xf4]); // CS, EIP, iret
+    let (out, _, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Unsupported(f) if f.contains("virtual-8086")), "{out:?}");
+}

@@ -249,6 +249,10 @@ impl Env<'_> {
         let fl = rd(self, 2);
         let rpl = (cs_sel & 3) as u8;
         let cpl = self.cpu.cpl;
+        if cpl == 0 && size == 4 && fl & flags::VM != 0 {
+            // IRET to virtual-8086 mode.
+            return Err(Exception::unsupported(crate::cpu::V86_MODE));
+        }
         let cs = self.check_return_cs(cs_sel)?;
         let mut mask = flags::ARITH | flags::TF | flags::DF | flags::NT | flags::RF | flags::AC | flags::ID;
         let iopl = ((self.cpu.eflags() & flags::IOPL) >> 12) as u8;
@@ -408,6 +412,10 @@ impl Env<'_> {
         }
         if new.limit < TSS32_MIN_LIMIT {
             return Err(Exception::with_code(vector::TS, sel_err));
+        }
+        if self.read_sys(new.base.wrapping_add(36), 4) & flags::VM != 0 {
+            // A task whose EFLAGS has VM set runs in virtual-8086 mode.
+            return Err(Exception::unsupported(crate::cpu::V86_MODE));
         }
         // Save the outgoing task.
         let old = self.cpu.tr;

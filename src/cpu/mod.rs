@@ -392,17 +392,28 @@ pub mod vector {
 pub struct Exception {
     pub vector: u8,
     pub error_code: Option<u32>,
+    /// Not an exception: the guest entered a mode btvisor does not
+    /// implement (named here); the run ends with a clear error.
+    pub unsupported: Option<&'static str>,
 }
 
 impl Exception {
     pub fn new(vector: u8) -> Self {
-        Exception { vector, error_code: None }
+        Exception { vector, error_code: None, unsupported: None }
     }
 
     pub fn with_code(vector: u8, code: u32) -> Self {
-        Exception { vector, error_code: Some(code) }
+        Exception { vector, error_code: Some(code), unsupported: None }
+    }
+
+    /// The guest entered `feature`, which btvisor does not implement.
+    pub fn unsupported(feature: &'static str) -> Self {
+        Exception { vector: vector::UD, error_code: None, unsupported: Some(feature) }
     }
 }
+
+/// What `Exception::unsupported` names for virtual-8086 mode.
+pub const V86_MODE: &str = "virtual-8086 mode (EFLAGS.VM)";
 
 /// Hidden part of a segment register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

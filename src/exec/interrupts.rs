@@ -129,6 +129,9 @@ impl Engine {
     /// delivery to #DF and a fault while delivering #DF to a triple fault.
     pub(super) fn raise(&mut self, e: Exception, kind: EventKind, ret_eip: u32) -> Step {
         let eip = self.cpu.hot.eip;
+        if let Some(feature) = e.unsupported {
+            return Step::Done(RunOutcome::Unsupported(feature));
+        }
         self.stats.exceptions += 1;
         if !self.cpu.idt_loaded {
             return Step::Done(RunOutcome::Exception { vector: e.vector, error_code: e.error_code, eip });

@@ -107,6 +107,8 @@ pub enum RunOutcome {
     TripleFault { eip: u32 },
     /// A fault the VMM could not attribute to the guest.
     InternalError(String),
+    /// The guest entered a mode btvisor does not implement (named).
+    Unsupported(&'static str),
 }
 
 /// A true page fault raised by translated code.
