@@ -12,7 +12,7 @@ use crate::cpu::{EAX, EBX, ESI, ESP};
 use crate::devices::chipset::pc_machine;
 use crate::devices::clock::VirtualClock;
 use crate::exec::{Engine, EngineOptions, ExecError, Trace};
-use crate::loader::{LoaderError, MULTIBOOT_BOOTLOADER_MAGIC, load_multiboot};
+use crate::loader::{LoaderError, MULTIBOOT_BOOTLOADER_MAGIC, Module, load_multiboot_with_modules};
 use crate::memory::{GuestMemory, MemoryError};
 
 /// Boot loader name in the Multiboot information (QEMU passes "qemu").
@@ -32,8 +32,6 @@ pub enum VmError {
     Initrd { path: String, source: std::io::Error },
     #[error("a Linux kernel takes one -initrd file, not a comma-separated list")]
     InitrdList,
-    #[error("-initrd with a Multiboot kernel (Multiboot modules) is not supported yet")]
-    MultibootModules,
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -84,11 +82,17 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
             .map_err(|source| VmError::Load { path, source })?;
         Boot::Linux(b)
     } else {
-        if !config.initrd.is_empty() {
-            return Err(VmError::MultibootModules);
+        // Each -initrd element is a module: the file name, then (after a
+        // space) its arguments; the whole element is its string, as QEMU does.
+        let strings: Vec<String> = config.initrd.iter().map(|p| p.display().to_string()).collect();
+        let mut data = Vec::with_capacity(strings.len());
+        for s in &strings {
+            let file = s.split(' ').next().unwrap_or(s);
+            data.push(std::fs::read(file).map_err(|source| VmError::Initrd { path: file.to_string(), source })?);
         }
+        let modules: Vec<Module> = strings.iter().zip(&data).map(|(s, d)| Module { cmdline: s, data: d }).collect();
         let cmdline = multiboot_cmdline(&config.image, &config.append);
-        let b = load_multiboot(&image, mem.ram_mut(), &cmdline, LOADER_NAME)
+        let b = load_multiboot_with_modules(&image, mem.ram_mut(), &cmdline, LOADER_NAME, &modules)
             .map_err(|source| VmError::Load { path, source })?;
         Boot::Multiboot(b)
     };

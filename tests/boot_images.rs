@@ -13,7 +13,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
 const IMAGES: &[&str] =
-    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug", "irq", "devmem"];
+    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug", "irq", "devmem", "mbinfo"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -187,6 +187,15 @@ fn devmem_soft_mmu() {
     // The same instructions in the soft-TLB form (a soft miss on device
     // memory takes the same bounce path).
     boot_and_compare_with("devmem", &["--soft-mmu"]);
+}
+
+/// Multiboot modules (-initrd "FILE ARGS,FILE") and the information laid
+/// out where QEMU lays it out. (QEMU's output: qemu-system-i386 -kernel
+/// guest-images/mbinfo.elf -append "a b" -initrd "guest-images/hello.elf
+/// arg1,guest-images/echo.elf" -m 128M ...)
+#[test]
+fn boot_mbinfo() {
+    boot_and_compare_with("mbinfo", &["-m", "128M", "-initrd", "guest-images/hello.elf arg1,guest-images/echo.elf"]);
 }
 
 #[test]

@@ -34,7 +34,7 @@ const HEADER_MIN_LEN: usize = 12;
 /// Header up to and including `entry_addr` (needed with the a.out kludge).
 const HEADER_AOUT_LEN: usize = 32;
 
-/// Header flag bit 0: align modules on 4 KiB boundaries (we load no modules).
+/// Header flag bit 0: align modules on 4 KiB boundaries (they always are).
 const HDR_FLAG_PAGE_ALIGN: u32 = 1 << 0;
 /// Header flag bit 1: the kernel wants memory information (always provided).
 const HDR_FLAG_MEMORY_INFO: u32 = 1 << 1;
@@ -54,7 +54,7 @@ const HDR_SUPPORTED_REQUIRED: u32 = HDR_FLAG_PAGE_ALIGN | HDR_FLAG_MEMORY_INFO |
 // produce identical output under btvisor and QEMU.
 
 /// Start of the low-memory area holding the memory map, then the info
-/// structure and its strings (everything the structure references).
+/// structure (its strings and modules follow the kernel, as with QEMU).
 pub const INFO_AREA_START: u32 = 0x9000;
 /// Physical address of the memory map (QEMU's).
 const MMAP_ADDR: u32 = INFO_AREA_START;
@@ -102,7 +102,7 @@ const INFO_FLAG_MEM: u32 = 1 << 0;
 const INFO_FLAG_BOOT_DEVICE: u32 = 1 << 1;
 /// Info flag bit 2: `cmdline` is valid.
 const INFO_FLAG_CMDLINE: u32 = 1 << 2;
-/// Info flag bit 3: `mods_count`/`mods_addr` are valid (zero modules).
+/// Info flag bit 3: `mods_count`/`mods_addr` are valid.
 const INFO_FLAG_MODS: u32 = 1 << 3;
 /// Info flag bit 6: `mmap_length`/`mmap_addr` are valid.
 const INFO_FLAG_MMAP: u32 = 1 << 6;
@@ -118,6 +118,7 @@ const MBI_MEM_LOWER: usize = 4;
 const MBI_MEM_UPPER: usize = 8;
 const MBI_BOOT_DEVICE: usize = 12;
 const MBI_CMDLINE: usize = 16;
+const MBI_MODS_COUNT: usize = 20;
 const MBI_MODS_ADDR: usize = 24;
 const MBI_MMAP_LENGTH: usize = 44;
 const MBI_MMAP_ADDR: usize = 48;
@@ -159,8 +160,6 @@ pub enum LoaderError {
     NoLoadableSegments,
     #[error("kernel segment {start:#x}..{end:#x} does not fit in guest RAM of {ram_size:#x} bytes")]
     SegmentOutsideRam { start: u64, end: u64, ram_size: u64 },
-    #[error("kernel segment {start:#x}..{end:#x} overlaps the Multiboot info area {info_start:#x}..{info_end:#x}")]
-    OverlapsInfoArea { start: u64, end: u64, info_start: u64, info_end: u64 },
     #[error("guest RAM of {ram_size:#x} bytes is too small: at least {min:#x} bytes are needed")]
     RamTooSmall { ram_size: u64, min: u64 },
     #[error("not a Linux bzImage: no boot-sector signature, no \"HdrS\" setup header or not loaded high")]
@@ -173,8 +172,10 @@ pub enum LoaderError {
     InitrdTooLarge { size: u64, room: u64 },
     #[error("kernel command line of {len} bytes is longer than the kernel accepts ({max} bytes)")]
     CmdlineTooLong { len: usize, max: usize },
-    #[error("command line and boot loader name ({len} bytes) do not fit in the Multiboot info area")]
-    InfoAreaTooSmall { len: usize },
+    #[error(
+        "the Multiboot modules and strings end at {end:#x}, beyond guest RAM of {ram_size:#x} bytes: give more memory with -m"
+    )]
+    ModulesTooLarge { end: u64, ram_size: u64 },
 }
 
 /// One contiguous piece of the kernel to place in guest RAM.
@@ -206,8 +207,32 @@ struct LoadPlan {
 
 /// Loads the Multiboot kernel `image` into `ram` (guest physical memory from
 /// address 0) and writes the Multiboot information structure, with `cmdline`
-/// and `loader_name` as its strings.
+/// and `loader_name` as its strings and no modules.
 pub fn load_multiboot(image: &[u8], ram: &mut [u8], cmdline: &str, loader_name: &str) -> Result<BootInfo, LoaderError> {
+    load_multiboot_with_modules(image, ram, cmdline, loader_name, &[])
+}
+
+/// A Multiboot module: its string (as QEMU gives it, the `-initrd` list
+/// element: the file name and any arguments) and its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Module<'a> {
+    pub cmdline: &'a str,
+    pub data: &'a [u8],
+}
+
+/// `load_multiboot` with modules, laid out as QEMU 7.2 lays them out: after
+/// the kernel's page-aligned extent come the module list (16 bytes each),
+/// the module strings and the kernel command line, the boot loader name,
+/// then each module on its own page boundary. The memory map (0x9000) and
+/// the information structure (0x9500) are written last, at QEMU's fixed
+/// addresses, over whatever a kernel loaded there holds, as QEMU does.
+pub fn load_multiboot_with_modules(
+    image: &[u8],
+    ram: &mut [u8],
+    cmdline: &str,
+    loader_name: &str,
+    modules: &[Module],
+) -> Result<BootInfo, LoaderError> {
     let ram_size = ram.len() as u64;
     if ram_size < MIN_RAM_BYTES {
         return Err(LoaderError::RamTooSmall { ram_size, min: MIN_RAM_BYTES });
@@ -219,27 +244,23 @@ pub fn load_multiboot(image: &[u8], ram: &mut [u8], cmdline: &str, loader_name: 
     } else {
         elf::plan_elf(image)?
     };
-
-    let info = InfoLayout::new(cmdline, loader_name)?;
     for seg in &plan.segments {
         if seg.end() > ram_size {
             return Err(LoaderError::SegmentOutsideRam { start: seg.paddr, end: seg.end(), ram_size });
         }
-        let (info_start, info_end) = (u64::from(INFO_AREA_START), info.end());
-        if seg.mem_len > 0 && seg.paddr < info_end && info_start < seg.end() {
-            return Err(LoaderError::OverlapsInfoArea { start: seg.paddr, end: seg.end(), info_start, info_end });
-        }
     }
+    let layout = InfoLayout::new(&plan, cmdline, loader_name, modules, ram_size)?;
 
     // Everything is validated: from here on only in-bounds copies happen.
     for seg in &plan.segments {
         copy_segment(image, ram, seg)?;
     }
-    info.write(ram, cmdline, loader_name)?;
+    layout.write(ram, cmdline, loader_name, modules)?;
     log::debug!(
-        "multiboot: loaded {} segment(s), entry {:#x}, info at {:#x}",
+        "multiboot: loaded {} segment(s), entry {:#x}, {} module(s), info at {:#x}",
         plan.segments.len(),
         plan.entry,
+        modules.len(),
         INFO_ADDR
     );
     Ok(BootInfo { entry: plan.entry, info_addr: INFO_ADDR })
@@ -389,10 +410,13 @@ fn copy_segment(image: &[u8], ram: &mut [u8], seg: &Segment) -> Result<(), Loade
 
 /// Placement of the strings the information structure references.
 struct InfoLayout {
-    loader_name_addr: u32,
+    /// The module list, then the strings (module strings, the kernel
+    /// command line), then the boot loader name.
+    mods_addr: u32,
     cmdline_addr: u32,
-    /// One past the last byte used.
-    end: u32,
+    loader_name_addr: u32,
+    /// Where each module goes (page-aligned).
+    module_addrs: Vec<u32>,
 }
 
 /// Entries in the memory map (see [`memory_map`]).
@@ -412,34 +436,75 @@ fn memory_map(ram_size: u64) -> [(u64, u64, u32); MMAP_ENTRIES] {
     ]
 }
 
+/// One entry of the module list: mod_start, mod_end, string, reserved.
+const MODULE_ENTRY_SIZE: u64 = 16;
+const PAGE: u64 = 4096;
+
+fn page_align(v: u64) -> u64 {
+    v.div_ceil(PAGE) * PAGE
+}
+
 impl InfoLayout {
-    fn new(cmdline: &str, loader_name: &str) -> Result<Self, LoaderError> {
-        let too_big = || LoaderError::InfoAreaTooSmall { len: cmdline.len() + loader_name.len() };
-        let loader_name_addr = INFO_ADDR + INFO_STRUCT_SIZE;
-        let name_len = u32::try_from(loader_name.len() + 1).map_err(|_| too_big())?;
-        let cmdline_addr = loader_name_addr.checked_add(name_len).ok_or_else(too_big)?;
-        let cmd_len = u32::try_from(cmdline.len() + 1).map_err(|_| too_big())?;
-        let end = cmdline_addr.checked_add(cmd_len).ok_or_else(too_big)?;
-        if u64::from(end) > EBDA_START {
-            return Err(too_big());
+    fn new(
+        plan: &LoadPlan,
+        cmdline: &str,
+        loader_name: &str,
+        modules: &[Module],
+        ram_size: u64,
+    ) -> Result<Self, LoaderError> {
+        let loaded = plan.segments.iter().filter(|s| s.mem_len > 0);
+        let low = loaded.clone().map(|s| s.paddr).min().unwrap_or(EXTENDED_START);
+        let high = loaded.map(|s| s.end()).max().unwrap_or(low);
+        let mods_addr = low + page_align(high - low);
+        let cmdline_addr_base = mods_addr + MODULE_ENTRY_SIZE * modules.len() as u64;
+        let module_strings: u64 = modules.iter().map(|m| m.cmdline.len() as u64 + 1).sum();
+        let cmdline_addr = cmdline_addr_base + module_strings;
+        let loader_name_addr = cmdline_addr + cmdline.len() as u64 + 1;
+        let mut end = page_align(loader_name_addr + loader_name.len() as u64 + 1);
+        let mut module_addrs = Vec::with_capacity(modules.len());
+        for m in modules {
+            module_addrs.push(end);
+            end = page_align(end + m.data.len() as u64);
         }
-        Ok(Self { loader_name_addr, cmdline_addr, end })
+        if end > ram_size {
+            return Err(LoaderError::ModulesTooLarge { end, ram_size });
+        }
+        // Everything is below the RAM size, which fits in 32 bits.
+        let a = |v: u64| v as u32;
+        Ok(Self {
+            mods_addr: a(mods_addr),
+            cmdline_addr: a(cmdline_addr),
+            loader_name_addr: a(loader_name_addr),
+            module_addrs: module_addrs.into_iter().map(a).collect(),
+        })
     }
 
-    fn end(&self) -> u64 {
-        u64::from(self.end)
-    }
-
-    /// Writes the memory map, structure and strings. `ram` is at least
-    /// [`MIN_RAM_BYTES`] long and the layout ends below [`EBDA_START`].
-    fn write(self, ram: &mut [u8], cmdline: &str, loader_name: &str) -> Result<(), LoaderError> {
+    /// Writes the module list, strings, modules, memory map and structure.
+    fn write(self, ram: &mut [u8], cmdline: &str, loader_name: &str, modules: &[Module]) -> Result<(), LoaderError> {
         let ram_size = ram.len() as u64;
+        let at = |a: u32| a as usize;
+        let mut strings = at(self.mods_addr) + MODULE_ENTRY_SIZE as usize * modules.len();
+        for (k, (m, &addr)) in modules.iter().zip(&self.module_addrs).enumerate() {
+            put(ram, at(addr), m.data);
+            let entry = at(self.mods_addr) + MODULE_ENTRY_SIZE as usize * k;
+            put(ram, entry, &addr.to_le_bytes());
+            put(ram, entry + 4, &(addr + m.data.len() as u32).to_le_bytes());
+            put(ram, entry + 8, &(strings as u32).to_le_bytes());
+            put(ram, entry + 12, &0u32.to_le_bytes());
+            put(ram, strings, m.cmdline.as_bytes());
+            put(ram, strings + m.cmdline.len(), &[0]);
+            strings += m.cmdline.len() + 1;
+        }
+        put(ram, at(self.cmdline_addr), cmdline.as_bytes());
+        put(ram, at(self.cmdline_addr) + cmdline.len(), &[0]);
+        put(ram, at(self.loader_name_addr), loader_name.as_bytes());
+        put(ram, at(self.loader_name_addr) + loader_name.len(), &[0]);
+
         let area = ram
-            .get_mut(INFO_AREA_START as usize..self.end as usize)
+            .get_mut(INFO_AREA_START as usize..(INFO_ADDR + INFO_STRUCT_SIZE) as usize)
             .ok_or(LoaderError::RamTooSmall { ram_size, min: MIN_RAM_BYTES })?;
         area.fill(0);
         let rel = |addr: u32| (addr - INFO_AREA_START) as usize;
-
         let mut at = rel(MMAP_ADDR);
         for (base, len, kind) in memory_map(ram_size) {
             put(area, at, &MMAP_ENTRY_SIZE_FIELD.to_le_bytes());
@@ -449,8 +514,6 @@ impl InfoLayout {
             at += MMAP_ENTRY_SIZE as usize;
         }
         let mmap_len = MMAP_ENTRIES as u32 * MMAP_ENTRY_SIZE;
-        put(area, rel(self.loader_name_addr), loader_name.as_bytes());
-        put(area, rel(self.cmdline_addr), cmdline.as_bytes());
 
         // mem_upper counts KiB of RAM from 1 MiB up to the BIOS-reserved top;
         // clamp for sizes beyond what the 32-bit field can describe.
@@ -462,8 +525,8 @@ impl InfoLayout {
         put(area, info + MBI_MEM_UPPER, &mem_upper.to_le_bytes());
         put(area, info + MBI_BOOT_DEVICE, &BOOT_DEVICE.to_le_bytes());
         put(area, info + MBI_CMDLINE, &self.cmdline_addr.to_le_bytes());
-        // mods_count stays 0; point mods_addr at the (empty) list's place.
-        put(area, info + MBI_MODS_ADDR, &self.end.to_le_bytes());
+        put(area, info + MBI_MODS_COUNT, &(modules.len() as u32).to_le_bytes());
+        put(area, info + MBI_MODS_ADDR, &self.mods_addr.to_le_bytes());
         put(area, info + MBI_MMAP_LENGTH, &mmap_len.to_le_bytes());
         put(area, info + MBI_MMAP_ADDR, &MMAP_ADDR.to_le_bytes());
         put(area, info + MBI_BOOT_LOADER_NAME, &self.loader_name_addr.to_le_bytes());

@@ -171,7 +171,8 @@ fn aout_kludge_loads_to_end_of_file_with_bss() {
     let base = load as usize;
     assert_eq!(&ram[base..base + img.len()], &img[..]);
     assert!(ram[base + img.len()..base + 0x1000].iter().all(|&b| b == 0));
-    assert_eq!(ram[base + 0x1000], POISON);
+    // QEMU puts the strings right after the kernel's (page-aligned) end.
+    assert_eq!(u32_at(&ram, boot.info_addr + 16), load + 0x1000);
 }
 
 #[test]
@@ -238,10 +239,12 @@ fn info_structure_fields_and_memory_map() {
             (0xFFFC_0000, 0x4_0000, 2),
         ]
     );
-    // Everything referenced stays in low memory below the EBDA.
-    for addr in [u32_at(&ram, info + 16), u32_at(&ram, info + 64)] {
-        assert!(addr > info && addr < 0x9_FC00);
-    }
+    // The strings follow the kernel (at 1 MiB), as QEMU places them; the
+    // (empty) module list comes first.
+    let kernel_end = 0x10_1000;
+    assert_eq!(u32_at(&ram, info + 24), kernel_end, "mods_addr");
+    assert_eq!(u32_at(&ram, info + 16), kernel_end, "cmdline (no module list entries)");
+    assert_eq!(u32_at(&ram, info + 64), kernel_end + "console=ttyS0 quiet".len() as u32 + 1);
 }
 
 #[test]
@@ -435,10 +438,43 @@ fn error_aout_bss_outside_ram() {
     assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::SegmentOutsideRam { .. })));
 }
 
+/// A kernel over QEMU's fixed info area (0x9000-0x95ff) boots, as under
+/// QEMU: the memory map and the structure are written over it; its strings
+/// go after its end.
 #[test]
-fn error_segment_overlaps_info_area() {
+fn kernel_over_the_info_area_boots() {
     let img = elf_image(0x8000, &[Seg { vaddr: 0x8000, paddr: 0x8000, data: vec![0; 16], memsz: 0x2000, flags: PF_X }]);
-    assert!(matches!(load_multiboot(&img, &mut ram(), "", ""), Err(LoaderError::OverlapsInfoArea { .. })));
+    let mut ram = ram();
+    let boot = load_multiboot(&img, &mut ram, "k a", "btvisor").expect("QEMU boots it");
+    assert_eq!(u32_at(&ram, boot.info_addr + 48), 0x9000, "memory map");
+    let cmdline = u32_at(&ram, boot.info_addr + 16);
+    assert_eq!(cmdline, 0xA000, "after the kernel's page-aligned end (0x8000 + 0x2000)");
+    assert_eq!(c_string_at(&ram, cmdline), "k a");
+}
+
+/// Modules as QEMU places them: the list after the kernel, then the module
+/// strings and the kernel's, the loader name, then each module page-aligned.
+#[test]
+fn modules_follow_the_kernel_as_under_qemu() {
+    let mut ram = ram();
+    let (one, two) = (vec![0x11u8; 5000], vec![0x22u8; 10]);
+    let modules = [Module { cmdline: "one.bin arg", data: &one }, Module { cmdline: "two.bin", data: &two }];
+    let boot = load_multiboot_with_modules(&simple_elf(), &mut ram, "kernel x", "btvisor", &modules).unwrap();
+    let info = boot.info_addr;
+    assert_eq!(u32_at(&ram, info + 20), 2, "mods_count");
+    let list = u32_at(&ram, info + 24);
+    assert_eq!(list % 4096, 0, "the list starts on the page after the kernel");
+    let (s1, e1, c1) = (u32_at(&ram, list), u32_at(&ram, list + 4), u32_at(&ram, list + 8));
+    let (s2, e2, c2) = (u32_at(&ram, list + 16), u32_at(&ram, list + 20), u32_at(&ram, list + 24));
+    assert_eq!((c_string_at(&ram, c1), c_string_at(&ram, c2)), ("one.bin arg".into(), "two.bin".into()));
+    assert_eq!(c1, list + 32, "strings right after the list");
+    assert_eq!(c_string_at(&ram, u32_at(&ram, info + 16)), "kernel x");
+    assert_eq!(u32_at(&ram, info + 16), c2 + 8, "the kernel's string after the modules'");
+    assert_eq!((s1 % 4096, s2 % 4096), (0, 0), "modules page-aligned");
+    assert_eq!((e1 - s1, e2 - s2), (5000, 10));
+    assert_eq!(s2, s1 + 8192, "the next page boundary after the first module");
+    assert!(ram[s1 as usize..e1 as usize].iter().all(|&b| b == 0x11));
+    assert!(ram[s2 as usize..e2 as usize].iter().all(|&b| b == 0x22));
 }
 
 #[test]
@@ -455,9 +491,13 @@ fn error_ram_too_small() {
 }
 
 #[test]
-fn error_cmdline_too_long() {
-    let long = "x".repeat(0x10_0000);
-    assert!(matches!(load_multiboot(&simple_elf(), &mut ram(), &long, ""), Err(LoaderError::InfoAreaTooSmall { .. })));
+fn error_modules_beyond_ram() {
+    let big = vec![0u8; 16 * MIB];
+    let m = [Module { cmdline: "big", data: &big }];
+    let mut small = vec![0; 8 * MIB];
+    let err = load_multiboot_with_modules(&simple_elf(), &mut small, "", "", &m).unwrap_err();
+    assert!(matches!(err, LoaderError::ModulesTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("-m"), "{err}");
 }
 
 #[test]
@@ -469,9 +509,4 @@ fn smallest_ram_reports_qemu_values() {
     assert_eq!(u64_at(&ram, 0x9000 + 3 * 24 + 12), 0xE_0000);
 }
 
-#[test]
-fn error_segment_overlaps_memory_map() {
-    let img = elf_image(0x9000, &[Seg { vaddr: 0x9000, paddr: 0x9000, data: vec![0; 4], memsz: 4, flags: PF_X }]);
-    let err = load_multiboot(&img, &mut ram(), "", "").unwrap_err();
-    assert!(matches!(err, LoaderError::OverlapsInfoArea { info_start: 0x9000, .. }), "{err}");
-}
+
