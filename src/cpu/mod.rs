@@ -128,6 +128,12 @@ pub struct HotState {
     /// selectors and CR0, for translated SGDT, SIDT, SLDT, STR and SMSW;
     /// set by the dispatcher after VMM work (`Cpu::sync_system_copies`).
     pub sys_copy: [u32; SYS_COPY_LEN],
+    /// `flags::AC` while alignment checks apply (CPL 3, CR0.AM and
+    /// EFLAGS.AC): the entry trampolines set it in the host's RFLAGS, so
+    /// the host raises #AC where the guest's processor would. Else 0.
+    pub ac_check: u32,
+    /// Keeps `xmm` 16-byte aligned (asserted below).
+    _pad_ac: [u32; 3],
     _pad: [u32; 12],
     /// Per segment register (ES..GS): base, and the lowest and highest
     /// valid offsets (expand-down segments have lo = limit + 1). Read by the
@@ -219,6 +225,7 @@ pub struct HotState {
 pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
 pub const OFF_EIP: i32 = offset_of!(HotState, eip) as i32;
 pub const OFF_LIVE_FLAGS: i32 = offset_of!(HotState, live_flags) as i32;
+pub const OFF_AC_CHECK: i32 = offset_of!(HotState, ac_check) as i32;
 pub const OFF_EXIT_REASON: i32 = offset_of!(HotState, exit_reason) as i32;
 pub const OFF_EXIT_ARG: i32 = offset_of!(HotState, exit_arg) as i32;
 pub const OFF_HOST_RSP: i32 = offset_of!(HotState, host_rsp) as i32;

@@ -8,6 +8,8 @@ use super::*;
 /// `si_code` of a signal the kernel raised for a fault with no address
 /// (a general-protection fault).
 const SI_KERNEL: i32 = 0x80;
+/// `si_code` of a SIGBUS for a misaligned access (the host's #AC).
+const BUS_ADRALN: i32 = 1;
 
 impl Engine {
     /// The guest wrote page `page` of RAM outside translated code's view
@@ -42,6 +44,9 @@ impl Engine {
             // instruction itself raises #GP(0) on hardware: a misaligned
             // 16-byte SSE operand, reserved MXCSR bits (LDMXCSR, FXRSTOR).
             libc::SIGSEGV if f.code == SI_KERNEL => return self.exception(Exception::with_code(vector::GP, 0)),
+            // The host's alignment check (AC set for CPL-3 code with guest
+            // CR0.AM and EFLAGS.AC): the guest's #AC(0).
+            libc::SIGBUS if f.code == BUS_ADRALN => return self.exception(Exception::with_code(vector::AC, 0)),
             _ => {}
         }
         if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {

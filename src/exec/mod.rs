@@ -502,6 +502,10 @@ impl Engine {
     }
 
     fn run_translated(&mut self, f: EnterFn, host: usize) -> Step {
+        // Alignment checks (#AC) apply at CPL 3 with CR0.AM and EFLAGS.AC:
+        // the trampoline sets AC in the host's RFLAGS for translated code.
+        let ac = self.cpu.cpl == 3 && self.cpu.cr[0] & CR0_AM != 0 && self.cpu.hot.sys_flags & flags::AC != 0;
+        self.cpu.hot.ac_check = if ac { flags::AC } else { 0 };
         self.sig.in_guest.store(true, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: `host` is the entry of a block in the cache (or, for the
         // resume trampoline, unused: it continues at hot.resume_rip inside a
@@ -842,6 +846,9 @@ impl Engine {
         }
     }
 }
+
+/// CR0.AM: alignment checks enabled (with EFLAGS.AC, at CPL 3).
+const CR0_AM: u32 = 1 << 18;
 
 /// Bytes of its 512-byte area FXSAVE stores outside 64-bit mode: the x87,
 /// MXCSR and XMM0-7 images. Bytes 288-463 are reserved and 464-511 belong

@@ -71,7 +71,7 @@ pub fn install() {
         unsafe {
             for (k, &sig) in SIGNALS.iter().enumerate() {
                 let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = handler as *const () as usize;
+                sa.sa_sigaction = handler_entry as *const () as usize;
                 sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
                 libc::sigemptyset(&mut sa.sa_mask);
                 let mut old: libc::sigaction = std::mem::zeroed();
@@ -80,7 +80,7 @@ pub fn install() {
                 }
             }
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = timer_handler as *const () as usize;
+            sa.sa_sigaction = timer_handler_entry as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(timer_signal(), &sa, std::ptr::null_mut());
@@ -119,6 +119,44 @@ pub fn ensure_alt_stack() {
 /// Make `ctx` the current thread's context (null to clear).
 pub fn set_current(ctx: *mut SignalCtx) {
     CTX.with(|c| c.set(ctx));
+}
+
+/// The kernel enters a signal handler with RFLAGS.AC as the interrupted
+/// code had it, and translated code of CPL 3 runs with AC set when the
+/// guest asks for alignment checks (`HotState::ac_check`): the entries
+/// clear it before any Rust code runs (which may access memory
+/// misaligned). The interrupted context's flags, restored at sigreturn, keep
+/// it.
+///
+/// ```text
+/// pushfq ; and qword [rsp], ~AC ; popfq ; jmp handler
+/// ```
+// SAFETY (naked): the body only clears RFLAGS.AC on the stack the kernel
+// gave the handler and tail-jumps to `handler` with its arguments intact.
+#[unsafe(naked)]
+extern "C" fn handler_entry(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    core::arch::naked_asm!(
+        "pushfq",
+        "and qword ptr [rsp], {mask}",
+        "popfq",
+        "jmp {h}",
+        mask = const !(1i32 << 18),
+        h = sym handler,
+    )
+}
+
+/// `handler_entry` for the timer signal.
+// SAFETY (naked): as `handler_entry`, tail-jumping to `timer_handler`.
+#[unsafe(naked)]
+extern "C" fn timer_handler_entry(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    core::arch::naked_asm!(
+        "pushfq",
+        "and qword ptr [rsp], {mask}",
+        "popfq",
+        "jmp {h}",
+        mask = const !(1i32 << 18),
+        h = sym timer_handler,
+    )
 }
 
 extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {

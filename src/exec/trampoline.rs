@@ -7,7 +7,8 @@
 //!     mov r14, rdi ; mov r11, rsi ; mov r15, [r14+window]
 //!     cmp dword [r14+fpu_active], 0 ; je 1f
 //!     movdqa xmm0..7, [r14+xmm] ; ldmxcsr [r14+mxcsr]      ; x87 state stays live
-//! 1:  mov eax, [r14+live_flags] ; and eax, CF|PF|AF|ZF|SF|OF|DF ; push rax ; popfq
+//! 1:  mov eax, [r14+live_flags] ; and eax, CF|PF|AF|ZF|SF|OF|DF
+//!     or eax, [r14+ac_check] ; push rax ; popfq     ; AC: alignment checks
 //!     mov eax..edi, r12d <- [r14+gpr]      ; guest ESP into r12d
 //!     jmp r11
 //!
@@ -21,13 +22,16 @@
 //!     mov [r14+gpr], eax..edi, r12d
 //!     mov rsp, [r14+host_rsp]
 //!     pushfq ; pop rax ; mov [r14+live_flags], eax ; cld
+//!     cmp dword [r14+ac_check], 0 ; je 3f
+//!     and eax, ~(AC|DF) ; push rax ; popfq             ; the VMM runs with AC clear
+//! 3:
 //!     cmp dword [r14+fpu_active], 0 ; je 2f
 //!     movdqa [r14+xmm], xmm0..7 ; stmxcsr [r14+mxcsr] ; ldmxcsr [r14+host_mxcsr]
 //! 2:  add rsp, 8 ; pop r15, r14, r13, r12, rbp, rbx ; ret
 //! ```
 
 use crate::cpu::{
-    OFF_EIP, OFF_EXIT_REASON, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS, OFF_MXCSR, OFF_RESUME_REGS,
+    OFF_AC_CHECK, OFF_EIP, OFF_EXIT_REASON, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS, OFF_MXCSR, OFF_RESUME_REGS,
     OFF_RESUME_RIP, OFF_WINDOW, RESUME_REGS, exit, flags,
 };
 use crate::emit::Asm;
@@ -84,6 +88,8 @@ fn entry(a: &mut Asm, resume: bool) {
     a.mov_r32_mbase(RAX, VCPU, OFF_LIVE_FLAGS);
     a.byte(0x25); // and eax, imm32
     a.u32(flags::HOST_LIVE);
+    a.bytes(&[0x41, 0x0B, 0x86]); // or eax, [r14+ac_check]
+    a.u32(OFF_AC_CHECK as u32);
     a.push_r64(RAX);
     a.popfq();
     for (k, r) in GUEST_REGS.into_iter().enumerate() {
@@ -135,6 +141,15 @@ fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     a.pop_r64(RAX);
     a.mov_mbase_r32(VCPU, OFF_LIVE_FLAGS, RAX);
     a.cld();
+    a.bytes(&[0x41, 0x83, 0xBE]); // cmp dword [r14+ac_check], 0
+    a.u32(OFF_AC_CHECK as u32);
+    a.bytes(&[0x00, 0x74, 0x00]); // je 3f (patched below)
+    let je = a.len() - 1;
+    a.byte(0x25); // and eax, imm32
+    a.u32(!(flags::AC | flags::DF));
+    a.push_r64(RAX);
+    a.popfq();
+    bind_rel8(&mut a, je);
     let skip = skip_unless_fpu(&mut a);
     xmm_all(&mut a, true);
     mxcsr(&mut a, 3, OFF_MXCSR);

@@ -420,6 +420,19 @@ u_bm_inw80:
 1:  movl $0, recover_eip
     int $0x82
 
+/* Alignment check (run with ac=1): at ring 3 with CR0.AM and EFLAGS.AC a
+   misaligned dword load raises #AC(0) (the handler resumes at the next
+   label); aligned loads do not fault. */
+    .globl u_ac, u_ac_load
+u_ac:
+    movl $1f, recover_eip
+u_ac_load:
+    movl u_res+1, %eax
+1:  movl $0, recover_eip
+    movl u_res, %eax
+    movw u_res+2, %ax
+    int $0x82
+
 /* IOPL 3: CLI/STI/IN/OUT allowed at ring 3 */
 u_io_iopl3:
     cli
