@@ -76,7 +76,7 @@ impl Engine {
             return self.watch_fault(gaddr, f.write || !write_only);
         }
         if self.mem.is_mmio(gaddr) {
-            self.note_fault(gaddr, false);
+            self.note_fault(false);
             return self.device_access();
         }
         if self.mem.is_ram(gaddr) {
@@ -108,14 +108,14 @@ impl Engine {
         match self.mem.shadow_fault(win, lin, write) {
             ShadowFault::Mapped => {
                 self.stats.hidden_faults += 1;
-                self.note_fault(lin, false);
+                self.note_fault(false);
                 self.resume()
             }
             ShadowFault::PageFault(code) => {
                 self.cpu.cr[2] = lin;
                 self.stats.page_faults += 1;
                 self.last_pf = Some(LastFault { win, lin, write, eip: self.cpu.hot.eip, soft: false });
-                self.note_fault(lin, true);
+                self.note_fault(true);
                 self.exception(Exception::with_code(vector::PF, code))
             }
             ShadowFault::CodeWrite(phys) => {
@@ -123,7 +123,7 @@ impl Engine {
                 self.step_one()
             }
             ShadowFault::Mmio(_) => {
-                self.note_fault(lin, false);
+                self.note_fault(false);
                 self.device_access()
             }
             ShadowFault::Hole(_) => {
@@ -159,9 +159,9 @@ impl Engine {
 
     /// Score a host fault of the instruction at EIP; once it has faulted
     /// often enough, retranslate its page with soft-TLB accesses.
-    pub(super) fn note_fault(&mut self, lin: u32, true_fault: bool) {
+    pub(super) fn note_fault(&mut self, true_fault: bool) {
         let eip = self.cpu.hot.eip;
-        if !self.soft.note_fault(eip, lin, true_fault) {
+        if !self.soft.note_fault(eip, true_fault) {
             return;
         }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
@@ -200,7 +200,10 @@ impl Engine {
                 self.last_pf = Some(LastFault { win: kind as u8, lin, write, eip: self.cpu.hot.eip, soft: true });
                 self.exception(Exception::with_code(vector::PF, code))
             }
-            Ok(p) if self.soft_enter(kind, lin, p) => Step::Continue,
+            Ok(p) if self.soft_enter(kind, lin, p) => {
+                self.soft_stream_map(self.cpu.hot.eip, kind, lin);
+                Step::Continue
+            }
             // Device memory: emulated right away, without a host fault (an
             // instruction that keeps touching a device becomes soft).
             Ok(p) if self.mem.is_mmio(p) => self.device_access(),
@@ -220,6 +223,20 @@ impl Engine {
     /// directly in RAM; false if not.
     pub(super) fn soft_fill(&mut self, kind: u32, lin: u32) -> bool {
         self.soft_translate(kind, lin).is_ok_and(|phys| self.soft_enter(kind, lin, phys))
+    }
+
+    /// A soft instruction streaming through fresh pages (this fill is for
+    /// the page after its last one): map the page in the shadow window too,
+    /// so that the other instructions touching it (the loads of a merge,
+    /// the copy back) take no host fault and do not turn soft in turn.
+    /// Fills at random pages (a new process's start-up) map nothing: the
+    /// soft form exists to spare their host mappings.
+    pub(super) fn soft_stream_map(&mut self, eip: u32, kind: u32, lin: u32) {
+        if self.soft.note_fill(eip, lin) {
+            let write = kind & crate::translate::soft::KIND_WRITE != 0;
+            let win = (kind & crate::translate::soft::KIND_USER != 0) as u8;
+            self.mem.prefetch_after_fault(win, lin, write);
+        }
     }
 
     /// `soft_fill` for a walk already made: `phys` is where `lin` goes.

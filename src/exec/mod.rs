@@ -702,10 +702,14 @@ impl Engine {
         for p in written {
             self.code_written(p);
         }
-        if matches!(i.mnemonic(), iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd) {
-            if let Some(f) = self.last_pf.take().filter(|f| f.eip == self.cpu.hot.eip) {
+        if let (iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd, Ok(Flow::Jump(to))) = (i.mnemonic(), &r) {
+            // Back to the instruction whose page fault the guest handled
+            // (IRET's target: EIP itself is set below).
+            if let Some(f) = self.last_pf.take().filter(|f| f.eip == *to) {
                 if f.soft {
-                    self.soft_fill(f.win as u32, f.lin);
+                    if self.soft_fill(f.win as u32, f.lin) {
+                        self.soft_stream_map(f.eip, f.win as u32, f.lin);
+                    }
                 } else {
                     self.mem.prefetch_after_fault(f.win, f.lin, f.write);
                 }

@@ -26,8 +26,10 @@ const MAX_SCORED: usize = 4096;
 pub struct SoftTlb {
     /// EIPs translated with soft accesses.
     pub insns: FastMap<u32, ()>,
-    /// Fault score and the page of the last fault, by EIP.
-    scores: FastMap<u32, (u32, u32)>,
+    scores: FastMap<u32, u32>,
+    /// The page of each soft instruction's last fill (streams, see
+    /// `note_fill`).
+    last_fill: FastMap<u32, u32>,
     /// `soft_tlb` indices filled since the last flush.
     used: Vec<u32>,
     pub fills: u64,
@@ -45,30 +47,16 @@ fn tag(lin: u32) -> u64 {
 }
 
 impl SoftTlb {
-    /// A host fault of the instruction at `eip` on linear address `lin`;
-    /// true when it has just become a soft instruction (its blocks must be
-    /// retranslated).
-    ///
-    /// A fault on the page next to the one the instruction last faulted on
-    /// is a stream through fresh memory (a loop filling or merging into a
-    /// new buffer): it runs hundreds of times per fault, so the soft form
-    /// would cost far more than the faults it saves. Such a fault restarts
-    /// the score instead of adding to it.
-    pub fn note_fault(&mut self, eip: u32, lin: u32, true_fault: bool) -> bool {
+    /// A host fault of the instruction at `eip`; true when it has just
+    /// become a soft instruction (its blocks must be retranslated).
+    pub fn note_fault(&mut self, eip: u32, true_fault: bool) -> bool {
         if self.insns.contains_key(&eip) {
             return false;
         }
         if self.scores.len() >= MAX_SCORED {
             self.scores.clear();
         }
-        let page = lin >> 12;
-        let (s, last) = self.scores.entry(eip).or_insert((0, page ^ 0x8000));
-        let streaming = page.wrapping_sub(*last).wrapping_add(1) <= 2 && page != *last;
-        *last = page;
-        if streaming {
-            *s = 0;
-            return false;
-        }
+        let s = self.scores.entry(eip).or_insert(0);
         *s += if true_fault { TRUE_FAULT_SCORE } else { HIDDEN_FAULT_SCORE };
         if *s < SOFT_SCORE {
             return false;
@@ -76,6 +64,17 @@ impl SoftTlb {
         self.scores.remove(&eip);
         self.insns.insert(eip, ());
         true
+    }
+
+    /// The soft instruction at `eip` filled the page of `lin`: true when it
+    /// filled the page before or after it last time (a stream).
+    pub fn note_fill(&mut self, eip: u32, lin: u32) -> bool {
+        if self.last_fill.len() >= MAX_SCORED {
+            self.last_fill.clear();
+        }
+        let page = lin >> 12;
+        let last = self.last_fill.insert(eip, page);
+        last.is_some_and(|l| l != page && page.wrapping_sub(l).wrapping_add(1) <= 2)
     }
 
     /// Does table `kind` hold the page of `lin`?
@@ -156,13 +155,15 @@ mod tests {
         assert!(t.used.len() <= SOFT_TLB_ENTRIES * SOFT_TLB_KINDS);
         assert!(t.holds(&hot, 0, 0x9000));
         // Two true faults, or eight hidden ones, make an instruction soft.
-        assert!(!t.note_fault(0x100, 0x5000, true));
-        assert!(t.note_fault(0x100, 0x5000, true));
-        assert!(!t.note_fault(0x100, 0x5000, true), "already soft");
-        assert!((0..7).all(|k| !t.note_fault(0x200, 0x5000 + 0x3000 * k, false)));
-        assert!(t.note_fault(0x200, 0x1000, false));
-        // Faults on consecutive pages (either way) are a stream: never soft.
-        assert!((0..100).all(|k| !t.note_fault(0x300, 0x10_0000 + 0x1000 * k, true)));
-        assert!((0..100).all(|k| !t.note_fault(0x400, 0x10_0000 - 0x1000 * k, true)));
+        assert!(!t.note_fault(0x100, true));
+        assert!(t.note_fault(0x100, true));
+        assert!(!t.note_fault(0x100, true), "already soft");
+        assert!((0..7).all(|_| !t.note_fault(0x200, false)));
+        assert!(t.note_fault(0x200, false));
+        // Fills of consecutive pages by one instruction are a stream.
+        assert!(!t.note_fill(0x300, 0x5000));
+        assert!(t.note_fill(0x300, 0x6123));
+        assert!(!t.note_fill(0x300, 0x9000), "a jump is no stream");
+        assert!(t.note_fill(0x300, 0x8000), "downwards too");
     }
 }
