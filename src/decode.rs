@@ -158,6 +158,22 @@ pub fn has_16bit_addressing(i: &Instruction) -> bool {
         || matches!(i.memory_index(), Register::SI | Register::DI)
 }
 
+/// An implicit [(E)SI]/[(E)DI] operand: MOVS/STOS/LODS/CMPS/SCAS, INS/OUTS,
+/// MASKMOVQ (the memory forms, not SSE's CMPSD/MOVSD).
+pub fn has_string_operand(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| {
+        matches!(
+            i.op_kind(n),
+            OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+        )
+    })
+}
+
 fn has_sreg_operand(i: &Instruction) -> bool {
     (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_segment_register())
 }
@@ -234,18 +250,7 @@ pub fn classify(i: &Instruction) -> Class {
     // Anything else that moves the stack pointer implicitly would use the
     // host RSP, and any other implicit [ESI]/[EDI] operand would be a host
     // address: never copy them.
-    let implicit_mem = (0..i.op_count()).any(|n| {
-        matches!(
-            i.op_kind(n),
-            OpKind::MemorySegSI
-                | OpKind::MemorySegESI
-                | OpKind::MemorySegDI
-                | OpKind::MemorySegEDI
-                | OpKind::MemoryESDI
-                | OpKind::MemoryESEDI
-        )
-    });
-    if needs_vmm(i) || i.stack_pointer_increment() != 0 || implicit_mem {
+    if needs_vmm(i) || i.stack_pointer_increment() != 0 || has_string_operand(i) {
         return Class::Emulate;
     }
     if i.op_code().table() == iced_x86::OpCodeTableKind::Normal && i.op_code().op_code() == 0x82 {

@@ -1014,21 +1014,9 @@ fn mov_size(i: &Instruction) -> usize {
 /// emulation before the instruction is restarted where it stopped.
 const STRING_CHUNK: u32 = 4096;
 
-/// MOVS/STOS/LODS with 32-bit addressing, with or without REP (they reached
-/// the VMM because they touch device memory).
 /// MOVS/STOS/LODS/CMPS/SCAS (the memory forms, not SSE's CMPSD/MOVSD).
 fn is_string_form(i: &Instruction) -> bool {
-    (0..i.op_count()).any(|n| {
-        matches!(
-            i.op_kind(n),
-            OpKind::MemorySegSI
-                | OpKind::MemorySegESI
-                | OpKind::MemorySegDI
-                | OpKind::MemorySegEDI
-                | OpKind::MemoryESDI
-                | OpKind::MemoryESEDI
-        )
-    })
+    crate::decode::has_string_operand(i)
 }
 
 /// The offset mask of `i`'s address size: 16-bit addressing uses SI, DI,

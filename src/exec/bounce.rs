@@ -235,7 +235,7 @@ fn is_string(i: &Instruction) -> bool {
 /// Bytes of the access piece at `a`: the largest naturally aligned 1, 2 or 4
 /// that fits in `left` (and so never crosses a page).
 fn piece(a: u32, left: usize) -> usize {
-    [4usize, 2, 1].into_iter().find(|&n| n <= left && a as usize % n == 0).unwrap_or(1)
+    [4usize, 2, 1].into_iter().find(|&n| n <= left && (a as usize).is_multiple_of(n)).unwrap_or(1)
 }
 
 #[cfg(test)]

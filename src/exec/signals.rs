@@ -121,43 +121,44 @@ pub fn set_current(ctx: *mut SignalCtx) {
     CTX.with(|c| c.set(ctx));
 }
 
-/// The kernel enters a signal handler with RFLAGS.AC as the interrupted
-/// code had it, and translated code of CPL 3 runs with AC set when the
-/// guest asks for alignment checks (`HotState::ac_check`): the entries
-/// clear it before any Rust code runs (which may access memory
+/// A signal handler's entry. The kernel enters a handler with RFLAGS.AC as
+/// the interrupted code had it, and translated code of CPL 3 runs with AC
+/// set when the guest asks for alignment checks (`HotState::ac_check`): the
+/// entry clears it before any Rust code runs (which may access memory
 /// misaligned). The interrupted context's flags, restored at sigreturn, keep
 /// it.
 ///
 /// ```text
 /// pushfq ; and qword [rsp], ~AC ; popfq ; jmp handler
 /// ```
-// SAFETY (naked): the body only clears RFLAGS.AC on the stack the kernel
-// gave the handler and tail-jumps to `handler` with its arguments intact.
-#[unsafe(naked)]
-extern "C" fn handler_entry(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
-    core::arch::naked_asm!(
-        "pushfq",
-        "and qword ptr [rsp], {mask}",
-        "popfq",
-        "jmp {h}",
-        mask = const !(1i32 << 18),
-        h = sym handler,
-    )
+macro_rules! signal_entry {
+    ($(#[$doc:meta])* $name:ident => $target:ident) => {
+        $(#[$doc])*
+        // SAFETY (naked): the body only clears RFLAGS.AC on the stack the
+        // kernel gave the handler and tail-jumps to the handler with its
+        // arguments intact.
+        #[unsafe(naked)]
+        extern "C" fn $name(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+            core::arch::naked_asm!(
+                "pushfq",
+                "and qword ptr [rsp], {mask}",
+                "popfq",
+                "jmp {h}",
+                mask = const !(1i32 << 18),
+                h = sym $target,
+            )
+        }
+    };
 }
 
-/// `handler_entry` for the timer signal.
-// SAFETY (naked): as `handler_entry`, tail-jumping to `timer_handler`.
-#[unsafe(naked)]
-extern "C" fn timer_handler_entry(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
-    core::arch::naked_asm!(
-        "pushfq",
-        "and qword ptr [rsp], {mask}",
-        "popfq",
-        "jmp {h}",
-        mask = const !(1i32 << 18),
-        h = sym timer_handler,
-    )
-}
+signal_entry!(
+    /// The entry of `handler` (faults).
+    handler_entry => handler
+);
+signal_entry!(
+    /// `handler_entry` for the timer signal.
+    timer_handler_entry => timer_handler
+);
 
 extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let ctx = CTX.with(|c| c.get());

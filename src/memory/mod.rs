@@ -539,11 +539,18 @@ pub fn map_bounce_page(addr: usize) -> bool {
 
 /// Make the bounce page at `addr` inaccessible again (as device pages are).
 pub fn unmap_bounce_page(addr: usize) {
-    // SAFETY: as in map_bounce_page.
+    make_inaccessible(addr, PAGE_SIZE);
+}
+
+/// Replace `len` bytes at `addr`, inside a window reservation owned by a
+/// GuestMemory, with one inaccessible anonymous area.
+pub(crate) fn make_inaccessible(addr: usize, len: usize) {
+    // SAFETY: callers pass a range of a window reservation owned by a
+    // GuestMemory; mapping PROT_NONE there touches nothing else.
     unsafe {
         libc::mmap(
             addr as *mut libc::c_void,
-            PAGE_SIZE,
+            len,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
             -1,

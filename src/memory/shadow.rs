@@ -298,18 +298,7 @@ fn unmap_range(addr: usize, len: usize) {
         unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) };
         return;
     }
-    // SAFETY: the range lies inside a window reservation owned by
-    // GuestMemory; mapping PROT_NONE there touches nothing else.
-    unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            -1,
-            0,
-        );
-    }
+    super::make_inaccessible(addr, len);
 }
 
 impl GuestMemory {
