@@ -50,6 +50,15 @@ enum Job {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.write {
+        let p = program::generate(args.seed);
+        if let Err(e) = std::fs::write(path, &p.elf) {
+            eprintln!("btvisor-fuzz: {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        println!("seed {} [{}] written to {}", args.seed, p.shape, path.display());
+        return ExitCode::SUCCESS;
+    }
     let btvisor = match args.btvisor.clone().or_else(|| {
         let me = std::env::current_exe().ok()?;
         Some(me.with_file_name("btvisor"))
@@ -60,15 +69,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(path) = &args.write {
-        let p = program::generate(args.seed);
-        if let Err(e) = std::fs::write(path, &p.elf) {
-            eprintln!("btvisor-fuzz: {}: {e}", path.display());
-            return ExitCode::from(1);
-        }
-        println!("seed {} [{}] written to {}", args.seed, p.shape, path.display());
-        return ExitCode::SUCCESS;
-    }
     let jobs: Vec<Job> = if args.replay.is_empty() {
         (0..args.count).map(|k| Job::Seed(args.seed.wrapping_add(k))).collect()
     } else {
