@@ -443,3 +443,19 @@ fn iret_to_virtual_8086_mode_is_reported() {
     let (out, _, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
     assert!(matches!(out, RunOutcome::Unsupported(f) if f.contains("virtual-8086")), "{out:?}");
 }
+
+/// LOOP and JCXZ with the 0x67 prefix count and test CX alone (ECX's
+/// upper half is neither decremented nor tested). (GNU as source in the
+/// test's history.)
+#[test]
+fn loop_and_jcxz_with_cx() {
+    let code = [
+        0xb9, 0x03, 0x00, 0xaa, 0xaa, 0x31, 0xc0, 0x40, 0x67, 0xe2, 0xfc, 0x89, 0xcb, 0xb9, 0x00, 0x00, 0x55, 0x55,
+        0xba, 0x07, 0x00, 0x00, 0x00, 0x67, 0xe3, 0x05, 0xba, 0x09, 0x00, 0x00, 0x00, 0xf4,
+    ];
+    let (out, st, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert_eq!(st.regs[EAX], 3, "loop ran CX = 3 times");
+    assert_eq!(st.regs[EBX], 0xAAAA_0000, "CX counted down, ECX's upper half kept");
+    assert_eq!(st.regs[EDX], 7, "jcxz taken: CX is 0 though ECX is not");
+}
