@@ -42,6 +42,9 @@ struct Args {
     replay: Vec<PathBuf>,
 }
 
+/// A progress line on stderr every this many programs.
+const PROGRESS_EVERY: usize = 10_000;
+
 /// One unit of work: a program to generate, or a saved image.
 enum Job {
     Seed(u64),
@@ -99,6 +102,10 @@ fn main() -> ExitCode {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(job) = jobs.get(k) else { break };
+                    if k > 0 && k % PROGRESS_EVERY == 0 {
+                        let failed = failures.lock().map(|f| f.len()).unwrap_or(0);
+                        eprintln!("btvisor-fuzz: {k} programs started, {failed} host-side failures so far");
+                    }
                     let (name, path, shape) = match job {
                         Job::Seed(seed) => {
                             let p = program::generate(*seed);
