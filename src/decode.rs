@@ -432,15 +432,15 @@ mod tests {
     #[test]
     fn sensitive_and_privileged_need_vmm() {
         for code in [
-            &[0xFA][..],                     // cli
-            &[0x9C],                         // pushfd
-            &[0x9D],                         // popfd
-            &[0x66, 0x9D],                   // popfw
-            &[0x0F, 0x20, 0xC0],             // mov eax, cr0
-            &[0xE6, 0x80],                   // out 0x80, al
-            &[0x27],                         // daa
-            &[0x0F, 0xA2],                   // cpuid
-            &[0xCD, 0x80],                   // int 0x80
+            &[0xFA][..],         // cli
+            &[0x9C],             // pushfd
+            &[0x9D],             // popfd
+            &[0x66, 0x9D],       // popfw
+            &[0x0F, 0x20, 0xC0], // mov eax, cr0
+            &[0xE6, 0x80],       // out 0x80, al
+            &[0x27],             // daa
+            &[0x0F, 0xA2],       // cpuid
+            &[0xCD, 0x80],       // int 0x80
         ] {
             assert_eq!(classes(code)[0], Class::Emulate, "{code:02x?}");
         }

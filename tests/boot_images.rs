@@ -12,8 +12,23 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every image with a golden output; `all_expected_images_have_tests`
 /// keeps this in sync with guest-images/expected/.
-const IMAGES: &[&str] =
-    &["hello", "hello-aout", "insn", "insn-sse", "compute", "smc", "paging", "pm", "pmtask", "pmfpu", "pmdebug", "irq", "devmem", "mbinfo", "pm-ac"];
+const IMAGES: &[&str] = &[
+    "hello",
+    "hello-aout",
+    "insn",
+    "insn-sse",
+    "compute",
+    "smc",
+    "paging",
+    "pm",
+    "pmtask",
+    "pmfpu",
+    "pmdebug",
+    "irq",
+    "devmem",
+    "mbinfo",
+    "pm-ac",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

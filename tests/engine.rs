@@ -347,7 +347,13 @@ fn store_system_registers_in_place() {
     assert_eq!(le16(16), st.regs[EDX] as u16, "smsw m16");
     assert_eq!(d[18], 0xAA, "smsw m16 stores 2 bytes");
     assert_eq!((le16(20), le32(22)), (0x17, 0x90000), "sgdt after lgdt");
-    for m in [iced_x86::Mnemonic::Sgdt, iced_x86::Mnemonic::Sidt, iced_x86::Mnemonic::Sldt, iced_x86::Mnemonic::Str, iced_x86::Mnemonic::Smsw] {
+    for m in [
+        iced_x86::Mnemonic::Sgdt,
+        iced_x86::Mnemonic::Sidt,
+        iced_x86::Mnemonic::Sldt,
+        iced_x86::Mnemonic::Str,
+        iced_x86::Mnemonic::Smsw,
+    ] {
         assert_eq!(callouts(&stats, m), 0, "{m:?} left translated code");
     }
 }

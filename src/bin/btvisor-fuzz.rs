@@ -119,14 +119,16 @@ fn main() -> ExitCode {
                         Job::Image(path) => (path.display().to_string(), path.clone(), String::new()),
                     };
                     let verdict = fuzz::run_image(&btvisor, &path, limit).map_err(|e| format!("running btvisor: {e}"));
-                    match verdict.and_then(|run| fuzz::classify(&run).map_err(|why| (why, run)).map_err(|(why, run)| {
-                        let msg = format!("{name} [{shape}]: {why}\n--- stderr ---\n{}", run.stderr);
-                        if let (Some(save), Job::Seed(seed)) = (&args.save, job) {
-                            let _ = std::fs::copy(&path, save.join(format!("fuzz-{seed}.elf")));
-                            let _ = std::fs::write(save.join(format!("fuzz-{seed}.txt")), &msg);
-                        }
-                        msg
-                    })) {
+                    match verdict.and_then(|run| {
+                        fuzz::classify(&run).map_err(|why| (why, run)).map_err(|(why, run)| {
+                            let msg = format!("{name} [{shape}]: {why}\n--- stderr ---\n{}", run.stderr);
+                            if let (Some(save), Job::Seed(seed)) = (&args.save, job) {
+                                let _ = std::fs::copy(&path, save.join(format!("fuzz-{seed}.elf")));
+                                let _ = std::fs::write(save.join(format!("fuzz-{seed}.txt")), &msg);
+                            }
+                            msg
+                        })
+                    }) {
                         Ok(end) => {
                             if end == GuestEnd::TimeLimit {
                                 timed_out.lock().unwrap().push(format!("{name} [{shape}]"));
@@ -164,7 +166,11 @@ fn main() -> ExitCode {
     }
     let timed_out = timed_out.into_inner().unwrap();
     if !timed_out.is_empty() {
-        println!("  at the time limit: {}{}", timed_out[..timed_out.len().min(8)].join(", "), if timed_out.len() > 8 { ", ..." } else { "" });
+        println!(
+            "  at the time limit: {}{}",
+            timed_out[..timed_out.len().min(8)].join(", "),
+            if timed_out.len() > 8 { ", ..." } else { "" }
+        );
     }
     if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -1074,8 +1074,8 @@ fn sub_flags(a: u32, b: u32, size: usize) -> u32 {
 /// prefix: (E)SI from DS (or the override), (E)DI from ES, (E)CX counts;
 /// REPE/REPNE end CMPS/SCAS on ZF.
 fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
-    use Mnemonic as M;
     use crate::cpu::{ECX, EDI, ESI};
+    use Mnemonic as M;
     let m = i.mnemonic();
     let size: usize = match m {
         M::Movsb | M::Stosb | M::Lodsb | M::Cmpsb | M::Scasb => 1,

@@ -155,12 +155,18 @@ impl Engine {
         self.bouncing = true;
         let step = self.step_one();
         self.bouncing = false;
-        log::trace!("bounce: {i} at {:#x}: pages {pages:x?}, exceptions {} -> {}, emulated {} -> {}", i.ip32(), exceptions, self.stats.exceptions, emulated, self.emulated);
+        log::trace!(
+            "bounce: {i} at {:#x}: pages {pages:x?}, exceptions {} -> {}, emulated {} -> {}",
+            i.ip32(),
+            exceptions,
+            self.stats.exceptions,
+            emulated,
+            self.emulated
+        );
         // (The VMM ran it after all, against the device itself: nothing to
         // write back.)
-        let completed = self.stats.exceptions == exceptions
-            && self.emulated == emulated
-            && !matches!(step, Step::Done(_));
+        let completed =
+            self.stats.exceptions == exceptions && self.emulated == emulated && !matches!(step, Step::Done(_));
         if completed {
             for (a, old) in accesses.iter().zip(&before) {
                 if !a.write {
@@ -226,9 +232,27 @@ fn is_string(i: &Instruction) -> bool {
     use iced_x86::Mnemonic as M;
     matches!(
         i.mnemonic(),
-        M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd | M::Lodsb | M::Lodsw | M::Lodsd
-            | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Scasb | M::Scasw | M::Scasd
-            | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd
+        M::Movsb
+            | M::Movsw
+            | M::Movsd
+            | M::Stosb
+            | M::Stosw
+            | M::Stosd
+            | M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsd
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
+            | M::Insb
+            | M::Insw
+            | M::Insd
+            | M::Outsb
+            | M::Outsw
+            | M::Outsd
     )
 }
 

@@ -153,7 +153,13 @@ mod tests {
             (None, Some(s)) => Some(ExitStatus::from_raw(s)),
             _ => None,
         };
-        Run { status, stderr: stderr.into(), stderr_lines: stderr.lines().count(), max_rss_kib: 1000, elapsed: Duration::ZERO }
+        Run {
+            status,
+            stderr: stderr.into(),
+            stderr_lines: stderr.lines().count(),
+            max_rss_kib: 1000,
+            elapsed: Duration::ZERO,
+        }
     }
 
     #[test]

@@ -187,7 +187,10 @@ fn descriptor(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
 
 /// Present, DPL, code/data type bits of an access byte.
 const fn access(dpl: u8, code: bool, writable_or_readable: bool, expand_down: bool) -> u8 {
-    0x90 | (dpl << 5) | if code { 0x08 } else { 0 } | if writable_or_readable { 0x02 } else { 0 } | if expand_down { 0x04 } else { 0 }
+    0x90 | (dpl << 5)
+        | if code { 0x08 } else { 0 }
+        | if writable_or_readable { 0x02 } else { 0 }
+        | if expand_down { 0x04 } else { 0 }
 }
 /// Flags nibble: 4 KiB granularity, 32-bit.
 const G32: u8 = 0xC;
@@ -396,7 +399,9 @@ fn write_entry(buf: &mut [u8], shape: &Shape, rng: &mut Rng) {
     a.b(&sel::TSS.to_le_bytes());
     a.b(&[0x0F, 0x00, 0xD8]);
     // 8259s: vectors 0x20/0x28, cascade on IRQ 2, 8086 mode.
-    for (port, v) in [(0x20, 0x11), (0xA0, 0x11), (0x21, 0x20), (0xA1, 0x28), (0x21, 4), (0xA1, 2), (0x21, 1), (0xA1, 1)] {
+    for (port, v) in
+        [(0x20, 0x11), (0xA0, 0x11), (0x21, 0x20), (0xA1, 0x28), (0x21, 4), (0xA1, 2), (0x21, 1), (0xA1, 1)]
+    {
         a.out(port, v);
     }
     a.out(0x21, if shape.timer { 0xFE } else { 0xFF });

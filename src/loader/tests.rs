@@ -508,5 +508,3 @@ fn smallest_ram_reports_qemu_values() {
     assert_eq!(u32_at(&ram, boot.info_addr + 8), 896);
     assert_eq!(u64_at(&ram, 0x9000 + 3 * 24 + 12), 0xE_0000);
 }
-
-

@@ -594,8 +594,13 @@ fn check_block(code: &[u8]) -> Result<(), String> {
                     && n.memory_base() == Register::R14
             });
         if checks {
-            let pops: Vec<usize> =
-                insns[c..].iter().enumerate().filter(|(_, (_, y))| y.mnemonic() == Mnemonic::Popfq).map(|(p, _)| c + p).take(2).collect();
+            let pops: Vec<usize> = insns[c..]
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, y))| y.mnemonic() == Mnemonic::Popfq)
+                .map(|(p, _)| c + p)
+                .take(2)
+                .collect();
             if pops.len() == 2 {
                 check_spans.push((c, pops[0], pops[1]));
             }
@@ -1431,14 +1436,14 @@ fn invlpg_at_cpl0_is_a_callout() {
 fn layout_knows_16bit_addressing_displacements() {
     // (bytes, code16, end of ModRM + SIB + displacement)
     let cases: &[(&[u8], bool, usize)] = &[
-        (&[0x21, 0x26, 0x40, 0xB5], true, 4),             // and [0xB540], sp: disp16 alone
-        (&[0x8B, 0x47, 0x04], true, 3),                   // mov ax, [bx+4]: disp8
-        (&[0x8B, 0x80, 0x00, 0x01], true, 4),             // mov ax, [bx+si+0x100]: disp16
-        (&[0x8B, 0x00], true, 2),                         // mov ax, [bx+si]
-        (&[0x67, 0x8B, 0x40, 0x04], false, 4),            // addr16 in 32-bit code
-        (&[0x67, 0x8B, 0x05, 1, 2, 3, 4], true, 7),       // addr32 in 16-bit code: disp32
-        (&[0x8B, 0x05, 1, 2, 3, 4], false, 6),            // 32-bit [disp32]
-        (&[0x8B, 0x44, 0x24, 0x08], false, 4),            // [esp+8]: SIB + disp8
+        (&[0x21, 0x26, 0x40, 0xB5], true, 4),       // and [0xB540], sp: disp16 alone
+        (&[0x8B, 0x47, 0x04], true, 3),             // mov ax, [bx+4]: disp8
+        (&[0x8B, 0x80, 0x00, 0x01], true, 4),       // mov ax, [bx+si+0x100]: disp16
+        (&[0x8B, 0x00], true, 2),                   // mov ax, [bx+si]
+        (&[0x67, 0x8B, 0x40, 0x04], false, 4),      // addr16 in 32-bit code
+        (&[0x67, 0x8B, 0x05, 1, 2, 3, 4], true, 7), // addr32 in 16-bit code: disp32
+        (&[0x8B, 0x05, 1, 2, 3, 4], false, 6),      // 32-bit [disp32]
+        (&[0x8B, 0x44, 0x24, 0x08], false, 4),      // [esp+8]: SIB + disp8
     ];
     for &(bytes, code16, end) in cases {
         assert_eq!(layout(bytes, true, code16).modrm_end, end, "{bytes:02x?} code16={code16}");
