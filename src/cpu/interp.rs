@@ -965,7 +965,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         | M::Scasb
         | M::Scasw
         | M::Scasd
-            if is_string_form(i) =>
+            if crate::decode::has_string_operand(i) =>
         {
             return string_mem(env, i);
         }
@@ -995,7 +995,7 @@ pub fn emulates_device_access(i: &Instruction) -> bool {
                 r.is_segment_register() || r.is_cr() || r.is_dr()
             }
         });
-    let string = is_string_form(i) || i.mnemonic() == M::Xlatb;
+    let string = crate::decode::has_string_operand(i) || i.mnemonic() == M::Xlatb;
     plain_mov || string || matches!(i.mnemonic(), M::Movzx | M::Movsx)
 }
 
@@ -1013,11 +1013,6 @@ fn mov_size(i: &Instruction) -> usize {
 /// Iterations of a REP string instruction on device memory done per
 /// emulation before the instruction is restarted where it stopped.
 const STRING_CHUNK: u32 = 4096;
-
-/// MOVS/STOS/LODS/CMPS/SCAS (the memory forms, not SSE's CMPSD/MOVSD).
-fn is_string_form(i: &Instruction) -> bool {
-    crate::decode::has_string_operand(i)
-}
 
 /// The offset mask of `i`'s address size: 16-bit addressing uses SI, DI,
 /// CX (BX for XLAT) and wraps at 64 KiB, leaving the registers' upper

@@ -106,7 +106,8 @@ impl Engine {
     /// device memory, against bounce pages. None when it cannot (a REP
     /// string instruction, or no access of it reaches a device after all).
     pub(super) fn device_bounce(&mut self, i: &Instruction) -> Option<Step> {
-        let repeated = (i.has_rep_prefix() || i.has_repne_prefix()) && is_string(i);
+        // (A string instruction's REP form repeats one access per iteration.)
+        let repeated = (i.has_rep_prefix() || i.has_repne_prefix()) && crate::decode::has_string_operand(i);
         if repeated || self.bouncing {
             return None;
         }
@@ -225,35 +226,6 @@ impl Engine {
             k += n;
         }
     }
-}
-
-/// A string instruction (its REP form repeats one access per iteration).
-fn is_string(i: &Instruction) -> bool {
-    use iced_x86::Mnemonic as M;
-    matches!(
-        i.mnemonic(),
-        M::Movsb
-            | M::Movsw
-            | M::Movsd
-            | M::Stosb
-            | M::Stosw
-            | M::Stosd
-            | M::Lodsb
-            | M::Lodsw
-            | M::Lodsd
-            | M::Cmpsb
-            | M::Cmpsw
-            | M::Cmpsd
-            | M::Scasb
-            | M::Scasw
-            | M::Scasd
-            | M::Insb
-            | M::Insw
-            | M::Insd
-            | M::Outsb
-            | M::Outsw
-            | M::Outsd
-    )
 }
 
 /// Bytes of the access piece at `a`: the largest naturally aligned 1, 2 or 4

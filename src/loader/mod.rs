@@ -441,7 +441,7 @@ const MODULE_ENTRY_SIZE: u64 = 16;
 const PAGE: u64 = 4096;
 
 fn page_align(v: u64) -> u64 {
-    v.div_ceil(PAGE) * PAGE
+    v.next_multiple_of(PAGE)
 }
 
 impl InfoLayout {
