@@ -81,7 +81,21 @@ pub struct Config {
     pub text_screen: Option<PathBuf>,
     /// `-perfmap`: write /tmp/perf-PID.map naming each translated block.
     pub perfmap: bool,
+    /// `-gdb tcp::PORT` / `-s`, with `-S`: the gdb stub.
+    pub gdb: Option<GdbConfig>,
 }
+
+/// The gdb stub's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GdbConfig {
+    /// `HOST:PORT` to listen on.
+    pub address: String,
+    /// `-S`: start stopped until a debugger attaches and continues.
+    pub wait: bool,
+}
+
+/// `-s`: QEMU's shorthand for `-gdb tcp::1234`.
+const DEFAULT_GDB_DEVICE: &str = "tcp::1234";
 
 /// The `-d` classes with their descriptions, for validation and `-d help`.
 const TRACE_CLASSES: &[(&str, &str)] = &[
@@ -130,8 +144,10 @@ pub enum CliError {
     UnsupportedSmp(String),
     #[error("unsupported -monitor `{0}`: btvisor has no monitor, only -monitor none is accepted")]
     UnsupportedMonitor(String),
-    #[error("-{0} (gdb stub) is not supported")]
-    GdbStubUnsupported(char),
+    #[error("unsupported -gdb `{0}`: use tcp::PORT or tcp:HOST:PORT")]
+    UnsupportedGdb(String),
+    #[error("-S waits for a debugger: give -s or -gdb tcp::PORT too")]
+    FreezeWithoutGdb,
 }
 
 impl CliError {
@@ -252,10 +268,13 @@ struct RawArgs {
     /// Rejected: btvisor does not use KVM
     #[arg(long = "enable-kvm")]
     enable_kvm: bool,
-    /// Rejected: no gdb stub
+    /// Wait for gdb on a TCP port: tcp::PORT or tcp:HOST:PORT
+    #[arg(long = "gdb", value_name = "DEV")]
+    gdb: Option<String>,
+    /// Shorthand for -gdb tcp::1234
     #[arg(short = 's')]
-    gdb: bool,
-    /// Rejected: no gdb stub
+    gdb_default: bool,
+    /// Do not start the CPU until gdb attaches and continues
     #[arg(short = 'S')]
     freeze: bool,
 }
@@ -284,6 +303,7 @@ const SINGLE_DASH_LONG: &[(&str, bool)] = &[
     ("soft-mmu", false),
     ("text-screen", true),
     ("perfmap", false),
+    ("gdb", true),
     ("help", false),
     ("version", false),
 ];
@@ -348,12 +368,15 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
     if raw.enable_kvm {
         return Err(CliError::KvmNotUsed("-enable-kvm"));
     }
-    if raw.gdb {
-        return Err(CliError::GdbStubUnsupported('s'));
-    }
-    if raw.freeze {
-        return Err(CliError::GdbStubUnsupported('S'));
-    }
+    let gdb_device = raw.gdb.clone().or_else(|| raw.gdb_default.then(|| DEFAULT_GDB_DEVICE.to_string()));
+    let gdb = match gdb_device {
+        Some(dev) => {
+            let address = crate::gdb::parse_address(&dev).ok_or(CliError::UnsupportedGdb(dev))?;
+            Some(GdbConfig { address, wait: raw.freeze })
+        }
+        None if raw.freeze => return Err(CliError::FreezeWithoutGdb),
+        None => None,
+    };
     let mut cache_bytes = None;
     for accel in &raw.accel {
         check_accel(accel)?;
@@ -422,6 +445,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
         soft_mmu: raw.soft_mmu,
         text_screen: raw.text_screen,
         perfmap: raw.perfmap,
+        gdb,
     })
 }
 
@@ -781,9 +805,14 @@ mod tests {
     }
 
     #[test]
-    fn gdb_stub_options_are_rejected() {
-        assert!(matches!(err(&["-s", "k"]), CliError::GdbStubUnsupported('s')));
-        assert!(matches!(err(&["-S", "k"]), CliError::GdbStubUnsupported('S')));
+    fn gdb_stub_options() {
+        let c = ok(&["-s", "k"]);
+        assert_eq!(c.gdb, Some(GdbConfig { address: "0.0.0.0:1234".into(), wait: false }));
+        let c = ok(&["-gdb", "tcp:127.0.0.1:4321", "-S", "k"]);
+        assert_eq!(c.gdb, Some(GdbConfig { address: "127.0.0.1:4321".into(), wait: true }));
+        assert_eq!(ok(&["k"]).gdb, None);
+        assert!(matches!(err(&["-S", "k"]), CliError::FreezeWithoutGdb));
+        assert!(matches!(err(&["-gdb", "unix:/tmp/g", "k"]), CliError::UnsupportedGdb(_)));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod emit;
 pub mod exec;
 pub mod fastmap;
 pub mod fuzz;
+pub mod gdb;
 pub mod guest_warn;
 pub mod loader;
 pub mod memory;

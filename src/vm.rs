@@ -18,6 +18,37 @@ use crate::memory::{GuestMemory, MemoryError};
 /// Boot loader name in the Multiboot information (QEMU passes "qemu").
 pub const LOADER_NAME: &str = "btvisor";
 
+/// Exit statuses of a run. A guest that writes V to isa-debug-exit gives
+/// `(V << 1) | 1`; every other ending has its own even status.
+pub mod status {
+    /// The guest executed HLT with interrupts disabled: it stopped for good
+    /// (also: a debugger killed it).
+    pub const HALTED: u8 = 0;
+    /// Bad options, or an unreadable or invalid image (QEMU's status for a
+    /// failed start); also a guest entering a mode btvisor lacks.
+    pub const RUNNER_ERROR: u8 = 1;
+    /// The guest triple-faulted (a fault while delivering a double fault).
+    pub const TRIPLE_FAULT: u8 = 2;
+    /// The guest took an exception before it loaded an IDT.
+    pub const GUEST_EXCEPTION: u8 = 4;
+    /// An internal error of the monitor (sysexits' EX_SOFTWARE): even, so no
+    /// isa-debug-exit status `(V << 1) | 1` can be mistaken for it.
+    pub const INTERNAL_ERROR: u8 = 70;
+}
+
+/// The process exit status for how a run ended.
+pub fn exit_status(outcome: &crate::exec::RunOutcome) -> u8 {
+    use crate::exec::RunOutcome as R;
+    match outcome {
+        R::DebugExit(code) => *code as u8,
+        R::Halted { .. } | R::DebugStop(_) => status::HALTED,
+        R::Exception { .. } => status::GUEST_EXCEPTION,
+        R::TripleFault { .. } => status::TRIPLE_FAULT,
+        R::Unsupported(_) => status::RUNNER_ERROR,
+        R::InternalError(_) => status::INTERNAL_ERROR,
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error("cannot read kernel image {path}: {source}")]

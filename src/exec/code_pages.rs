@@ -76,6 +76,10 @@ impl Engine {
         self.mem.set_paging(regs, cr_written);
         self.soft.flush_all(&mut self.cpu.hot);
         self.sync_poll_pages();
+        if old.enabled() != regs.enabled() && !self.watch_pages.is_empty() {
+            // Watched pages are protected one way with paging off, another on.
+            self.arm_watchpoints();
+        }
         if old.enabled() && regs.enabled() && old.cr0 == regs.cr0 && old.cr4 == regs.cr4 {
             // A CR3 load: keep what translated code assumes about the code
             // pages that still map the same physical pages.

@@ -73,7 +73,7 @@ impl Engine {
         let gaddr = (f.addr - window) as u32;
         let page = page_of(gaddr);
         if let Some(&(_, write_only)) = self.watch_pages.iter().find(|(p, _)| *p == page) {
-            return self.watch_fault(gaddr, f.write || !write_only);
+            return self.watch_fault(gaddr, f.write || !write_only, None);
         }
         if self.mem.is_mmio(gaddr) {
             self.note_fault(false);
@@ -126,6 +126,7 @@ impl Engine {
                 self.note_fault(false);
                 self.device_access()
             }
+            ShadowFault::Watched => self.watch_fault(lin, write, Some(win)),
             ShadowFault::Hole(_) => {
                 // A write to a hole (no device memory exists): dropped, the
                 // instruction is skipped. Reads were mapped to all ones.
@@ -243,7 +244,7 @@ impl Engine {
     pub(super) fn soft_enter(&mut self, kind: u32, lin: u32, phys: u32) -> bool {
         let write = kind & crate::translate::soft::KIND_WRITE != 0;
         let page = page_of(phys);
-        let watched = self.watch_pages.iter().any(|&(p, _)| p == page);
+        let watched = self.watch_pages.iter().any(|&(p, _)| p == page_of(lin));
         if !self.mem.is_ram(page) || (write && self.mem.is_protected(page)) || watched {
             return false;
         }
@@ -281,20 +282,20 @@ impl Engine {
             .collect()
     }
 
-    /// Protect the pages holding data breakpoints so accesses fault.
+    /// Watch the pages of the guest's data breakpoints and the debugger's
+    /// watchpoints (linear pages) so accesses to them fault: protected in
+    /// the identity window with paging off, never mapped in the shadow
+    /// windows with paging on.
     pub(super) fn arm_watchpoints(&mut self) {
         // Soft-TLB accesses bypass the watched pages' protection.
         self.soft.flush_all(&mut self.cpu.hot);
         for (p, _) in std::mem::take(&mut self.watch_pages) {
             self.mem.set_watch_protect(p, None);
         }
-        if self.mem.paging().enabled() {
-            if !self.data_breakpoints().is_empty() {
-                crate::guest_warn!("data breakpoints are not supported with paging on");
-            }
-            return;
-        }
-        for (_, addr, len, write_only) in self.data_breakpoints() {
+        let mut ranges: Vec<(u32, u32, bool)> =
+            self.data_breakpoints().into_iter().map(|(_, addr, len, write_only)| (addr, len, write_only)).collect();
+        ranges.extend(self.debug_watch_ranges());
+        for (addr, len, write_only) in ranges {
             for p in [page_of(addr), page_of(addr.wrapping_add(len - 1))] {
                 match self.watch_pages.iter_mut().find(|(q, _)| *q == p) {
                     Some(e) => e.1 &= write_only,
@@ -302,35 +303,62 @@ impl Engine {
                 }
             }
         }
+        if self.mem.paging().enabled() {
+            self.mem.set_watched_pages(self.watch_pages.clone());
+            return;
+        }
+        self.mem.set_watched_pages(Vec::new());
         for &(p, w) in &self.watch_pages {
             self.mem.set_watch_protect(p, Some(w));
         }
     }
 
-    /// An access to a watched page: run the instruction with the page open,
-    /// then raise the #DB trap if it touched a breakpoint's bytes.
-    pub(super) fn watch_fault(&mut self, gaddr: u32, write: bool) -> Step {
+    /// An access at linear `gaddr` to a watched page (in shadow window `win`
+    /// with paging on): run the instruction with the page open, then report
+    /// a debugger watchpoint it touched, or raise the #DB trap of a data
+    /// breakpoint.
+    pub(super) fn watch_fault(&mut self, gaddr: u32, write: bool, win: Option<u8>) -> Step {
         let hit = self.data_breakpoints().into_iter().find(|&(_, addr, len, write_only)| {
             gaddr >= addr && gaddr < addr.wrapping_add(len) && (write || !write_only)
         });
-        let pages = std::mem::take(&mut self.watch_pages);
-        for &(p, _) in &pages {
-            self.mem.set_watch_protect(p, None);
-        }
-        let page = page_of(gaddr);
-        if write && self.mem.is_protected(page) {
-            self.code_written(page);
-        }
+        let len = self.decode_at(self.cpu.hot.eip).memory_size().size().max(1) as u32;
+        let debug_hit = self.debug_watch_hit(gaddr, len, write);
         let events = self.stats.exceptions;
-        let step = self.step_one();
+        let step = match win {
+            Some(win) => {
+                let saved = self.mem.set_watched_pages(Vec::new());
+                let step = match self.mem.shadow_fault(win, gaddr, write) {
+                    ShadowFault::Mapped => self.step_one(),
+                    _ => self.shadow_fault(win, gaddr, write),
+                };
+                self.mem.set_watched_pages(saved);
+                step
+            }
+            None => {
+                let pages = std::mem::take(&mut self.watch_pages);
+                for &(p, _) in &pages {
+                    self.mem.set_watch_protect(p, None);
+                }
+                let page = page_of(gaddr);
+                if write && self.mem.is_protected(page) {
+                    self.code_written(page);
+                }
+                let step = self.step_one();
+                self.watch_pages = pages;
+                for &(p, w) in &self.watch_pages {
+                    self.mem.set_watch_protect(p, Some(w));
+                }
+                step
+            }
+        };
         let faulted = self.stats.exceptions != events;
-        self.watch_pages = pages;
-        for &(p, w) in &self.watch_pages {
-            self.mem.set_watch_protect(p, Some(w));
+        if let (Some(stop), false, false) = (debug_hit, faulted, matches!(step, Step::Done(_))) {
+            return Step::Done(RunOutcome::DebugStop(stop));
         }
         match (step, hit) {
             (Step::Done(out), _) => Step::Done(out),
-            (_, Some((n, ..))) if !faulted => {
+            _ if faulted => Step::Continue,
+            (_, Some((n, ..))) => {
                 self.cpu.dr[6] = (self.cpu.dr[6] & !0xF) | (1 << n);
                 let eip = self.cpu.hot.eip;
                 self.raise(Exception::new(vector::DB), EventKind::Exception, eip)

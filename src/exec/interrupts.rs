@@ -93,6 +93,9 @@ impl Engine {
         // An idle guest (a shell at its prompt) shows its partial line now.
         self.io.flush();
         loop {
+            if self.debug_stop_requested() {
+                return Step::Done(RunOutcome::DebugStop(DebugStop::Interrupted));
+            }
             self.irq_dirty = true;
             if let Some(step) = self.check_interrupts(false) {
                 return step;

@@ -5,7 +5,9 @@
 mod bounce;
 mod code_pages;
 mod code_tlb;
+mod debug;
 mod faults;
+mod fpu;
 mod interrupts;
 mod seg_reload;
 pub mod signals;
@@ -32,6 +34,8 @@ use crate::translate::{Options, Translator};
 use signals::{FaultRecord, SignalCtx};
 use stats::Stats;
 use trampoline::Trampolines;
+
+pub use debug::{DebugStop, WatchKind, Watchpoint};
 
 /// DR7 L0-L3/G0-G3 enable bits.
 const DR7_ENABLE_MASK: u32 = 0xFF;
@@ -109,6 +113,8 @@ pub enum RunOutcome {
     InternalError(String),
     /// The guest entered a mode btvisor does not implement (named).
     Unsupported(&'static str),
+    /// Stopped for the debugger (`debug`); `run` again to go on.
+    DebugStop(DebugStop),
 }
 
 /// A true page fault raised by translated code.
@@ -185,6 +191,10 @@ pub struct Engine {
     log: Option<Box<dyn Write + Send>>,
     /// /tmp/perf-PID.map, when `EngineOptions::perfmap` asks for it.
     perfmap: Option<std::io::BufWriter<std::fs::File>>,
+    /// What an attached debugger asked for (`debug`).
+    debug: Option<Box<debug::DebugState>>,
+    /// The FPU of the running thread holds the guest's x87 state.
+    fpu_ready: bool,
 }
 
 type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
@@ -245,6 +255,8 @@ impl Engine {
             watch_pages: Vec::new(),
             log: None,
             perfmap: None,
+            debug: None,
+            fpu_ready: false,
         })
     }
 
@@ -270,9 +282,13 @@ impl Engine {
             return RunOutcome::InternalError(format!("setting the GS base: {e}"));
         }
         // The guest's x87/MMX state lives in this thread's FPU while it runs
-        // (the VMM's Rust code never touches x87): start from the FNINIT state.
-        // SAFETY: FNINIT only resets this thread's x87 state.
-        unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
+        // (the VMM's Rust code never touches x87): start from the FNINIT
+        // state, once (a debugger runs the engine again after each stop).
+        if !self.fpu_ready {
+            self.fpu_ready = true;
+            // SAFETY: FNINIT only resets this thread's x87 state.
+            unsafe { core::arch::asm!("fninit", options(nomem, nostack)) };
+        }
         self.cpu.hot.io_bus = &mut self.io as *mut PortBus as u64;
         self.cpu.hot.io_fn = io_callout as *const () as u64;
         self.cpu.hot.mem_ptr = &mut self.mem as *mut GuestMemory as u64;
@@ -287,6 +303,7 @@ impl Engine {
         // Without chaining (icount) every block returns anyway; with a
         // chipset, timer interrupts need a finer bound than the default.
         self.timer = if self.opts.icount { None } else { signals::IntervalTimer::start(POLL_INTERVAL_NS) };
+        self.arm_debug();
         let out = self.dispatch();
         self.stats.inline_invlpgs = self.cpu.hot.invlpg_done;
         self.timer = None;
@@ -322,6 +339,17 @@ impl Engine {
         let mut clean = false;
         loop {
             let was_clean = std::mem::replace(&mut clean, false);
+            if self.debug.is_some() {
+                if let Some(step) = self.debug_check() {
+                    match step {
+                        Step::Done(out) => return out,
+                        _ => {
+                            chain_from = None;
+                            continue;
+                        }
+                    }
+                }
+            }
             if self.chipset.is_some() {
                 match self.check_interrupts(true) {
                     Some(Step::Done(out)) => return out,
@@ -480,7 +508,8 @@ impl Engine {
             let dr7 = self.cpu.dr[7];
             let enabled = dr7 & (3 << (2 * n)) != 0;
             let rw_len = (dr7 >> (16 + 4 * n)) & 0xF;
-            enabled && rw_len == 0 && self.cpu.dr[n] == eip
+            // DR0-3 hold linear addresses.
+            enabled && rw_len == 0 && self.cpu.dr[n] == self.cpu.seg[SEG_CS].base.wrapping_add(eip)
         })?;
         if self.cpu.eflags() & flags::RF != 0 {
             let f = self.cpu.eflags() & !flags::RF;
@@ -582,8 +611,8 @@ impl Engine {
             let (p0, p_end) = fetch.phys_pages(lin, cs_base.wrapping_add(block.end.wrapping_sub(1)));
             (block, p0, p_end)
         };
-        if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
-            self.cut_at_breakpoints(&mut block);
+        if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 || self.debug.is_some() {
+            self.cut_at_breakpoints(&mut block, cs_base);
         }
         if self.opts.trace.in_asm {
             let text = disasm_guest(&block.insns);
@@ -651,14 +680,16 @@ impl Engine {
         Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())))
     }
 
-    /// End the block before any enabled execution breakpoint after its
-    /// first instruction (the dispatcher checks the first one).
-    fn cut_at_breakpoints(&self, block: &mut crate::decode::GuestBlock) {
-        let bps: Vec<u32> = (0..4)
+    /// End the block before any enabled execution breakpoint (DR0-3, or
+    /// the debugger's, at linear addresses) after its first instruction
+    /// (the dispatcher checks the first one).
+    fn cut_at_breakpoints(&self, block: &mut crate::decode::GuestBlock, cs_base: u32) {
+        let mut bps: Vec<u32> = (0..4)
             .filter(|&n| self.cpu.dr[7] & (3 << (2 * n)) != 0 && (self.cpu.dr[7] >> (16 + 4 * n)) & 0xF == 0)
             .map(|n| self.cpu.dr[n])
             .collect();
-        if let Some(cut) = block.insns.iter().skip(1).position(|i| bps.contains(&i.ip32())) {
+        bps.extend(self.debug_breakpoints());
+        if let Some(cut) = block.insns.iter().skip(1).position(|i| bps.contains(&cs_base.wrapping_add(i.ip32()))) {
             let keep = cut + 1;
             block.end = block.insns[keep].ip32();
             block.insns.truncate(keep);
@@ -766,98 +797,10 @@ impl Engine {
             Err(e) => self.exception(e),
         }
     }
-
-    /// FNSTENV/FNSAVE/FXSAVE: the live x87 state holds the *host* address of
-    /// the last x87 instruction (FIP); the image the guest stores gets the
-    /// guest EIP and CS instead, and FXSAVE gets the guest's XMM/MXCSR.
-    fn fpu_store(&mut self, i: &Instruction) -> Step {
-        use iced_x86::Mnemonic as M;
-        if let Some(v) = crate::translate::fpu_fault(i, self.mode) {
-            return self.exception(Exception::new(v));
-        }
-        #[repr(C, align(16))]
-        struct Area([u8; 512]);
-        let mut fx64 = Area([0; 512]);
-        // SAFETY: FXSAVE64 writes 512 bytes to a 16-byte aligned buffer.
-        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) fx64.0.as_mut_ptr(), options(nostack)) };
-        let host_fip = u64::from_le_bytes(fx64.0[8..16].try_into().unwrap_or([0; 8])) as usize;
-        let guest_fip = self
-            .cache
-            .block_at(host_fip)
-            .and_then(|b| {
-                let off = (host_fip - b.host) as u32;
-                let k = b.insn_map.partition_point(|e| e.host_off <= off);
-                k.checked_sub(1).and_then(|k| b.insn_map.get(k)).map(|e| e.eip)
-            })
-            .unwrap_or(host_fip as u32);
-        let cs = self.cpu.seg[SEG_CS].selector;
-        let ds = self.cpu.seg[crate::cpu::SEG_DS].selector;
-        let mut img = Area([0; 512]);
-        let len = match i.mnemonic() {
-            M::Fnstenv | M::Fstenv => {
-                // SAFETY: FNSTENV stores 28 bytes (32-bit format) into the buffer.
-                unsafe { core::arch::asm!("fnstenv [{}]", in(reg) img.0.as_mut_ptr(), options(nostack)) };
-                28
-            }
-            M::Fnsave | M::Fsave => {
-                // SAFETY: FNSAVE stores 108 bytes and reinitializes the FPU, as the guest asked.
-                unsafe { core::arch::asm!("fnsave [{}]", in(reg) img.0.as_mut_ptr(), options(nostack)) };
-                108
-            }
-            _ => {
-                // SAFETY: FXSAVE stores 512 bytes (32-bit format) into the aligned buffer.
-                unsafe { core::arch::asm!("fxsave [{}]", in(reg) img.0.as_mut_ptr(), options(nostack)) };
-                // The live XMM registers and MXCSR are the VMM's here.
-                img.0[24..28].copy_from_slice(&self.cpu.hot.mxcsr.to_le_bytes());
-                if self.cpu.hot.fpu_active != 0 {
-                    img.0[160..288].copy_from_slice(&self.cpu.hot.xmm);
-                }
-                FXSAVE_STORED
-            }
-        };
-        // FIP and its selector; the data pointer's selector is the guest's DS.
-        let fxsave = len == FXSAVE_STORED;
-        let (fip_at, fcs_at, fds_at) = if fxsave { (8, 12, 20) } else { (12, 16, 24) };
-        img.0[fip_at..fip_at + 4].copy_from_slice(&guest_fip.to_le_bytes());
-        img.0[fcs_at..fcs_at + 2].copy_from_slice(&cs.to_le_bytes());
-        img.0[fds_at..fds_at + 2].copy_from_slice(&ds.to_le_bytes());
-        let mut written = Vec::new();
-        let r = {
-            let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
-            match env.ea(i) {
-                // FXSAVE's area must be 16-byte aligned (#GP(0) otherwise).
-                Ok(a) if fxsave && a % 16 != 0 => Err(Exception::with_code(vector::GP, 0)),
-                Ok(a) => {
-                    for (k, chunk) in img.0[..len].chunks(4).enumerate() {
-                        let mut w = [0u8; 4];
-                        w[..chunk.len()].copy_from_slice(chunk);
-                        env.write(a.wrapping_add(4 * k as u32), chunk.len(), u32::from_le_bytes(w));
-                    }
-                    env.take_page_fault().map_or(Ok(()), Err)
-                }
-                Err(e) => Err(e),
-            }
-        };
-        for p in written {
-            self.code_written(p);
-        }
-        match r {
-            Ok(()) => {
-                self.cpu.hot.eip = i.next_ip32();
-                Step::Continue
-            }
-            Err(e) => self.exception(e),
-        }
-    }
 }
 
 /// CR0.AM: alignment checks enabled (with EFLAGS.AC, at CPL 3).
 const CR0_AM: u32 = 1 << 18;
-
-/// Bytes of its 512-byte area FXSAVE stores outside 64-bit mode: the x87,
-/// MXCSR and XMM0-7 images. Bytes 288-463 are reserved and 464-511 belong
-/// to software; the processor leaves both alone.
-const FXSAVE_STORED: usize = 288;
 
 /// Can this VMM-executed instruction change what the interrupt controller
 /// asserts? Port writes to the chipset's devices, and reads that acknowledge

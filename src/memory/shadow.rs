@@ -215,6 +215,10 @@ pub struct Shadow {
     /// Keys in the order they were added to `globals` (a context maps the
     /// part after its `globals_seen` when it becomes current).
     global_log: Vec<u64>,
+    /// Watched linear pages (data breakpoints, debugger watchpoints) and
+    /// whether only writes are watched: never mapped (read-only if only
+    /// writes are watched), so every access faults and is checked.
+    watched: Vec<(u32, bool)>,
 }
 
 /// Result of handling a host fault in a window.
@@ -230,6 +234,9 @@ pub enum ShadowFault {
     Hole(u32),
     /// The linear address maps a device: the access must be emulated.
     Mmio(u32),
+    /// The linear page is watched (`set_watched_pages`): the access must be
+    /// checked against the watchpoints.
+    Watched,
 }
 
 fn key(win: u8, lin_page: u32) -> u64 {
@@ -445,6 +452,17 @@ impl GuestMemory {
     /// against 1.8 µs measured here), and a prefetched page may never be
     /// touched.
     fn map_entries(&mut self, ci: usize, mut todo: Vec<(u64, Entry)>) {
+        if !self.shadow.watched.is_empty() {
+            // Watched pages: never mapped, or read-only when writes are watched.
+            todo.retain_mut(|(k, e)| match self.watch_of(*k as u32) {
+                None => true,
+                Some(true) => {
+                    e.writable = false;
+                    true
+                }
+                Some(false) => false,
+            });
+        }
         todo.sort_unstable_by_key(|&(k, _)| k);
         todo.dedup_by_key(|&mut (k, _)| k);
         self.shadow.contexts[ci].mapped.reserve(todo.len());
@@ -684,6 +702,27 @@ impl GuestMemory {
         any
     }
 
+    /// Watch linear pages `pages` ((page, write-only) pairs) in place of
+    /// the ones watched so far, which are returned. Both sets' mappings are
+    /// dropped in every context; watched pages are mapped again only as
+    /// `map_entries` allows.
+    pub fn set_watched_pages(&mut self, pages: Vec<(u32, bool)>) -> Vec<(u32, bool)> {
+        let old = std::mem::replace(&mut self.shadow.watched, pages);
+        if self.shadow.enabled() {
+            let all: Vec<u32> = old.iter().chain(&self.shadow.watched).map(|&(p, _)| p).collect();
+            for p in all {
+                self.invlpg(p);
+            }
+        }
+        old
+    }
+
+    /// Is linear page `lin_page` watched, and only for writes?
+    fn watch_of(&self, lin_page: u32) -> Option<bool> {
+        let page = lin_page & !(PAGE_SIZE as u32 - 1);
+        self.shadow.watched.iter().find(|&&(p, _)| p == page).map(|&(_, w)| w)
+    }
+
     /// Map a read-only page of 0xFF bytes for a linear page that maps a hole.
     fn map_hole(&mut self, win: u8, lin_page: u32, e: Entry) {
         let c = &mut self.shadow.contexts[self.shadow.cur];
@@ -760,6 +799,11 @@ impl GuestMemory {
                 return ShadowFault::Mapped;
             }
             return ShadowFault::Hole(t.phys_page);
+        }
+        if let Some(write_only) = self.watch_of(lin_page) {
+            if write || !write_only {
+                return ShadowFault::Watched;
+            }
         }
         if write && self.is_protected(t.phys_page) {
             return ShadowFault::CodeWrite(t.phys_page);
