@@ -28,6 +28,7 @@ const IMAGES: &[&str] = &[
     "devmem",
     "mbinfo",
     "pm-ac",
+    "pm-ss",
 ];
 
 fn root() -> PathBuf {
@@ -225,6 +226,17 @@ fn boot_mbinfo() {
 #[test]
 fn boot_pm_alignment_check() {
     boot_image_and_compare("pm-ac", "pm", &[]);
+}
+
+/// Stack-segment limits: PUSH/POP, [ebp+d] and SS: operands beyond a small
+/// expand-up SS or at/below an expand-down SS limit are #SS(0) at the
+/// instruction with ESP unchanged. QEMU TCG does not check segment limits
+/// (its run of `pm ss=1` sees none of the 7 faults), so the golden output
+/// is the SDM's: every check passes. Also in the soft-TLB form.
+#[test]
+fn boot_pm_stack_segment_limits() {
+    boot_image_and_compare("pm-ss", "pm", &[]);
+    boot_image_and_compare("pm-ss", "pm", &["--soft-mmu"]);
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use btvisor::snippet::{SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SnippetState, run_snippet_with};
+use btvisor::snippet::{SnippetState, SnippetWorld, run_snippet_in};
 use common::r#gen::{self as seqgen, AF, ARITH, CF, Family, Gen, OF, PF, Rng, SF, Seq, Size, ZF};
 use common::native32::{Native32, State32};
 
@@ -89,6 +89,7 @@ struct Outcome {
 
 struct Harness {
     native: Native32,
+    world: SnippetWorld,
     runs: usize,
     failures: usize,
     reports: String,
@@ -96,7 +97,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Harness { native: Native32::new(), runs: 0, failures: 0, reports: String::new() }
+        Self::in_world(SnippetWorld::Flat)
+    }
+
+    /// A harness whose btvisor runs are in `world`.
+    fn in_world(world: SnippetWorld) -> Self {
+        Harness { native: Native32::new(), world, runs: 0, failures: 0, reports: String::new() }
     }
 
     /// Runs both worlds; returns (native, btvisor) with ESI/ESP made relative
@@ -113,16 +119,17 @@ impl Harness {
         nr[6] = nr[6].wrapping_sub(self.native.data_addr());
         let native = Outcome { regs: nr, eflags: nout.eflags, data: ndata };
 
+        let (stack_top, data_addr) = (self.world.stack_top(), self.world.data_addr());
         let mut bregs = inp.regs;
-        bregs[4] = SNIPPET_STACK_TOP;
-        bregs[6] = SNIPPET_DATA_ADDR;
+        bregs[4] = stack_top;
+        bregs[6] = data_addr;
         let bin = SnippetState { regs: bregs, eflags: inp.eflags, data: inp.data };
         // Every other run translates memory accesses in the soft-TLB form.
-        let bt = match run_snippet_with(code, &bin, self.runs % 2 == 0) {
+        let bt = match run_snippet_in(self.world, code, &bin, self.runs % 2 == 0) {
             Ok(o) => {
                 let mut br = o.regs;
-                br[4] = br[4].wrapping_sub(SNIPPET_STACK_TOP);
-                br[6] = br[6].wrapping_sub(SNIPPET_DATA_ADDR);
+                br[4] = br[4].wrapping_sub(stack_top);
+                br[6] = br[6].wrapping_sub(data_addr);
                 Ok(Outcome { regs: br, eflags: o.eflags, data: o.data })
             }
             Err(e) => Err(format!("run_snippet returned an error: {e:?}")),
@@ -193,7 +200,7 @@ impl Harness {
             return false;
         }
         let mut r = String::new();
-        let _ = writeln!(r, "==== MISMATCH: {label} ====");
+        let _ = writeln!(r, "==== MISMATCH: {label} ({:?} world) ====", self.world);
         let _ = writeln!(r, "code ({} bytes):\n{}", seq.code.len(), disasm(&seq.code));
         let _ = write!(r, "input:");
         for (i, name) in REG_NAMES.iter().enumerate() {
@@ -250,8 +257,13 @@ impl Harness {
 /// time budget is spent), with random inputs.
 /// Stops early (reporting how far it got) once `deadline` has passed.
 fn run_seeds(name: &str, seeds: u64, deadline: Instant, make: impl Fn(u64) -> Seq) {
+    run_seeds_in(SnippetWorld::Flat, name, seeds, deadline, make);
+}
+
+/// `run_seeds` with btvisor running the code in `world`.
+fn run_seeds_in(world: SnippetWorld, name: &str, seeds: u64, deadline: Instant, make: impl Fn(u64) -> Seq) {
     let seeds = env_num("BTV_DIFF_SEEDS").unwrap_or(seeds);
-    let mut h = Harness::new();
+    let mut h = Harness::in_world(world);
     for seed in 0..seeds {
         if Instant::now() > deadline {
             eprintln!("{name}: time budget spent after {seed} of {seeds} seeds");
@@ -822,6 +834,11 @@ fn native_oracle_is_deterministic() {
 #[test]
 fn family_lea_16bit_addressing() {
     let mut h = Harness::new();
+    lea_16bit_cases(&mut h);
+    h.finish("family_lea_16bit_addressing");
+}
+
+fn lea_16bit_cases(h: &mut Harness) {
     let forms: &[&[u8]] = &[
         &[0x67, 0x8D, 0x41, 0x04],       // lea eax, [bx+di+4]
         &[0x66, 0x67, 0x8D, 0x41, 0x04], // lea ax, [bx+di+4]
@@ -842,7 +859,6 @@ fn family_lea_16bit_addressing() {
             h.check(&format!("lea16 {code:02x?} v={v:#x}"), &seq, &inp([0x1111_1111, 0, 0, v, 0, w, 0, v ^ w], 0));
         }
     }
-    h.finish("family_lea_16bit_addressing");
 }
 
 /// MASKMOVQ: the bytes of MM0 whose mask byte (MM1) has its top bit set go
@@ -851,6 +867,11 @@ fn family_lea_16bit_addressing() {
 #[test]
 fn family_maskmovq() {
     let mut h = Harness::new();
+    maskmovq_cases(&mut h);
+    h.finish("family_maskmovq");
+}
+
+fn maskmovq_cases(h: &mut Harness) {
     let mut rng = Rng::new(0x6d61_736b);
     let code = [
         0x0f, 0x6f, 0x06, 0x0f, 0x6f, 0x4e, 0x08, 0x89, 0xf7, 0x83, 0xc7, 0x10, 0x0f, 0xf7, 0xc1, 0x0f, 0x77, 0x29,
@@ -862,5 +883,75 @@ fn family_maskmovq() {
         let seq = case(&code, 0, 0);
         h.check(&format!("maskmovq #{k}"), &seq, &input);
     }
-    h.finish("family_maskmovq");
+}
+
+/// MASKMOVDQU: the bytes of XMM0 whose mask byte (XMM1) has its top bit set
+/// go to DS:[EDI] (EDI = the data area + 0x20..0x3F, any alignment), the
+/// rest stay; random data and masks against the host CPU.
+#[test]
+fn family_maskmovdqu() {
+    let mut h = Harness::new();
+    maskmovdqu_cases(&mut h);
+    h.finish("family_maskmovdqu");
+}
+
+fn maskmovdqu_cases(h: &mut Harness) {
+    let mut rng = Rng::new(0x6d61_736b_6471);
+    for k in 0..64u8 {
+        let code = [
+            0xf3,
+            0x0f,
+            0x6f,
+            0x06, // movdqu xmm0, [esi]
+            0xf3,
+            0x0f,
+            0x6f,
+            0x4e,
+            0x10, // movdqu xmm1, [esi+0x10]
+            0x89,
+            0xf7, // mov edi, esi
+            0x83,
+            0xc7,
+            0x20 + k % 0x20, // add edi, 0x20..0x3F
+            0x66,
+            0x0f,
+            0xf7,
+            0xc1, // maskmovdqu xmm0, xmm1
+            0x29,
+            0xf7, // sub edi, esi: EDI relative to the data area in both worlds
+        ];
+        let mut input = Input::random(&mut rng);
+        input.regs[7] = 0; // EDI is set by the code (and compared)
+        let seq = case(&code, 0, 0);
+        h.check(&format!("maskmovdqu #{k}"), &seq, &input);
+    }
+}
+
+// ------------------------------------------- ring 3 under paging (user world)
+
+/// Random sequences run by btvisor at CPL 3 with paging on, code, stack and
+/// data at linear addresses other than their physical ones.
+#[test]
+fn user_world_random_sequences() {
+    run_seeds_in(SnippetWorld::User, "user random", 3000, Instant::now() + budget(), seqgen::random_seq);
+}
+
+/// Every family's random sequences, the 16-bit-addressing LEA cases,
+/// MASKMOVQ and MASKMOVDQU in the user world.
+#[test]
+fn user_world_families() {
+    let deadline = Instant::now() + budget();
+    for fam in Family::ALL {
+        let name = format!("user {fam:?}");
+        run_seeds_in(SnippetWorld::User, &name, 100, deadline, |seed| seqgen::family_seq(seed, &[fam], 4));
+    }
+    let mut h = Harness::in_world(SnippetWorld::User);
+    lea_16bit_cases(&mut h);
+    h.finish("user lea_16bit_addressing");
+    let mut h = Harness::in_world(SnippetWorld::User);
+    maskmovq_cases(&mut h);
+    h.finish("user maskmovq");
+    let mut h = Harness::in_world(SnippetWorld::User);
+    maskmovdqu_cases(&mut h);
+    h.finish("user maskmovdqu");
 }

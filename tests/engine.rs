@@ -465,3 +465,38 @@ fn loop_and_jcxz_with_cx() {
     assert_eq!(st.regs[EBX], 0xAAAA_0000, "CX counted down, ECX's upper half kept");
     assert_eq!(st.regs[EDX], 7, "jcxz taken: CX is 0 though ECX is not");
 }
+
+/// The user snippet world really runs the code at CPL 3 under paging: a
+/// privileged instruction is #GP(0) at its EIP, the data area's physical
+/// address is not mapped (#PF), and the stack and data area are reached
+/// through their linear mappings.
+#[test]
+fn user_snippet_world_is_ring3_under_paging() {
+    use btvisor::snippet::{SnippetError, SnippetWorld, run_snippet_in};
+    let w = SnippetWorld::User;
+    let mut s = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
+    s.regs[4] = w.stack_top();
+    s.regs[6] = w.data_addr();
+    // mov eax, cr0
+    match run_snippet_in(w, &[0x0F, 0x20, 0xC0], &s, false) {
+        Err(SnippetError::Vector { vector: 13, frame }) => {
+            assert_eq!(frame[..3], [0, w.code_addr(), 0x1B], "#GP(0) at the MOV, from CS 0x1B")
+        }
+        other => panic!("{other:?}"),
+    }
+    // mov eax, [SNIPPET_DATA_ADDR]: not mapped at CPL 3.
+    let mut code = vec![0xA1];
+    code.extend_from_slice(&SNIPPET_DATA_ADDR.to_le_bytes());
+    match run_snippet_in(w, &code, &s, true) {
+        Err(SnippetError::Vector { vector: 14, frame }) => assert_eq!(frame[..2], [4, w.code_addr()], "#PF(U)"),
+        other => panic!("{other:?}"),
+    }
+    // push 0x12345678 ; pop ecx ; push ecx ; mov [esi+4], ecx ; pushfd ; pop edx
+    let code = [0x68, 0x78, 0x56, 0x34, 0x12, 0x59, 0x51, 0x89, 0x4E, 0x04, 0x9C, 0x5A];
+    let st = run_snippet_in(w, &code, &s, false).expect("runs to its end");
+    assert_eq!(st.regs[ECX], 0x1234_5678);
+    assert_eq!(st.regs[4], w.stack_top() - 4, "user ESP from the gate's frame");
+    assert_eq!(st.data[4..8], 0x1234_5678u32.to_le_bytes());
+    assert_eq!(st.regs[EDX] & 0x3000, 0, "IOPL 0");
+    assert_eq!(st.eflags, st.regs[EDX], "EFLAGS from the gate's frame");
+}

@@ -83,6 +83,9 @@ pub struct Env<'a> {
     /// A page fault one of the instruction's memory accesses took, with its
     /// linear address (the caller rolls the instruction back and raises it).
     pub page_fault: std::cell::Cell<Option<(u32, u32)>>,
+    /// A stack access outside SS's limit (#SS(0)), before any page fault;
+    /// rolled back and raised like one.
+    pub stack_fault: std::cell::Cell<bool>,
     /// INVLPG executed: this linear address's translations must go.
     pub invlpg: Option<u32>,
     /// A MOV to CR3 executed (it flushes the TLB even when the value is
@@ -95,11 +98,26 @@ pub struct Env<'a> {
 impl<'a> Env<'a> {
     pub fn new(cpu: &'a mut Cpu, mem: &'a mut GuestMemory, io: &'a mut PortBus, written: &'a mut Vec<u32>) -> Self {
         let user = cpu.cpl == 3;
-        Env { cpu, mem, io, written, page_fault: std::cell::Cell::new(None), invlpg: None, cr_written: false, user }
+        Env {
+            cpu,
+            mem,
+            io,
+            written,
+            page_fault: std::cell::Cell::new(None),
+            stack_fault: std::cell::Cell::new(false),
+            invlpg: None,
+            cr_written: false,
+            user,
+        }
     }
 
-    /// The page fault an access took, as an exception (CR2 set), if any.
+    /// The first fault an access took, as an exception (for a page fault,
+    /// CR2 set), if any.
     pub fn take_page_fault(&mut self) -> Option<Exception> {
+        if self.stack_fault.take() {
+            self.page_fault.take();
+            return Some(Exception::with_code(vector::SS, 0));
+        }
         let (lin, code) = self.page_fault.take()?;
         self.cpu.cr[2] = lin;
         Some(Exception::with_code(vector::PF, code))
@@ -211,6 +229,20 @@ impl Env<'_> {
     pub(crate) fn ea(&self, i: &Instruction) -> R<u32> {
         let seg = seg_index(i.memory_segment()).unwrap_or(SEG_DS);
         Ok(self.cpu.seg[seg].base.wrapping_add(self.offset(i)))
+    }
+
+    /// Linear address of the memory operand, `size` bytes of which are
+    /// accessed: #GP(0), or #SS(0) through SS, if they are outside the
+    /// segment's limit or the segment is null (as translated code checks).
+    fn checked_ea(&self, i: &Instruction, size: usize) -> R<u32> {
+        let seg = seg_index(i.memory_segment()).unwrap_or(SEG_DS);
+        let (base, lo, hi) = self.cpu.checked_range(seg, &self.cpu.seg[seg]);
+        let off = self.offset(i);
+        let last = off.wrapping_add(size.max(1) as u32 - 1);
+        if off < lo || last < off || last > hi {
+            return Err(Exception::with_code(if seg == SEG_SS { vector::SS } else { vector::GP }, 0));
+        }
+        Ok(base.wrapping_add(off))
     }
 
     /// Read `size` bytes at linear `addr` (through the guest page tables,
@@ -337,7 +369,7 @@ impl Env<'_> {
                 if let Some(s) = seg_index(r) { self.cpu.seg[s].selector as u32 } else { self.reg(r) }
             }
             OpKind::Memory => {
-                let a = self.ea(i)?;
+                let a = self.checked_ea(i, size)?;
                 self.read(a, size)
             }
             _ => i.immediate(n) as u32,
@@ -353,7 +385,7 @@ impl Env<'_> {
                 self.set_reg(r, v);
             }
             OpKind::Memory => {
-                let a = self.ea(i)?;
+                let a = self.checked_ea(i, size)?;
                 self.write(a, size, v);
             }
             _ => return Err(ud()),
@@ -361,20 +393,41 @@ impl Env<'_> {
         Ok(())
     }
 
-    pub(crate) fn stack_addr(&self, esp: u32) -> u32 {
-        self.cpu.seg[SEG_SS].base.wrapping_add(esp)
+    /// Linear address of the `size` bytes at offset `esp` in SS, or None
+    /// after recording #SS(0) if they are outside its limit (SDM vol. 3
+    /// sec. 5.3: below an expand-down limit, above an expand-up one). A
+    /// 16-bit stack (B = 0) is left unchecked: its offsets are ESP-wide here.
+    pub(crate) fn stack_addr(&self, esp: u32, size: usize) -> Option<u32> {
+        /// Descriptor attribute bit D/B.
+        const ATTR_B: u16 = 1 << 14;
+        let ss = &self.cpu.seg[SEG_SS];
+        let (base, lo, hi) = self.cpu.checked_range(SEG_SS, ss);
+        let last = esp.wrapping_add(size as u32 - 1);
+        if ss.attr & ATTR_B != 0 && (esp < lo || last < esp || last > hi) {
+            if self.page_fault.get().is_none() {
+                self.stack_fault.set(true);
+            }
+            return None;
+        }
+        Some(base.wrapping_add(esp))
+    }
+
+    /// A memory access of the instruction faulted (it is rolled back).
+    pub(crate) fn faulted(&self) -> bool {
+        self.stack_fault.get() || self.page_fault.get().is_some()
     }
 
     pub(crate) fn push(&mut self, v: u32, size: usize) {
         let esp = self.cpu.reg(ESP).wrapping_sub(size as u32);
-        let a = self.stack_addr(esp);
-        self.write(a, size, v);
+        if let Some(a) = self.stack_addr(esp, size) {
+            self.write(a, size, v);
+        }
         self.cpu.set_reg(ESP, esp);
     }
 
     pub(crate) fn pop(&mut self, size: usize) -> u32 {
         let esp = self.cpu.reg(ESP);
-        let v = self.read(self.stack_addr(esp), size);
+        let v = self.stack_addr(esp, size).map_or(0, |a| self.read(a, size));
         self.cpu.set_reg(ESP, esp.wrapping_add(size as u32));
         v
     }
@@ -634,8 +687,9 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             };
             // A 32-bit push of a segment register writes only the low word.
             let esp = env.cpu.reg(ESP).wrapping_sub(size as u32);
-            let a = env.stack_addr(esp);
-            env.write(a, 2, sel);
+            if let Some(a) = env.stack_addr(esp, size) {
+                env.write(a, 2, sel);
+            }
             env.cpu.set_reg(ESP, esp);
         }
         M::Pop if i.op0_kind() == OpKind::Register && i.op0_register().is_segment_register() => {
@@ -646,7 +700,13 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                     2
                 };
             let esp = env.cpu.reg(ESP);
-            let sel = env.read(env.stack_addr(esp), 2) as u16;
+            let Some(a) = env.stack_addr(esp, size as usize) else {
+                return Ok(Flow::Next); // #SS(0): the caller rolls back
+            };
+            let sel = env.read(a, 2) as u16;
+            if env.faulted() {
+                return Ok(Flow::Next);
+            }
             env.load_seg(seg_index(i.op0_register()).unwrap_or(SEG_DS), sel)?;
             env.cpu.set_reg(ESP, esp.wrapping_add(size));
         }
@@ -658,8 +718,15 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         }
         M::Pop => {
             let size = if i.op0_kind() == OpKind::Memory { i.memory_size().size() } else { osize };
+            let esp = env.cpu.reg(ESP);
             let v = env.pop(size);
-            env.set_op(i, 0, size, v)?;
+            if env.faulted() {
+                return Ok(Flow::Next); // nothing is stored: the caller rolls back
+            }
+            if let Err(e) = env.set_op(i, 0, size, v) {
+                env.cpu.set_reg(ESP, esp); // a faulting POP leaves ESP
+                return Err(e);
+            }
         }
         M::Pusha | M::Pushad => {
             let size = osize;
@@ -689,7 +756,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 let mut ebp = env.cpu.reg(EBP);
                 for _ in 1..level {
                     ebp = ebp.wrapping_sub(size as u32);
-                    let v = env.read(env.stack_addr(ebp), size);
+                    let v = env.stack_addr(ebp, size).map_or(0, |a| env.read(a, size));
                     env.push(v, size);
                 }
                 env.push(frame, size);

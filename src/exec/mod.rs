@@ -722,8 +722,11 @@ impl Engine {
             return self.fpu_store(&i);
         }
         let mut written = Vec::new();
+        // A page fault, or a stack access beyond a non-flat SS's limit
+        // (#SS), undoes the instruction.
         let paging = self.mem.paging().enabled();
-        let before = paging.then(|| self.cpu.snapshot());
+        let stack_checked = !self.cpu.seg[crate::cpu::SEG_SS].is_flat();
+        let before = (paging || stack_checked).then(|| self.cpu.snapshot());
         let (r, invlpg, cr_written, pf) = {
             let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
             let r = interp::execute(&mut env, &i);
@@ -755,11 +758,14 @@ impl Engine {
             self.irq_dirty = true;
         }
         if let Some(e) = pf {
-            // A memory access of the instruction faulted: undo it, raise #PF.
+            // A memory access of the instruction faulted: undo it, raise #PF
+            // (or #SS).
             if let Some(b) = &before {
                 self.cpu.restore(b);
             }
-            self.stats.page_faults += 1;
+            if e.vector == crate::cpu::vector::PF {
+                self.stats.page_faults += 1;
+            }
             return self.exception(e);
         }
         let regs = self.cpu.paging_regs();

@@ -175,7 +175,7 @@ fn put32(buf: &mut [u8], addr: u32, v: u32) {
 
 /// A segment descriptor: base, limit (20 bits), access byte, flags nibble
 /// (G, D/B, L, AVL).
-fn descriptor(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+pub(crate) fn descriptor(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
     let mut d = (limit & 0xFFFF) as u64;
     d |= ((base & 0xFF_FFFF) as u64) << 16;
     d |= (access as u64) << 40;
@@ -186,14 +186,14 @@ fn descriptor(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
 }
 
 /// Present, DPL, code/data type bits of an access byte.
-const fn access(dpl: u8, code: bool, writable_or_readable: bool, expand_down: bool) -> u8 {
+pub(crate) const fn access(dpl: u8, code: bool, writable_or_readable: bool, expand_down: bool) -> u8 {
     0x90 | (dpl << 5)
         | if code { 0x08 } else { 0 }
         | if writable_or_readable { 0x02 } else { 0 }
         | if expand_down { 0x04 } else { 0 }
 }
 /// Flags nibble: 4 KiB granularity, 32-bit.
-const G32: u8 = 0xC;
+pub(crate) const G32: u8 = 0xC;
 
 fn write_gdt(buf: &mut [u8], rng: &mut Rng) {
     let odd_base = rng.below(0x40_0000);

@@ -155,6 +155,23 @@ p_load_ss_insn:
     movw %ax, %ss
 PROBE_END p_load_ss
 
+/* void p_pop_ss(uint32_t sel): POP SS of sel; pop_ss_esp = ESP at the POP.
+   Either way ESP and SS are set back afterwards. */
+    .globl p_pop_ss, p_pop_ss_insn, pop_ss_esp
+p_pop_ss:
+    movl $p_pop_ss_rec, recover_eip
+    pushl 4(%esp)
+    movl %esp, pop_ss_esp
+p_pop_ss_insn:
+    popl %ss
+p_pop_ss_rec:
+    movl pop_ss_esp, %esp
+    addl $4, %esp
+    movl $KDATA, %eax
+    movw %ax, %ss
+    movl $0, recover_eip
+    ret
+
 /* uint32_t p_rd_fs(uint32_t off) / p_rd_gs: read seg:off */
 PROBE p_rd_fs
     movl 4(%esp), %ecx
@@ -433,6 +450,71 @@ u_ac_load:
     movw u_res+2, %ax
     int $0x82
 
+/* Stack-segment limits (run with ss=1): at ring 3, with SS a small
+   expand-up segment (USMALL, limit 0xFFF) or an expand-down one (UEXPDN,
+   limit 0xFFF: offsets 0x1000 and up), each access beyond the limit is
+   #SS(0) at its instruction with ESP unchanged; the handler resumes at the
+   next label. The ones within the limit do not fault. ss_esp[i] = ESP at
+   probe i. */
+#define USMALL 0x6B
+#define UEXPDN 0x73
+    .globl u_ss, u_ss_push, u_ss_pop, u_ss_ebp, u_ss_ovr, u_ss_down_push, u_ss_down_ovr, u_ss_in
+    .globl ss_esp
+u_ss:
+    movl $USMALL, %eax
+    movw %ax, %ss
+    movl $0x1000, %esp
+    pushl $0x5555aaaa           /* 0xFFC..0xFFF: within the limit */
+    popl %eax
+    movl %eax, u_res+0
+    movl $1f, recover_eip
+    movl $0x1003, %esp
+    movl %esp, ss_esp+0
+u_ss_push:
+    pushl %eax                  /* 0xFFF..0x1002: #SS(0) */
+1:  movl $1f, recover_eip
+    movl $0xFFE, %esp
+    movl %esp, ss_esp+4
+u_ss_pop:
+    popl %eax                   /* 0xFFE..0x1001: #SS(0) */
+1:  movl $1f, recover_eip
+    movl $0xFF0, %ebp
+    movl %esp, ss_esp+8
+u_ss_ebp:
+    movl 0x10(%ebp), %eax       /* implied SS, 0x1000..0x1003: #SS(0) */
+1:  movl $1f, recover_eip
+    movl $0x2000, %ecx
+    movl %esp, ss_esp+12
+u_ss_ovr:
+    movl %eax, %ss:-0x1000(%ecx) /* SS override, 0x1000: #SS(0) */
+1:  movl $0x1234, %ecx
+    movl %ecx, %ss:0xFF0        /* within the limit */
+    movl %ss:0xFF0, %ecx
+    movl %ecx, u_res+4
+    movl $UEXPDN, %eax
+    movw %ax, %ss
+    movl $0x1004, %esp
+    pushl $0x6666bbbb           /* 0x1000..0x1003: above the limit, valid */
+    popl %eax
+    movl %eax, u_res+8
+    movl $1f, recover_eip
+    movl $0x1000, %esp
+    movl %esp, ss_esp+16
+u_ss_down_push:
+    pushl %eax                  /* 0xFFC..0xFFF: at or below the limit: #SS(0) */
+1:  movl $1f, recover_eip
+    movl $0x800, %ecx
+    movl %esp, ss_esp+20
+u_ss_down_ovr:
+    movl %ss:(%ecx), %eax       /* 0x800: below the limit: #SS(0) */
+1:  movl $1f, recover_eip
+    movl $0x0FFE, %ecx
+    movl %esp, ss_esp+24
+u_ss_in:
+    movl %ss:(%ecx), %eax       /* 0xFFE..0x1001: straddles the limit: #SS(0) */
+1:  movl $0, recover_eip
+    int $0x82
+
 /* IOPL 3: CLI/STI/IN/OUT allowed at ring 3 */
 u_io_iopl3:
     cli
@@ -473,8 +555,13 @@ se_ss: .long 0
 se_efl: .long 0
 fc_cs: .long 0
 fc_eip: .long 0
+pop_ss_esp: .long 0
+ss_esp: .fill 8, 4, 0
 
     .bss
     .align 16
 user_stack: .skip 4096
 user_stack_top:
+/* What the stack segments of u_ss map (see ss_area in kernel.c). */
+    .globl ss_area
+ss_area: .skip 0x3000

@@ -11,7 +11,8 @@
  * ESP, CS and EFLAGS, and resumes at recover_eip when a probe armed it.
  * Groups:
  *   setup  GDT/TR after the loads (accessed and busy bits)
- *   exc    #DE #UD #BP #OF #BR #DB(ICEBP) #GP(sel) #NP(sel) vectors, error
+ *   exc    #DE #UD #BP #OF #BR #DB(ICEBP) #GP(sel) #NP(sel) #SS(sel) (MOV
+ *          SS / POP SS of a not-present data segment) vectors, error
  *          codes, saved EIPs
  *   int    INT 0x80 from ring 0 and 3 (stack switch to TSS.ESP0, saved
  *          SS:ESP, CPL, IF in interrupt vs trap gates)
@@ -27,6 +28,11 @@
  * null selector: QEMU does not check), RDMSR of an unknown MSR (QEMU
  * returns 0 instead of #GP), ICEBP (QEMU raises #UD, not #DB), the accessed
  * bit of a CS descriptor loaded by a far JMP (QEMU does not set it).
+ * Stack-segment limit violations are checked with ss=1 only (group ss:
+ * PUSH/POP and [ebp+d] / SS: operands beyond a small expand-up SS limit or
+ * at or below an expand-down SS limit, #SS(0) at the instruction with ESP
+ * unchanged): QEMU does not check them, so that run's golden output is
+ * the SDM's (every check passes), like alignment checks with ac=1.
  * Expected values follow the SDM (vol. 3 ch. 3, 5, 6, 16); output recorded
  * on QEMU. Prints "PASS|FAIL name got X want Y", then "N passed, M failed";
  * exits with V=M. An unexpected exception prints its frame and exits 255.
@@ -46,7 +52,9 @@
 #define CONFORM 0x50   /* conforming readable code, DPL 0 */
 #define CACHE   0x58   /* data, base 0x210000 (rewritten by seg: cache) */
 #define ACCTEST 0x60   /* flat data, loaded once for the accessed bit */
-#define NGDT    13     /* GDT limit = NGDT*8-1: selector 0x68 is beyond */
+#define USMALL  0x6B   /* ring-3 stack, base ss_area+0x1000, limit 0xFFF, B=1 */
+#define UEXPDN  0x73   /* ring-3 expand-down stack, same base, limit 0xFFF, B=1 */
+#define NGDT    15     /* GDT limit = NGDT*8-1: selector 0x78 is beyond */
 
 #define IF_   0x200u
 #define IOPL3 0x3000u
@@ -59,13 +67,16 @@ extern volatile uint32_t recover_eip, u_exit_efl, u_exit_esp, u_res[16];
 extern volatile uint16_t u_gdtr[3], u_idtr[3];
 extern volatile uint32_t lar_sel, lar_res[6];
 extern volatile uint32_t se_esp, se_cs, se_ss, se_efl;
+extern volatile uint32_t pop_ss_esp, ss_esp[8];
+extern char ss_area[];
+extern char u_ss[], u_ss_push[], u_ss_pop[], u_ss_ebp[], u_ss_ovr[], u_ss_down_push[], u_ss_down_ovr[], u_ss_in[];
 uint32_t run_user(void *entry, uint32_t eflags);
 void lar_probe(void);
 #define P(n) void n(void); extern char n##_insn[];
 P(p_de) P(p_ud) P(p_bp) P(p_of) P(p_br) P(p_br_ok)
 #undef P
-void p_load_es(uint32_t), p_load_ds(uint32_t), p_load_ss(uint32_t);
-extern char p_load_es_insn[], p_load_ds_insn[], p_load_ss_insn[];
+void p_load_es(uint32_t), p_load_ds(uint32_t), p_load_ss(uint32_t), p_pop_ss(uint32_t);
+extern char p_load_es_insn[], p_load_ds_insn[], p_load_ss_insn[], p_pop_ss_insn[];
 uint32_t p_rd_fs(uint32_t), p_rd_gs(uint32_t);
 void p_wr_fs(uint32_t, uint32_t);
 uint32_t far_call_test(uint32_t *cs, uint32_t *eip);
@@ -144,6 +155,8 @@ static void setup(void)
     gdt[CONFORM >> 3] = desc(0, 0xFFFFF, 0x9E, 0xC);
     gdt[CACHE >> 3] = desc(0x210000, 0xFFFF, 0x92, 0x4);
     gdt[ACCTEST >> 3] = desc(0, 0xFFFFF, 0x92, 0xC);
+    gdt[USMALL >> 3] = desc((uint32_t)ss_area + 0x1000, 0xFFF, 0xF2, 0x4);
+    gdt[UEXPDN >> 3] = desc((uint32_t)ss_area + 0x1000, 0xFFF, 0xF6, 0x4);
     tss.ss0 = KDATA;
     tss.esp0 = ESP0;
     tss.iomap = 0xFFFF;                 /* beyond the limit: no bitmap */
@@ -308,6 +321,11 @@ static void t_exc(void)
     check("exc: mov es, readable ring-3 code at ring 0: no exception", nexc, 0);
     reset_log(); p_load_ss(KCODE);
     check_exc("exc: mov ss, code segment #GP(sel)", 0, 13, KCODE, (uint32_t)p_load_ss_insn);
+    reset_log(); p_load_ss(NOTPRES);
+    check_exc("exc: mov ss, not-present data #SS(sel)", 0, 12, NOTPRES, (uint32_t)p_load_ss_insn);
+    reset_log(); p_pop_ss(NOTPRES);
+    check_exc("exc: pop ss, not-present data #SS(sel)", 0, 12, NOTPRES, (uint32_t)p_pop_ss_insn);
+    check("exc: pop ss #SS: ESP unchanged", xlog[0].esp - pop_ss_esp, 0);
 }
 
 static void t_int(void)
@@ -582,12 +600,45 @@ static void t_ac(void)
     check("ac: CR0.AM clear: no fault", nexc, 0);
 }
 
+/* Stack-segment limits (ss=1 only: QEMU TCG does not check them; the
+   expected values are the SDM's, vol. 3 sec. 6.15 "#SS"). */
+static void t_ss(void)
+{
+    static const struct { const char *name; char *insn; uint32_t ss; } t[] = {
+        { "ss: push beyond the limit #SS(0)", u_ss_push, USMALL },
+        { "ss: pop beyond the limit #SS(0)", u_ss_pop, USMALL },
+        { "ss: load [ebp+0x10] beyond the limit #SS(0)", u_ss_ebp, USMALL },
+        { "ss: store ss:[ecx-0x1000] beyond the limit #SS(0)", u_ss_ovr, USMALL },
+        { "ss: expand-down push at the limit #SS(0)", u_ss_down_push, UEXPDN },
+        { "ss: expand-down load ss:[ecx] below the limit #SS(0)", u_ss_down_ovr, UEXPDN },
+        { "ss: expand-down load straddling the limit #SS(0)", u_ss_in, UEXPDN },
+    };
+    const size_t n = sizeof t / sizeof t[0];
+    reset_log();
+    memset((void *)u_res, 0, 16);
+    run_user(u_ss, 0x202);
+    check("ss: faults", nexc, n);
+    check("ss: push/pop within the limit", u_res[0], 0x5555aaaa);
+    check("ss: store/load within the limit", u_res[1], 0x1234);
+    check("ss: expand-down push/pop above the limit", u_res[2], 0x6666bbbb);
+    for (size_t i = 0; i < n; i++) {
+        check_exc(t[i].name, i, 12, 0, (uint32_t)t[i].insn);
+        check("ss: saved ESP unchanged", xlog[i].esp - ss_esp[i], 0);
+        check("ss: saved SS", xlog[i].ss, t[i].ss);
+    }
+}
+
 int kmain(uint32_t magic, uint32_t info)
 {
     (void)magic; (void)info;
     setup();
     if (cmdline_uint("ac", 0)) {
         t_ac();
+        put_dec(n_pass); puts_serial(" passed, "); put_dec(n_fail); puts_serial(" failed\n");
+        return (int)n_fail;
+    }
+    if (cmdline_uint("ss", 0)) {
+        t_ss();
         put_dec(n_pass); puts_serial(" passed, "); put_dec(n_fail); puts_serial(" failed\n");
         return (int)n_fail;
     }
