@@ -622,6 +622,7 @@ mod tests {
                 soft_mmu: false,
                 text_screen: None,
                 perfmap: false,
+                gdb: None,
             }
         );
     }
