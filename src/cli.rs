@@ -51,6 +51,10 @@ pub struct TraceFlags {
     pub exec: bool,
     /// Interrupts and exceptions.
     pub int: bool,
+    /// The CPU state before each block the dispatcher enters.
+    pub cpu: bool,
+    /// No block chaining (every block entry is traced).
+    pub nochain: bool,
 }
 
 /// The validated configuration of one run.
@@ -103,6 +107,8 @@ const TRACE_CLASSES: &[(&str, &str)] = &[
     ("out_asm", "show generated host code for each translated block"),
     ("exec", "show each translated block as it is executed"),
     ("int", "show interrupts and exceptions"),
+    ("cpu", "show the CPU state before each block"),
+    ("nochain", "do not chain blocks (every block entry is traced)"),
 ];
 
 /// Why the command line was rejected (or, for help, why nothing runs).
@@ -525,6 +531,8 @@ fn parse_trace(list: &str, trace: &mut TraceFlags) -> Result<(), CliError> {
             "out_asm" => trace.out_asm = true,
             "exec" => trace.exec = true,
             "int" => trace.int = true,
+            "cpu" => trace.cpu = true,
+            "nochain" => trace.nochain = true,
             "help" => return Err(CliError::TraceHelp),
             _ => return Err(CliError::UnknownTraceClass(item.to_owned())),
         }
@@ -706,9 +714,11 @@ mod tests {
     #[test]
     fn trace_classes() {
         let t = ok(&["-d", "in_asm,out_asm", "k"]).trace;
-        assert_eq!(t, TraceFlags { in_asm: true, out_asm: true, exec: false, int: false });
+        assert_eq!(t, TraceFlags { in_asm: true, out_asm: true, ..TraceFlags::default() });
         let t = ok(&["-d", "exec", "-d", "int", "k"]).trace;
-        assert_eq!(t, TraceFlags { in_asm: false, out_asm: false, exec: true, int: true });
+        assert_eq!(t, TraceFlags { exec: true, int: true, ..TraceFlags::default() });
+        let t = ok(&["-d", "cpu,nochain", "k"]).trace;
+        assert_eq!(t, TraceFlags { cpu: true, nochain: true, ..TraceFlags::default() });
         let e = err(&["-d", "in_asm,bogus", "k"]);
         assert!(matches!(e, CliError::UnknownTraceClass(ref c) if c == "bogus"));
         assert!(e.to_string().contains("bogus"));

@@ -138,9 +138,10 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
     };
     let t = &config.trace;
     let opts = EngineOptions {
-        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int },
-        // Every block entry is visible in the exec trace only without chaining.
-        chaining: !t.exec && config.icount_shift.is_none(),
+        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int, cpu: t.cpu },
+        // As in QEMU, exec and cpu traces show the blocks entered from the
+        // dispatcher: every block only with nochain.
+        chaining: !t.nochain && config.icount_shift.is_none(),
         icount: config.icount_shift.is_some(),
         soft_mmu: config.soft_mmu,
         perfmap: config.perfmap,

@@ -161,7 +161,7 @@ fn gdb_session_matches_qemu() {
     got += &format!("status {}\n", status.code().unwrap_or(-1));
     got += &std::fs::read_to_string(&serial).unwrap_or_default();
     let _ = std::fs::remove_file(&serial);
-    let want = std::fs::read_to_string(repo().join("guest-images/expected/gdbtest.gdb.out")).expect("expected output");
+    let want = std::fs::read_to_string(repo().join("guest-images/expected/gdbtest.session")).expect("expected output");
     let (g, w) = (normalize(&got), normalize(&want));
     if g != w {
         let first = g.iter().zip(&w).position(|(a, b)| a != b).unwrap_or(g.len().min(w.len()));
@@ -184,8 +184,8 @@ fn monitor_commands_and_kill() {
     for want in [
         "CPL=3",
         // (The accessed bit is set: QEMU leaves it clear on these loads.)
-        "CS =001b 00000000 ffffffff 00cffb00",
-        "SS =0023 00000000 ffffffff 00cff300",
+        "CS =001b 00000000 ffffffff 00cffb00 DPL=3 CS32 [-RA]",
+        "SS =0023 00000000 ffffffff 00cff300 DPL=3 DS   [-WA]",
         "TR =0028",
         "CR0=80000011",
         // The identity-mapped 4 MiB and the alias page, all user-writable.

@@ -8,6 +8,7 @@
 //! registers), which only the VMM touches.
 
 pub mod cpuid;
+pub mod dump;
 pub mod interp;
 pub mod interrupt;
 pub mod mode;
@@ -655,43 +656,6 @@ impl Cpu {
 
     pub fn eip(&self) -> u32 {
         self.hot.eip
-    }
-
-    /// One-line-per-group register dump in the style of QEMU's `info registers`.
-    pub fn dump(&self) -> String {
-        let g = &self.hot.gpr;
-        let mut s = format!(
-            "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x}\nESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}\nEIP={:08x} EFL={:08x} CPL={}\n",
-            g[EAX],
-            g[EBX],
-            g[ECX],
-            g[EDX],
-            g[ESI],
-            g[EDI],
-            g[EBP],
-            g[ESP],
-            self.hot.eip,
-            self.eflags(),
-            self.cpl
-        );
-        for (name, i) in
-            [("ES", SEG_ES), ("CS", SEG_CS), ("SS", SEG_SS), ("DS", SEG_DS), ("FS", SEG_FS), ("GS", SEG_GS)]
-        {
-            let sg = &self.seg[i];
-            s += &format!("{name} ={:04x} {:08x} {:08x} {:04x}\n", sg.selector, sg.base, sg.limit, sg.attr);
-        }
-        s += &format!(
-            "GDT=     {:08x} {:08x}\nIDT=     {:08x} {:08x}\nCR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}",
-            self.gdtr.base,
-            self.gdtr.limit,
-            self.idtr.base,
-            self.idtr.limit,
-            self.cr[0],
-            self.cr[2],
-            self.cr[3],
-            self.cr[4]
-        );
-        s
     }
 }
 

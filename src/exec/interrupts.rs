@@ -122,6 +122,38 @@ impl Engine {
         }
     }
 
+    /// `-d int`: the event about to be delivered and the state before it,
+    /// in QEMU's form (QEMU logs protected-mode events only).
+    fn log_interrupt(&mut self, e: &Exception, kind: EventKind) {
+        use crate::cpu::{SEG_CS, SEG_SS};
+        let cpu = &self.cpu;
+        let eip = cpu.hot.eip;
+        let mut l = String::new();
+        if kind == EventKind::External {
+            l += &format!("Servicing hardware INT=0x{:02x}\n", e.vector);
+        }
+        l += &format!(
+            "{:6}: v={:02x} e={:04x} i={} cpl={} IP={:04x}:{eip:08x} pc={:08x} SP={:04x}:{:08x} ",
+            self.int_log_count,
+            e.vector,
+            e.error_code.unwrap_or(0),
+            u8::from(kind == EventKind::Software),
+            cpu.cpl,
+            cpu.seg[SEG_CS].selector,
+            cpu.seg[SEG_CS].base.wrapping_add(eip),
+            cpu.seg[SEG_SS].selector,
+            cpu.reg(crate::cpu::ESP),
+        );
+        if e.vector == vector::PF {
+            l += &format!("CR2={:08x}\n", cpu.cr[2]);
+        } else {
+            l += &format!("env->regs[R_EAX]={:08x}\n", cpu.reg(crate::cpu::EAX));
+        }
+        l += &cpu.dump();
+        self.int_log_count += 1;
+        self.logln(&l);
+    }
+
     /// A guest exception (a fault) at the current EIP.
     pub(super) fn exception(&mut self, e: Exception) -> Step {
         let eip = self.cpu.hot.eip;
@@ -141,20 +173,8 @@ impl Engine {
         }
         let (mut cur, mut kind, mut ret) = (e, kind, ret_eip);
         loop {
-            if self.opts.trace.int {
-                let l = format!(
-                    "{:>4}: v={:02x} e={} i={} cpl={} IP={:04x}:{eip:08x} pc={eip:08x} SP={:04x}:{:08x} EAX={:08x}",
-                    self.stats.exceptions,
-                    cur.vector,
-                    cur.error_code.map_or("----".into(), |c| format!("{c:04x}")),
-                    u8::from(kind == EventKind::Software),
-                    self.cpu.cpl,
-                    self.cpu.seg[crate::cpu::SEG_CS].selector,
-                    self.cpu.seg[crate::cpu::SEG_SS].selector,
-                    self.cpu.reg(crate::cpu::ESP),
-                    self.cpu.reg(crate::cpu::EAX),
-                );
-                self.logln(&l);
+            if self.opts.trace.int && self.cpu.cr[0] & 1 != 0 {
+                self.log_interrupt(&cur, kind);
             }
             let mut written = Vec::new();
             let before = self.cpu.snapshot();

@@ -68,6 +68,8 @@ pub struct Trace {
     pub out_asm: bool,
     pub exec: bool,
     pub int: bool,
+    /// The CPU state before each block the dispatcher enters.
+    pub cpu: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +197,8 @@ pub struct Engine {
     debug: Option<Box<debug::DebugState>>,
     /// The FPU of the running thread holds the guest's x87 state.
     fpu_ready: bool,
+    /// Events logged by `-d int` (QEMU numbers its lines).
+    int_log_count: u64,
 }
 
 type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
@@ -257,6 +261,7 @@ impl Engine {
             perfmap: None,
             debug: None,
             fpu_ready: false,
+            int_log_count: 0,
         })
     }
 
@@ -411,7 +416,11 @@ impl Engine {
             // The jump cache in front of the block map: with nothing to chain,
             // a hit gives the entry directly (entries are dropped whenever a
             // linear address may map other code, so a hit needs no page walk).
-            if chain_from.is_none() && self.opts.chaining && mode.uses_jump_cache() && !self.opts.trace.exec {
+            if chain_from.is_none()
+                && self.opts.chaining
+                && mode.uses_jump_cache()
+                && !(self.opts.trace.exec || self.opts.trace.cpu)
+            {
                 let s = crate::cache::jc_slot(mode, lin);
                 if self.cpu.hot.jc_keys[s] == crate::cpu::jc_key(lin) {
                     let host = self.cpu.hot.jc_targets[s] as usize;
@@ -463,9 +472,8 @@ impl Engine {
                     }
                 }
             }
-            if self.opts.trace.exec {
-                let l = format!("Trace 0: {host:#x} [{:08x}/{eip:08x}/{:#x}]", 0, self.cpu.eflags());
-                self.logln(&l);
+            if self.opts.trace.exec || self.opts.trace.cpu {
+                self.log_block(host, lin, mode);
             }
             let events = self.stats.exceptions;
             let block_insns = self.cache.blocks[id as usize].insn_map.len().saturating_sub(1) as u64;
@@ -493,6 +501,22 @@ impl Engine {
             }
             clean = self.exited_clean();
         }
+    }
+
+    /// `-d exec` and `-d cpu`: the block about to run (QEMU's `Trace` line:
+    /// host address, [CS base/linear EIP/mode/0]) and the state before it.
+    fn log_block(&mut self, host: usize, lin: u32, mode: Mode) {
+        let mut l = String::new();
+        if self.opts.trace.exec {
+            l += &format!("Trace 0: {host:#x} [{:08x}/{lin:08x}/{:08x}/00000000] ", self.cpu.seg[SEG_CS].base, mode.0);
+        }
+        if self.opts.trace.cpu {
+            if !l.is_empty() {
+                l.push('\n');
+            }
+            l += &self.cpu.dump();
+        }
+        self.logln(&l);
     }
 
     /// Did translated code last leave through an unchained direct exit or

@@ -4,7 +4,7 @@
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, outputln};
 
 use super::GdbTarget;
-use crate::cpu::{Cpu, Segment};
+use crate::cpu::Cpu;
 use crate::memory::GuestMemory;
 use crate::memory::mmu::{CR4_PSE, pte};
 
@@ -33,39 +33,9 @@ impl MonitorCmd for GdbTarget<'_> {
     }
 }
 
-/// One segment cache in QEMU's `info registers` form: selector, base,
-/// limit in bytes, and the descriptor's high-dword flags (access byte,
-/// limit bits 19:16, G/D/L/AVL).
-fn segment(name: &str, s: &Segment) -> String {
-    /// The G bit in `Segment::attr` (the flags nibble sits above the access byte).
-    const ATTR_G: u16 = 0x8000;
-    let raw_limit = if s.attr & ATTR_G != 0 { s.limit >> 12 } else { s.limit };
-    let flags = ((s.attr as u32) << 8) | (((raw_limit >> 16) & 0xF) << 16);
-    format!("{name:<3}={:04x} {:08x} {:08x} {flags:08x}\n", s.selector, s.base, s.limit)
-}
-
-/// `info registers`.
+/// `info registers`: QEMU's form of the state.
 fn registers(cpu: &Cpu) -> String {
-    let g = &cpu.hot.gpr;
-    let mut s = format!(
-        "EAX={:08x} EBX={:08x} ECX={:08x} EDX={:08x}\nESI={:08x} EDI={:08x} EBP={:08x} ESP={:08x}\n",
-        g[0], g[3], g[1], g[2], g[6], g[7], g[5], g[4]
-    );
-    s += &format!("EIP={:08x} EFL={:08x} CPL={}\n", cpu.hot.eip, cpu.eflags(), cpu.cpl);
-    let names = ["ES", "CS", "SS", "DS", "FS", "GS"];
-    for (i, n) in names.iter().enumerate() {
-        s += &segment(n, &cpu.seg[i]);
-    }
-    s += &segment("LDT", &cpu.ldtr);
-    s += &segment("TR", &cpu.tr);
-    s += &format!("GDT=     {:08x} {:08x}\n", cpu.gdtr.base, cpu.gdtr.limit);
-    s += &format!("IDT=     {:08x} {:08x}\n", cpu.idtr.base, cpu.idtr.limit);
-    s += &format!("CR0={:08x} CR2={:08x} CR3={:08x} CR4={:08x}\n", cpu.cr[0], cpu.cr[2], cpu.cr[3], cpu.cr[4]);
-    s += &format!(
-        "DR0={:08x} DR1={:08x} DR2={:08x} DR3={:08x}\nDR6={:08x} DR7={:08x}\n",
-        cpu.dr[0], cpu.dr[1], cpu.dr[2], cpu.dr[3], cpu.dr[6], cpu.dr[7]
-    );
-    s
+    cpu.dump()
 }
 
 /// PTE flags as QEMU's `info tlb` prints them.

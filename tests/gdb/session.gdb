@@ -1,5 +1,5 @@
 # The gdb session tests/gdb.rs runs against btvisor; the expected output
-# (guest-images/expected/gdbtest.gdb.out) is this script's output against
+# (guest-images/expected/gdbtest.session) is this script's output against
 # QEMU's stub. Everything before the ==begin== marker differs (QEMU starts
 # in its BIOS) and is not compared; register lines are compared by value
 # (QEMU's target description names EFLAGS' IOPL field, gdbstub_arch's
