@@ -75,6 +75,15 @@ rwatch *(int *)0x40000020
 continue
 info registers eip eax
 delete
+# An access watchpoint; register writes reach the guest.
+awatch *(int *)0x40000010
+set $eax = 0x5a5a5a5a
+continue
+info registers eip edx
+continue
+info registers eip
+x/xw 0x40000010
+delete
 # Ring 3.
 break gt_user
 continue

@@ -54,6 +54,8 @@ gt_watch_store:
 gt_watch_load:
     movl 0x20(%ecx), %eax
     nop
+    movl 0x10(%ecx), %edx
+    addl %eax, 0x10(%ecx)
 gt_watch_end:
     ret
 
