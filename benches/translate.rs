@@ -28,8 +28,14 @@ fn translate_all(ram: &[u8], text: &[(u32, u32)]) -> (u64, usize) {
         let mut eip = start;
         while eip < end {
             let b = decode_block(ram, 0, eip, MAX_BLOCK_INSNS);
-            let t = Translator::new(HOST_BASE, EXITS, 0, Options { inline_lookup: true, mode: Mode::default() }, ram)
-                .translate(&b);
+            let t = Translator::new(
+                HOST_BASE,
+                EXITS,
+                0,
+                Options { inline_lookup: true, mode: Mode::default(), icount: false },
+                ram,
+            )
+            .translate(&b);
             insns += b.insns.len() as u64;
             bytes += t.code.len();
             eip = b.end;

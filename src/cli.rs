@@ -79,6 +79,8 @@ pub struct Config {
     pub cache_bytes: Option<u64>,
     /// `-icount shift=N`: deterministic time, 2^N ns per guest instruction.
     pub icount_shift: Option<u32>,
+    /// `-icount ...,rr=record|replay,rrfile=F`.
+    pub record_replay: Option<RecordReplayConfig>,
     /// `--soft-mmu`: every memory access through the soft TLB (testing).
     pub soft_mmu: bool,
     /// `--text-screen FILE`: write the VGA text screen there at exit.
@@ -87,6 +89,14 @@ pub struct Config {
     pub perfmap: bool,
     /// `-gdb tcp::PORT` / `-s`, with `-S`: the gdb stub.
     pub gdb: Option<GdbConfig>,
+}
+
+/// Deterministic record and replay (`-icount shift=N,rr=MODE,rrfile=F`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordReplayConfig {
+    /// `rr=replay` (else `rr=record`).
+    pub replay: bool,
+    pub file: PathBuf,
 }
 
 /// The gdb stub's settings.
@@ -138,8 +148,12 @@ pub enum CliError {
     UnsupportedDisplay(String),
     #[error("unsupported -device `{0}`: only isa-debug-exit is available")]
     UnsupportedDevice(String),
-    #[error("invalid -icount `{0}`: expected shift=N with N from 0 to 10, or auto")]
+    #[error(
+        "invalid -icount `{0}`: expected [shift=]N (N from 0 to 10) or auto, optionally with ,rr=record|replay,rrfile=FILE"
+    )]
     InvalidIcount(String),
+    #[error("-icount `{0}`: rr=record|replay and rrfile=FILE go together")]
+    RecordReplayNeedsFile(String),
     #[error("invalid code cache size `{value}`: {reason}")]
     InvalidCacheSize { value: String, reason: &'static str },
     #[error("unsupported -accel `{0}`: only tcg (binary translation) is available")]
@@ -374,6 +388,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
     if raw.enable_kvm {
         return Err(CliError::KvmNotUsed("-enable-kvm"));
     }
+    let icount = raw.icount.as_deref().map(parse_icount).transpose()?;
     let gdb_device = raw.gdb.clone().or_else(|| raw.gdb_default.then(|| DEFAULT_GDB_DEVICE.to_string()));
     let gdb = match gdb_device {
         Some(dev) => {
@@ -444,10 +459,8 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
             Some(spec) => Some(parse_cache_size(spec)?),
             None => cache_bytes,
         },
-        icount_shift: match &raw.icount {
-            Some(spec) => Some(parse_icount(spec)?),
-            None => None,
-        },
+        icount_shift: icount.as_ref().map(|(shift, _)| *shift),
+        record_replay: icount.and_then(|(_, rr)| rr),
         soft_mmu: raw.soft_mmu,
         text_screen: raw.text_screen,
         perfmap: raw.perfmap,
@@ -460,16 +473,33 @@ const MAX_ICOUNT_SHIFT: u32 = 10;
 /// The shift `-icount auto` uses (QEMU adapts it; btvisor keeps it fixed).
 const AUTO_ICOUNT_SHIFT: u32 = 3;
 
-fn parse_icount(spec: &str) -> Result<u32, CliError> {
-    let shift = spec.split(',').next().unwrap_or(spec);
-    let shift = shift.strip_prefix("shift=").unwrap_or(shift);
-    if shift == "auto" {
-        return Ok(AUTO_ICOUNT_SHIFT);
+/// `-icount [shift=]N|auto[,rr=record|replay,rrfile=F][,sleep=on][,align=off]`.
+fn parse_icount(spec: &str) -> Result<(u32, Option<RecordReplayConfig>), CliError> {
+    let bad = || CliError::InvalidIcount(spec.to_owned());
+    let mut shift = None;
+    let (mut rr, mut file) = (None, None);
+    for (k, part) in spec.split(',').enumerate() {
+        match part.split_once('=') {
+            Some(("shift", v)) => shift = Some(v),
+            Some(("rr", "record")) => rr = Some(false),
+            Some(("rr", "replay")) => rr = Some(true),
+            Some(("rrfile", f)) if !f.is_empty() => file = Some(PathBuf::from(f)),
+            // QEMU's defaults, which are what btvisor does.
+            Some(("sleep", "on")) | Some(("align", "off")) => {}
+            None if k == 0 => shift = Some(part),
+            _ => return Err(bad()),
+        }
     }
-    match shift.parse::<u32>() {
-        Ok(n) if n <= MAX_ICOUNT_SHIFT => Ok(n),
-        _ => Err(CliError::InvalidIcount(spec.to_owned())),
-    }
+    let shift = match shift.ok_or_else(bad)? {
+        "auto" => AUTO_ICOUNT_SHIFT,
+        n => n.parse::<u32>().ok().filter(|&n| n <= MAX_ICOUNT_SHIFT).ok_or_else(bad)?,
+    };
+    let rr = match (rr, file) {
+        (Some(replay), Some(file)) => Some(RecordReplayConfig { replay, file }),
+        (None, None) => None,
+        _ => return Err(CliError::RecordReplayNeedsFile(spec.to_owned())),
+    };
+    Ok((shift, rr))
 }
 
 /// Smallest and largest code cache (the cache must hold the trampolines and
@@ -627,6 +657,7 @@ mod tests {
                 stats: false,
                 cache_bytes: None,
                 icount_shift: None,
+                record_replay: None,
                 soft_mmu: false,
                 text_screen: None,
                 perfmap: false,
@@ -734,6 +765,13 @@ mod tests {
         assert_eq!(ok(&["-icount", "2", "k"]).icount_shift, Some(2));
         assert_eq!(ok(&["-icount", "auto", "k"]).icount_shift, Some(3));
         assert!(parse(&["-icount", "shift=99", "k"]).is_err());
+        let c = ok(&["-icount", "shift=1,rr=record,rrfile=/tmp/r", "k"]);
+        assert_eq!(c.icount_shift, Some(1));
+        assert_eq!(c.record_replay, Some(RecordReplayConfig { replay: false, file: "/tmp/r".into() }));
+        let c = ok(&["-icount", "shift=auto,rr=replay,rrfile=x,sleep=on", "k"]);
+        assert_eq!(c.record_replay, Some(RecordReplayConfig { replay: true, file: "x".into() }));
+        assert!(matches!(err(&["-icount", "shift=1,rr=record", "k"]), CliError::RecordReplayNeedsFile(_)));
+        assert!(matches!(err(&["-icount", "shift=1,rr=rewind,rrfile=x", "k"]), CliError::InvalidIcount(_)));
     }
 
     #[test]

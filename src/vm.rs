@@ -64,6 +64,8 @@ pub enum VmError {
     #[error("a Linux kernel takes one -initrd file, not a comma-separated list")]
     InitrdList,
     #[error(transparent)]
+    Replay(#[from] crate::devices::replay::ReplayError),
+    #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Exec(#[from] ExecError),
@@ -132,8 +134,18 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         None => VirtualClock::host(),
     };
     let (io, mut chipset) = pc_machine(serial_writer(&config.serial)?, config.mem_bytes, clock);
+    let replaying = config.record_replay.as_ref().is_some_and(|r| r.replay);
+    if let (Some(rr), Some(shift)) = (&config.record_replay, config.icount_shift) {
+        use crate::devices::replay::RecordReplay;
+        chipset.record_replay = Some(if rr.replay {
+            RecordReplay::replay(&rr.file, shift)?
+        } else {
+            RecordReplay::record(&rr.file, shift)?
+        });
+    }
+    // A replay's input is the recording's, not the terminal's.
     let raw_mode = match config.serial {
-        SerialTarget::Stdout => chipset.connect_stdin(),
+        SerialTarget::Stdout if !replaying => chipset.connect_stdin(),
         _ => None,
     };
     let t = &config.trace;
@@ -141,13 +153,16 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int, cpu: t.cpu },
         // As in QEMU, exec and cpu traces show the blocks entered from the
         // dispatcher: every block only with nochain.
-        chaining: !t.nochain && config.icount_shift.is_none(),
+        chaining: !t.nochain,
         icount: config.icount_shift.is_some(),
         soft_mmu: config.soft_mmu,
         perfmap: config.perfmap,
         cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     };
     let mut engine = Engine::new(mem, io, opts)?;
+    if config.icount_shift.is_some() {
+        engine.cpu.tsc_clock = Some(chipset.clock.clone());
+    }
     engine.chipset = Some(chipset);
     engine.raw_mode = raw_mode;
     if let Some(p) = &config.log_file {

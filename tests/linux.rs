@@ -257,3 +257,63 @@ fn ctrl_a_x_quits() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// An interactive session under `-icount` on a terminal (typed commands,
+/// Ctrl-C of a `sleep`), recorded, then replayed from the recording alone:
+/// the same console output byte for byte, the uptimes and interrupt counts
+/// the shell prints included.
+#[test]
+fn linux_shell_session_records_and_replays() {
+    use std::io::Write;
+    let _one = one_guest();
+    let file = std::env::temp_dir().join(format!("btvisor-linux-rr-{}", std::process::id()));
+    let icount = |mode: &str| format!("shift=1,rr={mode},rrfile={}", file.display());
+    let (master, slave) = openpty();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
+        .args(linux_args("shell.cpio.gz", "console=ttyS0"))
+        .args(["-icount", &icount("record")])
+        .stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .expect("spawn btvisor");
+    let mut m = std::fs::File::from(master);
+    let mut buf = String::new();
+    let mut at = expect(&mut m, &mut buf, 0, "# ", TIMEOUT);
+    m.write_all(b"echo rr-$((6*7)); cat /proc/uptime; grep timer /proc/interrupts\r").expect("type");
+    at = expect(&mut m, &mut buf, at, "XT-PIC", Duration::from_secs(20));
+    at = expect(&mut m, &mut buf, at, "# ", Duration::from_secs(20));
+    m.write_all(b"sleep 30\r").expect("type");
+    std::thread::sleep(Duration::from_millis(700));
+    m.write_all(b"\x03").expect("Ctrl-C");
+    at = expect(&mut m, &mut buf, at, "# ", Duration::from_secs(10));
+    m.write_all(b"cat /proc/uptime; poweroff -f\r").expect("type");
+    let _ = expect(&mut m, &mut buf, at, "reboot: System halted", Duration::from_secs(20));
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("btvisor did not exit after poweroff -f:\n{buf}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Whatever the terminal still holds.
+    let _ = expect(&mut m, &mut buf, 0, "", Duration::from_secs(1));
+    let mut rep_args = linux_args("shell.cpio.gz", "console=ttyS0");
+    rep_args.extend(["-icount".to_string(), icount("replay")]);
+    let rep = run_btvisor(&rep_args, &[], Duration::ZERO, TIMEOUT);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(rep.status.and_then(|s| s.code()), Some(0), "replay: {}", rep.stderr);
+    let replayed = rep.stdout.replace('\r', "");
+    let recorded = &buf[..buf.find("btvisor:").unwrap_or(buf.len())];
+    if recorded != replayed {
+        let k = recorded.lines().zip(replayed.lines()).position(|(a, b)| a != b).unwrap_or(0);
+        panic!(
+            "replay differs at line {}:\n  recorded: {:?}\n  replayed: {:?}\nrecorded:\n{recorded}",
+            k + 1,
+            recorded.lines().nth(k),
+            replayed.lines().nth(k)
+        );
+    }
+    assert!(replayed.contains("rr-42"), "{replayed}");
+}

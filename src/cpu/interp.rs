@@ -638,6 +638,16 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             }
         }
         M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => return string_io(env, i),
+        M::Rdtsc => {
+            // CR4.TSD restricts RDTSC to CPL 0.
+            const CR4_TSD: u32 = 1 << 2;
+            if env.cpu.cr[4] & CR4_TSD != 0 && env.cpu.cpl != 0 {
+                return Err(gp0());
+            }
+            let t = tsc(env.cpu);
+            env.cpu.set_reg(EAX, t as u32);
+            env.cpu.set_reg(EDX, (t >> 32) as u32);
+        }
         M::Cpuid => {
             let r = cpuid::cpuid(env.cpu.reg(EAX), env.cpu.reg(ECX));
             env.cpu.set_reg(EAX, r[0]);
@@ -865,7 +875,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         M::Rdmsr => {
             env.require_cpl0()?;
             let v = match env.cpu.reg(ECX) {
-                msr::TSC => host_tsc(),
+                msr::TSC => tsc(env.cpu),
                 msr::APIC_BASE => msr::APIC_BASE_VALUE,
                 msr::PLATFORM_ID => 0,
                 msr::BIOS_SIGN_ID => msr::MICROCODE_REVISION,
@@ -1214,9 +1224,13 @@ fn string_mem(env: &mut Env, i: &Instruction) -> R<Flow> {
     Ok(Flow::Next)
 }
 
-fn host_tsc() -> u64 {
-    // SAFETY: RDTSC has no preconditions in user mode on Linux x86-64.
-    unsafe { core::arch::x86_64::_rdtsc() }
+/// The guest's TSC: the virtual clock at 1 GHz under `-icount`, else the host's.
+fn tsc(cpu: &Cpu) -> u64 {
+    match &cpu.tsc_clock {
+        Some(clock) => clock.now_ns(),
+        // SAFETY: RDTSC has no preconditions in user mode on Linux x86-64.
+        None => unsafe { core::arch::x86_64::_rdtsc() },
+    }
 }
 
 /// Port access check: allowed at CPL <= IOPL, otherwise every bit of the

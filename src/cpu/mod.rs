@@ -159,7 +159,11 @@ pub struct HotState {
     /// Nonzero while the interrupt controller asserts INTR: translated STI
     /// and POPFD test it to leave the block for the dispatcher to deliver.
     pub intr_pending: u32,
-    _pad3: [u32; 1],
+    /// With `-icount`: instructions translated code may still start before
+    /// the dispatcher must look at the devices. Each block subtracts its
+    /// instruction count at entry and leaves (through a load that faults)
+    /// instead of going negative; read as an i32.
+    pub icount_left: u32,
     /// `jc_key(eip)` of the entries (`JC_EMPTY_KEY` when empty).
     pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
@@ -281,6 +285,7 @@ pub const OFF_INVLPG_FN: i32 = offset_of!(HotState, invlpg_fn) as i32;
 pub const OFF_SOFT_KIND: i32 = offset_of!(HotState, soft_kind) as i32;
 pub const OFF_SOFT_TLB: i32 = offset_of!(HotState, soft_tlb) as i32;
 pub const OFF_INTR_PENDING: i32 = offset_of!(HotState, intr_pending) as i32;
+pub const OFF_ICOUNT_LEFT: i32 = offset_of!(HotState, icount_left) as i32;
 pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
 pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
 
@@ -512,6 +517,9 @@ pub struct Cpu {
     /// The selector of the last VERW the interpreter ran (the engine takes
     /// it to let translated code repeat the result; `exec::seg_reload`).
     pub last_verw: Option<u16>,
+    /// With `-icount`, the TSC the guest reads: the virtual clock at 1 GHz
+    /// (deterministic); otherwise the host's TSC.
+    pub tsc_clock: Option<crate::devices::clock::VirtualClock>,
 }
 
 impl Default for Cpu {
@@ -540,6 +548,7 @@ impl Cpu {
             msr_sysenter: [0; 3],
             msr_misc_enable: interp::MISC_ENABLE_RESET,
             last_verw: None,
+            tsc_clock: None,
         }
     }
 

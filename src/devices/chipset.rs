@@ -56,6 +56,11 @@ pub struct Chipset {
     pub uart: Arc<Mutex<Uart16550>>,
     /// Bytes from the host's standard input for COM1, if connected.
     input: Option<Receiver<u8>>,
+    /// `-icount ...,rr=`: the input is recorded, or comes from a recording.
+    pub record_replay: Option<super::replay::RecordReplay>,
+    /// Under icount, the points at which the engine looks at the devices,
+    /// counted (deterministic: see `replay`).
+    pub rr_point: u64,
     /// A byte taken from `input` that the UART could not accept yet.
     held: Option<u8>,
     /// PIT ticks owed to the guest: OUT0 edges that fell while an earlier
@@ -128,8 +133,19 @@ impl Chipset {
         }
     }
 
-    /// Move host input bytes into the UART while it has room.
+    /// Move input bytes into the UART while it has room: from the host (a
+    /// recording notes each with the current point), or from a recording
+    /// being replayed, at the point it was recorded.
     fn feed_input(&mut self) {
+        let point = self.rr_point;
+        if let Some(rr) = self.record_replay.as_mut().filter(|r| r.replaying()) {
+            let mut uart = lock(&self.uart);
+            while uart.can_accept_input() {
+                let Some(b) = rr.take_due(point) else { return };
+                uart.push_input(b);
+            }
+            return;
+        }
         let Some(rx) = &self.input else { return };
         let mut uart = lock(&self.uart);
         loop {
@@ -140,20 +156,39 @@ impl Chipset {
                 Some(b) => b,
                 None => match rx.try_recv() {
                     Ok(b) => b,
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => return,
+                    Err(TryRecvError::Disconnected) => {
+                        // Standard input has ended: nothing more will come.
+                        self.input = None;
+                        return;
+                    }
                 },
             };
             uart.push_input(byte);
+            if let Some(rr) = &mut self.record_replay {
+                rr.note_input(point, byte);
+            }
         }
     }
 
-    /// Is a host input source connected (a halted guest may wait for it)?
+    /// Can input still come (a halted guest may wait for it)?
     pub fn has_input(&self) -> bool {
-        self.input.is_some()
+        match &self.record_replay {
+            Some(rr) if rr.replaying() => rr.has_more(),
+            _ => self.input.is_some(),
+        }
     }
 
-    /// Is host input waiting (so a halted guest should wake up)?
+    /// Does the input come from a recording (no real time to wait for)?
+    pub fn replaying(&self) -> bool {
+        self.record_replay.as_ref().is_some_and(|r| r.replaying())
+    }
+
+    /// Is input waiting (so a halted guest should wake up)?
     pub fn input_pending(&mut self) -> bool {
+        if let Some(rr) = self.record_replay.as_ref().filter(|r| r.replaying()) {
+            return rr.peek_due(self.rr_point).is_some();
+        }
         if self.held.is_some() {
             return true;
         }
@@ -161,6 +196,10 @@ impl Chipset {
             Some(Ok(b)) => {
                 self.held = Some(b);
                 true
+            }
+            Some(Err(TryRecvError::Disconnected)) => {
+                self.input = None;
+                false
             }
             _ => false,
         }
@@ -197,7 +236,18 @@ pub fn pc_machine(
             log::error!("pc_machine: {err}");
         }
     }
-    let chipset = Chipset { clock, pic, pit, rtc, uart, input: None, held: None, owed_ticks: 0 };
+    let chipset = Chipset {
+        clock,
+        pic,
+        pit,
+        rtc,
+        uart,
+        input: None,
+        record_replay: None,
+        rr_point: 0,
+        held: None,
+        owed_ticks: 0,
+    };
     (bus, chipset)
 }
 

@@ -86,6 +86,14 @@ impl VirtualClock {
         }
     }
 
+    /// Nanoseconds per instruction of an icount clock (0 on a host clock).
+    pub fn ns_per_insn(&self) -> u64 {
+        match &self.source {
+            Source::Icount { ns_per_insn, .. } => *ns_per_insn,
+            Source::Host { .. } => 0,
+        }
+    }
+
     /// Whether this is an icount clock (time independent of the host).
     pub fn is_deterministic(&self) -> bool {
         matches!(self.source, Source::Icount { .. })

@@ -11,6 +11,7 @@ pub mod console;
 pub mod debug_exit;
 pub mod pic;
 pub mod pit;
+pub mod replay;
 pub mod rtc;
 pub mod uart;
 pub mod vga;

@@ -298,6 +298,13 @@ impl Asm {
         self.byte(0xC0 | ((dst & 7) << 3) | (src & 7));
     }
 
+    /// `bswap r32`: reverses the bytes, leaving flags alone.
+    pub fn bswap_r32(&mut self, r: u8) {
+        self.rex(false, 0, 0, r, false);
+        self.byte(0x0F);
+        self.byte(0xC8 | (r & 7));
+    }
+
     /// `movzx dst32, src8` (low byte of any register).
     pub fn movzx_r32_r8(&mut self, dst: u8, src: u8) {
         self.rex(false, dst, 0, src, src >= 4);

@@ -49,7 +49,9 @@ impl Engine {
             libc::SIGBUS if f.code == BUS_ADRALN => return self.exception(Exception::with_code(vector::AC, 0)),
             _ => {}
         }
-        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + PAGE_SIZE) {
+        // The poll page, or (icount) the guard page after it: a block's
+        // entry found an exit requested or its instruction budget spent.
+        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + 2 * PAGE_SIZE) {
             self.mem.set_poll(false);
             self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;

@@ -96,18 +96,51 @@ impl Engine {
             if self.debug_stop_requested() {
                 return Step::Done(RunOutcome::DebugStop(DebugStop::Interrupted));
             }
+            if icount {
+                self.rr_point();
+            }
             self.irq_dirty = true;
             if let Some(step) = self.check_interrupts(false) {
                 return step;
             }
+            let stop = self.debug.as_ref().map(|d| d.stop.clone());
+            let stop_requested = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
             let Some(cs) = self.chipset.as_mut() else {
                 return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
             };
             let now = cs.clock.now_ns();
             let next = cs.next_event_ns(now);
             if icount {
+                // Deterministic: the clock always jumps to the next device
+                // deadline. With a host input source (an interactive run,
+                // or one being recorded) the jump first waits that long in
+                // real time, so the guest's idle time passes as it would
+                // (QEMU's sleep=on); new input cuts the wait short. Waiting
+                // counts no point: input that comes then is fed at the next.
+                let real_time = cs.has_input() && !cs.replaying();
                 match next {
-                    Some(t) => cs.clock.advance_to_ns(t.max(now + 1)),
+                    Some(t) => {
+                        if real_time {
+                            let start = std::time::Instant::now();
+                            let wait = std::time::Duration::from_nanos(t.saturating_sub(now));
+                            while start.elapsed() < wait && !cs.input_pending() && !stop_requested() {
+                                let left = wait.saturating_sub(start.elapsed());
+                                std::thread::sleep(left.min(std::time::Duration::from_nanos(MAX_NAP_NS)));
+                            }
+                            self.stats.halt_sleeps += 1;
+                        }
+                        cs.clock.advance_to_ns(t.max(now + 1));
+                    }
+                    // A recording still has input to feed: the next point.
+                    None if cs.replaying() && cs.has_input() => {}
+                    None if real_time => {
+                        while !cs.input_pending() && cs.has_input() && !stop_requested() {
+                            std::thread::sleep(std::time::Duration::from_nanos(MAX_NAP_NS));
+                        }
+                        if !cs.has_input() {
+                            return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
+                        }
+                    }
                     None => return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true }),
                 }
                 continue;
@@ -119,6 +152,14 @@ impl Engine {
             let nap = next.map_or(MAX_NAP_NS, |t| t.saturating_sub(now)).min(MAX_NAP_NS);
             self.stats.halt_sleeps += 1;
             std::thread::sleep(std::time::Duration::from_nanos(nap.max(1)));
+        }
+    }
+
+    /// Under icount, one more deterministic point at which the devices are
+    /// looked at (input is recorded and replayed by these points).
+    pub(super) fn rr_point(&mut self) {
+        if let Some(cs) = &mut self.chipset {
+            cs.rr_point += 1;
         }
     }
 
@@ -152,6 +193,38 @@ impl Engine {
         l += &cpu.dump();
         self.int_log_count += 1;
         self.logln(&l);
+    }
+
+    /// `-icount`: advance the virtual clock by the instructions translated
+    /// code has charged since the budget was last read.
+    pub(super) fn icount_account(&mut self) {
+        let left = self.cpu.hot.icount_left;
+        let used = self.icount_granted.wrapping_sub(left) as i32;
+        if used > 0 {
+            if let Some(cs) = &self.chipset {
+                cs.clock.advance_insns(used as u64);
+            }
+        }
+        self.icount_granted = left;
+    }
+
+    /// `-icount`: the instructions translated code may start before the next
+    /// device deadline (at least one block's worth, so it always progresses).
+    pub(super) fn icount_refill(&mut self) {
+        /// Never more than this (the budget's sign must fit the gate's byte
+        /// test, `Translator::icount_gate`; and devices are looked at
+        /// at least this often).
+        const MAX_BUDGET: u64 = 1 << 22;
+        let min = MAX_BLOCK_INSNS as u64;
+        let budget = match &self.chipset {
+            Some(cs) if self.next_irq_check != u64::MAX => {
+                let per = cs.clock.ns_per_insn().max(1);
+                (self.next_irq_check.saturating_sub(cs.clock.now_ns()) / per).clamp(min, MAX_BUDGET)
+            }
+            _ => MAX_BUDGET,
+        } as u32;
+        self.cpu.hot.icount_left = budget;
+        self.icount_granted = budget;
     }
 
     /// A guest exception (a fault) at the current EIP.

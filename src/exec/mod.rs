@@ -199,6 +199,9 @@ pub struct Engine {
     fpu_ready: bool,
     /// Events logged by `-d int` (QEMU numbers its lines).
     int_log_count: u64,
+    /// `-icount`: the budget last stored in `HotState::icount_left` (what
+    /// translated code has charged since is the difference).
+    icount_granted: u32,
 }
 
 type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
@@ -262,6 +265,7 @@ impl Engine {
             debug: None,
             fpu_ready: false,
             int_log_count: 0,
+            icount_granted: 0,
         })
     }
 
@@ -344,6 +348,9 @@ impl Engine {
         let mut clean = false;
         loop {
             let was_clean = std::mem::replace(&mut clean, false);
+            if self.opts.icount {
+                self.rr_point();
+            }
             if self.debug.is_some() {
                 if let Some(step) = self.debug_check() {
                     match step {
@@ -364,6 +371,9 @@ impl Engine {
                     }
                     None => {}
                 }
+            }
+            if self.opts.icount {
+                self.icount_refill();
             }
             let eip = self.cpu.hot.eip;
             let mode = if was_clean { self.mode } else { self.cpu.mode() };
@@ -476,13 +486,7 @@ impl Engine {
                 self.log_block(host, lin, mode);
             }
             let events = self.stats.exceptions;
-            let block_insns = self.cache.blocks[id as usize].insn_map.len().saturating_sub(1) as u64;
             let step = self.enter(host);
-            if self.opts.icount {
-                if let Some(cs) = &self.chipset {
-                    cs.clock.advance_insns(block_insns);
-                }
-            }
             // Single-step: a #DB trap after each instruction that began with
             // TF set and completed without raising an event.
             if mode.has(Mode::TF) && self.stats.exceptions == events && !matches!(step, Step::Done(_)) {
@@ -566,6 +570,9 @@ impl Engine {
         // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
         self.sig.in_guest.store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.opts.icount {
+            self.icount_account();
+        }
         // Translated code may have swapped segment loads in place.
         self.seg_reloads.reconcile(&mut self.cpu);
         if self.cpu.hot.io_dirty != 0 {
@@ -638,6 +645,16 @@ impl Engine {
         if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 || self.debug.is_some() {
             self.cut_at_breakpoints(&mut block, cs_base);
         }
+        if self.opts.icount {
+            // RDTSC and port I/O leave for the VMM under icount: they end their block.
+            let reads_time =
+                block.insns.iter().zip(&block.classes).position(|(i, &c)| crate::translate::reads_time(i, c));
+            if let Some(k) = reads_time {
+                block.end = block.insns[k].next_ip32();
+                block.insns.truncate(k + 1);
+                block.classes.truncate(k + 1);
+            }
+        }
         if self.opts.trace.in_asm {
             let text = disasm_guest(&block.insns);
             self.logln(&format!("----------------\nIN: \n{text}"));
@@ -645,7 +662,7 @@ impl Engine {
         // A one-off block runs exactly one instruction: its indirect branch
         // leaves for the dispatcher instead of continuing from the jump
         // cache (the bounce pages of `bounce` are mapped only meanwhile).
-        let opts = Options { inline_lookup: self.opts.chaining && register, mode };
+        let opts = Options { inline_lookup: self.opts.chaining && register, mode, icount: self.opts.icount };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
             let host = self.cache.next_addr();

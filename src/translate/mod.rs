@@ -101,6 +101,16 @@ pub struct Options {
     pub inline_lookup: bool,
     /// The mode the block is translated for.
     pub mode: crate::cpu::Mode,
+    /// `-icount`: the block charges its instructions at entry and leaves
+    /// for the dispatcher when the budget is spent (`icount_gate`); RDTSC
+    /// reads the virtual clock in the VMM.
+    pub icount: bool,
+}
+
+/// Under `-icount`, must `i` (of class `cls`) see the virtual clock up to
+/// date: RDTSC and port I/O (the PIT's counter, the RTC).
+pub fn reads_time(i: &Instruction, cls: Class) -> bool {
+    cls == Class::PortIo || i.mnemonic() == iced_x86::Mnemonic::Rdtsc
 }
 
 /// Translates one block for code at host address `host_base`.
@@ -368,6 +378,35 @@ impl<'a> Translator<'a> {
         self
     }
 
+    /// The entry of a block under `-icount`: the safepoint poll, made to
+    /// fault also when the block's `n` instructions would overdraw the
+    /// budget, then the charge. Flags are untouched (BSWAP, MOVZX and LEA
+    /// leave them alone): the budget's sign byte indexes the load into the
+    /// guard page after the poll page.
+    ///
+    /// ```text
+    /// mov r13d, [r14+icount_left] ; lea r13d, [r13-n]
+    /// bswap r13d ; movzx r13d, r13b          ; 0x00 if left-n >= 0, 0xFF if < 0
+    /// mov r13, [r15+r13*8+poll_last]         ; poll page, or guard page: faults
+    /// mov r13d, [r14+icount_left] ; lea r13d, [r13-n]
+    /// mov [r14+icount_left], r13d
+    /// ```
+    fn icount_gate(&mut self, n: u32) {
+        use crate::cpu::OFF_ICOUNT_LEFT;
+        // The last quadword of the poll page: with index 0xFF the load
+        // lands 0x7F8 bytes on, in the guard page below the window.
+        const POLL_LAST: i32 = POLL_PAGE_OFFSET + crate::memory::PAGE_SIZE as i32 - 8;
+        let n = n as i32;
+        self.a.mov_r32_mbase(SCRATCH, VCPU, OFF_ICOUNT_LEFT);
+        self.a.lea_r32(SCRATCH, SCRATCH, -n);
+        self.a.bswap_r32(SCRATCH);
+        self.a.movzx_r32_r8(SCRATCH, SCRATCH);
+        self.a.mov_r64_mbi8(SCRATCH, WINDOW, SCRATCH, POLL_LAST);
+        self.a.mov_r32_mbase(SCRATCH, VCPU, OFF_ICOUNT_LEFT);
+        self.a.lea_r32(SCRATCH, SCRATCH, -n);
+        self.a.mov_mbase_r32(VCPU, OFF_ICOUNT_LEFT, SCRATCH);
+    }
+
     /// Translate `block`.
     pub fn translate(mut self, block: &GuestBlock) -> Translation {
         let n = block.insns.len();
@@ -377,12 +416,20 @@ impl<'a> Translator<'a> {
         let mut fpu = false;
         // Safepoint poll: a plain load, so guest flags stay untouched.
         self.mark(block.start, Fixup::None);
-        self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
+        if self.opts.icount {
+            self.icount_gate(n as u32);
+        } else {
+            self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
+        }
         let mut fell_through = true;
         // After STI (one instruction later: its shadow) and POPFD, a pending
         // interrupt may have become deliverable.
         let mut check_after: Option<usize> = None;
         for (k, (i, &cls)) in block.insns.iter().zip(&block.classes).enumerate() {
+            // Under icount the TSC and the devices follow the virtual clock,
+            // which the engine advances when translated code leaves: RDTSC
+            // and port I/O run in the VMM (the engine ends blocks at them).
+            let cls = if self.opts.icount && reads_time(i, cls) { Class::Emulate } else { cls };
             fpu |= cls == Class::Ident && uses_fpu(i);
             // A conditional branch before the end is a side exit: the block
             // goes on with its fall-through path.
