@@ -78,8 +78,9 @@ pub struct EngineOptions {
     pub trace: Trace,
     /// Chain direct exits and look indirect targets up inline.
     pub chaining: bool,
-    /// Deterministic time: the clock advances with executed instructions and
-    /// every block returns to the dispatcher (no chaining).
+    /// Deterministic time: the clock advances with the instructions blocks
+    /// charge at entry; blocks leave for the dispatcher at device deadlines
+    /// (`Translator::icount_gate`).
     pub icount: bool,
     /// Translate every eligible memory access in the soft form (testing).
     pub soft_mmu: bool,
@@ -309,8 +310,8 @@ impl Engine {
         if self.opts.perfmap && self.perfmap.is_none() {
             self.open_perfmap();
         }
-        // Without chaining (icount) every block returns anyway; with a
-        // chipset, timer interrupts need a finer bound than the default.
+        // Under icount no host timer may interrupt the guest (runs must
+        // repeat): blocks leave when their instruction budget is spent.
         self.timer = if self.opts.icount { None } else { signals::IntervalTimer::start(POLL_INTERVAL_NS) };
         self.arm_debug();
         let out = self.dispatch();
@@ -619,9 +620,10 @@ impl Engine {
         let fetch = self.fetch_code(lin, mode.cpl() == 3)?;
         let (mut block, phys0, phys_end) = {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
-            // Side exits need chaining, and icount charges a block's
-            // instructions when it is entered (all of them must run).
-            let side_exits = if self.opts.chaining && !self.opts.icount { MAX_SIDE_EXITS } else { 0 };
+            // Side exits need chaining. Under icount a block charges all its
+            // instructions at entry, also when it leaves by a side exit: time
+            // runs a little fast, the same way in every run.
+            let side_exits = if self.opts.chaining { MAX_SIDE_EXITS } else { 0 };
             let mut block = decode_superblock(code, base, eip, max, mode.cpl(), bits, side_exits);
             if let Fetch::Paged { phys, .. } = &fetch {
                 // An instruction running into a page that is not mapped: the
