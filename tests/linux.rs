@@ -164,6 +164,21 @@ fn openpty() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
 }
 
+/// btvisor booting the shell image with `extra` options, its console on a
+/// pseudo-terminal; the child and the terminal's master side.
+fn shell_on_pty(extra: &[&str]) -> (std::process::Child, std::fs::File) {
+    let (master, slave) = openpty();
+    let child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
+        .args(linux_args("shell.cpio.gz", "console=ttyS0"))
+        .args(extra)
+        .stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .expect("spawn btvisor");
+    (child, std::fs::File::from(master))
+}
+
 /// Reads the terminal until `want` appears after `from`, or panics after `t`.
 fn expect(master: &mut std::fs::File, buf: &mut String, from: usize, want: &str, t: Duration) -> usize {
     let start = Instant::now();
@@ -189,15 +204,7 @@ fn expect(master: &mut std::fs::File, buf: &mut String, from: usize, want: &str,
 fn linux_interactive_shell_over_com1() {
     use std::io::Write;
     let _one = one_guest();
-    let (master, slave) = openpty();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
-        .args(linux_args("shell.cpio.gz", "console=ttyS0"))
-        .stdin(Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(slave))
-        .spawn()
-        .expect("spawn btvisor");
-    let mut m = std::fs::File::from(master);
+    let (mut child, mut m) = shell_on_pty(&[]);
     let mut buf = String::new();
     let mut at = expect(&mut m, &mut buf, 0, "# ", TIMEOUT);
     m.write_all(b"echo $((6 * 7)) shell\r").expect("type");
@@ -233,15 +240,7 @@ fn linux_interactive_shell_over_com1() {
 fn ctrl_a_x_quits() {
     use std::io::Write;
     let _one = one_guest();
-    let (master, slave) = openpty();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
-        .args(linux_args("shell.cpio.gz", "console=ttyS0"))
-        .stdin(Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(slave))
-        .spawn()
-        .expect("spawn btvisor");
-    let mut m = std::fs::File::from(master);
+    let (mut child, mut m) = shell_on_pty(&[]);
     let mut buf = String::new();
     let at = expect(&mut m, &mut buf, 0, "Linux version", TIMEOUT);
     m.write_all(b"\x01h").expect("Ctrl-A h");
@@ -268,16 +267,7 @@ fn linux_shell_session_records_and_replays() {
     let _one = one_guest();
     let file = std::env::temp_dir().join(format!("btvisor-linux-rr-{}", std::process::id()));
     let icount = |mode: &str| format!("shift=1,rr={mode},rrfile={}", file.display());
-    let (master, slave) = openpty();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_btvisor"))
-        .args(linux_args("shell.cpio.gz", "console=ttyS0"))
-        .args(["-icount", &icount("record")])
-        .stdin(Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(slave))
-        .spawn()
-        .expect("spawn btvisor");
-    let mut m = std::fs::File::from(master);
+    let (mut child, mut m) = shell_on_pty(&["-icount", &icount("record")]);
     let mut buf = String::new();
     let mut at = expect(&mut m, &mut buf, 0, "# ", TIMEOUT);
     m.write_all(b"echo rr-$((6*7)); cat /proc/uptime; grep timer /proc/interrupts\r").expect("type");
