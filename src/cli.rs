@@ -89,6 +89,19 @@ pub struct Config {
     pub perfmap: bool,
     /// `-gdb tcp::PORT` / `-s`, with `-S`: the gdb stub.
     pub gdb: Option<GdbConfig>,
+    /// `-M`: which PC.
+    pub machine: Machine,
+}
+
+/// The PC btvisor assembles (`-M`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Machine {
+    /// QEMU's `isapc`: the 8259 pair drives INTR; no local APIC.
+    #[default]
+    IsaPc,
+    /// `pc` as far as btvisor models it: isapc plus the CPU's local APIC
+    /// (at 0xFEE00000, LINT0 wired to the 8259 in ExtINT mode).
+    Pc,
 }
 
 /// Deterministic record and replay (`-icount shift=N,rr=MODE,rrfile=F`).
@@ -166,6 +179,8 @@ pub enum CliError {
     UnsupportedMonitor(String),
     #[error("unsupported -gdb `{0}`: use tcp::PORT or tcp:HOST:PORT")]
     UnsupportedGdb(String),
+    #[error("unsupported machine `{0}`: btvisor models isapc and pc (-M pc adds the local APIC)")]
+    UnsupportedMachine(String),
     #[error("-S waits for a debugger: give -s or -gdb tcp::PORT too")]
     FreezeWithoutGdb,
 }
@@ -270,7 +285,7 @@ struct RawArgs {
     /// Accepted for QEMU compatibility: only tcg
     #[arg(long, value_name = "ACCEL")]
     accel: Vec<String>,
-    /// Accepted for QEMU compatibility (ignored)
+    /// Machine: isapc (default; 8259-only PC) or pc (adds the local APIC)
     #[arg(short = 'M', long, value_name = "MACHINE")]
     machine: Vec<String>,
     /// Accepted for QEMU compatibility (ignored)
@@ -425,7 +440,16 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
     }
     // -machine, -cpu, -nographic, -no-reboot and -nodefaults describe what
     // btvisor does anyway (one fixed PC, no display, exit on reset).
-    let _ = (&raw.machine, &raw.cpu, raw.nographic, raw.no_reboot, raw.nodefaults);
+    let _ = (&raw.cpu, raw.nographic, raw.no_reboot, raw.nodefaults);
+    let mut machine = Machine::IsaPc;
+    for m in &raw.machine {
+        // QEMU's `-M pc,accel=tcg,...`: the first component names it.
+        machine = match first_component(m) {
+            "isapc" => Machine::IsaPc,
+            "pc" | "pc-i440fx-7.2" => Machine::Pc,
+            other => return Err(CliError::UnsupportedMachine(other.to_string())),
+        };
+    }
 
     let image = match (raw.image, raw.kernel) {
         (Some(image), None) | (None, Some(image)) => image,
@@ -465,6 +489,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
         text_screen: raw.text_screen,
         perfmap: raw.perfmap,
         gdb,
+        machine,
     })
 }
 
@@ -662,6 +687,7 @@ mod tests {
                 text_screen: None,
                 perfmap: false,
                 gdb: None,
+                machine: Machine::IsaPc,
             }
         );
     }
@@ -807,7 +833,7 @@ mod tests {
             "-machine",
             "pc",
             "-M",
-            "q35",
+            "isapc",
             "-cpu",
             "pentium",
             "-smp",
@@ -827,6 +853,9 @@ mod tests {
         assert!(parse(&["-device", "isa-debug-exit", "k"]).is_ok());
         assert!(parse(&["-smp", "cpus=1", "k"]).is_ok());
         assert!(parse(&["-accel", "tcg,thread=single", "k"]).is_ok());
+        assert_eq!(c.machine, Machine::IsaPc, "the last -M wins");
+        assert_eq!(ok(&["-M", "pc,accel=tcg", "k"]).machine, Machine::Pc);
+        assert!(matches!(err(&["-M", "q35", "k"]), CliError::UnsupportedMachine(m) if m == "q35"));
     }
 
     #[test]

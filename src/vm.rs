@@ -163,6 +163,13 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
     if config.icount_shift.is_some() {
         engine.cpu.tsc_clock = Some(chipset.clock.clone());
     }
+    if config.machine == crate::cli::Machine::Pc {
+        use crate::devices::lapic::{APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, ApicMmio, LocalApic};
+        let apic = std::sync::Arc::new(std::sync::Mutex::new(LocalApic::new(chipset.clock.clone())));
+        engine.mem.add_mmio(APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, Box::new(ApicMmio(apic.clone())));
+        engine.cpu.apic = Some(apic.clone());
+        chipset.lapic = Some(apic);
+    }
     engine.chipset = Some(chipset);
     engine.raw_mode = raw_mode;
     if let Some(p) = &config.log_file {

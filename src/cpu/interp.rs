@@ -649,7 +649,12 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.cpu.set_reg(EDX, (t >> 32) as u32);
         }
         M::Cpuid => {
-            let r = cpuid::cpuid(env.cpu.reg(EAX), env.cpu.reg(ECX));
+            let leaf = env.cpu.reg(EAX);
+            let mut r = cpuid::cpuid(leaf, env.cpu.reg(ECX));
+            if leaf == 1 && env.cpu.apic.is_some() {
+                // The machine has a local APIC (its initial ID is 0).
+                r[3] |= cpuid::edx1::APIC;
+            }
             env.cpu.set_reg(EAX, r[0]);
             env.cpu.set_reg(3, r[1]);
             env.cpu.set_reg(ECX, r[2]);
@@ -876,7 +881,10 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.require_cpl0()?;
             let v = match env.cpu.reg(ECX) {
                 msr::TSC => tsc(env.cpu),
-                msr::APIC_BASE => msr::APIC_BASE_VALUE,
+                msr::APIC_BASE => match &env.cpu.apic {
+                    Some(a) => crate::devices::chipset::lock(a).base,
+                    None => msr::APIC_BASE_VALUE,
+                },
                 msr::PLATFORM_ID => 0,
                 msr::BIOS_SIGN_ID => msr::MICROCODE_REVISION,
                 msr::MISC_ENABLE => env.cpu.msr_misc_enable,
@@ -892,6 +900,17 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             env.require_cpl0()?;
             let v = env.cpu.reg(EAX);
             match env.cpu.reg(ECX) {
+                msr::APIC_BASE if env.cpu.apic.is_some() => {
+                    let v = (env.cpu.reg(EDX) as u64) << 32 | v as u64;
+                    if let Some(a) = &env.cpu.apic {
+                        let mut apic = crate::devices::chipset::lock(a);
+                        if v & !0xFFF != apic.base & !0xFFF {
+                            crate::guest_warn!("APIC base relocation to {:#x} is not modelled: ignored", v & !0xFFF);
+                        }
+                        let keep = crate::devices::lapic::BASE_ENABLE;
+                        apic.base = (apic.base & !keep) | (v & keep);
+                    }
+                }
                 msr::TSC | msr::APIC_BASE | msr::BIOS_SIGN_ID => {}
                 msr::MISC_ENABLE => {
                     let v = (env.cpu.reg(EDX) as u64) << 32 | v as u64;

@@ -520,6 +520,9 @@ pub struct Cpu {
     /// With `-icount`, the TSC the guest reads: the virtual clock at 1 GHz
     /// (deterministic); otherwise the host's TSC.
     pub tsc_clock: Option<crate::devices::clock::VirtualClock>,
+    /// The local APIC, on a machine that has one (`-M pc`): CPUID shows it
+    /// and the APIC base MSR is its.
+    pub apic: Option<std::sync::Arc<std::sync::Mutex<crate::devices::lapic::LocalApic>>>,
 }
 
 impl Default for Cpu {
@@ -549,6 +552,7 @@ impl Cpu {
             msr_misc_enable: interp::MISC_ENABLE_RESET,
             last_verw: None,
             tsc_clock: None,
+            apic: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Chipset {
     pub uart: Arc<Mutex<Uart16550>>,
     /// Bytes from the host's standard input for COM1, if connected.
     input: Option<Receiver<u8>>,
+    /// The local APIC (`-M pc`); without it the 8259 drives INTR directly.
+    pub lapic: Option<Arc<Mutex<super::lapic::LocalApic>>>,
     /// `-icount ...,rr=`: the input is recorded, or comes from a recording.
     pub record_replay: Option<super::replay::RecordReplay>,
     /// Under icount, the points at which the engine looks at the devices,
@@ -113,11 +115,25 @@ impl Chipset {
         }
         pic.set_irq(IRQ_RTC, rtc_line);
         pic.set_irq(IRQ_COM1, uart_line);
-        pic.intr()
+        let pic_intr = pic.intr();
+        drop(pic);
+        match &self.lapic {
+            Some(l) => {
+                // The 8259 reaches the CPU through LINT0 (ExtINT).
+                let mut apic = lock(l);
+                apic.update(now);
+                apic.pending().is_some() || (pic_intr && apic.accepts_pic())
+            }
+            None => pic_intr,
+        }
     }
 
-    /// INTA: the vector of the highest-priority pending interrupt.
+    /// INTA: the vector of the highest-priority pending interrupt (the
+    /// local APIC's, else the 8259's through LINT0).
     pub fn acknowledge(&mut self) -> u8 {
+        if let Some(v) = self.lapic.as_ref().and_then(|l| lock(l).acknowledge()) {
+            return v;
+        }
         lock(&self.pic).acknowledge()
     }
 
@@ -127,10 +143,8 @@ impl Chipset {
     pub fn next_event_ns(&self, now: u64) -> Option<u64> {
         let a = lock(&self.pit).next_irq0_ns(now);
         let b = lock(&self.rtc).next_irq8_ns(now);
-        match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        }
+        let c = self.lapic.as_ref().and_then(|l| lock(l).next_event_ns());
+        [a, b, c].into_iter().flatten().min()
     }
 
     /// Move input bytes into the UART while it has room: from the host (a
@@ -243,6 +257,7 @@ pub fn pc_machine(
         rtc,
         uart,
         input: None,
+        lapic: None,
         record_replay: None,
         rr_point: 0,
         held: None,

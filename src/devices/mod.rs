@@ -9,6 +9,7 @@ pub mod chipset;
 pub mod clock;
 pub mod console;
 pub mod debug_exit;
+pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod replay;

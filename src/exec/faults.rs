@@ -147,6 +147,9 @@ impl Engine {
     /// interpreter lacks (16-bit addressing, CMPS/SCAS) is still skipped,
     /// with a rate-limited warning.
     pub(super) fn device_access(&mut self) -> Step {
+        // A device register (the local APIC's EOI, TPR, ICR) may change
+        // what the interrupt controller asserts.
+        self.irq_dirty = true;
         let i = self.decode_at(self.cpu.hot.eip);
         if interp::emulates_device_access(&i) {
             self.stats.device_accesses += 1;
