@@ -233,7 +233,7 @@ pub fn pc_machine(
     let rtc = Arc::new(Mutex::new(Rtc::new(clock.clone(), ram_bytes)));
     let uart = Arc::new(Mutex::new(Uart16550::new(serial_out)));
     let mut bus = PortBus::new();
-    let devices: [(u16, u16, Box<dyn PortDevice>); 9] = [
+    let devices: [(u16, u16, Box<dyn PortDevice>); 10] = [
         (COM1_BASE, UART_PORTS, Box::new(Shared(uart.clone()))),
         (DEBUG_EXIT_BASE, DEBUG_EXIT_PORTS, Box::new(DebugExit)),
         (POST_PORT, 1, Box::new(PostPort)),
@@ -243,6 +243,7 @@ pub fn pc_machine(
         (PIT_BASE, PIT_PORTS, Box::new(Shared(pit.clone()))),
         (PORT_61, 1, Box::new(Shared(pit.clone()))),
         (RTC_INDEX, RTC_PORTS, Box::new(Shared(rtc.clone()))),
+        (super::fw_cfg::FW_CFG_PORT, super::fw_cfg::FW_CFG_PORTS, Box::new(super::fw_cfg::FwCfg::new(ram_bytes, 1))),
     ];
     for (first, count, dev) in devices {
         // The fixed ranges above are disjoint, so this cannot fail.

@@ -9,6 +9,7 @@ pub mod chipset;
 pub mod clock;
 pub mod console;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
