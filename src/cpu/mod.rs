@@ -361,6 +361,7 @@ unsafe impl Send for HotBox {}
 pub mod vector {
     pub const DE: u8 = 0;
     pub const DB: u8 = 1;
+    pub const NMI: u8 = 2;
     pub const BP: u8 = 3;
     pub const OF: u8 = 4;
     pub const BR: u8 = 5;

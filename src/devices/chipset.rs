@@ -128,6 +128,11 @@ impl Chipset {
         }
     }
 
+    /// Take an NMI the local APIC received (an NMI IPI), if any.
+    pub fn take_nmi(&mut self) -> bool {
+        self.lapic.as_ref().is_some_and(|l| std::mem::take(&mut lock(l).nmi_pending))
+    }
+
     /// INTA: the vector of the highest-priority pending interrupt (the
     /// local APIC's, else the 8259's through LINT0).
     pub fn acknowledge(&mut self) -> u8 {

@@ -11,7 +11,7 @@
 //!   the highest vector in service.
 //! - The timer counts down at the bus clock (1 GHz of virtual time, as in
 //!   QEMU) divided by the divide configuration, one-shot or periodic.
-//! - The ICR sends fixed and lowest-priority IPIs to this CPU (shorthand
+//! - The ICR sends fixed, lowest-priority and NMI IPIs to this CPU (shorthand
 //!   self or all, or a physical or logical destination that names it);
 //!   illegal vectors (0-15) are not delivered and set ESR bits 5 and 6.
 //!   Delivery is instant: the busy bit always reads clear.
@@ -119,6 +119,8 @@ pub struct LocalApic {
     timer_start: u64,
     /// The timer has expired (one-shot) or was never started.
     timer_idle: bool,
+    /// An NMI IPI reached this CPU and awaits delivery.
+    pub nmi_pending: bool,
 }
 
 impl LocalApic {
@@ -142,6 +144,7 @@ impl LocalApic {
             initial: 0,
             timer_start: 0,
             timer_idle: true,
+            nmi_pending: false,
         }
     }
 
@@ -269,8 +272,14 @@ impl LocalApic {
                     self.accept(vector);
                 }
             }
+            // NMI: the vector field is ignored.
+            4 => {
+                if self.is_destination(lo, dest) {
+                    self.nmi_pending = true;
+                }
+            }
             // INIT, STARTUP: only application processors act on them, and
-            // this machine has none; NMI and SMI are not modelled.
+            // this machine has none; SMI is not modelled.
             mode => crate::guest_warn!("local APIC: IPI delivery mode {mode} is not modelled: ignored"),
         }
     }

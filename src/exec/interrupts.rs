@@ -40,6 +40,9 @@ impl Engine {
         self.irq_dirty = false;
         self.time_due = false;
         let intr = cs.update(now);
+        if cs.take_nmi() {
+            self.nmi_pending = true;
+        }
         self.intr_line = intr;
         self.cpu.hot.intr_pending = u32::from(intr);
         self.next_irq_check = cs.next_event_ns(now).unwrap_or(u64::MAX);
@@ -53,6 +56,14 @@ impl Engine {
         }
         if arm_timer {
             self.arm_deadline_timer(now, intr);
+        }
+        if self.nmi_pending && !self.nmi_blocked {
+            // NMIs ignore IF; the next one waits for the handler's IRET.
+            self.nmi_pending = false;
+            self.nmi_blocked = true;
+            self.irq_dirty = true;
+            let eip = self.cpu.hot.eip;
+            return Some(self.raise(Exception::new(vector::NMI), EventKind::External, eip));
         }
         if !intr || self.cpu.hot.vif == 0 {
             // `intr_line` makes the next dispatch with IF set look again.

@@ -203,6 +203,10 @@ pub struct Engine {
     /// `-icount`: the budget last stored in `HotState::icount_left` (what
     /// translated code has charged since is the difference).
     icount_granted: u32,
+    /// An NMI awaits delivery; NMIs are blocked (from one's delivery to
+    /// the next IRET).
+    nmi_pending: bool,
+    nmi_blocked: bool,
 }
 
 type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
@@ -267,6 +271,8 @@ impl Engine {
             fpu_ready: false,
             int_log_count: 0,
             icount_granted: 0,
+            nmi_pending: false,
+            nmi_blocked: false,
         })
     }
 
@@ -778,6 +784,12 @@ impl Engine {
         };
         for p in written {
             self.code_written(p);
+        }
+        if matches!(i.mnemonic(), iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd) && r.is_ok() && self.nmi_blocked
+        {
+            // IRET ends NMI blocking; a pending NMI may be taken now.
+            self.nmi_blocked = false;
+            self.irq_dirty |= self.nmi_pending;
         }
         if let (iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd, Ok(Flow::Jump(to))) = (i.mnemonic(), &r) {
             // Back to the instruction whose page fault the guest handled
