@@ -12,6 +12,8 @@
  *   timer  one-shot and periodic modes, masking, the current count, the
  *          divide configuration (measured against PIT channel 2)
  *   lint0  the 8259's INTR through LINT0 (ExtINT), and masked
+ *   nmi    an NMI IPI (physical destination) with IF clear; a second NMI
+ *          sent from the handler waits for its IRET
  * Timing is checked against generous bounds and only pass/fail printed.
  * The golden output is QEMU 7.2's (`-M pc`, after SeaBIOS) except three
  * lines where QEMU departs from the SDM (marked below). QEMU also raised a
@@ -95,7 +97,7 @@ static void setup_descriptors(void)
                      "movw %%ax, %%ds\n\tmovw %%ax, %%es\n\tmovw %%ax, %%ss\n\t"
                      "movw %%ax, %%fs\n\tmovw %%ax, %%gs" :: "m"(g) : "eax", "memory");
     for (int i = 0; i < 48; i++)
-        set_gate(i, stub_table[i]);
+        set_gate(i, stub_table[i]);     /* (vector 2, NMI, included) */
     for (int i = 0; i < 24; i++)
         set_gate(0x40 + i, apic_stubs[i]);
     set_gate(0x60, apic_stubs[24]);
@@ -166,6 +168,8 @@ static volatile uint32_t isr_seen;      /* ISR word of the vector in service, at
 static volatile uint32_t nested_vec, order;
 static volatile int send_in_handler;     /* vector to self-IPI from the 0x40 handler */
 static volatile int illegal_probe;       /* vector 5 may arrive as an interrupt */
+static volatile int nmi_again;           /* the NMI handler sends another NMI */
+static volatile uint32_t nmi_in_handler; /* NMIs taken when the handler's wait ended */
 
 static void self_ipi(uint32_t vector) { apic_write(R_ICR_LO, ICR_SELF | vector); }
 
@@ -173,6 +177,18 @@ void isr_dispatch(struct frame *f);
 void isr_dispatch(struct frame *f)
 {
     uint32_t v = f->vec;
+    if (v == 2) {
+        cnt[2]++;
+        if (nmi_again) {
+            nmi_again = 0;
+            apic_write(R_ICR_HI, 0);
+            apic_write(R_ICR_LO, 4u << 8);
+            for (volatile int k = 0; k < 2000; k++)
+                ;
+            nmi_in_handler = cnt[2];
+        }
+        return;
+    }
     if (v == 0x05 && illegal_probe) {
         cnt[v]++;
         return;
@@ -428,6 +444,21 @@ static void lint0(void)
     pit_load(0, 0x30, 1);
 }
 
+static void nmis(void)
+{
+    cli();
+    apic_write(R_ICR_HI, 0);
+    apic_write(R_ICR_LO, 4u << 8);          /* NMI, physical destination 0 */
+    wait_count(&cnt[2], 1, 50);
+    check("nmi: delivered with IF clear", cnt[2], 1);
+    check("nmi: ICR idle", apic_read(R_ICR_LO) & ICR_BUSY, 0);
+    nmi_again = 1;
+    apic_write(R_ICR_LO, 4u << 8);
+    wait_count(&cnt[2], 3, 50);
+    check("nmi: the second waits for the handler's IRET", nmi_in_handler, 2);
+    check("nmi: then is taken", cnt[2], 3);
+}
+
 void kmain(void)
 {
     setup_descriptors();
@@ -438,6 +469,7 @@ void kmain(void)
     ipis();
     timers();
     lint0();
+    nmis();
     puts_serial("");
     put_dec(n_pass);
     puts_serial(" passed, ");
