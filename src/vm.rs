@@ -169,6 +169,10 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         engine.mem.add_mmio(APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, Box::new(ApicMmio(apic.clone())));
         engine.cpu.apic = Some(apic.clone());
         chipset.lapic = Some(apic);
+        use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_SIZE, IoApic, IoApicMmio};
+        let io = std::sync::Arc::new(std::sync::Mutex::new(IoApic::default()));
+        engine.mem.add_mmio(IOAPIC_BASE, IOAPIC_WINDOW_SIZE, Box::new(IoApicMmio(io.clone())));
+        chipset.ioapic = Some(io);
     }
     engine.chipset = Some(chipset);
     engine.raw_mode = raw_mode;

@@ -30,6 +30,7 @@ const IMAGES: &[&str] = &[
     "pm-ac",
     "pm-ss",
     "lapic",
+    "ioapic",
 ];
 
 fn root() -> PathBuf {
@@ -247,6 +248,13 @@ fn boot_pm_stack_segment_limits() {
 fn boot_lapic() {
     boot_and_compare_with("lapic", &["-M", "pc"]);
     boot_and_compare_with("lapic", &["-M", "pc", "--soft-mmu"]);
+}
+
+/// The I/O APIC of `-M pc` (QEMU's golden output), PIT and RTC lines
+/// routed through it.
+#[test]
+fn boot_ioapic() {
+    boot_and_compare_with("ioapic", &["-M", "pc"]);
 }
 
 #[test]

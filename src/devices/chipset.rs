@@ -58,6 +58,8 @@ pub struct Chipset {
     input: Option<Receiver<u8>>,
     /// The local APIC (`-M pc`); without it the 8259 drives INTR directly.
     pub lapic: Option<Arc<Mutex<super::lapic::LocalApic>>>,
+    /// The I/O APIC (`-M pc`), driven by the same ISA lines as the 8259s.
+    pub ioapic: Option<Arc<Mutex<super::ioapic::IoApic>>>,
     /// `-icount ...,rr=`: the input is recorded, or comes from a recording.
     pub record_replay: Option<super::replay::RecordReplay>,
     /// Under icount, the points at which the engine looks at the devices,
@@ -117,15 +119,26 @@ impl Chipset {
         pic.set_irq(IRQ_COM1, uart_line);
         let pic_intr = pic.intr();
         drop(pic);
-        match &self.lapic {
-            Some(l) => {
-                // The 8259 reaches the CPU through LINT0 (ExtINT).
-                let mut apic = lock(l);
-                apic.update(now);
-                apic.pending().is_some() || (pic_intr && apic.accepts_pic())
+        let Some(l) = &self.lapic else { return pic_intr };
+        let mut apic = lock(l);
+        if let Some(io) = &self.ioapic {
+            // The I/O APIC sees the same ISA lines (IRQ 0 on pin 2).
+            let mut io = lock(io);
+            for v in apic.level_eois.drain(..) {
+                io.eoi(v);
             }
-            None => pic_intr,
+            if edges > 0 {
+                io.pulse(super::ioapic::PIN_TIMER);
+            }
+            io.set_line(usize::from(IRQ_RTC), rtc_line);
+            io.set_line(usize::from(IRQ_COM1), uart_line);
+            for m in io.out.drain(..) {
+                apic.receive(&m);
+            }
         }
+        // The 8259 reaches the CPU through LINT0 (ExtINT).
+        apic.update(now);
+        apic.pending().is_some() || (pic_intr && apic.accepts_pic())
     }
 
     /// Take an NMI the local APIC received (an NMI IPI), if any.
@@ -264,6 +277,7 @@ pub fn pc_machine(
         uart,
         input: None,
         lapic: None,
+        ioapic: None,
         record_replay: None,
         rr_point: 0,
         held: None,

@@ -121,6 +121,8 @@ pub struct LocalApic {
     timer_idle: bool,
     /// An NMI IPI reached this CPU and awaits delivery.
     pub nmi_pending: bool,
+    /// Level-triggered vectors retired by EOI, for the I/O APIC.
+    pub level_eois: Vec<u8>,
 }
 
 impl LocalApic {
@@ -145,6 +147,7 @@ impl LocalApic {
             timer_start: 0,
             timer_idle: true,
             nmi_pending: false,
+            level_eois: Vec::new(),
         }
     }
 
@@ -247,13 +250,35 @@ impl LocalApic {
         match (icr_lo >> 18) & 3 {
             1 | 2 => true,
             3 => false,
-            _ if icr_lo & (1 << 11) == 0 => dest == self.id >> 24 || dest == 0xFF,
-            // Logical: the flat model ANDs the destination with LDR; the
-            // cluster model compares the cluster nibble too.
-            _ => {
-                let ldr = self.ldr >> 24;
-                if self.dfr >> 28 == 0xF { dest & ldr != 0 } else { dest >> 4 == ldr >> 4 && dest & ldr & 0xF != 0 }
+            _ => self.names_me(icr_lo & (1 << 11) != 0, dest),
+        }
+    }
+
+    /// Does a physical or logical destination name this CPU?
+    fn names_me(&self, logical: bool, dest: u32) -> bool {
+        if !logical {
+            return dest == self.id >> 24 || dest == 0xFF;
+        }
+        // The flat model ANDs the destination with LDR; the cluster model
+        // compares the cluster nibble too.
+        let ldr = self.ldr >> 24;
+        if self.dfr >> 28 == 0xF { dest & ldr != 0 } else { dest >> 4 == ldr >> 4 && dest & ldr & 0xF != 0 }
+    }
+
+    /// A message from the I/O APIC.
+    pub fn receive(&mut self, m: &super::ioapic::Message) {
+        if !self.names_me(m.logical, u32::from(m.dest)) {
+            return;
+        }
+        match m.mode {
+            0 | 1 => {
+                self.accept(m.vector);
+                if m.level {
+                    self.tmr.set(m.vector);
+                }
             }
+            4 => self.nmi_pending = true,
+            mode => crate::guest_warn!("I/O APIC: delivery mode {mode} is not modelled: ignored"),
         }
     }
 
@@ -318,6 +343,9 @@ impl LocalApic {
             reg::EOI => {
                 if let Some(top) = self.isr.highest() {
                     self.isr.clear(top);
+                    if self.tmr.0[top as usize / 32] & (1 << (top % 32)) != 0 {
+                        self.level_eois.push(top);
+                    }
                 }
             }
             reg::LDR => self.ldr = v & 0xFF00_0000,

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod console;
 pub mod debug_exit;
 pub mod fw_cfg;
+pub mod ioapic;
 pub mod lapic;
 pub mod pic;
 pub mod pit;
