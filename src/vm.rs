@@ -167,6 +167,8 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         use crate::devices::lapic::{APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, ApicMmio, LocalApic};
         let apic = std::sync::Arc::new(std::sync::Mutex::new(LocalApic::new(chipset.clock.clone())));
         engine.mem.add_mmio(APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, Box::new(ApicMmio(apic.clone())));
+        // The MP tables name the CPU and the I/O APIC, as a BIOS's would.
+        crate::loader::mptable::write(engine.mem.ram_mut(), 1);
         engine.cpu.apic = Some(apic.clone());
         chipset.lapic = Some(apic);
         use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_SIZE, IoApic, IoApicMmio};

@@ -125,6 +125,22 @@ fn linux_batch_image_runs_busybox_workload() {
     run_batch("console=ttyS0");
 }
 
+/// `-M pc`: the kernel finds the MP tables btvisor writes, runs the local
+/// APIC and the I/O APIC (symmetric I/O mode, the PIT on pin 2), and the
+/// batch workload passes.
+#[test]
+fn linux_batch_image_with_apics() {
+    let _one = one_guest();
+    let mut args = linux_args("batch.cpio.gz", "console=ttyS0");
+    args.extend(["-M".to_string(), "pc".to_string()]);
+    let r = run_btvisor(&args, &[], Duration::ZERO, TIMEOUT);
+    let out = r.stdout.replace('\r', "");
+    assert_eq!(r.status.and_then(|s| s.code()), Some(BATCH_PASS_STATUS), "{out}\n{}", r.stderr);
+    for want in ["MPTABLE: OEM ID: BTVISOR", "IOAPIC[0]: apic_id 1", "Enabling APIC mode:  Flat.  Using 1 I/O APICs"] {
+        assert!(out.contains(want), "`{want}` missing:\n{out}");
+    }
+}
+
 #[test]
 fn linux_batch_image_without_kaslr() {
     run_batch("console=ttyS0 nokaslr");

@@ -15,6 +15,7 @@
 
 mod elf;
 pub mod linux;
+pub mod mptable;
 
 use thiserror::Error;
 
