@@ -28,7 +28,8 @@ struct Args {
     /// Time limit of one run, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     limit_ms: u64,
-    /// Directory to save failing programs in (as fuzz-SEED.elf with a .txt).
+    /// Directory to save failing programs in (as fuzz-SEED.elf with a .txt;
+    /// fuzz-SEED-apic.elf for programs run on `-M pc`).
     #[arg(long)]
     save: Option<PathBuf>,
     /// The btvisor binary (default: next to this one).
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
                         let failed = failures.lock().map(|f| f.len()).unwrap_or(0);
                         eprintln!("btvisor-fuzz: {k} programs started, {failed} host-side failures so far");
                     }
-                    let (name, path, shape) = match job {
+                    let (name, path, shape, apic) = match job {
                         Job::Seed(seed) => {
                             let p = program::generate(*seed);
                             let path = dir.join(format!("fuzz-{seed}.elf"));
@@ -114,17 +115,24 @@ fn main() -> ExitCode {
                                 failures.lock().unwrap().push(format!("seed {seed}: writing the image: {e}"));
                                 continue;
                             }
-                            (format!("seed {seed}"), path, p.shape.to_string())
+                            (format!("seed {seed}"), path, p.shape.to_string(), p.shape.apic)
                         }
-                        Job::Image(path) => (path.display().to_string(), path.clone(), String::new()),
+                        // Saved images name their machine: "-apic" in the file name.
+                        Job::Image(path) => {
+                            let apic = path.file_stem().is_some_and(|n| n.to_string_lossy().ends_with("-apic"));
+                            (path.display().to_string(), path.clone(), String::new(), apic)
+                        }
                     };
-                    let verdict = fuzz::run_image(&btvisor, &path, limit).map_err(|e| format!("running btvisor: {e}"));
+                    let verdict =
+                        fuzz::run_image(&btvisor, &path, limit, apic).map_err(|e| format!("running btvisor: {e}"));
                     match verdict.and_then(|run| {
                         fuzz::classify(&run).map_err(|why| (why, run)).map_err(|(why, run)| {
                             let msg = format!("{name} [{shape}]: {why}\n--- stderr ---\n{}", run.stderr);
                             if let (Some(save), Job::Seed(seed)) = (&args.save, job) {
-                                let _ = std::fs::copy(&path, save.join(format!("fuzz-{seed}.elf")));
-                                let _ = std::fs::write(save.join(format!("fuzz-{seed}.txt")), &msg);
+                                // The machine goes in the name, for --replay.
+                                let stem = if apic { format!("fuzz-{seed}-apic") } else { format!("fuzz-{seed}") };
+                                let _ = std::fs::copy(&path, save.join(format!("{stem}.elf")));
+                                let _ = std::fs::write(save.join(format!("{stem}.txt")), &msg);
                             }
                             msg
                         })

@@ -81,10 +81,12 @@ pub fn classify(run: &Run) -> Result<GuestEnd, String> {
     }
 }
 
-/// Run `btvisor` on the Multiboot image `image`, killing it after `limit`.
-pub fn run_image(btvisor: &Path, image: &Path, limit: Duration) -> std::io::Result<Run> {
+/// Run `btvisor` on the Multiboot image `image` (on `-M pc` with `apic`),
+/// killing it after `limit`.
+pub fn run_image(btvisor: &Path, image: &Path, limit: Duration, apic: bool) -> std::io::Result<Run> {
     let mut child = Command::new(btvisor)
         .args(["-m", GUEST_RAM, "-display", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4"])
+        .args(["-M", if apic { "pc" } else { "isapc" }])
         .arg(image)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

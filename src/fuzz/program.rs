@@ -90,6 +90,9 @@ pub struct Shape {
     pub align_check: bool,
     /// CR4.OSFXSR: SSE instructions run instead of raising #UD.
     pub sse: bool,
+    /// The machine has the local and I/O APICs (`-M pc`); registers also
+    /// point into their register pages.
+    pub apic: bool,
 }
 
 impl std::fmt::Display for Shape {
@@ -106,6 +109,7 @@ impl std::fmt::Display for Shape {
             (self.write_protect, "wp"),
             (self.align_check, "ac"),
             (self.sse, "sse"),
+            (self.apic, "apic"),
         ];
         let names: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
         write!(f, "{}", names.join(","))
@@ -126,6 +130,7 @@ impl Shape {
             write_protect: paging && rng.chance(50),
             align_check: rng.chance(20),
             sse: rng.chance(70),
+            apic: rng.chance(40),
         }
     }
 }
@@ -367,14 +372,17 @@ fn write_page_tables(buf: &mut [u8], shape: &Shape, rng: &mut Rng) {
     }
 }
 
-/// A register's initial value: mostly pointers to places worth touching.
-fn register_value(rng: &mut Rng) -> u32 {
+/// A register's initial value: mostly pointers to places worth touching
+/// (with `apic`, also the local and I/O APICs' registers).
+fn register_value(rng: &mut Rng, apic: bool) -> u32 {
     match rng.below(100) {
         0..40 => DATA + rng.below(DATA_SIZE),
         40..52 => CODE + rng.below(CODE_SIZE),
         52..60 => rng.below(256),
         60..66 => VGA_TEXT + rng.below(4000),
         66..70 => LOAD + rng.below(STUB_AREA),
+        70..76 if apic => crate::devices::lapic::APIC_DEFAULT_BASE + rng.below(0x400),
+        76..79 if apic => crate::devices::ioapic::IOAPIC_BASE + rng.below(0x48),
         _ => rng.u32(),
     }
 }
@@ -470,7 +478,7 @@ fn write_entry(buf: &mut [u8], shape: &Shape, rng: &mut Rng) {
         a.load_sreg(s, v);
     }
     for r in [0, 1, 2, 3, 5, 6, 7] {
-        a.mov_r(r, register_value(rng));
+        a.mov_r(r, register_value(rng, shape.apic));
     }
     a.b(&[0xCF]); // iret
 }
