@@ -2,6 +2,7 @@
 //! translates misses, chains direct exits, enters translated code and
 //! handles whatever brought it back (see ARCHITECTURE.md, "Dispatcher").
 
+mod block;
 mod bounce;
 mod code_pages;
 mod code_tlb;
@@ -14,6 +15,7 @@ pub mod signals;
 mod soft_tlb;
 pub mod stats;
 pub mod trampoline;
+mod vmm_insn;
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -35,7 +37,9 @@ use signals::{FaultRecord, SignalCtx};
 use stats::Stats;
 use trampoline::Trampolines;
 
+use block::{Fetch, warm_up_decoder};
 pub use debug::{DebugStop, WatchKind, Watchpoint};
+use vmm_insn::{invlpg_callout, io_callout};
 
 /// DR7 L0-L3/G0-G3 enable bits.
 const DR7_ENABLE_MASK: u32 = 0xFF;
@@ -331,21 +335,6 @@ impl Engine {
         out
     }
 
-    /// Creates /tmp/perf-PID.map (perf's map for JIT code) and names the
-    /// trampolines in it; blocks are added as they are translated.
-    fn open_perfmap(&mut self) {
-        let path = format!("/tmp/perf-{}.map", std::process::id());
-        match std::fs::File::create(&path) {
-            Ok(f) => {
-                let mut map = std::io::BufWriter::new(f);
-                let (lo, _) = self.cache.rx_range();
-                let _ = writeln!(map, "{lo:x} {:x} btvisor-trampolines", self.cache.base_used());
-                self.perfmap = Some(map);
-            }
-            Err(e) => log::warn!("cannot write {path}: {e}"),
-        }
-    }
-
     fn dispatch(&mut self) -> RunOutcome {
         let mut chain_from: Option<u32> = None;
         // The last exit left translated code at an unchained direct exit or
@@ -514,22 +503,6 @@ impl Engine {
         }
     }
 
-    /// `-d exec` and `-d cpu`: the block about to run (QEMU's `Trace` line:
-    /// host address, [CS base/linear EIP/mode/0]) and the state before it.
-    fn log_block(&mut self, host: usize, lin: u32, mode: Mode) {
-        let mut l = String::new();
-        if self.opts.trace.exec {
-            l += &format!("Trace 0: {host:#x} [{:08x}/{lin:08x}/{:08x}/00000000] ", self.cpu.seg[SEG_CS].base, mode.0);
-        }
-        if self.opts.trace.cpu {
-            if !l.is_empty() {
-                l.push('\n');
-            }
-            l += &self.cpu.dump();
-        }
-        self.logln(&l);
-    }
-
     /// Did translated code last leave through an unchained direct exit or
     /// a jump-cache miss (nothing for the VMM to run)?
     fn exited_clean(&self) -> bool {
@@ -612,369 +585,10 @@ impl Engine {
             _ => Step::Done(RunOutcome::InternalError(format!("unknown exit reason {reason}"))),
         }
     }
-
-    /// Decode and translate the block at `eip`; `register` = false makes a
-    /// one-off block (used to step one instruction after a code write).
-    /// An instruction fetch that faults returns the step delivering #PF.
-    fn translate(&mut self, eip: u32, mode: Mode, register: bool) -> Result<BlockId, Step> {
-        let t0 = Instant::now();
-        let max = if !register || mode.has(Mode::TF) { 1 } else { MAX_BLOCK_INSNS };
-        let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
-        // Code is fetched at CS base + EIP; instructions keep EIP offsets.
-        let cs_base = self.cpu.seg[SEG_CS].base;
-        let lin = cs_base.wrapping_add(eip);
-        let fetch = self.fetch_code(lin, mode.cpl() == 3)?;
-        let (mut block, phys0, phys_end) = {
-            let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
-            // Side exits need chaining. Under icount a block charges all its
-            // instructions at entry, also when it leaves by a side exit: time
-            // runs a little fast, the same way in every run.
-            let side_exits = if self.opts.chaining { MAX_SIDE_EXITS } else { 0 };
-            let mut block = decode_superblock(code, base, eip, max, mode.cpl(), bits, side_exits);
-            if let Fetch::Paged { phys, .. } = &fetch {
-                // An instruction running into a page that is not mapped: the
-                // block ends before it, or it faults when it comes first.
-                if phys[1].is_none() && block.truncated {
-                    {
-                        let k = block.insns.len() - 1;
-                        if k == 0 {
-                            let next = (lin & !0xFFF).wrapping_add(PAGE_SIZE as u32);
-                            return Err(self.fetch_fault(next, mode.cpl() == 3));
-                        }
-                        block.end = block.insns[k].ip32();
-                        block.insns.truncate(k);
-                        block.classes.truncate(k);
-                    }
-                }
-            }
-            let (p0, p_end) = fetch.phys_pages(lin, cs_base.wrapping_add(block.end.wrapping_sub(1)));
-            (block, p0, p_end)
-        };
-        if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 || self.debug.is_some() {
-            self.cut_at_breakpoints(&mut block, cs_base);
-        }
-        if self.opts.icount {
-            // RDTSC and port I/O leave for the VMM under icount: they end their block.
-            let reads_time =
-                block.insns.iter().zip(&block.classes).position(|(i, &c)| crate::translate::reads_time(i, c));
-            if let Some(k) = reads_time {
-                block.end = block.insns[k].next_ip32();
-                block.insns.truncate(k + 1);
-                block.classes.truncate(k + 1);
-            }
-        }
-        if self.opts.trace.in_asm {
-            let text = disasm_guest(&block.insns);
-            self.logln(&format!("----------------\nIN: \n{text}"));
-        }
-        // A one-off block runs exactly one instruction: its indirect branch
-        // leaves for the dispatcher instead of continuing from the jump
-        // cache (the bounce pages of `bounce` are mapped only meanwhile).
-        let opts = Options { inline_lookup: self.opts.chaining && register, mode, icount: self.opts.icount };
-        for attempt in 0..2 {
-            let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
-            let host = self.cache.next_addr();
-            let mut tr =
-                Translator::new(host, self.tramp.exits, self.cache.next_exit_id(), opts, code).with_code_base(base);
-            if register && self.opts.soft_mmu {
-                tr = tr.with_soft_all();
-            } else if register && !self.soft.insns.is_empty() {
-                // (One-off blocks run an instruction through the shadow window.)
-                tr = tr.with_soft(&self.soft.insns);
-            }
-            let t = tr.translate(&block);
-            if !self.cache.fits(t.code.len()) {
-                if attempt == 0 {
-                    self.flush();
-                    continue;
-                }
-                return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
-            }
-            if t.uses_fpu {
-                self.cpu.hot.fpu_active = 1;
-            }
-            let code_len = t.code.len();
-            let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, host));
-            let pages = (phys0, phys_end);
-            let Some(id) = self.cache.install(lin, mode, phys0, block.end, pages, t, register) else {
-                return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
-            };
-            if let Some(map) = &mut self.perfmap {
-                // perf's JIT map format: START SIZE NAME (hex, no 0x).
-                let _ = writeln!(map, "{host:x} {code_len:x} guest-cpl{}-{lin:08x}", mode.cpl());
-            }
-            if register {
-                for p in [pages.0, pages.1] {
-                    if self.mem.is_ram(p) && !self.mem.is_protected(p) {
-                        self.mem.set_code_protect(p, true);
-                        self.soft.flush_writes(&mut self.cpu.hot);
-                    }
-                }
-                let last = cs_base.wrapping_add(block.end.wrapping_sub(1));
-                self.cache.index_linear(id, page_of(lin), page_of(last));
-                if page_of(last) != page_of(lin) {
-                    // Recorded so that a CR3 load revalidates this page too.
-                    self.code_page_quiet(last, mode.cpl() == 3);
-                }
-            }
-            self.stats.blocks += 1;
-            self.stats.guest_insns += block.insns.len() as u64;
-            self.stats.host_bytes += code_len as u64;
-            self.stats.translate_ns += t0.elapsed().as_nanos() as u64;
-            if let Some(text) = out_text {
-                self.logln(&format!("OUT: [size={code_len}]\n{text}"));
-            }
-            return Ok(id);
-        }
-        Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())))
-    }
-
-    /// End the block before any enabled execution breakpoint (DR0-3, or
-    /// the debugger's, at linear addresses) after its first instruction
-    /// (the dispatcher checks the first one).
-    fn cut_at_breakpoints(&self, block: &mut crate::decode::GuestBlock, cs_base: u32) {
-        let mut bps: Vec<u32> = (0..4)
-            .filter(|&n| self.cpu.dr[7] & (3 << (2 * n)) != 0 && (self.cpu.dr[7] >> (16 + 4 * n)) & 0xF == 0)
-            .map(|n| self.cpu.dr[n])
-            .collect();
-        bps.extend(self.debug_breakpoints());
-        if let Some(cut) = block.insns.iter().skip(1).position(|i| bps.contains(&cs_base.wrapping_add(i.ip32()))) {
-            let keep = cut + 1;
-            block.end = block.insns[keep].ip32();
-            block.insns.truncate(keep);
-            block.classes.truncate(keep);
-        }
-    }
-
-    /// Drop all translations (the cache is full, or breakpoints changed).
-    fn flush(&mut self) {
-        self.clear_emu_cache();
-        self.cache.flush(&mut self.cpu.hot);
-        self.mem.unprotect_all();
-        self.stats.flushes += 1;
-    }
-
-    /// Run the instruction at EIP in the VMM.
-    fn emulate(&mut self) -> Step {
-        let eip = self.cpu.hot.eip;
-        let i = self.decode_at(eip);
-        self.emulated += 1;
-        self.stats.count_callout(i.mnemonic());
-        if matches!(
-            i.mnemonic(),
-            iced_x86::Mnemonic::Fnstenv
-                | iced_x86::Mnemonic::Fstenv
-                | iced_x86::Mnemonic::Fnsave
-                | iced_x86::Mnemonic::Fsave
-                | iced_x86::Mnemonic::Fxsave
-        ) {
-            return self.fpu_store(&i);
-        }
-        let mut written = Vec::new();
-        // A page fault, or a stack access beyond a non-flat SS's limit
-        // (#SS), undoes the instruction.
-        let paging = self.mem.paging().enabled();
-        let stack_checked = !self.cpu.seg[crate::cpu::SEG_SS].is_flat();
-        let before = (paging || stack_checked).then(|| self.cpu.snapshot());
-        let (r, invlpg, cr_written, pf) = {
-            let mut env = Env::new(&mut self.cpu, &mut self.mem, &mut self.io, &mut written);
-            let r = interp::execute(&mut env, &i);
-            let pf = env.take_page_fault();
-            (r, env.invlpg, env.cr_written, pf)
-        };
-        for p in written {
-            self.code_written(p);
-        }
-        if matches!(i.mnemonic(), iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd) && r.is_ok() && self.nmi_blocked
-        {
-            // IRET ends NMI blocking; a pending NMI may be taken now.
-            self.nmi_blocked = false;
-            self.irq_dirty |= self.nmi_pending;
-        }
-        if let (iced_x86::Mnemonic::Iret | iced_x86::Mnemonic::Iretd, Ok(Flow::Jump(to))) = (i.mnemonic(), &r) {
-            // Back to the instruction whose page fault the guest handled
-            // (IRET's target: EIP itself is set below).
-            if let Some(f) = self.last_pf.take().filter(|f| f.eip == *to) {
-                if f.soft {
-                    if self.soft_fill(f.win as u32, f.lin) {
-                        self.soft_stream_map(f.eip, f.win as u32, f.lin);
-                    }
-                } else {
-                    self.mem.prefetch_after_fault(f.win, f.lin, f.write);
-                }
-            }
-        }
-        let dregs = [self.cpu.dr[0], self.cpu.dr[1], self.cpu.dr[2], self.cpu.dr[3], self.cpu.dr[7]];
-        if dregs != self.watch_regs {
-            self.watch_regs = dregs;
-            self.arm_watchpoints();
-        }
-        if self.chipset.is_some() && touches_interrupt_state(&i, self.cpu.reg(crate::cpu::EDX) as u16) {
-            self.irq_dirty = true;
-        }
-        if let Some(e) = pf {
-            // A memory access of the instruction faulted: undo it, raise #PF
-            // (or #SS).
-            if let Some(b) = &before {
-                self.cpu.restore(b);
-            }
-            if e.vector == crate::cpu::vector::PF {
-                self.stats.page_faults += 1;
-            }
-            return self.exception(e);
-        }
-        let regs = self.cpu.paging_regs();
-        if invlpg.is_some() || cr_written || regs != self.mem.paging() {
-            self.paging_changed(invlpg, cr_written);
-        }
-        match r {
-            Ok(Flow::Next) => {
-                if let Some(s) = loaded_data_segment(&i) {
-                    self.seg_reloads.note_load(&self.cpu, &self.mem, s);
-                }
-                if i.mnemonic() == iced_x86::Mnemonic::Verw {
-                    if let Some(sel) = self.cpu.last_verw.take() {
-                        let zf = self.cpu.hot.live_flags & flags::ZF != 0;
-                        self.seg_reloads.note_verw(&self.cpu, &self.mem, sel, zf);
-                    }
-                }
-                self.cpu.hot.eip = i.next_ip32();
-                Step::Continue
-            }
-            Ok(Flow::Jump(t)) => {
-                self.cpu.hot.eip = t;
-                Step::Continue
-            }
-            Ok(Flow::Exit(code)) => Step::Done(RunOutcome::DebugExit(code)),
-            Ok(Flow::SoftInt { vector, kind }) => self.raise(Exception::new(vector), kind, i.next_ip32()),
-            Ok(Flow::Halt) => {
-                let ie = self.cpu.eflags() & flags::IF != 0;
-                self.cpu.hot.eip = i.next_ip32();
-                if ie && self.chipset.is_some() {
-                    return self.halt_until_interrupt(eip);
-                }
-                Step::Done(RunOutcome::Halted { eip, interrupts_enabled: ie })
-            }
-            Err(e) => self.exception(e),
-        }
-    }
 }
 
 /// CR0.AM: alignment checks enabled (with EFLAGS.AC, at CPL 3).
 const CR0_AM: u32 = 1 << 18;
-
-/// Can this VMM-executed instruction change what the interrupt controller
-/// asserts? Port writes to the chipset's devices, and reads that acknowledge
-/// something (UART RBR/IIR, PIC poll, RTC register C).
-fn touches_interrupt_state(i: &Instruction, dx: u16) -> bool {
-    use iced_x86::Mnemonic as M;
-    use iced_x86::OpKind;
-    let imm_or_dx =
-        |n: u32| if i.op_count() > n && i.op_kind(n) == OpKind::Immediate8 { i.immediate8() as u16 } else { dx };
-    match i.mnemonic() {
-        M::Out | M::Outsb | M::Outsw | M::Outsd => port_touches_interrupts(imm_or_dx(0), true),
-        M::In | M::Insb | M::Insw | M::Insd => port_touches_interrupts(imm_or_dx(1), false),
-        _ => false,
-    }
-}
-
-/// See `touches_interrupt_state`.
-fn port_touches_interrupts(port: u16, out: bool) -> bool {
-    if out {
-        port != crate::devices::POST_PORT && !(crate::devices::DEBUG_EXIT_BASE..0xF8).contains(&port)
-    } else {
-        matches!(port, 0x20 | 0xA0 | 0x3F8 | 0x3FA | 0x71)
-    }
-}
-
-/// Port I/O called from translated code (`translate::io`). Returns nonzero
-/// when the dispatcher must look (debug exit, interrupt state changed).
-extern "sysv64" fn io_callout(hot: *mut HotState) -> u32 {
-    // SAFETY: translated code passes the running vCPU's HotState, whose
-    // io_bus the engine set to its live PortBus before entering; nothing
-    // else touches the bus while translated code runs.
-    let hot = unsafe { &mut *hot };
-    // SAFETY: as above.
-    let bus = unsafe { &mut *(hot.io_bus as *mut PortBus) };
-    let port = hot.io_port as u16;
-    let size = (hot.io_info & 0xFF) as u8;
-    let out = hot.io_info & crate::translate::io::IO_OUT != 0;
-    if out {
-        if let crate::devices::IoEffect::Exit(code) = bus.write(port, size, hot.io_value) {
-            hot.io_exit = 1;
-            hot.io_value = code as u32;
-            return 1;
-        }
-    } else {
-        hot.io_value = bus.read(port, size);
-    }
-    if port_touches_interrupts(port, out) {
-        // The dispatcher must look at the chipset; right away only if an
-        // interrupt could be taken now (IF set). Otherwise the next exit
-        // looks, and a later STI/POPFD leaves the block since INTR "may be"
-        // pending.
-        hot.io_dirty = 1;
-        hot.intr_pending = 1;
-        return u32::from(hot.vif != 0);
-    }
-    0
-}
-
-/// INVLPG from translated code at CPL 0 (`translate::io::invlpg`): the
-/// linear address is in `io_value`. Returns nonzero when the engine must
-/// emulate it instead (the page holds translated code, or a 4 MiB page
-/// maps it: blocks must be unchained, which needs the whole engine).
-extern "sysv64" fn invlpg_callout(hot: *mut HotState) -> u32 {
-    // SAFETY: translated code passes the running vCPU's HotState, whose
-    // mem_ptr the engine set to its live GuestMemory before entering;
-    // nothing else uses it while translated code runs.
-    let hot = unsafe { &mut *hot };
-    // SAFETY: as above.
-    let mem = unsafe { &mut *(hot.mem_ptr as *mut GuestMemory) };
-    let lin = hot.io_value;
-    if mem.paging().enabled() {
-        if mem.has_code_lin(lin) || mem.large_page_at(lin) {
-            return 1;
-        }
-        mem.invlpg(lin);
-    }
-    soft_tlb::flush_page(hot, lin);
-    hot.invlpg_done += 1;
-    0
-}
-
-/// Where a block's code bytes come from.
-enum Fetch {
-    /// Paging off: guest RAM at CS base + EIP.
-    Flat,
-    /// Paging on: a copy of the code page (and the next one if mapped).
-    Paged { buf: Vec<u8>, page: u32, phys: [Option<u32>; 2] },
-}
-
-impl Fetch {
-    /// The code bytes and the EIP of their first byte.
-    fn code<'a>(&'a self, ram: &'a [u8], cs_base: u32, eip: u32) -> (&'a [u8], u32) {
-        match self {
-            Fetch::Flat => (ram.get(cs_base as usize..).unwrap_or(&[]), 0),
-            Fetch::Paged { buf, page, .. } => {
-                let lin = cs_base.wrapping_add(eip);
-                (&buf[..], eip.wrapping_sub(lin.wrapping_sub(*page)))
-            }
-        }
-    }
-
-    /// Physical pages of the block's first byte `lin` and last byte `last`.
-    fn phys_pages(&self, lin: u32, last: u32) -> (u32, u32) {
-        match self {
-            Fetch::Flat => (page_of(lin), page_of(last)),
-            Fetch::Paged { page, phys, .. } => {
-                let p0 = phys[0].unwrap_or(0);
-                let p1 = if page_of(last) != *page { phys[1].unwrap_or(p0) } else { p0 };
-                (p0, p1)
-            }
-        }
-    }
-}
 
 /// What the dispatcher does after an exit.
 enum Step {
@@ -982,82 +596,6 @@ enum Step {
     Chain(u32),
     Continue,
     Done(RunOutcome),
-}
-
-/// iced-x86 builds its instruction-info tables on first use (a few ms);
-/// pay that at machine construction rather than in the first translation.
-fn warm_up_decoder() {
-    // add eax, [ebx+4] ; fld qword [eax] ; ret
-    let code = [0x03, 0x43, 0x04, 0xDD, 0x00, 0xC3];
-    let b = decode_block(&code, 0, 0, MAX_BLOCK_INSNS);
-    for i in &b.insns {
-        let _ = (i.op_code().op_kinds().len(), i.cpuid_features().len(), i.stack_pointer_increment());
-    }
-}
-
-impl Engine {
-    /// Forget decoded VMM instructions (code or its mapping changed).
-    fn clear_emu_cache(&mut self) {
-        self.emu_cache.clear();
-        self.emu_slots.iter_mut().for_each(|e| *e = None);
-    }
-
-    /// Decode the instruction at CS:`eip` in the current code size (through
-    /// the guest page tables; cached per linear address and mode until code
-    /// changes).
-    fn decode_at(&mut self, eip: u32) -> Instruction {
-        let cs = self.cpu.seg[SEG_CS];
-        let mode = self.mode;
-        let lin = cs.base.wrapping_add(eip);
-        let slot = lin as usize % EMU_CACHE_SLOTS;
-        if let Some((l, m, i)) = &self.emu_slots[slot] {
-            if *l == lin && *m == mode.0 {
-                return *i;
-            }
-        }
-        if let Some(i) = self.emu_cache.get(&(lin, mode.0)).copied() {
-            self.emu_slots[slot] = Some((lin, mode.0, i));
-            return i;
-        }
-        let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
-        let mut bytes = [0u8; crate::decode::MAX_INSN_LEN];
-        let mut n = 0;
-        let user = mode.cpl() == 3;
-        while n < bytes.len() {
-            match self.mem.translate(lin.wrapping_add(n as u32), false, user) {
-                Ok(p) if self.mem.is_ram(p) => bytes[n] = self.mem.read_u8(p),
-                _ => break,
-            }
-            n += 1;
-        }
-        let i = Decoder::with_ip(bits, &bytes[..n], eip as u64, DecoderOptions::NONE).decode();
-        self.emu_cache.insert((lin, mode.0), i);
-        i
-    }
-}
-
-fn disasm_guest(insns: &[Instruction]) -> String {
-    let mut f = GasFormatter::new();
-    let mut out = String::new();
-    for i in insns {
-        let mut s = String::new();
-        f.format(i, &mut s);
-        out += &format!("0x{:08x}:  {s}\n", i.ip32());
-    }
-    out
-}
-
-fn disasm_host(code: &[u8], base: usize) -> String {
-    let mut d = Decoder::with_ip(64, code, base as u64, DecoderOptions::NONE);
-    let mut f = GasFormatter::new();
-    let mut out = String::new();
-    while d.can_decode() {
-        let i = d.decode();
-        let mut s = String::new();
-        f.format(&i, &mut s);
-        out += &format!("0x{:016x}:  {s}\n", i.ip());
-    }
-    out
 }
 
 /// Point the GS base of this thread at the guest window.
@@ -1079,16 +617,4 @@ fn set_gs_base(base: usize) -> std::io::Result<()> {
     // which neither Rust nor glibc use on x86-64 Linux.
     let rc = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, base) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
-/// The data segment register (ES, DS, FS, GS) that `i` loads by MOV or
-/// POP, if any: the loads `translate::segment::reload` can skip later.
-fn loaded_data_segment(i: &Instruction) -> Option<usize> {
-    use iced_x86::Code;
-    let moves = matches!(i.code(), Code::Mov_Sreg_r32m16 | Code::Mov_Sreg_rm16);
-    let pops = matches!(i.code(), Code::Popd_ES | Code::Popd_DS | Code::Popd_FS | Code::Popd_GS);
-    if !moves && !pops {
-        return None;
-    }
-    interp::seg_index(i.op0_register()).filter(|&s| s != SEG_CS && s != crate::cpu::SEG_SS)
 }
