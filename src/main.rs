@@ -53,10 +53,10 @@ fn main() -> ExitCode {
             }
         },
     };
-    if let Some(path) = &config.text_screen {
-        if let Err(e) = std::fs::write(path, btvisor::devices::vga::text_screen(&engine.mem)) {
-            eprintln!("btvisor: writing the text screen to {}: {e}", path.display());
-        }
+    if let Some(path) = &config.text_screen
+        && let Err(e) = std::fs::write(path, btvisor::devices::vga::text_screen(&engine.mem))
+    {
+        eprintln!("btvisor: writing the text screen to {}: {e}", path.display());
     }
     if config.stats {
         eprint!("{}", engine.stats.report(engine.cache.used(), engine.cache.size()));

@@ -125,7 +125,7 @@ impl Harness {
         bregs[6] = data_addr;
         let bin = SnippetState { regs: bregs, eflags: inp.eflags, data: inp.data };
         // Every other run translates memory accesses in the soft-TLB form.
-        let bt = match run_snippet_in(self.world, code, &bin, self.runs % 2 == 0) {
+        let bt = match run_snippet_in(self.world, code, &bin, self.runs.is_multiple_of(2)) {
             Ok(o) => {
                 let mut br = o.regs;
                 br[4] = br[4].wrapping_sub(stack_top);

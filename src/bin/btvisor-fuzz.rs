@@ -83,11 +83,11 @@ fn main() -> ExitCode {
         eprintln!("btvisor-fuzz: {}: {e}", dir.display());
         return ExitCode::from(1);
     }
-    if let Some(s) = &args.save {
-        if let Err(e) = std::fs::create_dir_all(s) {
-            eprintln!("btvisor-fuzz: {}: {e}", s.display());
-            return ExitCode::from(1);
-        }
+    if let Some(s) = &args.save
+        && let Err(e) = std::fs::create_dir_all(s)
+    {
+        eprintln!("btvisor-fuzz: {}: {e}", s.display());
+        return ExitCode::from(1);
     }
     let next = AtomicU64::new(0);
     let ends: Mutex<BTreeMap<GuestEnd, u64>> = Mutex::new(BTreeMap::new());
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(job) = jobs.get(k) else { break };
-                    if k > 0 && k % PROGRESS_EVERY == 0 {
+                    if k > 0 && k.is_multiple_of(PROGRESS_EVERY) {
                         let failed = failures.lock().map(|f| f.len()).unwrap_or(0);
                         eprintln!("btvisor-fuzz: {k} programs started, {failed} host-side failures so far");
                     }

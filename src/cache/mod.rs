@@ -192,6 +192,9 @@ impl CodeCache {
 
     /// Install a translation made for `next_addr()`. `register` = false makes
     /// a one-off block (not looked up, not tied to its pages).
+    // The block's key (EIP, mode, physical page), its extent and pages, the
+    // code and the registration flag are all the block's own facts.
+    #[allow(clippy::too_many_arguments)]
     pub fn install(
         &mut self,
         eip: u32,
@@ -410,10 +413,10 @@ impl CodeCache {
             }
         }
         let other = if pages.0 == page { pages.1 } else { pages.0 };
-        if other != page {
-            if let Some(v) = self.page_blocks.get_mut(&other) {
-                v.retain(|&x| x != id);
-            }
+        if other != page
+            && let Some(v) = self.page_blocks.get_mut(&other)
+        {
+            v.retain(|&x| x != id);
         }
         true
     }

@@ -182,7 +182,7 @@ pub(crate) fn seg_index(r: Register) -> Option<usize> {
 }
 
 fn parity(v: u8) -> bool {
-    v.count_ones() % 2 == 0
+    v.count_ones().is_multiple_of(2)
 }
 
 impl Env<'_> {
@@ -1155,7 +1155,7 @@ fn sub_flags(a: u32, b: u32, size: usize) -> u32 {
     if (a ^ b ^ r) & 0x10 != 0 {
         f |= AF;
     }
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= PF;
     }
     f

@@ -135,7 +135,7 @@ impl IoApic {
             1 => VERSION,
             0x10..=0x3F => {
                 let e = self.redir[((r - 0x10) / 2) as usize] & !DELIVERY_STATUS;
-                if r % 2 == 0 { e as u32 } else { (e >> 32) as u32 }
+                if r.is_multiple_of(2) { e as u32 } else { (e >> 32) as u32 }
             }
             _ => 0,
         }
@@ -147,7 +147,7 @@ impl IoApic {
             0x10..=0x3F => {
                 let pin = ((r - 0x10) / 2) as usize;
                 let e = self.redir[pin];
-                self.redir[pin] = if r % 2 == 0 {
+                self.redir[pin] = if r.is_multiple_of(2) {
                     (e & !LOW_WRITABLE) | (u64::from(v) & LOW_WRITABLE)
                 } else {
                     (e & 0x00FF_FFFF_FFFF_FFFF) | (u64::from(v & 0xFF00_0000) << 32)

@@ -101,10 +101,10 @@ impl RecordReplay {
 
     /// Record that `byte` entered the UART at `point`.
     pub fn note_input(&mut self, point: u64, byte: u8) {
-        if let RecordReplay::Record(f) = self {
-            if let Err(e) = writeln!(f, "input {point} {byte}") {
-                crate::guest_warn!("writing the recording: {e}");
-            }
+        if let RecordReplay::Record(f) = self
+            && let Err(e) = writeln!(f, "input {point} {byte}")
+        {
+            crate::guest_warn!("writing the recording: {e}");
         }
     }
 

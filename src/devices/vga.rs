@@ -48,10 +48,10 @@ impl MmioDevice for VgaText {
 
     fn write(&mut self, offset: u32, size: u8, value: u32) {
         for k in 0..size as u32 {
-            if let Some(o) = offset.wrapping_add(k).checked_sub(TEXT_OFFSET) {
-                if let Some(b) = self.text.get_mut(o as usize) {
-                    *b = (value >> (8 * k)) as u8;
-                }
+            if let Some(o) = offset.wrapping_add(k).checked_sub(TEXT_OFFSET)
+                && let Some(b) = self.text.get_mut(o as usize)
+            {
+                *b = (value >> (8 * k)) as u8;
             }
         }
     }

@@ -218,10 +218,11 @@ impl Engine {
             if changed[k..k + n].iter().any(|c| !c) {
                 n = 1;
             }
-            if changed[k] && pages.contains(&(a & !0xFFF)) {
-                if let Ok(p) = self.mem.translate(a, true, user) {
-                    self.mem.write(p, &bytes[k..k + n]);
-                }
+            if changed[k]
+                && pages.contains(&(a & !0xFFF))
+                && let Ok(p) = self.mem.translate(a, true, user)
+            {
+                self.mem.write(p, &bytes[k..k + n]);
             }
             k += n;
         }

@@ -128,10 +128,11 @@ impl Engine {
     }
 
     pub fn add_watchpoint(&mut self, w: Watchpoint) {
-        if let Some(d) = &mut self.debug {
-            if w.len > 0 && !d.watchpoints.contains(&w) {
-                d.watchpoints.push(w);
-            }
+        if let Some(d) = &mut self.debug
+            && w.len > 0
+            && !d.watchpoints.contains(&w)
+        {
+            d.watchpoints.push(w);
         }
     }
 

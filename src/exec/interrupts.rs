@@ -211,10 +211,10 @@ impl Engine {
     pub(super) fn icount_account(&mut self) {
         let left = self.cpu.hot.icount_left;
         let used = self.icount_granted.wrapping_sub(left) as i32;
-        if used > 0 {
-            if let Some(cs) = &self.chipset {
-                cs.clock.advance_insns(used as u64);
-            }
+        if used > 0
+            && let Some(cs) = &self.chipset
+        {
+            cs.clock.advance_insns(used as u64);
         }
         self.icount_granted = left;
     }

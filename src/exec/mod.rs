@@ -347,14 +347,14 @@ impl Engine {
             if self.opts.icount {
                 self.rr_point();
             }
-            if self.debug.is_some() {
-                if let Some(step) = self.debug_check() {
-                    match step {
-                        Step::Done(out) => return out,
-                        _ => {
-                            chain_from = None;
-                            continue;
-                        }
+            if self.debug.is_some()
+                && let Some(step) = self.debug_check()
+            {
+                match step {
+                    Step::Done(out) => return out,
+                    _ => {
+                        chain_from = None;
+                        continue;
                     }
                 }
             }
@@ -386,14 +386,14 @@ impl Engine {
             self.mode = mode;
             // Debug-register execution breakpoints are faults taken before
             // the instruction, unless RF is set.
-            if self.cpu.dr[7] & DR7_ENABLE_MASK != 0 {
-                if let Some(step) = self.check_breakpoint(eip) {
-                    match step {
-                        Step::Done(out) => return out,
-                        _ => {
-                            chain_from = None;
-                            continue;
-                        }
+            if self.cpu.dr[7] & DR7_ENABLE_MASK != 0
+                && let Some(step) = self.check_breakpoint(eip)
+            {
+                match step {
+                    Step::Done(out) => return out,
+                    _ => {
+                        chain_from = None;
+                        continue;
                     }
                 }
             }
@@ -464,19 +464,19 @@ impl Engine {
                     }
                 },
             };
-            if let Some(e) = chain_from.take() {
-                if self.opts.chaining && self.cache.link(e, id) {
-                    self.stats.chains += 1;
-                }
+            if let Some(e) = chain_from.take()
+                && self.opts.chaining
+                && self.cache.link(e, id)
+            {
+                self.stats.chains += 1;
             }
             let host = self.cache.blocks[id as usize].host;
-            if self.opts.chaining {
-                if let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host) {
-                    if !self.jc_marked[s] {
-                        self.jc_marked[s] = true;
-                        self.jc_used.push(s as u32);
-                    }
-                }
+            if self.opts.chaining
+                && let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host)
+                && !self.jc_marked[s]
+            {
+                self.jc_marked[s] = true;
+                self.jc_used.push(s as u32);
             }
             if self.opts.trace.exec || self.opts.trace.cpu {
                 self.log_block(host, lin, mode);

@@ -83,11 +83,11 @@ impl Engine {
                 if let Some(s) = loaded_data_segment(&i) {
                     self.seg_reloads.note_load(&self.cpu, &self.mem, s);
                 }
-                if i.mnemonic() == iced_x86::Mnemonic::Verw {
-                    if let Some(sel) = self.cpu.last_verw.take() {
-                        let zf = self.cpu.hot.live_flags & flags::ZF != 0;
-                        self.seg_reloads.note_verw(&self.cpu, &self.mem, sel, zf);
-                    }
+                if i.mnemonic() == iced_x86::Mnemonic::Verw
+                    && let Some(sel) = self.cpu.last_verw.take()
+                {
+                    let zf = self.cpu.hot.live_flags & flags::ZF != 0;
+                    self.seg_reloads.note_verw(&self.cpu, &self.mem, sel, zf);
                 }
                 self.cpu.hot.eip = i.next_ip32();
                 Step::Continue
@@ -206,10 +206,11 @@ impl Engine {
         let mode = self.mode;
         let lin = cs.base.wrapping_add(eip);
         let slot = lin as usize % EMU_CACHE_SLOTS;
-        if let Some((l, m, i)) = &self.emu_slots[slot] {
-            if *l == lin && *m == mode.0 {
-                return *i;
-            }
+        if let Some((l, m, i)) = &self.emu_slots[slot]
+            && *l == lin
+            && *m == mode.0
+        {
+            return *i;
         }
         if let Some(i) = self.emu_cache.get(&(lin, mode.0)).copied() {
             self.emu_slots[slot] = Some((lin, mode.0, i));

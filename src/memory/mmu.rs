@@ -110,14 +110,13 @@ pub fn walk(ram: &mut [u8], regs: PagingRegs, linear: u32, access: Access) -> Re
     Ok(t)
 }
 
+/// The accessed/dirty updates a walk makes: (entry address, new value)
+/// for the PDE and the PTE.
+pub type EntryUpdates = [Option<(u32, u32)>; 2];
+
 /// Translate without touching the tables; also returns the accessed/dirty
-/// updates a real access would make (entry address, new value).
-pub fn lookup(
-    ram: &[u8],
-    regs: PagingRegs,
-    linear: u32,
-    access: Access,
-) -> Result<(Translation, [Option<(u32, u32)>; 2]), u32> {
+/// updates a real access would make.
+pub fn lookup(ram: &[u8], regs: PagingRegs, linear: u32, access: Access) -> Result<(Translation, EntryUpdates), u32> {
     let err_base = if access.write { pf::W } else { 0 } | if access.user { pf::U } else { 0 };
     let pde_addr = (regs.cr3 & !0xFFF) + ((linear >> 22) << 2);
     let pde = read32(ram, pde_addr);

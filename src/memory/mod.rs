@@ -131,7 +131,7 @@ unsafe impl Send for GuestMemory {}
 
 impl GuestMemory {
     pub fn new(ram_size: u64) -> Result<Self, MemoryError> {
-        if ram_size == 0 || ram_size % PAGE_SIZE as u64 != 0 || ram_size >= WINDOW_SIZE as u64 {
+        if ram_size == 0 || !ram_size.is_multiple_of(PAGE_SIZE as u64) || ram_size >= WINDOW_SIZE as u64 {
             return Err(MemoryError::BadSize(ram_size));
         }
         let ram = ram_size as usize;
@@ -406,11 +406,11 @@ impl GuestMemory {
     /// bytes outside RAM read as all ones.
     pub fn read(&self, addr: u32, buf: &mut [u8]) {
         if self.near_mmio(addr, buf.len()) {
-            if buf.len() <= 4 {
-                if let Some(v) = self.mmio_access(addr, buf.len(), None) {
-                    buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
-                    return;
-                }
+            if buf.len() <= 4
+                && let Some(v) = self.mmio_access(addr, buf.len(), None)
+            {
+                buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
+                return;
             }
             for (i, b) in buf.iter_mut().enumerate() {
                 let a = addr.wrapping_add(i as u32);
@@ -445,10 +445,10 @@ impl GuestMemory {
             }
             for (i, &b) in data.iter().enumerate() {
                 let a = addr.wrapping_add(i as u32);
-                if self.mmio_access(a, 1, Some(b as u32)).is_none() {
-                    if let Some(r) = self.ram_mut().get_mut(a as usize) {
-                        *r = b;
-                    }
+                if self.mmio_access(a, 1, Some(b as u32)).is_none()
+                    && let Some(r) = self.ram_mut().get_mut(a as usize)
+                {
+                    *r = b;
                 }
             }
             return;

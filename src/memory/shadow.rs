@@ -800,10 +800,10 @@ impl GuestMemory {
             }
             return ShadowFault::Hole(t.phys_page);
         }
-        if let Some(write_only) = self.watch_of(lin_page) {
-            if write || !write_only {
-                return ShadowFault::Watched;
-            }
+        if let Some(write_only) = self.watch_of(lin_page)
+            && (write || !write_only)
+        {
+            return ShadowFault::Watched;
         }
         if write && self.is_protected(t.phys_page) {
             return ShadowFault::CodeWrite(t.phys_page);
@@ -851,10 +851,11 @@ impl GuestMemory {
             && !self.shadow.contexts[cur].mapped.contains_key(&key(win, lin & !(PAGE_SIZE as u32 - 1)))
         {
             let access = Access { write, user: win == 1 };
-            if let Ok((t, _)) = mmu::lookup(self.ram(), self.shadow.regs, lin, access) {
-                if self.is_ram(t.phys_page) && !(write && self.is_protected(t.phys_page)) {
-                    let _ = self.shadow_fault(win, lin, write);
-                }
+            if let Ok((t, _)) = mmu::lookup(self.ram(), self.shadow.regs, lin, access)
+                && self.is_ram(t.phys_page)
+                && !(write && self.is_protected(t.phys_page))
+            {
+                let _ = self.shadow_fault(win, lin, write);
             }
         }
     }

@@ -766,7 +766,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
                     let d = p.memory_displacement64();
                     let in_table = |lo: i32| {
                         let lo = lo as u64;
-                        (lo..lo + 48).contains(&d) && (d - lo) % 8 == 0
+                        (lo..lo + 48).contains(&d) && (d - lo).is_multiple_of(8)
                     };
                     p.mnemonic() == Mnemonic::Mov
                         && p.op0_register() == Register::R11
@@ -794,7 +794,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
                 && x.memory_index() == Register::R13
                 && x.memory_index_scale() == 8
                 && d >= tlb + 8
-                && (d - tlb - 8) % crate::cpu::SOFT_TLB_TABLE_BYTES as u64 == 0
+                && (d - tlb - 8).is_multiple_of(crate::cpu::SOFT_TLB_TABLE_BYTES as u64)
                 && d - tlb < 4 * crate::cpu::SOFT_TLB_TABLE_BYTES as u64
         };
         let finishes_lookup = m == Mnemonic::Lea
@@ -1031,10 +1031,10 @@ fn check_translation_as(mem: &[u8], b: &GuestBlock, t: &Translation, soft: bool)
         // interrupt-window check.
         let after_sti = k > 0 && b.insns[k - 1].mnemonic() == Mnemonic::Sti;
         let divide = matches!(g.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) || after_sti;
-        if let Some(n) = t.insn_map.get(k + 2).filter(|_| !divide) {
-            if n.host_off as usize != off + h.len() {
-                return Err(ctx(format!("guest {:#x}: IDENT emitted more than one host instruction", g.ip32())));
-            }
+        if let Some(n) = t.insn_map.get(k + 2).filter(|_| !divide)
+            && n.host_off as usize != off + h.len()
+        {
+            return Err(ctx(format!("guest {:#x}: IDENT emitted more than one host instruction", g.ip32())));
         }
     }
     Ok(())
