@@ -44,7 +44,8 @@ run() {
 }
 
 if [ -x "$BTV" ]; then
-    run btvisor "$BTV" "$IMG" "${append_args[@]}"
+    # -M pc: the local APIC, as QEMU's default machine has (ipi, apic timer rows).
+    run btvisor "$BTV" -M pc "$IMG" "${append_args[@]}"
 else
     echo "btvisor: $BTV not built, skipped"
 fi

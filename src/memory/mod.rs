@@ -120,9 +120,10 @@ pub struct GuestMemory {
     code_lin: Vec<u64>,
     /// Memory-mapped devices (they shadow RAM where they overlap it).
     mmio: std::cell::RefCell<Vec<MmioRegion>>,
-    /// (first address, length) of the range spanning every device: a
-    /// quick test for the common case of an address far from all of them.
-    mmio_span: (u32, u32),
+    /// (base, length) of each device, outside the RefCell: the test every
+    /// VMM access makes. (One span over all of them would cover all of RAM
+    /// once the VGA window and the APICs at the top are both there.)
+    mmio_ranges: Vec<(u32, u32)>,
 }
 
 // SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
@@ -165,7 +166,7 @@ impl GuestMemory {
                 shadow: shadow::Shadow::default(),
                 code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
                 mmio: Default::default(),
-                mmio_span: (0, 0),
+                mmio_ranges: Vec::new(),
             };
             if alias == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM alias"));
@@ -276,12 +277,12 @@ impl GuestMemory {
         (addr as usize) < self.ram_size && !self.is_mmio(addr)
     }
 
-    /// Could `[addr, addr + len)` touch a device? (One range test against
-    /// the span of all devices: the fast path of every VMM access.)
+    /// Could `[addr, addr + len)` touch a device? (A range test per
+    /// device, a handful at most: the fast path of every VMM access.)
     #[inline]
     fn near_mmio(&self, addr: u32, len: usize) -> bool {
-        let (lo, n) = self.mmio_span;
-        n != 0 && (addr as u64 + len as u64) > lo as u64 && (addr as u64) < lo as u64 + n as u64
+        let (a, end) = (addr as u64, addr as u64 + len as u64);
+        self.mmio_ranges.iter().any(|&(b, n)| end > b as u64 && a < b as u64 + n as u64)
     }
 
     /// Is `[addr, addr + len)` plain RAM (no device, inside RAM)?
@@ -292,17 +293,14 @@ impl GuestMemory {
 
     /// Whether a device claims guest physical address `addr`.
     pub fn is_mmio(&self, addr: u32) -> bool {
-        addr.wrapping_sub(self.mmio_span.0) < self.mmio_span.1
-            && self.mmio.borrow().iter().any(|r| addr.wrapping_sub(r.base) < r.len)
+        self.mmio_ranges.iter().any(|&(b, n)| addr.wrapping_sub(b) < n)
     }
 
     /// Attach a device at physical `[base, base + len)` (page-aligned). Its
     /// pages are never mapped in a window, so every access reaches it.
     pub fn add_mmio(&mut self, base: u32, len: u32, dev: Box<dyn MmioDevice>) {
         self.mmio.get_mut().push(MmioRegion { base, len, dev });
-        let lo = self.mmio.get_mut().iter().map(|r| r.base as u64).min().unwrap_or(0);
-        let hi = self.mmio.get_mut().iter().map(|r| r.base as u64 + r.len as u64).max().unwrap_or(0);
-        self.mmio_span = (lo as u32, (hi - lo).min(u32::MAX as u64) as u32);
+        self.mmio_ranges.push((base, len));
         if !self.shadow.enabled() {
             self.unmap_mmio_identity();
         }

@@ -43,6 +43,10 @@ uint64_t nb_out(uint32_t n);
 uint64_t nb_callret(uint32_t n);
 uint64_t nb_divzero(uint32_t n);
 uint64_t nb_irq(uint32_t n);
+uint64_t nb_ipi(uint32_t n);
+uint64_t nb_apictimer(uint32_t n);
+void apic_ipi_handler(void);
+void apic_timer_handler(void);
 void irq4_handler(void);
 uint64_t nb_pgfault(uint32_t n);
 uint64_t nb_ptemod(uint32_t n);
@@ -138,6 +142,8 @@ static void setup_cpu(void)
     outb(0x21, 0xFF);
     outb(0xA1, 0xFF);
     idt[0x24] = int_gate(irq4_handler, 0);
+    idt[0x50] = int_gate(apic_ipi_handler, 0);
+    idt[0x51] = int_gate(apic_timer_handler, 0);
     outb(0x3F9, 0x00);          /* IER: no UART interrupts yet */
     outb(0x3FC, 0x08);          /* MCR: OUT2 */
 }
@@ -176,6 +182,9 @@ PG(static uint32_t kernel_pt[1024]);   /* linear 0-4 MiB, identity */
 PG(uint32_t test_pt[1024]);            /* linear TEST_VA + 0-4 MiB */
 PG(uint32_t ctx_pd[2][1024]);          /* ctxsw's two address spaces */
 PG(static uint32_t ctx_pt[2][1024]);   /* their CTX_VA slot */
+PG(static uint32_t apic_pt[1024]);     /* the local APIC's page, identity */
+#define APIC_PAGE 0xFEE00000u
+#define PTE_PCD 0x10
 uint32_t ptemod_flip;                  /* PTEMOD_VA's two frames, XORed */
 
 /* Backing frames (identity-mapped themselves, as part of .bss). */
@@ -221,6 +230,10 @@ static void setup_paging(void)
     test_pt[PTEMOD_IDX] = (uint32_t)ptemod_frames[0] | PTE_P | PTE_W;
     ptemod_flip = (uint32_t)ptemod_frames[0] ^ (uint32_t)ptemod_frames[1];
     kernel_pd[PDI(TEST_VA)] = (uint32_t)test_pt | PTE_P | PTE_W | PTE_U;
+
+    /* The local APIC's registers (uncached), for the ipi and apic timer rows. */
+    apic_pt[PTI(APIC_PAGE)] = APIC_PAGE | PTE_P | PTE_W | PTE_PCD;
+    kernel_pd[PDI(APIC_PAGE)] = (uint32_t)apic_pt | PTE_P | PTE_W;
 
     /* ctxsw: two directories sharing the kernel's page tables (copies of
        kernel_pd), each mapping its own CTX_PAGES frames at CTX_VA. */
@@ -311,6 +324,10 @@ static const struct bench benches[] = {
        empty interrupt raises IRQ 4 at once; delivery through the PIC and the
        IDT; the handler disables it again, EOIs and IRETs. */
     { "irq",        nb_irq,       0, 0, 0 },
+    /* Local APIC rows (skipped without an APIC): a self-IPI round trip
+       (ICR write, delivery, EOI, IRET), and a one-shot timer of count 1. */
+    { "ipi",        nb_ipi,       0, 0, 0 },
+    { "apic timer", nb_apictimer, 0, 0, 0 },
     /* #PF from CPL 3 on a not-present user page, handler maps it, IRET,
        read completes; plus the unmap (clear P + INVLPG) of the other page */
     { "pgfault",    nb_pgfault,   1, 1, pgfault_reset },
@@ -402,7 +419,11 @@ int kmain(uint32_t magic, uint32_t info)
         nb++;
 
     /* Warm-up: translate/cache every loop and handler once. */
-#define SKIP(b) (only != 0 && (b) >= 2 && (b) + 1 != only)
+    uint32_t ca, cb, cc, cd;
+    __asm__ volatile("cpuid" : "=a"(ca), "=b"(cb), "=c"(cc), "=d"(cd) : "a"(1));
+    int has_apic = (cd >> 9) & 1;
+#define NEEDS_APIC(b) (benches[b].fn == nb_ipi || benches[b].fn == nb_apictimer)
+#define SKIP(b) ((only != 0 && (b) >= 2 && (b) + 1 != only) || (NEEDS_APIC(b) && !has_apic))
     for (unsigned b = 0; b < nb; b++) {
         if (SKIP(b))
             continue;
