@@ -164,16 +164,17 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         engine.cpu.tsc_clock = Some(chipset.clock.clone());
     }
     if config.machine == crate::cli::Machine::Pc {
-        use crate::devices::lapic::{APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, ApicMmio, LocalApic};
+        use crate::devices::RegisterWindow;
+        use crate::devices::lapic::{APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, LocalApic};
         let apic = std::sync::Arc::new(std::sync::Mutex::new(LocalApic::new(chipset.clock.clone())));
-        engine.mem.add_mmio(APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, Box::new(ApicMmio(apic.clone())));
+        engine.mem.add_mmio(APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, Box::new(RegisterWindow(apic.clone())));
         // The MP tables name the CPU and the I/O APIC, as a BIOS's would.
         crate::loader::mptable::write(engine.mem.ram_mut(), 1);
         engine.cpu.apic = Some(apic.clone());
         chipset.lapic = Some(apic);
-        use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_SIZE, IoApic, IoApicMmio};
+        use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_SIZE, IoApic};
         let io = std::sync::Arc::new(std::sync::Mutex::new(IoApic::default()));
-        engine.mem.add_mmio(IOAPIC_BASE, IOAPIC_WINDOW_SIZE, Box::new(IoApicMmio(io.clone())));
+        engine.mem.add_mmio(IOAPIC_BASE, IOAPIC_WINDOW_SIZE, Box::new(RegisterWindow(io.clone())));
         chipset.ioapic = Some(io);
     }
     engine.chipset = Some(chipset);

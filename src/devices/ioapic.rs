@@ -12,10 +12,6 @@
 //! is still asserted delivers again. Active-low entries see the line
 //! inverted.
 
-use std::sync::{Arc, Mutex};
-
-use crate::memory::MmioDevice;
-
 /// Physical address of the register window.
 pub const IOAPIC_BASE: u32 = 0xFEC0_0000;
 /// Size of the register window.
@@ -179,17 +175,13 @@ impl IoApic {
     }
 }
 
-/// The register window on the memory bus.
-pub struct IoApicMmio(pub Arc<Mutex<IoApic>>);
-
-impl MmioDevice for IoApicMmio {
-    fn read(&mut self, offset: u32, size: u8) -> u32 {
-        let v = super::chipset::lock(&self.0).read(offset & !3) >> ((offset & 3) * 8);
-        if size >= 4 { v } else { v & ((1u32 << (size * 8)) - 1) }
+impl super::Registers32 for IoApic {
+    fn read_reg(&mut self, offset: u32) -> u32 {
+        self.read(offset)
     }
 
-    fn write(&mut self, offset: u32, _size: u8, value: u32) {
-        super::chipset::lock(&self.0).write(offset & !3, value);
+    fn write_reg(&mut self, offset: u32, value: u32) {
+        self.write(offset, value);
     }
 }
 

@@ -22,8 +22,6 @@
 //! software disable, and delivers illegal vectors) btvisor follows the SDM.
 
 use super::clock::VirtualClock;
-use crate::memory::MmioDevice;
-use std::sync::{Arc, Mutex};
 
 /// Physical address of the register page (the APIC base MSR's default).
 pub const APIC_DEFAULT_BASE: u32 = 0xFEE0_0000;
@@ -396,22 +394,13 @@ impl LocalApic {
     }
 }
 
-/// The register page on the memory bus.
-pub struct ApicMmio(pub Arc<Mutex<LocalApic>>);
-
-impl MmioDevice for ApicMmio {
-    fn read(&mut self, offset: u32, size: u8) -> u32 {
-        let v = super::chipset::lock(&self.0).read(offset & !3);
-        let shift = (offset & 3) * 8;
-        let v = v >> shift;
-        if size >= 4 { v } else { v & ((1u32 << (size * 8)) - 1) }
+impl super::Registers32 for LocalApic {
+    fn read_reg(&mut self, offset: u32) -> u32 {
+        self.read(offset)
     }
 
-    fn write(&mut self, offset: u32, size: u8, value: u32) {
-        // Registers take aligned 32-bit writes; narrower writes are
-        // undefined on hardware: they write the register's low bytes.
-        let _ = size;
-        super::chipset::lock(&self.0).write(offset & !3, value);
+    fn write_reg(&mut self, offset: u32, value: u32) {
+        self.write(offset, value);
     }
 }
 

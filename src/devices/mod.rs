@@ -60,6 +60,29 @@ pub trait PortDevice: Send {
     fn flush(&mut self) {}
 }
 
+/// A device whose memory-mapped registers are aligned 32-bit words (the
+/// local and I/O APICs).
+pub trait Registers32: Send {
+    fn read_reg(&mut self, offset: u32) -> u32;
+    fn write_reg(&mut self, offset: u32, value: u32);
+}
+
+/// Such a device on the memory bus, shared with the chipset. Narrower reads
+/// return the addressed bytes of the word; narrower writes (undefined on
+/// hardware) write the word.
+pub struct RegisterWindow<T>(pub std::sync::Arc<std::sync::Mutex<T>>);
+
+impl<T: Registers32> crate::memory::MmioDevice for RegisterWindow<T> {
+    fn read(&mut self, offset: u32, size: u8) -> u32 {
+        let v = chipset::lock(&self.0).read_reg(offset & !3) >> ((offset & 3) * 8);
+        if size >= 4 { v } else { v & ((1u32 << (size * 8)) - 1) }
+    }
+
+    fn write(&mut self, offset: u32, _size: u8, value: u32) {
+        chipset::lock(&self.0).write_reg(offset & !3, value);
+    }
+}
+
 /// Errors from registering devices on the bus.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DeviceError {

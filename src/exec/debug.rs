@@ -166,8 +166,7 @@ impl Engine {
     /// page protections in line with the breakpoints and watchpoints.
     pub(super) fn arm_debug(&mut self) {
         let Some(d) = &mut self.debug else { return };
-        let bps: Vec<u32> = d.breakpoints().copied().collect();
-        let mut want = bps.clone();
+        let mut want: Vec<u32> = d.breakpoints().copied().collect();
         want.sort_unstable();
         want.dedup();
         let bp_changed = want != d.armed;
@@ -253,11 +252,6 @@ impl Engine {
             _ => WatchKind::Read,
         };
         Some(DebugStop::Watch { addr: w.addr, kind })
-    }
-
-    /// Has a debugger asked the guest to stop?
-    pub(super) fn debug_stop_requested(&self) -> bool {
-        self.debug.as_ref().is_some_and(|d| d.stop.load(Ordering::Relaxed))
     }
 
     /// Linear debug breakpoints inside a block being translated end it

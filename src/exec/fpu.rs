@@ -14,15 +14,31 @@ use super::*;
 /// to software; the processor leaves both alone.
 pub(super) const FXSAVE_STORED: usize = 288;
 
-/// FXSAVE image offsets (32-bit format).
-const FX_FIP: usize = 8;
-const FX_FCS: usize = 12;
-const FX_FDS: usize = 20;
-const FX_MXCSR: usize = 24;
-/// The x87 control/status/tag/opcode words, then ST0-7 (16 bytes each).
-const FX_X87_HEAD: std::ops::Range<usize> = 0..8;
-const FX_ST: std::ops::Range<usize> = 32..160;
-const FX_XMM: std::ops::Range<usize> = 160..288;
+/// Byte offsets in a 32-bit-format FXSAVE image (the VMM's stores and the
+/// debugger's register view share them).
+pub mod fxsave {
+    use std::ops::Range;
+    pub const FCW: usize = 0;
+    pub const FSW: usize = 2;
+    /// The abridged tag byte (one bit per physical register: non-empty).
+    pub const FTW: usize = 4;
+    pub const FOP: usize = 6;
+    pub const FIP: usize = 8;
+    pub const FCS: usize = 12;
+    pub const FDP: usize = 16;
+    pub const FDS: usize = 20;
+    pub const MXCSR: usize = 24;
+    /// ST0-7 (MM0-7), 16 bytes each, 10 of them the register.
+    pub const ST0: usize = 32;
+    pub const XMM0: usize = 160;
+    /// The x87 control/status/tag/opcode words.
+    pub const X87_HEAD: Range<usize> = FCW..FIP;
+    pub const ST: Range<usize> = ST0..XMM0;
+    pub const XMM: Range<usize> = XMM0..XMM0 + 128;
+}
+use fxsave::{
+    FCS as FX_FCS, FDS as FX_FDS, FIP as FX_FIP, MXCSR as FX_MXCSR, ST as FX_ST, X87_HEAD as FX_X87_HEAD, XMM as FX_XMM,
+};
 
 #[repr(C, align(16))]
 struct Area([u8; 512]);
@@ -149,7 +165,8 @@ impl Engine {
     /// and XMM0-7 into the guest state (the debugger's register writes).
     pub fn set_fpu_image(&mut self, img: &[u8; 512]) {
         load_x87(img);
-        self.cpu.hot.mxcsr = u32::from_le_bytes([img[24], img[25], img[26], img[27]]);
+        self.cpu.hot.mxcsr =
+            u32::from_le_bytes([img[FX_MXCSR], img[FX_MXCSR + 1], img[FX_MXCSR + 2], img[FX_MXCSR + 3]]);
         self.cpu.hot.xmm.copy_from_slice(&img[FX_XMM]);
         self.cpu.hot.fpu_active = 1;
     }

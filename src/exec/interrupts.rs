@@ -103,8 +103,11 @@ impl Engine {
         let icount = self.opts.icount;
         // An idle guest (a shell at its prompt) shows its partial line now.
         self.io.flush();
+        // The debugger's stop flag, read while the chipset is borrowed.
+        let stop = self.debug.as_ref().map(|d| d.stop.clone());
+        let stop_requested = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
         loop {
-            if self.debug_stop_requested() {
+            if stop_requested() {
                 return Step::Done(RunOutcome::DebugStop(DebugStop::Interrupted));
             }
             if icount {
@@ -114,8 +117,6 @@ impl Engine {
             if let Some(step) = self.check_interrupts(false) {
                 return step;
             }
-            let stop = self.debug.as_ref().map(|d| d.stop.clone());
-            let stop_requested = || stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
             let Some(cs) = self.chipset.as_mut() else {
                 return Step::Done(RunOutcome::Halted { eip, interrupts_enabled: true });
             };

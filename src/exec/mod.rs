@@ -39,6 +39,7 @@ use trampoline::Trampolines;
 
 use block::{Fetch, warm_up_decoder};
 pub use debug::{DebugStop, WatchKind, Watchpoint};
+pub use fpu::fxsave;
 use vmm_insn::{invlpg_callout, io_callout};
 
 /// DR7 L0-L3/G0-G3 enable bits.

@@ -4,7 +4,6 @@
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, outputln};
 
 use super::GdbTarget;
-use crate::cpu::Cpu;
 use crate::memory::GuestMemory;
 use crate::memory::mmu::{CR4_PSE, pte};
 
@@ -20,7 +19,8 @@ impl MonitorCmd for GdbTarget<'_> {
         let cmd = String::from_utf8_lossy(cmd);
         let words: Vec<&str> = cmd.split_whitespace().collect();
         let text = match words.as_slice() {
-            ["info", "registers"] | ["info", "reg"] | ["info", "r"] => registers(&self.engine.cpu),
+            // QEMU's form of the state.
+            ["info", "registers"] | ["info", "reg"] | ["info", "r"] => self.engine.cpu.dump(),
             ["info", "mem"] => mappings(&self.engine.mem, false),
             ["info", "tlb"] => mappings(&self.engine.mem, true),
             [] | ["help"] | ["h"] => HELP.to_string(),
@@ -31,11 +31,6 @@ impl MonitorCmd for GdbTarget<'_> {
         }
         Ok(())
     }
-}
-
-/// `info registers`: QEMU's form of the state.
-fn registers(cpu: &Cpu) -> String {
-    cpu.dump()
 }
 
 /// PTE flags as QEMU's `info tlb` prints them.

@@ -24,18 +24,10 @@ use super::Shared;
 use crate::cpu::{SEG_CS, SEG_DS, SEG_ES, SEG_FS, SEG_GS, SEG_SS, flags};
 use crate::exec::{Engine, RunOutcome, WatchKind, Watchpoint};
 
-/// Offsets in an FXSAVE image (32-bit format).
-const FX_FCW: usize = 0;
-const FX_FSW: usize = 2;
-const FX_FTW: usize = 4;
-const FX_FOP: usize = 6;
-const FX_FIP: usize = 8;
-const FX_FCS: usize = 12;
-const FX_FDP: usize = 16;
-const FX_FDS: usize = 20;
-const FX_MXCSR: usize = 24;
-const FX_ST0: usize = 32;
-const FX_XMM0: usize = 160;
+use crate::exec::fxsave::{
+    FCS as FX_FCS, FCW as FX_FCW, FDP as FX_FDP, FDS as FX_FDS, FIP as FX_FIP, FOP as FX_FOP, FSW as FX_FSW,
+    FTW as FX_FTW, MXCSR as FX_MXCSR, ST0 as FX_ST0, XMM0 as FX_XMM0,
+};
 /// gdb's full x87 tag values.
 const TAG_VALID: u32 = 0;
 const TAG_ZERO: u32 = 1;
