@@ -91,7 +91,13 @@ pub struct Config {
     pub gdb: Option<GdbConfig>,
     /// `-M`: which PC.
     pub machine: Machine,
+    /// `-smp`: how many virtual CPUs (more than one needs `-M pc`).
+    pub cpus: usize,
 }
+
+/// Most virtual CPUs `-smp` accepts (xAPIC IDs, MP-table entries and host
+/// threads all allow more; 16 is plenty on the hosts btvisor targets).
+pub const MAX_CPUS: usize = 16;
 
 /// The PC btvisor assembles (`-M`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -173,8 +179,14 @@ pub enum CliError {
     UnsupportedAccel(String),
     #[error("KVM is not used: btvisor runs guests by binary translation without hardware virtualization; drop {0}")]
     KvmNotUsed(&'static str),
-    #[error("unsupported -smp `{0}`: btvisor emulates exactly one CPU")]
+    #[error("invalid -smp `{0}`: give a CPU count from 1 to 16 (N or cpus=N)")]
     UnsupportedSmp(String),
+    #[error("-smp {0} needs local APICs: use -M pc (isapc has none)")]
+    SmpNeedsPc(usize),
+    #[error("the gdb stub debugs one CPU: drop -gdb/-s or use -smp 1")]
+    GdbWithSmp,
+    #[error("-icount is deterministic only with one CPU: drop it or use -smp 1")]
+    IcountWithSmp,
     #[error("unsupported -monitor `{0}`: btvisor has no monitor, only -monitor none is accepted")]
     UnsupportedMonitor(String),
     #[error("unsupported -gdb `{0}`: use tcp::PORT or tcp:HOST:PORT")]
@@ -430,8 +442,9 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
             return Err(CliError::UnsupportedDevice(device.clone()));
         }
     }
+    let mut cpus = 1;
     for smp in &raw.smp {
-        check_smp(smp)?;
+        cpus = parse_smp(smp)?;
     }
     for monitor in &raw.monitor {
         if monitor != "none" {
@@ -441,7 +454,8 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
     // -machine, -cpu, -nographic, -no-reboot and -nodefaults describe what
     // btvisor does anyway (one fixed PC, no display, exit on reset).
     let _ = (&raw.cpu, raw.nographic, raw.no_reboot, raw.nodefaults);
-    let mut machine = Machine::IsaPc;
+    // Several CPUs need the APICs: `-smp N` alone gives `-M pc`.
+    let mut machine = if cpus > 1 { Machine::Pc } else { Machine::IsaPc };
     for m in &raw.machine {
         // QEMU's `-M pc,accel=tcg,...`: the first component names it.
         machine = match first_component(m) {
@@ -449,6 +463,15 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
             "pc" | "pc-i440fx-7.2" => Machine::Pc,
             other => return Err(CliError::UnsupportedMachine(other.to_string())),
         };
+    }
+    if cpus > 1 && machine == Machine::IsaPc {
+        return Err(CliError::SmpNeedsPc(cpus));
+    }
+    if cpus > 1 && gdb.is_some() {
+        return Err(CliError::GdbWithSmp);
+    }
+    if cpus > 1 && icount.is_some() {
+        return Err(CliError::IcountWithSmp);
     }
 
     let image = match (raw.image, raw.kernel) {
@@ -490,6 +513,7 @@ fn validate(raw: RawArgs) -> Result<Config, CliError> {
         perfmap: raw.perfmap,
         gdb,
         machine,
+        cpus,
     })
 }
 
@@ -554,16 +578,29 @@ fn check_accel(accel: &str) -> Result<(), CliError> {
     }
 }
 
-/// Accepts `-smp` values that ask for a single CPU: `1`, `cpus=1`, and any
-/// other topology properties equal to 1.
-fn check_smp(smp: &str) -> Result<(), CliError> {
-    for part in smp.split(',') {
-        let count = part.split_once('=').map_or(part, |(_, v)| v);
-        if count != "1" {
-            return Err(CliError::UnsupportedSmp(smp.to_owned()));
+/// The CPU count of an `-smp` value: `N`, `cpus=N`, or a topology
+/// (`sockets=S,cores=C,threads=T`, whose product is the count when `cpus`
+/// is not given; `maxcpus` is accepted and ignored, there is no hotplug).
+fn parse_smp(smp: &str) -> Result<usize, CliError> {
+    let bad = || CliError::UnsupportedSmp(smp.to_owned());
+    let num = |v: &str| v.parse::<usize>().ok().filter(|&n| (1..=MAX_CPUS).contains(&n)).ok_or_else(bad);
+    let (mut cpus, mut topology) = (None, 1usize);
+    for (k, part) in smp.split(',').enumerate() {
+        match part.split_once('=') {
+            None if k == 0 => cpus = Some(num(part)?),
+            Some(("cpus", v)) => cpus = Some(num(v)?),
+            Some(("sockets" | "cores" | "threads" | "dies", v)) => topology = topology.saturating_mul(num(v)?),
+            Some(("maxcpus", v)) => {
+                num(v)?;
+            }
+            _ => return Err(bad()),
         }
     }
-    Ok(())
+    let n = cpus.unwrap_or(topology);
+    if n > MAX_CPUS {
+        return Err(bad());
+    }
+    Ok(n)
 }
 
 fn parse_serial(spec: &str) -> Result<SerialTarget, CliError> {
@@ -688,6 +725,7 @@ mod tests {
                 perfmap: false,
                 gdb: None,
                 machine: Machine::IsaPc,
+                cpus: 1,
             }
         );
     }
@@ -852,6 +890,13 @@ mod tests {
         assert_eq!(c.mem_bytes, 32 * MIB);
         assert!(parse(&["-device", "isa-debug-exit", "k"]).is_ok());
         assert!(parse(&["-smp", "cpus=1", "k"]).is_ok());
+        assert_eq!(ok(&["-smp", "4", "k"]).cpus, 4);
+        assert_eq!(ok(&["-smp", "4", "k"]).machine, Machine::Pc, "several CPUs imply -M pc");
+        assert_eq!(ok(&["-smp", "cpus=2,maxcpus=2", "k"]).cpus, 2);
+        assert_eq!(ok(&["-smp", "sockets=2,cores=2,threads=1", "k"]).cpus, 4);
+        assert!(matches!(err(&["-smp", "2", "-M", "isapc", "k"]), CliError::SmpNeedsPc(2)));
+        assert!(matches!(err(&["-smp", "2", "-s", "k"]), CliError::GdbWithSmp));
+        assert!(matches!(err(&["-smp", "2", "-icount", "shift=1", "k"]), CliError::IcountWithSmp));
         assert!(parse(&["-accel", "tcg,thread=single", "k"]).is_ok());
         assert_eq!(c.machine, Machine::IsaPc, "the last -M wins");
         assert_eq!(ok(&["-M", "pc,accel=tcg", "k"]).machine, Machine::Pc);
@@ -864,7 +909,8 @@ mod tests {
             (&["-device", "e1000", "k"], "e1000"),
             (&["-display", "gtk", "k"], "gtk"),
             (&["-accel", "hvf", "k"], "hvf"),
-            (&["-smp", "4", "k"], "4"),
+            (&["-smp", "40", "k"], "40"),
+            (&["-smp", "0", "k"], "0"),
             (&["-monitor", "stdio", "k"], "stdio"),
         ];
         for (args, name) in cases {

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(status::RUNNER_ERROR);
         }
     };
-    let mut engine = match vm::build(&config) {
+    let mut engines = match vm::build_machine(&config) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("btvisor: {e}");
@@ -40,8 +40,8 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match &config.gdb {
-        None => engine.run(),
-        Some(gdb) => match btvisor::gdb::run(&mut engine, &gdb.address, gdb.wait) {
+        None => btvisor::exec::smp::run_machine(&mut engines),
+        Some(gdb) => match btvisor::gdb::run(&mut engines[0], &gdb.address, gdb.wait) {
             Ok(btvisor::gdb::Ending::Outcome(out)) => out,
             Ok(btvisor::gdb::Ending::Killed) => {
                 eprintln!("btvisor: killed by the debugger");
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             }
         },
     };
+    let engine = &mut engines[0];
     if let Some(path) = &config.text_screen
         && let Err(e) = std::fs::write(path, btvisor::devices::vga::text_screen(&engine.mem))
     {
@@ -83,6 +84,7 @@ fn main() -> ExitCode {
         RunOutcome::InternalError(msg) => {
             eprintln!("btvisor: internal error: {msg}");
         }
+        RunOutcome::Stopped => {}
         RunOutcome::DebugStop(stop) => {
             eprintln!("btvisor: stopped for a debugger that is gone ({stop:?})");
         }

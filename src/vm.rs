@@ -41,7 +41,7 @@ pub fn exit_status(outcome: &crate::exec::RunOutcome) -> u8 {
     use crate::exec::RunOutcome as R;
     match outcome {
         R::DebugExit(code) => *code as u8,
-        R::Halted { .. } | R::DebugStop(_) => status::HALTED,
+        R::Halted { .. } | R::DebugStop(_) | R::Stopped => status::HALTED,
         R::Exception { .. } => status::GUEST_EXCEPTION,
         R::TripleFault { .. } => status::TRIPLE_FAULT,
         R::Unsupported(_) => status::RUNNER_ERROR,
@@ -63,6 +63,8 @@ pub enum VmError {
     Initrd { path: String, source: std::io::Error },
     #[error("a Linux kernel takes one -initrd file, not a comma-separated list")]
     InitrdList,
+    #[error("several CPUs need the local APICs of -M pc")]
+    SmpNeedsPc,
     #[error(transparent)]
     Replay(#[from] crate::devices::replay::ReplayError),
     #[error(transparent)]
@@ -92,7 +94,31 @@ enum Boot {
     Linux(crate::loader::linux::LinuxBoot),
 }
 
-/// Build the machine described by `config`, ready to run.
+/// Build the machine described by `config`, ready to run: one engine per
+/// virtual CPU, the bootstrap processor's first (`exec::smp::run_machine`
+/// runs them).
+pub fn build_machine(config: &Config) -> Result<Vec<Engine>, VmError> {
+    let mut bsp = build(config)?;
+    if config.cpus <= 1 {
+        return Ok(vec![bsp]);
+    }
+    let t = &config.trace;
+    let opts = EngineOptions {
+        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int, cpu: t.cpu },
+        chaining: !t.nochain,
+        icount: config.icount_shift.is_some(),
+        soft_mmu: config.soft_mmu,
+        perfmap: config.perfmap,
+        cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
+    };
+    let aps = crate::exec::smp::make_machine(&mut bsp, config.cpus, opts)?;
+    let mut all = vec![bsp];
+    all.extend(aps);
+    Ok(all)
+}
+
+/// Build the machine described by `config` with its bootstrap processor
+/// only, ready to run.
 pub fn build(config: &Config) -> Result<Engine, VmError> {
     let path = config.image.display().to_string();
     let image = std::fs::read(&config.image).map_err(|source| VmError::Image { path: path.clone(), source })?;
@@ -133,7 +159,7 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         Some(shift) => VirtualClock::icount(1 << shift),
         None => VirtualClock::host(),
     };
-    let (io, mut chipset) = pc_machine(serial_writer(&config.serial)?, config.mem_bytes, clock);
+    let (io, mut chipset) = pc_machine(serial_writer(&config.serial)?, config.mem_bytes, clock, config.cpus as u16);
     let replaying = config.record_replay.as_ref().is_some_and(|r| r.replay);
     if let (Some(rr), Some(shift)) = (&config.record_replay, config.icount_shift) {
         use crate::devices::replay::RecordReplay;
@@ -169,7 +195,7 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         let apic = std::sync::Arc::new(std::sync::Mutex::new(LocalApic::new(chipset.clock.clone())));
         engine.mem.add_mmio(APIC_DEFAULT_BASE, APIC_WINDOW_SIZE, Box::new(RegisterWindow(apic.clone())));
         // The MP tables name the CPU and the I/O APIC, as a BIOS's would.
-        crate::loader::mptable::write(engine.mem.ram_mut(), 1);
+        crate::loader::mptable::write(engine.mem.ram_mut(), config.cpus as u8);
         engine.cpu.apic = Some(apic.clone());
         chipset.lapic = Some(apic);
         use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_SIZE, IoApic};

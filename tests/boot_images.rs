@@ -31,6 +31,7 @@ const IMAGES: &[&str] = &[
     "pm-ss",
     "lapic",
     "ioapic",
+    "smp",
 ];
 
 fn root() -> PathBuf {
@@ -255,6 +256,15 @@ fn boot_lapic() {
 #[test]
 fn boot_ioapic() {
     boot_and_compare_with("ioapic", &["-M", "pc"]);
+}
+
+/// Four CPUs (QEMU's golden output): INIT/STARTUP into real-mode start-up
+/// code, spinlocks, IPIs, a TLB shootdown and cross-modifying code; also
+/// with more vCPUs than host cores and with the soft TLB.
+#[test]
+fn boot_smp() {
+    boot_and_compare_with("smp", &["-M", "pc", "-smp", "4"]);
+    boot_and_compare_with("smp", &["-smp", "cpus=4", "--soft-mmu"]);
 }
 
 #[test]

@@ -141,6 +141,25 @@ fn linux_batch_image_with_apics() {
     }
 }
 
+/// `-smp 2`: Linux finds both CPUs in the MP table, starts the second with
+/// INIT/STARTUP through its real-mode trampoline, and runs the batch
+/// workload (fork, pipes, signals) across both.
+#[test]
+fn linux_batch_image_on_two_cpus() {
+    let _one = one_guest();
+    let mut args = linux_args("batch.cpio.gz", "console=ttyS0");
+    args.extend(["-smp".to_string(), "2".to_string()]);
+    let r = run_btvisor(&args, &[], Duration::ZERO, TIMEOUT);
+    let out = r.stdout.replace('\r', "");
+    assert_eq!(r.status.and_then(|s| s.code()), Some(BATCH_PASS_STATUS), "{out}\n{}", r.stderr);
+    for want in ["smpboot: Allowing 2 CPUs", "smp: Brought up 1 node, 2 CPUs", "Total of 2 processors activated"] {
+        assert!(out.contains(want), "`{want}` missing:\n{out}");
+    }
+    for unwanted in ["APIC id mismatch", "BUG:", "WARNING:", "Stuck"] {
+        assert!(!out.contains(unwanted), "`{unwanted}` in:\n{out}");
+    }
+}
+
 #[test]
 fn linux_batch_image_without_kaslr() {
     run_batch("console=ttyS0 nokaslr");

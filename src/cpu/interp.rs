@@ -651,9 +651,12 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         M::Cpuid => {
             let leaf = env.cpu.reg(EAX);
             let mut r = cpuid::cpuid(leaf, env.cpu.reg(ECX));
-            if leaf == 1 && env.cpu.apic.is_some() {
-                // The machine has a local APIC (its initial ID is 0).
+            if leaf == 1
+                && let Some(apic) = &env.cpu.apic
+            {
+                // The machine has a local APIC; EBX[31:24] is its initial ID.
                 r[3] |= cpuid::edx1::APIC;
+                r[1] |= crate::devices::chipset::lock(apic).initial_id() << 24;
             }
             env.cpu.set_reg(EAX, r[0]);
             env.cpu.set_reg(3, r[1]);

@@ -557,6 +557,44 @@ impl Cpu {
         }
     }
 
+    /// The state INIT leaves (SDM Vol. 3A, Table 9-1), in which an
+    /// application processor waits for STARTUP: real mode, CS F000 with base
+    /// FFFF0000, IP FFF0, caches disabled, EDX the processor signature.
+    /// The local APIC, the MSRs and the x87 state are the caller's.
+    pub fn init_reset(&mut self) {
+        /// CR0 after INIT: CD, NW and ET.
+        const CR0_INIT: u32 = 0x6000_0010;
+        /// Real-mode code and data segments (16-bit, present, accessed).
+        const REAL_CODE_ATTR: u16 = 0x9B;
+        const REAL_DATA_ATTR: u16 = 0x93;
+        let real = |selector: u16, attr: u16| Segment { selector, base: (selector as u32) << 4, limit: 0xFFFF, attr };
+        self.hot.gpr = [0; 8];
+        self.hot.gpr[EDX] = crate::cpu::cpuid::cpuid(1, 0)[0];
+        self.set_eflags(flags::FIXED1);
+        self.hot.eip = 0xFFF0;
+        self.seg = [real(0, REAL_DATA_ATTR); 6];
+        self.seg[SEG_CS] = Segment { base: 0xFFFF_0000, ..real(0xF000, REAL_CODE_ATTR) };
+        self.gdtr = TableReg { base: 0, limit: 0xFFFF };
+        self.idtr = TableReg { base: 0, limit: 0xFFFF };
+        self.ldtr = Segment { attr: 0x82, limit: 0xFFFF, ..Segment::default() };
+        self.tr = Segment { attr: 0x8B, limit: 0xFFFF, ..Segment::default() };
+        self.cr = [CR0_INIT, 0, 0, 0, 0];
+        self.dr = [0, 0, 0, 0, 0xFFFF_0FF0, 0x400, 0xFFFF_0FF0, 0x400];
+        self.cpl = 0;
+        // Real mode delivers events through the vector table at IDTR.
+        self.idt_loaded = true;
+        self.msr_sysenter = [0; 3];
+    }
+
+    /// STARTUP with `vector`: run real-mode code at `vector << 12` (CS =
+    /// `vector << 8`, IP = 0).
+    pub fn start_up(&mut self, vector: u8) {
+        let cs = &mut self.seg[SEG_CS];
+        cs.selector = (vector as u16) << 8;
+        cs.base = (vector as u32) << 12;
+        self.hot.eip = 0;
+    }
+
     /// The architectural state an instruction executed by the VMM may change
     /// (to undo it when one of its memory accesses page-faults).
     pub fn snapshot(&self) -> CpuSnapshot {

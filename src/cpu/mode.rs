@@ -82,7 +82,8 @@ impl Cpu {
     /// The current translation mode.
     pub fn mode(&self) -> Mode {
         let mut m = self.cpl as u16;
-        if self.cr[0] & 1 != 0 && self.seg[super::SEG_CS].attr & ATTR_DB == 0 {
+        // Real mode is 16-bit code too: its CS keeps D clear.
+        if self.seg[super::SEG_CS].attr & ATTR_DB == 0 {
             m |= Mode::CS16;
         }
         for (bit, on) in [

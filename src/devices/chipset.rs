@@ -60,6 +60,11 @@ pub struct Chipset {
     pub lapic: Option<Arc<Mutex<super::lapic::LocalApic>>>,
     /// The I/O APIC (`-M pc`), driven by the same ISA lines as the 8259s.
     pub ioapic: Option<Arc<Mutex<super::ioapic::IoApic>>>,
+    /// With several CPUs: every CPU's local APIC (`lapic` is the first),
+    /// which the I/O APIC's messages may name, and how to make CPU `i`
+    /// look at its APIC.
+    pub lapics: Vec<Arc<Mutex<super::lapic::LocalApic>>>,
+    pub kick: Option<Box<dyn Fn(usize) + Send>>,
     /// `-icount ...,rr=`: the input is recorded, or comes from a recording.
     pub record_replay: Option<super::replay::RecordReplay>,
     /// Under icount, the points at which the engine looks at the devices,
@@ -120,25 +125,59 @@ impl Chipset {
         let pic_intr = pic.intr();
         drop(pic);
         let Some(l) = &self.lapic else { return pic_intr };
-        let mut apic = lock(l);
         if let Some(io) = &self.ioapic {
             // The I/O APIC sees the same ISA lines (IRQ 0 on pin 2).
-            let mut io = lock(io);
-            for v in apic.level_eois.drain(..) {
-                io.eoi(v);
-            }
-            if edges > 0 {
-                io.pulse(super::ioapic::PIN_TIMER);
-            }
-            io.set_line(usize::from(IRQ_RTC), rtc_line);
-            io.set_line(usize::from(IRQ_COM1), uart_line);
-            for m in io.out.drain(..) {
-                apic.receive(&m);
+            let messages: Vec<_> = {
+                let mut io = lock(io);
+                for a in self.lapics.iter().chain((self.lapics.is_empty()).then_some(l)) {
+                    for v in lock(a).level_eois.drain(..) {
+                        io.eoi(v);
+                    }
+                }
+                if edges > 0 {
+                    io.pulse(super::ioapic::PIN_TIMER);
+                }
+                io.set_line(usize::from(IRQ_RTC), rtc_line);
+                io.set_line(usize::from(IRQ_COM1), uart_line);
+                io.out.drain(..).collect()
+            };
+            for m in &messages {
+                self.deliver(l, m);
             }
         }
+        let mut apic = lock(l);
         // The 8259 reaches the CPU through LINT0 (ExtINT).
         apic.update(now);
         apic.pending().is_some() || (pic_intr && apic.accepts_pic())
+    }
+
+    /// An I/O APIC message to the CPUs it names (one of them for
+    /// lowest-priority delivery); `own` is this CPU's APIC.
+    fn deliver(&self, own: &Arc<Mutex<super::lapic::LocalApic>>, m: &super::ioapic::Message) {
+        if self.lapics.is_empty() {
+            lock(own).receive(m);
+            return;
+        }
+        for (j, a) in self.lapics.iter().enumerate() {
+            let taken = {
+                let mut a = lock(a);
+                let named = a.names_me(m.logical, u32::from(m.dest));
+                if named {
+                    a.receive(m);
+                }
+                named
+            };
+            if taken {
+                if j != 0
+                    && let Some(k) = &self.kick
+                {
+                    k(j);
+                }
+                if m.mode == 1 {
+                    break;
+                }
+            }
+        }
     }
 
     /// Take an NMI the local APIC received (an NMI IPI), if any.
@@ -245,6 +284,7 @@ pub fn pc_machine(
     serial_out: Box<dyn std::io::Write + Send>,
     ram_bytes: u64,
     clock: VirtualClock,
+    cpus: u16,
 ) -> (PortBus, Chipset) {
     let pic = Arc::new(Mutex::new(DualPic::new()));
     let pit = Arc::new(Mutex::new(Pit::new(clock.clone())));
@@ -261,7 +301,7 @@ pub fn pc_machine(
         (PIT_BASE, PIT_PORTS, Box::new(Shared(pit.clone()))),
         (PORT_61, 1, Box::new(Shared(pit.clone()))),
         (RTC_INDEX, RTC_PORTS, Box::new(Shared(rtc.clone()))),
-        (super::fw_cfg::FW_CFG_PORT, super::fw_cfg::FW_CFG_PORTS, Box::new(super::fw_cfg::FwCfg::new(ram_bytes, 1))),
+        (super::fw_cfg::FW_CFG_PORT, super::fw_cfg::FW_CFG_PORTS, Box::new(super::fw_cfg::FwCfg::new(ram_bytes, cpus))),
     ];
     for (first, count, dev) in devices {
         // The fixed ranges above are disjoint, so this cannot fail.
@@ -278,6 +318,8 @@ pub fn pc_machine(
         input: None,
         lapic: None,
         ioapic: None,
+        lapics: Vec::new(),
+        kick: None,
         record_replay: None,
         rr_point: 0,
         held: None,
@@ -391,7 +433,7 @@ mod tests {
     #[test]
     fn timer_interrupt_reaches_the_cpu() {
         let clock = VirtualClock::icount(0);
-        let (mut bus, mut cs) = pc_machine(Box::new(std::io::sink()), 16 << 20, clock.clone());
+        let (mut bus, mut cs) = pc_machine(Box::new(std::io::sink()), 16 << 20, clock.clone(), 1);
         // PIC: ICW1..4, vectors 0x20/0x28, unmask IRQ 0 only.
         for (p, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFE)] {
             bus.write(p, 1, v);

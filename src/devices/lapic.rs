@@ -121,6 +121,44 @@ pub struct LocalApic {
     pub nmi_pending: bool,
     /// Level-triggered vectors retired by EOI, for the I/O APIC.
     pub level_eois: Vec<u8>,
+    /// The machine has other CPUs: every IPI goes out through `outbox` to
+    /// the machine's router (this one included), none is delivered here.
+    smp: bool,
+    /// IPIs sent and not yet routed (`smp`).
+    pub outbox: Vec<Ipi>,
+    /// The APIC ID at reset.
+    initial_id: u32,
+}
+
+/// An IPI as written to the ICR: the low word and the destination field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipi {
+    pub icr_lo: u32,
+    pub dest: u32,
+}
+
+impl Ipi {
+    /// The delivery mode (ICR bits 8-10).
+    pub fn mode(&self) -> u32 {
+        (self.icr_lo >> 8) & 7
+    }
+    /// Lowest-priority delivery: one CPU of those named takes it.
+    pub fn lowest_priority(&self) -> bool {
+        self.mode() == 1
+    }
+}
+
+/// What an IPI asks of the CPU that accepts it, beyond the APIC's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpiEffect {
+    /// Nothing (not accepted, or an INIT level de-assert).
+    None,
+    /// An interrupt or NMI is pending now.
+    Interrupt,
+    /// INIT: reset and wait for STARTUP.
+    Init,
+    /// STARTUP with this vector (real mode at vector << 12).
+    Startup(u8),
 }
 
 impl LocalApic {
@@ -146,7 +184,88 @@ impl LocalApic {
             timer_idle: true,
             nmi_pending: false,
             level_eois: Vec::new(),
+            smp: false,
+            outbox: Vec::new(),
+            initial_id: 0,
         }
+    }
+
+    /// The local APIC of CPU `index` of a machine with several: its APIC ID
+    /// is the index; CPU 0 is the bootstrap processor, the others come out
+    /// of reset software-disabled (SVR 0xFF, every LVT masked).
+    pub fn for_cpu(clock: VirtualClock, index: u32) -> Self {
+        let mut a = LocalApic::new(clock);
+        a.id = index << 24;
+        a.initial_id = index;
+        a.smp = true;
+        if index != 0 {
+            a.base &= !BASE_BSP;
+            a.reset_registers();
+        }
+        a
+    }
+
+    /// INIT: every register to its power-up value except the ID and the
+    /// base MSR (SDM 10.4.7.3).
+    pub fn reset_registers(&mut self) {
+        let (id, base, smp, initial_id) = (self.id, self.base, self.smp, self.initial_id);
+        *self = LocalApic { id, base, smp, initial_id, ..LocalApic::new(self.clock.clone()) };
+        self.svr = 0xFF;
+        self.lvt = [MASKED; LVT_COUNT];
+    }
+
+    /// Is this APIC a destination of `ipi` (`sender`: it sent it)?
+    pub fn targeted_by(&self, ipi: &Ipi, sender: bool) -> bool {
+        if !self.enabled() && !matches!(ipi.mode(), 5 | 6) {
+            // A software-disabled APIC still takes INIT, STARTUP and NMI
+            // (SDM 10.4.7.2); fixed interrupts are not accepted.
+            return ipi.mode() == 4 && self.is_destination_as(ipi, sender);
+        }
+        self.is_destination_as(ipi, sender)
+    }
+
+    fn is_destination_as(&self, ipi: &Ipi, sender: bool) -> bool {
+        match (ipi.icr_lo >> 18) & 3 {
+            1 => sender,
+            2 => true,
+            3 => !sender,
+            _ => self.names_me(ipi.icr_lo & (1 << 11) != 0, ipi.dest),
+        }
+    }
+
+    /// Accept `ipi` (the caller checked `targeted_by`).
+    pub fn take_ipi(&mut self, ipi: &Ipi) -> IpiEffect {
+        let vector = (ipi.icr_lo & VECTOR) as u8;
+        match ipi.mode() {
+            0 | 1 => {
+                self.accept(vector);
+                IpiEffect::Interrupt
+            }
+            4 => {
+                self.nmi_pending = true;
+                IpiEffect::Interrupt
+            }
+            // INIT with level 0 and trigger level: the de-assert, which
+            // only synchronises arbitration IDs.
+            5 if ipi.icr_lo & (1 << 14) == 0 && ipi.icr_lo & (1 << 15) != 0 => IpiEffect::None,
+            5 => IpiEffect::Init,
+            6 => IpiEffect::Startup(vector),
+            mode => {
+                crate::guest_warn!("local APIC: IPI delivery mode {mode} is not modelled: ignored");
+                IpiEffect::None
+            }
+        }
+    }
+
+    /// The APIC ID this CPU had at reset (CPUID leaf 1 reports it, also
+    /// after software changed the ID register).
+    pub fn initial_id(&self) -> u32 {
+        self.initial_id
+    }
+
+    /// The virtual clock the timer runs on.
+    pub fn clock(&self) -> &VirtualClock {
+        &self.clock
     }
 
     fn enabled(&self) -> bool {
@@ -253,7 +372,7 @@ impl LocalApic {
     }
 
     /// Does a physical or logical destination name this CPU?
-    fn names_me(&self, logical: bool, dest: u32) -> bool {
+    pub fn names_me(&self, logical: bool, dest: u32) -> bool {
         if !logical {
             return dest == self.id >> 24 || dest == 0xFF;
         }
@@ -285,6 +404,13 @@ impl LocalApic {
         let lo = self.icr[0];
         let dest = self.icr[1] >> 24;
         let vector = (lo & VECTOR) as u8;
+        if self.smp {
+            if matches!((lo >> 8) & 7, 0 | 1) && vector < 16 {
+                self.esr_pending |= ESR_SEND_ILLEGAL;
+            }
+            self.outbox.push(Ipi { icr_lo: lo, dest });
+            return;
+        }
         match (lo >> 8) & 7 {
             // Fixed, lowest priority.
             0 | 1 => {

@@ -60,6 +60,25 @@ pub trait PortDevice: Send {
     fn flush(&mut self) {}
 }
 
+/// One port bus shared by several vCPUs: each vCPU's own bus forwards
+/// every port to it (`PortBus::shared_view`).
+#[derive(Clone)]
+pub struct SharedBus(pub std::sync::Arc<std::sync::Mutex<PortBus>>);
+
+impl PortDevice for SharedBus {
+    fn read(&mut self, port: u16, size: u8) -> u32 {
+        chipset::lock(&self.0).read(port, size)
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32) -> IoEffect {
+        chipset::lock(&self.0).write(port, size, value)
+    }
+
+    fn flush(&mut self) {
+        chipset::lock(&self.0).flush()
+    }
+}
+
 /// A device whose memory-mapped registers are aligned 32-bit words (the
 /// local and I/O APICs).
 pub trait Registers32: Send {
@@ -179,6 +198,20 @@ impl PortBus {
                 IoEffect::None
             }
         }
+    }
+
+    /// A bus whose every port is `shared`'s (a vCPU's bus on a machine
+    /// with several).
+    pub fn shared_view(shared: &SharedBus) -> Self {
+        /// Half the port space: a range count must fit 16 bits.
+        const HALF: u16 = 0x8000;
+        let mut bus = Self::new();
+        for first in [0, HALF] {
+            if let Err(e) = bus.register(first, HALF, Box::new(shared.clone())) {
+                log::error!("shared port bus: {e}");
+            }
+        }
+        bus
     }
 
     /// Flushes buffered output of every device (e.g. the UART's partial line).

@@ -17,6 +17,12 @@ impl Engine {
         let cs_base = self.cpu.seg[SEG_CS].base;
         let lin = cs_base.wrapping_add(eip);
         let fetch = self.fetch_code(lin, mode.cpl() == 3)?;
+        if register && self.vcpu.is_some() {
+            // Other vCPUs may store to the page: it must trap for all of
+            // them before its bytes are decoded (`smp`).
+            let (p0, _) = fetch.phys_pages(lin, lin);
+            self.protect_code_page(p0);
+        }
         let (mut block, phys0, phys_end) = {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
             // Side exits need chaining. Under icount a block charges all its
@@ -97,11 +103,15 @@ impl Engine {
                 let _ = writeln!(map, "{host:x} {code_len:x} guest-cpl{}-{lin:08x}", mode.cpl());
             }
             if register {
+                let second_new = pages.1 != pages.0 && self.mem.is_ram(pages.1) && !self.mem.is_protected(pages.1);
                 for p in [pages.0, pages.1] {
-                    if self.mem.is_ram(p) && !self.mem.is_protected(p) {
-                        self.mem.set_code_protect(p, true);
-                        self.soft.flush_writes(&mut self.cpu.hot);
-                    }
+                    self.protect_code_page(p);
+                }
+                if second_new && self.vcpu.is_some() {
+                    // The block's tail was decoded before its page was
+                    // protected for every vCPU: translate it again.
+                    self.cache.invalidate_page(pages.1, &mut self.cpu.hot);
+                    return Err(Step::Continue);
                 }
                 let last = cs_base.wrapping_add(block.end.wrapping_sub(1));
                 self.cache.index_linear(id, page_of(lin), page_of(last));
@@ -143,7 +153,11 @@ impl Engine {
     pub(super) fn flush(&mut self) {
         self.clear_emu_cache();
         self.cache.flush(&mut self.cpu.hot);
-        self.mem.unprotect_all();
+        // Other vCPUs may still run code from these pages: they stay
+        // protected machine-wide until written.
+        if self.may_unprotect_alone() {
+            self.mem.unprotect_all();
+        }
         self.stats.flushes += 1;
     }
 

@@ -12,16 +12,6 @@ const SI_KERNEL: i32 = 0x80;
 const BUS_ADRALN: i32 = 1;
 
 impl Engine {
-    /// The guest wrote page `page` of RAM outside translated code's view
-    /// (VMM write or a trapped store): drop the translations made from it.
-    pub(super) fn code_written(&mut self, page: u32) {
-        self.clear_emu_cache();
-        let n = self.cache.invalidate_page(page, &mut self.cpu.hot);
-        self.stats.invalidated_blocks += n as u64;
-        self.stats.smc_pages += 1;
-        self.mem.set_code_protect(page, false);
-    }
-
     /// A host signal in translated code (the handler set EIP to the
     /// faulting guest instruction and the guest state is as before it).
     pub(super) fn fault(&mut self) -> Step {
@@ -150,6 +140,7 @@ impl Engine {
         // A device register (the local APIC's EOI, TPR, ICR) may change
         // what the interrupt controller asserts.
         self.irq_dirty = true;
+        self.note_device_access();
         let i = self.decode_at(self.cpu.hot.eip);
         if interp::emulates_device_access(&i) {
             self.stats.device_accesses += 1;
@@ -181,7 +172,7 @@ impl Engine {
             self.clear_emu_cache();
             let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
             self.stats.invalidated_blocks += n as u64;
-            if !self.cache.page_has_code(phys) {
+            if !self.cache.page_has_code(phys) && self.may_unprotect_alone() {
                 self.mem.set_code_protect(phys, false);
             }
         }

@@ -20,7 +20,9 @@ impl Engine {
         if !self.irq_dirty && !deliverable && !self.time_due && !self.opts.icount {
             return None;
         }
-        let cs = self.chipset.as_mut()?;
+        let Some(cs) = self.chipset.as_mut() else {
+            return self.check_apic_interrupts(arm_timer);
+        };
         // With no timer armed, a look caused by a port access needs no fresh
         // time (no timer edge can be due); the last reading stands in.
         let timers_idle = self.next_irq_check == u64::MAX && !self.opts.icount;

@@ -12,6 +12,7 @@ mod fpu;
 mod interrupts;
 mod seg_reload;
 pub mod signals;
+pub mod smp;
 mod soft_tlb;
 pub mod stats;
 pub mod trampoline;
@@ -123,6 +124,8 @@ pub enum RunOutcome {
     Unsupported(&'static str),
     /// Stopped for the debugger (`debug`); `run` again to go on.
     DebugStop(DebugStop),
+    /// Another vCPU ended the run (multiprocessor machines).
+    Stopped,
 }
 
 /// A true page fault raised by translated code.
@@ -212,7 +215,15 @@ pub struct Engine {
     /// the next IRET).
     nmi_pending: bool,
     nmi_blocked: bool,
+    /// This engine is one vCPU of a multiprocessor machine (`smp`).
+    vcpu: Option<Box<smp::VcpuCtx>>,
 }
+
+// SAFETY: an engine is one vCPU, run by one thread at a time. Its raw
+// pointers (SignalCtx's, the interval timer's ID) refer to the engine's own
+// parts or to per-thread resources that `run` sets up on the thread that
+// runs it and releases before it returns; none is shared with another thread.
+unsafe impl Send for Engine {}
 
 type EnterFn = unsafe extern "sysv64" fn(*mut HotState, usize);
 
@@ -278,6 +289,7 @@ impl Engine {
             icount_granted: 0,
             nmi_pending: false,
             nmi_blocked: false,
+            vcpu: None,
         })
     }
 
@@ -325,7 +337,9 @@ impl Engine {
         // repeat): blocks leave when their instruction budget is spent.
         self.timer = if self.opts.icount { None } else { signals::IntervalTimer::start(POLL_INTERVAL_NS) };
         self.arm_debug();
+        self.smp_attach_thread();
         let out = self.dispatch();
+        self.smp_detach_thread();
         self.stats.inline_invlpgs = self.cpu.hot.invlpg_done;
         self.timer = None;
         signals::set_current(std::ptr::null_mut());
@@ -359,7 +373,18 @@ impl Engine {
                     }
                 }
             }
-            if self.chipset.is_some() {
+            if self.vcpu.is_some()
+                && let Some(step) = self.smp_safepoint()
+            {
+                match step {
+                    Step::Done(out) => return out,
+                    _ => {
+                        chain_from = None;
+                        continue;
+                    }
+                }
+            }
+            if self.chipset.is_some() || self.vcpu.is_some() {
                 match self.check_interrupts(true) {
                     Some(Step::Done(out)) => return out,
                     Some(_) => {
@@ -559,6 +584,7 @@ impl Engine {
         if self.cpu.hot.io_dirty != 0 {
             self.cpu.hot.io_dirty = 0;
             self.irq_dirty = true;
+            self.note_device_access();
         }
         if self.cpu.hot.io_exit != 0 {
             self.cpu.hot.io_exit = 0;

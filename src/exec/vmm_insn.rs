@@ -60,8 +60,11 @@ impl Engine {
             self.watch_regs = dregs;
             self.arm_watchpoints();
         }
-        if self.chipset.is_some() && touches_interrupt_state(&i, self.cpu.reg(crate::cpu::EDX) as u16) {
+        if (self.chipset.is_some() || self.vcpu.is_some())
+            && touches_interrupt_state(&i, self.cpu.reg(crate::cpu::EDX) as u16)
+        {
             self.irq_dirty = true;
+            self.note_device_access();
         }
         if let Some(e) = pf {
             // A memory access of the instruction faulted: undo it, raise #PF
@@ -101,6 +104,9 @@ impl Engine {
             Ok(Flow::Halt) => {
                 let ie = self.cpu.eflags() & flags::IF != 0;
                 self.cpu.hot.eip = i.next_ip32();
+                if self.vcpu.is_some() {
+                    return self.smp_halt(eip, ie);
+                }
                 if ie && self.chipset.is_some() {
                     return self.halt_until_interrupt(eip);
                 }

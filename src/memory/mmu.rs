@@ -81,11 +81,27 @@ fn read32(ram: &[u8], a: u32) -> u32 {
     }
 }
 
-fn write32(ram: &mut [u8], a: u32, v: u32) {
+/// Set the accessed and dirty bits of `v` in the entry at `a` with one
+/// atomic OR, as the processor does: with several vCPUs another may be
+/// rewriting the entry, and a plain store of the value read would undo its
+/// change (resurrect a mapping it had just cleared).
+pub(crate) fn set_entry_bits(ram: &[u8], a: u32, v: u32) {
     let a = a as usize;
-    if let Some(b) = ram.get_mut(a..a + 4) {
-        b.copy_from_slice(&v.to_le_bytes());
+    if a + 4 > ram.len() {
+        return;
     }
+    if !(ram.as_ptr() as usize + a).is_multiple_of(4) {
+        // Only a test's byte vector: guest RAM is page aligned.
+        let old = read32(ram, a as u32);
+        // SAFETY: as below; unaligned, so plainly.
+        unsafe { std::ptr::write_unaligned(ram.as_ptr().add(a) as *mut u32, old | (v & (pte::A | pte::D))) };
+        return;
+    }
+    // SAFETY: the 4 aligned bytes lie inside `ram`, guest RAM shared with
+    // translated code and other vCPUs, which only ever access it through
+    // raw pointers or atomics, never Rust references held across this.
+    let cell = unsafe { std::sync::atomic::AtomicU32::from_ptr(ram.as_ptr().add(a) as *mut u32) };
+    cell.fetch_or(v.to_le() & (pte::A | pte::D), std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The raw page-directory and page-table entries `linear` is translated
@@ -105,7 +121,7 @@ pub fn entries(ram: &[u8], regs: PagingRegs, linear: u32) -> (u32, u32) {
 pub fn walk(ram: &mut [u8], regs: PagingRegs, linear: u32, access: Access) -> Result<Translation, u32> {
     let (t, updates) = lookup(ram, regs, linear, access)?;
     for (addr, v) in updates.into_iter().flatten() {
-        write32(ram, addr, v);
+        set_entry_bits(ram, addr, v);
     }
     Ok(t)
 }
@@ -168,6 +184,10 @@ pub fn lookup(ram: &[u8], regs: PagingRegs, linear: u32, access: Access) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write32(ram: &mut [u8], a: u32, v: u32) {
+        ram[a as usize..a as usize + 4].copy_from_slice(&v.to_le_bytes());
+    }
 
     const PD: u32 = 0x1000;
     const PT: u32 = 0x2000;

@@ -95,11 +95,14 @@ pub trait MmioDevice: Send {
     fn write(&mut self, offset: u32, size: u8, value: u32);
 }
 
-/// A device's physical range.
+/// A device's physical range. Devices are shared by every vCPU's view of
+/// memory (`GuestMemory::new_view`), except those a view replaces with its
+/// own (the local APIC's page).
+#[derive(Clone)]
 struct MmioRegion {
     base: u32,
     len: u32,
-    dev: Box<dyn MmioDevice>,
+    dev: std::sync::Arc<std::sync::Mutex<Box<dyn MmioDevice>>>,
 }
 
 /// Guest RAM plus its host window.
@@ -109,6 +112,9 @@ pub struct GuestMemory {
     alias: NonNull<u8>,
     ram_size: usize,
     memfd: libc::c_int,
+    /// Host memory areas this view's shadows may hold (the process limit
+    /// is shared by every vCPU's view).
+    area_budget: usize,
     /// Per guest physical page: write-protected in the windows because it
     /// holds translated code.
     protected: Vec<bool>,
@@ -119,7 +125,7 @@ pub struct GuestMemory {
     /// blocks, which only the engine can do).
     code_lin: Vec<u64>,
     /// Memory-mapped devices (they shadow RAM where they overlap it).
-    mmio: std::cell::RefCell<Vec<MmioRegion>>,
+    mmio: Vec<MmioRegion>,
     /// (base, length) of each device, outside the RefCell: the test every
     /// VMM access makes. (One span over all of them would cover all of RAM
     /// once the VGA window and the APICs at the top are both there.)
@@ -127,7 +133,7 @@ pub struct GuestMemory {
 }
 
 // SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
-// threads as a whole, never shared.
+// threads as a whole, never shared (each vCPU thread has its own view).
 unsafe impl Send for GuestMemory {}
 
 impl GuestMemory {
@@ -162,6 +168,7 @@ impl GuestMemory {
                 alias: NonNull::dangling(),
                 ram_size: ram,
                 memfd: fd,
+                area_budget: shadow::MAX_TOTAL_AREAS,
                 protected: vec![false; ram / PAGE_SIZE],
                 shadow: shadow::Shadow::default(),
                 code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
@@ -185,6 +192,75 @@ impl GuestMemory {
             }
             m.shadow.contexts.push(shadow::Context::new(window, None));
             Ok(m)
+        }
+    }
+
+    /// Another view of the same guest RAM for another vCPU: its own window
+    /// pair, alias, code-page protections and shadow state (its own TLB),
+    /// the same devices. `views` is how many views the machine will have:
+    /// they share the process's limit on host memory areas.
+    pub fn new_view(&self, views: usize) -> Result<Self, MemoryError> {
+        let ram = self.ram_size;
+        // SAFETY: as in new(): plain syscalls, every result checked and
+        // owned by the returned value.
+        unsafe {
+            let fd = libc::dup(self.memfd);
+            if fd < 0 {
+                return Err(os("dup of the guest RAM memfd"));
+            }
+            let (res, window) = match reserve_window() {
+                Ok(r) => r,
+                Err(e) => {
+                    libc::close(fd);
+                    return Err(e);
+                }
+            };
+            let mut m = GuestMemory {
+                reservation: NonNull::new_unchecked(res as *mut u8),
+                window,
+                alias: NonNull::dangling(),
+                ram_size: ram,
+                memfd: fd,
+                area_budget: shadow::MAX_TOTAL_AREAS / views.max(1),
+                protected: vec![false; ram / PAGE_SIZE],
+                shadow: shadow::Shadow::default(),
+                code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
+                mmio: self.mmio.clone(),
+                mmio_ranges: self.mmio_ranges.clone(),
+            };
+            let alias =
+                libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+            if alias == libc::MAP_FAILED {
+                return Err(os("mapping guest RAM alias"));
+            }
+            m.alias = NonNull::new_unchecked(alias as *mut u8);
+            let w = libc::mmap(
+                window as *mut libc::c_void,
+                ram,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                0,
+            );
+            if w == libc::MAP_FAILED {
+                return Err(os("mapping guest RAM into the window"));
+            }
+            m.shadow.contexts.push(shadow::Context::new(window, None));
+            m.unmap_mmio_identity();
+            Ok(m)
+        }
+    }
+
+    /// Share the process's host-memory-area limit among `views` views.
+    pub fn set_views(&mut self, views: usize) {
+        self.area_budget = shadow::MAX_TOTAL_AREAS / views.max(1);
+    }
+
+    /// Put `dev` in place of the device at `base` in this view only (each
+    /// vCPU's local APIC answers at the same address).
+    pub fn replace_mmio(&mut self, base: u32, dev: Box<dyn MmioDevice>) {
+        if let Some(r) = self.mmio.iter_mut().find(|r| r.base == base) {
+            r.dev = std::sync::Arc::new(std::sync::Mutex::new(dev));
         }
     }
 
@@ -299,7 +375,7 @@ impl GuestMemory {
     /// Attach a device at physical `[base, base + len)` (page-aligned). Its
     /// pages are never mapped in a window, so every access reaches it.
     pub fn add_mmio(&mut self, base: u32, len: u32, dev: Box<dyn MmioDevice>) {
-        self.mmio.get_mut().push(MmioRegion { base, len, dev });
+        self.mmio.push(MmioRegion { base, len, dev: std::sync::Arc::new(std::sync::Mutex::new(dev)) });
         self.mmio_ranges.push((base, len));
         if !self.shadow.enabled() {
             self.unmap_mmio_identity();
@@ -308,7 +384,7 @@ impl GuestMemory {
 
     /// Make the device pages of the identity window inaccessible.
     fn unmap_mmio_identity(&mut self) {
-        for r in self.mmio.get_mut().iter() {
+        for r in self.mmio.iter() {
             // SAFETY: the range lies inside our own window reservation.
             unsafe {
                 libc::mmap(
@@ -326,18 +402,18 @@ impl GuestMemory {
     /// A device access of `size` bytes at `addr` if one device claims all of
     /// them: `Some(value read)` (for a write, the value written).
     fn mmio_access(&self, addr: u32, size: usize, write: Option<u32>) -> Option<u32> {
-        let mut regions = self.mmio.borrow_mut();
-        let r = regions.iter_mut().find(|r| {
+        let r = self.mmio.iter().find(|r| {
             let off = addr.wrapping_sub(r.base);
             off < r.len && off as u64 + size as u64 <= r.len as u64
         })?;
         let off = addr - r.base;
+        let mut dev = crate::devices::chipset::lock(&r.dev);
         match write {
             Some(v) => {
-                r.dev.write(off, size as u8, v);
+                dev.write(off, size as u8, v);
                 Some(v)
             }
-            None => Some(r.dev.read(off, size as u8)),
+            None => Some(dev.read(off, size as u8)),
         }
     }
 
@@ -464,14 +540,13 @@ impl GuestMemory {
         }
     }
 
-    /// Store a page-table entry update (an accessed bit) through a shared
-    /// reference, as a walk for a read does; outside RAM it is dropped.
+    /// Store a page-table entry update (accessed/dirty bits) through a
+    /// shared reference, as a walk for a read does; outside RAM it is
+    /// dropped. Atomic, as the processor's: another vCPU may be changing
+    /// the entry (`mmu::set_entry_bits`).
     pub(crate) fn write_u32_shared(&self, addr: u32, v: u32) {
         if (addr as usize).checked_add(4).is_some_and(|end| end <= self.ram_size) {
-            // SAFETY: the 4 bytes lie inside the RAM alias mapping, which is
-            // shared with translated code and never borrowed across this
-            // call (callers hold no slice of RAM while translating).
-            unsafe { std::ptr::write_unaligned(self.alias.as_ptr().add(addr as usize) as *mut u32, v) };
+            mmu::set_entry_bits(self.ram(), addr, v);
         }
     }
 

@@ -40,7 +40,7 @@ const MAX_CONTEXTS: usize = 8;
 /// Host memory areas (`Context::areas`, an upper bound) kept over all
 /// contexts before the inactive ones are dropped: a host process has at
 /// most ~65530 (vm.max_map_count), and the VMM needs some of its own.
-const MAX_TOTAL_AREAS: usize = 48_000;
+pub(super) const MAX_TOTAL_AREAS: usize = 48_000;
 /// `Shadow::global_log` is rebuilt from the live set when it grows past
 /// this many times its size (INVLPG removes globals, not their log keys).
 const GLOBAL_LOG_SLACK: usize = 4;
@@ -761,7 +761,7 @@ impl GuestMemory {
     /// contexts' shadows first, then the current one's.
     fn limit_mappings(&mut self) {
         let total: usize = self.shadow.contexts.iter().map(|c| c.areas).sum();
-        if total < MAX_TOTAL_AREAS {
+        if total < self.area_budget {
             return;
         }
         let cur = self.shadow.cur;
@@ -770,7 +770,7 @@ impl GuestMemory {
                 self.flush_context(ci);
             }
         }
-        if self.shadow.contexts[cur].areas >= MAX_TOTAL_AREAS / 2 {
+        if self.shadow.contexts[cur].areas >= self.area_budget / 2 {
             self.flush_context(cur);
         }
     }
