@@ -9,6 +9,7 @@
 #   progs/            those programs, to run on the host for comparison
 #   bench.cpio.gz     the workload scripts/linux-compare.sh times
 #   bench/, busybox   its programs and BusyBox, for the native runs
+#   par.cpio.gz       two CPU-bound processes at once (scripts/smp-compare.sh)
 # Needs root (apt) on Debian; installs cpio and gcc-multilib when missing.
 # Idempotent: packages already fetched are kept.
 set -euo pipefail
@@ -106,5 +107,6 @@ image batch batch.sh
 image shell ""
 image progs progs.sh "$OUT/progs"
 image bench bench.sh "$OUT/bench"
+image par par.sh "$OUT/bench"
 rm -rf "$OUT/x"
 echo "guest-images/linux/out: $(cat "$OUT/kernel-version"), $(ls "$OUT"/*.cpio.gz | xargs -n1 basename | tr '\n' ' ')"

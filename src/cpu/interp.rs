@@ -614,7 +614,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         }
     };
     match i.mnemonic() {
-        M::Nop => {}
+        M::Nop | M::Pause => {}
         M::Lea => {
             let v = env.offset(i);
             env.set_reg(i.op0_register(), v);

@@ -62,6 +62,16 @@ impl Engine {
                 block.classes.truncate(k + 1);
             }
         }
+        if self.vcpu.is_some()
+            && let Some(k) = block.insns.iter().position(|i| i.mnemonic() == iced_x86::Mnemonic::Pause)
+        {
+            // A spin-wait: the VMM may yield the host CPU to another vCPU
+            // (`Engine::pause_spin`). PAUSE ends its block and leaves.
+            block.end = block.insns[k].next_ip32();
+            block.insns.truncate(k + 1);
+            block.classes.truncate(k + 1);
+            block.classes[k] = crate::decode::Class::Emulate;
+        }
         if self.opts.trace.in_asm {
             let text = disasm_guest(&block.insns);
             self.logln(&format!("----------------\nIN: \n{text}"));
@@ -69,7 +79,12 @@ impl Engine {
         // A one-off block runs exactly one instruction: its indirect branch
         // leaves for the dispatcher instead of continuing from the jump
         // cache (the bounce pages of `bounce` are mapped only meanwhile).
-        let opts = Options { inline_lookup: self.opts.chaining && register, mode, icount: self.opts.icount };
+        let opts = Options {
+            inline_lookup: self.opts.chaining && register,
+            mode,
+            icount: self.opts.icount,
+            poll_ptr: self.vcpu.is_some(),
+        };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
             let host = self.cache.next_addr();

@@ -20,6 +20,7 @@ impl Engine {
         if f.signo == signals::timer_signal() {
             // A REP string instruction stopped between iterations: the state
             // is precise at it; look for interrupts and go on.
+            self.unkick();
             self.mem.set_poll(false);
             self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;
@@ -41,7 +42,10 @@ impl Engine {
         }
         // The poll page, or (icount) the guard page after it: a block's
         // entry found an exit requested or its instruction budget spent.
-        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + 2 * PAGE_SIZE) {
+        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + 2 * PAGE_SIZE)
+            || (self.sig.kick_page != 0 && f.addr == self.sig.kick_page)
+        {
+            self.unkick();
             self.mem.set_poll(false);
             self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;

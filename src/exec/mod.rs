@@ -245,6 +245,7 @@ impl Engine {
             in_guest: std::sync::atomic::AtomicBool::new(false),
             timer_fired: std::sync::atomic::AtomicBool::new(false),
             poll_armed: std::sync::atomic::AtomicBool::new(false),
+            kick_page: 0,
             fault: FaultRecord::default(),
         });
         Ok(Engine {

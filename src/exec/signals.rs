@@ -51,6 +51,10 @@ pub struct SignalCtx {
     pub timer_fired: std::sync::atomic::AtomicBool,
     /// The timer made `poll_pages` inaccessible and no exit has undone it.
     pub poll_armed: std::sync::atomic::AtomicBool,
+    /// Multiprocessor vCPUs poll through `HotState::poll_ptr`: the timer
+    /// stores this inaccessible page's address there instead of changing
+    /// the poll pages' protection (0: the poll pages are used).
+    pub kick_page: usize,
     pub fault: FaultRecord,
 }
 
@@ -172,11 +176,15 @@ extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *m
                 (*ctx).timer_fired.store(true, Relaxed);
                 return;
             }
-            let pages = (*ctx).poll_pages;
-            for p in pages {
-                set_poll_page(p, true);
+            if (*ctx).kick_page != 0 {
+                std::ptr::write_volatile(&mut (*(*ctx).hot).poll_ptr, (*ctx).kick_page as u64);
+            } else {
+                let pages = (*ctx).poll_pages;
+                for p in pages {
+                    set_poll_page(p, true);
+                }
+                (*ctx).poll_armed.store(true, Relaxed);
             }
-            (*ctx).poll_armed.store(true, Relaxed);
             // A long REP string instruction is stopped between iterations.
             redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t), true);
         }

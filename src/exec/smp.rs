@@ -58,8 +58,10 @@ pub struct VcpuLink {
     pending: AtomicBool,
     /// An interrupt or NMI reached the vCPU's APIC since it last looked.
     irq_kick: AtomicBool,
-    /// The host thread's kernel thread ID (0 until it runs).
-    tid: AtomicU64,
+    /// Where the vCPU's `HotState::poll_ptr` is, and the page a kick
+    /// stores there (0 until the vCPU runs).
+    poll_ptr: AtomicU64,
+    kick_page: AtomicU64,
     /// Set by a kick; a halted vCPU sleeps on `wake_cv` until it is.
     wake: Mutex<bool>,
     wake_cv: Condvar,
@@ -74,26 +76,30 @@ impl VcpuLink {
             done: AtomicU64::new(0),
             pending: AtomicBool::new(false),
             irq_kick: AtomicBool::new(false),
-            tid: AtomicU64::new(0),
+            poll_ptr: AtomicU64::new(0),
+            kick_page: AtomicU64::new(0),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
         }
     }
 
     /// Make the vCPU look at its mailbox and APIC soon: wake it if it
-    /// sleeps, and signal its thread (translated code leaves at the next
-    /// block entry).
+    /// sleeps, and point its poll at the inaccessible page (translated
+    /// code leaves at the next block entry; no system call, no signal).
+    /// The caller has already stored what the vCPU is to look at.
     pub fn kick(&self) {
-        *lock(&self.wake) = true;
-        self.wake_cv.notify_one();
-        let tid = self.tid.load(Ordering::Acquire);
-        if tid != 0 {
-            // SAFETY: tgkill only sends the timer signal, whose handler is
-            // harmless in any thread of this process, to one of them.
-            unsafe {
-                libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, signals::timer_signal());
-            }
+        let at = self.poll_ptr.load(Ordering::Acquire);
+        if at != 0 {
+            // SAFETY: `at` is the address of the running vCPU's
+            // HotState::poll_ptr (boxed, alive while it runs: cleared
+            // before its engine stops running); an aligned 8-byte store,
+            // which the vCPU's translated code reads with plain loads.
+            unsafe { AtomicU64::from_ptr(at as *mut u64) }.store(self.kick_page.load(Ordering::Relaxed), Ordering::SeqCst);
         }
+        let mut w = lock(&self.wake);
+        *w = true;
+        drop(w);
+        self.wake_cv.notify_one();
     }
 
     /// An interrupt reached the vCPU's APIC: make it look.
@@ -254,18 +260,32 @@ impl Engine {
         }
     }
 
-    /// This thread runs the vCPU: others may kick it now.
+    /// This thread runs the vCPU: others may kick it now (through its
+    /// poll pointer; see `VcpuLink::kick`).
     pub(super) fn smp_attach_thread(&mut self) {
         if let Some(v) = &self.vcpu {
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() } as u64;
-            v.machine.vcpus[v.index].tid.store(tid, Ordering::Release);
+            let (poll, kick) = self.mem.poll_and_kick_pages();
+            self.cpu.hot.poll_ptr = poll as u64;
+            self.sig.kick_page = kick;
+            let link = &v.machine.vcpus[v.index];
+            link.kick_page.store(kick as u64, Ordering::Relaxed);
+            link.poll_ptr.store(&mut self.cpu.hot.poll_ptr as *mut u64 as u64, Ordering::Release);
         }
     }
 
     pub(super) fn smp_detach_thread(&mut self) {
         if let Some(v) = &self.vcpu {
-            v.machine.vcpus[v.index].tid.store(0, Ordering::Release);
+            v.machine.vcpus[v.index].poll_ptr.store(0, Ordering::Release);
+        }
+    }
+
+    /// Point the poll back at the readable page (before looking at what
+    /// a kick asked for: a later kick stores the inaccessible one again).
+    pub(super) fn unkick(&mut self) {
+        if self.sig.kick_page != 0 {
+            let (poll, _) = self.mem.poll_and_kick_pages();
+            // SAFETY: our own HotState field, also stored by other threads.
+            unsafe { AtomicU64::from_ptr(&mut self.cpu.hot.poll_ptr) }.store(poll as u64, Ordering::SeqCst);
         }
     }
 
@@ -273,6 +293,8 @@ impl Engine {
     /// wait for STARTUP while the vCPU is in that state. `Some` ends the run
     /// or asks the dispatcher to start over (the state changed).
     pub(super) fn smp_safepoint(&mut self) -> Option<Step> {
+        self.vcpu.as_ref()?;
+        self.unkick();
         let v = self.vcpu.as_ref()?;
         let m = v.machine.clone();
         let link = &m.vcpus[v.index];
@@ -524,6 +546,20 @@ impl Engine {
             let nap = next.map_or(MAX_NAP, |t| Duration::from_nanos(t.saturating_sub(now).max(1_000)));
             self.stats.halt_sleeps += 1;
             m.vcpus[index].park(nap.min(MAX_NAP));
+        }
+    }
+
+    /// PAUSE (a spin-wait loop's hint) on a vCPU of a multiprocessor
+    /// machine: every `PAUSES_PER_YIELD`th gives the host CPU away, so a
+    /// vCPU spinning on a lock whose holder's thread the host descheduled
+    /// (more vCPUs than host cores) lets it run instead of burning its time
+    /// slice: the software form of pause-loop exiting.
+    pub(super) fn pause_spin(&mut self) {
+        /// PAUSEs between yields (each costs an exit, about 0.2 us).
+        const PAUSES_PER_YIELD: u64 = 16;
+        self.stats.pauses += 1;
+        if self.stats.pauses.is_multiple_of(PAUSES_PER_YIELD) {
+            std::thread::yield_now();
         }
     }
 

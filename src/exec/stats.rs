@@ -29,6 +29,8 @@ pub struct Stats {
     pub inline_invlpgs: u64,
     pub interrupts: u64,
     pub halt_sleeps: u64,
+    /// PAUSEs a multiprocessor guest left translated code for.
+    pub pauses: u64,
     /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
     pub callouts: Vec<u64>,
 }

@@ -11,6 +11,12 @@ impl Engine {
         let i = self.decode_at(eip);
         self.emulated += 1;
         self.stats.count_callout(i.mnemonic());
+        if i.mnemonic() == iced_x86::Mnemonic::Pause {
+            // Only multiprocessor guests leave translated code for it.
+            self.pause_spin();
+            self.cpu.hot.eip = i.next_ip32();
+            return Step::Continue;
+        }
         if matches!(
             i.mnemonic(),
             iced_x86::Mnemonic::Fnstenv

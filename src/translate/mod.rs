@@ -105,6 +105,9 @@ pub struct Options {
     /// for the dispatcher when the budget is spent (`icount_gate`); RDTSC
     /// reads the virtual clock in the VMM.
     pub icount: bool,
+    /// Poll through `HotState::poll_ptr` (a vCPU of a multiprocessor
+    /// machine, which other threads must be able to stop cheaply).
+    pub poll_ptr: bool,
 }
 
 /// Under `-icount`, must `i` (of class `cls`) see the virtual clock up to
@@ -418,6 +421,10 @@ impl<'a> Translator<'a> {
         self.mark(block.start, Fixup::None);
         if self.opts.icount {
             self.icount_gate(n as u32);
+        } else if self.opts.poll_ptr {
+            // mov r13, [r14+poll_ptr] ; mov r13d, [r13]
+            self.a.mov_r64_mbase(SCRATCH, VCPU, crate::cpu::OFF_POLL_PTR);
+            self.a.mov_r32_mbase(SCRATCH, SCRATCH, 0);
         } else {
             self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
         }

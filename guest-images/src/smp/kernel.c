@@ -23,6 +23,10 @@
  *          protocol) and run it again: all must see the new code
  * Prints "PASS|FAIL name got X want Y", then "N passed, M failed"; exits
  * with V=M. The golden output is QEMU 7.2's.
+ * With `bench=N` on the command line it only measures (scripts/
+ * smp-ipi-compare.sh): N IPI round trips BSP -> CPU 1 -> BSP, and N local
+ * APIC timer interrupts (one-shot, re-armed by the handler) on the BSP,
+ * each printed as TSC ticks per event.
  */
 #define APIC_VECTOR_BASE 0x40
 #include "apic_test.h"
@@ -63,6 +67,13 @@ static volatile uint32_t page_b[1024] __attribute__((aligned(4096)));
 
 enum { PH_NONE, PH_LOCK, PH_TLB_BEFORE, PH_TLB_AFTER, PH_CMC_WARM, PH_CMC_RUN };
 
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (uint64_t)hi << 32 | lo;
+}
+static volatile uint32_t timer_ticks, timer_goal;
 static inline void outw(uint16_t p, uint16_t v) { __asm__ volatile("outw %0, %1" :: "a"(v), "Nd"(p)); }
 static inline void pause(void) { __asm__ volatile("pause" ::: "memory"); }
 static uint32_t my_id(void) { return apic_read(R_ID) >> 24; }
@@ -116,6 +127,10 @@ void isr_dispatch(struct frame *f)
         break;
     case V_ALL:
         all_cnt[id]++;
+        break;
+    case 0x55:                          /* bench: the timer re-arms itself */
+        if (++timer_ticks < timer_goal)
+            apic_write(R_TMICT, 1);
         break;
     case 0xFF:
         return;
@@ -311,6 +326,34 @@ static void group_cmc(void)
     }
 }
 
+/* bench=N: IPI round trips and timer interrupts, TSC ticks per event. */
+static void bench(uint32_t n)
+{
+    uint64_t t0 = rdtsc();
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t before = pongs;
+        send_ipi(1, V_PING);
+        while (pongs == before)
+            pause();
+    }
+    uint64_t t1 = rdtsc();
+    puts_serial("ipi round trip ticks ");
+    put_dec((uint32_t)(t1 - t0) / n);
+    putc_serial('\n');
+    apic_write(R_TDCR, 0xB);            /* divide by 1 */
+    apic_write(R_LVT_TIMER, 0x55);      /* one-shot */
+    timer_ticks = 0;
+    timer_goal = n;
+    t0 = rdtsc();
+    apic_write(R_TMICT, 1);
+    while (timer_ticks < n)
+        pause();
+    t1 = rdtsc();
+    puts_serial("apic timer interrupt ticks ");
+    put_dec((uint32_t)(t1 - t0) / n);
+    putc_serial('\n');
+}
+
 uint32_t kmain(void);
 uint32_t kmain(void)
 {
@@ -321,7 +364,12 @@ uint32_t kmain(void)
     apic_write(R_DFR, 0xFFFFFFFFu);
     apic_write(R_LDR, 1u << 24);
     sti();
+    uint32_t bench_n = cmdline_uint("bench", 0);
     group_boot();
+    if (bench_n && started == ncpu - 1) {
+        bench(bench_n);
+        return 0;
+    }
     if (started == ncpu - 1) {
         group_lock();
         group_ipi();
