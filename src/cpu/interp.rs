@@ -398,12 +398,11 @@ impl Env<'_> {
     /// sec. 5.3: below an expand-down limit, above an expand-up one). A
     /// 16-bit stack (B = 0) is left unchecked: its offsets are ESP-wide here.
     pub(crate) fn stack_addr(&self, esp: u32, size: usize) -> Option<u32> {
-        /// Descriptor attribute bit D/B.
-        const ATTR_B: u16 = 1 << 14;
         let ss = &self.cpu.seg[SEG_SS];
+        let esp = self.sp_offset(esp);
         let (base, lo, hi) = self.cpu.checked_range(SEG_SS, ss);
         let last = esp.wrapping_add(size as u32 - 1);
-        if ss.attr & ATTR_B != 0 && (esp < lo || last < esp || last > hi) {
+        if esp < lo || last < esp || last > hi {
             if self.page_fault.get().is_none() {
                 self.stack_fault.set(true);
             }
@@ -417,8 +416,27 @@ impl Env<'_> {
         self.stack_fault.get() || self.page_fault.get().is_some()
     }
 
+    /// A 16-bit stack segment (SS.B clear, real mode included): the stack
+    /// pointer is SP, and ESP's high half stays as it is.
+    fn stack16(&self) -> bool {
+        /// Descriptor attribute bit D/B.
+        const ATTR_B: u16 = 1 << 14;
+        self.cpu.seg[SEG_SS].attr & ATTR_B == 0
+    }
+
+    /// The stack offset ESP value `esp` addresses (SP on a 16-bit stack).
+    pub(crate) fn sp_offset(&self, esp: u32) -> u32 {
+        if self.stack16() { esp & 0xFFFF } else { esp }
+    }
+
+    /// ESP value `esp` moved by `delta` bytes (modulo 64 KiB in SP on a
+    /// 16-bit stack).
+    pub(crate) fn sp_moved(&self, esp: u32, delta: u32) -> u32 {
+        if self.stack16() { (esp & 0xFFFF_0000) | (esp.wrapping_add(delta) & 0xFFFF) } else { esp.wrapping_add(delta) }
+    }
+
     pub(crate) fn push(&mut self, v: u32, size: usize) {
-        let esp = self.cpu.reg(ESP).wrapping_sub(size as u32);
+        let esp = self.sp_moved(self.cpu.reg(ESP), (size as u32).wrapping_neg());
         if let Some(a) = self.stack_addr(esp, size) {
             self.write(a, size, v);
         }
@@ -428,7 +446,7 @@ impl Env<'_> {
     pub(crate) fn pop(&mut self, size: usize) -> u32 {
         let esp = self.cpu.reg(ESP);
         let v = self.stack_addr(esp, size).map_or(0, |a| self.read(a, size));
-        self.cpu.set_reg(ESP, esp.wrapping_add(size as u32));
+        self.cpu.set_reg(ESP, self.sp_moved(esp, size as u32));
         v
     }
 
@@ -704,7 +722,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 2
             };
             // A 32-bit push of a segment register writes only the low word.
-            let esp = env.cpu.reg(ESP).wrapping_sub(size as u32);
+            let esp = env.sp_moved(env.cpu.reg(ESP), (size as u32).wrapping_neg());
             if let Some(a) = env.stack_addr(esp, size) {
                 env.write(a, 2, sel);
             }
@@ -726,7 +744,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 return Ok(Flow::Next);
             }
             env.load_seg(seg_index(i.op0_register()).unwrap_or(SEG_DS), sel)?;
-            env.cpu.set_reg(ESP, esp.wrapping_add(size));
+            env.cpu.set_reg(ESP, env.sp_moved(esp, size));
         }
         M::Push => {
             let size = if i.code() == Code::Push_imm16 || i.code() == Code::Pushw_imm8 { 2 } else { osize.max(2) };
@@ -1009,7 +1027,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             let eip = env.pop(osize);
             let cs = env.pop(osize) as u16;
             env.load_cs(cs)?;
-            env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_add(n));
+            env.cpu.set_reg(ESP, env.sp_moved(env.cpu.reg(ESP), n));
             return Ok(Flow::Jump(eip));
         }
         M::Iret | M::Iretd => {
@@ -1476,7 +1494,7 @@ fn near_branch(env: &mut Env, i: &Instruction) -> R<Flow> {
         M::Ret => {
             let t = env.pop(size);
             let n = if i.op_count() > 0 { i.immediate16() as u32 } else { 0 };
-            env.cpu.set_reg(ESP, env.cpu.reg(ESP).wrapping_add(n));
+            env.cpu.set_reg(ESP, env.sp_moved(env.cpu.reg(ESP), n));
             Ok(Flow::Jump(trunc(t)))
         }
         M::Jcxz | M::Jecxz => {

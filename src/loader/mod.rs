@@ -225,8 +225,8 @@ pub struct Module<'a> {
 /// the kernel's page-aligned extent come the module list (16 bytes each),
 /// the module strings and the kernel command line, the boot loader name,
 /// then each module on its own page boundary. The memory map (0x9000) and
-/// the information structure (0x9500) are written last, at QEMU's fixed
-/// addresses, over whatever a kernel loaded there holds, as QEMU does.
+/// the information structure (0x9500) go at QEMU's fixed addresses, under
+/// the kernel: a kernel loaded there keeps its bytes, as under QEMU.
 pub fn load_multiboot_with_modules(
     image: &[u8],
     ram: &mut [u8],
@@ -253,10 +253,14 @@ pub fn load_multiboot_with_modules(
     let layout = InfoLayout::new(&plan, cmdline, loader_name, modules, ram_size)?;
 
     // Everything is validated: from here on only in-bounds copies happen.
+    // The information area first: a kernel loaded over 0x9000-0x95FF keeps
+    // its own bytes there, as under QEMU, whose option ROM loads the kernel
+    // after it has written the memory map and the structure (kvm-unit-tests'
+    // realmode.flat has code there; EBX still points at 0x9500).
+    layout.write(ram, cmdline, loader_name, modules)?;
     for seg in &plan.segments {
         copy_segment(image, ram, seg)?;
     }
-    layout.write(ram, cmdline, loader_name, modules)?;
     log::debug!(
         "multiboot: loaded {} segment(s), entry {:#x}, {} module(s), info at {:#x}",
         plan.segments.len(),
