@@ -13,7 +13,7 @@ O=guest-images/linux/out
 [ -f $O/par.cpio.gz ] || { echo "run guest-images/linux/build.sh first" >&2; exit 1; }
 cargo build --release -q
 ARGS="-kernel $O/bzImage -initrd $O/par.cpio.gz -append console=ttyS0 -m 256M -display none"
-BT="target/release/btvisor"
+BT="target/release/btvisor -M pc"
 QEMU="qemu-system-i386 -accel tcg,thread=multi -M pc -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x4
       -serial stdio -monitor none"
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null

@@ -672,9 +672,13 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             if leaf == 1
                 && let Some(apic) = &env.cpu.apic
             {
-                // The machine has a local APIC; EBX[31:24] is its initial ID.
-                r[3] |= cpuid::edx1::APIC;
-                r[1] |= crate::devices::chipset::lock(apic).initial_id() << 24;
+                // The machine has a local APIC (CPUID shows it unless it is
+                // globally disabled); EBX[31:24] is its initial ID.
+                let a = crate::devices::chipset::lock(apic);
+                if a.base & crate::devices::lapic::BASE_ENABLE != 0 {
+                    r[3] |= cpuid::edx1::APIC;
+                }
+                r[1] |= a.initial_id() << 24;
             }
             env.cpu.set_reg(EAX, r[0]);
             env.cpu.set_reg(3, r[1]);
@@ -923,13 +927,25 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
             match env.cpu.reg(ECX) {
                 msr::APIC_BASE if env.cpu.apic.is_some() => {
                     let v = (env.cpu.reg(EDX) as u64) << 32 | v as u64;
-                    if let Some(a) = &env.cpu.apic {
+                    if v >> 32 != 0 {
+                        // No physical address bits above 31 (no PAE).
+                        return Err(gp0());
+                    }
+                    let moved = if let Some(a) = &env.cpu.apic {
                         let mut apic = crate::devices::chipset::lock(a);
-                        if v & !0xFFF != apic.base & !0xFFF {
-                            crate::guest_warn!("APIC base relocation to {:#x} is not modelled: ignored", v & !0xFFF);
-                        }
-                        let keep = crate::devices::lapic::BASE_ENABLE;
+                        let (old, new) = ((apic.base & !0xFFF) as u32, (v & !0xFFF) as u32);
+                        // Software may move the register page and disable the
+                        // APIC globally; the BSP flag is the hardware's.
+                        let keep = crate::devices::lapic::BASE_ENABLE | !0xFFF;
                         apic.base = (apic.base & !keep) | (v & keep);
+                        (old != new).then_some((old, new))
+                    } else {
+                        None
+                    };
+                    if let Some((old, new)) = moved {
+                        // This CPU's view only: each CPU has its own page.
+                        env.mem.move_mmio(old, new);
+                        env.cr_written = true;
                     }
                 }
                 msr::TSC | msr::APIC_BASE | msr::BIOS_SIGN_ID => {}

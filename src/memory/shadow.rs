@@ -608,6 +608,32 @@ impl GuestMemory {
         }
     }
 
+    /// Move the device at `from` to `to` (the local APIC's base MSR):
+    /// the old range is what it would be without the device again, the new
+    /// one reaches the device. Every shadow mapping goes (either page may
+    /// be mapped as something else).
+    pub fn move_mmio(&mut self, from: u32, to: u32) {
+        let Some(k) = self.mmio.iter().position(|r| r.base == from) else { return };
+        if from == to {
+            return;
+        }
+        self.mmio[k].base = to;
+        self.mmio_ranges[k].0 = to;
+        self.shadow.vmm_tlb.clear();
+        if self.shadow.enabled() {
+            for ci in 0..self.shadow.contexts.len() {
+                self.flush_context(ci);
+                self.shadow.contexts[ci].cr3 = NO_CR3;
+            }
+            self.forget_globals();
+            let cr3 = self.shadow.regs.cr3;
+            self.select_context(cr3);
+        } else {
+            self.map_identity();
+            self.unmap_mmio_identity();
+        }
+    }
+
     /// Drop every mapping of context `ci`.
     fn flush_context(&mut self, ci: usize) {
         self.clear_windows(ci);
