@@ -428,7 +428,10 @@ impl LocalApic {
                 }
             }
             // INIT, STARTUP: only application processors act on them, and
-            // this machine has none; SMI is not modelled.
+            // a one-CPU machine has none (an OS counting its CPUs sends
+            // them anyway): nothing happens, as on such a PC.
+            5 | 6 => {}
+            // SMI is not modelled.
             mode => crate::guest_warn!("local APIC: IPI delivery mode {mode} is not modelled: ignored"),
         }
     }
