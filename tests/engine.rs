@@ -206,8 +206,8 @@ fn device_memory_in_a_loop_stops_taking_host_faults() {
     assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
     assert_eq!(st.regs[EAX], 0x0741_0741, "the words reached the device and read back");
     assert_eq!(stats.device_accesses, 1001);
-    // The store faults a few times, then takes the soft-TLB form, whose
-    // misses reach the device without a host fault.
+    // The store faults once; from then on it is translated as an exit to
+    // the VMM, which reaches the device without a host fault.
     let faults = stats.exits[btvisor::cpu::exit::FAULT as usize];
     assert!(faults < 20, "{faults} host faults for 1001 device accesses");
 }

@@ -164,11 +164,15 @@ pub struct HotState {
     /// instruction count at entry and leaves (through a load that faults)
     /// instead of going negative; read as an i32.
     pub icount_left: u32,
-    /// Multiprocessor guests: the page each block's safepoint poll loads
-    /// from (`Translator::poll`): the readable poll page, or the
-    /// inaccessible one below it when another vCPU (or the timer) asks
-    /// this one to leave translated code: one store, no system call.
-    pub poll_ptr: u64,
+    /// Multiprocessor guests: nonzero when another vCPU (or the timer)
+    /// asks this one to leave translated code, which each block's
+    /// safepoint tests (`Translator::kick_check`): one store, no system
+    /// call, no signal.
+    pub kick: u64,
+    /// Multiprocessor guests: PAUSEs translated code may still run before
+    /// it leaves for the VMM, which may yield the host CPU
+    /// (`Translator::pause_gate`).
+    pub pause_left: u32,
     /// `jc_key(eip)` of the entries (`JC_EMPTY_KEY` when empty).
     pub jc_keys: [u64; JUMP_CACHE_ENTRIES * JUMP_CACHE_TABLES],
     /// Host entry addresses of the blocks in `jc_keys`.
@@ -291,7 +295,8 @@ pub const OFF_SOFT_KIND: i32 = offset_of!(HotState, soft_kind) as i32;
 pub const OFF_SOFT_TLB: i32 = offset_of!(HotState, soft_tlb) as i32;
 pub const OFF_INTR_PENDING: i32 = offset_of!(HotState, intr_pending) as i32;
 pub const OFF_ICOUNT_LEFT: i32 = offset_of!(HotState, icount_left) as i32;
-pub const OFF_POLL_PTR: i32 = offset_of!(HotState, poll_ptr) as i32;
+pub const OFF_KICK: i32 = offset_of!(HotState, kick) as i32;
+pub const OFF_PAUSE_LEFT: i32 = offset_of!(HotState, pause_left) as i32;
 pub const OFF_JC_KEYS: i32 = offset_of!(HotState, jc_keys) as i32;
 pub const OFF_JC_TARGETS: i32 = offset_of!(HotState, jc_targets) as i32;
 

@@ -62,11 +62,11 @@ impl Engine {
                 block.classes.truncate(k + 1);
             }
         }
-        if self.vcpu.is_some()
-            && let Some(k) = block.insns.iter().position(|i| i.mnemonic() == iced_x86::Mnemonic::Pause)
+        if !self.device_insns.is_empty()
+            && let Some(k) = block.insns.iter().position(|i| self.device_insns.contains_key(&i.ip32()))
         {
-            // A spin-wait: the VMM may yield the host CPU to another vCPU
-            // (`Engine::pause_spin`). PAUSE ends its block and leaves.
+            // An instruction that accesses device memory: it ends its block
+            // and the VMM runs it (`Engine::device_access`).
             block.end = block.insns[k].next_ip32();
             block.insns.truncate(k + 1);
             block.classes.truncate(k + 1);
@@ -83,7 +83,8 @@ impl Engine {
             inline_lookup: self.opts.chaining && register,
             mode,
             icount: self.opts.icount,
-            poll_ptr: self.vcpu.is_some(),
+            kick_check: self.vcpu.is_some(),
+            pause_gate: self.vcpu.as_ref().is_some_and(|v| v.machine.oversubscribed),
         };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);

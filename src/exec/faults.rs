@@ -10,6 +10,9 @@ use super::*;
 const SI_KERNEL: i32 = 0x80;
 /// `si_code` of a SIGBUS for a misaligned access (the host's #AC).
 const BUS_ADRALN: i32 = 1;
+/// Most instructions translated as device accesses (`Engine::device_insns`;
+/// a guest cannot grow the set without bound).
+const MAX_DEVICE_INSNS: usize = 4096;
 
 impl Engine {
     /// A host signal in translated code (the handler set EIP to the
@@ -21,7 +24,9 @@ impl Engine {
             // A REP string instruction stopped between iterations: the state
             // is precise at it; look for interrupts and go on.
             self.unkick();
-            self.mem.set_poll(false);
+            if !self.sig.kick_mode {
+                self.mem.set_poll(false);
+            }
             self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;
             self.time_due = true;
@@ -43,10 +48,15 @@ impl Engine {
         // The poll page, or (icount) the guard page after it: a block's
         // entry found an exit requested or its instruction budget spent.
         if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + 2 * PAGE_SIZE)
-            || (self.sig.kick_page != 0 && f.addr == self.sig.kick_page)
         {
             self.unkick();
-            self.mem.set_poll(false);
+            if self.vcpu.is_some() && self.cpu.hot.pause_left == 0 {
+                // A PAUSE's count ran out (`Translator::pause_gate`).
+                self.pause_spin();
+            }
+            if !self.sig.kick_mode {
+                self.mem.set_poll(false);
+            }
             self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
             self.stats.polls += 1;
             self.time_due = true;
@@ -145,9 +155,23 @@ impl Engine {
         // what the interrupt controller asserts.
         self.irq_dirty = true;
         self.note_device_access();
-        let i = self.decode_at(self.cpu.hot.eip);
+        let eip = self.cpu.hot.eip;
+        let i = self.decode_at(eip);
         if interp::emulates_device_access(&i) {
-            self.stats.device_accesses += 1;
+            // Device registers are accessed from the same few instructions
+            // over and over (an EOI, the ICR): from now on this one leaves
+            // translated code for the VMM directly, without the host fault
+            // (`emulate` counts the accesses of those instructions).
+            if self.device_insns.len() >= MAX_DEVICE_INSNS && !self.device_insns.contains_key(&eip) {
+                self.stats.device_accesses += 1;
+            } else if self.device_insns.insert(eip, ()).is_none() {
+                let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
+                if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
+                    self.clear_emu_cache();
+                    let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
+                    self.stats.invalidated_blocks += n as u64;
+                }
+            }
             return self.emulate();
         }
         if let Some(step) = self.device_bounce(&i) {

@@ -196,6 +196,10 @@ pub struct Engine {
     bouncing: bool,
     /// Instructions the VMM has executed (`emulate`) so far.
     emulated: u64,
+    /// EIPs of MOV/string instructions that accessed device memory: they
+    /// are translated as exits to the VMM (`Engine::device_access`), which
+    /// costs a fraction of the host fault each access would take.
+    device_insns: crate::fastmap::FastMap<u32, ()>,
     /// Data breakpoints as programmed (DR0-3, DR7) and the pages watched.
     watch_regs: [u32; 5],
     watch_pages: Vec<(u32, bool)>,
@@ -245,7 +249,7 @@ impl Engine {
             in_guest: std::sync::atomic::AtomicBool::new(false),
             timer_fired: std::sync::atomic::AtomicBool::new(false),
             poll_armed: std::sync::atomic::AtomicBool::new(false),
-            kick_page: 0,
+            kick_mode: false,
             fault: FaultRecord::default(),
         });
         Ok(Engine {
@@ -277,6 +281,7 @@ impl Engine {
             soft: Default::default(),
             bouncing: false,
             emulated: 0,
+            device_insns: Default::default(),
             jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
             // No mode sets every bit: the first use of a table tags it.
             jc_tags: [u16::MAX; crate::cpu::JUMP_CACHE_TABLES],

@@ -51,10 +51,9 @@ pub struct SignalCtx {
     pub timer_fired: std::sync::atomic::AtomicBool,
     /// The timer made `poll_pages` inaccessible and no exit has undone it.
     pub poll_armed: std::sync::atomic::AtomicBool,
-    /// Multiprocessor vCPUs poll through `HotState::poll_ptr`: the timer
-    /// stores this inaccessible page's address there instead of changing
-    /// the poll pages' protection (0: the poll pages are used).
-    pub kick_page: usize,
+    /// Multiprocessor vCPUs test `HotState::kick` at each block entry: the
+    /// timer sets it instead of changing the poll pages' protection.
+    pub kick_mode: bool,
     pub fault: FaultRecord,
 }
 
@@ -176,8 +175,11 @@ extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *m
                 (*ctx).timer_fired.store(true, Relaxed);
                 return;
             }
-            if (*ctx).kick_page != 0 {
-                std::ptr::write_volatile(&mut (*(*ctx).hot).poll_ptr, (*ctx).kick_page as u64);
+            if (*ctx).kick_mode {
+                // The dispatcher looks at the time when the kick brings it
+                // back (no poll fault tells it why it left).
+                (*ctx).timer_fired.store(true, Relaxed);
+                std::ptr::write_volatile(&mut (*(*ctx).hot).kick, 1);
             } else {
                 let pages = (*ctx).poll_pages;
                 for p in pages {

@@ -11,11 +11,12 @@ impl Engine {
         let i = self.decode_at(eip);
         self.emulated += 1;
         self.stats.count_callout(i.mnemonic());
-        if i.mnemonic() == iced_x86::Mnemonic::Pause {
-            // Only multiprocessor guests leave translated code for it.
-            self.pause_spin();
-            self.cpu.hot.eip = i.next_ip32();
-            return Step::Continue;
+        if self.device_insns.contains_key(&eip) {
+            // A device register (the local APIC's EOI, TPR, ICR) may change
+            // what the interrupt controller asserts.
+            self.irq_dirty = true;
+            self.note_device_access();
+            self.stats.device_accesses += 1;
         }
         if matches!(
             i.mnemonic(),

@@ -476,14 +476,6 @@ impl GuestMemory {
         }
     }
 
-    /// The identity window's poll page (always readable for
-    /// multiprocessor vCPUs, which poll through `HotState::poll_ptr`) and
-    /// the inaccessible guard page above it, which a kick stores there.
-    pub fn poll_and_kick_pages(&self) -> (usize, usize) {
-        let poll = (self.window as isize + POLL_PAGE_OFFSET as isize) as usize;
-        (poll, poll + PAGE_SIZE)
-    }
-
     /// Read guest physical memory; devices answer for their ranges, other
     /// bytes outside RAM read as all ones.
     pub fn read(&self, addr: u32, buf: &mut [u8]) {

@@ -105,9 +105,12 @@ pub struct Options {
     /// for the dispatcher when the budget is spent (`icount_gate`); RDTSC
     /// reads the virtual clock in the VMM.
     pub icount: bool,
-    /// Poll through `HotState::poll_ptr` (a vCPU of a multiprocessor
-    /// machine, which other threads must be able to stop cheaply).
-    pub poll_ptr: bool,
+    /// Poll `HotState::kick` (a vCPU of a multiprocessor machine, which
+    /// other threads must be able to stop cheaply: `kick_check`).
+    pub kick_check: bool,
+    /// Count PAUSEs down and leave when the count runs out
+    /// (`Translator::pause_gate`: a machine with more vCPUs than host CPUs).
+    pub pause_gate: bool,
 }
 
 /// Under `-icount`, must `i` (of class `cls`) see the virtual clock up to
@@ -410,6 +413,60 @@ impl<'a> Translator<'a> {
         self.a.mov_mbase_r32(VCPU, OFF_ICOUNT_LEFT, SCRATCH);
     }
 
+    /// The safepoint of a multiprocessor vCPU's block: leave for the
+    /// dispatcher if another thread (or the timer) stored a nonzero
+    /// `HotState::kick`. A flag-free test (JRCXZ, as the jump-cache
+    /// lookup), so no host fault and no signal is needed to stop a vCPU.
+    ///
+    /// ```text
+    ///     mov r11, rcx ; mov rcx, [r14+kick]
+    ///     jrcxz run
+    ///     mov rcx, r11 ; mov r13d, block_start ; jmp exit_indirect
+    /// run:
+    ///     mov rcx, r11
+    /// ```
+    fn kick_check(&mut self, start: u32) {
+        /// Bytes of the leaving path: `mov rcx, r11` (3), `mov r13d, imm32`
+        /// (6), `jmp rel32` (5).
+        const LEAVE_LEN: u8 = 14;
+        self.a.mov_r64_r64(R11, RCX);
+        self.a.mov_r64_mbase(RCX, VCPU, crate::cpu::OFF_KICK);
+        self.a.bytes(&[crate::emit::JRCXZ, LEAVE_LEN]);
+        let leave = self.a.len();
+        self.a.mov_r64_r64(RCX, R11);
+        self.a.mov_r32_imm(SCRATCH, start);
+        self.jmp_abs(self.exits_to.indirect);
+        debug_assert_eq!(self.a.len() - leave, LEAVE_LEN as usize);
+        self.a.mov_r64_r64(RCX, R11);
+    }
+
+    /// PAUSE of a multiprocessor guest: count it down in
+    /// `HotState::pause_left` and leave through a faulting load (as
+    /// `icount_gate` does) when it reaches zero, flags untouched; the VMM
+    /// may then yield the host CPU (`Engine::pause_spin`). The state is
+    /// precise at the PAUSE, which runs again once the count is refilled.
+    ///
+    /// ```text
+    /// mov r13d, [r14+pause_left] ; lea r13d, [r13-1]
+    /// bswap r13d ; movzx r13d, r13b          ; 0x00 if left-1 >= 0, 0xFF if < 0
+    /// mov r13, [r15+r13*8+poll_last]         ; poll page, or guard page: faults
+    /// mov r13d, [r14+pause_left] ; lea r13d, [r13-1]
+    /// mov [r14+pause_left], r13d
+    /// pause
+    /// ```
+    fn pause_gate(&mut self) {
+        use crate::cpu::OFF_PAUSE_LEFT;
+        const POLL_LAST: i32 = POLL_PAGE_OFFSET + crate::memory::PAGE_SIZE as i32 - 8;
+        self.a.mov_r32_mbase(SCRATCH, VCPU, OFF_PAUSE_LEFT);
+        self.a.lea_r32(SCRATCH, SCRATCH, -1);
+        self.a.bswap_r32(SCRATCH);
+        self.a.movzx_r32_r8(SCRATCH, SCRATCH);
+        self.a.mov_r64_mbi8(SCRATCH, WINDOW, SCRATCH, POLL_LAST);
+        self.a.mov_r32_mbase(SCRATCH, VCPU, OFF_PAUSE_LEFT);
+        self.a.lea_r32(SCRATCH, SCRATCH, -1);
+        self.a.mov_mbase_r32(VCPU, OFF_PAUSE_LEFT, SCRATCH);
+    }
+
     /// Translate `block`.
     pub fn translate(mut self, block: &GuestBlock) -> Translation {
         let n = block.insns.len();
@@ -421,10 +478,8 @@ impl<'a> Translator<'a> {
         self.mark(block.start, Fixup::None);
         if self.opts.icount {
             self.icount_gate(n as u32);
-        } else if self.opts.poll_ptr {
-            // mov r13, [r14+poll_ptr] ; mov r13d, [r13]
-            self.a.mov_r64_mbase(SCRATCH, VCPU, crate::cpu::OFF_POLL_PTR);
-            self.a.mov_r32_mbase(SCRATCH, SCRATCH, 0);
+        } else if self.opts.kick_check {
+            self.kick_check(block.start);
         } else {
             self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
         }
@@ -500,6 +555,9 @@ impl<'a> Translator<'a> {
     fn insn(&mut self, i: &Instruction, cls: Class) {
         let eip = i.ip32();
         self.mark(eip, Fixup::None);
+        if self.opts.pause_gate && i.mnemonic() == iced_x86::Mnemonic::Pause {
+            self.pause_gate();
+        }
         let mode = self.opts.mode;
         let cls = match cls {
             Class::PushReg

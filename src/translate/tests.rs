@@ -28,7 +28,7 @@ const GUEST_AT: u32 = 0x1000;
 const POLL: &str = "mov r13d,[r15-2000h]";
 
 fn opts(mode: Mode) -> Options {
-    Options { inline_lookup: true, mode, icount: false, poll_ptr: false }
+    Options { inline_lookup: true, mode, icount: false, kick_check: false, pause_gate: false }
 }
 
 /// Guest memory with `guest` at `GUEST_AT`.
@@ -344,7 +344,7 @@ fn golden_ret_and_indirect_jumps() {
 fn indirect_without_inline_lookup_goes_to_dispatcher() {
     let mem = guest_mem(&[0xFF, 0xE0]);
     let b = decode_block(&mem, 0, GUEST_AT, 64);
-    let o = Options { inline_lookup: false, mode: Mode::default(), icount: false, poll_ptr: false };
+    let o = Options { inline_lookup: false, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false };
     let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
     assert_eq!(
         disasm(&t.code, 7, t.code.len()),

@@ -32,13 +32,13 @@ pub struct VcpuLink {
     pub(super) pending: AtomicBool,
     /// An interrupt or NMI reached the vCPU's APIC since it last looked.
     pub(super) irq_kick: AtomicBool,
-    /// Where the vCPU's `HotState::poll_ptr` is, and the page a kick
-    /// stores there (0 until the vCPU runs).
-    pub(super) poll_ptr: AtomicU64,
-    pub(super) kick_page: AtomicU64,
+    /// Where the vCPU's `HotState::kick` is (0 until the vCPU runs).
+    pub(super) kick_at: AtomicU64,
     /// Set by a kick; a halted vCPU sleeps on `wake_cv` until it is.
     pub(super) wake: Mutex<bool>,
     pub(super) wake_cv: Condvar,
+    /// The vCPU sleeps on `wake_cv`.
+    pub(super) parked: AtomicBool,
 }
 
 impl VcpuLink {
@@ -50,31 +50,34 @@ impl VcpuLink {
             done: AtomicU64::new(0),
             pending: AtomicBool::new(false),
             irq_kick: AtomicBool::new(false),
-            poll_ptr: AtomicU64::new(0),
-            kick_page: AtomicU64::new(0),
+            kick_at: AtomicU64::new(0),
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
+            parked: AtomicBool::new(false),
         }
     }
 
-    /// Make the vCPU look at its mailbox and APIC soon: wake it if it
-    /// sleeps, and point its poll at the inaccessible page (translated
-    /// code leaves at the next block entry; no system call, no signal).
-    /// The caller has already stored what the vCPU is to look at.
+    /// Make the vCPU look at its mailbox and APIC soon: set its kick word
+    /// (translated code leaves at the next block entry; no system call, no
+    /// signal) and wake it if it sleeps. The caller has already stored
+    /// what the vCPU is to look at.
     pub fn kick(&self) {
-        let at = self.poll_ptr.load(Ordering::Acquire);
+        let at = self.kick_at.load(Ordering::Acquire);
         if at != 0 {
             // SAFETY: `at` is the address of the running vCPU's
-            // HotState::poll_ptr (boxed, alive while it runs: cleared
-            // before its engine stops running); an aligned 8-byte store,
-            // which the vCPU's translated code reads with plain loads.
-            unsafe { AtomicU64::from_ptr(at as *mut u64) }
-                .store(self.kick_page.load(Ordering::Relaxed), Ordering::SeqCst);
+            // HotState::kick (boxed, alive while it runs: cleared before its
+            // engine stops running); an aligned 8-byte store, which its
+            // translated code reads with plain loads.
+            unsafe { AtomicU64::from_ptr(at as *mut u64) }.store(1, Ordering::SeqCst);
         }
         let mut w = lock(&self.wake);
         *w = true;
         drop(w);
-        self.wake_cv.notify_one();
+        // A running vCPU sees its kick word; only a sleeping one needs
+        // the (system-call) wake-up.
+        if self.parked.load(Ordering::SeqCst) {
+            self.wake_cv.notify_one();
+        }
     }
 
     /// An interrupt reached the vCPU's APIC: make it look.
@@ -100,10 +103,13 @@ impl VcpuLink {
     pub(super) fn park(&self, timeout: Duration) {
         let mut w = lock(&self.wake);
         if !*w {
+            // Set under the lock the kicker takes before it looks.
+            self.parked.store(true, Ordering::SeqCst);
             w = match self.wake_cv.wait_timeout(w, timeout) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
+            self.parked.store(false, Ordering::SeqCst);
         }
         *w = false;
     }
@@ -122,6 +128,10 @@ pub struct Machine {
     /// An application processor touched a device: the bootstrap processor,
     /// which owns the chipset, must look at it.
     pub chipset_dirty: AtomicBool,
+    /// More vCPUs than host CPUs this process may run on: a spinning vCPU
+    /// may keep a descheduled lock holder from running, so PAUSE loops
+    /// yield (`Engine::pause_spin`). Otherwise yielding only adds latency.
+    pub oversubscribed: bool,
 }
 
 impl Machine {
@@ -135,6 +145,7 @@ impl Machine {
             // The application processors start waiting for STARTUP.
             idle_forever: AtomicUsize::new(n.saturating_sub(1)),
             chipset_dirty: AtomicBool::new(false),
+            oversubscribed: n > std::thread::available_parallelism().map_or(1, |p| p.get()),
         })
     }
 

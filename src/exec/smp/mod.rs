@@ -7,7 +7,7 @@
 //! [`Machine`]: every vCPU's APIC and mailbox, the lock that orders
 //! code-page changes, and the run's end. A vCPU never touches another's
 //! engine: it posts a [`Request`] to the other's mailbox and kicks it (one
-//! store to its `HotState::poll_ptr`, which brings translated code back to
+//! store to its `HotState::kick`, which brings translated code back to
 //! the dispatcher at the next block entry, and the condition variable a
 //! halted vCPU sleeps on); the target acts at its next safepoint.
 //!

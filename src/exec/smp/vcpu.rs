@@ -10,6 +10,10 @@ use super::super::*;
 use super::machine::{Machine, Request, VcpuCtx};
 use crate::devices::chipset::lock;
 
+/// PAUSEs between two yields of the host CPU (a PAUSE takes some tens of
+/// nanoseconds: a spinning vCPU yields every few microseconds).
+const PAUSES_PER_YIELD: u32 = 64;
+
 impl Engine {
     /// Join machine `machine` as its CPU `index`.
     pub fn join_machine(&mut self, index: usize, machine: Arc<Machine>) {
@@ -21,31 +25,29 @@ impl Engine {
     }
 
     /// This thread runs the vCPU: others may kick it now (through its
-    /// poll pointer; see `VcpuLink::kick`).
+    /// kick word; see `VcpuLink::kick`).
     pub(in crate::exec) fn smp_attach_thread(&mut self) {
         if let Some(v) = &self.vcpu {
-            let (poll, kick) = self.mem.poll_and_kick_pages();
-            self.cpu.hot.poll_ptr = poll as u64;
-            self.sig.kick_page = kick;
+            self.cpu.hot.kick = 0;
+            self.cpu.hot.pause_left = PAUSES_PER_YIELD;
+            self.sig.kick_mode = true;
             let link = &v.machine.vcpus[v.index];
-            link.kick_page.store(kick as u64, Ordering::Relaxed);
-            link.poll_ptr.store(&mut self.cpu.hot.poll_ptr as *mut u64 as u64, Ordering::Release);
+            link.kick_at.store(&mut self.cpu.hot.kick as *mut u64 as u64, Ordering::Release);
         }
     }
 
     pub(in crate::exec) fn smp_detach_thread(&mut self) {
         if let Some(v) = &self.vcpu {
-            v.machine.vcpus[v.index].poll_ptr.store(0, Ordering::Release);
+            v.machine.vcpus[v.index].kick_at.store(0, Ordering::Release);
         }
     }
 
-    /// Point the poll back at the readable page (before looking at what
-    /// a kick asked for: a later kick stores the inaccessible one again).
+    /// Clear the kick word (before looking at what a kick asked for: a
+    /// later kick sets it again).
     pub(in crate::exec) fn unkick(&mut self) {
-        if self.sig.kick_page != 0 {
-            let (poll, _) = self.mem.poll_and_kick_pages();
+        if self.sig.kick_mode {
             // SAFETY: our own HotState field, also stored by other threads.
-            unsafe { AtomicU64::from_ptr(&mut self.cpu.hot.poll_ptr) }.store(poll as u64, Ordering::SeqCst);
+            unsafe { AtomicU64::from_ptr(&mut self.cpu.hot.kick) }.store(0, Ordering::SeqCst);
         }
     }
 
@@ -310,17 +312,16 @@ impl Engine {
     }
 
     /// PAUSE (a spin-wait loop's hint) on a vCPU of a multiprocessor
-    /// machine: every `PAUSES_PER_YIELD`th gives the host CPU away, so a
-    /// vCPU spinning on a lock whose holder's thread the host descheduled
-    /// (more vCPUs than host cores) lets it run instead of burning its time
-    /// slice: the software form of pause-loop exiting.
+    /// machine: translated code counts PAUSEs down and leaves every
+    /// `PAUSES_PER_YIELD`th time (`Translator::pause_gate`); the VMM then
+    /// gives the host CPU away, so a vCPU spinning on a lock whose holder's
+    /// thread the host descheduled (more vCPUs than host cores) lets it run
+    /// instead of burning its time slice: the software form of pause-loop
+    /// exiting.
     pub(in crate::exec) fn pause_spin(&mut self) {
-        /// PAUSEs between yields (each costs an exit, about 0.2 us).
-        const PAUSES_PER_YIELD: u64 = 16;
-        self.stats.pauses += 1;
-        if self.stats.pauses.is_multiple_of(PAUSES_PER_YIELD) {
-            std::thread::yield_now();
-        }
+        self.stats.pauses += PAUSES_PER_YIELD as u64;
+        self.cpu.hot.pause_left = PAUSES_PER_YIELD;
+        std::thread::yield_now();
     }
 
     /// With IF clear only an NMI ends a HLT (INIT and STARTUP come as requests).
