@@ -32,7 +32,13 @@ fn translate_all(ram: &[u8], text: &[(u32, u32)]) -> (u64, usize) {
                 HOST_BASE,
                 EXITS,
                 0,
-                Options { inline_lookup: true, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false },
+                Options {
+                    inline_lookup: true,
+                    mode: Mode::default(),
+                    icount: false,
+                    kick_check: false,
+                    pause_gate: false,
+                },
                 ram,
             )
             .translate(&b);

@@ -47,8 +47,7 @@ impl Engine {
         }
         // The poll page, or (icount) the guard page after it: a block's
         // entry found an exit requested or its instruction budget spent.
-        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + 2 * PAGE_SIZE)
-        {
+        if self.mem.poll_pages().iter().any(|&p| f.addr >= p && f.addr < p + 2 * PAGE_SIZE) {
             self.unkick();
             if self.vcpu.is_some() && self.cpu.hot.pause_left == 0 {
                 // A PAUSE's count ran out (`Translator::pause_gate`).

@@ -344,7 +344,8 @@ fn golden_ret_and_indirect_jumps() {
 fn indirect_without_inline_lookup_goes_to_dispatcher() {
     let mem = guest_mem(&[0xFF, 0xE0]);
     let b = decode_block(&mem, 0, GUEST_AT, 64);
-    let o = Options { inline_lookup: false, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false };
+    let o =
+        Options { inline_lookup: false, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false };
     let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
     assert_eq!(
         disasm(&t.code, 7, t.code.len()),
