@@ -94,6 +94,21 @@ enum Boot {
     Linux(crate::loader::linux::LinuxBoot),
 }
 
+/// The engine options `config` asks for (every vCPU's are the same).
+fn engine_options(config: &Config) -> EngineOptions {
+    let t = &config.trace;
+    EngineOptions {
+        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int, cpu: t.cpu },
+        // As in QEMU, exec and cpu traces show the blocks entered from the
+        // dispatcher: every block only with nochain.
+        chaining: !t.nochain,
+        icount: config.icount_shift.is_some(),
+        soft_mmu: config.soft_mmu,
+        perfmap: config.perfmap,
+        cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
+    }
+}
+
 /// Build the machine described by `config`, ready to run: one engine per
 /// virtual CPU, the bootstrap processor's first (`exec::smp::run_machine`
 /// runs them).
@@ -102,16 +117,7 @@ pub fn build_machine(config: &Config) -> Result<Vec<Engine>, VmError> {
     if config.cpus <= 1 {
         return Ok(vec![bsp]);
     }
-    let t = &config.trace;
-    let opts = EngineOptions {
-        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int, cpu: t.cpu },
-        chaining: !t.nochain,
-        icount: config.icount_shift.is_some(),
-        soft_mmu: config.soft_mmu,
-        perfmap: config.perfmap,
-        cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
-    };
-    let aps = crate::exec::smp::make_machine(&mut bsp, config.cpus, opts)?;
+    let aps = crate::exec::smp::make_machine(&mut bsp, config.cpus, engine_options(config))?;
     let mut all = vec![bsp];
     all.extend(aps);
     Ok(all)
@@ -174,17 +180,7 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         SerialTarget::Stdout if !replaying => chipset.connect_stdin(),
         _ => None,
     };
-    let t = &config.trace;
-    let opts = EngineOptions {
-        trace: Trace { in_asm: t.in_asm, out_asm: t.out_asm, exec: t.exec, int: t.int, cpu: t.cpu },
-        // As in QEMU, exec and cpu traces show the blocks entered from the
-        // dispatcher: every block only with nochain.
-        chaining: !t.nochain,
-        icount: config.icount_shift.is_some(),
-        soft_mmu: config.soft_mmu,
-        perfmap: config.perfmap,
-        cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
-    };
+    let opts = engine_options(config);
     let mut engine = Engine::new(mem, io, opts)?;
     if config.icount_shift.is_some() {
         engine.cpu.tsc_clock = Some(chipset.clock.clone());

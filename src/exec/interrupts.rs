@@ -59,13 +59,8 @@ impl Engine {
         if arm_timer {
             self.arm_deadline_timer(now, intr);
         }
-        if self.nmi_pending && !self.nmi_blocked {
-            // NMIs ignore IF; the next one waits for the handler's IRET.
-            self.nmi_pending = false;
-            self.nmi_blocked = true;
-            self.irq_dirty = true;
-            let eip = self.cpu.hot.eip;
-            return Some(self.raise(Exception::new(vector::NMI), EventKind::External, eip));
+        if let Some(step) = self.deliver_pending_nmi() {
+            return Some(step);
         }
         if !intr || self.cpu.hot.vif == 0 {
             // `intr_line` makes the next dispatch with IF set look again.
@@ -77,6 +72,19 @@ impl Engine {
         self.stats.interrupts += 1;
         let eip = self.cpu.hot.eip;
         Some(self.raise(Exception::new(v), EventKind::External, eip))
+    }
+
+    /// Deliver a pending NMI unless NMIs are blocked: NMIs ignore IF; the
+    /// next one waits for the handler's IRET.
+    pub(super) fn deliver_pending_nmi(&mut self) -> Option<Step> {
+        if !self.nmi_pending || self.nmi_blocked {
+            return None;
+        }
+        self.nmi_pending = false;
+        self.nmi_blocked = true;
+        self.irq_dirty = true;
+        let eip = self.cpu.hot.eip;
+        Some(self.raise(Exception::new(vector::NMI), EventKind::External, eip))
     }
 
     /// Points the interval timer at the next device deadline so chained

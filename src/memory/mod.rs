@@ -153,6 +153,22 @@ impl GuestMemory {
                 libc::close(fd);
                 return Err(os("ftruncate"));
             }
+            Self::over_memfd(fd, ram, shadow::MAX_TOTAL_AREAS, Vec::new(), Vec::new())
+        }
+    }
+
+    /// A GuestMemory over memfd `fd` (which it then owns) of `ram` bytes:
+    /// a fresh window pair mapping it, an alias, `mmio`'s devices.
+    fn over_memfd(
+        fd: libc::c_int,
+        ram: usize,
+        area_budget: usize,
+        mmio: Vec<MmioRegion>,
+        mmio_ranges: Vec<(u32, u32)>,
+    ) -> Result<Self, MemoryError> {
+        // SAFETY: plain syscalls; every returned resource is checked and
+        // owned by the returned value (released in Drop).
+        unsafe {
             let (res, window) = match reserve_window() {
                 Ok(r) => r,
                 Err(e) => {
@@ -160,21 +176,21 @@ impl GuestMemory {
                     return Err(e);
                 }
             };
-            let alias =
-                libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             let mut m = GuestMemory {
                 reservation: NonNull::new_unchecked(res as *mut u8),
                 window,
                 alias: NonNull::dangling(),
                 ram_size: ram,
                 memfd: fd,
-                area_budget: shadow::MAX_TOTAL_AREAS,
+                area_budget,
                 protected: vec![false; ram / PAGE_SIZE],
                 shadow: shadow::Shadow::default(),
                 code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
-                mmio: Default::default(),
-                mmio_ranges: Vec::new(),
+                mmio,
+                mmio_ranges,
             };
+            let alias =
+                libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             if alias == libc::MAP_FAILED {
                 return Err(os("mapping guest RAM alias"));
             }
@@ -200,55 +216,16 @@ impl GuestMemory {
     /// the same devices. `views` is how many views the machine will have:
     /// they share the process's limit on host memory areas.
     pub fn new_view(&self, views: usize) -> Result<Self, MemoryError> {
-        let ram = self.ram_size;
-        // SAFETY: as in new(): plain syscalls, every result checked and
-        // owned by the returned value.
-        unsafe {
-            let fd = libc::dup(self.memfd);
-            if fd < 0 {
-                return Err(os("dup of the guest RAM memfd"));
-            }
-            let (res, window) = match reserve_window() {
-                Ok(r) => r,
-                Err(e) => {
-                    libc::close(fd);
-                    return Err(e);
-                }
-            };
-            let mut m = GuestMemory {
-                reservation: NonNull::new_unchecked(res as *mut u8),
-                window,
-                alias: NonNull::dangling(),
-                ram_size: ram,
-                memfd: fd,
-                area_budget: shadow::MAX_TOTAL_AREAS / views.max(1),
-                protected: vec![false; ram / PAGE_SIZE],
-                shadow: shadow::Shadow::default(),
-                code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
-                mmio: self.mmio.clone(),
-                mmio_ranges: self.mmio_ranges.clone(),
-            };
-            let alias =
-                libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
-            if alias == libc::MAP_FAILED {
-                return Err(os("mapping guest RAM alias"));
-            }
-            m.alias = NonNull::new_unchecked(alias as *mut u8);
-            let w = libc::mmap(
-                window as *mut libc::c_void,
-                ram,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd,
-                0,
-            );
-            if w == libc::MAP_FAILED {
-                return Err(os("mapping guest RAM into the window"));
-            }
-            m.shadow.contexts.push(shadow::Context::new(window, None));
-            m.unmap_mmio_identity();
-            Ok(m)
+        // SAFETY: dup of our own memfd; the result is checked and then
+        // owned by the new view.
+        let fd = unsafe { libc::dup(self.memfd) };
+        if fd < 0 {
+            return Err(os("dup of the guest RAM memfd"));
         }
+        let budget = shadow::MAX_TOTAL_AREAS / views.max(1);
+        let mut m = Self::over_memfd(fd, self.ram_size, budget, self.mmio.clone(), self.mmio_ranges.clone())?;
+        m.unmap_mmio_identity();
+        Ok(m)
     }
 
     /// Share the process's host-memory-area limit among `views` views.

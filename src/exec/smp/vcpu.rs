@@ -330,13 +330,7 @@ impl Engine {
         if std::mem::take(&mut lock(&apic).nmi_pending) {
             self.nmi_pending = true;
         }
-        if self.nmi_pending && !self.nmi_blocked {
-            self.nmi_pending = false;
-            self.nmi_blocked = true;
-            let eip = self.cpu.hot.eip;
-            return Some(self.raise(Exception::new(vector::NMI), EventKind::External, eip));
-        }
-        None
+        self.deliver_pending_nmi()
     }
 
     /// Virtual time now (the chipset's clock, or the local APIC's).
@@ -387,12 +381,8 @@ impl Engine {
         if arm_timer {
             self.arm_deadline_timer(now, intr);
         }
-        if self.nmi_pending && !self.nmi_blocked {
-            self.nmi_pending = false;
-            self.nmi_blocked = true;
-            self.irq_dirty = true;
-            let eip = self.cpu.hot.eip;
-            return Some(self.raise(Exception::new(vector::NMI), EventKind::External, eip));
+        if let Some(step) = self.deliver_pending_nmi() {
+            return Some(step);
         }
         if !intr || self.cpu.hot.vif == 0 {
             return None;
