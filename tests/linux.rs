@@ -167,8 +167,23 @@ fn linux_batch_image_without_kaslr() {
 
 #[test]
 fn linux_static_programs_match_the_host() {
+    static_programs_match_the_host(&[]);
+}
+
+/// The same programs spread over two vCPUs (fork, pipes and signals
+/// between processes that may run on different CPUs).
+#[test]
+fn linux_static_programs_match_the_host_on_two_cpus() {
+    static_programs_match_the_host(&["-smp", "2"]);
+}
+
+/// Boot the progs image with `extra` options; every program's output and
+/// status must equal the same binary's run on the host.
+fn static_programs_match_the_host(extra: &[&str]) {
     let _one = one_guest();
-    let r = run_btvisor(&linux_args("progs.cpio.gz", "console=ttyS0"), &[], Duration::ZERO, TIMEOUT);
+    let mut args = linux_args("progs.cpio.gz", "console=ttyS0");
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let r = run_btvisor(&args, &[], Duration::ZERO, TIMEOUT);
     let out = guest_output(&r.stdout);
     assert_eq!(r.status.and_then(|s| s.code()), Some(BATCH_PASS_STATUS), "progs image status; output:\n{out}");
     let guest = sections(&out);
