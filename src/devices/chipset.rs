@@ -60,9 +60,9 @@ pub struct Chipset {
     pub lapic: Option<Arc<Mutex<super::lapic::LocalApic>>>,
     /// The I/O APIC (`-M pc`), driven by the same ISA lines as the 8259s.
     pub ioapic: Option<Arc<Mutex<super::ioapic::IoApic>>>,
-    /// With several CPUs: every CPU's local APIC (`lapic` is the first),
-    /// which the I/O APIC's messages may name, and how to make CPU `i`
-    /// look at its APIC.
+    /// Every CPU's local APIC (`lapic` is the first), which the I/O
+    /// APIC's messages may name, and (with several CPUs) how to make CPU
+    /// `i` look at its APIC.
     pub lapics: Vec<Arc<Mutex<super::lapic::LocalApic>>>,
     pub kick: Option<Box<dyn Fn(usize) + Send>>,
     /// `-icount ...,rr=`: the input is recorded, or comes from a recording.
@@ -106,7 +106,15 @@ impl Chipset {
         let rtc_line = lock(&self.rtc).irq8_pending(now);
         // The UART line as the guest left it (a read of RBR may have dropped
         // it) before new input raises it again: the PIC must see that edge.
-        let before = lock(&self.uart).irq_pending();
+        // An edge made since the last look and dropped again must still
+        // reach the edge-triggered inputs (`Uart16550::take_rises`).
+        let (before, rose) = {
+            let mut uart = lock(&self.uart);
+            (uart.irq_pending(), uart.take_rises() > 0)
+        };
+        if rose {
+            lock(&self.pic).set_irq(IRQ_COM1, false);
+        }
         lock(&self.pic).set_irq(IRQ_COM1, before);
         self.feed_input();
         let uart_line = lock(&self.uart).irq_pending();
@@ -129,7 +137,7 @@ impl Chipset {
             // The I/O APIC sees the same ISA lines (IRQ 0 on pin 2).
             let messages: Vec<_> = {
                 let mut io = lock(io);
-                for a in self.lapics.iter().chain((self.lapics.is_empty()).then_some(l)) {
+                for a in &self.lapics {
                     for v in lock(a).level_eois.drain(..) {
                         io.eoi(v);
                     }
@@ -138,11 +146,14 @@ impl Chipset {
                     io.pulse(super::ioapic::PIN_TIMER);
                 }
                 io.set_line(usize::from(IRQ_RTC), rtc_line);
+                if rose {
+                    io.set_line(usize::from(IRQ_COM1), false);
+                }
                 io.set_line(usize::from(IRQ_COM1), uart_line);
                 io.out.drain(..).collect()
             };
             for m in &messages {
-                self.deliver(l, m);
+                self.deliver(m);
             }
         }
         let mut apic = lock(l);
@@ -152,22 +163,10 @@ impl Chipset {
     }
 
     /// An I/O APIC message to the CPUs it names (one of them for
-    /// lowest-priority delivery); `own` is this CPU's APIC.
-    fn deliver(&self, own: &Arc<Mutex<super::lapic::LocalApic>>, m: &super::ioapic::Message) {
-        if self.lapics.is_empty() {
-            lock(own).receive(m);
-            return;
-        }
+    /// lowest-priority delivery).
+    fn deliver(&self, m: &super::ioapic::Message) {
         for (j, a) in self.lapics.iter().enumerate() {
-            let taken = {
-                let mut a = lock(a);
-                let named = a.names_me(m.logical, u32::from(m.dest));
-                if named {
-                    a.receive(m);
-                }
-                named
-            };
-            if taken {
+            if lock(a).receive(m) {
                 if j != 0
                     && let Some(k) = &self.kick
                 {

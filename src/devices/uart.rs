@@ -112,6 +112,9 @@ pub struct Uart16550 {
     scr: u8,
     /// THR-empty interrupt armed; cleared by reading IIR while it is shown.
     thr_int: bool,
+    /// Rising edges of the interrupt line made by register accesses since
+    /// the chipset last looked (`take_rises`).
+    rises: u32,
 }
 
 impl Uart16550 {
@@ -131,6 +134,7 @@ impl Uart16550 {
             msr_delta: 0,
             scr: 0,
             thr_int: false,
+            rises: 0,
         }
     }
 
@@ -177,6 +181,15 @@ impl Uart16550 {
     /// additionally gated by MCR OUT2; like QEMU, this is not modelled.)
     pub fn irq_pending(&self) -> bool {
         self.interrupt_id().is_some()
+    }
+
+    /// Rising edges of the interrupt line since the last call. The chipset
+    /// samples the line only when it looks; an access from another vCPU can
+    /// drop and raise it in between (an ISR reads IIR, writes THR, and the
+    /// transmitter empties at once), and an edge-triggered input must still
+    /// see that edge.
+    pub fn take_rises(&mut self) -> u32 {
+        std::mem::take(&mut self.rises)
     }
 
     fn rx_capacity(&self) -> usize {
@@ -328,12 +341,17 @@ impl Uart16550 {
 
 impl PortDevice for Uart16550 {
     fn read(&mut self, port: u16, _size: u8) -> u32 {
+        let before = self.irq_pending();
         // Wider accesses see only the addressed byte register.
-        u32::from(self.read_register(port & REG_MASK))
+        let v = u32::from(self.read_register(port & REG_MASK));
+        self.rises += u32::from(!before && self.irq_pending());
+        v
     }
 
     fn write(&mut self, port: u16, _size: u8, value: u32) -> IoEffect {
+        let before = self.irq_pending();
         self.write_register(port & REG_MASK, value.to_le_bytes()[0]);
+        self.rises += u32::from(!before && self.irq_pending());
         IoEffect::None
     }
 
