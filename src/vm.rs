@@ -63,8 +63,6 @@ pub enum VmError {
     Initrd { path: String, source: std::io::Error },
     #[error("a Linux kernel takes one -initrd file, not a comma-separated list")]
     InitrdList,
-    #[error("several CPUs need the local APICs of -M pc")]
-    SmpNeedsPc,
     #[error(transparent)]
     Replay(#[from] crate::devices::replay::ReplayError),
     #[error(transparent)]
@@ -193,6 +191,7 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         // The MP tables name the CPU and the I/O APIC, as a BIOS's would.
         crate::loader::mptable::write(engine.mem.ram_mut(), config.cpus as u8);
         engine.cpu.apic = Some(apic.clone());
+        chipset.lapics = vec![apic.clone()];
         chipset.lapic = Some(apic);
         use crate::devices::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_SIZE, IoApic};
         let io = std::sync::Arc::new(std::sync::Mutex::new(IoApic::default()));

@@ -372,7 +372,7 @@ impl LocalApic {
     }
 
     /// Does a physical or logical destination name this CPU?
-    pub fn names_me(&self, logical: bool, dest: u32) -> bool {
+    fn names_me(&self, logical: bool, dest: u32) -> bool {
         if !logical {
             return dest == self.id >> 24 || dest == 0xFF;
         }
@@ -382,10 +382,10 @@ impl LocalApic {
         if self.dfr >> 28 == 0xF { dest & ldr != 0 } else { dest >> 4 == ldr >> 4 && dest & ldr & 0xF != 0 }
     }
 
-    /// A message from the I/O APIC.
-    pub fn receive(&mut self, m: &super::ioapic::Message) {
+    /// A message from the I/O APIC; false if it does not name this CPU.
+    pub fn receive(&mut self, m: &super::ioapic::Message) -> bool {
         if !self.names_me(m.logical, u32::from(m.dest)) {
-            return;
+            return false;
         }
         match m.mode {
             0 | 1 => {
@@ -397,6 +397,7 @@ impl LocalApic {
             4 => self.nmi_pending = true,
             mode => crate::guest_warn!("I/O APIC: delivery mode {mode} is not modelled: ignored"),
         }
+        true
     }
 
     /// A write of ICR low: send the IPI.

@@ -93,13 +93,19 @@ pub struct RegisterWindow<T>(pub std::sync::Arc<std::sync::Mutex<T>>);
 
 impl<T: Registers32> crate::memory::MmioDevice for RegisterWindow<T> {
     fn read(&mut self, offset: u32, size: u8) -> u32 {
-        let v = chipset::lock(&self.0).read_reg(offset & !3) >> ((offset & 3) * 8);
-        if size >= 4 { v } else { v & ((1u32 << (size * 8)) - 1) }
+        register_bytes(chipset::lock(&self.0).read_reg(offset & !3), offset, size)
     }
 
     fn write(&mut self, offset: u32, _size: u8, value: u32) {
         chipset::lock(&self.0).write_reg(offset & !3, value);
     }
+}
+
+/// The `size` bytes at `offset` of a 32-bit register's value `word` (a
+/// narrow read of an aligned register).
+pub fn register_bytes(word: u32, offset: u32, size: u8) -> u32 {
+    let v = word >> ((offset & 3) * 8);
+    if size >= 4 { v } else { v & ((1u32 << (size * 8)) - 1) }
 }
 
 /// Errors from registering devices on the bus.

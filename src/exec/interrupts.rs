@@ -45,8 +45,6 @@ impl Engine {
         if cs.take_nmi() {
             self.nmi_pending = true;
         }
-        self.intr_line = intr;
-        self.cpu.hot.intr_pending = u32::from(intr);
         self.next_irq_check = cs.next_event_ns(now).unwrap_or(u64::MAX);
         if timers_idle && self.next_irq_check != u64::MAX {
             // The access just armed a timer: deadlines need the real time.
@@ -56,6 +54,23 @@ impl Engine {
         if cs.input_pending() {
             self.irq_dirty = true;
         }
+        self.take_interrupt(intr, now, arm_timer, |e| e.chipset.as_mut().map(|c| c.acknowledge()))
+    }
+
+    /// After a look at the interrupt sources (`next_irq_check` updated):
+    /// note whether INTR is asserted, re-arm the interval timer (with
+    /// `arm_timer`), then deliver a pending NMI, or the interrupt that
+    /// `acknowledge` (INTA) yields if IF allows. With IF clear, `intr_line`
+    /// makes the next dispatch with IF set look again.
+    pub(super) fn take_interrupt(
+        &mut self,
+        intr: bool,
+        now: u64,
+        arm_timer: bool,
+        acknowledge: impl FnOnce(&mut Self) -> Option<u8>,
+    ) -> Option<Step> {
+        self.intr_line = intr;
+        self.cpu.hot.intr_pending = u32::from(intr);
         if arm_timer {
             self.arm_deadline_timer(now, intr);
         }
@@ -63,10 +78,9 @@ impl Engine {
             return Some(step);
         }
         if !intr || self.cpu.hot.vif == 0 {
-            // `intr_line` makes the next dispatch with IF set look again.
             return None;
         }
-        let v = self.chipset.as_mut()?.acknowledge();
+        let v = acknowledge(self)?;
         self.irq_dirty = true; // more may be pending
         self.cpu.hot.intr_pending = 0;
         self.stats.interrupts += 1;

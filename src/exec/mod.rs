@@ -65,6 +65,10 @@ pub enum ExecError {
     GsBase(std::io::Error),
     #[error("code cache too small for the trampolines")]
     NoRoom,
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("several CPUs need the local APICs of -M pc")]
+    SmpWithoutApics,
 }
 
 /// Trace classes (QEMU's `-d` names).

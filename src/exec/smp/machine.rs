@@ -216,8 +216,7 @@ pub struct LapicPage {
 
 impl crate::memory::MmioDevice for LapicPage {
     fn read(&mut self, offset: u32, size: u8) -> u32 {
-        let v = lock(&self.machine.vcpus[self.index].lapic).read(offset & !3) >> ((offset & 3) * 8);
-        if size >= 4 { v } else { v & ((1u32 << (size * 8)) - 1) }
+        crate::devices::register_bytes(lock(&self.machine.vcpus[self.index].lapic).read(offset & !3), offset, size)
     }
 
     fn write(&mut self, offset: u32, size: u8, value: u32) {

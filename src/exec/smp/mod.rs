@@ -42,16 +42,16 @@ pub use machine::{LapicPage, Machine, Request, VcpuCtx, VcpuLink};
 use super::*;
 use crate::devices::chipset::lock;
 
-/// Build a machine of `engines.len()` vCPUs: every engine but the first is
-/// a fresh one over its own view of the first's memory. Each gets its own
+/// Make `bsp` the first of `count` vCPUs and return the others: each a
+/// fresh engine over its own view of `bsp`'s memory. Each gets its own
 /// local APIC (at the default base, in its own view) and a port bus that
 /// forwards to the first's devices; the chipset (owned by the first)
 /// delivers I/O APIC messages to all of them.
-pub fn make_machine(bsp: &mut Engine, count: usize, opts: EngineOptions) -> Result<Vec<Engine>, crate::vm::VmError> {
+pub fn make_machine(bsp: &mut Engine, count: usize, opts: EngineOptions) -> Result<Vec<Engine>, ExecError> {
     use crate::devices::lapic::{APIC_DEFAULT_BASE, LocalApic};
     use crate::devices::{PortBus, SharedBus};
     let Some(clock) = bsp.chipset.as_ref().map(|c| c.clock.clone()) else {
-        return Err(crate::vm::VmError::SmpNeedsPc);
+        return Err(ExecError::SmpWithoutApics);
     };
     let lapics: Vec<_> =
         (0..count).map(|i| Arc::new(Mutex::new(LocalApic::for_cpu(clock.clone(), i as u32)))).collect();

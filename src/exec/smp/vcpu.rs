@@ -45,9 +45,14 @@ impl Engine {
     /// Clear the kick word (before looking at what a kick asked for: a
     /// later kick sets it again).
     pub(in crate::exec) fn unkick(&mut self) {
+        // A zero word needs no store (and no fence): a kick after this
+        // read sets it again, and the next block entry sees that.
         if self.sig.kick_mode {
             // SAFETY: our own HotState field, also stored by other threads.
-            unsafe { AtomicU64::from_ptr(&mut self.cpu.hot.kick) }.store(0, Ordering::SeqCst);
+            let kick = unsafe { AtomicU64::from_ptr(&mut self.cpu.hot.kick) };
+            if kick.load(Ordering::Relaxed) != 0 {
+                kick.store(0, Ordering::SeqCst);
+            }
         }
     }
 
@@ -55,22 +60,20 @@ impl Engine {
     /// wait for STARTUP while the vCPU is in that state. `Some` ends the run
     /// or asks the dispatcher to start over (the state changed).
     pub(in crate::exec) fn smp_safepoint(&mut self) -> Option<Step> {
-        self.vcpu.as_ref()?;
+        // Runs at every dispatch: plain loads unless something was asked.
         self.unkick();
-        let v = self.vcpu.as_ref()?;
-        let m = v.machine.clone();
+        let v = self.vcpu.as_deref()?;
+        let m = &*v.machine;
         let link = &m.vcpus[v.index];
         if m.stop.load(Ordering::Acquire) {
             return Some(Step::Done(RunOutcome::Stopped));
         }
-        let bsp_dirty = v.index == 0 && m.chipset_dirty.swap(false, Ordering::AcqRel);
-        if bsp_dirty || link.irq_kick.swap(false, Ordering::AcqRel) {
-            self.irq_dirty = true;
-        }
-        let mut changed = false;
-        if link.pending.load(Ordering::Acquire) {
-            changed = self.serve_requests();
-        }
+        let bsp_dirty =
+            v.index == 0 && m.chipset_dirty.load(Ordering::Relaxed) && m.chipset_dirty.swap(false, Ordering::AcqRel);
+        let irq = link.irq_kick.load(Ordering::Relaxed) && link.irq_kick.swap(false, Ordering::AcqRel);
+        let pending = link.pending.load(Ordering::Acquire);
+        self.irq_dirty |= bsp_dirty || irq;
+        let changed = pending && self.serve_requests();
         if self.vcpu.as_ref().is_some_and(|v| v.wait_sipi) {
             return Some(self.wait_for_sipi());
         }
@@ -354,45 +357,26 @@ impl Engine {
     /// only source (the I/O APIC's messages reach it through the bootstrap
     /// processor's chipset). Same contract as `check_interrupts`.
     pub(in crate::exec) fn check_apic_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
-        let apic = self.cpu.apic.clone()?;
         let deliverable = self.intr_line && self.cpu.hot.vif != 0;
         if !self.irq_dirty && !deliverable && !self.time_due {
             return None;
         }
-        self.irq_dirty = false;
-        self.time_due = false;
         let (intr, nmi, now, eois) = {
-            let mut a = lock(&apic);
+            let mut a = lock(self.cpu.apic.as_ref()?);
             let now = a.clock().now_ns();
             a.update(now);
             self.next_irq_check = a.next_event_ns().unwrap_or(u64::MAX);
             (a.pending().is_some(), std::mem::take(&mut a.nmi_pending), now, !a.level_eois.is_empty())
         };
+        self.irq_dirty = false;
+        self.time_due = false;
         if eois && let Some(v) = &self.vcpu {
             // The I/O APIC learns of level EOIs through the chipset.
             v.machine.chipset_dirty.store(true, Ordering::Release);
             v.machine.vcpus[0].kick();
         }
-        if nmi {
-            self.nmi_pending = true;
-        }
-        self.intr_line = intr;
-        self.cpu.hot.intr_pending = u32::from(intr);
-        if arm_timer {
-            self.arm_deadline_timer(now, intr);
-        }
-        if let Some(step) = self.deliver_pending_nmi() {
-            return Some(step);
-        }
-        if !intr || self.cpu.hot.vif == 0 {
-            return None;
-        }
-        let v = lock(&apic).acknowledge()?;
-        self.irq_dirty = true;
-        self.cpu.hot.intr_pending = 0;
-        self.stats.interrupts += 1;
-        let eip = self.cpu.hot.eip;
-        Some(self.raise(Exception::new(v), EventKind::External, eip))
+        self.nmi_pending |= nmi;
+        self.take_interrupt(intr, now, arm_timer, |e| e.cpu.apic.as_ref().and_then(|a| lock(a).acknowledge()))
     }
 
     /// An application processor touched the chipset's devices (a port
