@@ -133,6 +133,8 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         crate::devices::vga::VGA_WINDOW_SIZE,
         Box::<crate::devices::vga::VgaText>::default(),
     );
+    // What the BIOS leaves in low memory; the kernel is loaded over it.
+    crate::loader::bios::write_low_memory(mem.ram_mut());
     let boot = if crate::loader::linux::is_bzimage(&image) {
         let initrd = match config.initrd.as_slice() {
             [] => None,
@@ -163,7 +165,8 @@ pub fn build(config: &Config) -> Result<Engine, VmError> {
         Some(shift) => VirtualClock::icount(1 << shift),
         None => VirtualClock::host(),
     };
-    let (io, mut chipset) = pc_machine(serial_writer(&config.serial)?, config.mem_bytes, clock, config.cpus as u16);
+    let (mut io, mut chipset) = pc_machine(serial_writer(&config.serial)?, config.mem_bytes, clock, config.cpus as u16);
+    crate::loader::bios::program_chipset(&mut io);
     let replaying = config.record_replay.as_ref().is_some_and(|r| r.replay);
     if let (Some(rr), Some(shift)) = (&config.record_replay, config.icount_shift) {
         use crate::devices::replay::RecordReplay;

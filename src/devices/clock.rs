@@ -5,7 +5,10 @@
 //! two sources:
 //!
 //! * **host**: follows the host's monotonic clock from the moment the clock
-//!   was created, so guest time runs at wall-clock speed;
+//!   was created, so guest time runs at wall-clock speed, except while the
+//!   machine is stopped ([`VirtualClock::pause`], the gdb stub's stops), as
+//!   QEMU's virtual clock stops with the VM: a timer does not fire into a
+//!   guest that a debugger holds at a breakpoint;
 //! * **icount**: deterministic instruction counting. Time advances only when
 //!   the VMM calls [`VirtualClock::advance_insns`] (a fixed number of
 //!   nanoseconds per retired guest instruction) or skips idle time with
@@ -25,11 +28,23 @@ pub const NS_PER_SEC: u64 = 1_000_000_000;
 /// Where a [`VirtualClock`] takes its time from.
 #[derive(Debug, Clone)]
 enum Source {
-    /// Host monotonic time elapsed since `start`.
-    Host { start: Instant },
+    /// Host monotonic time elapsed since `start`, less the time paused.
+    Host { start: Instant, pause: Arc<Pause> },
     /// Virtual nanoseconds stored in `ns`, advanced by the VMM.
     Icount { ns: Arc<AtomicU64>, ns_per_insn: u64 },
 }
+
+/// The paused spans of a host clock, shared by its clones.
+#[derive(Debug)]
+struct Pause {
+    /// The virtual time the clock stopped at, or [`RUNNING`].
+    stopped_at: AtomicU64,
+    /// Host nanoseconds spent paused, not counted as virtual time.
+    excluded: AtomicU64,
+}
+
+/// [`Pause::stopped_at`] of a running clock.
+const RUNNING: u64 = u64::MAX;
 
 /// A shared, cloneable source of virtual time in nanoseconds since the
 /// clock was created.
@@ -41,7 +56,8 @@ pub struct VirtualClock {
 impl VirtualClock {
     /// A clock following the host monotonic clock, starting at 0 now.
     pub fn host() -> Self {
-        Self { source: Source::Host { start: Instant::now() } }
+        let pause = Arc::new(Pause { stopped_at: AtomicU64::new(RUNNING), excluded: AtomicU64::new(0) });
+        Self { source: Source::Host { start: Instant::now(), pause } }
     }
 
     /// A deterministic clock starting at 0 that advances `ns_per_insn`
@@ -57,12 +73,34 @@ impl VirtualClock {
     pub fn now_ns(&self) -> u64 {
         match &self.source {
             // 2^64 ns is 584 years of uptime; saturate rather than wrap.
-            Source::Host { start } => {
-                // Seconds and nanoseconds in u64: `as_nanos` costs a 128-bit division.
-                let d = start.elapsed();
-                d.as_secs().saturating_mul(NS_PER_SEC).saturating_add(d.subsec_nanos() as u64)
+            Source::Host { start, pause } => {
+                let stopped = pause.stopped_at.load(Ordering::Relaxed);
+                if stopped != RUNNING {
+                    return stopped;
+                }
+                host_ns(start).saturating_sub(pause.excluded.load(Ordering::Relaxed))
             }
             Source::Icount { ns, .. } => ns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops a host clock at its current time (the machine is stopped).
+    /// Does nothing on an icount clock, which only instructions advance.
+    pub fn pause(&self) {
+        if let Source::Host { pause, .. } = &self.source {
+            let now = self.now_ns();
+            let _ = pause.stopped_at.compare_exchange(RUNNING, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Restarts a paused host clock from the time it stopped at.
+    pub fn resume(&self) {
+        if let Source::Host { start, pause } = &self.source {
+            let stopped = pause.stopped_at.load(Ordering::Relaxed);
+            if stopped != RUNNING {
+                pause.excluded.store(host_ns(start).saturating_sub(stopped), Ordering::Relaxed);
+                pause.stopped_at.store(RUNNING, Ordering::Relaxed);
+            }
         }
     }
 
@@ -100,9 +138,29 @@ impl VirtualClock {
     }
 }
 
+/// Host nanoseconds since `start`, in u64 (`as_nanos` costs a 128-bit
+/// division).
+fn host_ns(start: &Instant) -> u64 {
+    let d = start.elapsed();
+    d.as_secs().saturating_mul(NS_PER_SEC).saturating_add(d.subsec_nanos() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paused_host_clock_stands_still_and_resumes_where_it_stopped() {
+        let clock = VirtualClock::host();
+        let other = clock.clone();
+        clock.pause();
+        let t = other.now_ns();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(other.now_ns(), t);
+        clock.resume();
+        let after = other.now_ns();
+        assert!(after >= t && after < t + 10_000_000, "{t} -> {after}");
+    }
 
     #[test]
     fn icount_advances_only_on_request_and_is_shared_by_clones() {

@@ -402,9 +402,9 @@ impl DualPic {
     /// Both chips in their power-on state as QEMU models it: IMR 0 (all
     /// unmasked), vector base 0, edge triggered, cascade wiring.
     ///
-    /// There is no BIOS: a Multiboot kernel finds the PICs like this, not
-    /// remapped to 0x08/0x70 and masked the way a BIOS would leave them, so
-    /// it must run ICW1-ICW4 before enabling interrupts.
+    /// A booted machine never shows this state: `loader::bios` programs
+    /// the pair as a BIOS leaves it (bases 0x08/0x70, IRQ 0, 2 and 8 open)
+    /// before the kernel's first instruction.
     pub fn new() -> Self {
         Self { master: Pic8259::new(true), slave: Pic8259::new(false) }
     }

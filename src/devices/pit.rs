@@ -25,10 +25,11 @@
 //! * in modes 1 and 5 channels 0 and 1 never trigger, as their gates never
 //!   see a rising edge (as on the chip).
 //!
-//! At power-on no counter has a count (the chip's state is undefined and
-//! there is no BIOS to program it): all channels are in mode 3, lobyte/
-//! hibyte access, binary, OUT high, and IRQ 0 stays quiet until the guest
-//! programs channel 0.
+//! At power-on no counter has a count (the chip's state is undefined): all
+//! channels are in mode 3, lobyte/hibyte access, binary, OUT high, and
+//! IRQ 0 stays quiet until channel 0 is programmed. A booted machine has
+//! been through `loader::bios`, which leaves channel 0 as a BIOS does: mode
+//! 2, count 65536 (18.2 Hz).
 //!
 //! One `Pit` serves both port ranges: register the same (shared) instance
 //! at [`PIT_BASE`] for [`PIT_PORTS`] ports and at [`PORT_61`] for one port.

@@ -138,6 +138,9 @@ pub fn run(engine: &mut Engine, addr: &str, wait: bool) -> Result<Ending, GdbErr
     let stop = engine.enable_debug();
     let shared = Arc::new(Shared { stop, running: AtomicBool::new(false) });
     let rx = listen(addr, shared.clone())?;
+    // Virtual time stands still while the guest is stopped (as QEMU's).
+    let clock = engine.chipset.as_ref().map(|c| c.clock.clone());
+    clock.iter().for_each(|c| c.pause());
     let mut conn = None;
     if wait {
         // Started stopped: say where the debugger is awaited (scripts wait
@@ -150,7 +153,9 @@ pub fn run(engine: &mut Engine, addr: &str, wait: bool) -> Result<Ending, GdbErr
     loop {
         let Some(stream) = conn.take() else {
             shared.running.store(true, Ordering::Relaxed);
+            clock.iter().for_each(|c| c.resume());
             let out = engine.run();
+            clock.iter().for_each(|c| c.pause());
             shared.running.store(false, Ordering::Relaxed);
             match out {
                 RunOutcome::DebugStop(_) => {

@@ -13,6 +13,7 @@
 //! [`LoaderError`]s, never panics. Nothing is written to guest RAM until the
 //! whole load plan has been validated.
 
+pub mod bios;
 mod elf;
 pub mod linux;
 pub mod mptable;
