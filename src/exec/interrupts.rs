@@ -35,7 +35,7 @@ impl Engine {
             // or the next tick would wait for the backstop, up to
             // POLL_INTERVAL_NS late.
             if arm_timer {
-                self.arm_deadline_timer(now, self.intr_line);
+                self.arm_deadline_timer(now);
             }
             return None;
         }
@@ -72,7 +72,7 @@ impl Engine {
         self.intr_line = intr;
         self.cpu.hot.intr_pending = u32::from(intr);
         if arm_timer {
-            self.arm_deadline_timer(now, intr);
+            self.arm_deadline_timer(now);
         }
         if let Some(step) = self.deliver_pending_nmi() {
             return Some(step);
@@ -103,13 +103,15 @@ impl Engine {
 
     /// Points the interval timer at the next device deadline so chained
     /// code comes back in time for it (within POLL_INTERVAL_NS in any case).
-    /// `intr`: INTR is asserted (if IF masks it, look again soon).
-    pub(super) fn arm_deadline_timer(&mut self, now: u64, intr: bool) {
+    /// An interrupt that IF holds back needs no earlier look: every way
+    /// translated code sets IF leaves for the dispatcher while
+    /// `HotState::intr_pending` says INTR is up (STI and POPF through
+    /// `Translator::interrupt_window_check`, IRET and task switches as VMM
+    /// callouts). Polling for it instead cost Linux's boot 14k timer signals
+    /// while the BIOS's 18.2 Hz tick waited through the decompressor.
+    pub(super) fn arm_deadline_timer(&mut self, now: u64) {
         let Some(t) = self.timer.as_ref() else { return };
-        let mut first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
-        if intr && self.cpu.hot.vif == 0 {
-            first = first.min(PENDING_RECHECK_NS);
-        }
+        let first = self.next_irq_check.saturating_sub(now).min(POLL_INTERVAL_NS);
         // Re-arming is a costly syscall: only when it moves the expiry
         // earlier, or the expiry it was set for has passed.
         let want = now.saturating_add(first);

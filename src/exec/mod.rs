@@ -51,9 +51,6 @@ const DR6_BS: u32 = 1 << 14;
 /// Slots of the direct-mapped decoded-instruction cache.
 const EMU_CACHE_SLOTS: usize = 256;
 
-/// While INTR is asserted but IF is clear, how soon to look again.
-const PENDING_RECHECK_NS: u64 = 50_000;
-
 /// Interval at which the dispatcher regains control from chained code.
 pub const POLL_INTERVAL_NS: u64 = 10_000_000;
 
