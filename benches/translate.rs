@@ -18,6 +18,7 @@ const EXITS: ExitTargets = ExitTargets {
     emulate: HOST_BASE - 0x80,
     exception: HOST_BASE - 0x40,
     soft_miss: HOST_BASE - 0x140,
+    ret_miss: [HOST_BASE - 0x200, HOST_BASE - 0x240, HOST_BASE - 0x280, HOST_BASE - 0x2C0],
 };
 
 /// Translate the whole text range block after block; returns guest instructions.

@@ -26,6 +26,8 @@ def main():
     top = int(sys.argv[4]) if len(sys.argv) > 4 else 40
     blocks = []
     for line in open(mapf):
+        if len(line.split(None, 2)) < 3:
+            continue  # the last line of a map cut short by killing btvisor
         start, size, name = line.split(None, 2)
         blocks.append((int(start, 16), int(size, 16), name.strip()))
     blocks.sort()

@@ -15,6 +15,8 @@ pub const MAX_BLOCK_INSNS: usize = 64;
 /// and one jump fewer per branch on the fall-through path, and longer
 /// straight-line host code, for a little code duplication.
 pub const MAX_SIDE_EXITS: usize = 4;
+/// CALLs a block may go on past to the return site (`Reach::calls`).
+pub const MAX_PAST_CALLS: usize = 1;
 /// Longest x86 instruction.
 pub const MAX_INSN_LEN: usize = 15;
 
@@ -328,12 +330,22 @@ pub fn decode_block_at_cpl(code: &[u8], base: u32, eip: u32, max_insns: usize, c
 
 /// Decode a block of `bitness` (16 or 32) code running at `cpl`.
 pub fn decode_block_in(code: &[u8], base: u32, eip: u32, max_insns: usize, cpl: u8, bitness: u32) -> GuestBlock {
-    decode_superblock(code, base, eip, max_insns, cpl, bitness, 0)
+    decode_superblock(code, base, eip, max_insns, cpl, bitness, Reach::default())
 }
 
-/// `decode_block_in` that goes on past up to `side_exits` conditional
-/// branches: the block continues with the fall-through path, and the
-/// translator makes each taken branch a chainable side exit.
+/// How far a superblock goes on past branches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reach {
+    /// Conditional branches to go past: the block continues with the
+    /// fall-through path, and the translator makes each taken branch a
+    /// chainable side exit.
+    pub side_exits: usize,
+    /// CALLs to go past to the return site (when the translator makes them
+    /// host CALLs, whose continuation is the code after them).
+    pub calls: usize,
+}
+
+/// `decode_block_in` that goes on past branches as `reach` allows.
 pub fn decode_superblock(
     code: &[u8],
     base: u32,
@@ -341,9 +353,10 @@ pub fn decode_superblock(
     max_insns: usize,
     cpl: u8,
     bitness: u32,
-    side_exits: usize,
+    reach: Reach,
 ) -> GuestBlock {
-    let mut side_exits_left = side_exits;
+    let mut side_exits_left = reach.side_exits;
+    let mut calls_left = reach.calls;
     let off = eip.wrapping_sub(base) as usize;
     let bytes = code.get(off..).unwrap_or(&[]);
     let mut d = Decoder::with_ip(bitness, bytes, eip as u64, DecoderOptions::NONE);
@@ -389,8 +402,11 @@ pub fn decode_superblock(
         end = i.next_ip32();
         insns.push(i);
         classes.push(cls);
-        let side_exit = cls == Class::Jcc && side_exits_left > 0;
-        if side_exit {
+        let is_call = matches!(cls, Class::CallDirect | Class::CallIndirect);
+        let side_exit = (cls == Class::Jcc && side_exits_left > 0) || (is_call && calls_left > 0);
+        if side_exit && is_call {
+            calls_left -= 1;
+        } else if side_exit {
             side_exits_left -= 1;
         }
         if (cls.ends_block() && !side_exit) || insns.len() >= max_insns || end as u64 >= page_end || end == 0 {

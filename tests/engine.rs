@@ -500,3 +500,53 @@ fn user_snippet_world_is_ring3_under_paging() {
     assert_eq!(st.regs[EDX] & 0x3000, 0, "IOPL 0");
     assert_eq!(st.eflags, st.regs[EDX], "EFLAGS from the gate's frame");
 }
+
+// The host return stack (`exec::return_stack`): guest CALL/RET as host
+// CALL/RET, which must stay correct when guests do not pair them.
+
+#[test]
+fn calls_without_returns_overflow_the_host_return_stack_safely() {
+    //    mov ecx, 100000
+    // l: call next          ; a host CALL that nothing returns from
+    // next: pop eax
+    //    dec ecx ; jnz l
+    let code = [0xB9, 0xA0, 0x86, 0x01, 0x00, 0xE8, 0, 0, 0, 0, 0x58, 0x49, 0x75, 0xF7, 0xF4];
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert!(stats.return_stack_resets > 0, "the host return stack never filled up");
+    assert_eq!((st.regs[ECX], st.regs[EAX]), (0, SNIPPET_CODE_ADDR + 10));
+    assert_eq!(st.regs[4], SNIPPET_STACK_TOP);
+}
+
+#[test]
+fn deep_recursion_returns_through_and_past_the_host_return_stack() {
+    //    mov ecx, 50000 ; xor eax, eax ; call f ; hlt
+    // f: inc eax ; dec ecx ; jz done ; call f
+    // done: ret
+    let code = [
+        0xB9, 0x50, 0xC3, 0x00, 0x00, 0x31, 0xC0, 0xE8, 0x01, 0, 0, 0, 0xF4, 0x40, 0x49, 0x74, 0x05, 0xE8, 0xF7, 0xFF,
+        0xFF, 0xFF, 0xC3,
+    ];
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 12, interrupts_enabled: false });
+    assert!(stats.return_stack_resets > 0, "the recursion never filled the host return stack");
+    assert_eq!((st.regs[EAX], st.regs[ECX]), (50_000, 0));
+    assert_eq!(st.regs[4], SNIPPET_STACK_TOP);
+}
+
+#[test]
+fn a_rewritten_return_address_is_followed() {
+    //    mov ecx, 3
+    // l: call g
+    //    mov eax, 1 ; hlt   ; the return site, never reached
+    // back: inc ebx ; dec ecx ; jnz l ; hlt
+    // g: mov dword [esp], back ; ret
+    let back = (SNIPPET_CODE_ADDR + 16).to_le_bytes();
+    let code = [
+        0xB9, 0x03, 0x00, 0x00, 0x00, 0xE8, 0x0B, 0, 0, 0, 0xB8, 0x01, 0, 0, 0, 0xF4, 0x43, 0x49, 0x75, 0xF1, 0xF4,
+        0xC7, 0x04, 0x24, back[0], back[1], back[2], back[3], 0xC3,
+    ];
+    let (out, st, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 20, interrupts_enabled: false });
+    assert_eq!((st.regs[EAX], st.regs[EBX], st.regs[ECX]), (0, 3, 0));
+}

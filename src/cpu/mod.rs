@@ -114,6 +114,13 @@ pub struct HotState {
     pub exit_arg: u32,
     pub host_rsp: u64,
     pub window: u64,
+    /// Top of this vCPU's host return stack (`exec::return_stack`): the
+    /// trampoline runs translated code on it, below a sentinel entry.
+    pub rsb_top: u64,
+    /// The sentinel: the host address a return with no host call behind it
+    /// lands on (the return-miss stub of the current mode's jump-cache
+    /// table, which first puts the sentinel back).
+    pub rsb_sentinel: u64,
     /// Nonzero once the guest has run FPU/MMX/SSE code: enter and exit then
     /// switch the x87/SSE state between host and guest.
     pub fpu_active: u32,
@@ -243,6 +250,8 @@ pub const OFF_AC_CHECK: i32 = offset_of!(HotState, ac_check) as i32;
 pub const OFF_EXIT_REASON: i32 = offset_of!(HotState, exit_reason) as i32;
 pub const OFF_EXIT_ARG: i32 = offset_of!(HotState, exit_arg) as i32;
 pub const OFF_HOST_RSP: i32 = offset_of!(HotState, host_rsp) as i32;
+pub const OFF_RSB_TOP: i32 = offset_of!(HotState, rsb_top) as i32;
+pub const OFF_RSB_SENTINEL: i32 = offset_of!(HotState, rsb_sentinel) as i32;
 pub const OFF_WINDOW: i32 = offset_of!(HotState, window) as i32;
 pub const OFF_FPU_ACTIVE: i32 = offset_of!(HotState, fpu_active) as i32;
 pub const OFF_SEG_BASE: i32 = offset_of!(HotState, seg_base) as i32;

@@ -330,6 +330,30 @@ impl Asm {
         self.u32(disp as u32);
     }
 
+    /// `call qword [base64 + index64*8 + disp32]`
+    pub fn call_mbi8(&mut self, base: u8, index: u8, disp: i32) {
+        self.rex(false, 0, index, base, false);
+        self.byte(0xFF);
+        self.byte(0x84 | (2 << 3));
+        self.byte(0xC0 | ((index & 7) << 3) | (base & 7));
+        self.u32(disp as u32);
+    }
+
+    /// `call rel32`; returns the offset of the rel32 field.
+    pub fn call_rel32(&mut self) -> usize {
+        self.byte(0xE8);
+        let at = self.len();
+        self.u32(0);
+        at
+    }
+
+    /// `push qword [base64 + disp32]`
+    pub fn push_mbase(&mut self, base: u8, disp: i32) {
+        self.rex(false, 0, 0, base, false);
+        self.byte(0xFF);
+        self.modrm_base_disp(6, base, disp);
+    }
+
     /// `jmp r64`
     pub fn jmp_r64(&mut self, r: u8) {
         self.rex(false, 0, 0, r, false);

@@ -28,8 +28,13 @@ impl Engine {
             // Side exits need chaining. Under icount a block charges all its
             // instructions at entry, also when it leaves by a side exit: time
             // runs a little fast, the same way in every run.
-            let side_exits = if self.opts.chaining { MAX_SIDE_EXITS } else { 0 };
-            let mut block = decode_superblock(code, base, eip, max, mode.cpl(), bits, side_exits);
+            let reach = crate::decode::Reach {
+                side_exits: if self.opts.chaining { MAX_SIDE_EXITS } else { 0 },
+                // Guest CALLs become host CALLs (`translate::lookup::host_call`)
+                // exactly where returns are looked up inline.
+                calls: if self.opts.chaining && register && mode.uses_jump_cache() { MAX_PAST_CALLS } else { 0 },
+            };
+            let mut block = decode_superblock(code, base, eip, max, mode.cpl(), bits, reach);
             if let Fetch::Paged { phys, .. } = &fetch {
                 // An instruction running into a page that is not mapped: the
                 // block ends before it, or it faults when it comes first.

@@ -10,6 +10,7 @@ mod debug;
 mod faults;
 mod fpu;
 mod interrupts;
+mod return_stack;
 mod seg_reload;
 pub mod signals;
 pub mod smp;
@@ -29,7 +30,7 @@ use crate::cache::{BlockId, CacheError, CodeCache, jc_insert, page_of};
 use crate::cpu::interp::{self, Env, Flow};
 use crate::cpu::interrupt::{EventKind, is_contributory};
 use crate::cpu::{Cpu, Exception, HotState, JUMP_CACHE_ENTRIES, Mode, SEG_CS, exit, flags, vector};
-use crate::decode::{MAX_BLOCK_INSNS, MAX_SIDE_EXITS, decode_block, decode_superblock};
+use crate::decode::{MAX_BLOCK_INSNS, MAX_PAST_CALLS, MAX_SIDE_EXITS, decode_block, decode_superblock};
 use crate::devices::PortBus;
 use crate::devices::chipset::Chipset;
 use crate::memory::{GuestMemory, PAGE_SIZE, ShadowFault, WINDOW_SIZE};
@@ -222,6 +223,9 @@ pub struct Engine {
     nmi_blocked: bool,
     /// This engine is one vCPU of a multiprocessor machine (`smp`).
     vcpu: Option<Box<smp::VcpuCtx>>,
+    /// The host return stack translated code runs on (owned here: unmapped
+    /// with the engine).
+    _return_stack: return_stack::ReturnStack,
 }
 
 // SAFETY: an engine is one vCPU, run by one thread at a time. Its raw
@@ -242,10 +246,15 @@ impl Engine {
         warm_up_decoder();
         let mut cpu = Cpu::new();
         cpu.hot.window = mem.window_base() as u64;
+        let return_stack = return_stack::ReturnStack::new()?;
+        cpu.hot.rsb_top = return_stack.top() as u64;
+        cpu.hot.rsb_sentinel = tramp.ret_sentinel[0] as u64;
         let sig = Box::new(SignalCtx {
             cache: std::ptr::null(),
             hot: std::ptr::null_mut(),
             exit_fault: tramp.exit_fault,
+            rsb_guard: return_stack.guard(),
+            rsb_resets: 0,
             poll_pages: mem.poll_pages(),
             in_guest: std::sync::atomic::AtomicBool::new(false),
             timer_fired: std::sync::atomic::AtomicBool::new(false),
@@ -297,6 +306,7 @@ impl Engine {
             nmi_pending: false,
             nmi_blocked: false,
             vcpu: None,
+            _return_stack: return_stack,
         })
     }
 
@@ -406,6 +416,8 @@ impl Engine {
             }
             let eip = self.cpu.hot.eip;
             let mode = if was_clean { self.mode } else { self.cpu.mode() };
+            // A return with no host call behind it looks up in this mode's table.
+            self.cpu.hot.rsb_sentinel = self.tramp.ret_sentinel[mode.jc_table()] as u64;
             if !was_clean && mode.uses_jump_cache() {
                 // A table serves one whole mode at a time: an inline lookup
                 // must not find a block translated for other FPU trap bits
@@ -583,6 +595,7 @@ impl Engine {
         // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
         self.sig.in_guest.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.stats.return_stack_resets = self.sig.rsb_resets;
         if self.opts.icount {
             self.icount_account();
         }

@@ -43,6 +43,10 @@ pub struct SignalCtx {
     pub cache: *const CodeCache,
     pub hot: *mut HotState,
     pub exit_fault: usize,
+    /// The host return stack's guard page (`exec::return_stack`).
+    pub rsb_guard: (usize, usize),
+    /// How often a push into the guard emptied the return stack.
+    pub rsb_resets: u64,
     /// Poll pages of the two windows.
     pub poll_pages: [usize; 2],
     /// Translated code is running (the timer must stop it through the poll
@@ -222,6 +226,19 @@ fn redirect(
     let (lo, hi) = cache.rx_range();
     if rip < lo || rip >= hi {
         return false;
+    }
+    // SAFETY: si_addr is valid for SIGSEGV.
+    let addr = if sig == libc::SIGSEGV && !interrupt_only { (unsafe { info.si_addr() }) as usize } else { 0 };
+    if (ctx.rsb_guard.0..ctx.rsb_guard.1).contains(&addr) {
+        // Calls without returns filled the host return stack: empty it
+        // (back to the sentinel) and let the push run again. Only host
+        // return addresses and single push/pop pairs live on it, so
+        // nothing in flight is lost.
+        // SAFETY: hot is the running vCPU's state.
+        let top = unsafe { (*ctx.hot).rsb_top } as i64;
+        g[libc::REG_RSP as usize] = top - 8;
+        ctx.rsb_resets += 1;
+        return true;
     }
     let Some(block) = cache.block_at(rip) else {
         return false;

@@ -31,6 +31,9 @@ pub struct Stats {
     pub halt_sleeps: u64,
     /// PAUSEs a multiprocessor guest left translated code for.
     pub pauses: u64,
+    /// Host return stacks emptied because guest calls without returns
+    /// filled them (`exec::return_stack`).
+    pub return_stack_resets: u64,
     /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
     pub callouts: Vec<u64>,
 }
@@ -94,6 +97,7 @@ impl Stats {
             self.hidden_faults, self.page_faults, self.tlb_flushes, self.inline_invlpgs
         );
         let _ = writeln!(s, "  device memory accesses  {}", self.device_accesses);
+        let _ = writeln!(s, "  host return stack resets {}", self.return_stack_resets);
         let _ = writeln!(s, "  external interrupts     {} ({} HLT sleeps)", self.interrupts, self.halt_sleeps);
         let c = self.callout_list();
         let _ = writeln!(s, "  callouts by instruction:");

@@ -5,6 +5,7 @@
 //!     push rbx, rbp, r12, r13, r14, r15 ; sub rsp, 8
 //!     mov [rdi+host_rsp], rsp
 //!     mov r14, rdi ; mov r11, rsi ; mov r15, [r14+window]
+//!     mov rsp, [r14+rsb_top] ; push qword [r14+rsb_sentinel]   ; the return stack
 //!     cmp dword [r14+fpu_active], 0 ; je 1f
 //!     movdqa xmm0..7, [r14+xmm] ; ldmxcsr [r14+mxcsr]      ; x87 state stays live
 //! 1:  mov eax, [r14+live_flags] ; and eax, CF|PF|AF|ZF|SF|OF|DF
@@ -17,6 +18,10 @@
 //! exit_emulate:   mov dword [r14+exit_reason], EMULATE ; jmp save
 //! exit_exception: mov dword [r14+exit_reason], EXCEPTION ; jmp save
 //! exit_soft_miss: mov dword [r14+exit_reason], SOFT_MISS ; jmp save
+//! ret_sentinel[t]: lea rsp, [rsp-8]           ; a RET popped the sentinel: put it back
+//! ret_miss[t]:     <probe jump-cache table t for r13d>  ; a RET the host CALL did not expect
+//!                  mov rcx, r11 ; jmp exit_indirect
+//!                  mov rcx, r11 ; jmp [r14+r10*8+jc_targets+t]
 //! exit_fault:     mov dword [r14+exit_reason], FAULT      ; (signal handler lands here)
 //! save:
 //!     mov [r14+gpr], eax..edi, r12d
@@ -31,12 +36,13 @@
 //! ```
 
 use crate::cpu::{
-    OFF_AC_CHECK, OFF_EIP, OFF_EXIT_REASON, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS, OFF_MXCSR,
-    OFF_RESUME_REGS, OFF_RESUME_RIP, OFF_WINDOW, RESUME_REGS, exit, flags,
+    JUMP_CACHE_TABLES, OFF_AC_CHECK, OFF_EIP, OFF_EXIT_REASON, OFF_GPR, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_LIVE_FLAGS,
+    OFF_MXCSR, OFF_RESUME_REGS, OFF_RESUME_RIP, OFF_RSB_SENTINEL, OFF_RSB_TOP, OFF_WINDOW, RESUME_REGS, exit, flags,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;
 use crate::translate::ExitTargets;
+use crate::translate::lookup;
 
 /// Offsets of the routines within the trampoline code.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,6 +54,8 @@ pub struct Trampolines {
     pub resume: usize,
     pub exits: ExitTargets,
     pub exit_fault: usize,
+    /// Per jump-cache table: the host return stack's sentinel entry.
+    pub ret_sentinel: [usize; JUMP_CACHE_TABLES],
 }
 
 /// Guest registers in `HotState::gpr` order and their host registers.
@@ -81,6 +89,8 @@ fn entry(a: &mut Asm, resume: bool) {
     a.mov_r64_r64(VCPU, RDI);
     a.mov_r64_r64(R11, RSI);
     a.mov_r64_mbase(WINDOW, VCPU, OFF_WINDOW);
+    a.mov_r64_mbase(RSP, VCPU, OFF_RSB_TOP);
+    a.push_mbase(VCPU, OFF_RSB_SENTINEL);
     let skip = skip_unless_fpu(a);
     xmm_all(a, false);
     mxcsr(a, 2, OFF_MXCSR);
@@ -128,6 +138,21 @@ fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     jumps_to_save.push(a.jmp_rel32());
     t.exits.soft_miss = exit_stub(&mut a, exit::SOFT_MISS, false);
     jumps_to_save.push(a.jmp_rel32());
+    // The return stack's stubs (`exec::return_stack`): each jump-cache
+    // table's return miss, preceded by its sentinel.
+    let mut misses_to_exit = Vec::new();
+    for table in 0..JUMP_CACHE_TABLES {
+        t.ret_sentinel[table] = a.len();
+        a.bytes(&[0x48, 0x8D, 0x64, 0x24, 0xF8]); // lea rsp, [rsp-8]
+        t.exits.ret_miss[table] = a.len();
+        lookup::probe(&mut a, table);
+        a.mov_r64_r64(RCX, R11);
+        misses_to_exit.push(a.jmp_rel32());
+        lookup::enter_hit(&mut a, table, false);
+    }
+    for j in misses_to_exit {
+        a.bind_rel32(j, t.exits.indirect);
+    }
     t.exit_fault = exit_stub(&mut a, exit::FAULT, false);
     let save = a.len();
     for j in jumps_to_save {
@@ -174,8 +199,10 @@ pub fn relocate(t: Trampolines, base: usize) -> Trampolines {
             emulate: base + t.exits.emulate,
             exception: base + t.exits.exception,
             soft_miss: base + t.exits.soft_miss,
+            ret_miss: t.exits.ret_miss.map(|x| base + x),
         },
         exit_fault: base + t.exit_fault,
+        ret_sentinel: t.ret_sentinel.map(|x| base + x),
     }
 }
 

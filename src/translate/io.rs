@@ -5,14 +5,15 @@
 //! ```text
 //!     mov r13d, port (or movzx r13d, dx) ; mov [r14+io_port], r13d
 //!     mov dword [r14+io_info], size | out << 8   [; mov [r14+io_value], eax]
+//!     mov r13, rsp ; mov rsp, [r14+host_rsp]      ; off the return stack (16-aligned)
 //!     pushfq ; push rax, rcx, rdx, rsi, rdi       ; guest flags and caller-saved regs
 //!     cmp dword [r14+fpu_active], 0 ; je 1f
 //!     movdqa [r14+xmm], xmm0..7 ; stmxcsr [r14+mxcsr] ; ldmxcsr [r14+host_mxcsr]
-//! 1:  mov r13, rsp ; and rsp, -16 ; mov rdi, r14 ; call [r14+io_fn] ; mov rsp, r13
+//! 1:  mov rdi, r14 ; call [r14+io_fn]
 //!     mov r10d, eax                                ; nonzero: the dispatcher must look
 //!     cmp dword [r14+fpu_active], 0 ; je 2f
 //!     movdqa xmm0..7, [r14+xmm] ; ldmxcsr [r14+mxcsr]
-//! 2:  pop rdi, rsi, rdx, rcx, rax ; popfq
+//! 2:  pop rdi, rsi, rdx, rcx, rax ; popfq ; mov rsp, r13
 //!    [mov al/ax/eax, [r14+io_value]]               ; IN
 //!     mov r11, rcx ; mov ecx, r10d ; jrcxz 3f
 //!     mov rcx, r11 ; mov r13d, next ; jmp exit_indirect
@@ -23,8 +24,8 @@ use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::Translator;
 use crate::cpu::{
-    OFF_FPU_ACTIVE, OFF_HOST_MXCSR, OFF_INVLPG_FN, OFF_IO_FN, OFF_IO_INFO, OFF_IO_PORT, OFF_IO_VALUE, OFF_MXCSR,
-    OFF_XMM,
+    OFF_FPU_ACTIVE, OFF_HOST_MXCSR, OFF_HOST_RSP, OFF_INVLPG_FN, OFF_IO_FN, OFF_IO_INFO, OFF_IO_PORT, OFF_IO_VALUE,
+    OFF_MXCSR, OFF_XMM,
 };
 use crate::emit::Asm;
 use crate::emit::reg::*;
@@ -62,6 +63,11 @@ pub(crate) fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
 /// vCPU state as its argument, keeping guest flags, registers and (when the
 /// guest uses them) XMM registers; its u32 result ends up in R10D.
 fn call_vmm(t: &mut Translator, fn_off: i32) {
+    // The VMM's Rust code runs on the dispatcher's stack, below its frame
+    // (16-byte aligned; six pushes keep it so): the host return stack is
+    // small and its guard would stop it.
+    t.a.mov_r64_r64(SCRATCH, RSP);
+    t.a.mov_r64_mbase(RSP, VCPU, OFF_HOST_RSP);
     t.a.pushfq();
     for r in SAVED {
         t.a.push_r64(r);
@@ -72,12 +78,9 @@ fn call_vmm(t: &mut Translator, fn_off: i32) {
     mxcsr(&mut t.a, 2, OFF_HOST_MXCSR);
     let l = t.a.len();
     t.a.buf[skip] = (l - skip - 1) as u8;
-    t.a.mov_r64_r64(SCRATCH, RSP);
-    t.a.bytes(&[0x48, 0x83, 0xE4, 0xF0]); // and rsp, -16
     t.a.mov_r64_r64(RDI, VCPU);
     t.a.bytes(&[0x41, 0xFF, 0x96]); // call qword [r14+fn_off]
     t.a.u32(fn_off as u32);
-    t.a.mov_r64_r64(RSP, SCRATCH);
     t.a.mov_r32_r32(R10, RAX);
     let skip = skip_unless_fpu(&mut t.a);
     xmm_all(&mut t.a, false);
@@ -88,6 +91,7 @@ fn call_vmm(t: &mut Translator, fn_off: i32) {
         t.a.pop_r64(r);
     }
     t.a.popfq();
+    t.a.mov_r64_r64(RSP, SCRATCH);
 }
 
 /// INVLPG at CPL 0 with a flat operand segment: the VMM drops the page's

@@ -20,28 +20,91 @@
 
 use super::Translator;
 use crate::cpu::{JUMP_CACHE_TABLE_BYTES, OFF_EIP, OFF_JC_KEYS, OFF_JC_TARGETS};
-use crate::emit::JRCXZ;
 use crate::emit::reg::*;
+use crate::emit::{Asm, JRCXZ};
 
 /// Bytes between the JRCXZ and `hit`: `mov rcx, r11` (3) + `jmp rel32` (5).
-const MISS_PATH_LEN: u8 = 8;
+pub(crate) const MISS_PATH_LEN: u8 = 8;
+
+/// The probe of jump-cache table `table` for R13D, up to the JRCXZ that
+/// skips the caller's `MISS_PATH_LEN`-byte miss path on a hit:
+/// `movzx r10d, r13w ; mov r11, rcx ; mov rcx, [keys] ; lea rcx, [rcx+r13+1] ; jrcxz hit`.
+pub(crate) fn probe(a: &mut Asm, table: usize) {
+    let table = table as i32 * JUMP_CACHE_TABLE_BYTES;
+    a.movzx_r32_r16(R10, SCRATCH);
+    a.mov_r64_r64(R11, RCX);
+    a.mov_r64_mbi8(RCX, VCPU, R10, OFF_JC_KEYS + table);
+    a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
+    a.bytes(&[JRCXZ, MISS_PATH_LEN]);
+}
+
+/// The hit path after `probe`: `mov rcx, r11 ; jmp [targets]` (or `call`,
+/// for a guest CALL on the host return stack).
+pub(crate) fn enter_hit(a: &mut Asm, table: usize, call: bool) {
+    let table = table as i32 * JUMP_CACHE_TABLE_BYTES;
+    a.mov_r64_r64(RCX, R11);
+    if call {
+        a.call_mbi8(VCPU, R10, OFF_JC_TARGETS + table);
+    } else {
+        a.jmp_mbi8(VCPU, R10, OFF_JC_TARGETS + table);
+    }
+}
+
+/// Whether guest CALL and RET use the host return stack
+/// (`exec::return_stack`): wherever returns are looked up inline.
+pub(super) fn host_returns(t: &Translator) -> bool {
+    t.opts.inline_lookup && t.opts.mode.uses_jump_cache()
+}
 
 pub(super) fn indirect(t: &mut Translator) {
+    lookup(t, false);
+}
+
+/// The lookup of R13D; with `call`, a hit is entered with a host CALL.
+fn lookup(t: &mut Translator, call: bool) {
     if !t.opts.inline_lookup || !t.opts.mode.uses_jump_cache() {
         t.a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
         t.jmp_abs(t.exits_to.indirect);
         return;
     }
-    let table = t.opts.mode.jc_table() as i32 * JUMP_CACHE_TABLE_BYTES;
-    t.a.movzx_r32_r16(R10, SCRATCH);
-    t.a.mov_r64_r64(R11, RCX);
-    t.a.mov_r64_mbi8(RCX, VCPU, R10, OFF_JC_KEYS + table);
-    t.a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
-    t.a.bytes(&[JRCXZ, MISS_PATH_LEN]);
+    let table = t.opts.mode.jc_table();
+    probe(&mut t.a, table);
     let miss_start = t.a.len();
     t.a.mov_r64_r64(RCX, R11);
     t.jmp_abs(t.exits_to.indirect);
     debug_assert_eq!(t.a.len() - miss_start, MISS_PATH_LEN as usize);
+    enter_hit(&mut t.a, table, call);
+}
+
+/// A guest CALL's transfer when `host_returns`: the direct target through
+/// a chainable host CALL, or the indirect one (R13D) through the jump cache
+/// entered with a host CALL; then the continuation its RET comes back to,
+/// which goes on with the return site's code when the block does
+/// (`fall_through`), else to its block.
+///
+/// ```text
+///     call target_block | <probe> ; call [r14+r10*8+jc_targets]
+///     mov r11, rcx ; lea ecx, [r13 - return_eip] ; jrcxz 1f  ; the guest's RET popped R13D
+///     mov rcx, r11 ; jmp ret_miss[table]                      ; it returned elsewhere
+/// 1:  mov rcx, r11 [; jmp return_block]                       ; chainable exit
+/// ```
+pub(super) fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool) {
+    match direct {
+        Some(target) => {
+            let at = t.a.call_rel32();
+            t.pending_exits.push((at, target));
+        }
+        None => lookup(t, true),
+    }
+    t.a.mov_r64_r64(R11, RCX);
+    t.a.lea_r32(RCX, SCRATCH, return_eip.wrapping_neg() as i32);
+    t.a.bytes(&[JRCXZ, MISS_PATH_LEN]);
+    let miss_start = t.a.len();
     t.a.mov_r64_r64(RCX, R11);
-    t.a.jmp_mbi8(VCPU, R10, OFF_JC_TARGETS + table);
+    t.jmp_abs(t.exits_to.ret_miss[t.opts.mode.jc_table()]);
+    debug_assert_eq!(t.a.len() - miss_start, MISS_PATH_LEN as usize);
+    t.a.mov_r64_r64(RCX, R11);
+    if !fall_through {
+        t.direct_exit(return_eip);
+    }
 }

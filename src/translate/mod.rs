@@ -24,7 +24,7 @@
 //! ```
 
 pub mod io;
-mod lookup;
+pub(crate) mod lookup;
 mod segment;
 pub mod soft;
 mod stack;
@@ -47,6 +47,9 @@ pub struct ExitTargets {
     pub emulate: usize,
     pub exception: usize,
     pub soft_miss: usize,
+    /// Per jump-cache table: where a continuation whose guest returned
+    /// elsewhere looks R13D up (`exec::return_stack`).
+    pub ret_miss: [usize; crate::cpu::JUMP_CACHE_TABLES],
 }
 
 /// How the signal handler repairs host registers when a fault hits the
@@ -128,6 +131,9 @@ pub struct Translator<'a> {
     opts: Options,
     insn_map: Vec<InsnMapEntry>,
     pending_exits: Vec<(usize, u32)>,
+    /// The CALL being translated is not the block's last instruction: its
+    /// host CALL's continuation falls into the return site's code.
+    call_continues: bool,
     /// Guest code the instructions were decoded from; index 0 is EIP `code_base`.
     code: &'a [u8],
     code_base: u32,
@@ -357,6 +363,7 @@ impl<'a> Translator<'a> {
             opts,
             insn_map: Vec::new(),
             pending_exits: Vec::new(),
+            call_continues: false,
             code,
             code_base: 0,
             soft: None,
@@ -496,6 +503,10 @@ impl<'a> Translator<'a> {
             // A conditional branch before the end is a side exit: the block
             // goes on with its fall-through path.
             let side_exit = cls == Class::Jcc && k + 1 < n;
+            // A CALL the decoder went past: its continuation is the next
+            // instruction's code.
+            self.call_continues =
+                matches!(cls, Class::CallDirect | Class::CallIndirect) && k + 1 < n && lookup::host_returns(&self);
             if side_exit {
                 self.mark(i.ip32(), Fixup::None);
                 let at = self.a.jcc_rel32(i.condition_code() as u8 - 1);
@@ -503,7 +514,7 @@ impl<'a> Translator<'a> {
             } else {
                 self.insn(i, cls);
             }
-            let ends = cls.ends_block() && !side_exit;
+            let ends = cls.ends_block() && !side_exit && !self.call_continues;
             fell_through = !ends;
             if cls == Class::SysInline {
                 match i.mnemonic() {
@@ -644,7 +655,11 @@ impl<'a> Translator<'a> {
             }
             Class::CallDirect => {
                 stack::push_imm32(self, i.next_ip32());
-                self.direct_exit(i.near_branch32());
+                if lookup::host_returns(self) {
+                    lookup::host_call(self, Some(i.near_branch32()), i.next_ip32(), self.call_continues);
+                } else {
+                    self.direct_exit(i.near_branch32());
+                }
             }
             Class::JmpIndirect => {
                 self.load_scratch(i);
@@ -653,14 +668,24 @@ impl<'a> Translator<'a> {
             Class::CallIndirect => {
                 self.load_scratch(i);
                 stack::push_imm32(self, i.next_ip32());
-                lookup::indirect(self);
+                if lookup::host_returns(self) {
+                    lookup::host_call(self, None, i.next_ip32(), self.call_continues);
+                } else {
+                    lookup::indirect(self);
+                }
             }
             Class::Ret => {
                 // mov r13d, gs:[r12d] ; lea r12d, [r12 + 4 + n]
                 self.mem_op(&[], &[0x8B], SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
                 let n = if i.op_count() > 0 { i.immediate16() as i32 } else { 0 };
                 self.a.lea_r32(GUEST_ESP, GUEST_ESP, 4 + n);
-                lookup::indirect(self);
+                if lookup::host_returns(self) {
+                    // To the continuation of the host CALL that made the
+                    // guest's (which checks R13D), or to the sentinel.
+                    self.a.ret();
+                } else {
+                    lookup::indirect(self);
+                }
             }
             Class::PortIo => io::port_io(self, i),
             Class::StoreSys => system::store_sys(self, i),

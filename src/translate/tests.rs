@@ -22,6 +22,7 @@ const EXITS: ExitTargets = ExitTargets {
     emulate: HOST_BASE - 0x80,
     exception: HOST_BASE - 0x40,
     soft_miss: HOST_BASE - 0x140,
+    ret_miss: [HOST_BASE - 0x200, HOST_BASE - 0x240, HOST_BASE - 0x280, HOST_BASE - 0x2C0],
 };
 /// Guest address of the code of the golden tests.
 const GUEST_AT: u32 = 0x1000;
@@ -262,29 +263,76 @@ fn golden_pushad_popad_leave_enter() {
     );
 }
 
+/// The continuation after a guest CALL's host CALL (`lookup::host_call`)
+/// at host offset `start`, for return address `ret`, ending (when the block
+/// ends there) in a jump to host offset `to`.
+fn continuation_text(start: usize, ret: u32, to: Option<usize>) -> Vec<String> {
+    let ok = start + 3 + 7 + 2 + 8;
+    let mut v = vec![
+        "mov r11,rcx".to_string(),
+        format!("lea ecx,[r13-{ret:X}h]"),
+        format!("jrcxz {:016X}h", host(ok)),
+        "mov rcx,r11".into(),
+        jmp_to(EXITS.ret_miss[0]),
+        "mov rcx,r11".into(),
+    ];
+    v.extend(to.map(|t| jmp_to(host(t))));
+    v
+}
+
 #[test]
 fn golden_call_direct() {
-    // call $+0x15 at 0x1000: push the return address, then a chainable exit.
+    // call $+0x15 at 0x1000: push the return address, a host CALL through a
+    // chainable exit, and the continuation the callee's RET comes back to.
     let (_, t) = translate_guest(&[0xE8, 0x10, 0x00, 0x00, 0x00]);
-    assert_eq!(t.exits.len(), 1);
-    let e = t.exits[0];
-    assert_eq!(e.target, 0x1015);
-    let tail = e.tail_off as usize;
+    assert_eq!(t.exits.len(), 2);
+    let (call, ret) = (t.exits[0], t.exits[1]);
+    assert_eq!((call.target, ret.target), (0x1015, 0x1005));
+    let (tail, ret_tail) = (call.tail_off as usize, ret.tail_off as usize);
+    let mut want = vec![
+        "mov dword ptr gs:[r12d-4],1005h".to_string(),
+        "lea r12d,[r12-4]".into(),
+        format!("call {:016X}h", host(tail)),
+    ];
+    want.extend(continuation_text(7 + 11 + 5 + 5, 0x1005, Some(ret_tail)));
+    assert_eq!(disasm(&t.code, 7, tail), want);
     assert_eq!(
-        disasm(&t.code, 7, tail),
-        ["mov dword ptr gs:[r12d-4],1005h", "lea r12d,[r12-4]", jmp_to(host(tail)).as_str()]
-    );
-    assert_eq!(
-        disasm(&t.code, tail, t.code.len()),
+        disasm(&t.code, tail, ret_tail),
         ["mov dword ptr [r14+20h],1015h", "mov dword ptr [r14+2Ch],0", jmp_to(EXITS.chain).as_str()]
     );
+    // A CALL the block goes past: the continuation falls into the return
+    // site's code.
+    let mem = guest_mem(&[0xE8, 0x10, 0x00, 0x00, 0x00, 0x40, 0xF4]);
+    let b = crate::decode::decode_superblock(
+        &mem,
+        0,
+        GUEST_AT,
+        64,
+        0,
+        32,
+        crate::decode::Reach { side_exits: 0, calls: 1 },
+    );
+    assert_eq!(b.insns.len(), 3, "call, inc eax, hlt");
+    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
+    let start = 7 + 11 + 5 + 5;
+    let mut want = continuation_text(start, 0x1005, None);
+    want.push("inc eax".into());
+    assert_eq!(disasm(&t.code, start, start + 3 + 7 + 2 + 3 + 5 + 3 + 2), want);
 }
 
 #[test]
 fn golden_side_exit_continues_with_the_fall_through_path() {
     // inc eax; je +1; inc ebx; inc ecx; hlt at 0x1000, with one side exit.
     let mem = guest_mem(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4]);
-    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, 1);
+    let b = crate::decode::decode_superblock(
+        &mem,
+        0,
+        GUEST_AT,
+        64,
+        0,
+        32,
+        crate::decode::Reach { side_exits: 1, calls: 0 },
+    );
     assert_eq!(b.insns.len(), 5, "the block goes on past the JE to the HLT");
     let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
     // The taken JE is the first exit, to 0x1004; the block continues inline.
@@ -293,7 +341,7 @@ fn golden_side_exit_continues_with_the_fall_through_path() {
     let text = disasm(&t.code, 7, 7 + 2 + 6 + 2 + 2);
     assert_eq!(text, ["inc eax", format!("je {:016X}h", host(tail)).as_str(), "inc ebx", "inc ecx"]);
     // Without side exits the JE ends the block, as before.
-    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, 0);
+    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, crate::decode::Reach::default());
     assert_eq!(b.insns.len(), 2);
 }
 
@@ -315,16 +363,23 @@ fn lookup_text(start: usize) -> Vec<String> {
 
 #[test]
 fn golden_ret_and_indirect_jumps() {
-    // ret: mov r13d,gs:[r12d] (7 bytes: 65 67 45 8B 2C 24), lea (5), lookup.
-    let mut want = vec!["mov r13d,gs:[r12d]".to_string(), "lea r12d,[r12+4]".into()];
-    want.extend(lookup_text(7 + 6 + 5));
-    assert_eq!(whole_block(&[0xC3]), want);
+    // ret: mov r13d,gs:[r12d] (6 bytes: 65 67 45 8B 2C 24), lea (5), and
+    // a host RET to the continuation of the host CALL (or the sentinel).
+    assert_eq!(whole_block(&[0xC3]), ["mov r13d,gs:[r12d]", "lea r12d,[r12+4]", "ret"]);
     let (_, t) = translate_guest(&[0xC3]);
     assert!(t.exits.is_empty());
     // ret 8
-    let mut want = vec!["mov r13d,gs:[r12d]".to_string(), "lea r12d,[r12+0Ch]".into()];
-    want.extend(lookup_text(7 + 6 + 5));
-    assert_eq!(whole_block(&[0xC2, 0x08, 0x00]), want);
+    assert_eq!(whole_block(&[0xC2, 0x08, 0x00]), ["mov r13d,gs:[r12d]", "lea r12d,[r12+0Ch]", "ret"]);
+    // Without inline lookups (one-off blocks) RET looks up in the dispatcher.
+    let mem = guest_mem(&[0xC3]);
+    let b = decode_block(&mem, 0, GUEST_AT, 64);
+    let o =
+        Options { inline_lookup: false, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false };
+    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    assert_eq!(
+        disasm(&t.code, 7, t.code.len()),
+        ["mov r13d,gs:[r12d]", "lea r12d,[r12+4]", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]
+    );
     // jmp eax
     let mut want = vec!["mov r13d,eax".to_string()];
     want.extend(lookup_text(7 + 3));
@@ -333,10 +388,20 @@ fn golden_ret_and_indirect_jumps() {
     let mut want = vec!["mov r13d,gs:[ebx+4]".to_string()];
     want.extend(lookup_text(7 + 6));
     assert_eq!(whole_block(&[0xFF, 0x63, 0x04]), want);
-    // call [esp+8]: the target is loaded with the old ESP, then the push.
+    // call [esp+8]: the target is loaded with the old ESP, then the push;
+    // a jump-cache hit is entered with a host CALL.
     let mut want =
         vec!["mov r13d,gs:[r12d+8]".to_string(), "mov dword ptr gs:[r12d-4],1004h".into(), "lea r12d,[r12-4]".into()];
-    want.extend(lookup_text(7 + 7 + 11 + 5));
+    let start = 7 + 7 + 11 + 5;
+    let mut lookup = lookup_text(start);
+    if let Some(hit) = lookup.last_mut() {
+        *hit = format!("call qword ptr [r14+r10*8+{:X}h]", crate::cpu::OFF_JC_TARGETS);
+    }
+    want.extend(lookup);
+    let (_, t) = translate_guest(&[0xFF, 0x54, 0x24, 0x08]);
+    let tail = t.exits[0].tail_off as usize;
+    want.extend(continuation_text(start + 4 + 3 + 8 + 5 + 2 + 8 + 3 + 8, 0x1004, Some(tail)));
+    want.extend(["mov dword ptr [r14+20h],1004h".to_string(), "mov dword ptr [r14+2Ch],0".into(), jmp_to(EXITS.chain)]);
     assert_eq!(whole_block(&[0xFF, 0x54, 0x24, 0x08]), want);
 }
 
@@ -480,8 +545,9 @@ fn golden_sensitive_instructions_exit_to_emulate() {
     let (_, t) = translate_at(&mem, GUEST_AT, 3, Mode(3));
     assert_eq!(disasm(&t.code, 7, t.code.len()), ["mov dword ptr [r14+20h],1000h", &emulate_jmp()]);
     // cli/sti at CPL 0: a store to the virtual IF.
-    assert_eq!(first_insn(&[0xFA]), ["mov dword ptr [r14+44h],0"]);
-    assert_eq!(first_insn(&[0xFB]), ["mov dword ptr [r14+44h],200h"]);
+    let vif = crate::cpu::OFF_VIF;
+    assert_eq!(first_insn(&[0xFA]), [format!("mov dword ptr [r14+{vif:X}h],0")]);
+    assert_eq!(first_insn(&[0xFB]), [format!("mov dword ptr [r14+{vif:X}h],200h")]);
     // ud2: exception exit with #UD.
     assert_eq!(
         whole_block(&[0x0F, 0x0B]),
@@ -550,7 +616,11 @@ fn writes(acc: OpAccess) -> bool {
 /// (c) no PUSH/POP/CALL/RET/PUSHF/POPF/SYSCALL/INT, nothing writes RSP —
 ///     except the two balanced flag templates of the CPL-0 inline
 ///     PUSHFD/POPFD (`pushfq; pop r13` and `push r13; popfq`) on the host
-///     stack, which is the VMM's own;
+///     stack, which is the VMM's own, the VMM callouts (which move to the
+///     dispatcher's stack and back), and the host return stack's forms
+///     (`exec::return_stack`): a guest CALL's host CALL (to a block-local
+///     target or the jump-cache hit) followed by its continuation check,
+///     and a guest RET's bare RET after the stack pointer update;
 /// (d) nothing RIP-relative;
 /// (e) nothing writes R14/R15 or the FS/GS bases, and control flow stays in
 ///     the block or goes to the exit routines (indirectly only through
@@ -558,7 +628,17 @@ fn writes(acc: OpAccess) -> bool {
 fn check_block(code: &[u8]) -> Result<(), String> {
     let insns = decode_host(code);
     let mut info = InstructionInfoFactory::new();
-    let exits = [EXITS.chain, EXITS.indirect, EXITS.emulate, EXITS.exception, EXITS.soft_miss];
+    let exits = [
+        EXITS.chain,
+        EXITS.indirect,
+        EXITS.emulate,
+        EXITS.exception,
+        EXITS.soft_miss,
+        EXITS.ret_miss[0],
+        EXITS.ret_miss[1],
+        EXITS.ret_miss[2],
+        EXITS.ret_miss[3],
+    ];
     let (mut di_rebased, mut si_rebased) = (false, false);
     // Soft-TLB form (`translate::soft`): the register holding the host
     // address the lookup just produced, valid for the next access only
@@ -578,7 +658,15 @@ fn check_block(code: &[u8]) -> Result<(), String> {
         if is_io_call {
             let lo = insns[..c].iter().rposition(|(_, y)| y.mnemonic() == Mnemonic::Pushfq).unwrap_or(c);
             let hi = insns[c..].iter().position(|(_, y)| y.mnemonic() == Mnemonic::Popfq).map_or(c, |p| c + p);
-            io_spans.push(lo..=hi);
+            // `mov r13, rsp ; mov rsp, [r14+host_rsp]` before, `mov rsp, r13` after.
+            let switch_in = lo >= 2
+                && fmt(&insns[lo - 2].1) == "mov r13,rsp"
+                && fmt(&insns[lo - 1].1) == format!("mov rsp,[r14+{:X}h]", crate::cpu::OFF_HOST_RSP);
+            let switch_out = insns.get(hi + 1).is_some_and(|(_, y)| fmt(y) == "mov rsp,r13");
+            if !switch_in || !switch_out {
+                return Err(format!("callout at insn {c} does not switch to the dispatcher's stack"));
+            }
+            io_spans.push(lo - 2..=hi + 1);
         }
     }
     // The checked access of a non-flat segment or 16-bit addressing
@@ -625,6 +713,25 @@ fn check_block(code: &[u8]) -> Result<(), String> {
         let is_r13 = |x: &Instruction| {
             x.op_count() == 1 && x.op0_kind() == OpKind::Register && x.op0_register() == Register::R13
         };
+        // The host return stack: a CALL followed by its continuation check
+        // (`mov r11,rcx ; lea ecx,[r13+disp]`), a RET after `lea r12d,[r12+n]`.
+        let continuation = |c: usize| {
+            insns.get(c + 1).is_some_and(|(_, y)| fmt(y) == "mov r11,rcx")
+                && insns.get(c + 2).is_some_and(|(_, y)| fmt(y).starts_with("lea ecx,[r13"))
+        };
+        let host_call = m == Mnemonic::Call
+            && continuation(k)
+            && match i.op0_kind() {
+                OpKind::NearBranch64 => {
+                    (HOST_BASE..HOST_BASE + code.len()).contains(&(i.near_branch_target() as usize))
+                }
+                OpKind::Memory => {
+                    i.memory_base() == Register::R14 && i.memory_index() == Register::R10 && i.memory_index_scale() == 8
+                }
+                _ => false,
+            };
+        let host_ret =
+            m == Mnemonic::Ret && i.op_count() == 0 && prev.is_some_and(|p| fmt(&p).starts_with("lea r12d,[r12"));
         // (c) the only host stack use: the balanced flag templates.
         let template = match m {
             Mnemonic::Pushfq => next.is_some_and(|n| n.mnemonic() == Mnemonic::Pop && is_r13(&n)),
@@ -633,7 +740,9 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             Mnemonic::Popfq => prev.is_some_and(|p| p.mnemonic() == Mnemonic::Push && is_r13(&p)),
             _ => false,
         } || io_spans.iter().any(|s| s.contains(&k))
-            || in_check;
+            || in_check
+            || host_call
+            || host_ret;
         if !template {
             use Mnemonic as M;
             if matches!(
@@ -674,7 +783,8 @@ fn check_block(code: &[u8]) -> Result<(), String> {
         }
         match i.flow_control() {
             FlowControl::Next | FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch => {}
-            FlowControl::IndirectCall if in_io_span => {}
+            FlowControl::IndirectCall if in_io_span || host_call => {}
+            FlowControl::Call | FlowControl::Return if host_call || host_ret => {}
             FlowControl::IndirectBranch => {
                 let ok = m == Mnemonic::Jmp
                     && i.op0_kind() == OpKind::Memory
@@ -958,11 +1068,12 @@ fn check_metadata(b: &GuestBlock, t: &Translation) -> Result<(), String> {
             return Err(format!("exit {k}: rel32_off {at:#x} out of range"));
         }
         let c = &t.code;
-        let jmp = c[at - 1] == 0xE9 && starts.contains(&(at - 1));
+        // E8: a guest CALL's host CALL (`exec::return_stack`).
+        let jmp = matches!(c[at - 1], 0xE9 | 0xE8) && starts.contains(&(at - 1));
         let jcc = at >= 2 && c[at - 2] == 0x0F && c[at - 1] & 0xF0 == 0x80 && starts.contains(&(at - 2));
         if !jmp && !jcc {
             return Err(format!(
-                "exit {k}: rel32_off {at:#x} does not follow E9 / 0F 8x: {}",
+                "exit {k}: rel32_off {at:#x} does not follow E8 / E9 / 0F 8x: {}",
                 hex(&c[at.saturating_sub(2)..at])
             ));
         }
