@@ -256,6 +256,30 @@ impl Env<'_> {
         self.read_as(addr, size, false)
     }
 
+    /// Set and clear bits of a system-structure byte (a descriptor's
+    /// accessed or busy bit) atomically, as the processor's locked update
+    /// does; a supervisor write access that may fault like `write_sys`.
+    pub fn update_sys_byte(&mut self, addr: u32, set: u8, clear: u8) {
+        let phys = if self.mem.paging().enabled() {
+            match self.mem.translate(addr, true, false) {
+                Ok(p) => p,
+                Err(code) => {
+                    if self.page_fault.get().is_none() {
+                        self.page_fault.set(Some((addr, code)));
+                    }
+                    return;
+                }
+            }
+        } else {
+            addr
+        };
+        self.mem.update_u8(phys, set, clear);
+        let page = phys & !(PAGE_SIZE as u32 - 1);
+        if self.mem.is_protected(page) && !self.written.contains(&page) {
+            self.written.push(page);
+        }
+    }
+
     /// Write a system structure: always a supervisor access.
     pub fn write_sys(&mut self, addr: u32, size: usize, v: u32) {
         let user = std::mem::replace(&mut self.user, false);
@@ -491,8 +515,7 @@ impl Env<'_> {
         }
         let base = if sel & 4 != 0 { self.cpu.ldtr.base } else { self.cpu.gdtr.base };
         let a = base.wrapping_add((sel & !7) as u32 + 5);
-        let b = self.read_sys(a, 1) | 1;
-        self.write_sys(a, 1, b);
+        self.update_sys_byte(a, 1, 0);
     }
 
     /// Load a data or stack segment register with protected-mode checks.
@@ -989,8 +1012,7 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
                 } else {
                     // Mark the TSS busy in the GDT and in the cache.
                     let a = env.cpu.gdtr.base.wrapping_add((sel & !7) as u32 + 5);
-                    let b = env.read_sys(a, 1) | 2;
-                    env.write_sys(a, 1, b);
+                    env.update_sys_byte(a, 2, 0);
                     env.cpu.tr = Segment { attr: s.attr | 2, ..s };
                 }
             }

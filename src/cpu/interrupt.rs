@@ -437,18 +437,14 @@ impl Env<'_> {
         let gdt = self.cpu.gdtr.base;
         let busy_byte = |s: u16| gdt.wrapping_add((s & !7) as u32 + 5);
         if matches!(how, TaskSwitch::Jmp | TaskSwitch::Iret) {
-            let a = busy_byte(old.selector);
-            let b = self.read_sys(a, 1) & !2;
-            self.write_sys(a, 1, b);
+            self.update_sys_byte(busy_byte(old.selector), 0, 2);
         }
         let nb = new.base;
         if matches!(how, TaskSwitch::Call | TaskSwitch::Int) {
             self.write_sys(nb, 2, old.selector as u32);
         }
         if how != TaskSwitch::Iret {
-            let a = busy_byte(sel);
-            let b = self.read_sys(a, 1) | 2;
-            self.write_sys(a, 1, b);
+            self.update_sys_byte(busy_byte(sel), 2, 0);
         }
         // Load the incoming task.
         let cr3 = self.read_sys(nb.wrapping_add(28), 4);

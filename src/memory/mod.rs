@@ -527,6 +527,26 @@ impl GuestMemory {
         }
     }
 
+    /// Set and clear bits of the byte at physical `addr` in one atomic
+    /// read-modify-write, as the processor's locked updates of descriptor
+    /// bits (accessed, TSS busy) are: another vCPU's store to the same
+    /// descriptor is never lost. Device memory gets a plain read and write.
+    pub fn update_u8(&mut self, addr: u32, set: u8, clear: u8) {
+        if !self.is_plain_ram(addr, 1) {
+            let b = (self.read_u8(addr) | set) & !clear;
+            self.write(addr, &[b]);
+            return;
+        }
+        let ram = self.ram();
+        // SAFETY: the byte lies inside guest RAM (is_plain_ram), which
+        // translated code and other vCPUs only access through raw pointers
+        // or atomics, never through Rust references held across this.
+        let cell = unsafe { std::sync::atomic::AtomicU8::from_ptr(ram.as_ptr().add(addr as usize) as *mut u8) };
+        let _ = cell.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |b| {
+            Some((b | set) & !clear)
+        });
+    }
+
     pub fn read_u8(&self, addr: u32) -> u8 {
         let mut b = [0u8; 1];
         self.read(addr, &mut b);
@@ -654,6 +674,35 @@ mod tests {
         assert_eq!(m.read_u8(0x1000), 9);
         m.unprotect_all();
         assert!(!m.is_protected(0x1000));
+    }
+
+    #[test]
+    fn byte_updates_are_atomic_against_another_thread() {
+        // Two threads flip disjoint bits of one byte 20,000 times each
+        // (as two vCPUs setting a descriptor's accessed bit while another
+        // toggles its busy bit): no update is lost.
+        let mut m = GuestMemory::new(1 << 20).expect("guest memory");
+        m.write(0x2005, &[0]);
+        let base = m.window_base() + 0x2005;
+        let other = std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                // SAFETY: the window byte is guest RAM mapped for the test's life.
+                let cell = unsafe { std::sync::atomic::AtomicU8::from_ptr(base as *mut u8) };
+                cell.fetch_xor(0x80, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        for k in 0..20_000 {
+            if k % 2 == 0 {
+                m.update_u8(0x2005, 1, 0);
+            } else {
+                m.update_u8(0x2005, 0, 1);
+            }
+        }
+        other.join().expect("thread");
+        assert_eq!(m.read_u8(0x2005), 0, "20,000 toggles of each bit leave it clear");
+        m.update_u8(0x2005, 3, 0);
+        m.update_u8(0x2005, 0, 2);
+        assert_eq!(m.read_u8(0x2005), 1);
     }
 
     #[test]
