@@ -164,12 +164,89 @@ pub struct SegReloads {
     /// CR4, INVLPG through the VMM): a descriptor's linear address may map
     /// other memory afterwards.
     paging_gen: u64,
+    /// What the last two `sync`s published, and from what, while no record
+    /// changed: the same machine state publishes the same thing, so `sync`
+    /// copies it back (an INT/IRET round trip exits to the VMM twice, in
+    /// two states that alternate, and republishing cost a fifth of it).
+    published: [Option<(SyncInputs, Published)>; 2],
+}
+
+/// The `HotState` fields `sync` publishes.
+#[derive(Clone, Copy)]
+struct Published {
+    reload_key: [u64; 6],
+    reload_desc: [u64; 6],
+    reload_neg: [u64; 6],
+    alt_key: [u64; 6],
+    alt_desc: [u64; 6],
+    alt_neg: [u64; 6],
+    alt_base: [u32; 6],
+    alt_lo: [u32; 6],
+    alt_hi: [u32; 6],
+    verw: [u64; 4],
+}
+
+impl Published {
+    fn of(h: &crate::cpu::HotState) -> Self {
+        Self {
+            reload_key: h.reload_key,
+            reload_desc: h.reload_desc,
+            reload_neg: h.reload_neg,
+            alt_key: h.alt_key,
+            alt_desc: h.alt_desc,
+            alt_neg: h.alt_neg,
+            alt_base: h.alt_base,
+            alt_lo: h.alt_lo,
+            alt_hi: h.alt_hi,
+            verw: [h.verw_key, h.verw_desc, h.verw_neg, h.verw_zf],
+        }
+    }
+
+    fn restore(&self, h: &mut crate::cpu::HotState) {
+        h.reload_key = self.reload_key;
+        h.reload_desc = self.reload_desc;
+        h.reload_neg = self.reload_neg;
+        h.alt_key = self.alt_key;
+        h.alt_desc = self.alt_desc;
+        h.alt_neg = self.alt_neg;
+        h.alt_base = self.alt_base;
+        h.alt_lo = self.alt_lo;
+        h.alt_hi = self.alt_hi;
+        [h.verw_key, h.verw_desc, h.verw_neg, h.verw_zf] = self.verw;
+    }
+}
+
+/// The machine state `sync`'s result depends on besides the records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SyncInputs {
+    gdtr: TableReg,
+    ldtr: Segment,
+    segs: [Segment; 4],
+    cpl: u8,
+    cr0: u32,
+    vm: bool,
+    invlpgs: u64,
+}
+
+impl SyncInputs {
+    fn of(cpu: &Cpu) -> Self {
+        Self {
+            gdtr: cpu.gdtr,
+            ldtr: cpu.ldtr,
+            segs: RELOADABLE.map(|s| cpu.seg[s]),
+            cpl: cpu.cpl,
+            cr0: cpu.cr[0],
+            vm: cpu.hot.sys_flags & flags::VM != 0,
+            invlpgs: cpu.hot.invlpg_done,
+        }
+    }
 }
 
 impl SegReloads {
     /// Paging changed: no record stays valid.
     pub fn paging_changed(&mut self) {
         self.paging_gen += 1;
+        self.published = [None; 2];
     }
 
     /// The VMM has just loaded segment register `s` by MOV or POP: record
@@ -178,6 +255,7 @@ impl SegReloads {
         if !RELOADABLE.contains(&s) {
             return;
         }
+        self.published = [None; 2];
         let seg = cpu.seg[s];
         let new = if protected(cpu) && is_null(seg.selector) {
             Some(Record { seg, desc: None, cpl: cpu.cpl })
@@ -204,6 +282,7 @@ impl SegReloads {
             if cpu.hot.seg_sel[s] == u32::from(cpu.seg[s].selector) {
                 continue;
             }
+            self.published = [None; 2];
             match self.alts[s] {
                 Some(a) if u32::from(a.seg.selector) == cpu.hot.seg_sel[s] => {
                     self.alts[s] = self.records[s];
@@ -217,6 +296,7 @@ impl SegReloads {
 
     /// The VMM has just run a VERW of `selector` that set ZF to `zf`.
     pub fn note_verw(&mut self, cpu: &Cpu, mem: &GuestMemory, selector: u16, zf: bool) {
+        self.published = [None; 2];
         self.verw = Descriptor::locate(cpu, mem, selector, self.paging_gen).map(|desc| VerwRecord {
             selector,
             cpl: cpu.cpl,
@@ -228,6 +308,25 @@ impl SegReloads {
     /// Publish the records that still describe the machine to `HotState`
     /// (and disarm the others), before translated code runs.
     pub fn sync(&mut self, cpu: &mut Cpu, mem: &GuestMemory) {
+        let inputs = SyncInputs::of(cpu);
+        if let Some((_, p)) = self.published.iter().flatten().find(|(i, _)| *i == inputs) {
+            p.restore(&mut cpu.hot);
+            return;
+        }
+        let kept = (self.records, self.alts, self.verw.is_some());
+        self.publish(cpu, mem);
+        let same =
+            |a: &[Option<Record>; 6], b: &[Option<Record>; 6]| a.iter().zip(b).all(|(x, y)| x.is_some() == y.is_some());
+        if !same(&kept.0, &self.records) || !same(&kept.1, &self.alts) || kept.2 != self.verw.is_some() {
+            // A record went: what was published before used it.
+            self.published = [None; 2];
+        }
+        self.published = [Some((inputs, Published::of(&cpu.hot))), self.published[0]];
+    }
+
+    /// `sync`'s work: drop the records that no longer describe the machine
+    /// and publish the others.
+    fn publish(&mut self, cpu: &mut Cpu, mem: &GuestMemory) {
         let paging_gen = self.paging_gen;
         let null_desc = std::ptr::addr_of!(cpu.hot.null_desc) as u64;
         for s in RELOADABLE {
