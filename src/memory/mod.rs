@@ -130,6 +130,10 @@ pub struct GuestMemory {
     /// VMM access makes. (One span over all of them would cover all of RAM
     /// once the VGA window and the APICs at the top are both there.)
     mmio_ranges: Vec<(u32, u32)>,
+    /// From here to the end of RAM no device lies (the end of the highest
+    /// device range inside RAM, usually the VGA window's): the quick answer
+    /// for the VMM's accesses to kernel data above 1 MiB.
+    plain_from: u64,
 }
 
 // SAFETY: the raw pointers are owned mappings; GuestMemory is moved between
@@ -188,7 +192,9 @@ impl GuestMemory {
                 code_lin: vec![0; (WINDOW_SIZE / PAGE_SIZE) / 64],
                 mmio,
                 mmio_ranges,
+                plain_from: 0,
             };
+            m.note_mmio_ranges();
             let alias =
                 libc::mmap(std::ptr::null_mut(), ram, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
             if alias == libc::MAP_FAILED {
@@ -335,7 +341,23 @@ impl GuestMemory {
     #[inline]
     fn near_mmio(&self, addr: u32, len: usize) -> bool {
         let (a, end) = (addr as u64, addr as u64 + len as u64);
+        if a >= self.plain_from && end <= self.ram_size as u64 {
+            return false;
+        }
         self.mmio_ranges.iter().any(|&(b, n)| end > b as u64 && a < b as u64 + n as u64)
+    }
+
+    /// Recompute `plain_from` after a device range was added or moved.
+    fn note_mmio_ranges(&mut self) {
+        let ram = self.ram_size as u64;
+        self.plain_from = self
+            .mmio_ranges
+            .iter()
+            .map(|&(b, n)| (b as u64, b as u64 + n as u64))
+            .filter(|&(b, _)| b < ram)
+            .map(|(_, e)| e)
+            .max()
+            .unwrap_or(0);
     }
 
     /// Is `[addr, addr + len)` plain RAM (no device, inside RAM)?
@@ -354,6 +376,7 @@ impl GuestMemory {
     pub fn add_mmio(&mut self, base: u32, len: u32, dev: Box<dyn MmioDevice>) {
         self.mmio.push(MmioRegion { base, len, dev: std::sync::Arc::new(std::sync::Mutex::new(dev)) });
         self.mmio_ranges.push((base, len));
+        self.note_mmio_ranges();
         if !self.shadow.enabled() {
             self.unmap_mmio_identity();
         }

@@ -619,6 +619,7 @@ impl GuestMemory {
         }
         self.mmio[k].base = to;
         self.mmio_ranges[k].0 = to;
+        self.note_mmio_ranges();
         self.shadow.vmm_tlb.clear();
         if self.shadow.enabled() {
             for ci in 0..self.shadow.contexts.len() {
