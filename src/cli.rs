@@ -297,13 +297,13 @@ struct RawArgs {
     /// Accepted for QEMU compatibility: only tcg
     #[arg(long, value_name = "ACCEL")]
     accel: Vec<String>,
-    /// Machine: isapc (default; 8259-only PC) or pc (adds the local APIC)
+    /// Machine: isapc (default; 8259-only PC) or pc (adds the local APICs and the I/O APIC)
     #[arg(short = 'M', long, value_name = "MACHINE")]
     machine: Vec<String>,
     /// Accepted for QEMU compatibility (ignored)
     #[arg(long, value_name = "CPU")]
     cpu: Vec<String>,
-    /// Accepted for QEMU compatibility: only one CPU
+    /// Virtual CPUs (1-16), each on its own host thread: N, cpus=N or a sockets=/cores=/threads= product; more than one implies -M pc
     #[arg(long, value_name = "N")]
     smp: Vec<String>,
     /// Accepted for QEMU compatibility (ignored)
