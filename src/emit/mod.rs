@@ -323,18 +323,20 @@ impl Asm {
 
     /// `jmp qword [base64 + index64*8 + disp32]`
     pub fn jmp_mbi8(&mut self, base: u8, index: u8, disp: i32) {
-        self.rex(false, 0, index, base, false);
-        self.byte(0xFF);
-        self.byte(0x84 | (4 << 3));
-        self.byte(0xC0 | ((index & 7) << 3) | (base & 7));
-        self.u32(disp as u32);
+        self.ff_mbi8(4, base, index, disp);
     }
 
     /// `call qword [base64 + index64*8 + disp32]`
     pub fn call_mbi8(&mut self, base: u8, index: u8, disp: i32) {
+        self.ff_mbi8(2, base, index, disp);
+    }
+
+    /// Opcode FF with ModRM extension `ext` (2 CALL, 4 JMP) on
+    /// `qword [base64 + index64*8 + disp32]`.
+    fn ff_mbi8(&mut self, ext: u8, base: u8, index: u8, disp: i32) {
         self.rex(false, 0, index, base, false);
         self.byte(0xFF);
-        self.byte(0x84 | (2 << 3));
+        self.byte(0x84 | (ext << 3));
         self.byte(0xC0 | ((index & 7) << 3) | (base & 7));
         self.u32(disp as u32);
     }

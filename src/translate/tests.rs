@@ -12,7 +12,7 @@ use iced_x86::{
 
 use super::*;
 use crate::cpu::{Mode, OFF_EIP, OFF_EXIT_ARG};
-use crate::decode::{GuestBlock, MAX_BLOCK_INSNS, decode_block, decode_block_at_cpl};
+use crate::decode::{GuestBlock, MAX_BLOCK_INSNS, Reach, decode_block, decode_block_at_cpl};
 
 /// Stand-in host addresses: the code is translated and decoded, never run.
 const HOST_BASE: usize = 0x7000_0000_0000;
@@ -280,6 +280,14 @@ fn continuation_text(start: usize, ret: u32, to: Option<usize>) -> Vec<String> {
     v
 }
 
+/// Decode a superblock of `guest` at `GUEST_AT` as `reach` allows, and translate it.
+fn superblock(guest: &[u8], reach: Reach) -> (GuestBlock, Translation) {
+    let mem = guest_mem(guest);
+    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, reach);
+    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
+    (b, t)
+}
+
 #[test]
 fn golden_call_direct() {
     // call $+0x15 at 0x1000: push the return address, a host CALL through a
@@ -302,18 +310,8 @@ fn golden_call_direct() {
     );
     // A CALL the block goes past: the continuation falls into the return
     // site's code.
-    let mem = guest_mem(&[0xE8, 0x10, 0x00, 0x00, 0x00, 0x40, 0xF4]);
-    let b = crate::decode::decode_superblock(
-        &mem,
-        0,
-        GUEST_AT,
-        64,
-        0,
-        32,
-        crate::decode::Reach { side_exits: 0, calls: 1 },
-    );
+    let (b, t) = superblock(&[0xE8, 0x10, 0x00, 0x00, 0x00, 0x40, 0xF4], Reach { side_exits: 0, calls: 1 });
     assert_eq!(b.insns.len(), 3, "call, inc eax, hlt");
-    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
     let start = 7 + 11 + 5 + 5;
     let mut want = continuation_text(start, 0x1005, None);
     want.push("inc eax".into());
@@ -323,25 +321,15 @@ fn golden_call_direct() {
 #[test]
 fn golden_side_exit_continues_with_the_fall_through_path() {
     // inc eax; je +1; inc ebx; inc ecx; hlt at 0x1000, with one side exit.
-    let mem = guest_mem(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4]);
-    let b = crate::decode::decode_superblock(
-        &mem,
-        0,
-        GUEST_AT,
-        64,
-        0,
-        32,
-        crate::decode::Reach { side_exits: 1, calls: 0 },
-    );
+    let (b, t) = superblock(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4], Reach { side_exits: 1, calls: 0 });
     assert_eq!(b.insns.len(), 5, "the block goes on past the JE to the HLT");
-    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
     // The taken JE is the first exit, to 0x1004; the block continues inline.
     assert_eq!(t.exits[0].target, 0x1004);
     let tail = t.exits[0].tail_off as usize;
     let text = disasm(&t.code, 7, 7 + 2 + 6 + 2 + 2);
     assert_eq!(text, ["inc eax", format!("je {:016X}h", host(tail)).as_str(), "inc ebx", "inc ecx"]);
     // Without side exits the JE ends the block, as before.
-    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, crate::decode::Reach::default());
+    let (b, _) = superblock(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4], Reach::default());
     assert_eq!(b.insns.len(), 2);
 }
 
@@ -370,16 +358,6 @@ fn golden_ret_and_indirect_jumps() {
     assert!(t.exits.is_empty());
     // ret 8
     assert_eq!(whole_block(&[0xC2, 0x08, 0x00]), ["mov r13d,gs:[r12d]", "lea r12d,[r12+0Ch]", "ret"]);
-    // Without inline lookups (one-off blocks) RET looks up in the dispatcher.
-    let mem = guest_mem(&[0xC3]);
-    let b = decode_block(&mem, 0, GUEST_AT, 64);
-    let o =
-        Options { inline_lookup: false, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false };
-    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
-    assert_eq!(
-        disasm(&t.code, 7, t.code.len()),
-        ["mov r13d,gs:[r12d]", "lea r12d,[r12+4]", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]
-    );
     // jmp eax
     let mut want = vec!["mov r13d,eax".to_string()];
     want.extend(lookup_text(7 + 3));
@@ -407,14 +385,24 @@ fn golden_ret_and_indirect_jumps() {
 
 #[test]
 fn indirect_without_inline_lookup_goes_to_dispatcher() {
-    let mem = guest_mem(&[0xFF, 0xE0]);
-    let b = decode_block(&mem, 0, GUEST_AT, 64);
-    let o =
-        Options { inline_lookup: false, mode: Mode::default(), icount: false, kick_check: false, pause_gate: false };
-    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    // One-off blocks: JMP r32 and RET (no host RET) look up in the dispatcher.
+    let without_lookup = |guest: &[u8]| {
+        let mem = guest_mem(guest);
+        let b = decode_block(&mem, 0, GUEST_AT, 64);
+        let o = Options {
+            inline_lookup: false,
+            mode: Mode::default(),
+            icount: false,
+            kick_check: false,
+            pause_gate: false,
+        };
+        let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+        disasm(&t.code, 7, t.code.len())
+    };
+    assert_eq!(without_lookup(&[0xFF, 0xE0]), ["mov r13d,eax", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]);
     assert_eq!(
-        disasm(&t.code, 7, t.code.len()),
-        ["mov r13d,eax", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]
+        without_lookup(&[0xC3]),
+        ["mov r13d,gs:[r12d]", "lea r12d,[r12+4]", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]
     );
 }
 
