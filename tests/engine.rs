@@ -550,3 +550,32 @@ fn a_rewritten_return_address_is_followed() {
     assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 20, interrupts_enabled: false });
     assert_eq!((st.regs[EAX], st.regs[EBX], st.regs[ECX]), (0, 3, 0));
 }
+
+/// Accesses through a segment with a base and a 4 GiB limit (the TLS GS,
+/// Linux's per-CPU FS) add the base without a limit check, and the same
+/// translation form faults when the register is null. Loads GS with the
+/// data area's selector, reads gs:[4] and gs:[esi+8], loads the null
+/// selector and reads gs:[4]: #GP(0) there.
+#[test]
+fn based_segment_accesses_and_null_faults() {
+    let code = with_gdt(&[
+        0xB8, 0x18, 0x00, 0x00, 0x00, // mov eax, 0x18
+        0x8E, 0xE8, // mov gs, eax
+        0x65, 0x8B, 0x1D, 0x04, 0x00, 0x00, 0x00, // mov ebx, gs:[4]
+        0xBE, 0x00, 0x00, 0x00, 0x00, // mov esi, 0
+        0x65, 0x8B, 0x4E, 0x08, // mov ecx, gs:[esi+8]
+        0x31, 0xC0, // xor eax, eax
+        0x8E, 0xE8, // mov gs, eax
+        0x65, 0x8B, 0x15, 0x04, 0x00, 0x00, 0x00, // mov edx, gs:[4]
+    ]);
+    let fault_at = SNIPPET_CODE_ADDR + code.len() as u32 - 7;
+    let mut s = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
+    for (k, b) in s.data.iter_mut().enumerate() {
+        *b = k as u8;
+    }
+    let (out, st, _) = run_snippet_outcome(&code, &s).expect("runs");
+    assert_eq!(out, RunOutcome::Exception { vector: 13, error_code: Some(0), eip: fault_at });
+    assert_eq!(st.regs[EBX], u32::from_le_bytes([4, 5, 6, 7]));
+    assert_eq!(st.regs[ECX], u32::from_le_bytes([8, 9, 10, 11]));
+    assert_eq!(st.regs[EDX], 0, "the faulting load wrote nothing");
+}

@@ -27,6 +27,14 @@ impl Mode {
     pub const TF: u16 = 1 << 7;
     /// Bits 8..13: segment register n (ES, CS, SS, DS, FS, GS) is not flat.
     const NONFLAT_SHIFT: u16 = 8;
+    /// FS, GS: not flat only by a base, with a 4 GiB expand-up limit no
+    /// access can exceed (Linux's per-CPU FS, the TLS GS), or null (Linux's
+    /// user FS, which its system calls toggle with the per-CPU one in
+    /// place): translated as the offset plus the base after a flag-free
+    /// test for null, without pushing flags for a limit check (set with
+    /// the segment's NONFLAT bit).
+    pub const FS_BASED: u16 = 1 << 14;
+    pub const GS_BASED: u16 = 1 << 15;
 
     pub fn cpl(self) -> u8 {
         (self.0 & Self::CPL_MASK) as u8
@@ -39,6 +47,16 @@ impl Mode {
     /// Is segment register `seg` (ES..GS index) flat in this mode?
     pub fn seg_flat(self, seg: usize) -> bool {
         self.0 & (1 << (Self::NONFLAT_SHIFT + seg as u16)) == 0
+    }
+
+    /// Is segment register `seg` non-flat only by its base, or null
+    /// (`FS_BASED`, `GS_BASED`)?
+    pub fn seg_based(self, seg: usize) -> bool {
+        match seg {
+            super::SEG_FS => self.has(Self::FS_BASED),
+            super::SEG_GS => self.has(Self::GS_BASED),
+            _ => false,
+        }
     }
 
     /// Every segment flat, 32-bit code, no single-stepping: the modes whose
@@ -102,7 +120,20 @@ impl Cpu {
                 m |= 1 << (Mode::NONFLAT_SHIFT + k as u16);
             }
         }
+        for (k, bit) in [(super::SEG_FS, Mode::FS_BASED), (super::SEG_GS, Mode::GS_BASED)] {
+            if self.seg_based_or_null(k, &self.seg[k]) {
+                m |= bit;
+            }
+        }
         Mode(m)
+    }
+
+    /// Is segment register `k` holding `s` non-flat only by a non-zero
+    /// base, with a 4 GiB expand-up limit (no access can exceed it), or
+    /// null in protected mode (every access faults)?
+    pub fn seg_based_or_null(&self, k: usize, s: &super::Segment) -> bool {
+        let null = k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0;
+        self.seg_nonflat(k, s) && (null || (s.limit == u32::MAX && s.attr & 0x1C != 0x14))
     }
 
     /// Would segment register `k` holding `s` make the mode non-flat for

@@ -353,6 +353,7 @@ impl SegReloads {
                 current.is_some()
                     && a.seg.selector != cpu.seg[s].selector
                     && cpu.seg_nonflat(s, &a.seg) == cpu.seg_nonflat(s, &cpu.seg[s])
+                    && cpu.seg_based_or_null(s, &a.seg) == cpu.seg_based_or_null(s, &cpu.seg[s])
             });
             match alt {
                 Some(a) => {

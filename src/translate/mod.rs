@@ -955,6 +955,11 @@ impl<'a> Translator<'a> {
         let eip = i.ip32();
         let m = guest_mem(i, GUEST_ESP);
         let size = i.memory_size().size().max(1) as i32;
+        if self.opts.mode.seg_based(seg) && !high && !crate::decode::has_16bit_addressing(i) {
+            let op = segment::based_operand(self, eip, &m, seg);
+            self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, Some(op));
+            return;
+        }
         if crate::decode::has_16bit_addressing(i) && self.opts.mode.seg_flat(seg) {
             // Base 0 and a 4 GiB limit: a 16-bit offset is always inside.
             segment::offset16(self, i);

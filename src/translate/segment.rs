@@ -37,7 +37,65 @@ const JA: u8 = 0x7;
 
 pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: usize, size: i32) {
     t.lea_offset(m);
-    check_and_add_base(t, eip, seg, size);
+    if t.opts.mode.seg_based(seg) {
+        null_check(t, eip, seg);
+        add_base(t, seg);
+    } else {
+        check_and_add_base(t, eip, seg, size);
+    }
+}
+
+/// #GP(0) if segment `seg` (`Mode::seg_based`) is null, flag-free: a null
+/// segment's published offset range is empty (`hi` 0), a based one's ends
+/// at 4 GiB - 1.
+///
+/// ```text
+///     mov r11, rcx ; mov ecx, [r14+seg_hi+4*seg] ; jrcxz null ; jmp ok
+/// null: mov rcx, r11 ; <#GP exit at eip>
+/// ok:   mov rcx, r11
+/// ```
+fn null_check(t: &mut Translator, eip: u32, seg: usize) {
+    t.a.mov_r64_r64(R11, RCX);
+    t.a.mov_r32_mbase(RCX, VCPU, OFF_SEG_HI + 4 * seg as i32);
+    t.a.bytes(&[JRCXZ, 2, 0xEB, 0]); // jrcxz null ; jmp ok (patched below)
+    let over = t.a.len() - 1;
+    t.a.mov_r64_r64(RCX, R11);
+    t.exception_exit(eip, vector::GP);
+    t.a.buf[over] = (t.a.len() - over - 1) as u8;
+    t.a.mov_r64_r64(RCX, R11);
+}
+
+/// Add the base of segment `seg`, whose 4 GiB limit no offset can exceed
+/// (`Mode::seg_based`), to the offset in R13D, flag-free:
+/// `mov r10d, [r14+seg_base+4*seg] ; lea r13d, [r13+r10]`.
+fn add_base(t: &mut Translator, seg: usize) {
+    t.a.mov_r32_mbase(R10, VCPU, OFF_SEG_BASE + 4 * seg as i32);
+    t.a.lea_r32_bi(SCRATCH, SCRATCH, R10, 0);
+}
+
+/// The memory operand `m` of an access at `eip` through segment `seg`,
+/// whose 4 GiB limit no offset can exceed (`Mode::seg_based`: Linux's
+/// per-CPU FS, the TLS GS), with the segment's base folded in: the null
+/// test and one or two flag-free instructions before the access itself.
+///
+/// ```text
+///     <null_check>
+///     mov r13d, [r14+seg_base+4*seg]
+///    [lea r13d, [r13+base]]                  ; when m has a base and an index
+/// operand: gs:[r13d + index*scale + disp] | gs:[r13d + base + disp]
+/// ```
+pub(super) fn based_operand(t: &mut Translator, eip: u32, m: &GuestMem, seg: usize) -> GuestMem {
+    null_check(t, eip, seg);
+    t.a.mov_r32_mbase(SCRATCH, VCPU, OFF_SEG_BASE + 4 * seg as i32);
+    let (index, scale) = match (m.base, m.index) {
+        (Some(b), Some(x)) => {
+            t.a.lea_r32_bi(SCRATCH, SCRATCH, b, 0);
+            (Some(x), m.scale)
+        }
+        (Some(b), None) => (Some(b), 1),
+        (None, x) => (x, m.scale),
+    };
+    GuestMem { base: Some(SCRATCH), index, scale, disp: m.disp }
 }
 
 /// The same for a 16-bit addressing form (`[bx+si+d16]` ...): the offset
@@ -49,7 +107,12 @@ pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: us
 /// ```
 pub(super) fn checked_linear16(t: &mut Translator, eip: u32, i: &iced_x86::Instruction, seg: usize, size: i32) {
     offset16(t, i);
-    check_and_add_base(t, eip, seg, size);
+    if t.opts.mode.seg_based(seg) {
+        null_check(t, eip, seg);
+        add_base(t, seg);
+    } else {
+        check_and_add_base(t, eip, seg, size);
+    }
 }
 
 /// The 16-bit effective address of `i`'s memory operand into R13D (flag-free):

@@ -1549,3 +1549,28 @@ fn layout_knows_16bit_addressing_displacements() {
         assert_eq!(layout(bytes, true, code16).modrm_end, end, "{bytes:02x?} code16={code16}");
     }
 }
+
+#[test]
+fn golden_based_segment_access() {
+    // mov eax, gs:[0x14] with GS based (TLS): a null test, the base, and the
+    // access with the base folded into the operand; no flags pushed.
+    let mem = guest_mem(&[0x65, 0xA1, 0x14, 0x00, 0x00, 0x00, 0xF4]);
+    let gs_nonflat = 1 << (8 + crate::cpu::SEG_GS);
+    let (_, t) = translate_at(&mem, GUEST_AT, 3, Mode(3 | gs_nonflat | Mode::GS_BASED));
+    let text = disasm(&t.code, 7, t.code.len());
+    // iced's hex: a leading 0 before a letter digit.
+    let hex = |v: i32| {
+        let h = format!("{v:X}h");
+        if h.starts_with(|c: char| c.is_ascii_alphabetic()) { format!("0{h}") } else { h }
+    };
+    let hi = hex(crate::cpu::OFF_SEG_HI + 4 * crate::cpu::SEG_GS as i32);
+    let base = hex(crate::cpu::OFF_SEG_BASE + 4 * crate::cpu::SEG_GS as i32);
+    assert_eq!(text[..3], ["mov r11,rcx".to_string(), format!("mov ecx,[r14+{hi}]"), text[2].clone()]);
+    assert!(text[2].starts_with("jrcxz"), "{text:?}");
+    let ok = text.iter().position(|l| l.starts_with("mov r13d,[r14+")).expect("the base load");
+    assert_eq!(text[ok - 1], "mov rcx,r11");
+    assert_eq!(text[ok], format!("mov r13d,[r14+{base}]"));
+    assert_eq!(text[ok + 1], "mov eax,gs:[r13d+14h]");
+    assert!(!text.iter().any(|l| l.contains("pushf")), "{text:?}");
+    check_block(&t.code).expect("passes the mechanical check");
+}
