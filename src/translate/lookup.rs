@@ -1,4 +1,7 @@
-//! Inline jump-cache lookup for indirect branches and returns.
+//! Inline jump-cache lookup for indirect branches (and for returns where
+//! they do not use the host return stack), and the host CALL of a guest
+//! CALL with the continuation its RET comes back to (`host_call`, see
+//! `exec::return_stack`).
 //!
 //! The target EIP is in R13D. The cache is direct-mapped on the low 16 bits
 //! of the EIP and stores keys `-(eip + 1)` (0 is empty), so a hit is
