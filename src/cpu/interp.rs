@@ -280,6 +280,22 @@ impl Env<'_> {
         }
     }
 
+    /// Read the 8 bytes of a descriptor or gate at linear `addr` (a
+    /// supervisor access): one translation when they lie in one page of
+    /// plain RAM, else two dword reads.
+    pub fn read_sys64(&self, addr: u32) -> u64 {
+        if (addr & 0xFFF) as usize + 8 <= PAGE_SIZE {
+            let phys = if self.mem.paging().enabled() { self.phys_read(addr, false) } else { Some(addr) };
+            if let Some(p) = phys
+                && self.mem.is_plain_ram(p, 8)
+                && let Some(w) = self.mem.ram().get(p as usize..p as usize + 8)
+            {
+                return u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            }
+        }
+        self.read_sys(addr, 4) as u64 | (self.read_sys(addr.wrapping_add(4), 4) as u64) << 32
+    }
+
     /// Write a system structure: always a supervisor access.
     pub fn write_sys(&mut self, addr: u32, size: usize, v: u32) {
         let user = std::mem::replace(&mut self.user, false);
@@ -505,7 +521,7 @@ impl Env<'_> {
             return Err(Exception::with_code(vector::GP, (sel & 0xFFFC) as u32));
         }
         let a = table.base.wrapping_add(off);
-        Ok(self.read_sys(a, 4) as u64 | (self.read_sys(a.wrapping_add(4), 4) as u64) << 32)
+        Ok(self.read_sys64(a))
     }
 
     /// Set the accessed bit of a descriptor in memory, as the CPU does on load.

@@ -86,7 +86,7 @@ impl Env<'_> {
             return Err(gp(idt_err));
         }
         let a = self.cpu.idtr.base.wrapping_add(vector as u32 * 8);
-        let gate = self.read_sys(a, 4) as u64 | (self.read_sys(a.wrapping_add(4), 4) as u64) << 32;
+        let gate = self.read_sys64(a);
         let attr = ((gate >> 40) & 0xFF) as u16;
         let gty = attr & 0x1F;
         if !matches!(gty, ty::TASK_GATE | ty::INT_GATE16 | ty::TRAP_GATE16 | ty::INT_GATE32 | ty::TRAP_GATE32) {
