@@ -280,6 +280,26 @@ impl Env<'_> {
         }
     }
 
+    /// The `N` dwords at linear `addr` as the current privilege reads them,
+    /// through one translation, when they lie in one page of plain RAM and
+    /// that page is mapped; `None` otherwise (the caller then reads them one
+    /// by one, which reports any fault).
+    pub fn read_dwords<const N: usize>(&self, addr: u32) -> Option<[u32; N]> {
+        if (addr & 0xFFF) as usize + 4 * N > PAGE_SIZE {
+            return None;
+        }
+        let p = if self.mem.paging().enabled() { self.mem.translate_read(addr, self.user).ok()? } else { addr };
+        if !self.mem.is_plain_ram(p, 4 * N) {
+            return None;
+        }
+        let w = self.mem.ram().get(p as usize..p as usize + 4 * N)?;
+        let mut out = [0u32; N];
+        for (k, d) in out.iter_mut().enumerate() {
+            *d = u32::from_le_bytes([w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]]);
+        }
+        Some(out)
+    }
+
     /// Read the 8 bytes of a descriptor or gate at linear `addr` (a
     /// supervisor access): one translation when they lie in one page of
     /// plain RAM, else two dword reads.

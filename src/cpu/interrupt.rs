@@ -243,7 +243,14 @@ impl Env<'_> {
         }
         let esp = self.cpu.reg(ESP);
         let ss_base = self.cpu.seg[SEG_SS].base;
-        let rd = |env: &Self, k: u32| env.read(ss_base.wrapping_add(esp.wrapping_add(k * size as u32)), size);
+        // The whole 32-bit frame through one translation when it lies in one
+        // page (reading the outer ESP and SS a same-level IRET leaves alone
+        // has no effect there); else each dword as the IRET needs it.
+        let frame = if size == 4 { self.read_dwords::<5>(ss_base.wrapping_add(esp)) } else { None };
+        let rd = |env: &Self, k: u32| match frame {
+            Some(f) => f[k as usize],
+            None => env.read(ss_base.wrapping_add(esp.wrapping_add(k * size as u32)), size),
+        };
         let eip = rd(self, 0);
         let cs_sel = rd(self, 1) as u16;
         let fl = rd(self, 2);
