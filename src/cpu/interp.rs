@@ -285,10 +285,15 @@ impl Env<'_> {
     /// that page is mapped; `None` otherwise (the caller then reads them one
     /// by one, which reports any fault).
     pub fn read_dwords<const N: usize>(&self, addr: u32) -> Option<[u32; N]> {
+        self.read_dwords_as(addr, self.user)
+    }
+
+    /// `read_dwords` with the privilege of the access given.
+    fn read_dwords_as<const N: usize>(&self, addr: u32, user: bool) -> Option<[u32; N]> {
         if (addr & 0xFFF) as usize + 4 * N > PAGE_SIZE {
             return None;
         }
-        let p = if self.mem.paging().enabled() { self.mem.translate_read(addr, self.user).ok()? } else { addr };
+        let p = if self.mem.paging().enabled() { self.mem.translate_read(addr, user).ok()? } else { addr };
         if !self.mem.is_plain_ram(p, 4 * N) {
             return None;
         }
@@ -304,16 +309,10 @@ impl Env<'_> {
     /// supervisor access): one translation when they lie in one page of
     /// plain RAM, else two dword reads.
     pub fn read_sys64(&self, addr: u32) -> u64 {
-        if (addr & 0xFFF) as usize + 8 <= PAGE_SIZE {
-            let phys = if self.mem.paging().enabled() { self.phys_read(addr, false) } else { Some(addr) };
-            if let Some(p) = phys
-                && self.mem.is_plain_ram(p, 8)
-                && let Some(w) = self.mem.ram().get(p as usize..p as usize + 8)
-            {
-                return u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            }
+        match self.read_dwords_as::<2>(addr, false) {
+            Some([lo, hi]) => lo as u64 | (hi as u64) << 32,
+            None => self.read_sys(addr, 4) as u64 | (self.read_sys(addr.wrapping_add(4), 4) as u64) << 32,
         }
-        self.read_sys(addr, 4) as u64 | (self.read_sys(addr.wrapping_add(4), 4) as u64) << 32
     }
 
     /// Write a system structure: always a supervisor access.

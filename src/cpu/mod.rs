@@ -470,6 +470,12 @@ impl Segment {
         self.base == 0 && self.limit == 0xFFFF_FFFF
     }
 
+    /// An expand-down data segment (type 01x1): valid offsets lie above
+    /// the limit.
+    pub fn is_expand_down(&self) -> bool {
+        self.attr & 0x1C == 0x14
+    }
+
     /// Build the hidden cache from a raw 8-byte descriptor.
     pub fn from_descriptor(selector: u16, d: u64) -> Self {
         let base = ((d >> 16) & 0xFF_FFFF) as u32 | (((d >> 56) & 0xFF) as u32) << 24;
@@ -696,9 +702,9 @@ impl Cpu {
     /// What checked accesses through segment register `k` holding `s` use:
     /// the base and the valid offsets `lo..=hi`.
     pub fn checked_range(&self, k: usize, s: &Segment) -> (u32, u32, u32) {
-        let (lo, hi) = if k != SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0 {
+        let (lo, hi) = if self.seg_null(k, s) {
             (1, 0) // null selector: every access faults
-        } else if s.attr & 0x1C == 0x14 {
+        } else if s.is_expand_down() {
             // Expand-down data: offsets above the limit, up to 64 KiB or 4 GiB.
             let top = if s.attr & (1 << 14) != 0 { u32::MAX } else { 0xFFFF };
             (s.limit.wrapping_add(1), top)

@@ -132,16 +132,19 @@ impl Cpu {
     /// base, with a 4 GiB expand-up limit (no access can exceed it), or
     /// null in protected mode (every access faults)?
     pub fn seg_based_or_null(&self, k: usize, s: &super::Segment) -> bool {
-        let null = k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0;
-        self.seg_nonflat(k, s) && (null || (s.limit == u32::MAX && s.attr & 0x1C != 0x14))
+        self.seg_nonflat(k, s) && (self.seg_null(k, s) || (s.limit == u32::MAX && !s.is_expand_down()))
+    }
+
+    /// Is segment register `k` holding `s` null in protected mode (every
+    /// access through it faults)? CS is never null.
+    pub fn seg_null(&self, k: usize, s: &super::Segment) -> bool {
+        k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0
     }
 
     /// Would segment register `k` holding `s` make the mode non-flat for
     /// it (accesses checked and based at run time)?
     pub fn seg_nonflat(&self, k: usize, s: &super::Segment) -> bool {
-        let null = k != super::SEG_CS && s.selector & 0xFFFC == 0 && self.cr[0] & 1 != 0;
-        let expand_down = s.attr & 0x1C == 0x14;
-        !s.is_flat() || null || expand_down
+        !s.is_flat() || self.seg_null(k, s) || s.is_expand_down()
     }
 }
 

@@ -12,6 +12,10 @@ impl Engine {
     pub(super) fn translate(&mut self, eip: u32, mode: Mode, register: bool) -> Result<BlockId, Step> {
         let t0 = Instant::now();
         let max = if !register || mode.has(Mode::TF) { 1 } else { MAX_BLOCK_INSNS };
+        // A one-off block runs exactly one instruction: its indirect branch
+        // leaves for the dispatcher instead of continuing from the jump
+        // cache (the bounce pages of `bounce` are mapped only meanwhile).
+        let inline_lookup = self.opts.chaining && register;
         let bits = if mode.has(Mode::CS16) { 16 } else { 32 };
         // Code is fetched at CS base + EIP; instructions keep EIP offsets.
         let cs_base = self.cpu.seg[SEG_CS].base;
@@ -32,7 +36,7 @@ impl Engine {
                 side_exits: if self.opts.chaining { MAX_SIDE_EXITS } else { 0 },
                 // Guest CALLs become host CALLs (`translate::lookup::host_call`)
                 // exactly where returns are looked up inline.
-                calls: if self.opts.chaining && register && mode.uses_jump_cache() { MAX_PAST_CALLS } else { 0 },
+                calls: if inline_lookup && mode.uses_jump_cache() { MAX_PAST_CALLS } else { 0 },
             };
             let mut block = decode_superblock(code, base, eip, max, mode.cpl(), bits, reach);
             if let Fetch::Paged { phys, .. } = &fetch {
@@ -81,11 +85,8 @@ impl Engine {
             let text = disasm_guest(&block.insns);
             self.logln(&format!("----------------\nIN: \n{text}"));
         }
-        // A one-off block runs exactly one instruction: its indirect branch
-        // leaves for the dispatcher instead of continuing from the jump
-        // cache (the bounce pages of `bounce` are mapped only meanwhile).
         let opts = Options {
-            inline_lookup: self.opts.chaining && register,
+            inline_lookup,
             mode,
             icount: self.opts.icount,
             kick_check: self.vcpu.is_some(),

@@ -358,6 +358,7 @@ impl Engine {
         let out = self.dispatch();
         self.smp_detach_thread();
         self.stats.inline_invlpgs = self.cpu.hot.invlpg_done;
+        self.stats.return_stack_resets = self.sig.rsb_resets;
         self.timer = None;
         signals::set_current(std::ptr::null_mut());
         self.io.flush();
@@ -416,8 +417,10 @@ impl Engine {
             }
             let eip = self.cpu.hot.eip;
             let mode = if was_clean { self.mode } else { self.cpu.mode() };
-            // A return with no host call behind it looks up in this mode's table.
-            self.cpu.hot.rsb_sentinel = self.tramp.ret_sentinel[mode.jc_table()] as u64;
+            if !was_clean {
+                // A return with no host call behind it looks up in this mode's table.
+                self.cpu.hot.rsb_sentinel = self.tramp.ret_sentinel[mode.jc_table()] as u64;
+            }
             if !was_clean && mode.uses_jump_cache() {
                 // A table serves one whole mode at a time: an inline lookup
                 // must not find a block translated for other FPU trap bits
@@ -595,7 +598,6 @@ impl Engine {
         // signal handlers and SignalCtx are set for this thread.
         unsafe { f(&mut *self.cpu.hot, host) };
         self.sig.in_guest.store(false, std::sync::atomic::Ordering::Relaxed);
-        self.stats.return_stack_resets = self.sig.rsb_resets;
         if self.opts.icount {
             self.icount_account();
         }

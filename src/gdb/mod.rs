@@ -138,9 +138,11 @@ pub fn run(engine: &mut Engine, addr: &str, wait: bool) -> Result<Ending, GdbErr
     let stop = engine.enable_debug();
     let shared = Arc::new(Shared { stop, running: AtomicBool::new(false) });
     let rx = listen(addr, shared.clone())?;
-    // Virtual time stands still while the guest is stopped (as QEMU's).
-    let clock = engine.chipset.as_ref().map(|c| c.clock.clone());
-    clock.iter().for_each(|c| c.pause());
+    // Virtual time stands still while the guest is stopped (as QEMU's):
+    // it runs only inside `run_in_time`.
+    if let Some(c) = &engine.chipset {
+        c.clock.pause();
+    }
     let mut conn = None;
     if wait {
         // Started stopped: say where the debugger is awaited (scripts wait
@@ -153,9 +155,7 @@ pub fn run(engine: &mut Engine, addr: &str, wait: bool) -> Result<Ending, GdbErr
     loop {
         let Some(stream) = conn.take() else {
             shared.running.store(true, Ordering::Relaxed);
-            clock.iter().for_each(|c| c.resume());
-            let out = engine.run();
-            clock.iter().for_each(|c| c.pause());
+            let out = run_in_time(engine);
             shared.running.store(false, Ordering::Relaxed);
             match out {
                 RunOutcome::DebugStop(_) => {
@@ -188,6 +188,20 @@ pub fn run(engine: &mut Engine, addr: &str, wait: bool) -> Result<Ending, GdbErr
         // Detached (or the debugger went away): the guest runs on.
         engine.clear_debug_points();
     }
+}
+
+/// Run the guest with the device clock running, and stop the clock again
+/// when it stops: virtual time passes only while the guest runs.
+fn run_in_time(engine: &mut Engine) -> RunOutcome {
+    let clock = engine.chipset.as_ref().map(|c| c.clock.clone());
+    if let Some(c) = &clock {
+        c.resume();
+    }
+    let out = engine.run();
+    if let Some(c) = &clock {
+        c.pause();
+    }
+    out
 }
 
 /// The protocol's run loop: run the guest until it stops or gdb sends

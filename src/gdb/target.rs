@@ -53,11 +53,7 @@ impl<'a> GdbTarget<'a> {
     pub(super) fn run_guest(&mut self) -> RunOutcome {
         self.shared.stop.store(false, Ordering::Relaxed);
         self.shared.running.store(true, Ordering::Relaxed);
-        // Virtual time runs only while the guest does.
-        let clock = self.engine.chipset.as_ref().map(|c| c.clock.clone());
-        clock.iter().for_each(|c| c.resume());
-        let out = self.engine.run();
-        clock.iter().for_each(|c| c.pause());
+        let out = super::run_in_time(self.engine);
         self.shared.running.store(false, Ordering::Relaxed);
         self.shared.stop.store(false, Ordering::Relaxed);
         out

@@ -53,9 +53,9 @@ pub(crate) fn enter_hit(a: &mut Asm, table: usize, call: bool) {
     }
 }
 
-/// Whether guest CALL and RET use the host return stack
-/// (`exec::return_stack`): wherever returns are looked up inline.
-pub(super) fn host_returns(t: &Translator) -> bool {
+/// Whether indirect branches are looked up inline, and with that guest
+/// CALL and RET use the host return stack (`exec::return_stack`).
+pub(super) fn inline(t: &Translator) -> bool {
     t.opts.inline_lookup && t.opts.mode.uses_jump_cache()
 }
 
@@ -63,9 +63,31 @@ pub(super) fn indirect(t: &mut Translator) {
     lookup(t, false);
 }
 
+/// A guest CALL (its return address already pushed) to `direct`, or to
+/// R13D: a host CALL (`host_call`) where lookups are inline, else a plain
+/// transfer.
+pub(super) fn call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool) {
+    match (inline(t), direct) {
+        (true, _) => host_call(t, direct, return_eip, fall_through),
+        (false, Some(target)) => t.direct_exit(target),
+        (false, None) => indirect(t),
+    }
+}
+
+/// A guest RET (R13D popped): a host RET to the continuation of the host
+/// CALL that made the guest's (which checks R13D), or to the sentinel,
+/// where lookups are inline; else a lookup.
+pub(super) fn ret(t: &mut Translator) {
+    if inline(t) {
+        t.a.ret();
+    } else {
+        indirect(t);
+    }
+}
+
 /// The lookup of R13D; with `call`, a hit is entered with a host CALL.
 fn lookup(t: &mut Translator, call: bool) {
-    if !t.opts.inline_lookup || !t.opts.mode.uses_jump_cache() {
+    if !inline(t) {
         t.a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
         t.jmp_abs(t.exits_to.indirect);
         return;
@@ -79,7 +101,7 @@ fn lookup(t: &mut Translator, call: bool) {
     enter_hit(&mut t.a, table, call);
 }
 
-/// A guest CALL's transfer when `host_returns`: the direct target through
+/// A guest CALL's transfer where lookups are inline: the direct target through
 /// a chainable host CALL, or the indirect one (R13D) through the jump cache
 /// entered with a host CALL; then the continuation its RET comes back to,
 /// which goes on with the return site's code when the block does
@@ -91,7 +113,7 @@ fn lookup(t: &mut Translator, call: bool) {
 ///     mov rcx, r11 ; jmp ret_miss[table]                      ; it returned elsewhere
 /// 1:  mov rcx, r11 [; jmp return_block]                       ; chainable exit
 /// ```
-pub(super) fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool) {
+fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool) {
     match direct {
         Some(target) => {
             let at = t.a.call_rel32();

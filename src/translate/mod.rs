@@ -506,7 +506,7 @@ impl<'a> Translator<'a> {
             // A CALL the decoder went past: its continuation is the next
             // instruction's code.
             self.call_continues =
-                matches!(cls, Class::CallDirect | Class::CallIndirect) && k + 1 < n && lookup::host_returns(&self);
+                matches!(cls, Class::CallDirect | Class::CallIndirect) && k + 1 < n && lookup::inline(&self);
             if side_exit {
                 self.mark(i.ip32(), Fixup::None);
                 let at = self.a.jcc_rel32(i.condition_code() as u8 - 1);
@@ -655,11 +655,7 @@ impl<'a> Translator<'a> {
             }
             Class::CallDirect => {
                 stack::push_imm32(self, i.next_ip32());
-                if lookup::host_returns(self) {
-                    lookup::host_call(self, Some(i.near_branch32()), i.next_ip32(), self.call_continues);
-                } else {
-                    self.direct_exit(i.near_branch32());
-                }
+                lookup::call(self, Some(i.near_branch32()), i.next_ip32(), self.call_continues);
             }
             Class::JmpIndirect => {
                 self.load_scratch(i);
@@ -668,24 +664,14 @@ impl<'a> Translator<'a> {
             Class::CallIndirect => {
                 self.load_scratch(i);
                 stack::push_imm32(self, i.next_ip32());
-                if lookup::host_returns(self) {
-                    lookup::host_call(self, None, i.next_ip32(), self.call_continues);
-                } else {
-                    lookup::indirect(self);
-                }
+                lookup::call(self, None, i.next_ip32(), self.call_continues);
             }
             Class::Ret => {
                 // mov r13d, gs:[r12d] ; lea r12d, [r12 + 4 + n]
                 self.mem_op(&[], &[0x8B], SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
                 let n = if i.op_count() > 0 { i.immediate16() as i32 } else { 0 };
                 self.a.lea_r32(GUEST_ESP, GUEST_ESP, 4 + n);
-                if lookup::host_returns(self) {
-                    // To the continuation of the host CALL that made the
-                    // guest's (which checks R13D), or to the sentinel.
-                    self.a.ret();
-                } else {
-                    lookup::indirect(self);
-                }
+                lookup::ret(self);
             }
             Class::PortIo => io::port_io(self, i),
             Class::StoreSys => system::store_sys(self, i),

@@ -37,6 +37,12 @@ const JA: u8 = 0x7;
 
 pub(super) fn checked_linear(t: &mut Translator, eip: u32, m: &GuestMem, seg: usize, size: i32) {
     t.lea_offset(m);
+    add_checked_base(t, eip, seg, size);
+}
+
+/// Check the offset in R13D for segment `seg` and add its base: flag-free
+/// for a based segment (only null faults), else the full range check.
+fn add_checked_base(t: &mut Translator, eip: u32, seg: usize, size: i32) {
     if t.opts.mode.seg_based(seg) {
         null_check(t, eip, seg);
         add_base(t, seg);
@@ -107,12 +113,7 @@ pub(super) fn based_operand(t: &mut Translator, eip: u32, m: &GuestMem, seg: usi
 /// ```
 pub(super) fn checked_linear16(t: &mut Translator, eip: u32, i: &iced_x86::Instruction, seg: usize, size: i32) {
     offset16(t, i);
-    if t.opts.mode.seg_based(seg) {
-        null_check(t, eip, seg);
-        add_base(t, seg);
-    } else {
-        check_and_add_base(t, eip, seg, size);
-    }
+    add_checked_base(t, eip, seg, size);
 }
 
 /// The 16-bit effective address of `i`'s memory operand into R13D (flag-free):
