@@ -152,11 +152,11 @@ pub struct HotState {
     /// The guest's selectors (ES..GS), for translated PUSH sreg; synced by
     /// the dispatcher before it enters translated code.
     pub seg_sel: [u32; 6],
-    _pad2: [u32; 10],
+    _pad2: [u32; 8],
     /// Host RIP of the last fault in translated code, and the raw 64-bit
     /// values of `RESUME_REGS` there, to resume it after a hidden fault.
     pub resume_rip: u64,
-    pub resume_regs: [u64; 6],
+    pub resume_regs: [u64; 7],
     /// Guest XMM0-7 and MXCSR while the VMM runs (the x87/MMX state stays
     /// in the hardware: the VMM's Rust code never uses x87).
     pub xmm: [u8; 128],
@@ -275,8 +275,10 @@ pub const OFF_RESUME_RIP: i32 = offset_of!(HotState, resume_rip) as i32;
 pub const OFF_RESUME_REGS: i32 = offset_of!(HotState, resume_regs) as i32;
 /// Host registers that can hold something other than the zero-extended
 /// guest value at a fault: borrowed registers and string-instruction host
-/// pointers (RBP, RSI, RDI) and the scratch registers (R10, R11, R13).
-pub const RESUME_REGS: [u8; 6] = [5, 6, 7, 10, 11, 13];
+/// pointers (RBP, RSI, RDI), the scratch registers (R10, R11, R13) and
+/// R12, which lags the guest's ESP by the deferred stack updates
+/// (`InsnMapEntry::esp_delta`).
+pub const RESUME_REGS: [u8; 7] = [5, 6, 7, 10, 11, 12, 13];
 pub const OFF_IO_PORT: i32 = offset_of!(HotState, io_port) as i32;
 pub const OFF_IO_INFO: i32 = offset_of!(HotState, io_info) as i32;
 pub const OFF_IO_VALUE: i32 = offset_of!(HotState, io_value) as i32;

@@ -269,6 +269,11 @@ fn redirect(
             g[greg(reg)] = g[greg(from)];
         }
     }
+    if entry.esp_delta != 0 {
+        // Stack updates the block defers: the guest's ESP is ahead of R12.
+        let esp = &mut g[greg(crate::emit::reg::GUEST_ESP)];
+        *esp = (*esp as u32).wrapping_add(entry.esp_delta as u32) as i64;
+    }
     // SAFETY: si_addr is valid for the fault signals we handle (the timer
     // signal's is unused).
     let addr = if interrupt_only { 0 } else { (unsafe { info.si_addr() }) as usize };

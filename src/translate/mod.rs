@@ -76,6 +76,9 @@ pub struct InsnMapEntry {
     pub host_off: u32,
     pub eip: u32,
     pub fixup: Fixup,
+    /// Guest ESP = R12D + `esp_delta` when the instruction starts: stack
+    /// updates deferred by the ones before it (`Translator::esp_delta`).
+    pub esp_delta: i32,
 }
 
 /// A direct exit of a block, patchable for chaining.
@@ -131,6 +134,11 @@ pub struct Translator<'a> {
     opts: Options,
     insn_map: Vec<InsnMapEntry>,
     pending_exits: Vec<(usize, u32)>,
+    /// Stack-pointer updates not yet made: guest ESP = R12D + `esp_delta`.
+    /// Pushes, pops and ESP-based operands in between fold it into their
+    /// displacements, so a run of them updates R12 once (`flush_esp`);
+    /// every other instruction, and every way out of the block, sees it 0.
+    esp_delta: i32,
     /// The CALL being translated is not the block's last instruction: its
     /// host CALL's continuation falls into the return site's code.
     call_continues: bool,
@@ -363,6 +371,7 @@ impl<'a> Translator<'a> {
             opts,
             insn_map: Vec::new(),
             pending_exits: Vec::new(),
+            esp_delta: 0,
             call_continues: false,
             code,
             code_base: 0,
@@ -508,6 +517,7 @@ impl<'a> Translator<'a> {
             self.call_continues =
                 matches!(cls, Class::CallDirect | Class::CallIndirect) && k + 1 < n && lookup::inline(&self);
             if side_exit {
+                self.flush_esp();
                 self.mark(i.ip32(), Fixup::None);
                 let at = self.a.jcc_rel32(i.condition_code() as u8 - 1);
                 self.pending_exits.push((at, i.near_branch32()));
@@ -524,11 +534,13 @@ impl<'a> Translator<'a> {
                 }
             }
             if check_after == Some(k) && !ends {
+                self.flush_esp();
                 self.interrupt_window_check(i.next_ip32());
                 check_after = None;
             }
         }
         if fell_through {
+            self.flush_esp();
             let at = self.a.jmp_rel32();
             self.pending_exits.push((at, block.end));
         }
@@ -547,7 +559,64 @@ impl<'a> Translator<'a> {
     }
 
     fn mark(&mut self, eip: u32, fixup: Fixup) {
-        self.insn_map.push(InsnMapEntry { host_off: self.a.len() as u32, eip, fixup });
+        let esp_delta = self.esp_delta;
+        self.insn_map.push(InsnMapEntry { host_off: self.a.len() as u32, eip, fixup, esp_delta });
+    }
+
+    /// Make the deferred stack-pointer updates: `lea r12d, [r12+esp_delta]`
+    /// (flag-free, like the updates it stands for).
+    pub(crate) fn flush_esp(&mut self) {
+        if self.esp_delta != 0 {
+            self.a.lea_r32(GUEST_ESP, GUEST_ESP, self.esp_delta);
+            self.esp_delta = 0;
+        }
+    }
+
+    /// `guest_mem(i, GUEST_ESP)` with the deferred ESP updates folded into
+    /// an ESP base's displacement.
+    pub(crate) fn guest_mem_esp(&self, i: &Instruction) -> GuestMem {
+        let mut m = guest_mem(i, GUEST_ESP);
+        if m.base == Some(GUEST_ESP) {
+            m.disp = m.disp.wrapping_add(self.esp_delta);
+        }
+        m
+    }
+
+    /// Can `i` (class `cls`, as `insn` will translate it) run with stack
+    /// updates deferred? It must not name ESP as a register, must have no
+    /// way out of the block but a host fault (whose handler adds the
+    /// instruction's `esp_delta` to R12), and its memory operand must be
+    /// the plain window form, whose ESP base takes the delta.
+    fn keeps_esp_delta(&self, i: &Instruction, cls: Class) -> bool {
+        /// Deferred updates beyond this are made: displacements stay small.
+        const MAX_DELTA: i32 = 1 << 12;
+        if self.esp_delta.abs() > MAX_DELTA || self.opts.mode.has(Mode::CS16) {
+            return false;
+        }
+        let names_sp = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
+        let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
+        let plain_mem = || {
+            self.opts.mode.seg_flat(seg_index(i.memory_segment()))
+                && !crate::decode::has_16bit_addressing(i)
+                && !self.soft_all
+                && !self.soft.is_some_and(|s| s.contains_key(&i.ip32()))
+        };
+        match cls {
+            Class::PushImm | Class::CallDirect | Class::Ret => true,
+            Class::PushReg | Class::PopReg | Class::IncDecShort => !names_sp,
+            Class::PushMem | Class::CallIndirect => !names_sp && (!mem || plain_mem()),
+            Class::Ident => {
+                let high =
+                    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
+                !names_sp
+                    && !matches!(
+                        i.mnemonic(),
+                        iced_x86::Mnemonic::Div | iced_x86::Mnemonic::Idiv | iced_x86::Mnemonic::Pause
+                    )
+                    && (!mem || (plain_mem() && !(high && is_sp(i.memory_base()))))
+            }
+            _ => false,
+        }
     }
 
     /// `jmp rel32` to an absolute host address.
@@ -565,10 +634,6 @@ impl<'a> Translator<'a> {
 
     fn insn(&mut self, i: &Instruction, cls: Class) {
         let eip = i.ip32();
-        self.mark(eip, Fixup::None);
-        if self.opts.pause_gate && i.mnemonic() == iced_x86::Mnemonic::Pause {
-            self.pause_gate();
-        }
         let mode = self.opts.mode;
         let cls = match cls {
             Class::PushReg
@@ -603,17 +668,24 @@ impl<'a> Translator<'a> {
             {
                 Class::Emulate
             }
-            Class::Ident if uses_fpu(i) || i.mnemonic() == iced_x86::Mnemonic::Wait => {
-                match fpu_fault(i, self.opts.mode) {
-                    Some(v) => {
-                        self.exception_exit(eip, v);
-                        return;
-                    }
-                    None => cls,
-                }
-            }
             c => c,
         };
+        let fpu_exit = if cls == Class::Ident && (uses_fpu(i) || i.mnemonic() == iced_x86::Mnemonic::Wait) {
+            fpu_fault(i, self.opts.mode)
+        } else {
+            None
+        };
+        if fpu_exit.is_some() || !self.keeps_esp_delta(i, cls) {
+            self.flush_esp();
+        }
+        self.mark(eip, Fixup::None);
+        if self.opts.pause_gate && i.mnemonic() == iced_x86::Mnemonic::Pause {
+            self.pause_gate();
+        }
+        if let Some(v) = fpu_exit {
+            self.exception_exit(eip, v);
+            return;
+        }
         match cls {
             Class::Ident if matches!(i.mnemonic(), iced_x86::Mnemonic::Div | iced_x86::Mnemonic::Idiv) => {
                 self.divide_by_zero_check(i);
@@ -655,6 +727,7 @@ impl<'a> Translator<'a> {
             }
             Class::CallDirect => {
                 stack::push_imm32(self, i.next_ip32());
+                self.flush_esp();
                 lookup::call(self, Some(i.near_branch32()), i.next_ip32(), self.call_continues);
             }
             Class::JmpIndirect => {
@@ -664,13 +737,16 @@ impl<'a> Translator<'a> {
             Class::CallIndirect => {
                 self.load_scratch(i);
                 stack::push_imm32(self, i.next_ip32());
+                self.flush_esp();
                 lookup::call(self, None, i.next_ip32(), self.call_continues);
             }
             Class::Ret => {
-                // mov r13d, gs:[r12d] ; lea r12d, [r12 + 4 + n]
-                self.mem_op(&[], &[0x8B], SCRATCH, &GuestMem::base_disp(GUEST_ESP, 0), &[]);
+                // mov r13d, gs:[r12d+delta] ; lea r12d, [r12 + delta + 4 + n]
+                let d = self.esp_delta;
+                self.mem_op(&[], &[0x8B], SCRATCH, &GuestMem::base_disp(GUEST_ESP, d), &[]);
                 let n = if i.op_count() > 0 { i.immediate16() as i32 } else { 0 };
-                self.a.lea_r32(GUEST_ESP, GUEST_ESP, 4 + n);
+                self.esp_delta = d.wrapping_add(4 + n);
+                self.flush_esp();
                 lookup::ret(self);
             }
             Class::PortIo => io::port_io(self, i),
@@ -781,7 +857,7 @@ impl<'a> Translator<'a> {
             let src = host_gpr(i.op0_register()).unwrap_or(RAX);
             self.a.mov_r32_r32(SCRATCH, src);
         } else {
-            let mut m = guest_mem(i, GUEST_ESP);
+            let mut m = self.guest_mem_esp(i);
             let seg = seg_index(i.memory_segment());
             if !self.opts.mode.seg_flat(seg) {
                 segment::checked_linear(self, i.ip32(), &m, seg, 4);
@@ -1090,7 +1166,8 @@ impl<'a> Translator<'a> {
             return;
         };
         if mem && modrm {
-            let m = mem_override.unwrap_or_else(|| guest_mem(i, esp));
+            let m = mem_override
+                .unwrap_or_else(|| if esp == GUEST_ESP { self.guest_mem_esp(i) } else { guest_mem(i, esp) });
             let modrm_byte = bytes[l.opcode_end];
             let regf = ((modrm_byte >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
             self.mem_op(prefixes, opcode, regf, &m, &bytes[l.modrm_end..]);

@@ -18,29 +18,43 @@ fn sp(disp: i32) -> GuestMem {
     GuestMem::base_disp(GUEST_ESP, disp)
 }
 
-/// `mov dword gs:[r12d-4], imm32 ; lea r12d, [r12-4]`
+/// The slot `disp` bytes from the guest's ESP, which is R12D plus the
+/// deferred updates (`Translator::esp_delta`).
+fn top(t: &Translator, disp: i32) -> GuestMem {
+    sp(t.esp_delta.wrapping_add(disp))
+}
+
+/// A push or pop moves ESP by `by`: deferred (the next instruction that
+/// cannot take the delta makes the update, `Translator::flush_esp`).
+fn move_esp(t: &mut Translator, by: i32) {
+    t.esp_delta = t.esp_delta.wrapping_add(by);
+}
+
+/// `mov dword gs:[r12d+delta-4], imm32`, ESP - 4 deferred.
 pub(super) fn push_imm32(t: &mut Translator, v: u32) {
-    t.mem_op(&[], &[MOV_STORE_IMM], 0, &sp(-4), &v.to_le_bytes());
-    t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
+    t.mem_op(&[], &[MOV_STORE_IMM], 0, &top(t, -4), &v.to_le_bytes());
+    move_esp(t, -4);
 }
 
 pub(super) fn push_imm(t: &mut Translator, i: &Instruction) {
     push_imm32(t, i.immediate(0) as u32);
 }
 
-/// `push r32`: the old ESP is stored for `push esp`, as the CPU does.
+/// `push r32` (`mov gs:[r12d+delta-4], r32`, ESP - 4 deferred): the old
+/// ESP is stored for `push esp`, as the CPU does (with no delta: the
+/// translator makes the deferred updates before an instruction naming ESP).
 pub(super) fn push_reg(t: &mut Translator, i: &Instruction) {
     let r = host_gpr(i.op0_register()).unwrap_or(RAX);
-    t.mem_op(&[], &[MOV_STORE], r, &sp(-4), &[]);
-    t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
+    t.mem_op(&[], &[MOV_STORE], r, &top(t, -4), &[]);
+    move_esp(t, -4);
 }
 
 /// `push m32`: load into R13 first (the address uses the old ESP; a
 /// non-flat segment's operand is checked and based first).
 pub(super) fn push_mem(t: &mut Translator, i: &Instruction) {
     t.load_scratch(i);
-    t.mem_op(&[], &[MOV_STORE], SCRATCH, &sp(-4), &[]);
-    t.a.lea_r32(GUEST_ESP, GUEST_ESP, -4);
+    t.mem_op(&[], &[MOV_STORE], SCRATCH, &top(t, -4), &[]);
+    move_esp(t, -4);
 }
 
 /// PUSH ES/CS/SS/DS/FS/GS with 32-bit operand size: ESP drops by 4 and
@@ -75,12 +89,13 @@ pub(super) fn read_sreg(t: &mut Translator, i: &Instruction) {
     t.a.mov_r32_mbase(r, VCPU, OFF_SEG_SEL + 4 * s as i32);
 }
 
-/// `pop r32`; `pop esp` loads ESP from the old top of stack.
+/// `pop r32` (`mov r32, gs:[r12d+delta]`, ESP + 4 deferred); `pop esp`
+/// loads ESP from the old top of stack (with no delta, as for `push_reg`).
 pub(super) fn pop_reg(t: &mut Translator, i: &Instruction) {
     let r = host_gpr(i.op0_register()).unwrap_or(RAX);
-    t.mem_op(&[], &[MOV_LOAD], r, &sp(0), &[]);
+    t.mem_op(&[], &[MOV_LOAD], r, &top(t, 0), &[]);
     if r != GUEST_ESP {
-        t.a.lea_r32(GUEST_ESP, GUEST_ESP, 4);
+        move_esp(t, 4);
     }
 }
 

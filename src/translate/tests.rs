@@ -718,8 +718,10 @@ fn check_block(code: &[u8]) -> Result<(), String> {
                 }
                 _ => false,
             };
-        let host_ret =
-            m == Mnemonic::Ret && i.op_count() == 0 && prev.is_some_and(|p| fmt(&p).starts_with("lea r12d,[r12"));
+        // (No LEA when the pops the RET completes cancel deferred pushes.)
+        let host_ret = m == Mnemonic::Ret
+            && i.op_count() == 0
+            && prev.is_some_and(|p| fmt(&p).starts_with("lea r12d,[r12") || fmt(&p).starts_with("mov r13d,gs:[r12d"));
         // (c) the only host stack use: the balanced flag templates.
         let template = match m {
             Mnemonic::Pushfq => next.is_some_and(|n| n.mnemonic() == Mnemonic::Pop && is_r13(&n)),
@@ -960,7 +962,9 @@ fn host_reg(r: Register) -> Register {
 
 /// An IDENT-translated guest instruction must decode back to the same
 /// operation on the same (mapped) operands.
-fn check_ident(g: &Instruction, h: &Instruction, cls: Class) -> Result<(), String> {
+/// `esp_delta`: the stack updates deferred at `g` (`InsnMapEntry::esp_delta`),
+/// which an ESP base's displacement takes.
+fn check_ident(g: &Instruction, h: &Instruction, cls: Class, esp_delta: i32) -> Result<(), String> {
     let bad = |why: &str| Err(format!("guest `{}` became `{}`: {why}", fmt(g), fmt(h)));
     if h.mnemonic() != g.mnemonic() {
         return bad("mnemonic");
@@ -993,10 +997,11 @@ fn check_ident(g: &Instruction, h: &Instruction, cls: Class) -> Result<(), Strin
     let gm = (0..g.op_count()).any(|n| g.op_kind(n) == OpKind::Memory);
     if gm {
         let base = if g.memory_base() == Register::None { Register::None } else { host_reg(g.memory_base()) };
+        let sp_delta = if is_sp(g.memory_base()) { esp_delta } else { 0 };
         if h.memory_base() != base
             || h.memory_index() != g.memory_index()
             || (g.memory_index() != Register::None && h.memory_index_scale() != g.memory_index_scale())
-            || h.memory_displacement32() != g.memory_displacement32()
+            || h.memory_displacement32() != g.memory_displacement32().wrapping_add(sp_delta as u32)
             || h.memory_size() != g.memory_size()
         {
             return bad(&format!(
@@ -1027,11 +1032,37 @@ fn check_ident(g: &Instruction, h: &Instruction, cls: Class) -> Result<(), Strin
     Ok(())
 }
 
+/// A displacement as iced's Intel formatter prints it after a register.
+fn signed_hex(d: i32) -> String {
+    if d < 0 { format!("-{}", ihex(d.unsigned_abs())) } else { format!("+{}", ihex(d as u32)) }
+}
+
 /// insn_map and exit-site invariants of one translation.
 fn check_metadata(b: &GuestBlock, t: &Translation) -> Result<(), String> {
     let m = &t.insn_map;
     if m.len() != b.insns.len() + 1 || m[0].host_off != 0 || m[0].eip != b.start {
         return Err(format!("insn_map shape {:?}", m.iter().map(|e| (e.host_off, e.eip)).collect::<Vec<_>>()));
+    }
+    // Stack updates are deferred only across instructions that take them.
+    let takes_delta = |c: Class| {
+        matches!(
+            c,
+            Class::PushReg
+                | Class::PushImm
+                | Class::PushMem
+                | Class::PopReg
+                | Class::CallDirect
+                | Class::CallIndirect
+                | Class::Ret
+                | Class::Ident
+                | Class::IncDecShort
+        )
+    };
+    // (m[k] is instruction k-1; m[0] the block's entry.)
+    for (k, e) in m.iter().enumerate() {
+        if e.esp_delta != 0 && !(k >= 2 && takes_delta(b.classes[k - 2]) && takes_delta(b.classes[k - 1])) {
+            return Err(format!("insn_map[{k}]: ESP updates deferred into {:?}", b.classes.get(k.wrapping_sub(1))));
+        }
     }
     for (k, e) in m[1..].iter().enumerate() {
         if e.eip != b.insns[k].ip32() {
@@ -1126,13 +1157,22 @@ fn check_translation_as(mem: &[u8], b: &GuestBlock, t: &Translation, soft: bool)
         if fpu_fault(g, Mode::default()).is_some() {
             continue;
         }
-        check_ident(g, &h, cls).map_err(|e| ctx(format!("at {:#x}: {e}", g.ip32())))?;
+        let delta = t.insn_map[k + 1].esp_delta;
+        check_ident(g, &h, cls, delta).map_err(|e| ctx(format!("at {:#x}: {e}", g.ip32())))?;
         // DIV/IDIV carry a zero check; the instruction after STI carries the
         // interrupt-window check.
         let after_sti = k > 0 && b.insns[k - 1].mnemonic() == Mnemonic::Sti;
         let divide = matches!(g.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) || after_sti;
+        // The next instruction may need the deferred stack updates made
+        // first: `lea r12d,[r12+delta]` ends this one's code.
+        let flush = host
+            .iter()
+            .find(|(o, _)| *o == off + h.len())
+            .filter(|_| delta != 0 && t.insn_map.get(k + 2).is_some_and(|n| n.esp_delta == 0))
+            .filter(|(_, x)| fmt(x) == format!("lea r12d,[r12{}]", signed_hex(delta)))
+            .map_or(0, |(_, x)| x.len());
         if let Some(n) = t.insn_map.get(k + 2).filter(|_| !divide)
-            && n.host_off as usize != off + h.len()
+            && n.host_off as usize != off + h.len() + flush
         {
             return Err(ctx(format!("guest {:#x}: IDENT emitted more than one host instruction", g.ip32())));
         }
