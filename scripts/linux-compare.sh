@@ -7,6 +7,7 @@
 #   shell     the BusyBox shell workload (shell-workload.sh)
 #   cpu       the CPU-bound static program (bench/cpu.c)
 #   lmbench   the micro-benchmarks (bench/lmbench.c), ns per operation
+#             (qsort: ns per whole sort of 2^16 numbers, best of 20)
 # Wall-clock times of console lines are taken as they arrive on the host.
 # usage: scripts/linux-compare.sh [RUNS]   (best of RUNS, default 3)
 set -euo pipefail
@@ -39,7 +40,7 @@ run() {
         BENCH-*-START) t0=$t ;;
         BENCH-SHELL-END) echo "shell $(secs $((t - t0)))" ;;
         BENCH-CPU-END) echo "cpu $(secs $((t - t0)))" ;;
-        "syscall "* | "fork+"* | "pipe "* | "page "* | "mmap+"*) echo "lm:$line" ;;
+        "syscall "* | "fork+"* | "pipe "* | "page "* | "mmap+"* | "qsort "*) echo "lm:$line" ;;
         esac
     done
 }
@@ -67,7 +68,8 @@ for f in boot shell cpu; do
     r2=$([ "$n" = - ] && echo - || echo "scale=2; $b / $n" | bc)
     printf '%-22s %11ss %11ss %11s%s %10s %10s\n' $f $b $q $n "$([ "$n" = - ] || echo s)" "$r1" "$r2"
 done
-for k in "syscall int80" "syscall vdso" "fork+exit+wait" "fork+exec" "pipe round trip" "page fault" "mmap+munmap"; do
+for k in "syscall int80" "syscall vdso" "fork+exit+wait" "fork+exec" "pipe round trip" "page fault" "mmap+munmap" \
+    "qsort random" "qsort sorted"; do
     g() { { grep "^lm:$k " "$1" || true; } | awk '{print $(NF-1)}' | sort -g | head -1; }
     b=$(g $T/bt); q=$(g $T/qemu); n=$(g $T/native)
     printf '%-22s %10sns %10sns %10sns %10s %10s\n' "$k" $b $q $n "$(echo "scale=2; $q / $b" | bc)" "$(echo "scale=2; $b / $n" | bc)"
