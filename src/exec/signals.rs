@@ -227,9 +227,10 @@ fn redirect(
     if rip < lo || rip >= hi {
         return false;
     }
-    // SAFETY: si_addr is valid for SIGSEGV.
-    let addr = if sig == libc::SIGSEGV && !interrupt_only { (unsafe { info.si_addr() }) as usize } else { 0 };
-    if (ctx.rsb_guard.0..ctx.rsb_guard.1).contains(&addr) {
+    // SAFETY: si_addr is valid for the fault signals we handle (the timer
+    // signal's is unused).
+    let addr = if interrupt_only { 0 } else { (unsafe { info.si_addr() }) as usize };
+    if sig == libc::SIGSEGV && (ctx.rsb_guard.0..ctx.rsb_guard.1).contains(&addr) {
         // Calls without returns filled the host return stack: empty it
         // (back to the sentinel) and let the push run again. Only host
         // return addresses and single push/pop pairs live on it, so
@@ -274,9 +275,6 @@ fn redirect(
         let esp = &mut g[greg(crate::emit::reg::GUEST_ESP)];
         *esp = (*esp as u32).wrapping_add(entry.esp_delta as u32) as i64;
     }
-    // SAFETY: si_addr is valid for the fault signals we handle (the timer
-    // signal's is unused).
-    let addr = if interrupt_only { 0 } else { (unsafe { info.si_addr() }) as usize };
     /// Page-fault error code bit: the access was a write.
     const PF_WRITE: i64 = 2;
     ctx.fault = FaultRecord {

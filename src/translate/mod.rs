@@ -179,8 +179,7 @@ pub fn fpu_fault(i: &Instruction, mode: Mode) -> Option<u8> {
     if has(F::SSE) || has(F::SSE2) {
         // CR4.OSFXSR gates the XMM forms only: SSE's instructions on MMX
         // registers (PAVGB mm, MASKMOVQ, PADDQ mm, ...) behave as MMX ones.
-        let xmm = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm())
-            || i.memory_size().size() == 16;
+        let xmm = names_register(i, |r| r.is_xmm()) || i.memory_size().size() == 16;
         if em || (xmm && mode.has(Mode::NO_OSFXSR)) {
             return Some(vector::UD);
         }
@@ -223,6 +222,16 @@ fn seg_index(r: Register) -> usize {
         Register::GS => SEG_GS,
         _ => SEG_DS,
     }
+}
+
+/// Does `i` have a register operand for which `pred` holds?
+fn names_register(i: &Instruction, pred: impl Fn(Register) -> bool) -> bool {
+    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && pred(i.op_register(n)))
+}
+
+/// Does `i` have a memory operand?
+fn has_memory_operand(i: &Instruction) -> bool {
+    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
 }
 
 fn is_high_byte(r: Register) -> bool {
@@ -593,8 +602,8 @@ impl<'a> Translator<'a> {
         if self.esp_delta.abs() > MAX_DELTA || self.opts.mode.has(Mode::CS16) {
             return false;
         }
-        let names_sp = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)));
-        let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
+        let names_sp = names_register(i, is_sp);
+        let mem = has_memory_operand(i);
         let plain_mem = || {
             self.opts.mode.seg_flat(seg_index(i.memory_segment()))
                 && !crate::decode::has_16bit_addressing(i)
@@ -606,8 +615,7 @@ impl<'a> Translator<'a> {
             Class::PushReg | Class::PopReg | Class::IncDecShort => !names_sp,
             Class::PushMem | Class::CallIndirect => !names_sp && (!mem || plain_mem()),
             Class::Ident => {
-                let high =
-                    (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
+                let high = names_register(i, is_high_byte);
                 !names_sp
                     && !matches!(
                         i.mnemonic(),
@@ -658,8 +666,7 @@ impl<'a> Translator<'a> {
             // Its memory operand is used as a flat window address (PUSH m32
             // and indirect JMP/CALL check a non-flat segment's operand).
             Class::PopMem | Class::VerifyWrite | Class::SegReload | Class::StoreSys
-                if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
-                    && !mode.seg_flat(seg_index(i.memory_segment())) =>
+                if has_memory_operand(i) && !mode.seg_flat(seg_index(i.memory_segment())) =>
             {
                 Class::Emulate
             }
@@ -675,7 +682,8 @@ impl<'a> Translator<'a> {
         } else {
             None
         };
-        if fpu_exit.is_some() || !self.keeps_esp_delta(i, cls) {
+        // (Nothing deferred, nothing to decide: most instructions.)
+        if self.esp_delta != 0 && (fpu_exit.is_some() || !self.keeps_esp_delta(i, cls)) {
             self.flush_esp();
         }
         self.mark(eip, Fixup::None);
@@ -953,9 +961,8 @@ impl<'a> Translator<'a> {
 
     /// `ident` of `bytes`, the encoding of `i`.
     fn ident_bytes(&mut self, i: &Instruction, bytes: &[u8], opcode_override: Option<u8>) {
-        let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
-        let uses_sp = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_sp(i.op_register(n)))
-            || (mem && (is_sp(i.memory_base()) || is_sp(i.memory_index())));
+        let mem = has_memory_operand(i);
+        let uses_sp = names_register(i, is_sp) || (mem && (is_sp(i.memory_base()) || is_sp(i.memory_index())));
         let code16 = self.opts.mode.has(Mode::CS16);
         if !mem && !uses_sp && opcode_override.is_none() && !code16 {
             self.a.bytes(bytes);
@@ -965,7 +972,7 @@ impl<'a> Translator<'a> {
             self.lea(i, bytes);
             return;
         }
-        let high = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && is_high_byte(i.op_register(n)));
+        let high = names_register(i, is_high_byte);
         if mem {
             let seg = seg_index(i.memory_segment());
             // 16-bit code mostly uses 16-bit addressing: always the checked
@@ -1229,7 +1236,7 @@ impl<'a> Translator<'a> {
     /// prefix: a free legacy register stands in for ESP around it.
     fn ident_substituted(&mut self, i: &Instruction, bytes: &[u8], mem: bool, opcode_override: Option<u8>) {
         let used = |r: u8| {
-            (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && host_gpr(i.op_register(n)) == Some(r))
+            names_register(i, |x| host_gpr(x) == Some(r))
                 || (mem && (host_gpr(i.memory_base()) == Some(r) || host_gpr(i.memory_index()) == Some(r)))
         };
         let sub = [RSI, RDI, RBP].into_iter().find(|&r| !used(r)).unwrap_or(RSI);
