@@ -228,6 +228,19 @@ static void ipis(void)
     check("ipi: ESR cleared by a write", apic_read(R_ESR), 0);
 }
 
+
+/* Timer counts (a count-down from the maximum) in 5 ms of PIT time with
+ * divide configuration `tdcr`. */
+static uint32_t timer_counts_in_5ms(uint32_t tdcr)
+{
+    apic_write(R_TDCR, tdcr);
+    apic_write(R_TMICT, 0xFFFFFFFF);
+    uint32_t t0 = clk(), a0 = apic_read(R_TMCCT);
+    while (clk() - t0 < 5 * PIT_MS)
+        ;
+    return a0 - apic_read(R_TMCCT);
+}
+
 static void timers(void)
 {
     /* one-shot, divide by 1 */
@@ -268,23 +281,18 @@ static void timers(void)
     check("timer: masked, no interrupt", cnt[0x52], 0);
     check("timer: masked still counts to 0", apic_read(R_TMCCT), 0);
 
-    /* divide by 16 runs 16 times slower than divide by 1 */
+    /* divide by 16 runs 16 times slower than divide by 1. Each count is
+     * taken over 5 ms of PIT time; a host that stops the machine inside one
+     * of the windows (a loaded host running it) skews one ratio, so up to
+     * three are taken. */
     apic_write(R_LVT_TIMER, 0x53 | LVT_MASKED);
-    apic_write(R_TDCR, 0xB);
-    apic_write(R_TMICT, 0xFFFFFFFF);
-    uint32_t t0 = clk(), a0 = apic_read(R_TMCCT);
-    while (clk() - t0 < 5 * PIT_MS)
-        ;
-    uint32_t d1 = a0 - apic_read(R_TMCCT);
-    apic_write(R_TDCR, 0x3);
-    apic_write(R_TMICT, 0xFFFFFFFF);
-    t0 = clk();
-    a0 = apic_read(R_TMCCT);
-    while (clk() - t0 < 5 * PIT_MS)
-        ;
-    uint32_t d16 = a0 - apic_read(R_TMCCT);
+    int ratio_ok = 0;
+    for (int tries = 0; tries < 3 && !ratio_ok; tries++) {
+        uint32_t d1 = timer_counts_in_5ms(0xB), d16 = timer_counts_in_5ms(0x3);
+        ratio_ok = d16 > 0 && d1 / d16 >= 10 && d1 / d16 <= 24;
+    }
     apic_write(R_TMICT, 0);
-    ok("timer: divide by 16 is slower (ratio 10..24)", d16 > 0 && d1 / d16 >= 10 && d1 / d16 <= 24);
+    ok("timer: divide by 16 is slower (ratio 10..24)", ratio_ok);
     apic_write(R_TDCR, 0);
 }
 
