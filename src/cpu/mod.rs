@@ -47,6 +47,9 @@ pub const SOFT_TLB_ENTRIES: usize = 1 << 16;
 pub const SOFT_TLB_KINDS: usize = 4;
 /// Bytes of one soft-TLB table (entries are a tag and an addend).
 pub const SOFT_TLB_TABLE_BYTES: i32 = (SOFT_TLB_ENTRIES * 16) as i32;
+/// Hit counters for soft-form instructions (`HotState::soft_hits`); slot 0
+/// counts the instructions that got none and is never reviewed.
+pub const SOFT_COUNTERS: usize = 1 << 14;
 /// Soft-TLB tag of an empty entry: tags are `-(page + 1)` (see
 /// `exec::soft_tlb`), never 0, so a zeroed table is empty.
 pub const SOFT_EMPTY_TAG: u64 = 0;
@@ -236,6 +239,10 @@ pub struct HotState {
     pub mem_ptr: u64,
     pub invlpg_done: u64,
     _pad5: [u32; 8],
+    /// Executions of each counted soft-form instruction since the engine
+    /// last reviewed it (`exec::soft_tlb`): an instruction that runs far
+    /// more often than it misses goes back to the shadow window.
+    pub soft_hits: [u32; SOFT_COUNTERS],
     /// Soft TLB for instructions translated with checked accesses
     /// (`translate::soft`): per kind and slot, minus the page number plus
     /// one (`SOFT_EMPTY_TAG` when empty) and the host address of the page's
@@ -245,6 +252,7 @@ pub struct HotState {
 
 pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
 pub const OFF_EIP: i32 = offset_of!(HotState, eip) as i32;
+pub const OFF_SOFT_HITS: i32 = offset_of!(HotState, soft_hits) as i32;
 pub const OFF_LIVE_FLAGS: i32 = offset_of!(HotState, live_flags) as i32;
 pub const OFF_AC_CHECK: i32 = offset_of!(HotState, ac_check) as i32;
 pub const OFF_EXIT_REASON: i32 = offset_of!(HotState, exit_reason) as i32;

@@ -190,12 +190,29 @@ impl Engine {
         }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
         if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
+            self.soft.count(&mut self.cpu.hot, eip, phys);
+            self.stats.soft_insns += 1;
             // Only the blocks holding this instruction: instructions of a
             // page turn soft one at a time (a new process faults in glibc's
             // start-up code instruction by instruction), and retranslating
             // the whole page each time cost hundreds of blocks per fork+exec.
             // The faulting block keeps running until it exits (its code
             // stays in the cache); the next lookup translates it again.
+            self.clear_emu_cache();
+            let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
+            self.stats.invalidated_blocks += n as u64;
+            if !self.cache.page_has_code(phys) && self.may_unprotect_alone() {
+                self.mem.set_code_protect(phys, false);
+            }
+        }
+    }
+
+    /// Send the soft instructions that run far more often than they miss
+    /// back to the shadow window (`soft_tlb::SoftTlb::review`): their
+    /// blocks are translated again, without the lookup.
+    pub(super) fn review_soft(&mut self) {
+        for (eip, phys) in self.soft.review(&mut self.cpu.hot) {
+            self.stats.soft_reverts += 1;
             self.clear_emu_cache();
             let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
             self.stats.invalidated_blocks += n as u64;
@@ -212,7 +229,7 @@ impl Engine {
     pub(super) fn soft_miss(&mut self) -> Step {
         let lin = self.cpu.hot.exit_arg;
         let kind = self.cpu.hot.soft_kind & 3;
-        self.soft.misses += 1;
+        self.soft.note_miss(self.cpu.hot.eip);
         if self.soft.holds(&self.cpu.hot, kind, lin) {
             return self.step_one();
         }

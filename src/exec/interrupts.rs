@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// Timer signals (each 4-10 ms) between reviews of the soft instructions'
+/// hit counts: a window long enough to hold both a loop's misses and its
+/// hits.
+const SOFT_REVIEW_FIRES: u32 = 4;
+
 impl Engine {
     /// Deliver a pending external interrupt if IF allows and the chipset
     /// (looked at only when a timer is due or a port write touched it) has one.
@@ -12,6 +17,10 @@ impl Engine {
     pub(super) fn check_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
         if self.sig.timer_fired.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.time_due = true;
+            self.timer_fires = self.timer_fires.wrapping_add(1);
+            if self.timer_fires.is_multiple_of(SOFT_REVIEW_FIRES) {
+                self.review_soft();
+            }
         }
         let deliverable = self.intr_line && self.cpu.hot.vif != 0;
         // Reading the clock costs ~20 ns: only when the timer fired (at a

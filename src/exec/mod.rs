@@ -174,6 +174,8 @@ pub struct Engine {
     intr_line: bool,
     /// The interval timer fired (a device deadline may have passed).
     time_due: bool,
+    /// Timer signals seen (`interrupts::SOFT_REVIEW_FIRES`).
+    timer_fires: u32,
     /// The per-thread timer that brings the dispatcher back from chained
     /// code: periodically, and at the next device deadline.
     timer: Option<signals::IntervalTimer>,
@@ -282,6 +284,7 @@ impl Engine {
             irq_dirty: true,
             intr_line: false,
             time_due: true,
+            timer_fires: 0,
             timer: None,
             timer_expiry: 0,
             last_now: 0,

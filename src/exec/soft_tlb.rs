@@ -8,7 +8,7 @@
 //! are dropped by INVLPG (that page), by any change of CR0/CR3/CR4 (all),
 //! and for write tables when a page becomes code.
 
-use crate::cpu::{HotState, SOFT_EMPTY_TAG, SOFT_TLB_ENTRIES, SOFT_TLB_KINDS};
+use crate::cpu::{HotState, SOFT_COUNTERS, SOFT_EMPTY_TAG, SOFT_TLB_ENTRIES, SOFT_TLB_KINDS};
 use crate::fastmap::FastMap;
 use crate::translate::soft::KIND_WRITE;
 
@@ -21,11 +21,36 @@ const TRUE_FAULT_SCORE: u32 = 4;
 const HIDDEN_FAULT_SCORE: u32 = 1;
 /// Instructions scored at once; the scores restart beyond this.
 const MAX_SCORED: usize = 4096;
+/// A soft instruction that ran this many times per miss (plus one) since
+/// the last review goes back to the shadow window. A host fault costs
+/// ~6,700 cycles here and a soft access ~2-3 cycles more than a window
+/// access, so past ~3,000 executions per miss the window form is cheaper:
+/// a merge's store into a freshly allocated buffer faults once per page
+/// and then runs a million times (qsort: 8.9 -> 8.1 ms), while a new
+/// process's start-up code runs about once per miss and stays soft.
+const REVERT_HITS_PER_MISS: u64 = 4096;
+
+/// A counted soft instruction: where it was translated and its misses
+/// since the last review.
+struct Counted {
+    slot: u32,
+    phys: u32,
+    misses: u32,
+}
 
 #[derive(Default)]
 pub struct SoftTlb {
-    /// EIPs translated with soft accesses.
-    pub insns: FastMap<u32, ()>,
+    /// EIPs translated with soft accesses, each with its hit-counter slot
+    /// in `HotState::soft_hits` (0: not counted).
+    pub insns: FastMap<u32, u32>,
+    /// The instructions with a counter of their own, by EIP.
+    counted: FastMap<u32, Counted>,
+    /// The next free counter slot (slots are never reused: a stale soft
+    /// translation of a reverted EIP may still count in its old one).
+    next_slot: u32,
+    /// Instructions sent back to the shadow window: they never turn soft
+    /// again (they run far more often than they fault).
+    reverted: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
     /// The page of each soft instruction's last fill (streams, see
     /// `note_fill`).
@@ -34,6 +59,8 @@ pub struct SoftTlb {
     used: Vec<u32>,
     pub fills: u64,
     pub misses: u64,
+    /// Instructions sent back to the shadow window.
+    pub reverts: u64,
 }
 
 fn slot(kind: u32, lin: u32) -> usize {
@@ -50,7 +77,7 @@ impl SoftTlb {
     /// A host fault of the instruction at `eip`; true when it has just
     /// become a soft instruction (its blocks must be retranslated).
     pub fn note_fault(&mut self, eip: u32, true_fault: bool) -> bool {
-        if self.insns.contains_key(&eip) {
+        if self.insns.contains_key(&eip) || self.reverted.contains_key(&eip) {
             return false;
         }
         if self.scores.len() >= MAX_SCORED {
@@ -62,8 +89,53 @@ impl SoftTlb {
             return false;
         }
         self.scores.remove(&eip);
-        self.insns.insert(eip, ());
+        self.insns.insert(eip, 0);
         true
+    }
+
+    /// Give the new soft instruction at `eip`, translated from physical
+    /// page `phys`, a hit counter (before its blocks are translated again).
+    pub fn count(&mut self, hot: &mut HotState, eip: u32, phys: u32) {
+        if self.next_slot == 0 {
+            self.next_slot = 1;
+        }
+        if self.next_slot as usize >= SOFT_COUNTERS || !self.insns.contains_key(&eip) {
+            return;
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        hot.soft_hits[slot as usize] = 0;
+        self.insns.insert(eip, slot);
+        self.counted.insert(eip, Counted { slot, phys, misses: 0 });
+    }
+
+    /// A soft-TLB miss of the instruction at `eip`.
+    pub fn note_miss(&mut self, eip: u32) {
+        self.misses += 1;
+        if let Some(c) = self.counted.get_mut(&eip) {
+            c.misses = c.misses.saturating_add(1);
+        }
+    }
+
+    /// Review the counted instructions: those that ran far more often than
+    /// they missed since the last review leave the soft form. Returns their
+    /// (EIP, physical page), whose blocks the caller must retranslate.
+    pub fn review(&mut self, hot: &mut HotState) -> Vec<(u32, u32)> {
+        let mut back = Vec::new();
+        for (&eip, c) in self.counted.iter_mut() {
+            let hits = std::mem::take(&mut hot.soft_hits[c.slot as usize]) as u64;
+            let misses = std::mem::take(&mut c.misses) as u64;
+            if hits >= REVERT_HITS_PER_MISS * (misses + 1) {
+                back.push((eip, c.phys));
+            }
+        }
+        for &(eip, _) in &back {
+            self.counted.remove(&eip);
+            self.insns.remove(&eip);
+            self.reverted.insert(eip, ());
+        }
+        self.reverts += back.len() as u64;
+        back
     }
 
     /// The soft instruction at `eip` filled the page of `lin`: true when it
@@ -165,5 +237,32 @@ mod tests {
         assert!(t.note_fill(0x300, 0x6123));
         assert!(!t.note_fill(0x300, 0x9000), "a jump is no stream");
         assert!(t.note_fill(0x300, 0x8000), "downwards too");
+    }
+
+    #[test]
+    fn hot_soft_instructions_go_back_to_the_window() {
+        let mut hot = HotState::new_boxed();
+        let mut t = SoftTlb::default();
+        for eip in [0x100, 0x200] {
+            assert!(!t.note_fault(eip, true));
+            assert!(t.note_fault(eip, true));
+            t.count(&mut hot, eip, 0x5000);
+        }
+        let (a, b) = (t.insns[&0x100], t.insns[&0x200]);
+        assert!(a != 0 && b != 0 && a != b, "each has a counter of its own");
+        // 0x100: a loop's store, one miss per 10,000 runs; 0x200: start-up
+        // code, run about once per miss.
+        hot.soft_hits[a as usize] = 20_000;
+        t.note_miss(0x100);
+        hot.soft_hits[b as usize] = 40;
+        (0..30).for_each(|_| t.note_miss(0x200));
+        assert_eq!(t.review(&mut hot), vec![(0x100, 0x5000)]);
+        assert!(!t.insns.contains_key(&0x100) && t.insns.contains_key(&0x200));
+        assert_eq!(hot.soft_hits[b as usize], 0, "counts restart at each review");
+        // A reverted instruction never turns soft again.
+        assert!((0..10).all(|_| !t.note_fault(0x100, true)));
+        // Runs without a miss count as one miss: a little use stays soft.
+        hot.soft_hits[b as usize] = 4000;
+        assert!(t.review(&mut hot).is_empty());
     }
 }

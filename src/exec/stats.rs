@@ -27,6 +27,10 @@ pub struct Stats {
     pub tlb_flushes: u64,
     /// INVLPGs completed by a callout from translated code.
     pub inline_invlpgs: u64,
+    /// Instructions that took the soft form, and those sent back to the
+    /// shadow window.
+    pub soft_insns: u64,
+    pub soft_reverts: u64,
     pub interrupts: u64,
     pub halt_sleeps: u64,
     /// PAUSEs a multiprocessor guest left translated code for.
@@ -95,6 +99,11 @@ impl Stats {
             s,
             "  paging: {} hidden faults, {} guest page faults, {} TLB flushes, {} INVLPGs in translated code",
             self.hidden_faults, self.page_faults, self.tlb_flushes, self.inline_invlpgs
+        );
+        let _ = writeln!(
+            s,
+            "  soft-form instructions  {} ({} sent back to the shadow window)",
+            self.soft_insns, self.soft_reverts
         );
         let _ = writeln!(s, "  device memory accesses  {}", self.device_accesses);
         let _ = writeln!(s, "  host return stack resets {}", self.return_stack_resets);

@@ -145,8 +145,9 @@ pub struct Translator<'a> {
     /// Guest code the instructions were decoded from; index 0 is EIP `code_base`.
     code: &'a [u8],
     code_base: u32,
-    /// EIPs of instructions to translate with soft-TLB accesses (`soft`).
-    soft: Option<&'a crate::fastmap::FastMap<u32, ()>>,
+    /// EIPs of instructions to translate with soft-TLB accesses (`soft`),
+    /// each with its hit-counter slot (`HotState::soft_hits`).
+    soft: Option<&'a crate::fastmap::FastMap<u32, u32>>,
     /// The operand being emitted is a host address in R13 or a borrowed
     /// register: `mem_op` leaves out GS and the address-size override.
     host_mem: bool,
@@ -397,8 +398,9 @@ impl<'a> Translator<'a> {
         self
     }
 
-    /// Translate the instructions at these EIPs with soft-TLB accesses.
-    pub fn with_soft(mut self, soft: &'a crate::fastmap::FastMap<u32, ()>) -> Self {
+    /// Translate the instructions at these EIPs with soft-TLB accesses,
+    /// counting their executions in the given `HotState::soft_hits` slots.
+    pub fn with_soft(mut self, soft: &'a crate::fastmap::FastMap<u32, u32>) -> Self {
         self.soft = Some(soft);
         self
     }
@@ -1106,7 +1108,8 @@ impl<'a> Translator<'a> {
             self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, None);
             return;
         }
-        soft::lookup(self, i, &m, kind, size);
+        let counter = self.soft.and_then(|s| s.get(&i.ip32()).copied()).unwrap_or(0);
+        soft::lookup(self, i, &m, kind, size, counter);
         self.host_mem = true;
         match sub {
             None => {

@@ -26,15 +26,22 @@
 //!     mov dword [r14+eip], eip ; mov dword [r14+soft_kind], kind
 //!     mov [r14+exit_arg], r13d ; jmp exit_soft_miss
 //! hit:
+//!     mov ecx, [r14+soft_hits+4*counter]             ; count the execution
+//!     lea ecx, [rcx+1] ; mov [r14+soft_hits+4*counter], ecx
 //!     mov r11, [r14+r13*8+table+8] ; mov rcx, r10
 //!     addr32 lea r13d, [ea] ; lea r13, [r13+r11]     ; host address
 //!     <instruction with [r13] (no GS, 64-bit address)>
 //! ```
+//!
+//! The count lets the engine send an instruction that runs far more often
+//! than it misses back to the shadow window (`exec::soft_tlb`): a loop's
+//! store that faulted on the first touch of a fresh buffer would otherwise
+//! pay the lookup on every iteration for good.
 
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind};
 
 use super::Translator;
-use crate::cpu::{OFF_EIP, OFF_EXIT_ARG, OFF_SOFT_KIND, OFF_SOFT_TLB, SOFT_TLB_TABLE_BYTES};
+use crate::cpu::{OFF_EIP, OFF_EXIT_ARG, OFF_SOFT_HITS, OFF_SOFT_KIND, OFF_SOFT_TLB, SOFT_TLB_TABLE_BYTES};
 use crate::emit::reg::*;
 use crate::emit::{GuestMem, JRCXZ};
 
@@ -80,8 +87,9 @@ pub(super) fn eligible(i: &Instruction, f: &mut InstructionInfoFactory) -> Optio
 }
 
 /// Emit the lookup for the access of `i` (kind `kind`, `size` bytes,
-/// operand `m`); afterwards R13 holds its host address.
-pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u32, size: usize) {
+/// operand `m`), counting hits in `HotState::soft_hits[counter]`;
+/// afterwards R13 holds its host address.
+pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u32, size: usize, counter: u32) {
     let table = OFF_SOFT_TLB + kind as i32 * SOFT_TLB_TABLE_BYTES;
     t.lea_offset(m);
     t.a.mov_r64_r64(R10, RCX);
@@ -104,6 +112,10 @@ pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u3
     let len = t.a.len() - miss;
     debug_assert!(len < 128);
     t.a.buf[miss - 1] = len as u8;
+    let count = OFF_SOFT_HITS + 4 * counter as i32;
+    t.a.mov_r32_mbase(RCX, VCPU, count);
+    t.a.lea_r32(RCX, RCX, 1);
+    t.a.mov_mbase_r32(VCPU, count, RCX);
     t.a.mov_r64_mbi8(R11, VCPU, SCRATCH, table + 8);
     t.a.mov_r64_r64(RCX, R10);
     t.lea_offset(m);
