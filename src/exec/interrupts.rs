@@ -4,9 +4,9 @@
 
 use super::*;
 
-/// Timer signals (each 4-10 ms) between reviews of the soft instructions'
-/// hit counts: a window long enough to hold both a loop's misses and its
-/// hits.
+/// Timer events (a signal or the poll exit it causes, every few ms)
+/// between reviews of the soft instructions' hit counts: a window long
+/// enough to hold both a loop's misses and its hits.
 const SOFT_REVIEW_FIRES: u32 = 4;
 
 impl Engine {
@@ -17,6 +17,9 @@ impl Engine {
     pub(super) fn check_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
         if self.sig.timer_fired.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.time_due = true;
+        }
+        if self.time_due {
+            // The timer signal, or the poll it makes translated code take.
             self.timer_fires = self.timer_fires.wrapping_add(1);
             if self.timer_fires.is_multiple_of(SOFT_REVIEW_FIRES) {
                 self.review_soft();

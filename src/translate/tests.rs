@@ -137,17 +137,28 @@ fn golden_memory_operands_go_through_gs_addr32() {
     assert_eq!(first_insn(&g), ["add eax,gs:[ebx+esi*4+8]"]);
     let (_, t) = translate_guest(&[0x03, 0x44, 0xB3, 0x08, 0xF4]);
     assert_eq!(&t.code[7..13], &[0x65, 0x67, 0x03, 0x44, 0xB3, 0x08], "two prefix bytes, rest copied");
-    // mov eax, [0x1234]: SIB absolute form, never RIP-relative.
+    // mov eax, [0x1234]: relative to the window base below 2 GiB, never
+    // RIP-relative; above, the SIB absolute form under GS.
     let g = [0x8B, 0x05, 0x34, 0x12, 0x00, 0x00];
-    assert_eq!(first_insn(&g), ["mov eax,gs:[1234h]"]);
+    assert_eq!(first_insn(&g), ["mov eax,[r15+1234h]"]);
     let (_, t) = translate_guest(&[0x8B, 0x05, 0x34, 0x12, 0x00, 0x00, 0xF4]);
-    assert_eq!(&t.code[7..16], &[0x65, 0x67, 0x8B, 0x04, 0x25, 0x34, 0x12, 0x00, 0x00]);
-    // mov eax, [0x12345678] (moffs A1) stays a moffs32 under addr32.
-    assert_eq!(first_insn(&[0xA1, 0x78, 0x56, 0x34, 0x12]), ["addr32 mov eax,gs:[12345678h]"]);
+    assert_eq!(&t.code[7..14], &[0x41, 0x8B, 0x87, 0x34, 0x12, 0x00, 0x00], "[r15+disp32]");
+    assert_eq!(first_insn(&[0x8B, 0x05, 0x00, 0x00, 0x00, 0x80]), ["mov eax,gs:[80000000h]"]);
+    // mov eax, [0x12345678] (moffs A1) becomes a MOV relative to R15; above
+    // 2 GiB it stays a moffs32 under addr32.
+    assert_eq!(first_insn(&[0xA1, 0x78, 0x56, 0x34, 0x12]), ["mov eax,[r15+12345678h]"]);
+    assert_eq!(first_insn(&[0xA1, 0x78, 0x56, 0x34, 0xC2]), ["addr32 mov eax,gs:[0C2345678h]"]);
     // mov [0x12345678], al (moffs A2)
-    assert_eq!(first_insn(&[0xA2, 0x78, 0x56, 0x34, 0x12]), ["addr32 mov gs:[12345678h],al"]);
+    assert_eq!(first_insn(&[0xA2, 0x78, 0x56, 0x34, 0x12]), ["mov [r15+12345678h],al"]);
+    assert_eq!(first_insn(&[0xA2, 0x78, 0x56, 0x34, 0x92]), ["addr32 mov gs:[92345678h],al"]);
+    // [reg] without displacement is [r15+reg]; LEA and BT with a register
+    // bit offset keep 32-bit addressing.
+    assert_eq!(first_insn(&[0x8B, 0x03]), ["mov eax,[r15+rbx]"]);
+    assert_eq!(first_insn(&[0x8B, 0x43, 0x04]), ["mov eax,gs:[ebx+4]"]);
+    assert_eq!(first_insn(&[0x8D, 0x03]), ["lea eax,[ebx]"]);
+    assert_eq!(first_insn(&[0x0F, 0xA3, 0x03]), ["bt gs:[ebx],eax"]);
     // Segment overrides are replaced by GS: mov eax, fs:[ecx]
-    assert_eq!(first_insn(&[0x64, 0x8B, 0x01]), ["mov eax,gs:[ecx]"]);
+    assert_eq!(first_insn(&[0x64, 0x8B, 0x01]), ["mov eax,[r15+rcx]"]);
     // lock add [esp+4], eax keeps LOCK.
     assert_eq!(first_insn(&[0xF0, 0x01, 0x44, 0x24, 0x04]), ["lock add gs:[r12d+4],eax"]);
 }
@@ -172,7 +183,7 @@ fn golden_esp_maps_to_r12() {
 #[test]
 fn golden_fpu_and_sse() {
     assert_eq!(first_insn(&[0xDD, 0x45, 0xF8]), ["fld st,qword ptr gs:[ebp-8]"]); // fld qword [ebp-8]
-    assert_eq!(first_insn(&[0xD9, 0x04, 0x24]), ["fld st,dword ptr gs:[r12d]"]); // fld dword [esp]
+    assert_eq!(first_insn(&[0xD9, 0x04, 0x24]), ["fld st,dword ptr [r15+r12]"]); // fld dword [esp]
     assert_eq!(first_insn(&[0xD9, 0xE0]), ["fchs"]);
     assert_eq!(first_insn(&[0x0F, 0x58, 0xC1]), ["addps xmm0,xmm1"]);
     let (b, t) = translate_guest(&[0xDD, 0x45, 0xF8, 0xF4]);
@@ -197,8 +208,8 @@ fn golden_inc_dec_short_forms() {
 fn golden_push_pop() {
     assert_eq!(first_insn(&[0x50]), ["mov gs:[r12d-4],eax", "lea r12d,[r12-4]"]); // push eax
     assert_eq!(first_insn(&[0x54]), ["mov gs:[r12d-4],r12d", "lea r12d,[r12-4]"]); // push esp (old value)
-    assert_eq!(first_insn(&[0x5B]), ["mov ebx,gs:[r12d]", "lea r12d,[r12+4]"]); // pop ebx
-    assert_eq!(first_insn(&[0x5C]), ["mov r12d,gs:[r12d]"]); // pop esp
+    assert_eq!(first_insn(&[0x5B]), ["mov ebx,[r15+r12]", "lea r12d,[r12+4]"]); // pop ebx
+    assert_eq!(first_insn(&[0x5C]), ["mov r12d,[r15+r12]"]); // pop esp
     assert_eq!(
         first_insn(&[0x68, 0x78, 0x56, 0x34, 0x12]), // push 0x12345678
         ["mov dword ptr gs:[r12d-4],12345678h", "lea r12d,[r12-4]"]
@@ -209,7 +220,7 @@ fn golden_push_pop() {
     );
     assert_eq!(
         first_insn(&[0xFF, 0x30]), // push dword [eax]
-        ["mov r13d,gs:[eax]", "mov gs:[r12d-4],r13d", "lea r12d,[r12-4]"]
+        ["mov r13d,[r15+rax]", "mov gs:[r12d-4],r13d", "lea r12d,[r12-4]"]
     );
     assert_eq!(
         first_insn(&[0xFF, 0x74, 0x24, 0x04]), // push dword [esp+4]: address uses the old ESP
@@ -217,11 +228,11 @@ fn golden_push_pop() {
     );
     assert_eq!(
         first_insn(&[0x8F, 0x44, 0x24, 0x04]), // pop dword [esp+4]: address uses the new ESP
-        ["mov r13d,gs:[r12d]", "mov gs:[r12d+8],r13d", "lea r12d,[r12+4]"]
+        ["mov r13d,[r15+r12]", "mov gs:[r12d+8],r13d", "lea r12d,[r12+4]"]
     );
     assert_eq!(
         first_insn(&[0x8F, 0x00]), // pop dword [eax]
-        ["mov r13d,gs:[r12d]", "mov gs:[eax],r13d", "lea r12d,[r12+4]"]
+        ["mov r13d,[r15+r12]", "mov [r15+rax],r13d", "lea r12d,[r12+4]"]
     );
 }
 
@@ -244,9 +255,9 @@ fn golden_pushad_popad_leave_enter() {
     assert_eq!(
         first_insn(&[0x61]),
         [
-            "mov r13d,gs:[r12d]",
+            "mov r13d,[r15+r12]",
             "mov r13d,gs:[r12d+1Ch]",
-            "mov edi,gs:[r12d]",
+            "mov edi,[r15+r12]",
             "mov esi,gs:[r12d+4]",
             "mov ebp,gs:[r12d+8]",
             "mov ebx,gs:[r12d+10h]",
@@ -256,7 +267,7 @@ fn golden_pushad_popad_leave_enter() {
             "lea r12d,[r12+20h]",
         ]
     );
-    assert_eq!(first_insn(&[0xC9]), ["mov r13d,gs:[ebp]", "lea r12d,[rbp+4]", "mov ebp,r13d"]); // leave
+    assert_eq!(first_insn(&[0xC9]), ["mov r13d,[r15+rbp]", "lea r12d,[rbp+4]", "mov ebp,r13d"]); // leave
     assert_eq!(
         first_insn(&[0xC8, 0x10, 0x00, 0x00]), // enter 0x10, 0
         ["mov gs:[r12d-4],ebp", "lea ebp,[r12-4]", "lea r12d,[r12-14h]"]
@@ -351,13 +362,13 @@ fn lookup_text(start: usize) -> Vec<String> {
 
 #[test]
 fn golden_ret_and_indirect_jumps() {
-    // ret: mov r13d,gs:[r12d] (6 bytes: 65 67 45 8B 2C 24), lea (5), and
+    // ret: mov r13d,[r15+r12] (4 bytes: 47 8B 2C 27), lea (5), and
     // a host RET to the continuation of the host CALL (or the sentinel).
-    assert_eq!(whole_block(&[0xC3]), ["mov r13d,gs:[r12d]", "lea r12d,[r12+4]", "ret"]);
+    assert_eq!(whole_block(&[0xC3]), ["mov r13d,[r15+r12]", "lea r12d,[r12+4]", "ret"]);
     let (_, t) = translate_guest(&[0xC3]);
     assert!(t.exits.is_empty());
     // ret 8
-    assert_eq!(whole_block(&[0xC2, 0x08, 0x00]), ["mov r13d,gs:[r12d]", "lea r12d,[r12+0Ch]", "ret"]);
+    assert_eq!(whole_block(&[0xC2, 0x08, 0x00]), ["mov r13d,[r15+r12]", "lea r12d,[r12+0Ch]", "ret"]);
     // jmp eax
     let mut want = vec!["mov r13d,eax".to_string()];
     want.extend(lookup_text(7 + 3));
@@ -402,7 +413,7 @@ fn indirect_without_inline_lookup_goes_to_dispatcher() {
     assert_eq!(without_lookup(&[0xFF, 0xE0]), ["mov r13d,eax", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]);
     assert_eq!(
         without_lookup(&[0xC3]),
-        ["mov r13d,gs:[r12d]", "lea r12d,[r12+4]", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]
+        ["mov r13d,[r15+r12]", "lea r12d,[r12+4]", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]
     );
 }
 
@@ -451,7 +462,7 @@ fn golden_high_byte_with_esp_substitutes_a_register() {
 #[test]
 fn golden_opcode_82_alias() {
     assert_eq!(first_insn(&[0x82, 0xC0, 0x05]), ["add al,5"]); // add al, 5 (82 /0)
-    assert_eq!(first_insn(&[0x82, 0x2B, 0x07]), ["sub byte ptr gs:[ebx],7"]); // sub byte [ebx], 7
+    assert_eq!(first_insn(&[0x82, 0x2B, 0x07]), ["sub byte ptr [r15+rbx],7"]); // sub byte [ebx], 7
     assert_eq!(first_insn(&[0x82, 0x7C, 0x24, 0x04, 0x01]), ["cmp byte ptr gs:[r12d+4],1"]);
 }
 
@@ -841,6 +852,31 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             if base == Register::R15 && k == 0 && fmt(&i) == POLL {
                 continue;
             }
+            // A direct window access (`direct_window_operand`): `[r15 + reg]`
+            // with a guest register (zero-extended) or `[r15 + disp32]` below
+            // 2 GiB, with the default segment.
+            let guest_reg = |r: Register| {
+                matches!(
+                    r,
+                    Register::RAX
+                        | Register::RCX
+                        | Register::RDX
+                        | Register::RBX
+                        | Register::RBP
+                        | Register::RSI
+                        | Register::RDI
+                        | Register::R12
+                        | Register::R13
+                )
+            };
+            if base == Register::R15
+                && mem.address_size() == CodeSize::Code64
+                && matches!(mem.segment(), Register::DS | Register::SS)
+                && ((guest_reg(mem.index()) && mem.scale() == 1 && mem.displacement() == 0)
+                    || (mem.index() == Register::None && mem.displacement() < 1 << 31))
+            {
+                continue;
+            }
             if template && base == Register::RSP {
                 continue;
             }
@@ -998,7 +1034,31 @@ fn check_ident(g: &Instruction, h: &Instruction, cls: Class, esp_delta: i32) -> 
     if gm {
         let base = if g.memory_base() == Register::None { Register::None } else { host_reg(g.memory_base()) };
         let sp_delta = if is_sp(g.memory_base()) { esp_delta } else { 0 };
-        if h.memory_base() != base
+        let disp = g.memory_displacement32().wrapping_add(sp_delta as u32);
+        if h.memory_base() == Register::R15 {
+            // The direct window form (`direct_window_operand`).
+            let (gb, gi) = (g.memory_base(), g.memory_index());
+            let ok = match (gb, gi) {
+                (Register::None, Register::None) => h.memory_index() == Register::None && disp < 1 << 31,
+                (r, Register::None) | (Register::None, r) => {
+                    (gb != Register::None || g.memory_index_scale() == 1)
+                        && h.memory_index() == host_reg(r).full_register()
+                        && h.memory_index_scale() == 1
+                        && (disp == 0 || r == Register::None)
+                        && h.memory_displacement32() == 0
+                }
+                _ => false,
+            };
+            if !ok || h.memory_displacement32() != disp || h.memory_size() != g.memory_size() {
+                return bad(&format!(
+                    "direct window operand for base {gb:?} index {gi:?} disp {disp:#x}: {:?}+{:?}*{}+{:#x}",
+                    h.memory_base(),
+                    h.memory_index(),
+                    h.memory_index_scale(),
+                    h.memory_displacement32()
+                ));
+            }
+        } else if h.memory_base() != base
             || h.memory_index() != g.memory_index()
             || (g.memory_index() != Register::None && h.memory_index_scale() != g.memory_index_scale())
             || h.memory_displacement32() != g.memory_displacement32().wrapping_add(sp_delta as u32)
@@ -1018,7 +1078,8 @@ fn check_ident(g: &Instruction, h: &Instruction, cls: Class, esp_delta: i32) -> 
                 h.memory_size()
             ));
         }
-        if h.memory_segment() != Register::GS {
+        let direct = h.memory_base() == Register::R15 && matches!(h.memory_segment(), Register::DS | Register::SS);
+        if h.memory_segment() != Register::GS && !direct {
             return bad("segment");
         }
     }
@@ -1210,7 +1271,11 @@ fn check_block_rejects_unsafe_code() {
         (&[0x4D, 0x31, 0xFF], "xor r15,r15"),
         (&[0xFF, 0xE0], "jmp rax"),
         (&[0xAA], "stosb without rebasing"),
-        (&[0x45, 0x8B, 0x2F], "mov r13d,[r15]"),
+        (&[0x41, 0x8B, 0x44, 0x07, 0x08], "mov eax,[r15+rax+8] (no 32-bit wrap)"),
+        (&[0x41, 0x8B, 0x04, 0x87], "mov eax,[r15+rax*4]"),
+        (&[0x41, 0x8B, 0x47, 0xF8], "mov eax,[r15-8] (below the window)"),
+        (&[0x43, 0x8B, 0x04, 0x37], "mov eax,[r15+r14]"),
+        (&[0x64, 0x41, 0x8B, 0x04, 0x07], "mov eax,fs:[r15+rax]"),
         (&[0x41, 0x8B, 0x45, 0x00], "mov eax,[r13] without a soft-TLB lookup"),
         // lea r13,[r13+r11] not preceded by the addend load: still unchecked.
         (&[0x4F, 0x8D, 0x6C, 0x1D, 0x00, 0x41, 0x8B, 0x45, 0x00], "mov eax,[r13] after a bare lea"),
@@ -1220,7 +1285,7 @@ fn check_block_rejects_unsafe_code() {
     }
     let good: &[&[u8]] = &[
         &[0x45, 0x8B, 0xAF, 0x00, 0xE0, 0xFF, 0xFF], // the poll
-        &[0x65, 0x67, 0x8B, 0x03],                   // mov eax,gs:[ebx]
+        &[0x65, 0x67, 0x8B, 0x03],                   // mov eax,[r15+rbx]
         &[0x41, 0x8B, 0x46, 0x20],                   // mov eax,[r14+20h]
         &[0x49, 0x8D, 0x3C, 0x3F, 0xAA, 0x89, 0xFF], // lea rdi,[r15+rdi]; stosb; mov edi,edi
         &[0x9C, 0x41, 0x5D],                         // pushfq; pop r13
