@@ -18,6 +18,7 @@ const EXITS: ExitTargets = ExitTargets {
     emulate: HOST_BASE - 0x80,
     exception: HOST_BASE - 0x40,
     soft_miss: HOST_BASE - 0x140,
+    probe_miss: HOST_BASE - 0x180,
     ret_miss: [HOST_BASE - 0x200, HOST_BASE - 0x240, HOST_BASE - 0x280, HOST_BASE - 0x2C0],
 };
 
@@ -39,6 +40,7 @@ fn translate_all(ram: &[u8], text: &[(u32, u32)]) -> (u64, usize) {
                     icount: false,
                     kick_check: false,
                     pause_gate: false,
+                    probe: None,
                 },
                 ram,
             )

@@ -43,8 +43,14 @@ pub struct Block {
     pub phys: u32,
     /// Guest address after the block.
     pub end: u32,
-    /// Host (RX) address of the entry.
+    /// Host (RX) address of the block's code.
     pub host: usize,
+    /// Offset of the entry in the code (after the code-page probe's miss
+    /// path, `translate::Options::probe`; 0 without a probe).
+    pub entry_off: u32,
+    /// Offset past the probe: a chain from a block on the same linear and
+    /// physical page enters here (`same_page`).
+    pub entry_skip: u32,
     pub host_len: usize,
     pub insn_map: Vec<InsnMapEntry>,
     /// Global ids of this block's exits.
@@ -56,6 +62,21 @@ pub struct Block {
     pub pages: (u32, u32),
     /// Listed in `lin_blocks` (INVLPG and CR3 loads can find its chains).
     pub indexed: bool,
+}
+
+impl Block {
+    /// Host address where chains from other pages, the jump cache and the
+    /// dispatcher enter.
+    pub fn entry(&self) -> usize {
+        self.host + self.entry_off as usize
+    }
+
+    /// Can the block run while its page is unconfirmed in the current
+    /// address space (`suspend_linear_page`)? Only if its entry probes the
+    /// page and it lies on that page alone.
+    fn probes_its_page(&self) -> bool {
+        self.entry_skip > self.entry_off && self.pages.0 == self.pages.1
+    }
 }
 
 /// A direct exit, globally numbered.
@@ -224,6 +245,8 @@ impl CodeCache {
             phys,
             end,
             host,
+            entry_off: t.entry_off,
+            entry_skip: t.entry_skip,
             host_len: t.code.len(),
             insn_map: t.insn_map,
             first_exit,
@@ -285,7 +308,7 @@ impl CodeCache {
         for id in self.lin_blocks.remove(&page).unwrap_or_default() {
             let Some(b) = self.blocks.get_mut(id as usize) else { continue };
             b.indexed = false;
-            let (eip, mode, host, pages) = (b.eip, b.mode, b.host, b.pages);
+            let (eip, mode, host) = (b.eip, b.mode, b.entry());
             let incoming = std::mem::take(&mut b.incoming);
             let mut kept = Vec::new();
             for ex in incoming {
@@ -293,12 +316,7 @@ impl CodeCache {
                 if e.linked != Some(id) {
                     continue;
                 }
-                let src = &self.blocks[e.block as usize];
-                let same_page = pages.0 == pages.1
-                    && src.pages.0 == pages.0
-                    && page_of(src.eip) == page_of(eip)
-                    && src.mode == mode;
-                if same_page {
+                if same_page(&self.blocks[e.block as usize], &self.blocks[id as usize]) {
                     kept.push(ex);
                 } else {
                     self.patch(e.rel32, e.tail);
@@ -310,6 +328,26 @@ impl CodeCache {
             if hot.jc_targets[slot] == host as u64 {
                 hot.jc_keys[slot] = JC_EMPTY_KEY;
             }
+        }
+    }
+
+    /// Linear page `page` is no longer confirmed for ring 3 in the current
+    /// address space (`HotState::code_ok` is 0), but may map the same code
+    /// again (Linux's processes share text pages they fault in one by one):
+    /// blocks that probe the page keep their chains and jump-cache entries,
+    /// since any entry from another page finds the page unconfirmed and
+    /// leaves for the dispatcher, which walks the guest tables. Other blocks
+    /// (ring 0, page-crossing) are unlinked as by `unlink_linear_page`.
+    pub fn suspend_linear_page(&mut self, page: u32, hot: &mut HotState) {
+        let Some(ids) = self.lin_blocks.remove(&page) else { return };
+        let (keep, drop): (Vec<BlockId>, Vec<BlockId>) =
+            ids.into_iter().partition(|&id| self.blocks.get(id as usize).is_some_and(Block::probes_its_page));
+        if !drop.is_empty() {
+            self.lin_blocks.insert(page, drop);
+            self.unlink_linear_page(page, hot);
+        }
+        if !keep.is_empty() {
+            self.lin_blocks.insert(page, keep);
         }
     }
 
@@ -354,7 +392,10 @@ impl CodeCache {
         if !b.valid || e.linked.is_some() || !self.blocks[e.block as usize].valid {
             return false;
         }
-        let host = b.host;
+        // A block on the same page runs only while that page maps the
+        // target's code too (see `unlink_linear_page`): it skips the probe.
+        let host =
+            if same_page(&self.blocks[e.block as usize], b) { b.host + b.entry_skip as usize } else { b.entry() };
         self.patch(e.rel32, host);
         self.exits[exit as usize].linked = Some(to);
         self.blocks[to as usize].incoming.push(exit);
@@ -396,7 +437,7 @@ impl CodeCache {
             return false;
         }
         b.valid = false;
-        let (eip, mode, phys, host, pages) = (b.eip, b.mode, b.phys, b.host, b.pages);
+        let (eip, mode, phys, host, pages) = (b.eip, b.mode, b.phys, b.entry(), b.pages);
         let incoming = std::mem::take(&mut b.incoming);
         if self.map.get(&(mode.key(eip), phys)) == Some(&id) {
             self.map.remove(&(mode.key(eip), phys));
@@ -468,6 +509,16 @@ fn align(x: usize) -> usize {
 }
 
 /// Guest page of an address.
+/// Do `src` and `dst` start on the same linear and physical page, with
+/// `dst` wholly on it, in one mode? A chain between them survives any
+/// remapping of the page (`CodeCache::unlink_linear_page`).
+fn same_page(src: &Block, dst: &Block) -> bool {
+    dst.pages.0 == dst.pages.1
+        && src.pages.0 == dst.pages.0
+        && page_of(src.eip) == page_of(dst.eip)
+        && src.mode == dst.mode
+}
+
 pub fn page_of(addr: u32) -> u32 {
     addr & !(PAGE_SIZE as u32 - 1)
 }
@@ -490,11 +541,19 @@ mod tests {
     /// A block of 16 bytes of `ret` at linear `lin` (physical `phys`), with
     /// one direct exit to `target`; returns its id and its exit's id.
     fn block(c: &mut CodeCache, lin: u32, phys: u32, target: u32) -> (BlockId, u32) {
+        probed_block(c, lin, phys, target, (0, 0))
+    }
+
+    /// `block` with its entry and the end of its code-page probe at
+    /// `entry` (offsets; (0, 0): no probe).
+    fn probed_block(c: &mut CodeCache, lin: u32, phys: u32, target: u32, entry: (u32, u32)) -> (BlockId, u32) {
         let t = Translation {
             code: vec![0xC3; 16],
             insn_map: Vec::new(),
             exits: vec![ExitSite { rel32_off: 4, tail_off: 8, target }],
             uses_fpu: false,
+            entry_off: entry.0,
+            entry_skip: entry.1,
         };
         let exit = c.next_exit_id();
         let id = c.install(lin, Mode::default(), phys, lin + 16, (phys, phys), t, true).expect("room");
@@ -519,5 +578,49 @@ mod tests {
         c.unlink_linear(0x0804_8000, 0x0804_8000, &mut hot);
         assert_eq!(c.exits[a_exit as usize].linked, Some(b));
         assert!(!c.blocks[a as usize].indexed && !c.blocks[b as usize].indexed);
+    }
+
+    /// The target of exit `e`'s rel32 as patched.
+    fn linked_to(c: &CodeCache, e: u32) -> usize {
+        let at = c.exits[e as usize].rel32;
+        // SAFETY: `at` is an exit's rel32 field inside the cache.
+        let v =
+            unsafe { std::ptr::read_unaligned((c.rw.as_ptr() as usize + (at - c.rx.as_ptr() as usize)) as *const i32) };
+        (at as i64 + 4 + v as i64) as usize
+    }
+
+    #[test]
+    fn probing_blocks_keep_their_chains_while_their_page_is_suspended() {
+        let mut c = CodeCache::new(MIN_CACHE_SIZE).expect("cache");
+        let mut hot = crate::cpu::Cpu::new().hot;
+        // P probes page 0x08049000; Q, on the same page, does not.
+        let (p, p_exit) = probed_block(&mut c, 0x0804_9000, 0x20_0000, 0x0804_9100, (8, 12));
+        let (q, _) = block(&mut c, 0x0804_9100, 0x20_0000, 0x0804_8000);
+        let (_, a_exit) = block(&mut c, 0x0804_8000, 0x10_0000, 0x0804_9000);
+        let (_, a2_exit) = block(&mut c, 0x0804_8100, 0x10_0000, 0x0804_9100);
+        // From another page a chain enters at the probe; from the same page
+        // past it.
+        assert!(c.link(a_exit, p));
+        assert_eq!(linked_to(&c, a_exit), c.blocks[p as usize].host + 8);
+        let (p2, p2_exit) = probed_block(&mut c, 0x0804_9200, 0x20_0000, 0x0804_9000, (8, 12));
+        assert!(c.link(p2_exit, p));
+        assert_eq!(linked_to(&c, p2_exit), c.blocks[p as usize].host + 12);
+        assert!(c.link(a2_exit, q));
+        assert!(c.link(p_exit, q));
+        jc_insert(&mut hot, Mode::default(), 0x0804_9000, c.blocks[p as usize].entry());
+        c.suspend_linear_page(0x0804_9000, &mut hot);
+        // P keeps its chains and its jump-cache entry; Q, which cannot
+        // confirm the page, loses the chain from the other page.
+        assert_eq!(c.exits[a_exit as usize].linked, Some(p));
+        assert_eq!(c.exits[p2_exit as usize].linked, Some(p));
+        assert_ne!(hot.jc_keys[jc_slot(Mode::default(), 0x0804_9000)], JC_EMPTY_KEY);
+        assert_eq!(c.exits[a2_exit as usize].linked, None);
+        assert_eq!(c.exits[p_exit as usize].linked, Some(q), "same page");
+        assert!(c.has_linear(0x0804_9000));
+        // If the page maps other code, everything goes.
+        c.unlink_linear(0x0804_9000, 0x0804_9000, &mut hot);
+        assert_eq!(c.exits[a_exit as usize].linked, None);
+        assert_eq!(hot.jc_keys[jc_slot(Mode::default(), 0x0804_9000)], JC_EMPTY_KEY);
+        let _ = p2;
     }
 }

@@ -47,6 +47,8 @@ pub const SOFT_TLB_ENTRIES: usize = 1 << 16;
 pub const SOFT_TLB_KINDS: usize = 4;
 /// Bytes of one soft-TLB table (entries are a tag and an addend).
 pub const SOFT_TLB_TABLE_BYTES: i32 = (SOFT_TLB_ENTRIES * 16) as i32;
+/// Linear pages of the 32-bit address space (`HotState::code_ok`).
+pub const CODE_PAGES: usize = 1 << 20;
 /// Hit counters for soft-form instructions (`HotState::soft_hits`); slot 0
 /// counts the instructions that got none and is never reviewed.
 pub const SOFT_COUNTERS: usize = 1 << 14;
@@ -103,6 +105,9 @@ pub mod exit {
     /// A soft-TLB miss before the instruction at `eip`: `exit_arg` is the
     /// linear address, `soft_kind` the table (`translate::soft`).
     pub const SOFT_MISS: u32 = 6;
+    /// A ring-3 block's entry found its code page unconfirmed in this
+    /// address space (`HotState::code_ok`): `eip` is the block's start.
+    pub const PROBE_MISS: u32 = 7;
 }
 
 /// Hot vCPU state, shared with translated code.
@@ -243,6 +248,13 @@ pub struct HotState {
     /// last reviewed it (`exec::soft_tlb`): an instruction that runs far
     /// more often than it misses goes back to the shadow window.
     pub soft_hits: [u32; SOFT_COUNTERS],
+    /// Per linear page: 1 while the code TLB holds the page for ring 3, i.e.
+    /// the current address space maps it to the physical page its blocks
+    /// were translated from (`exec::code_tlb`). A ring-3 block reached by a
+    /// chain from another page or by the jump cache tests its page's byte
+    /// first (`translate::Options::probe`), so chains and jump-cache entries
+    /// survive an address space that does not map the page (yet).
+    pub code_ok: [u8; CODE_PAGES],
     /// Soft TLB for instructions translated with checked accesses
     /// (`translate::soft`): per kind and slot, minus the page number plus
     /// one (`SOFT_EMPTY_TAG` when empty) and the host address of the page's
@@ -253,6 +265,7 @@ pub struct HotState {
 pub const OFF_GPR: i32 = offset_of!(HotState, gpr) as i32;
 pub const OFF_EIP: i32 = offset_of!(HotState, eip) as i32;
 pub const OFF_SOFT_HITS: i32 = offset_of!(HotState, soft_hits) as i32;
+pub const OFF_CODE_OK: i32 = offset_of!(HotState, code_ok) as i32;
 pub const OFF_LIVE_FLAGS: i32 = offset_of!(HotState, live_flags) as i32;
 pub const OFF_AC_CHECK: i32 = offset_of!(HotState, ac_check) as i32;
 pub const OFF_EXIT_REASON: i32 = offset_of!(HotState, exit_reason) as i32;

@@ -305,6 +305,13 @@ impl Asm {
         self.byte(0xC8 | (r & 7));
     }
 
+    /// `movzx r32, byte [base64 + disp]`
+    pub fn movzx_r32_m8base(&mut self, dst: u8, base: u8, disp: i32) {
+        self.rex(false, dst, 0, base, false);
+        self.bytes(&[0x0F, 0xB6]);
+        self.modrm_base_disp(dst, base, disp);
+    }
+
     /// `movzx dst32, src8` (low byte of any register).
     pub fn movzx_r32_r8(&mut self, dst: u8, src: u8) {
         self.rex(false, dst, 0, src, src >= 4);

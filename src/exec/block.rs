@@ -91,6 +91,9 @@ impl Engine {
             icount: self.opts.icount,
             kick_check: self.vcpu.is_some(),
             pause_gate: self.vcpu.as_ref().is_some_and(|v| v.machine.oversubscribed),
+            // Ring-3 code pages come and go with Linux's address spaces:
+            // their blocks' entries confirm the page (`code_pages`).
+            probe: (register && self.opts.chaining && mode.cpl() == 3 && self.mem.paging().enabled()).then_some(lin),
         };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
@@ -175,6 +178,7 @@ impl Engine {
     pub(super) fn flush(&mut self) {
         self.clear_emu_cache();
         self.cache.flush(&mut self.cpu.hot);
+        self.suspended.clear();
         // Other vCPUs may still run code from these pages: they stay
         // protected machine-wide until written.
         if self.may_unprotect_alone() {

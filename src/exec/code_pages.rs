@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// Most ring-3 code pages kept with their chains while unconfirmed
+/// (`Engine::suspend`); beyond, pages are unlinked as before.
+const MAX_SUSPENDED: usize = 4096;
+
 impl Engine {
     /// Can block `id`, found by its first page, run at `lin`? A block that
     /// continues on a second page is stale if that page now maps other
@@ -33,7 +37,14 @@ impl Engine {
             return Some(p);
         }
         let p = self.mem.translate(page_of(lin), false, user).ok()?;
-        self.code_tlb.insert(key, p, self.mem.maps_global(page_of(lin), user));
+        if user && let Some(was) = self.suspended.remove(&page_of(lin)) {
+            // The page is confirmed again; its blocks' chains are still
+            // right only if it maps the code they were translated from.
+            if was != p {
+                self.cache.unlink_linear(page_of(lin), page_of(lin), &mut self.cpu.hot);
+            }
+        }
+        self.code_tlb.insert(key, p, self.mem.maps_global(page_of(lin), user), &mut self.cpu.hot);
         self.mem.mark_code_lin(lin);
         Some(p)
     }
@@ -62,11 +73,12 @@ impl Engine {
             if self.mem.large_page_at(lin) {
                 self.soft.flush_all(&mut self.cpu.hot);
                 let (lo, hi) = (lin & 0xFFC0_0000, lin | 0x003F_F000);
-                self.code_tlb.remove_range(lo, hi);
+                self.code_tlb.remove_range(lo, hi, &mut self.cpu.hot);
                 self.forget_code_pages(lo, hi);
             } else {
                 let page = page_of(lin);
-                let had = self.code_tlb.remove(&(false, page)) | self.code_tlb.remove(&(true, page));
+                let had = self.code_tlb.remove(&(false, page), &mut self.cpu.hot)
+                    | self.code_tlb.remove(&(true, page), &mut self.cpu.hot);
                 if had || self.cache.has_linear(page) {
                     self.forget_code_pages(page, page);
                 }
@@ -89,16 +101,24 @@ impl Engine {
                 return;
             }
             self.clear_emu_cache();
+            let mut unlink = Vec::new();
             for k in &stale {
-                self.code_tlb.remove(k);
+                let phys = self.code_tlb.get(k);
+                self.code_tlb.remove(k, &mut self.cpu.hot);
+                match phys {
+                    // Ring-3 code: its blocks probe the page (`suspend`).
+                    Some(phys) if k.0 && !self.code_tlb.contains_key(&(false, k.1)) => self.suspend(k.1, phys),
+                    _ => unlink.push(k.1),
+                }
             }
-            for (_, page) in stale {
+            for page in unlink {
                 self.unlink_code_page(page);
             }
             return;
         }
         self.clear_emu_cache();
-        self.code_tlb.clear();
+        self.code_tlb.clear(&mut self.cpu.hot);
+        self.suspended.clear();
         self.mem.clear_all_code_lin();
         self.cache.unlink_all();
         self.clear_jump_caches();
@@ -113,9 +133,29 @@ impl Engine {
             return;
         }
         self.cache.unlink_linear(lo, hi, &mut self.cpu.hot);
+        self.suspended.retain(|&p, _| !(lo..=hi).contains(&p));
         if !self.code_tlb.any_in(lo, hi) {
             self.mem.clear_code_lin(lo, hi);
         }
+    }
+
+    /// Ring-3 code page `page` (its blocks translated from `phys`) is not
+    /// mapped so in the address space just loaded, which may fault it in
+    /// again: Linux switches between processes that map the same text pages
+    /// and a new process maps them one at a time. Its blocks keep their
+    /// chains and jump-cache entries: every entry from another page tests
+    /// `HotState::code_ok`, now 0, and leaves for the dispatcher
+    /// (`exit::PROBE_MISS`), whose walk confirms the page, or drops the
+    /// chains if it maps other code now (`code_page_quiet`). Before, each
+    /// new process re-chained every block it ran (shell workload: ~700
+    /// chain exits and ~700 jump-cache misses per process).
+    fn suspend(&mut self, page: u32, phys: u32) {
+        if self.suspended.len() >= MAX_SUSPENDED {
+            self.unlink_code_page(page);
+            return;
+        }
+        self.suspended.insert(page, phys);
+        self.cache.suspend_linear_page(page, &mut self.cpu.hot);
     }
 
     /// Linear page `page` may map other code now (its `code_tlb` entries
@@ -123,6 +163,7 @@ impl Engine {
     /// it, and unmark it unless a mapping for the other privilege remains.
     pub(super) fn unlink_code_page(&mut self, page: u32) {
         self.cache.unlink_linear(page, page, &mut self.cpu.hot);
+        self.suspended.remove(&page);
         if !self.code_tlb.contains_key(&(false, page)) && !self.code_tlb.contains_key(&(true, page)) {
             self.mem.clear_code_lin(page, page);
         }

@@ -4,7 +4,12 @@
 //! assumes about the guest's mappings; a CR3 load re-walks the entries
 //! that are not global (a TLB keeps global ones), and only pages whose
 //! mapping changed lose their chains.
+//!
+//! `HotState::code_ok` mirrors the ring-3 entries for translated code (a
+//! byte per linear page, 1 while listed here): ring-3 blocks confirm their
+//! page with it at entry (`translate::Options::probe`).
 
+use crate::cpu::HotState;
 use crate::fastmap::FastMap;
 
 /// (user, linear page).
@@ -27,23 +32,35 @@ impl CodeTlb {
         self.pages.contains_key(k)
     }
 
-    pub fn insert(&mut self, k: Key, phys: u32, global: bool) {
+    pub fn insert(&mut self, k: Key, phys: u32, global: bool, hot: &mut HotState) {
         self.pages.insert(k, phys);
         if global {
             self.locals.remove(&k);
         } else {
             self.locals.insert(k, ());
         }
+        if k.0 {
+            hot.code_ok[(k.1 >> 12) as usize] = 1;
+        }
     }
 
-    pub fn remove(&mut self, k: &Key) -> bool {
+    pub fn remove(&mut self, k: &Key, hot: &mut HotState) -> bool {
         self.locals.remove(k);
+        if k.0 {
+            hot.code_ok[(k.1 >> 12) as usize] = 0;
+        }
         self.pages.remove(k).is_some()
     }
 
     /// Forget the pages of linear range `[lo, hi]`.
-    pub fn remove_range(&mut self, lo: u32, hi: u32) {
-        self.pages.retain(|(_, p), _| !(lo..=hi).contains(p));
+    pub fn remove_range(&mut self, lo: u32, hi: u32, hot: &mut HotState) {
+        self.pages.retain(|&(user, p), _| {
+            let keep = !(lo..=hi).contains(&p);
+            if !keep && user {
+                hot.code_ok[(p >> 12) as usize] = 0;
+            }
+            keep
+        });
         self.locals.retain(|(_, p), _| !(lo..=hi).contains(p));
     }
 
@@ -52,7 +69,12 @@ impl CodeTlb {
         self.pages.keys().any(|&(_, p)| (lo..=hi).contains(&p))
     }
 
-    pub fn clear(&mut self) {
+    pub fn clear(&mut self, hot: &mut HotState) {
+        for &(user, p) in self.pages.keys() {
+            if user {
+                hot.code_ok[(p >> 12) as usize] = 0;
+            }
+        }
         self.pages.clear();
         self.locals.clear();
     }

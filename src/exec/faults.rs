@@ -447,7 +447,7 @@ impl Engine {
             Ok(id) => id,
             Err(step) => return step,
         };
-        let host = self.cache.blocks[id as usize].host;
+        let host = self.cache.blocks[id as usize].entry();
         match self.enter(host) {
             Step::Chain(_) => Step::Continue,
             s => s,

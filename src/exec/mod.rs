@@ -155,6 +155,13 @@ pub struct Engine {
     hole_pages: HashSet<u32>,
     /// (user, linear page) -> physical page of code, with paging on.
     code_tlb: code_tlb::CodeTlb,
+    /// Ring-3 code pages that left the code TLB at a CR3 load but kept
+    /// their blocks' chains (`code_pages::suspend`) -> the physical page
+    /// those blocks were translated from.
+    suspended: crate::fastmap::FastMap<u32, u32>,
+    /// The last exit was a ring-3 block's failed code-page probe: the
+    /// dispatcher must walk the page, not take the jump cache's word.
+    probe_missed: bool,
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::fastmap::FastMap<(u32, u16), Instruction>,
@@ -275,6 +282,8 @@ impl Engine {
             sig,
             hole_pages: HashSet::new(),
             code_tlb: Default::default(),
+            suspended: Default::default(),
+            probe_missed: false,
             emu_cache: Default::default(),
             emu_slots: vec![None; EMU_CACHE_SLOTS],
             mode: Mode::default(),
@@ -474,6 +483,7 @@ impl Engine {
             // a hit gives the entry directly (entries are dropped whenever a
             // linear address may map other code, so a hit needs no page walk).
             if chain_from.is_none()
+                && !std::mem::take(&mut self.probe_missed)
                 && self.opts.chaining
                 && mode.uses_jump_cache()
                 && !(self.opts.trace.exec || self.opts.trace.cpu)
@@ -521,7 +531,7 @@ impl Engine {
             {
                 self.stats.chains += 1;
             }
-            let host = self.cache.blocks[id as usize].host;
+            let host = self.cache.blocks[id as usize].entry();
             if self.opts.chaining
                 && let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host)
                 && !self.jc_marked[s]
@@ -557,7 +567,7 @@ impl Engine {
     /// Did translated code last leave through an unchained direct exit or
     /// a jump-cache miss (nothing for the VMM to run)?
     fn exited_clean(&self) -> bool {
-        matches!(self.cpu.hot.exit_reason, exit::CHAIN | exit::INDIRECT)
+        matches!(self.cpu.hot.exit_reason, exit::CHAIN | exit::INDIRECT | exit::PROBE_MISS)
     }
 
     /// An enabled DR0-3 execution breakpoint at `eip`: raise #DB (or, with
@@ -634,6 +644,10 @@ impl Engine {
             }
             exit::FAULT => self.fault(),
             exit::SOFT_MISS => self.soft_miss(),
+            exit::PROBE_MISS => {
+                self.probe_missed = true;
+                Step::Continue
+            }
             _ => Step::Done(RunOutcome::InternalError(format!("unknown exit reason {reason}"))),
         }
     }

@@ -14,7 +14,7 @@ pub struct Stats {
     pub translate_ns: u64,
     pub chains: u64,
     pub flushes: u64,
-    pub exits: [u64; 7],
+    pub exits: [u64; 8],
     pub polls: u64,
     pub exceptions: u64,
     pub smc_pages: u64,
@@ -84,6 +84,7 @@ impl Stats {
             (exit::EXCEPTION, "exception"),
             (exit::FAULT, "host fault"),
             (exit::SOFT_MISS, "soft-TLB miss"),
+            (exit::PROBE_MISS, "code page unconfirmed"),
         ];
         let _ = writeln!(s, "  exits by reason:");
         for (r, n) in names {

@@ -18,6 +18,7 @@
 //! exit_emulate:   mov dword [r14+exit_reason], EMULATE ; jmp save
 //! exit_exception: mov dword [r14+exit_reason], EXCEPTION ; jmp save
 //! exit_soft_miss: mov dword [r14+exit_reason], SOFT_MISS ; jmp save
+//! exit_probe_miss: mov dword [r14+exit_reason], PROBE_MISS ; jmp save
 //! ret_sentinel[t]: lea rsp, [rsp-8]           ; a RET popped the sentinel: put it back
 //! ret_miss[t]:     <probe jump-cache table t for r13d>  ; a RET the host CALL did not expect
 //!                  mov rcx, r11 ; jmp exit_indirect
@@ -138,6 +139,8 @@ fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     jumps_to_save.push(a.jmp_rel32());
     t.exits.soft_miss = exit_stub(&mut a, exit::SOFT_MISS, false);
     jumps_to_save.push(a.jmp_rel32());
+    t.exits.probe_miss = exit_stub(&mut a, exit::PROBE_MISS, false);
+    jumps_to_save.push(a.jmp_rel32());
     // The return stack's stubs (`exec::return_stack`): each jump-cache
     // table's return miss, preceded by its sentinel.
     let mut misses_to_exit = Vec::new();
@@ -199,6 +202,7 @@ pub fn relocate(t: Trampolines, base: usize) -> Trampolines {
             emulate: base + t.exits.emulate,
             exception: base + t.exits.exception,
             soft_miss: base + t.exits.soft_miss,
+            probe_miss: base + t.exits.probe_miss,
             ret_miss: t.exits.ret_miss.map(|x| base + x),
         },
         exit_fault: base + t.exit_fault,

@@ -15,6 +15,7 @@
 //! The generated block looks like:
 //!
 //! ```text
+//!         <ring 3 with paging: code-page probe, `code_page_probe`>
 //! entry:  mov r13d, [r15 - 0x2000]        ; safepoint poll (faults on exit request)
 //!         <translated instructions>
 //!         jmp rel32 / jcc rel32 ...        ; direct exits (patched when chained)
@@ -47,6 +48,7 @@ pub struct ExitTargets {
     pub emulate: usize,
     pub exception: usize,
     pub soft_miss: usize,
+    pub probe_miss: usize,
     /// Per jump-cache table: where a continuation whose guest returned
     /// elsewhere looks R13D up (`exec::return_stack`).
     pub ret_miss: [usize; crate::cpu::JUMP_CACHE_TABLES],
@@ -97,6 +99,10 @@ pub struct Translation {
     pub insn_map: Vec<InsnMapEntry>,
     pub exits: Vec<ExitSite>,
     pub uses_fpu: bool,
+    /// Offset of the entry (after the probe's miss path, `Options::probe`).
+    pub entry_off: u32,
+    /// Offset past the probe: where a chain from the same page enters.
+    pub entry_skip: u32,
 }
 
 /// Translation options.
@@ -117,6 +123,11 @@ pub struct Options {
     /// Count PAUSEs down and leave when the count runs out
     /// (`Translator::pause_gate`: a machine with more vCPUs than host CPUs).
     pub pause_gate: bool,
+    /// The block's linear address: a ring-3 block with paging on confirms
+    /// at its entry that the current address space maps its code page
+    /// (`HotState::code_ok`), so chains into it from other pages and its
+    /// jump-cache entries survive address spaces that do not map the page.
+    pub probe: Option<u32>,
 }
 
 /// Under `-icount`, must `i` (of class `cls`) see the virtual clock up to
@@ -539,8 +550,12 @@ impl<'a> Translator<'a> {
         self.a.buf.reserve(n * 12 + 64);
         self.insn_map.reserve(n + 1);
         let mut fpu = false;
-        // Safepoint poll: a plain load, so guest flags stay untouched.
         self.mark(block.start, Fixup::None);
+        let (entry_off, entry_skip) = match self.opts.probe {
+            Some(lin) => self.code_page_probe(block.start, lin),
+            None => (0, 0),
+        };
+        // Safepoint poll: a plain load, so guest flags stay untouched.
         if self.opts.icount {
             self.icount_gate(n as u32);
         } else if self.opts.kick_check {
@@ -604,7 +619,7 @@ impl<'a> Translator<'a> {
             self.jmp_abs(self.exits_to.chain);
             exits.push(ExitSite { rel32_off: at as u32, tail_off: tail as u32, target });
         }
-        Translation { code: self.a.buf, insn_map: self.insn_map, exits, uses_fpu: fpu }
+        Translation { code: self.a.buf, insn_map: self.insn_map, exits, uses_fpu: fpu, entry_off, entry_skip }
     }
 
     fn mark(&mut self, eip: u32, fixup: Fixup) {
@@ -665,6 +680,32 @@ impl<'a> Translator<'a> {
             }
             _ => false,
         }
+    }
+
+    /// The code-page probe of a ring-3 block at guest `eip`, linear `lin`
+    /// (`Options::probe`); returns the offsets of the entry and of the code
+    /// after the probe. The miss path comes first, so the JRCXZ reaches it
+    /// however long the block:
+    ///
+    /// ```text
+    /// miss:  mov rcx, r11 ; mov dword [r14+eip], eip ; jmp exit_probe_miss
+    /// entry: mov r11, rcx                              ; (R10, R11, R13 are free here)
+    ///        movzx ecx, byte [r14+code_ok+(lin>>12)] ; jrcxz miss
+    ///        mov rcx, r11
+    /// skip:  <poll, block>
+    /// ```
+    fn code_page_probe(&mut self, eip: u32, lin: u32) -> (u32, u32) {
+        let miss = self.a.len();
+        self.a.mov_r64_r64(RCX, R11);
+        self.a.mov_mbase_imm32(VCPU, OFF_EIP, eip);
+        self.jmp_abs(self.exits_to.probe_miss);
+        let entry = self.a.len();
+        self.a.mov_r64_r64(R11, RCX);
+        self.a.movzx_r32_m8base(RCX, VCPU, crate::cpu::OFF_CODE_OK + (lin >> 12) as i32);
+        let back = miss as i64 - (self.a.len() as i64 + 2);
+        self.a.bytes(&[JRCXZ, back as i8 as u8]);
+        self.a.mov_r64_r64(RCX, R11);
+        (entry as u32, self.a.len() as u32)
     }
 
     /// `jmp rel32` to an absolute host address.

@@ -22,6 +22,7 @@ const EXITS: ExitTargets = ExitTargets {
     emulate: HOST_BASE - 0x80,
     exception: HOST_BASE - 0x40,
     soft_miss: HOST_BASE - 0x140,
+    probe_miss: HOST_BASE - 0x180,
     ret_miss: [HOST_BASE - 0x200, HOST_BASE - 0x240, HOST_BASE - 0x280, HOST_BASE - 0x2C0],
 };
 /// Guest address of the code of the golden tests.
@@ -29,7 +30,7 @@ const GUEST_AT: u32 = 0x1000;
 const POLL: &str = "mov r13d,[r15-2000h]";
 
 fn opts(mode: Mode) -> Options {
-    Options { inline_lookup: true, mode, icount: false, kick_check: false, pause_gate: false }
+    Options { inline_lookup: true, mode, icount: false, kick_check: false, pause_gate: false, probe: None }
 }
 
 /// Guest memory with `guest` at `GUEST_AT`.
@@ -406,6 +407,7 @@ fn indirect_without_inline_lookup_goes_to_dispatcher() {
             icount: false,
             kick_check: false,
             pause_gate: false,
+            probe: None,
         };
         let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
         disasm(&t.code, 7, t.code.len())
@@ -633,6 +635,7 @@ fn check_block(code: &[u8]) -> Result<(), String> {
         EXITS.emulate,
         EXITS.exception,
         EXITS.soft_miss,
+        EXITS.probe_miss,
         EXITS.ret_miss[0],
         EXITS.ret_miss[1],
         EXITS.ret_miss[2],
@@ -849,7 +852,22 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             if base == Register::R14 && mem.address_size() == CodeSize::Code64 {
                 continue; // vCPU state (and the jump cache)
             }
-            if base == Register::R15 && k == 0 && fmt(&i) == POLL {
+            // The poll opens the block, after the code-page probe of a
+            // ring-3 block (`Translator::code_page_probe`) if it has one.
+            let after_probe = k >= 4
+                && fmt(&insns[k - 4].1) == "mov r11,rcx"
+                && {
+                    let l = &insns[k - 3].1;
+                    let d = l.memory_displacement64();
+                    let table = crate::cpu::OFF_CODE_OK as u64;
+                    l.mnemonic() == Mnemonic::Movzx
+                        && l.op0_register() == Register::ECX
+                        && l.memory_base() == Register::R14
+                        && (table..table + crate::cpu::CODE_PAGES as u64).contains(&d)
+                }
+                && insns[k - 2].1.mnemonic() == Mnemonic::Jrcxz
+                && fmt(&insns[k - 1].1) == "mov rcx,r11";
+            if base == Register::R15 && (k == 0 || after_probe) && fmt(&i) == POLL {
                 continue;
             }
             // A direct window access (`direct_window_operand`): `[r15 + reg]`
@@ -1366,7 +1384,16 @@ fn check_guest_images(soft: bool) {
             }
             n += 1;
             for (cpl, mode) in [(0, Mode::default()), (3, Mode(3))] {
-                let (b, t) = translate_at_soft(&ram, eip, cpl, mode, soft);
+                let (b, t) = if cpl == 3 && !soft {
+                    // Ring-3 blocks probe their code page, as the engine
+                    // translates them with paging on.
+                    let b = decode_block_at_cpl(&ram, 0, eip, MAX_BLOCK_INSNS, cpl);
+                    let o = Options { probe: Some(eip), ..opts(mode) };
+                    let t = Translator::new(HOST_BASE, EXITS, 0, o, &ram).translate(&b);
+                    (b, t)
+                } else {
+                    translate_at_soft(&ram, eip, cpl, mode, soft)
+                };
                 if let Err(e) = check_translation_as(&ram, &b, &t, soft) {
                     failures.push(format!("{} (cpl {cpl}): {e}", path.display()));
                     assert!(failures.len() < 10, "{}", failures.join("\n"));
@@ -1614,6 +1641,32 @@ fn soft_form_kinds_and_borrowed_registers() {
     // LEA and a BT with a register bit offset never take the soft form.
     assert!(!first_insn_soft(&[0x8D, 0x43, 0x08]).iter().any(|l| l.contains("shrx")));
     assert!(!first_insn_soft(&[0x0F, 0xA3, 0x03]).iter().any(|l| l.contains("shrx")));
+}
+
+#[test]
+fn ring3_blocks_probe_their_code_page() {
+    // nop at 0x1000, ring 3: the miss path, the probe, then the poll.
+    let mem = guest_mem(&[0x90, 0xF4]);
+    let b = decode_block_at_cpl(&mem, 0, GUEST_AT, MAX_BLOCK_INSNS, 3);
+    let o = Options { probe: Some(GUEST_AT), ..opts(Mode(3)) };
+    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    let text = disasm(&t.code, 0, t.entry_skip as usize + 7);
+    let table = ihex((crate::cpu::OFF_CODE_OK + (GUEST_AT >> 12) as i32) as u32);
+    assert_eq!(
+        text,
+        [
+            "mov rcx,r11".to_string(),
+            format!("mov dword ptr [r14+20h],{:X}h", GUEST_AT),
+            jmp_to(EXITS.probe_miss),
+            "mov r11,rcx".into(),
+            format!("movzx ecx,byte ptr [r14+{table}]"),
+            format!("jrcxz {:016X}h", HOST_BASE),
+            "mov rcx,r11".into(),
+            POLL.into(),
+        ]
+    );
+    assert_eq!(disasm(&t.code, t.entry_off as usize, t.entry_off as usize + 3), ["mov r11,rcx"]);
+    check_translation(&mem, &b, &t).unwrap();
 }
 
 #[test]
