@@ -79,6 +79,16 @@ impl Block {
     }
 }
 
+/// The blocks fetched through one linear page (`CodeCache::index_linear`).
+#[derive(Default)]
+struct LinPage {
+    /// Blocks wholly on the page whose entry probes it: they keep their
+    /// chains while the page is suspended (`suspend_linear_page`).
+    probed: Vec<BlockId>,
+    /// The others (ring 0, or crossing into or out of the page).
+    other: Vec<BlockId>,
+}
+
 /// A direct exit, globally numbered.
 #[derive(Clone, Copy)]
 pub struct Exit {
@@ -107,7 +117,7 @@ pub struct CodeCache {
     page_blocks: FastMap<u32, Vec<BlockId>>,
     /// Linear page -> blocks whose code it holds (paging: INVLPG of a page
     /// unchains only the blocks reached through it).
-    lin_blocks: FastMap<u32, Vec<BlockId>>,
+    lin_blocks: FastMap<u32, LinPage>,
     pub flushes: u64,
 }
 
@@ -275,9 +285,15 @@ impl CodeCache {
         if let Some(b) = self.blocks.get_mut(id as usize) {
             b.indexed = true;
         }
-        self.lin_blocks.entry(first).or_default().push(id);
+        let probes = first == last && self.blocks.get(id as usize).is_some_and(Block::probes_its_page);
+        let e = self.lin_blocks.entry(first).or_default();
+        if probes {
+            e.probed.push(id)
+        } else {
+            e.other.push(id)
+        }
         if last != first {
-            self.lin_blocks.entry(last).or_default().push(id);
+            self.lin_blocks.entry(last).or_default().other.push(id);
         }
     }
 
@@ -305,7 +321,15 @@ impl CodeCache {
     /// target's code too. Linux's processes switch address spaces all the
     /// time; these chains are most of their code's.
     fn unlink_linear_page(&mut self, page: u32, hot: &mut HotState) {
-        for id in self.lin_blocks.remove(&page).unwrap_or_default() {
+        if let Some(l) = self.lin_blocks.remove(&page) {
+            self.unlink_blocks(l.probed, hot);
+            self.unlink_blocks(l.other, hot);
+        }
+    }
+
+    /// `unlink_linear_page` of blocks `ids` (listed under one page).
+    fn unlink_blocks(&mut self, ids: Vec<BlockId>, hot: &mut HotState) {
+        for id in ids {
             let Some(b) = self.blocks.get_mut(id as usize) else { continue };
             b.indexed = false;
             let (eip, mode, host) = (b.eip, b.mode, b.entry());
@@ -339,16 +363,12 @@ impl CodeCache {
     /// leaves for the dispatcher, which walks the guest tables. Other blocks
     /// (ring 0, page-crossing) are unlinked as by `unlink_linear_page`.
     pub fn suspend_linear_page(&mut self, page: u32, hot: &mut HotState) {
-        let Some(ids) = self.lin_blocks.remove(&page) else { return };
-        let (keep, drop): (Vec<BlockId>, Vec<BlockId>) =
-            ids.into_iter().partition(|&id| self.blocks.get(id as usize).is_some_and(Block::probes_its_page));
-        if !drop.is_empty() {
-            self.lin_blocks.insert(page, drop);
-            self.unlink_linear_page(page, hot);
+        let Some(l) = self.lin_blocks.get_mut(&page) else { return };
+        let other = std::mem::take(&mut l.other);
+        if l.probed.is_empty() {
+            self.lin_blocks.remove(&page);
         }
-        if !keep.is_empty() {
-            self.lin_blocks.insert(page, keep);
-        }
+        self.unlink_blocks(other, hot);
     }
 
     /// Were blocks fetched through linear page `page` (since it was last
