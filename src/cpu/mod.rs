@@ -50,7 +50,7 @@ pub const SOFT_TLB_TABLE_BYTES: i32 = (SOFT_TLB_ENTRIES * 16) as i32;
 /// Linear pages of the 32-bit address space (`HotState::code_ok`).
 pub const CODE_PAGES: usize = 1 << 20;
 /// Hit counters for soft-form instructions (`HotState::soft_hits`); slot 0
-/// counts the instructions that got none and is never reviewed.
+/// means no counter (nothing is emitted).
 pub const SOFT_COUNTERS: usize = 1 << 14;
 /// Soft-TLB tag of an empty entry: tags are `-(page + 1)` (see
 /// `exec::soft_tlb`), never 0, so a zeroed table is empty.

@@ -4,7 +4,9 @@
 //! `gs: addr32 [base' + index'*scale + disp]`: the 0x67 prefix makes the host
 //! compute the address in 32 bits (wrapping at 4 GiB, as the guest does) and
 //! GS adds the window base, so no guest address can reach host memory outside
-//! the window. Registers are host numbers (guest ESP is already R12).
+//! the window. Registers are host numbers (guest ESP is already R12). The
+//! same encoder makes the direct window operands `[r15 + reg]` and
+//! `[r15 + disp32]` (`translate::direct_window_operand`).
 
 /// A guest memory operand in host register numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -208,11 +208,12 @@ impl Engine {
     }
 
     /// Send the soft instructions that run far more often than they miss
-    /// back to the shadow window (`soft_tlb::SoftTlb::review`): their
-    /// blocks are translated again, without the lookup.
+    /// back to the shadow window, and stop counting those that stay soft
+    /// (`soft_tlb::SoftTlb::review`): their blocks are translated again.
     pub(super) fn review_soft(&mut self) {
-        for (eip, phys) in self.soft.review(&mut self.cpu.hot) {
-            self.stats.soft_reverts += 1;
+        let review = self.soft.review(&mut self.cpu.hot);
+        self.stats.soft_reverts = self.soft.reverts;
+        for (eip, phys) in review {
             self.clear_emu_cache();
             let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
             self.stats.invalidated_blocks += n as u64;

@@ -29,13 +29,24 @@ const MAX_SCORED: usize = 4096;
 /// and then runs a million times (qsort: 8.9 -> 8.1 ms), while a new
 /// process's start-up code runs about once per miss and stays soft.
 const REVERT_HITS_PER_MISS: u64 = 4096;
+/// ... unless it has missed this often since it turned soft: a sweep over
+/// more pages than that (kvm-unit-tests' sieve over 100 MB) would take a
+/// host fault and a host mapping per page in the window form, and the
+/// mappings would outgrow the host's limit on areas and be flushed.
+const MAX_REVERT_MISSES: u32 = 4096;
+/// Host faults after which an instruction sent back to the window turns
+/// soft again, for good: the window form is thrashing (a sweep over pages
+/// that the soft TLB had served without a miss of this instruction's own:
+/// kvm-unit-tests' sieve took 40 s instead of 9 with a limit of 1024).
+const REFAULT_LIMIT: u32 = 64;
 
-/// A counted soft instruction: where it was translated and its misses
-/// since the last review.
+/// A counted soft instruction: where it was translated, its misses since
+/// the last review and since it turned soft.
 struct Counted {
     slot: u32,
     phys: u32,
     misses: u32,
+    total_misses: u32,
 }
 
 #[derive(Default)]
@@ -48,9 +59,11 @@ pub struct SoftTlb {
     /// The next free counter slot (slots are never reused: a stale soft
     /// translation of a reverted EIP may still count in its old one).
     next_slot: u32,
-    /// Instructions sent back to the shadow window: they never turn soft
-    /// again (they run far more often than they fault).
-    reverted: FastMap<u32, ()>,
+    /// Instructions sent back to the shadow window, with their host faults
+    /// since: past `REFAULT_LIMIT` they turn soft again, without a counter.
+    reverted: FastMap<u32, u32>,
+    /// Instructions soft for good after `REFAULT_LIMIT` (never counted).
+    pinned: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
     /// The page of each soft instruction's last fill (streams, see
     /// `note_fill`).
@@ -77,8 +90,20 @@ impl SoftTlb {
     /// A host fault of the instruction at `eip`; true when it has just
     /// become a soft instruction (its blocks must be retranslated).
     pub fn note_fault(&mut self, eip: u32, true_fault: bool) -> bool {
-        if self.insns.contains_key(&eip) || self.reverted.contains_key(&eip) {
+        if self.insns.contains_key(&eip) {
             return false;
+        }
+        if let Some(n) = self.reverted.get_mut(&eip) {
+            *n += 1;
+            if *n < REFAULT_LIMIT {
+                return false;
+            }
+            // The window form keeps faulting after all: soft for good,
+            // without a counter (`count` leaves it alone).
+            self.reverted.remove(&eip);
+            self.insns.insert(eip, 0);
+            self.pinned.insert(eip, ());
+            return true;
         }
         if self.scores.len() >= MAX_SCORED {
             self.scores.clear();
@@ -99,14 +124,15 @@ impl SoftTlb {
         if self.next_slot == 0 {
             self.next_slot = 1;
         }
-        if self.next_slot as usize >= SOFT_COUNTERS || !self.insns.contains_key(&eip) {
+        if self.next_slot as usize >= SOFT_COUNTERS || !self.insns.contains_key(&eip) || self.pinned.contains_key(&eip)
+        {
             return;
         }
         let slot = self.next_slot;
         self.next_slot += 1;
         hot.soft_hits[slot as usize] = 0;
         self.insns.insert(eip, slot);
-        self.counted.insert(eip, Counted { slot, phys, misses: 0 });
+        self.counted.insert(eip, Counted { slot, phys, misses: 0, total_misses: 0 });
     }
 
     /// A soft-TLB miss of the instruction at `eip`.
@@ -114,27 +140,37 @@ impl SoftTlb {
         self.misses += 1;
         if let Some(c) = self.counted.get_mut(&eip) {
             c.misses = c.misses.saturating_add(1);
+            c.total_misses = c.total_misses.saturating_add(1);
         }
     }
 
     /// Review the counted instructions: those that ran far more often than
-    /// they missed since the last review leave the soft form. Returns their
-    /// (EIP, physical page), whose blocks the caller must retranslate.
+    /// they missed since the last review leave the soft form; those that
+    /// missed on too many pages for the window form stay soft without a
+    /// counter. Returns the (EIP, physical page) of both, whose blocks the
+    /// caller must retranslate.
     pub fn review(&mut self, hot: &mut HotState) -> Vec<(u32, u32)> {
-        let mut back = Vec::new();
+        let (mut back, mut settled) = (Vec::new(), Vec::new());
         for (&eip, c) in self.counted.iter_mut() {
             let hits = std::mem::take(&mut hot.soft_hits[c.slot as usize]) as u64;
             let misses = std::mem::take(&mut c.misses) as u64;
-            if hits >= REVERT_HITS_PER_MISS * (misses + 1) {
+            if c.total_misses > MAX_REVERT_MISSES {
+                settled.push((eip, c.phys));
+            } else if hits >= REVERT_HITS_PER_MISS * (misses + 1) {
                 back.push((eip, c.phys));
             }
         }
         for &(eip, _) in &back {
             self.counted.remove(&eip);
             self.insns.remove(&eip);
-            self.reverted.insert(eip, ());
+            self.reverted.insert(eip, 0);
+        }
+        for &(eip, _) in &settled {
+            self.counted.remove(&eip);
+            self.insns.insert(eip, 0);
         }
         self.reverts += back.len() as u64;
+        back.extend(settled);
         back
     }
 
@@ -259,8 +295,21 @@ mod tests {
         assert_eq!(t.review(&mut hot), vec![(0x100, 0x5000)]);
         assert!(!t.insns.contains_key(&0x100) && t.insns.contains_key(&0x200));
         assert_eq!(hot.soft_hits[b as usize], 0, "counts restart at each review");
-        // A reverted instruction never turns soft again.
-        assert!((0..10).all(|_| !t.note_fault(0x100, true)));
+        // A reverted instruction turns soft again only after many faults,
+        // and then for good (no counter).
+        assert!((1..REFAULT_LIMIT).all(|_| !t.note_fault(0x100, true)));
+        assert!(t.note_fault(0x100, true));
+        t.count(&mut hot, 0x100, 0x5000);
+        assert_eq!(t.insns[&0x100], 0, "no counter");
+        // One that missed on more pages than the window form could map
+        // stays soft.
+        assert!(!t.note_fault(0x300, true));
+        assert!(t.note_fault(0x300, true));
+        t.count(&mut hot, 0x300, 0x5000);
+        (0..=MAX_REVERT_MISSES).for_each(|_| t.note_miss(0x300));
+        assert_eq!(t.review(&mut hot), vec![(0x300, 0x5000)], "retranslated without its counter");
+        assert_eq!(t.insns[&0x300], 0);
+        assert!(t.review(&mut hot).is_empty());
         // Runs without a miss count as one miss: a little use stays soft.
         hot.soft_hits[b as usize] = 4000;
         assert!(t.review(&mut hot).is_empty());

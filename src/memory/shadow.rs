@@ -706,12 +706,22 @@ impl GuestMemory {
                 self.shadow.globals.remove(&key(w, page));
             }
         }
+        // The current context's mappings of the page go, and every
+        // context's global ones (a TLB holds global entries across CR3
+        // loads). Another context's non-global mappings may stay: a CR3 load
+        // revalidates them against the guest's entries before they are used
+        // again, as a TLB would hold none of them. (Linux breaks a
+        // copy-on-write in the child with an INVLPG; dropping the page in
+        // all eight contexts cost ~8 `mprotect`s each time.)
+        let cur = self.shadow.cur;
         let mut any = false;
         for ci in 0..self.shadow.contexts.len() {
             let c = &mut self.shadow.contexts[ci];
+            let goes = |c: &Context, k: u64| ci == cur || c.mapped.get(&k).is_some_and(|e| e.global);
             if large {
                 let base = lin & 0xFFC0_0000;
-                let keys: Vec<u64> = c.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base).collect();
+                let keys: Vec<u64> =
+                    c.mapped.keys().copied().filter(|&k| (k as u32) & 0xFFC0_0000 == base && goes(c, k)).collect();
                 any |= !keys.is_empty();
                 self.drop_mappings(ci, keys);
                 continue;
@@ -719,7 +729,7 @@ impl GuestMemory {
             // One page (the common case): no list to build.
             for w in 0..2 {
                 let k = key(w, page);
-                if c.forget(k).is_some() {
+                if goes(c, k) && c.forget(k).is_some() {
                     unmap_range(host_addr(c.window, k), PAGE_SIZE);
                     c.areas += 2;
                     any = true;
@@ -1043,12 +1053,21 @@ mod tests {
         m.set_paging(regs(PD_A), true);
         assert!(!mapped(&m, 0, LIN), "a reload of the same CR3 revalidates too");
 
-        // INVLPG reaches every context.
+        // INVLPG drops the current context's mapping; another context's
+        // non-global one stays while its entries do (a CR3 load checks them).
         assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
         m.set_paging(regs(PD_B), true);
         m.invlpg(LIN);
         m.set_paging(regs(PD_A), true);
+        assert!(mapped(&m, 0, LIN), "unchanged entries in A");
+        m.invlpg(LIN);
         assert!(!mapped(&m, 0, LIN));
+        assert_eq!(m.shadow_fault(0, LIN, false), ShadowFault::Mapped);
+        m.set_paging(regs(PD_B), true);
+        set(&mut m, PT + 4 * (LIN >> 12), 0xB000 | pte::P | pte::RW | pte::A);
+        m.invlpg(LIN);
+        m.set_paging(regs(PD_A), true);
+        assert!(!mapped(&m, 0, LIN), "A's entry changed: dropped at the CR3 load");
     }
 
     #[test]

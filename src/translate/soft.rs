@@ -26,7 +26,7 @@
 //!     mov dword [r14+eip], eip ; mov dword [r14+soft_kind], kind
 //!     mov [r14+exit_arg], r13d ; jmp exit_soft_miss
 //! hit:
-//!     mov ecx, [r14+soft_hits+4*counter]             ; count the execution
+//!     mov ecx, [r14+soft_hits+4*counter]             ; count the execution (counter != 0)
 //!     lea ecx, [rcx+1] ; mov [r14+soft_hits+4*counter], ecx
 //!     mov r11, [r14+r13*8+table+8] ; mov rcx, r10
 //!     addr32 lea r13d, [ea] ; lea r13, [r13+r11]     ; host address
@@ -112,10 +112,14 @@ pub(super) fn lookup(t: &mut Translator, i: &Instruction, m: &GuestMem, kind: u3
     let len = t.a.len() - miss;
     debug_assert!(len < 128);
     t.a.buf[miss - 1] = len as u8;
-    let count = OFF_SOFT_HITS + 4 * counter as i32;
-    t.a.mov_r32_mbase(RCX, VCPU, count);
-    t.a.lea_r32(RCX, RCX, 1);
-    t.a.mov_mbase_r32(VCPU, count, RCX);
+    if counter != 0 {
+        // (Each count waits on the last through memory: only while the
+        // engine is still deciding about the instruction.)
+        let count = OFF_SOFT_HITS + 4 * (counter as usize % crate::cpu::SOFT_COUNTERS) as i32;
+        t.a.mov_r32_mbase(RCX, VCPU, count);
+        t.a.lea_r32(RCX, RCX, 1);
+        t.a.mov_mbase_r32(VCPU, count, RCX);
+    }
     t.a.mov_r64_mbi8(R11, VCPU, SCRATCH, table + 8);
     t.a.mov_r64_r64(RCX, R10);
     t.lea_offset(m);
