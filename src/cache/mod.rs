@@ -528,7 +528,6 @@ fn align(x: usize) -> usize {
     (x + BLOCK_ALIGN - 1) & !(BLOCK_ALIGN - 1)
 }
 
-/// Guest page of an address.
 /// Do `src` and `dst` start on the same linear and physical page, with
 /// `dst` wholly on it, in one mode? A chain between them survives any
 /// remapping of the page (`CodeCache::unlink_linear_page`).
@@ -539,6 +538,7 @@ fn same_page(src: &Block, dst: &Block) -> bool {
         && src.mode == dst.mode
 }
 
+/// Guest page of an address.
 pub fn page_of(addr: u32) -> u32 {
     addr & !(PAGE_SIZE as u32 - 1)
 }
@@ -622,7 +622,7 @@ mod tests {
         // past it.
         assert!(c.link(a_exit, p));
         assert_eq!(linked_to(&c, a_exit), c.blocks[p as usize].host + 8);
-        let (p2, p2_exit) = probed_block(&mut c, 0x0804_9200, 0x20_0000, 0x0804_9000, (8, 12));
+        let (_, p2_exit) = probed_block(&mut c, 0x0804_9200, 0x20_0000, 0x0804_9000, (8, 12));
         assert!(c.link(p2_exit, p));
         assert_eq!(linked_to(&c, p2_exit), c.blocks[p as usize].host + 12);
         assert!(c.link(a2_exit, q));
@@ -641,6 +641,5 @@ mod tests {
         c.unlink_linear(0x0804_9000, 0x0804_9000, &mut hot);
         assert_eq!(c.exits[a_exit as usize].linked, None);
         assert_eq!(hot.jc_keys[jc_slot(Mode::default(), 0x0804_9000)], JC_EMPTY_KEY);
-        let _ = p2;
     }
 }

@@ -77,8 +77,8 @@ impl Engine {
                 self.forget_code_pages(lo, hi);
             } else {
                 let page = page_of(lin);
-                let had = self.code_tlb.remove(&(false, page), &mut self.cpu.hot)
-                    | self.code_tlb.remove(&(true, page), &mut self.cpu.hot);
+                let had = self.code_tlb.remove(&(false, page), &mut self.cpu.hot).is_some()
+                    | self.code_tlb.remove(&(true, page), &mut self.cpu.hot).is_some();
                 if had || self.cache.has_linear(page) {
                     self.forget_code_pages(page, page);
                 }
@@ -103,9 +103,7 @@ impl Engine {
             self.clear_emu_cache();
             let mut unlink = Vec::new();
             for k in &stale {
-                let phys = self.code_tlb.get(k);
-                self.code_tlb.remove(k, &mut self.cpu.hot);
-                match phys {
+                match self.code_tlb.remove(k, &mut self.cpu.hot) {
                     // Ring-3 code: its blocks probe the page (`suspend`).
                     Some(phys) if k.0 && !self.code_tlb.contains_key(&(false, k.1)) => self.suspend(k.1, phys),
                     _ => unlink.push(k.1),

@@ -44,12 +44,13 @@ impl CodeTlb {
         }
     }
 
-    pub fn remove(&mut self, k: &Key, hot: &mut HotState) -> bool {
+    /// Forget `k`; returns the physical page it held.
+    pub fn remove(&mut self, k: &Key, hot: &mut HotState) -> Option<u32> {
         self.locals.remove(k);
         if k.0 {
             hot.code_ok[(k.1 >> 12) as usize] = 0;
         }
-        self.pages.remove(k).is_some()
+        self.pages.remove(k)
     }
 
     /// Forget the pages of linear range `[lo, hi]`.

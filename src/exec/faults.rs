@@ -192,18 +192,23 @@ impl Engine {
         if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
             self.soft.count(&mut self.cpu.hot, eip, phys);
             self.stats.soft_insns += 1;
-            // Only the blocks holding this instruction: instructions of a
-            // page turn soft one at a time (a new process faults in glibc's
-            // start-up code instruction by instruction), and retranslating
-            // the whole page each time cost hundreds of blocks per fork+exec.
-            // The faulting block keeps running until it exits (its code
-            // stays in the cache); the next lookup translates it again.
-            self.clear_emu_cache();
-            let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
-            self.stats.invalidated_blocks += n as u64;
-            if !self.cache.page_has_code(phys) && self.may_unprotect_alone() {
-                self.mem.set_code_protect(phys, false);
-            }
+            self.retranslate_insn(eip, phys);
+        }
+    }
+
+    /// The instruction at `eip` (code from physical page `phys`) changed
+    /// form: drop the blocks holding it. Only those: instructions of a page
+    /// turn soft one at a time (a new process faults in glibc's start-up
+    /// code instruction by instruction), and retranslating the whole page
+    /// each time cost hundreds of blocks per fork+exec. A block running now
+    /// keeps running until it exits (its code stays in the cache); the next
+    /// lookup translates it again.
+    fn retranslate_insn(&mut self, eip: u32, phys: u32) {
+        self.clear_emu_cache();
+        let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
+        self.stats.invalidated_blocks += n as u64;
+        if !self.cache.page_has_code(phys) && self.may_unprotect_alone() {
+            self.mem.set_code_protect(phys, false);
         }
     }
 
@@ -214,12 +219,7 @@ impl Engine {
         let review = self.soft.review(&mut self.cpu.hot);
         self.stats.soft_reverts = self.soft.reverts;
         for (eip, phys) in review {
-            self.clear_emu_cache();
-            let n = self.cache.invalidate_at(phys, eip, &mut self.cpu.hot);
-            self.stats.invalidated_blocks += n as u64;
-            if !self.cache.page_has_code(phys) && self.may_unprotect_alone() {
-                self.mem.set_code_protect(phys, false);
-            }
+            self.retranslate_insn(eip, phys);
         }
     }
 

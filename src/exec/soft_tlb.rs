@@ -56,9 +56,10 @@ pub struct SoftTlb {
     pub insns: FastMap<u32, u32>,
     /// The instructions with a counter of their own, by EIP.
     counted: FastMap<u32, Counted>,
-    /// The next free counter slot (slots are never reused: a stale soft
-    /// translation of a reverted EIP may still count in its old one).
-    next_slot: u32,
+    /// Counter slots handed out, 1..=`slots_used` (slots are never reused:
+    /// a stale soft translation of a reverted EIP may still count in its
+    /// old one).
+    slots_used: u32,
     /// Instructions sent back to the shadow window, with their host faults
     /// since: past `REFAULT_LIMIT` they turn soft again, without a counter.
     reverted: FastMap<u32, u32>,
@@ -124,15 +125,11 @@ impl SoftTlb {
     /// Give the new soft instruction at `eip`, translated from physical
     /// page `phys`, a hit counter (before its blocks are translated again).
     pub fn count(&mut self, hot: &mut HotState, eip: u32, phys: u32) {
-        if self.next_slot == 0 {
-            self.next_slot = 1;
-        }
-        if self.next_slot as usize >= SOFT_COUNTERS || !self.insns.contains_key(&eip) || self.pinned.contains_key(&eip)
-        {
+        let slot = self.slots_used + 1;
+        if slot as usize >= SOFT_COUNTERS || !self.insns.contains_key(&eip) || self.pinned.contains_key(&eip) {
             return;
         }
-        let slot = self.next_slot;
-        self.next_slot += 1;
+        self.slots_used = slot;
         hot.soft_hits[slot as usize] = 0;
         self.insns.insert(eip, slot);
         self.counted.insert(eip, Counted { slot, phys, misses: 0, total_misses: 0 });
