@@ -243,7 +243,13 @@ pub struct HotState {
     pub invlpg_fn: u64,
     pub mem_ptr: u64,
     pub invlpg_done: u64,
-    _pad5: [u32; 8],
+    /// The soft-form string callout (`translate::string::soft`): its
+    /// function, what to do (`translate::string::SOFT_*` bits, the size,
+    /// the hit-counter slot) and guest EAX, ECX, ESI, EDI in and out.
+    pub str_fn: u64,
+    pub str_info: u32,
+    pub str_regs: [u32; 4],
+    _pad5: [u32; 1],
     /// Executions of each counted soft-form instruction since the engine
     /// last reviewed it (`exec::soft_tlb`): an instruction that runs far
     /// more often than it misses goes back to the shadow window.
@@ -323,6 +329,9 @@ pub const OFF_XMM: i32 = offset_of!(HotState, xmm) as i32;
 pub const OFF_MXCSR: i32 = offset_of!(HotState, mxcsr) as i32;
 pub const OFF_HOST_MXCSR: i32 = offset_of!(HotState, host_mxcsr) as i32;
 pub const OFF_INVLPG_FN: i32 = offset_of!(HotState, invlpg_fn) as i32;
+pub const OFF_STR_FN: i32 = offset_of!(HotState, str_fn) as i32;
+pub const OFF_STR_INFO: i32 = offset_of!(HotState, str_info) as i32;
+pub const OFF_STR_REGS: i32 = offset_of!(HotState, str_regs) as i32;
 pub const OFF_SOFT_KIND: i32 = offset_of!(HotState, soft_kind) as i32;
 pub const OFF_SOFT_TLB: i32 = offset_of!(HotState, soft_tlb) as i32;
 pub const OFF_INTR_PENDING: i32 = offset_of!(HotState, intr_pending) as i32;

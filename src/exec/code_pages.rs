@@ -85,14 +85,23 @@ impl Engine {
             }
             return;
         }
+        let cr3_load = old.enabled() && regs.enabled() && old.cr0 == regs.cr0 && old.cr4 == regs.cr4;
+        if cr3_load {
+            self.soft.stash(&self.cpu.hot, old.cr3 & !0xFFF);
+        } else {
+            self.soft.forget_stashed();
+        }
         self.mem.set_paging(regs, cr_written);
         self.soft.flush_all(&mut self.cpu.hot);
+        if cr3_load {
+            self.soft_refill(regs.cr3 & !0xFFF);
+        }
         self.sync_poll_pages();
         if old.enabled() != regs.enabled() && !self.watch_pages.is_empty() {
             // Watched pages are protected one way with paging off, another on.
             self.arm_watchpoints();
         }
-        if old.enabled() && regs.enabled() && old.cr0 == regs.cr0 && old.cr4 == regs.cr4 {
+        if cr3_load {
             // A CR3 load: keep what translated code assumes about the code
             // pages that still map the same physical pages.
             let mem = &self.mem;

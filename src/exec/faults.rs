@@ -281,6 +281,24 @@ impl Engine {
         }
     }
 
+    /// Back in address space `pd`: enter again the soft-TLB entries it had
+    /// when it was left, each only if the guest tables still map its page
+    /// to the same RAM with the same rights and with the accessed (and for
+    /// writes dirty) bit already set: exactly the entry a miss would make
+    /// now, and the miss's exit is saved (a pipe's reader and writer take
+    /// turns, and `copy_to_user` finds its buffer again).
+    pub(super) fn soft_refill(&mut self, pd: u32) {
+        let alias = self.mem.alias_ptr() as u64;
+        for e in self.soft.unstash(pd) {
+            let phys = e.host.wrapping_sub(alias) as u32;
+            let write = e.kind & crate::translate::soft::KIND_WRITE != 0;
+            let user = e.kind & crate::translate::soft::KIND_USER != 0;
+            if self.mem.still_allows(e.lin, write, user, phys) && self.soft_enter(e.kind, e.lin, phys) {
+                self.soft.refills += 1;
+            }
+        }
+    }
+
     /// `soft_fill` for a walk already made: `phys` is where `lin` goes.
     pub(super) fn soft_enter(&mut self, kind: u32, lin: u32, phys: u32) -> bool {
         let write = kind & crate::translate::soft::KIND_WRITE != 0;

@@ -355,6 +355,7 @@ impl Engine {
         self.cpu.hot.io_fn = io_callout as *const () as u64;
         self.cpu.hot.mem_ptr = &mut self.mem as *mut GuestMemory as u64;
         self.cpu.hot.invlpg_fn = invlpg_callout as *const () as u64;
+        self.cpu.hot.str_fn = soft_tlb::string_callout as *const () as u64;
         self.sig.cache = &self.cache;
         self.sig.hot = &mut *self.cpu.hot;
         let ctx: *mut SignalCtx = &mut *self.sig;

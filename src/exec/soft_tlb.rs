@@ -75,7 +75,26 @@ pub struct SoftTlb {
     pub misses: u64,
     /// Instructions sent back to the shadow window.
     pub reverts: u64,
+    /// The entries each recent address space had when the guest loaded
+    /// another CR3, by page directory (`stash`, `unstash`).
+    stashed: FastMap<u32, Vec<Stashed>>,
+    /// Entries refilled from `stashed`.
+    pub refills: u64,
 }
+
+/// A soft-TLB entry put aside at a CR3 load: table, linear page and the
+/// host address of its RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stashed {
+    pub kind: u32,
+    pub lin: u32,
+    pub host: u64,
+}
+
+/// Address spaces whose entries are kept, and entries kept per address
+/// space (the most recently filled ones).
+const MAX_STASHED_SPACES: usize = 64;
+const MAX_STASHED_ENTRIES: usize = 256;
 
 fn slot(kind: u32, lin: u32) -> usize {
     kind as usize * SOFT_TLB_ENTRIES + ((lin >> 12) as usize % SOFT_TLB_ENTRIES)
@@ -203,6 +222,42 @@ impl SoftTlb {
         self.fills += 1;
     }
 
+    /// The guest is about to load a CR3 other than `pd`: keep the entries
+    /// of the address space `pd` (page directory address) for its return.
+    pub fn stash(&mut self, hot: &HotState, pd: u32) {
+        let mut v: Vec<Stashed> = Vec::new();
+        for &s in self.used.iter().rev() {
+            let [t, addend] = hot.soft_tlb[s as usize];
+            if t == SOFT_EMPTY_TAG {
+                continue;
+            }
+            let lin = ((t.wrapping_neg() - 1) << 12) as u32;
+            let e = Stashed { kind: s / SOFT_TLB_ENTRIES as u32, lin, host: addend.wrapping_add(lin as u64) };
+            if !v.contains(&e) {
+                v.push(e);
+                if v.len() == MAX_STASHED_ENTRIES {
+                    break;
+                }
+            }
+        }
+        if self.stashed.len() >= MAX_STASHED_SPACES && !self.stashed.contains_key(&pd) {
+            self.stashed.clear();
+        }
+        self.stashed.insert(pd, v);
+    }
+
+    /// The entries put aside for address space `pd`, which the caller must
+    /// check against the guest tables before it enters them again.
+    pub fn unstash(&mut self, pd: u32) -> Vec<Stashed> {
+        self.stashed.remove(&pd).unwrap_or_default()
+    }
+
+    /// Forget every address space's entries (the guest tables may say
+    /// anything after a change of CR0 or CR4).
+    pub fn forget_stashed(&mut self) {
+        self.stashed.clear();
+    }
+
     /// Drop every entry.
     pub fn flush_all(&mut self, hot: &mut HotState) {
         for s in self.used.drain(..) {
@@ -225,6 +280,161 @@ impl SoftTlb {
     }
 }
 
+/// Bytes a soft string callout moves before it lets the dispatcher look
+/// (interrupts are taken between iterations of a long REP, as on hardware).
+const STRING_BUDGET: u32 = 1 << 16;
+
+/// The host address of linear `lin` through soft-TLB table `kind`, or the
+/// miss.
+fn host_at(hot: &HotState, kind: u32, lin: u32) -> Option<*mut u8> {
+    let e = hot.soft_tlb[slot(kind, lin)];
+    (e[0] == tag(lin)).then(|| e[1].wrapping_add(lin as u64) as *mut u8)
+}
+
+/// Elements of `size` bytes from `lin` on, in direction `down`, that lie
+/// wholly in the page of `lin` (0: the first one crosses into the next).
+fn in_page(lin: u32, size: u32, down: bool) -> u32 {
+    let off = lin & 0xFFF;
+    match (off + size <= 0x1000, down) {
+        (false, _) => 0,
+        (true, false) => (0x1000 - off) / size,
+        (true, true) => off / size + 1,
+    }
+}
+
+/// MOVS/STOS in the soft form (`translate::string::soft`), called from
+/// translated code with guest EAX, ECX, ESI, EDI in `str_regs` and the
+/// guest RFLAGS as the first thing `call_vmm` pushed. Runs iterations as
+/// long as the soft TLB holds their pages, a page-sized chunk at a time
+/// with the host's own string instruction (so overlapping copies and DF
+/// behave exactly), and writes the registers back as they stand after the
+/// last whole iteration: a miss leaves before the iteration that needs the
+/// page, with `exit_arg`/`soft_kind` naming it (the source before the
+/// destination, as the instruction reads before it writes).
+pub(super) extern "sysv64" fn string_callout(hot: *mut HotState) -> u32 {
+    use crate::translate::string::{
+        SOFT_COUNTER_SHIFT, SOFT_DONE, SOFT_MISSED, SOFT_REP, SOFT_STOS, SOFT_USER, SOFT_YIELD,
+    };
+    // SAFETY: translated code passes the running vCPU's HotState.
+    let hot = unsafe { &mut *hot };
+    // SAFETY: `call_vmm` switched to the dispatcher's stack at `host_rsp`
+    // and pushed the guest RFLAGS first.
+    let rflags = unsafe { *(hot.host_rsp as *const u64).sub(1) };
+    let info = hot.str_info;
+    let size = info & 7;
+    let (stos, rep) = (info & SOFT_STOS != 0, info & SOFT_REP != 0);
+    let user = if info & SOFT_USER != 0 { crate::translate::soft::KIND_USER } else { 0 };
+    let counter = (info >> SOFT_COUNTER_SHIFT) as usize;
+    if counter != 0 {
+        let c = &mut hot.soft_hits[counter % SOFT_COUNTERS];
+        *c = c.wrapping_add(1);
+    }
+    let down = rflags & crate::cpu::flags::DF as u64 != 0;
+    let [eax, ecx, mut esi, mut edi] = hot.str_regs;
+    let mut count = if rep { ecx } else { 1 };
+    let mut budget = STRING_BUDGET / size;
+    let (read, write) = (user, user | KIND_WRITE);
+    let result = loop {
+        if count == 0 {
+            break SOFT_DONE;
+        }
+        if budget == 0 {
+            break SOFT_YIELD;
+        }
+        // Every byte of the next element, source first.
+        let missing = (0..size)
+            .filter(|_| !stos)
+            .map(|k| (read, esi.wrapping_add(k)))
+            .chain((0..size).map(|k| (write, edi.wrapping_add(k))))
+            .find(|&(kind, lin)| host_at(hot, kind, lin).is_none());
+        if let Some((kind, lin)) = missing {
+            hot.exit_arg = lin;
+            hot.soft_kind = kind;
+            break SOFT_MISSED;
+        }
+        let src_n = if stos { u32::MAX } else { in_page(esi, size, down) };
+        let n = count.min(budget).min(src_n).min(in_page(edi, size, down));
+        // (Both held: checked above.)
+        let src = if stos { std::ptr::null_mut() } else { host_at(hot, read, esi).unwrap_or(std::ptr::null_mut()) };
+        let Some(dst) = host_at(hot, write, edi) else {
+            (hot.exit_arg, hot.soft_kind) = (edi, write);
+            break SOFT_MISSED;
+        };
+        if n == 0 {
+            // One element across a page boundary: byte by byte (its pages
+            // are all held, checked above).
+            let v = if stos {
+                eax
+            } else {
+                (0..size).fold(0u32, |v, k| {
+                    let p = host_at(hot, read, esi.wrapping_add(k)).unwrap_or(std::ptr::null_mut());
+                    // SAFETY: a soft-TLB entry points into the RAM alias.
+                    v | (unsafe { p.read() } as u32) << (8 * k)
+                })
+            };
+            for k in 0..size {
+                if let Some(p) = host_at(hot, write, edi.wrapping_add(k)) {
+                    // SAFETY: as above.
+                    unsafe { p.write((v >> (8 * k)) as u8) };
+                }
+            }
+            advance(&mut esi, &mut edi, size, 1, down, stos);
+            count -= 1;
+            budget -= 1;
+            continue;
+        }
+        // SAFETY: `n` elements from `src`/`dst` in direction DF stay inside
+        // pages the soft TLB maps to the RAM alias.
+        unsafe { host_string(src, dst, n as usize, size, stos, eax, down) };
+        advance(&mut esi, &mut edi, size, n, down, stos);
+        count -= n;
+        budget -= n;
+    };
+    hot.str_regs = [eax, if rep { count } else { ecx }, esi, edi];
+    result
+}
+
+/// ESI (unless STOS) and EDI after `n` elements.
+fn advance(esi: &mut u32, edi: &mut u32, size: u32, n: u32, down: bool, stos: bool) {
+    let d = if down { (size * n).wrapping_neg() } else { size * n };
+    if !stos {
+        *esi = esi.wrapping_add(d);
+    }
+    *edi = edi.wrapping_add(d);
+}
+
+/// `n` iterations of the host's MOVS (from `src`) or STOS (of `eax`) of
+/// `size`-byte elements at `dst`, downwards if `down`.
+///
+/// # Safety
+/// The elements must lie in memory the caller may read and write.
+unsafe fn host_string(src: *mut u8, dst: *mut u8, n: usize, size: u32, stos: bool, eax: u32, down: bool) {
+    use core::arch::asm;
+    macro_rules! string_op {
+        ($op:literal) => {
+            // SAFETY: see the function's contract; DF is set only for the
+            // instruction and cleared again, as the ABI requires.
+            unsafe {
+                if down {
+                    asm!("std", concat!("rep ", $op), "cld", inout("rcx") n => _, inout("rsi") src => _,
+                         inout("rdi") dst => _, in("eax") eax, options(nostack));
+                } else {
+                    asm!(concat!("rep ", $op), inout("rcx") n => _, inout("rsi") src => _,
+                         inout("rdi") dst => _, in("eax") eax, options(nostack, preserves_flags));
+                }
+            }
+        };
+    }
+    match (stos, size) {
+        (false, 1) => string_op!("movsb"),
+        (false, 2) => string_op!("movsw"),
+        (false, _) => string_op!("movsd"),
+        (true, 1) => string_op!("stosb"),
+        (true, 2) => string_op!("stosw"),
+        (true, _) => string_op!("stosd"),
+    }
+}
+
 /// Drop the soft-TLB entries of the page of `lin` (INVLPG).
 pub fn flush_page(hot: &mut HotState, lin: u32) {
     for kind in 0..SOFT_TLB_KINDS as u32 {
@@ -238,6 +448,84 @@ pub fn flush_page(hot: &mut HotState, lin: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The soft string callout against an element-by-element model of
+    /// MOVS/STOS: random lengths, both directions, overlapping copies,
+    /// elements across page boundaries, and a page the soft TLB lacks.
+    #[test]
+    fn soft_string_callout_matches_the_model() {
+        use crate::translate::string::{SOFT_DONE, SOFT_MISSED, SOFT_REP, SOFT_STOS};
+        const PAGES: u32 = 4; // linear pages 1..=4; page 5 is never held
+        let mut hot = HotState::new_boxed();
+        let mut t = SoftTlb::default();
+        let mut ram = vec![0u8; PAGES as usize * 4096];
+        let mut host_stack = [0u64; 4];
+        let mut seed = 0x1234_5678u32;
+        let mut rnd = |n: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 8) % n
+        };
+        // The model: linear address -> RAM offset.
+        let at = |lin: u32| (lin >= 0x1000 && lin < 0x1000 * (PAGES + 1)).then(|| (lin - 0x1000) as usize);
+        for case in 0..400 {
+            for (k, b) in ram.iter_mut().enumerate() {
+                *b = (k as u32 * 7 + case) as u8;
+            }
+            t.flush_all(&mut hot);
+            for p in 1..=PAGES {
+                for kind in [0, KIND_WRITE] {
+                    let host = ram.as_mut_ptr() as u64 + (p as u64 - 1) * 4096;
+                    t.fill(&mut hot, kind, p << 12, host);
+                }
+            }
+            let size = [1, 2, 4][rnd(3) as usize];
+            let stos = rnd(4) == 0;
+            let down = rnd(3) == 0;
+            let count = rnd(3000);
+            let (esi, edi) = (0x1000 + rnd(PAGES * 4096 + 64), 0x1000 + rnd(PAGES * 4096 + 64));
+            let eax = 0xA1B2_C3D4;
+            host_stack[3] = if down { crate::cpu::flags::DF as u64 } else { 0 } | 2;
+            hot.host_rsp = host_stack.as_ptr() as u64 + 32;
+            hot.str_regs = [eax, count, esi, edi];
+            hot.str_info = size | SOFT_REP | if stos { SOFT_STOS } else { 0 };
+            let mut want = ram.clone();
+            let (mut ws, mut wd, mut wc) = (esi, edi, count);
+            let mut want_result = SOFT_DONE;
+            let mut want_miss = None;
+            let step = if down { size.wrapping_neg() } else { size };
+            while wc > 0 {
+                let src: Option<Vec<usize>> = (0..size).map(|k| at(ws.wrapping_add(k))).collect();
+                let dst: Option<Vec<usize>> = (0..size).map(|k| at(wd.wrapping_add(k))).collect();
+                let (Some(src), Some(dst)) = (if stos { Some(vec![]) } else { src }, dst) else {
+                    // The first byte missing, source before destination.
+                    let reads = (0..size).filter(|_| !stos).map(|k| (0, ws.wrapping_add(k)));
+                    want_miss = reads
+                        .chain((0..size).map(|k| (KIND_WRITE, wd.wrapping_add(k))))
+                        .find(|&(_, l)| at(l).is_none());
+                    want_result = SOFT_MISSED;
+                    break;
+                };
+                for k in 0..size as usize {
+                    want[dst[k]] = if stos { (eax >> (8 * k)) as u8 } else { want[src[k]] };
+                }
+                (ws, wd, wc) = (if stos { ws } else { ws.wrapping_add(step) }, wd.wrapping_add(step), wc - 1);
+            }
+            let ctx =
+                format!("case {case}: size {size} stos {stos} down {down} count {count} esi {esi:#x} edi {edi:#x}");
+            let mut result = string_callout(&mut *hot);
+            let mut calls = 1;
+            while result == crate::translate::string::SOFT_YIELD && calls < 100 {
+                result = string_callout(&mut *hot);
+                calls += 1;
+            }
+            assert_eq!(result, want_result, "{ctx}");
+            assert_eq!(hot.str_regs, [eax, wc, ws, wd], "{ctx}");
+            assert!(ram == want, "{ctx}: memory differs");
+            if result == SOFT_MISSED {
+                assert_eq!(Some((hot.soft_kind, hot.exit_arg)), want_miss, "{ctx}");
+            }
+        }
+    }
 
     #[test]
     fn fills_flushes_and_scores() {

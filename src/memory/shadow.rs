@@ -943,7 +943,14 @@ impl GuestMemory {
     /// `phys`, without setting an accessed bit? (Revalidates what translated
     /// code assumes after a CR3 load.)
     pub fn still_maps(&self, lin_page: u32, user: bool, phys: u32) -> bool {
-        matches!(mmu::lookup(self.ram(), self.shadow.regs, lin_page, Access { write: false, user }),
+        self.still_allows(lin_page, false, user, phys)
+    }
+
+    /// Would a walk for this access of `lin_page` now reach `phys` without
+    /// setting an accessed or dirty bit (so a TLB entry made now would be
+    /// the one made earlier)?
+    pub fn still_allows(&self, lin_page: u32, write: bool, user: bool, phys: u32) -> bool {
+        matches!(mmu::lookup(self.ram(), self.shadow.regs, lin_page, Access { write, user }),
             Ok((t, [None, None])) if t.phys_page == phys)
     }
 

@@ -62,7 +62,7 @@ pub(crate) fn mxcsr(a: &mut Asm, ext: u8, disp: i32) {
 /// Call the VMM function whose address is at `[r14+fn_off]` with the
 /// vCPU state as its argument, keeping guest flags, registers and (when the
 /// guest uses them) XMM registers; its u32 result ends up in R10D.
-fn call_vmm(t: &mut Translator, fn_off: i32) {
+pub(super) fn call_vmm(t: &mut Translator, fn_off: i32) {
     // The VMM's Rust code runs on the dispatcher's stack, below its frame
     // (16-byte aligned; six pushes keep it so): the host return stack is
     // small and its guard would stop it.

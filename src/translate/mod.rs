@@ -29,7 +29,7 @@ pub(crate) mod lookup;
 mod segment;
 pub mod soft;
 mod stack;
-mod string;
+pub mod string;
 mod system;
 
 use iced_x86::{Instruction, OpCodeOperandKind, OpKind, Register};
@@ -662,8 +662,7 @@ impl<'a> Translator<'a> {
         let plain_mem = || {
             self.opts.mode.seg_flat(seg_index(i.memory_segment()))
                 && !crate::decode::has_16bit_addressing(i)
-                && !self.soft_all
-                && !self.soft.is_some_and(|s| s.contains_key(&i.ip32()))
+                && !self.is_soft(i)
         };
         match cls {
             Class::PushImm | Class::CallDirect | Class::Ret => true,
@@ -785,6 +784,10 @@ impl<'a> Translator<'a> {
             Class::RepBitScan => self.rep_bitscan(i),
             Class::IncDecShort => self.inc_dec_short(i),
             Class::ImplicitDs => string::implicit_ds(self, i),
+            Class::StringEs if self.is_soft(i) && string::soft_eligible(self, i) => {
+                let counter = self.soft.and_then(|s| s.get(&i.ip32()).copied()).unwrap_or(0);
+                string::soft(self, i, counter);
+            }
             Class::StringEs => string::string_es(self, i),
             Class::MaskMov => string::maskmov(self, i),
             Class::PushReg => stack::push_reg(self, i),
@@ -1084,8 +1087,7 @@ impl<'a> Translator<'a> {
                 self.ident_segmented(i, bytes, seg, high, opcode_override);
                 return;
             }
-            let soft = self.soft_all || self.soft.is_some_and(|s| s.contains_key(&i.ip32()));
-            if soft && !crate::decode::has_16bit_addressing(i) {
+            if self.is_soft(i) && !crate::decode::has_16bit_addressing(i) {
                 let f = self.info.get_or_insert_with(iced_x86::InstructionInfoFactory::new);
                 if let Some((size, write)) = soft::eligible(i, f) {
                     self.ident_soft(i, bytes, size, write, high, opcode_override);
@@ -1187,6 +1189,11 @@ impl<'a> Translator<'a> {
             && !mode.has(Mode::CS16)
             && mode.seg_flat(seg_index(i.memory_segment()))
             && !crate::decode::has_16bit_addressing(i)
+    }
+
+    /// Is `i` to be translated with soft-TLB accesses?
+    fn is_soft(&self, i: &Instruction) -> bool {
+        self.soft_all || self.soft.is_some_and(|s| s.contains_key(&i.ip32()))
     }
 
     /// The soft-TLB form (`soft`): the instruction is copied with the host

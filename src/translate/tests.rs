@@ -647,7 +647,8 @@ fn check_block(code: &[u8]) -> Result<(), String> {
     // (through `mov r11, rX; mov rX, r13` when a legacy register is borrowed).
     let (mut soft_base, mut soft_borrow): (Option<Register>, Option<Register>) = (None, None);
     let mut end = 0;
-    // The port-I/O callout (`translate::io`): from the PUSHFQ before a
+    // The port-I/O, INVLPG and soft string callouts (`translate::io`,
+    // `translate::string::soft`): from the PUSHFQ before a
     // `call [r14+io_fn]` to the POPFQ after it the host stack is used to
     // save caller-saved registers around a call into the VMM.
     let mut io_spans = Vec::new();
@@ -656,7 +657,8 @@ fn check_block(code: &[u8]) -> Result<(), String> {
             && x.op0_kind() == OpKind::Memory
             && x.memory_base() == Register::R14
             && (x.memory_displacement64() == crate::cpu::OFF_IO_FN as u64
-                || x.memory_displacement64() == crate::cpu::OFF_INVLPG_FN as u64);
+                || x.memory_displacement64() == crate::cpu::OFF_INVLPG_FN as u64
+                || x.memory_displacement64() == crate::cpu::OFF_STR_FN as u64);
         if is_io_call {
             let lo = insns[..c].iter().rposition(|(_, y)| y.mnemonic() == Mnemonic::Pushfq).unwrap_or(c);
             let hi = insns[c..].iter().position(|(_, y)| y.mnemonic() == Mnemonic::Popfq).map_or(c, |p| c + p);
