@@ -466,7 +466,7 @@ mod tests {
             (seed >> 8) % n
         };
         // The model: linear address -> RAM offset.
-        let at = |lin: u32| (lin >= 0x1000 && lin < 0x1000 * (PAGES + 1)).then(|| (lin - 0x1000) as usize);
+        let at = |lin: u32| (0x1000..0x1000 * (PAGES + 1)).contains(&lin).then(|| (lin - 0x1000) as usize);
         for case in 0..400 {
             for (k, b) in ram.iter_mut().enumerate() {
                 *b = (k as u32 * 7 + case) as u8;
