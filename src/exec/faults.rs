@@ -190,7 +190,12 @@ impl Engine {
         }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
         if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
-            self.soft.count(&mut self.cpu.hot, eip, phys);
+            use iced_x86::Mnemonic as M;
+            let string = matches!(
+                self.decode_at(eip).mnemonic(),
+                M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd
+            );
+            self.soft.count(&mut self.cpu.hot, eip, phys, string);
             self.stats.soft_insns += 1;
             self.retranslate_insn(eip, phys);
         }

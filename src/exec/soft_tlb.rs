@@ -39,6 +39,12 @@ const MAX_REVERT_MISSES: u32 = 4096;
 /// pages that the soft TLB had served without a miss of this instruction's
 /// own: kvm-unit-tests' sieve took 40 s instead of 9 with a limit of 1024).
 const REFAULT_LIMIT: u32 = 64;
+/// `REVERT_HITS_PER_MISS` for soft MOVS/STOS: their callout costs some
+/// 150 cycles more than the host's own string instruction (a hot `memcpy`
+/// of a few words), so the window form pays off much sooner. They never
+/// stay soft uncounted, however often they miss: a sweep through fresh
+/// buffers is cheaper in the soft form only while it misses.
+const STRING_REVERT_HITS_PER_MISS: u64 = 256;
 
 /// A counted soft instruction: where it was translated, its misses since
 /// the last review and since it turned soft.
@@ -47,6 +53,8 @@ struct Counted {
     phys: u32,
     misses: u32,
     total_misses: u32,
+    /// A MOVS/STOS (`STRING_REVERT_HITS_PER_MISS`).
+    string: bool,
 }
 
 #[derive(Default)]
@@ -65,6 +73,8 @@ pub struct SoftTlb {
     reverted: FastMap<u32, u32>,
     /// Instructions soft for good after `REFAULT_LIMIT` (never counted).
     pinned: FastMap<u32, ()>,
+    /// The soft MOVS/STOS instructions (always counted).
+    strings: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
     /// The page of each soft instruction's last fill (streams, see
     /// `note_fill`).
@@ -92,7 +102,7 @@ pub struct Stashed {
 }
 
 /// Address spaces whose entries are kept, and entries kept per address
-/// space (the most recently filled ones).
+/// space.
 const MAX_STASHED_SPACES: usize = 64;
 const MAX_STASHED_ENTRIES: usize = 256;
 
@@ -122,10 +132,13 @@ impl SoftTlb {
                 return false;
             }
             // The window form keeps faulting after all: soft for good,
-            // without a counter (`count` leaves it alone).
+            // without a counter (`count` leaves it alone), unless a string
+            // instruction (counted again).
             self.reverted.remove(&eip);
             self.insns.insert(eip, 0);
-            self.pinned.insert(eip, ());
+            if !self.strings.contains_key(&eip) {
+                self.pinned.insert(eip, ());
+            }
             return true;
         }
         if self.scores.len() >= MAX_SCORED {
@@ -142,8 +155,9 @@ impl SoftTlb {
     }
 
     /// Give the new soft instruction at `eip`, translated from physical
-    /// page `phys`, a hit counter (before its blocks are translated again).
-    pub fn count(&mut self, hot: &mut HotState, eip: u32, phys: u32) {
+    /// page `phys`, a hit counter (before its blocks are translated again);
+    /// `string`: it is a MOVS/STOS.
+    pub fn count(&mut self, hot: &mut HotState, eip: u32, phys: u32, string: bool) {
         let slot = self.slots_used + 1;
         if slot as usize >= SOFT_COUNTERS || !self.insns.contains_key(&eip) || self.pinned.contains_key(&eip) {
             return;
@@ -151,7 +165,10 @@ impl SoftTlb {
         self.slots_used = slot;
         hot.soft_hits[slot as usize] = 0;
         self.insns.insert(eip, slot);
-        self.counted.insert(eip, Counted { slot, phys, misses: 0, total_misses: 0 });
+        self.counted.insert(eip, Counted { slot, phys, misses: 0, total_misses: 0, string });
+        if string {
+            self.strings.insert(eip, ());
+        }
     }
 
     /// A soft-TLB miss of the instruction at `eip`.
@@ -173,9 +190,10 @@ impl SoftTlb {
         for (&eip, c) in self.counted.iter_mut() {
             let hits = std::mem::take(&mut hot.soft_hits[c.slot as usize]) as u64;
             let misses = std::mem::take(&mut c.misses) as u64;
-            if c.total_misses > MAX_REVERT_MISSES {
+            let per_miss = if c.string { STRING_REVERT_HITS_PER_MISS } else { REVERT_HITS_PER_MISS };
+            if c.total_misses > MAX_REVERT_MISSES && !c.string {
                 settled.push((eip, c.phys));
-            } else if hits >= REVERT_HITS_PER_MISS * (misses + 1) {
+            } else if hits >= per_miss * (misses + 1) {
                 back.push((eip, c.phys));
             }
         }
@@ -225,21 +243,23 @@ impl SoftTlb {
     /// The guest is about to load a CR3 other than `pd`: keep the entries
     /// of the address space `pd` (page directory address) for its return.
     pub fn stash(&mut self, hot: &HotState, pd: u32) {
-        let mut v: Vec<Stashed> = Vec::new();
-        for &s in self.used.iter().rev() {
-            let [t, addend] = hot.soft_tlb[s as usize];
-            if t == SOFT_EMPTY_TAG {
-                continue;
-            }
-            let lin = ((t.wrapping_neg() - 1) << 12) as u32;
-            let e = Stashed { kind: s / SOFT_TLB_ENTRIES as u32, lin, host: addend.wrapping_add(lin as u64) };
-            if !v.contains(&e) {
-                v.push(e);
-                if v.len() == MAX_STASHED_ENTRIES {
-                    break;
-                }
-            }
-        }
+        // (A slot filled twice is listed twice, and holds its last entry.)
+        let mut slots = self.used.clone();
+        slots.sort_unstable();
+        slots.dedup();
+        let v: Vec<Stashed> = slots
+            .into_iter()
+            .filter_map(|s| {
+                let [t, addend] = hot.soft_tlb[s as usize];
+                let lin = ((t.wrapping_neg().wrapping_sub(1)) << 12) as u32;
+                (t != SOFT_EMPTY_TAG).then(|| Stashed {
+                    kind: s / SOFT_TLB_ENTRIES as u32,
+                    lin,
+                    host: addend.wrapping_add(lin as u64),
+                })
+            })
+            .take(MAX_STASHED_ENTRIES)
+            .collect();
         if self.stashed.len() >= MAX_STASHED_SPACES && !self.stashed.contains_key(&pd) {
             self.stashed.clear();
         }
@@ -570,7 +590,7 @@ mod tests {
         for eip in [0x100, 0x200] {
             assert!(!t.note_fault(eip, true));
             assert!(t.note_fault(eip, true));
-            t.count(&mut hot, eip, 0x5000);
+            t.count(&mut hot, eip, 0x5000, false);
         }
         let (a, b) = (t.insns[&0x100], t.insns[&0x200]);
         assert!(a != 0 && b != 0 && a != b, "each has a counter of its own");
@@ -588,13 +608,13 @@ mod tests {
         assert!((0..1000).all(|_| !t.note_fault(0x100, true)), "true faults do not count");
         assert!((1..REFAULT_LIMIT).all(|_| !t.note_fault(0x100, false)));
         assert!(t.note_fault(0x100, false));
-        t.count(&mut hot, 0x100, 0x5000);
+        t.count(&mut hot, 0x100, 0x5000, false);
         assert_eq!(t.insns[&0x100], 0, "no counter");
         // One that missed on more pages than the window form could map
         // stays soft.
         assert!(!t.note_fault(0x300, true));
         assert!(t.note_fault(0x300, true));
-        t.count(&mut hot, 0x300, 0x5000);
+        t.count(&mut hot, 0x300, 0x5000, false);
         (0..=MAX_REVERT_MISSES).for_each(|_| t.note_miss(0x300));
         assert_eq!(t.review(&mut hot), vec![(0x300, 0x5000)], "retranslated without its counter");
         assert_eq!(t.insns[&0x300], 0);
