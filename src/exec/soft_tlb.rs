@@ -619,6 +619,21 @@ mod tests {
         assert_eq!(t.review(&mut hot), vec![(0x300, 0x5000)], "retranslated without its counter");
         assert_eq!(t.insns[&0x300], 0);
         assert!(t.review(&mut hot).is_empty());
+        // A string instruction goes back sooner, never settles uncounted,
+        // and turns soft again with a counter.
+        assert!(!t.note_fault(0x400, true));
+        assert!(t.note_fault(0x400, true));
+        t.count(&mut hot, 0x400, 0x5000, true);
+        let s = t.insns[&0x400];
+        (0..=MAX_REVERT_MISSES).for_each(|_| t.note_miss(0x400));
+        assert!(t.review(&mut hot).is_empty(), "stays counted");
+        hot.soft_hits[s as usize] = STRING_REVERT_HITS_PER_MISS as u32;
+        assert_eq!(t.review(&mut hot), vec![(0x400, 0x5000)]);
+        assert!(!t.insns.contains_key(&0x400));
+        (1..REFAULT_LIMIT).for_each(|_| assert!(!t.note_fault(0x400, false)));
+        assert!(t.note_fault(0x400, false));
+        t.count(&mut hot, 0x400, 0x5000, true);
+        assert_ne!(t.insns[&0x400], 0, "counted again");
         // Runs without a miss count as one miss: a little use stays soft.
         hot.soft_hits[b as usize] = 4000;
         assert!(t.review(&mut hot).is_empty());
