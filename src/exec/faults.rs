@@ -277,9 +277,11 @@ impl Engine {
     /// so that the other instructions touching it (the loads of a merge,
     /// the copy back) take no host fault and do not turn soft in turn.
     /// Fills at random pages (a new process's start-up) map nothing: the
-    /// soft form exists to spare their host mappings.
+    /// soft form exists to spare their host mappings. Nor do streams at
+    /// CPL 0: the kernel's copies to and from user buffers are soft
+    /// themselves, and the user's own accesses go through the other window.
     pub(super) fn soft_stream_map(&mut self, eip: u32, kind: u32, lin: u32) {
-        if self.soft.note_fill(eip, lin) {
+        if kind & crate::translate::soft::KIND_USER != 0 && self.soft.note_fill(eip, lin) {
             let write = kind & crate::translate::soft::KIND_WRITE != 0;
             let win = (kind & crate::translate::soft::KIND_USER != 0) as u8;
             self.mem.prefetch_after_fault(win, lin, write);
