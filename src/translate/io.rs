@@ -68,6 +68,9 @@ pub(super) fn call_vmm(t: &mut Translator, fn_off: i32) {
     // small and its guard would stop it.
     t.a.mov_r64_r64(SCRATCH, RSP);
     t.a.mov_r64_mbase(RSP, VCPU, OFF_HOST_RSP);
+    // The guest RFLAGS first, at host_rsp - 8: the soft string callout
+    // reads DF there (`exec::soft_tlb::string_callout`; the translation
+    // checker holds every callout to this layout).
     t.a.pushfq();
     for r in SAVED {
         t.a.push_r64(r);
