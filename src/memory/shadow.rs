@@ -46,6 +46,9 @@ pub(super) const MAX_TOTAL_AREAS: usize = 48_000;
 const GLOBAL_LOG_SLACK: usize = 4;
 /// `Context::cr3` of a context that shadows no address space.
 const NO_CR3: u32 = 1;
+/// `Context::lowest_global` of a window without global mappings (no page
+/// address has the low bits set).
+const NO_GLOBAL: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -75,8 +78,10 @@ pub(super) struct Context {
     mapped: FastMap<u64, Entry>,
     /// Physical page -> keys of `mapped` that map it.
     rmap: FastMap<u32, Aliases>,
-    /// The keys of `mapped` that are not global (what a CR3 load revalidates).
-    locals: FastMap<u64, ()>,
+    /// The keys of `mapped` that are not global (what a CR3 load
+    /// revalidates), with the PDE and PTE each was made from (as in
+    /// `mapped`: revalidation reads this one table).
+    locals: FastMap<u64, (u32, u32)>,
     /// An upper bound on the host memory areas the windows hold: each host
     /// call that maps or unmaps part of a window splits at most one area
     /// into three.
@@ -90,6 +95,9 @@ pub(super) struct Context {
     /// (about 2 against 7.5 µs measured here). Processes run one after
     /// another over the same BusyBox text, at the same addresses.
     dormant: FastMap<u64, u32>,
+    /// Per window, at most the lowest linear page of a global mapping
+    /// (`NO_GLOBAL`: none).
+    lowest_global: [u32; 2],
     /// Last use (for replacing the least recently used context).
     used: u64,
 }
@@ -106,6 +114,7 @@ impl Context {
             areas: 0,
             globals_seen: 0,
             dormant: FastMap::default(),
+            lowest_global: [NO_GLOBAL; 2],
             used: 0,
         }
     }
@@ -113,8 +122,11 @@ impl Context {
     fn insert(&mut self, k: u64, e: Entry) {
         self.forget(k);
         self.mapped.insert(k, e);
-        if !e.global {
-            self.locals.insert(k, ());
+        if e.global {
+            let w = &mut self.lowest_global[(k >> 32) as usize & 1];
+            *w = (*w).min(k as u32);
+        } else {
+            self.locals.insert(k, (e.pde, e.pte));
         }
         self.note_alias(e.phys, k);
     }
@@ -144,6 +156,7 @@ impl Context {
     /// Forget every mapping (the windows were made inaccessible).
     fn clear(&mut self) {
         self.dormant.clear();
+        self.lowest_global = [NO_GLOBAL; 2];
         self.mapped.clear();
         self.rmap.clear();
         self.locals.clear();
@@ -299,14 +312,15 @@ impl Shadow {
     }
 }
 
-/// Did the guest entries of mapping `e` change to `now` only by losing RW
-/// or D in the page-table entry? The frame, presence, U/S and the accessed
+/// Did the guest entries a mapping was made from (`was`: PDE, PTE) change
+/// to `now` only by losing RW or D in the page-table entry? The frame,
+/// presence, U/S and the accessed
 /// bit (which the guest may clear to see new accesses) are as before, and
 /// the directory entry is unchanged: a read-only mapping still holds.
-fn only_lost_write(e: &Entry, now: (u32, u32)) -> bool {
+fn only_lost_write(was: (u32, u32), now: (u32, u32)) -> bool {
     use mmu::pte::{A, D, P, PS, RW};
-    let (pde, pte) = now;
-    pde == e.pde && e.pde & PS == 0 && pte & (P | A) == P | A && (pte ^ e.pte) & !(RW | D) == 0
+    let ((was_pde, was_pte), (pde, pte)) = (was, now);
+    pde == was_pde && was_pde & PS == 0 && pte & (P | A) == P | A && (pte ^ was_pte) & !(RW | D) == 0
 }
 
 /// Largest range `unmap_range` revokes with mprotect rather than replaces.
@@ -537,12 +551,13 @@ impl GuestMemory {
         let c = &self.shadow.contexts[ci];
         let mut stale = Vec::new();
         let mut read_only = Vec::new();
-        for (&k, e) in c.locals.keys().filter_map(|k| c.mapped.get_key_value(k)) {
+        // (The entries are read from `locals`, one table, not `mapped`.)
+        for (&k, &was) in c.locals.iter() {
             let now = mmu::entries(ram, regs, k as u32);
-            if now == (e.pde, e.pte) {
+            if now == was {
                 continue;
             }
-            if only_lost_write(e, now) {
+            if only_lost_write(was, now) {
                 read_only.push((k, now));
             } else {
                 stale.push(k);
@@ -558,6 +573,7 @@ impl GuestMemory {
                 unsafe { libc::mprotect(host_addr(c.window, k) as *mut libc::c_void, PAGE_SIZE, libc::PROT_READ) };
             }
             *e = Entry { writable: false, pde, pte, ..*e };
+            c.locals.insert(k, (pde, pte));
         }
     }
 
@@ -619,6 +635,7 @@ impl GuestMemory {
         c.mapped.clear();
         c.rmap.clear();
         c.locals.clear();
+        c.lowest_global = [NO_GLOBAL; 2];
         c.globals_seen = 0;
         c.areas += 2;
     }
@@ -704,14 +721,15 @@ impl GuestMemory {
             self.clear_windows(ci);
             return;
         }
-        let globals: Vec<(u64, Entry)> = c.mapped.iter().filter(|(_, e)| e.global).map(|(k, e)| (*k, *e)).collect();
         let mut stragglers = Vec::new();
         let ram_size = self.ram_size;
         for win in 0..2u8 {
-            let lowest = globals.iter().filter(|(k, _)| (k >> 32) as u8 == win).map(|(k, _)| *k as u32).min();
-            let below = lowest.unwrap_or(u32::MAX);
+            // (A bound: a global dropped since may have been the lowest,
+            // and then less is revoked at once and more page by page.)
+            let below = c.lowest_global[win as usize];
             let base = c.window + win as usize * USER_WINDOW_OFFSET;
-            let len = if lowest.is_some() { below as usize } else { WINDOW_SIZE };
+            let len = if below != NO_GLOBAL { below as usize } else { WINDOW_SIZE };
+            let in_win = |k: u64| (k >> 32) as u8 == win;
             if len > 0 {
                 // Revoked with their areas kept: the next address space
                 // this context shadows likely maps much the same pages
@@ -720,26 +738,22 @@ impl GuestMemory {
                 let gone: Vec<(u64, u32)> = c
                     .locals
                     .keys()
-                    .filter(|&&k| (k >> 32) as u8 == win && (k as u32) < below)
+                    .filter(|&&k| in_win(k) && ((k as u32) < below || below == NO_GLOBAL))
                     .filter_map(|k| c.mapped.get(k).map(|e| (*k, e.phys)))
                     .collect();
                 c.note_dormant(&gone, ram_size);
+                for (k, _) in gone {
+                    c.forget(k);
+                }
                 c.areas += 2;
             }
-            stragglers.extend(c.locals.keys().copied().filter(|&k| (k >> 32) as u8 == win && (k as u32) >= below));
+            stragglers.extend(c.locals.keys().copied().filter(|&k| in_win(k)));
         }
-        // The locals among the globals, page by page (in runs).
+        // The locals among the globals, page by page (in runs). Only the
+        // locals are forgotten, one by one: clearing the maps and entering
+        // the globals again cost as much per recycle as the kernel's
+        // direct map has pages (3% of the shell workload).
         self.unmap_keys(ci, stragglers);
-        let c = &mut self.shadow.contexts[ci];
-        let seen = c.globals_seen;
-        c.mapped.clear();
-        c.rmap.clear();
-        c.locals.clear();
-        for (k, e) in globals {
-            c.mapped.insert(k, e);
-            c.note_alias(e.phys, k);
-        }
-        c.globals_seen = seen;
     }
 
     /// Does a 4 MiB page map `lin` (with CR4.PSE)?
