@@ -283,8 +283,7 @@ impl Engine {
     pub(super) fn soft_stream_map(&mut self, eip: u32, kind: u32, lin: u32) {
         if kind & crate::translate::soft::KIND_USER != 0 && self.soft.note_fill(eip, lin) {
             let write = kind & crate::translate::soft::KIND_WRITE != 0;
-            let win = (kind & crate::translate::soft::KIND_USER != 0) as u8;
-            self.mem.prefetch_after_fault(win, lin, write);
+            self.mem.prefetch_after_fault(1, lin, write);
         }
     }
 

@@ -22,12 +22,15 @@ const HIDDEN_FAULT_SCORE: u32 = 1;
 /// Instructions scored at once; the scores restart beyond this.
 const MAX_SCORED: usize = 4096;
 /// A soft instruction that ran this many times per miss (plus one) since
-/// the last review goes back to the shadow window. A host fault costs
-/// ~6,700 cycles here and a soft access ~2-3 cycles more than a window
-/// access, so past ~3,000 executions per miss the window form is cheaper:
-/// a merge's store into a freshly allocated buffer faults once per page
-/// and then runs a million times (qsort: 8.9 -> 8.1 ms), while a new
-/// process's start-up code runs about once per miss and stays soft.
+/// the last review goes back to the shadow window. A soft access costs
+/// ~2-3 cycles more than a window access and a window fault ~11 µs here
+/// (a host signal, an `mmap`, the first touch's host fault), but a miss
+/// of the soft form costs an exit too, and where the window form would
+/// fault only on its first touch of a page it is cheaper well before the
+/// break-even of the fault alone: 4,096 measured best on qsort, whose
+/// merge's store into a freshly allocated buffer faults once per page and
+/// then runs a million times (8.9 -> 8.1 ms), while a new process's
+/// start-up code runs about once per miss and stays soft.
 const REVERT_HITS_PER_MISS: u64 = 4096;
 /// ... unless it has missed this often since it turned soft: a sweep over
 /// more pages than that (kvm-unit-tests' sieve over 100 MB) would take a
@@ -68,13 +71,12 @@ pub struct SoftTlb {
     /// a stale soft translation of a reverted EIP may still count in its
     /// old one).
     slots_used: u32,
-    /// Instructions sent back to the shadow window, with their host faults
-    /// since: past `REFAULT_LIMIT` they turn soft again, without a counter.
-    reverted: FastMap<u32, u32>,
+    /// Instructions sent back to the shadow window, with their hidden host
+    /// faults since and whether each is a MOVS/STOS: past `REFAULT_LIMIT`
+    /// they turn soft again, without a counter unless a string instruction.
+    reverted: FastMap<u32, (u32, bool)>,
     /// Instructions soft for good after `REFAULT_LIMIT` (never counted).
     pinned: FastMap<u32, ()>,
-    /// The soft MOVS/STOS instructions (always counted).
-    strings: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
     /// The page of each soft instruction's last fill (streams, see
     /// `note_fill`).
@@ -126,12 +128,13 @@ impl SoftTlb {
         if self.insns.contains_key(&eip) {
             return false;
         }
-        if let Some(n) = self.reverted.get_mut(&eip) {
+        if let Some((n, string)) = self.reverted.get(&eip).copied() {
             // Only hidden faults: pages the guest maps that the window lacks.
             // True faults (a fresh buffer per call: glibc mmaps every qsort's
             // 4 MiB scratch) cost the guest's handler either way.
-            *n += u32::from(!true_fault);
-            if *n < REFAULT_LIMIT {
+            let n = n + u32::from(!true_fault);
+            if n < REFAULT_LIMIT {
+                self.reverted.insert(eip, (n, string));
                 return false;
             }
             // The window form keeps faulting after all: soft for good,
@@ -139,7 +142,7 @@ impl SoftTlb {
             // instruction (counted again).
             self.reverted.remove(&eip);
             self.insns.insert(eip, 0);
-            if !self.strings.contains_key(&eip) {
+            if !string {
                 self.pinned.insert(eip, ());
             }
             return true;
@@ -169,9 +172,6 @@ impl SoftTlb {
         hot.soft_hits[slot as usize] = 0;
         self.insns.insert(eip, slot);
         self.counted.insert(eip, Counted { slot, phys, misses: 0, total_misses: 0, string });
-        if string {
-            self.strings.insert(eip, ());
-        }
     }
 
     /// A soft-TLB miss of the instruction at `eip`.
@@ -201,9 +201,9 @@ impl SoftTlb {
             }
         }
         for &(eip, _) in &back {
-            self.counted.remove(&eip);
+            let string = self.counted.remove(&eip).is_some_and(|c| c.string);
             self.insns.remove(&eip);
-            self.reverted.insert(eip, 0);
+            self.reverted.insert(eip, (0, string));
         }
         for &(eip, _) in &settled {
             self.counted.remove(&eip);

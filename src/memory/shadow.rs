@@ -314,9 +314,9 @@ impl Shadow {
 
 /// Did the guest entries a mapping was made from (`was`: PDE, PTE) change
 /// to `now` only by losing RW or D in the page-table entry? The frame,
-/// presence, U/S and the accessed
-/// bit (which the guest may clear to see new accesses) are as before, and
-/// the directory entry is unchanged: a read-only mapping still holds.
+/// presence, U/S and the accessed bit (which the guest may clear to see new
+/// accesses) are as before, and the directory entry is unchanged: a
+/// read-only mapping still holds.
 fn only_lost_write(was: (u32, u32), now: (u32, u32)) -> bool {
     use mmu::pte::{A, D, P, PS, RW};
     let ((was_pde, was_pte), (pde, pte)) = (was, now);
@@ -631,13 +631,11 @@ impl GuestMemory {
         revoke_range(c.window, WINDOW_SIZE);
         revoke_range(c.window + USER_WINDOW_OFFSET, WINDOW_SIZE);
         let gone: Vec<(u64, u32)> = c.mapped.iter().map(|(k, e)| (*k, e.phys)).collect();
+        // Forgotten as by `clear`, but the areas (and what they map) stay.
+        let (dormant, areas) = (std::mem::take(&mut c.dormant), c.areas);
+        c.clear();
+        (c.dormant, c.areas) = (dormant, areas + 2);
         c.note_dormant(&gone, ram_size);
-        c.mapped.clear();
-        c.rmap.clear();
-        c.locals.clear();
-        c.lowest_global = [NO_GLOBAL; 2];
-        c.globals_seen = 0;
-        c.areas += 2;
     }
 
     /// Make both windows of context `ci` inaccessible and forget its mappings.
@@ -738,7 +736,7 @@ impl GuestMemory {
                 let gone: Vec<(u64, u32)> = c
                     .locals
                     .keys()
-                    .filter(|&&k| in_win(k) && ((k as u32) < below || below == NO_GLOBAL))
+                    .filter(|&&k| in_win(k) && (k as u32) < below)
                     .filter_map(|k| c.mapped.get(k).map(|e| (*k, e.phys)))
                     .collect();
                 c.note_dormant(&gone, ram_size);

@@ -97,6 +97,27 @@ pub(super) fn call_vmm(t: &mut Translator, fn_off: i32) {
     t.a.mov_r64_r64(RSP, SCRATCH);
 }
 
+/// After a callout: unless its answer in R10D is 0, `leave` the block,
+/// with RCX holding the answer and the guest RCX in R11 (`leave` must not
+/// fall through):
+///
+/// ```text
+///     mov r11, rcx ; mov ecx, r10d ; jrcxz 1f
+///     <leave>
+/// 1:  mov rcx, r11
+/// ```
+pub(super) fn unless_answer_zero(t: &mut Translator, leave: impl FnOnce(&mut Translator)) {
+    t.a.mov_r64_r64(R11, RCX);
+    t.a.mov_r32_r32(RCX, R10);
+    t.a.bytes(&[crate::emit::JRCXZ, 0]);
+    let start = t.a.len();
+    leave(t);
+    let len = t.a.len() - start;
+    debug_assert!(len < 128, "a callout's way out fits a JRCXZ");
+    t.a.buf[start - 1] = len as u8;
+    t.a.mov_r64_r64(RCX, R11);
+}
+
 /// INVLPG at CPL 0 with a flat operand segment: the VMM drops the page's
 /// translations from a callout; it answers nonzero when the page holds
 /// translated code or a large page maps it, and the instruction is then
@@ -113,15 +134,11 @@ pub(super) fn invlpg(t: &mut Translator, i: &Instruction) {
     t.lea_offset(&super::guest_mem(i, GUEST_ESP));
     t.a.mov_mbase_r32(VCPU, OFF_IO_VALUE, SCRATCH);
     call_vmm(t, OFF_INVLPG_FN);
-    t.a.mov_r64_r64(R11, RCX);
-    t.a.mov_r32_r32(RCX, R10);
-    t.a.bytes(&[0xE3, 0]); // jrcxz (patched)
-    let start = t.a.len();
-    t.a.mov_r64_r64(RCX, R11);
-    t.a.mov_mbase_imm32(VCPU, crate::cpu::OFF_EIP, i.ip32());
-    t.jmp_abs(t.exits_to.emulate);
-    t.a.buf[start - 1] = (t.a.len() - start) as u8;
-    t.a.mov_r64_r64(RCX, R11);
+    unless_answer_zero(t, |t| {
+        t.a.mov_r64_r64(RCX, R11);
+        t.a.mov_mbase_imm32(VCPU, crate::cpu::OFF_EIP, i.ip32());
+        t.jmp_abs(t.exits_to.emulate);
+    });
 }
 
 pub(super) fn port_io(t: &mut Translator, i: &Instruction) {
@@ -148,13 +165,9 @@ pub(super) fn port_io(t: &mut Translator, i: &Instruction) {
         }
         t.a.u32(OFF_IO_VALUE as u32);
     }
-    t.a.mov_r64_r64(R11, RCX);
-    t.a.mov_r32_r32(RCX, R10);
-    t.a.bytes(&[0xE3, 0]); // jrcxz (patched)
-    let start = t.a.len();
-    t.a.mov_r64_r64(RCX, R11);
-    t.a.mov_r32_imm(SCRATCH, i.next_ip32());
-    t.jmp_abs(t.exits_to.indirect);
-    t.a.buf[start - 1] = (t.a.len() - start) as u8;
-    t.a.mov_r64_r64(RCX, R11);
+    unless_answer_zero(t, |t| {
+        t.a.mov_r64_r64(RCX, R11);
+        t.a.mov_r32_imm(SCRATCH, i.next_ip32());
+        t.jmp_abs(t.exits_to.indirect);
+    });
 }

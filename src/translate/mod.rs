@@ -785,8 +785,7 @@ impl<'a> Translator<'a> {
             Class::IncDecShort => self.inc_dec_short(i),
             Class::ImplicitDs => string::implicit_ds(self, i),
             Class::StringEs if self.is_soft(i) && string::soft_eligible(self, i) => {
-                let counter = self.soft.and_then(|s| s.get(&i.ip32()).copied()).unwrap_or(0);
-                string::soft(self, i, counter);
+                string::soft(self, i, self.soft_counter(i));
             }
             Class::StringEs => string::string_es(self, i),
             Class::MaskMov => string::maskmov(self, i),
@@ -1196,6 +1195,11 @@ impl<'a> Translator<'a> {
         self.soft_all || self.soft.is_some_and(|s| s.contains_key(&i.ip32()))
     }
 
+    /// The hit-counter slot of soft instruction `i` (0: uncounted).
+    fn soft_counter(&self, i: &Instruction) -> u32 {
+        self.soft.and_then(|s| s.get(&i.ip32()).copied()).unwrap_or(0)
+    }
+
     /// The soft-TLB form (`soft`): the instruction is copied with the host
     /// address in R13 (or in a borrowed legacy register when it names
     /// AH/CH/DH/BH) as its operand.
@@ -1216,8 +1220,7 @@ impl<'a> Translator<'a> {
             self.ident_with_esp(i, bytes, true, GUEST_ESP, opcode_override, None);
             return;
         }
-        let counter = self.soft.and_then(|s| s.get(&i.ip32()).copied()).unwrap_or(0);
-        soft::lookup(self, i, &m, kind, size, counter);
+        soft::lookup(self, i, &m, kind, size, self.soft_counter(i));
         self.host_mem = true;
         match sub {
             None => {

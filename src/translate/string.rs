@@ -83,22 +83,18 @@ pub(super) fn soft(t: &mut Translator, i: &Instruction, counter: u32) {
     for (k, r) in [(1, RCX), (2, RSI), (3, RDI)] {
         t.a.mov_r32_mbase(r, VCPU, OFF_STR_REGS + 4 * k);
     }
-    t.a.mov_r64_r64(R11, RCX);
-    t.a.mov_r32_r32(RCX, R10);
-    t.a.bytes(&[JRCXZ, 0]);
-    let to_done = t.a.len();
-    t.a.lea_r32(RCX, RCX, -1);
-    t.a.bytes(&[JRCXZ, 0]);
-    let to_miss = t.a.len();
-    t.a.mov_r64_r64(RCX, R11);
-    t.a.mov_r32_imm(SCRATCH, i.ip32());
-    t.jmp_abs(t.exits_to.indirect);
-    t.a.buf[to_miss - 1] = (t.a.len() - to_miss) as u8;
-    t.a.mov_r64_r64(RCX, R11);
-    t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
-    t.jmp_abs(t.exits_to.soft_miss);
-    t.a.buf[to_done - 1] = (t.a.len() - to_done) as u8;
-    t.a.mov_r64_r64(RCX, R11);
+    super::io::unless_answer_zero(t, |t| {
+        t.a.lea_r32(RCX, RCX, -1);
+        t.a.bytes(&[JRCXZ, 0]);
+        let to_miss = t.a.len();
+        t.a.mov_r64_r64(RCX, R11);
+        t.a.mov_r32_imm(SCRATCH, i.ip32());
+        t.jmp_abs(t.exits_to.indirect);
+        t.a.buf[to_miss - 1] = (t.a.len() - to_miss) as u8;
+        t.a.mov_r64_r64(RCX, R11);
+        t.a.mov_mbase_imm32(VCPU, OFF_EIP, i.ip32());
+        t.jmp_abs(t.exits_to.soft_miss);
+    });
 }
 
 /// Prefixes to keep and the opcode byte (string opcodes are one byte).
