@@ -247,10 +247,7 @@ impl Engine {
                 self.last_pf = Some(LastFault { win: kind as u8, lin, write, eip: self.cpu.hot.eip, soft: true });
                 self.exception(Exception::with_code(vector::PF, code))
             }
-            Ok(p) if self.soft_enter(kind, lin, p) => {
-                self.soft_stream_map(self.cpu.hot.eip, kind, lin);
-                Step::Continue
-            }
+            Ok(p) if self.soft_enter(kind, lin, p) => Step::Continue,
             // Device memory: emulated right away, without a host fault (an
             // instruction that keeps touching a device becomes soft).
             Ok(p) if self.mem.is_mmio(p) => self.device_access(),
@@ -270,21 +267,6 @@ impl Engine {
     /// directly in RAM; false if not.
     pub(super) fn soft_fill(&mut self, kind: u32, lin: u32) -> bool {
         self.soft_translate(kind, lin).is_ok_and(|phys| self.soft_enter(kind, lin, phys))
-    }
-
-    /// A soft instruction streaming through fresh pages (this fill is for
-    /// the page after its last one): map the page in the shadow window too,
-    /// so that the other instructions touching it (the loads of a merge,
-    /// the copy back) take no host fault and do not turn soft in turn.
-    /// Fills at random pages (a new process's start-up) map nothing: the
-    /// soft form exists to spare their host mappings. Nor do streams at
-    /// CPL 0: the kernel's copies to and from user buffers are soft
-    /// themselves, and the user's own accesses go through the other window.
-    pub(super) fn soft_stream_map(&mut self, eip: u32, kind: u32, lin: u32) {
-        if kind & crate::translate::soft::KIND_USER != 0 && self.soft.note_fill(eip, lin) {
-            let write = kind & crate::translate::soft::KIND_WRITE != 0;
-            self.mem.prefetch_after_fault(1, lin, write);
-        }
     }
 
     /// Back in address space `pd`: enter again the soft-TLB entries it had

@@ -78,9 +78,6 @@ pub struct SoftTlb {
     /// Instructions soft for good after `REFAULT_LIMIT` (never counted).
     pinned: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
-    /// The page of each soft instruction's last fill (streams, see
-    /// `note_fill`).
-    last_fill: FastMap<u32, u32>,
     /// `soft_tlb` indices filled since the last flush.
     used: Vec<u32>,
     pub fills: u64,
@@ -212,17 +209,6 @@ impl SoftTlb {
         self.reverts += back.len() as u64;
         back.extend(settled);
         back
-    }
-
-    /// The soft instruction at `eip` filled the page of `lin`: true when it
-    /// filled the page before or after it last time (a stream).
-    pub fn note_fill(&mut self, eip: u32, lin: u32) -> bool {
-        if self.last_fill.len() >= MAX_SCORED {
-            self.last_fill.clear();
-        }
-        let page = lin >> 12;
-        let last = self.last_fill.insert(eip, page);
-        last.is_some_and(|l| l != page && page.wrapping_sub(l).wrapping_add(1) <= 2)
     }
 
     /// Does table `kind` hold the page of `lin`?
@@ -580,11 +566,6 @@ mod tests {
         assert!(!t.note_fault(0x100, true), "already soft");
         assert!((0..7).all(|_| !t.note_fault(0x200, false)));
         assert!(t.note_fault(0x200, false));
-        // Fills of consecutive pages by one instruction are a stream.
-        assert!(!t.note_fill(0x300, 0x5000));
-        assert!(t.note_fill(0x300, 0x6123));
-        assert!(!t.note_fill(0x300, 0x9000), "a jump is no stream");
-        assert!(t.note_fill(0x300, 0x8000), "downwards too");
     }
 
     #[test]

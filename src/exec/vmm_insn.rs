@@ -54,9 +54,7 @@ impl Engine {
             // (IRET's target: EIP itself is set below).
             if let Some(f) = self.last_pf.take().filter(|f| f.eip == *to) {
                 if f.soft {
-                    if self.soft_fill(f.win as u32, f.lin) {
-                        self.soft_stream_map(f.eip, f.win as u32, f.lin);
-                    }
+                    self.soft_fill(f.win as u32, f.lin);
                 } else {
                     self.mem.prefetch_after_fault(f.win, f.lin, f.write);
                 }

@@ -16,7 +16,8 @@
 //!
 //! ```text
 //!         <ring 3 with paging: code-page probe, `code_page_probe`>
-//! entry:  mov r13d, [r15 - 0x2000]        ; safepoint poll (faults on exit request)
+//! entry:  mov r13d, [r15 - 0x2000]        ; safepoint poll (faults on exit request;
+//!                                          ;   not in leaf returns, `needs_poll`)
 //!         <translated instructions>
 //!         jmp rel32 / jcc rel32 ...        ; direct exits (patched when chained)
 //! tail_k: mov dword [r14+eip], target      ; unchained exit k
@@ -560,7 +561,7 @@ impl<'a> Translator<'a> {
             self.icount_gate(n as u32);
         } else if self.opts.kick_check {
             self.kick_check(block.start);
-        } else {
+        } else if needs_poll(block) {
             self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
         }
         let mut fell_through = true;
@@ -1382,6 +1383,32 @@ impl<'a> Translator<'a> {
         self.a.byte(0xFF);
         self.a.byte(0xC0 | (ext << 3) | (r & 7));
     }
+}
+
+/// Does `block` need its safepoint poll? Every loop that translated code can
+/// run without leaving must pass a poll, so that a pending interrupt or exit
+/// request is seen. A block that makes no call, branches only to addresses
+/// above its own start and ends in RET cannot close such a loop itself:
+///
+/// * a loop of chained blocks has an edge to a block at or below its source
+///   block's start, and that source block keeps its poll;
+/// * its RET goes to a call's continuation, whose host frame was pushed by a
+///   CALL in a block entered through its poll earlier; each RET consumes one
+///   such frame, and a continuation can only push frames for the calls after
+///   it in its block, so a run of RETs without a poll ends when the host
+///   return stack does (its bottom leaves to the dispatcher), as does a RET
+///   that finds another address (`ret_miss` consumes the frame too).
+///
+/// Leaf functions (qsort's comparison function and its `ret`-only tail) thus
+/// run without the load: two of the three polls per comparison.
+fn needs_poll(block: &GuestBlock) -> bool {
+    let leaf_return = block.classes.last() == Some(&Class::Ret)
+        && block.insns.iter().zip(&block.classes).all(|(i, &c)| match c {
+            Class::JmpDirect | Class::Jcc | Class::JcxzLoop => i.near_branch32() > block.start,
+            Class::CallDirect | Class::CallIndirect | Class::JmpIndirect => false,
+            _ => true,
+        });
+    !leaf_return
 }
 
 #[cfg(test)]

@@ -100,12 +100,48 @@ fn first_insn(guest: &[u8]) -> Vec<String> {
     disasm(&t.code, t.insn_map[1].host_off as usize, t.insn_map[2].host_off as usize)
 }
 
-/// Host text of a whole block (without the poll load).
+/// Host text of a whole block (without the poll load, which it has unless
+/// it is a leaf return: `needs_poll`).
 fn whole_block(guest: &[u8]) -> Vec<String> {
-    let (_, t) = translate_guest(guest);
+    let (b, t) = translate_guest(guest);
     let all = disasm(&t.code, 0, t.code.len());
-    assert_eq!(all[0], POLL);
-    all[1..].to_vec()
+    if needs_poll(&b) {
+        assert_eq!(all[0], POLL);
+        all[1..].to_vec()
+    } else {
+        assert_ne!(all[0], POLL);
+        all
+    }
+}
+
+#[test]
+fn leaf_returns_have_no_poll() {
+    let poll = |guest: &[u8]| {
+        // As the engine decodes: past side exits and calls.
+        let mem = guest_mem(guest);
+        let reach = Reach { side_exits: 8, calls: 8 };
+        let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, reach);
+        let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
+        assert_eq!(needs_poll(&b), disasm(&t.code, 0, t.code.len())[0] == POLL);
+        needs_poll(&b)
+    };
+    assert!(!poll(&[0xC3]), "ret");
+    assert!(!poll(&[0xC2, 0x08, 0x00]), "ret 8");
+    // cmp eax, ecx ; jb +1 ; inc eax ; ret: forward side exit.
+    assert!(!poll(&[0x39, 0xC8, 0x72, 0x01, 0x40, 0xC3]));
+    // dec eax ; jnz -3 (to itself, at the block start) ; ret: a loop.
+    assert!(poll(&[0x48, 0x75, 0xFD, 0xC3]));
+    // dec eax ; jnz -8 (below the block) ; ret.
+    assert!(poll(&[0x48, 0x75, 0xF8, 0xC3]));
+    // loop -2 ; ret.
+    assert!(poll(&[0xE2, 0xFE, 0xC3]));
+    // call +0 ; ret: a call (its continuation is in the block).
+    assert!(poll(&[0xE8, 0x00, 0x00, 0x00, 0x00, 0xC3]));
+    // call eax / jmp eax / plain jmp / a block cut by HLT.
+    assert!(poll(&[0xFF, 0xD0]));
+    assert!(poll(&[0xFF, 0xE0]));
+    assert!(poll(&[0xEB, 0x10]));
+    assert!(poll(&[0x40, 0xF4]));
 }
 
 /// A u32 as iced's Intel formatter prints it.
@@ -410,7 +446,8 @@ fn indirect_without_inline_lookup_goes_to_dispatcher() {
             probe: None,
         };
         let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
-        disasm(&t.code, 7, t.code.len())
+        // After the 7-byte poll, which a lone RET does without.
+        disasm(&t.code, if needs_poll(&b) { 7 } else { 0 }, t.code.len())
     };
     assert_eq!(without_lookup(&[0xFF, 0xE0]), ["mov r13d,eax", "mov [r14+20h],r13d", jmp_to(EXITS.indirect).as_str()]);
     assert_eq!(
