@@ -20,7 +20,10 @@ impl Engine {
         // Code is fetched at CS base + EIP; instructions keep EIP offsets.
         let cs_base = self.cpu.seg[SEG_CS].base;
         let lin = cs_base.wrapping_add(eip);
-        let fetch = self.fetch_code(lin, mode.cpl() == 3)?;
+        // A block ends at the page boundary of its EIP, which is the linear
+        // one unless the CS base is not page-aligned.
+        let reach = if cs_base.is_multiple_of(PAGE_SIZE as u32) { NEXT_PAGE_BYTES } else { PAGE_SIZE };
+        let fetch = self.fetch_code(lin, mode.cpl() == 3, reach)?;
         if register && self.vcpu.is_some() {
             // Other vCPUs may store to the page: it must trap for all of
             // them before its bytes are decoded (`smp`).
@@ -219,12 +222,19 @@ impl Engine {
     }
 }
 
+/// The bytes of the next page a block can need: `decode_superblock` ends a
+/// block with the instruction that crosses into the next page, which is at
+/// most 15 bytes long.
+pub(super) const NEXT_PAGE_BYTES: usize = 15;
+
 /// Where a block's code bytes come from.
 pub(super) enum Fetch {
     /// Paging off: guest RAM at CS base + EIP.
     Flat,
-    /// Paging on: a copy of the code page (and the next one if mapped).
-    Paged { buf: Vec<u8>, page: u32, phys: [Option<u32>; 2] },
+    /// Paging on: a copy of the code from linear `start` to the end of its
+    /// page (and the start of the next one if mapped), `page` being the
+    /// first page's linear address and `phys` the pages' physical ones.
+    Paged { buf: Vec<u8>, start: u32, page: u32, phys: [Option<u32>; 2] },
 }
 
 impl Fetch {
@@ -232,9 +242,9 @@ impl Fetch {
     pub(super) fn code<'a>(&'a self, ram: &'a [u8], cs_base: u32, eip: u32) -> (&'a [u8], u32) {
         match self {
             Fetch::Flat => (ram.get(cs_base as usize..).unwrap_or(&[]), 0),
-            Fetch::Paged { buf, page, .. } => {
+            Fetch::Paged { buf, start, .. } => {
                 let lin = cs_base.wrapping_add(eip);
-                (&buf[..], eip.wrapping_sub(lin.wrapping_sub(*page)))
+                (&buf[..], eip.wrapping_sub(lin.wrapping_sub(*start)))
             }
         }
     }

@@ -216,9 +216,10 @@ impl Engine {
         }
     }
 
-    /// The code bytes around linear `lin`: guest RAM itself with paging off,
-    /// else a copy of its page and (when mapped) the next one.
-    pub(super) fn fetch_code(&mut self, lin: u32, user: bool) -> Result<Fetch, Step> {
+    /// The code bytes from linear `lin` on: guest RAM itself with paging
+    /// off, else a copy of the rest of its page and (when mapped) the first
+    /// `reach` bytes of the next one.
+    pub(super) fn fetch_code(&mut self, lin: u32, user: bool, reach: usize) -> Result<Fetch, Step> {
         if !self.mem.paging().enabled() {
             return Ok(Fetch::Flat);
         }
@@ -229,14 +230,13 @@ impl Engine {
         };
         let next = page.wrapping_add(PAGE_SIZE as u32);
         let p1 = self.mem.translate(next, false, user).ok();
-        let mut buf = vec![0xFF; 2 * PAGE_SIZE];
-        self.mem.read(p0, &mut buf[..PAGE_SIZE]);
+        let head = PAGE_SIZE - (lin - page) as usize;
+        let mut buf = vec![0; head + if p1.is_some() { reach } else { 0 }];
+        self.mem.read(p0 + (lin - page), &mut buf[..head]);
         if let Some(p) = p1 {
-            self.mem.read(p, &mut buf[PAGE_SIZE..]);
-        } else {
-            buf.truncate(PAGE_SIZE);
+            self.mem.read(p, &mut buf[head..]);
         }
-        Ok(Fetch::Paged { buf, page, phys: [Some(p0), p1] })
+        Ok(Fetch::Paged { buf, start: lin, page, phys: [Some(p0), p1] })
     }
 
     /// The #PF of an instruction fetch at `lin`.
