@@ -188,13 +188,15 @@ impl Engine {
         if !self.soft.note_fault(eip, true_fault) {
             return;
         }
+        let i = self.decode_at(eip);
+        if !crate::translate::has_soft_form(&i, self.mode) {
+            self.soft.forgo(eip);
+            return;
+        }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
         if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
             use iced_x86::Mnemonic as M;
-            let string = matches!(
-                self.decode_at(eip).mnemonic(),
-                M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd
-            );
+            let string = matches!(i.mnemonic(), M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd);
             self.soft.count(&mut self.cpu.hot, eip, phys, string);
             self.stats.soft_insns += 1;
             self.retranslate_insn(eip, phys);

@@ -77,6 +77,9 @@ pub struct SoftTlb {
     reverted: FastMap<u32, (u32, bool)>,
     /// Instructions soft for good after `REFAULT_LIMIT` (never counted).
     pinned: FastMap<u32, ()>,
+    /// Instructions that kept faulting but have no soft form (`forgo`):
+    /// no longer scored.
+    formless: FastMap<u32, ()>,
     scores: FastMap<u32, u32>,
     /// `soft_tlb` indices filled since the last flush.
     used: Vec<u32>,
@@ -122,7 +125,7 @@ impl SoftTlb {
     /// A host fault of the instruction at `eip`; true when it has just
     /// become a soft instruction (its blocks must be retranslated).
     pub fn note_fault(&mut self, eip: u32, true_fault: bool) -> bool {
-        if self.insns.contains_key(&eip) {
+        if self.insns.contains_key(&eip) || self.formless.contains_key(&eip) {
             return false;
         }
         if let Some((n, string)) = self.reverted.get(&eip).copied() {
@@ -155,6 +158,18 @@ impl SoftTlb {
         self.scores.remove(&eip);
         self.insns.insert(eip, 0);
         true
+    }
+
+    /// The instruction at `eip`, which `note_fault` has just made soft, has
+    /// no soft form (`translate::has_soft_form`): it stays as it is, and
+    /// its faults are no longer scored.
+    pub fn forgo(&mut self, eip: u32) {
+        self.insns.remove(&eip);
+        self.pinned.remove(&eip);
+        if self.formless.len() >= MAX_SCORED {
+            self.formless.clear();
+        }
+        self.formless.insert(eip, ());
     }
 
     /// Give the new soft instruction at `eip`, translated from physical
@@ -566,6 +581,10 @@ mod tests {
         assert!(!t.note_fault(0x100, true), "already soft");
         assert!((0..7).all(|_| !t.note_fault(0x200, false)));
         assert!(t.note_fault(0x200, false));
+        // One without a soft form is let go and no longer scored.
+        t.forgo(0x200);
+        assert!(!t.insns.contains_key(&0x200));
+        assert!((0..100).all(|_| !t.note_fault(0x200, true)));
     }
 
     #[test]

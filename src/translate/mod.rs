@@ -1385,6 +1385,33 @@ impl<'a> Translator<'a> {
     }
 }
 
+/// Has `i` a soft-TLB form in `mode`, that is, does `Translator::with_soft`
+/// translate it otherwise? (MOVS/STOS, and IDENT instructions with one
+/// memory access through a flat segment, in 32-bit code and addressing.)
+/// The engine turns only these soft: for the others (PUSH, CALL, a `%gs`
+/// access) the retranslation would change nothing but lose the deferred
+/// ESP update.
+pub fn has_soft_form(i: &Instruction, mode: Mode) -> bool {
+    use iced_x86::Mnemonic as M;
+    let flat_32 = !mode.has(Mode::CS16) && !crate::decode::has_16bit_addressing(i);
+    let flat_seg = || mode.seg_flat(seg_index(i.memory_segment()));
+    match crate::decode::classify(i) {
+        Class::StringEs => {
+            flat_32
+                && flat_seg()
+                && mode.seg_flat(crate::cpu::SEG_ES)
+                && matches!(i.mnemonic(), M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd)
+        }
+        Class::Ident | Class::Alias82 => {
+            flat_32
+                && has_memory_operand(i)
+                && flat_seg()
+                && soft::eligible(i, &mut iced_x86::InstructionInfoFactory::new()).is_some()
+        }
+        _ => false,
+    }
+}
+
 /// Does `block` need its safepoint poll? Every loop that translated code can
 /// run without leaving must pass a poll, so that a pending interrupt or exit
 /// request is seen. A block that makes no call, branches only to addresses

@@ -115,6 +115,29 @@ fn whole_block(guest: &[u8]) -> Vec<String> {
 }
 
 #[test]
+fn only_instructions_with_a_soft_form_have_one() {
+    let form = |guest: &[u8], mode: Mode| {
+        let b = decode_block(&guest_mem(guest), 0, GUEST_AT, 1);
+        has_soft_form(&b.insns[0], mode)
+    };
+    let flat = Mode::default();
+    assert!(form(&[0x8B, 0x03], flat), "mov eax, [ebx]");
+    assert!(form(&[0x01, 0x44, 0x24, 0x08], flat), "add [esp+8], eax");
+    assert!(form(&[0xF3, 0xA5], flat), "rep movsd");
+    assert!(form(&[0xAB], flat), "stosd");
+    assert!(!form(&[0xAD], flat), "lodsd: no soft form");
+    assert!(!form(&[0x50], flat), "push eax");
+    assert!(!form(&[0xFF, 0x30], flat), "push [eax]");
+    assert!(!form(&[0xFF, 0x10], flat), "call [eax]");
+    assert!(!form(&[0x8D, 0x03], flat), "lea");
+    assert!(!form(&[0x89, 0xC3], flat), "no memory operand");
+    assert!(!form(&[0x67, 0x8B, 0x07], flat), "16-bit addressing");
+    let gs_based = Mode(1 << (8 + crate::cpu::SEG_GS) | Mode::GS_BASED); // (non-flat bits from bit 8)
+    assert!(!form(&[0x65, 0x8B, 0x03], gs_based), "mov eax, gs:[ebx] with a based GS");
+    assert!(form(&[0x8B, 0x03], gs_based), "DS still flat");
+}
+
+#[test]
 fn leaf_returns_have_no_poll() {
     let poll = |guest: &[u8]| {
         // As the engine decodes: past side exits and calls.
