@@ -15,7 +15,16 @@ impl Engine {
     /// `arm_timer`: re-arm the interval timer for the next deadline (not
     /// while halted: the halt loop sleeps until then itself).
     pub(super) fn check_interrupts(&mut self, arm_timer: bool) -> Option<Step> {
-        if self.sig.timer_fired.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.sig.timer_fired.swap(false, Relaxed) {
+            self.time_due = true;
+        }
+        // The timer's signal protected the poll page while translated code
+        // ran, and the code left some other way before a block's poll (a
+        // soft string's yield, any exit; leaf returns have no poll): look at
+        // the time now, as the poll would have.
+        if !self.sig.kick_mode && self.sig.poll_armed.load(Relaxed) && self.sig.poll_armed.swap(false, Relaxed) {
+            self.mem.set_poll(false);
             self.time_due = true;
         }
         if self.time_due {

@@ -391,17 +391,40 @@ fn golden_call_direct() {
 
 #[test]
 fn golden_side_exit_continues_with_the_fall_through_path() {
-    // inc eax; je +1; inc ebx; inc ecx; hlt at 0x1000, with one side exit.
-    let (b, t) = superblock(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4], Reach { side_exits: 1, calls: 0 });
+    // inc eax; je +0x10; inc ebx; inc ecx; hlt at 0x1000, with one side exit.
+    let (b, t) = superblock(&[0x40, 0x74, 0x10, 0x43, 0x41, 0xF4], Reach { side_exits: 1, calls: 0 });
     assert_eq!(b.insns.len(), 5, "the block goes on past the JE to the HLT");
-    // The taken JE is the first exit, to 0x1004; the block continues inline.
-    assert_eq!(t.exits[0].target, 0x1004);
+    // The taken JE is the first exit, to 0x1013; the block continues inline.
+    assert_eq!(t.exits[0].target, 0x1013);
     let tail = t.exits[0].tail_off as usize;
     let text = disasm(&t.code, 7, 7 + 2 + 6 + 2 + 2);
     assert_eq!(text, ["inc eax", format!("je {:016X}h", host(tail)).as_str(), "inc ebx", "inc ecx"]);
     // Without side exits the JE ends the block, as before.
-    let (b, _) = superblock(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4], Reach::default());
+    let (b, _) = superblock(&[0x40, 0x74, 0x10, 0x43, 0x41, 0xF4], Reach::default());
     assert_eq!(b.insns.len(), 2);
+}
+
+#[test]
+fn side_exits_into_the_block_jump_within_it() {
+    // inc eax; je +1 (to inc ecx); inc ebx; inc ecx; hlt: the JE goes to
+    // the block's own code for INC ECX, and no exit goes to 0x1004.
+    let (_, t) = superblock(&[0x40, 0x74, 0x01, 0x43, 0x41, 0xF4], Reach { side_exits: 1, calls: 0 });
+    assert!(t.exits.iter().all(|e| e.target != 0x1004));
+    let inc_ecx = 7 + 2 + 6 + 2;
+    let text = disasm(&t.code, 7, inc_ecx + 2);
+    assert_eq!(text, ["inc eax", format!("je {:016X}h", host(inc_ecx)).as_str(), "inc ebx", "inc ecx"]);
+    // The stack pointer is up to date where the jump lands: push eax; je +1;
+    // push ebx; inc ecx (ESP -4 on one path, -8 on the other).
+    let (_, t) = superblock(&[0x50, 0x74, 0x01, 0x53, 0x41, 0xF4], Reach { side_exits: 1, calls: 0 });
+    let insns = decode_host(&t.code);
+    let at = insns.iter().position(|(_, x)| fmt(x) == "inc ecx").expect("inc ecx");
+    let je = insns.iter().find(|(_, x)| x.mnemonic() == Mnemonic::Je).expect("je").1;
+    assert_eq!(je.near_branch_target(), host(insns[at].0) as u64);
+    assert!(fmt(&insns[at - 1].1).starts_with("lea r12d,[r12-"), "{:?}", insns[at - 1].1);
+    // Not after STI (the interrupt window check is on the fall-through
+    // path), and not backwards.
+    let (_, t) = superblock(&[0xFB, 0x74, 0x01, 0x43, 0x41, 0xF4], Reach { side_exits: 1, calls: 0 });
+    assert!(t.exits.iter().any(|e| e.target == 0x1004));
 }
 
 fn lookup_text(start: usize) -> Vec<String> {
