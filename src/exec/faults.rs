@@ -195,9 +195,7 @@ impl Engine {
         }
         let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
         if let Some(phys) = self.code_page_quiet(lin, self.mode.cpl() == 3) {
-            use iced_x86::Mnemonic as M;
-            let string = matches!(i.mnemonic(), M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd);
-            self.soft.count(&mut self.cpu.hot, eip, phys, string);
+            self.soft.count(&mut self.cpu.hot, eip, phys, crate::translate::string::is_movs_stos(&i));
             self.stats.soft_insns += 1;
             self.retranslate_insn(eip, phys);
         }

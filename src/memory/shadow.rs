@@ -806,8 +806,9 @@ impl GuestMemory {
                 if goes(c, k)
                     && let Some(e) = c.forget(k)
                 {
-                    unmap_range(host_addr(c.window, k), PAGE_SIZE);
-                    c.note_dormant(&[(k, e.phys)], ram_size);
+                    if unmap_range(host_addr(c.window, k), PAGE_SIZE) {
+                        c.note_dormant(&[(k, e.phys)], ram_size);
+                    }
                     c.areas += 2;
                     any = true;
                 }

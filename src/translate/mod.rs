@@ -807,7 +807,7 @@ impl<'a> Translator<'a> {
             Class::RepBitScan => self.rep_bitscan(i),
             Class::IncDecShort => self.inc_dec_short(i),
             Class::ImplicitDs => string::implicit_ds(self, i),
-            Class::StringEs if self.is_soft(i) && string::soft_eligible(self, i) => {
+            Class::StringEs if self.is_soft(i) && string::soft_eligible(i, self.opts.mode) => {
                 string::soft(self, i, self.soft_counter(i));
             }
             Class::StringEs => string::string_es(self, i),
@@ -1414,20 +1414,14 @@ impl<'a> Translator<'a> {
 /// access) the retranslation would change nothing but lose the deferred
 /// ESP update.
 pub fn has_soft_form(i: &Instruction, mode: Mode) -> bool {
-    use iced_x86::Mnemonic as M;
-    let flat_32 = !mode.has(Mode::CS16) && !crate::decode::has_16bit_addressing(i);
-    let flat_seg = || mode.seg_flat(seg_index(i.memory_segment()));
+    let flat_seg = mode.seg_flat(seg_index(i.memory_segment()));
     match crate::decode::classify(i) {
-        Class::StringEs => {
-            flat_32
-                && flat_seg()
-                && mode.seg_flat(crate::cpu::SEG_ES)
-                && matches!(i.mnemonic(), M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd)
-        }
+        Class::StringEs => flat_seg && mode.seg_flat(crate::cpu::SEG_ES) && string::soft_eligible(i, mode),
         Class::Ident | Class::Alias82 => {
-            flat_32
+            flat_seg
                 && has_memory_operand(i)
-                && flat_seg()
+                && !mode.has(Mode::CS16)
+                && !crate::decode::has_16bit_addressing(i)
                 && soft::eligible(i, &mut iced_x86::InstructionInfoFactory::new()).is_some()
         }
         _ => false,

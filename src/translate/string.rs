@@ -36,13 +36,16 @@ pub const SOFT_MISSED: u32 = 1;
 /// Stopped between iterations to let the dispatcher look (a long REP).
 pub const SOFT_YIELD: u32 = 2;
 
-/// Can string instruction `i` take the soft form (MOVS/STOS, 32-bit code
-/// and addressing; the class already requires flat DS and ES)?
-pub(super) fn soft_eligible(t: &Translator, i: &Instruction) -> bool {
+/// Is `i` a MOVS or STOS (the string instructions with a soft form)?
+pub fn is_movs_stos(i: &Instruction) -> bool {
     use Mnemonic as M;
     matches!(i.mnemonic(), M::Movsb | M::Movsw | M::Movsd | M::Stosb | M::Stosw | M::Stosd)
-        && !t.opts.mode.has(Mode::CS16)
-        && !crate::decode::has_16bit_addressing(i)
+}
+
+/// Can string instruction `i` take the soft form in `mode` (MOVS/STOS,
+/// 32-bit code and addressing; the class already requires flat DS and ES)?
+pub(super) fn soft_eligible(i: &Instruction, mode: Mode) -> bool {
+    is_movs_stos(i) && !mode.has(Mode::CS16) && !crate::decode::has_16bit_addressing(i)
 }
 
 /// The soft form of MOVS/STOS, counting its executions in
