@@ -155,6 +155,9 @@ impl Engine {
             if let Some(text) = out_text {
                 self.logln(&format!("OUT: [size={code_len}]\n{text}"));
             }
+            if let Fetch::Paged { buf, .. } = fetch {
+                self.fetch_buf = buf;
+            }
             return Ok(id);
         }
         Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())))

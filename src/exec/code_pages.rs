@@ -231,7 +231,10 @@ impl Engine {
         let next = page.wrapping_add(PAGE_SIZE as u32);
         let p1 = self.mem.translate(next, false, user).ok();
         let head = PAGE_SIZE - (lin - page) as usize;
-        let mut buf = vec![0; head + if p1.is_some() { reach } else { 0 }];
+        // The last fetch's buffer: no allocation and no zeroed page per block.
+        let mut buf = std::mem::take(&mut self.fetch_buf);
+        buf.clear();
+        buf.resize(head + if p1.is_some() { reach } else { 0 }, 0);
         self.mem.read(p0 + (lin - page), &mut buf[..head]);
         if let Some(p) = p1 {
             self.mem.read(p, &mut buf[head..]);

@@ -162,6 +162,8 @@ pub struct Engine {
     /// The last exit was a ring-3 block's failed code-page probe: the
     /// dispatcher must walk the page, not take the jump cache's word.
     probe_missed: bool,
+    /// The buffer of the last paged code fetch, reused (`fetch_code`).
+    fetch_buf: Vec<u8>,
     /// Decoded VMM-executed instructions by (linear address, mode); cleared
     /// whenever code or its mapping may have changed.
     emu_cache: crate::fastmap::FastMap<(u32, u16), Instruction>,
@@ -284,6 +286,7 @@ impl Engine {
             code_tlb: Default::default(),
             suspended: Default::default(),
             probe_missed: false,
+            fetch_buf: Vec::new(),
             emu_cache: Default::default(),
             emu_slots: vec![None; EMU_CACHE_SLOTS],
             mode: Mode::default(),
