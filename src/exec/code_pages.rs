@@ -231,7 +231,7 @@ impl Engine {
         let next = page.wrapping_add(PAGE_SIZE as u32);
         let p1 = self.mem.translate(next, false, user).ok();
         let head = PAGE_SIZE - (lin - page) as usize;
-        // The last fetch's buffer: no allocation and no zeroed page per block.
+        // The last fetch's buffer: no allocation per block.
         let mut buf = std::mem::take(&mut self.fetch_buf);
         buf.clear();
         buf.resize(head + if p1.is_some() { reach } else { 0 }, 0);
