@@ -235,9 +235,9 @@ pub(super) enum Fetch {
     /// Paging off: guest RAM at CS base + EIP.
     Flat,
     /// Paging on: a copy of the code from linear `start` to the end of its
-    /// page (and the start of the next one if mapped), `page` being the
-    /// first page's linear address and `phys` the pages' physical ones.
-    Paged { buf: Vec<u8>, start: u32, page: u32, phys: [Option<u32>; 2] },
+    /// page (and the start of the next one if mapped), `phys` being the
+    /// two pages' physical addresses.
+    Paged { buf: Vec<u8>, start: u32, phys: [Option<u32>; 2] },
 }
 
 impl Fetch {
@@ -256,9 +256,9 @@ impl Fetch {
     pub(super) fn phys_pages(&self, lin: u32, last: u32) -> (u32, u32) {
         match self {
             Fetch::Flat => (page_of(lin), page_of(last)),
-            Fetch::Paged { page, phys, .. } => {
+            Fetch::Paged { start, phys, .. } => {
                 let p0 = phys[0].unwrap_or(0);
-                let p1 = if page_of(last) != *page { phys[1].unwrap_or(p0) } else { p0 };
+                let p1 = if page_of(last) != page_of(*start) { phys[1].unwrap_or(p0) } else { p0 };
                 (p0, p1)
             }
         }

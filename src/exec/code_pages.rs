@@ -239,7 +239,7 @@ impl Engine {
         if let Some(p) = p1 {
             self.mem.read(p, &mut buf[head..]);
         }
-        Ok(Fetch::Paged { buf, start: lin, page, phys: [Some(p0), p1] })
+        Ok(Fetch::Paged { buf, start: lin, phys: [Some(p0), p1] })
     }
 
     /// The #PF of an instruction fetch at `lin`.
