@@ -19,6 +19,7 @@ const EXITS: ExitTargets = ExitTargets {
     exception: HOST_BASE - 0x40,
     soft_miss: HOST_BASE - 0x140,
     probe_miss: HOST_BASE - 0x180,
+    call_miss: HOST_BASE - 0x1C0,
     ret_miss: [HOST_BASE - 0x200, HOST_BASE - 0x240, HOST_BASE - 0x280, HOST_BASE - 0x2C0],
 };
 
@@ -41,6 +42,7 @@ fn translate_all(ram: &[u8], text: &[(u32, u32)]) -> (u64, usize) {
                     kick_check: false,
                     pause_gate: false,
                     probe: None,
+                    learn_calls: false,
                 },
                 ram,
             )

@@ -55,6 +55,8 @@ pub struct TraceFlags {
     pub cpu: bool,
     /// No block chaining (every block entry is traced).
     pub nochain: bool,
+    /// No leaf callees inlined at indirect CALLs (for comparisons).
+    pub noinline: bool,
 }
 
 /// The validated configuration of one run.
@@ -138,6 +140,7 @@ const TRACE_CLASSES: &[(&str, &str)] = &[
     ("int", "show interrupts and exceptions"),
     ("cpu", "show the CPU state before each block"),
     ("nochain", "do not chain blocks (every block entry is traced)"),
+    ("noinline", "do not inline leaf functions at indirect calls"),
 ];
 
 /// Why the command line was rejected (or, for help, why nothing runs).
@@ -625,6 +628,7 @@ fn parse_trace(list: &str, trace: &mut TraceFlags) -> Result<(), CliError> {
             "int" => trace.int = true,
             "cpu" => trace.cpu = true,
             "nochain" => trace.nochain = true,
+            "noinline" => trace.noinline = true,
             "help" => return Err(CliError::TraceHelp),
             _ => return Err(CliError::UnknownTraceClass(item.to_owned())),
         }

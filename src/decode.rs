@@ -306,7 +306,28 @@ pub struct GuestBlock {
     /// The last instruction ran past the end of the bytes given (it is
     /// marked invalid; with paging, its next page may just be unmapped).
     pub truncated: bool,
+    /// A leaf function spliced in after an indirect CALL (`inline_call`).
+    pub inlined: Option<Inlined>,
 }
+
+/// A callee's instructions spliced into a block after the indirect CALL
+/// that reached it (`GuestBlock::inline_call`): `insns[call]` is the CALL,
+/// `insns[call + 1..=call + len]` the callee, ending in its RET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inlined {
+    pub call: usize,
+    pub len: usize,
+    /// The callee's guest addresses, `[start, end)`.
+    pub start: u32,
+    pub end: u32,
+    /// Some callee instruction may store to memory (and so rewrite the
+    /// return address the CALL pushed).
+    pub stores: bool,
+}
+
+/// Most instructions of a callee worth inlining (comparison functions,
+/// accessors): past this the CALL's cost no longer matters.
+pub const MAX_INLINE_INSNS: usize = 16;
 
 impl GuestBlock {
     /// First and last guest page the block's bytes touch.
@@ -314,6 +335,54 @@ impl GuestBlock {
         let mask = !(PAGE_SIZE as u32 - 1);
         (self.start & mask, self.end.wrapping_sub(1) & mask)
     }
+
+    /// Is `eip` in the block's inlined callee?
+    pub fn in_callee(&self, eip: u32) -> bool {
+        self.inlined.is_some_and(|c| eip.wrapping_sub(c.start) < c.end.wrapping_sub(c.start))
+    }
+
+    /// Splice `callee` (a `decode_leaf` block) in after the indirect CALL
+    /// `insns[call]`, which the block went past.
+    pub fn inline_call(&mut self, call: usize, callee: GuestBlock) {
+        let len = callee.insns.len();
+        let mut info = iced_x86::InstructionInfoFactory::new();
+        let stores = callee.insns.iter().any(|i| {
+            info.info(i).used_memory().iter().any(|m| {
+                !matches!(
+                    m.access(),
+                    iced_x86::OpAccess::Read | iced_x86::OpAccess::CondRead | iced_x86::OpAccess::NoMemAccess
+                )
+            })
+        });
+        self.inlined = Some(Inlined { call, len, start: callee.start, end: callee.end, stores });
+        self.insns.splice(call + 1..call + 1, callee.insns);
+        self.classes.splice(call + 1..call + 1, callee.classes);
+    }
+}
+
+/// Decode the function at `eip` if it can be inlined at a CALL: at most
+/// `MAX_INLINE_INSNS` instructions ending in a plain RET, with nothing that
+/// leaves for the VMM, calls, or jumps but forward conditional branches to
+/// its own instructions. Such a callee, spliced into its caller's block,
+/// runs start to RET without leaving the block except by a fault.
+pub fn decode_leaf(code: &[u8], base: u32, eip: u32, cpl: u8, bitness: u32) -> Option<GuestBlock> {
+    let reach = Reach { side_exits: MAX_INLINE_INSNS, calls: 0 };
+    let b = decode_superblock(code, base, eip, MAX_INLINE_INSNS, cpl, bitness, reach);
+    let (last, body) = b.insns.split_last()?;
+    let ok = !b.truncated
+        && b.classes.last() == Some(&Class::Ret)
+        && last.op_count() == 0
+        && body.iter().zip(&b.classes).all(|(i, &c)| match c {
+            Class::Ident | Class::Alias82 | Class::IncDecShort | Class::PushReg | Class::PushImm | Class::PopReg => {
+                true
+            }
+            Class::Jcc => {
+                let t = i.near_branch32();
+                t > i.ip32() && b.insns.iter().any(|j| j.ip32() == t)
+            }
+            _ => false,
+        });
+    ok.then_some(b)
 }
 
 /// Decode a block at `eip` from `code` (guest memory starting at guest
@@ -413,7 +482,7 @@ pub fn decode_superblock(
             break;
         }
     }
-    GuestBlock { start: eip, insns, classes, end, truncated }
+    GuestBlock { start: eip, insns, classes, end, truncated, inlined: None }
 }
 
 #[cfg(test)]
@@ -422,6 +491,63 @@ mod tests {
 
     fn classes(code: &[u8]) -> Vec<Class> {
         decode_block_at_cpl(code, 0x1000, 0x1000, 64, 3).classes
+    }
+
+    #[test]
+    fn leaf_functions_that_can_be_inlined() {
+        let leaf = |code: &[u8]| decode_leaf(code, 0x1000, 0x1000, 3, 32).map(|b| b.insns.len());
+        assert_eq!(leaf(&[0x43, 0xC3]), Some(2), "inc ebx ; ret");
+        // qsort's comparator: loads, a forward JB to its RET, SETB.
+        let cmp = [
+            0x8B, 0x44, 0x24, 0x04, 0x8B, 0x10, 0x8B, 0x44, 0x24, 0x08, 0x8B, 0x08, 0xB8, 0xFF, 0xFF, 0xFF, 0xFF, 0x39,
+            0xCA, 0x72, 0x07, 0x31, 0xC0, 0x39, 0xD1, 0x0F, 0x92, 0xC0, 0xC3,
+        ];
+        assert_eq!(leaf(&cmp), Some(11));
+        assert_eq!(leaf(&[0x53, 0x5B, 0xC3]), Some(3), "push ebx ; pop ebx ; ret");
+        assert_eq!(leaf(&[0xC2, 0x04, 0x00]), None, "ret 4");
+        assert_eq!(leaf(&[0xE8, 0, 0, 0, 0, 0xC3]), None, "a call");
+        assert_eq!(leaf(&[0xFF, 0xD0, 0xC3]), None, "an indirect call");
+        assert_eq!(leaf(&[0x74, 0x01, 0x43, 0xC3]), Some(3), "je to its ret");
+        assert_eq!(leaf(&[0x43, 0x74, 0xFD, 0xC3]), None, "a backward branch");
+        assert_eq!(leaf(&[0x74, 0x10, 0xC3]), None, "a branch out of the function");
+        assert_eq!(leaf(&[0xEB, 0x00, 0xC3]), None, "a JMP");
+        assert_eq!(leaf(&[0xEE, 0xC3]), None, "out dx, al (the VMM's)");
+        assert_eq!(leaf(&[0xFA, 0xC3]), None, "cli");
+        assert_eq!(leaf(&[0x43; 20]), None, "no RET within MAX_INLINE_INSNS");
+        assert_eq!(leaf(&[0x43]), None, "runs off the code");
+    }
+
+    #[test]
+    fn an_inlined_callee_is_spliced_after_its_call() {
+        // call edx ; inc eax ; hlt — and the callee mov [esp+4], ebx ; ret.
+        let mut b = decode_superblock(
+            &[0xFF, 0xD2, 0x40, 0xF4],
+            0x1000,
+            0x1000,
+            64,
+            3,
+            32,
+            Reach { calls: 1, ..Reach::default() },
+        );
+        let callee = decode_leaf(&[0x89, 0x5C, 0x24, 0x04, 0xC3], 0x2000, 0x2000, 3, 32).expect("a leaf");
+        b.inline_call(0, callee);
+        let ips: Vec<u32> = b.insns.iter().map(|i| i.ip32()).collect();
+        assert_eq!(ips, [0x1000, 0x2000, 0x2004, 0x1002, 0x1003]);
+        assert_eq!(b.classes[1..3], [Class::Ident, Class::Ret]);
+        assert_eq!(b.inlined, Some(Inlined { call: 0, len: 2, start: 0x2000, end: 0x2005, stores: true }));
+        assert_eq!(b.end, 0x1004, "the block's own extent");
+        let callee = decode_leaf(&[0x8B, 0x44, 0x24, 0x04, 0xC3], 0x2000, 0x2000, 3, 32).expect("a leaf");
+        let mut b = decode_superblock(
+            &[0xFF, 0xD2, 0x40, 0xF4],
+            0x1000,
+            0x1000,
+            64,
+            3,
+            32,
+            Reach { calls: 1, ..Reach::default() },
+        );
+        b.inline_call(0, callee);
+        assert!(!b.inlined.is_some_and(|c| c.stores), "a callee that only loads");
     }
 
     #[test]

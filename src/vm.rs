@@ -103,6 +103,7 @@ fn engine_options(config: &Config) -> EngineOptions {
         icount: config.icount_shift.is_some(),
         soft_mmu: config.soft_mmu,
         perfmap: config.perfmap,
+        inline_calls: !t.noinline,
         cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     }
 }

@@ -579,3 +579,104 @@ fn based_segment_accesses_and_null_faults() {
     assert_eq!(st.regs[ECX], u32::from_le_bytes([8, 9, 10, 11]));
     assert_eq!(st.regs[EDX], 0, "the faulting load wrote nothing");
 }
+
+// Leaf functions inlined at indirect CALLs (`exec::inline_calls`): the
+// guard on the target, a callee that rewrites its return address, and a
+// store into the inlined callee's code.
+
+/// `main` at the code's start ending in a JMP to the end of the code, and
+/// each of `callees` on the next page, 8 bytes apart: the code and the
+/// callees' addresses, for code at `base`.
+fn with_callees(base: u32, main: impl Fn(&[u32]) -> Vec<u8>, callees: &[&[u8]]) -> Vec<u8> {
+    const CALLEES: usize = 0x1000;
+    let at: Vec<u32> = (0..callees.len()).map(|k| base + (CALLEES + 8 * k) as u32).collect();
+    let mut code = main(&at);
+    let end = (CALLEES + 8 * callees.len()) as u32;
+    let jmp_from = code.len() as u32 + 5;
+    code.push(0xE9);
+    code.extend_from_slice(&end.wrapping_sub(jmp_from).to_le_bytes());
+    code.resize(CALLEES, 0xCC);
+    for c in callees {
+        let mut c = c.to_vec();
+        c.resize(8, 0xCC);
+        code.extend_from_slice(&c);
+    }
+    code
+}
+
+/// mov ecx, 1000 ; l: mov edx, f1 ; test cl, 1 ; jz 1f ; mov edx, f2 ;
+/// 1: call edx ; dec ecx ; jnz l — with f1: add ebx, 1 ; ret and
+/// f2: add ebx, 100 ; ret: one site, two targets alternating.
+fn alternating_calls(base: u32) -> Vec<u8> {
+    let main = |f: &[u32]| {
+        let mut c = vec![0xB9, 0xE8, 0x03, 0x00, 0x00, 0xBA];
+        c.extend_from_slice(&f[0].to_le_bytes());
+        c.extend_from_slice(&[0xF6, 0xC1, 0x01, 0x74, 0x05, 0xBA]);
+        c.extend_from_slice(&f[1].to_le_bytes());
+        c.extend_from_slice(&[0xFF, 0xD2, 0x49, 0x75, 0xEC]);
+        c
+    };
+    with_callees(base, main, &[&[0x83, 0xC3, 0x01, 0xC3], &[0x83, 0xC3, 0x64, 0xC3]])
+}
+
+#[test]
+fn an_inlined_callee_runs_only_for_its_own_target() {
+    use btvisor::snippet::{SnippetWorld, run_snippet_in};
+    let code = alternating_calls(SNIPPET_CODE_ADDR);
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert!(stats.inlined_calls > 0, "nothing was inlined");
+    assert_eq!((st.regs[EBX], st.regs[ECX]), (500 * 100 + 500, 0));
+    assert_eq!(st.regs[4], SNIPPET_STACK_TOP);
+    // Ring 3 under paging: the callee's page is another linear page too.
+    let w = SnippetWorld::User;
+    let mut s = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
+    s.regs[4] = w.stack_top();
+    s.regs[6] = w.data_addr();
+    let st = run_snippet_in(w, &alternating_calls(w.code_addr()), &s, false).expect("runs to its end");
+    assert_eq!((st.regs[EBX], st.regs[ECX]), (500 * 100 + 500, 0));
+}
+
+#[test]
+fn an_inlined_callee_that_rewrites_its_return_address() {
+    // mov ecx, 100 ; l: mov edx, g ; call edx ; mov eax, 1 ; jmp end (never)
+    // back: inc ebx ; dec ecx ; jnz l — with g: mov dword [esp], back ; ret
+    let back = SNIPPET_CODE_ADDR + 22;
+    let main = |f: &[u32]| {
+        let mut c = vec![0xB9, 0x64, 0x00, 0x00, 0x00, 0xBA];
+        c.extend_from_slice(&f[0].to_le_bytes());
+        c.extend_from_slice(&[0xFF, 0xD2, 0xB8, 0x01, 0x00, 0x00, 0x00, 0xE9]);
+        c.extend_from_slice(&(0x1008u32 - 22).to_le_bytes());
+        c.extend_from_slice(&[0x43, 0x49, 0x75, 0xEB]);
+        c
+    };
+    let mut g = vec![0xC7, 0x04, 0x24];
+    g.extend_from_slice(&back.to_le_bytes());
+    g.push(0xC3);
+    let code = with_callees(SNIPPET_CODE_ADDR, main, &[&g]);
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert!(stats.inlined_calls > 0, "nothing was inlined");
+    assert_eq!((st.regs[EAX], st.regs[EBX], st.regs[ECX]), (0, 100, 0));
+    assert_eq!(st.regs[4], SNIPPET_STACK_TOP);
+}
+
+#[test]
+fn a_store_into_an_inlined_callee_is_seen() {
+    // mov ecx, 100 ; l: mov edx, f ; call edx ; cmp ecx, 50 ; jne 1f ;
+    // mov byte [f+2], 10 ; 1: dec ecx ; jnz l — with f: add ebx, 1 ; ret,
+    // which becomes add ebx, 10 after the call with ECX = 50.
+    let main = |f: &[u32]| {
+        let mut c = vec![0xB9, 0x64, 0x00, 0x00, 0x00, 0xBA];
+        c.extend_from_slice(&f[0].to_le_bytes());
+        c.extend_from_slice(&[0xFF, 0xD2, 0x83, 0xF9, 0x32, 0x75, 0x07, 0xC6, 0x05]);
+        c.extend_from_slice(&(f[0] + 2).to_le_bytes());
+        c.extend_from_slice(&[0x0A, 0x49, 0x75, 0xEA]);
+        c
+    };
+    let code = with_callees(SNIPPET_CODE_ADDR, main, &[&[0x83, 0xC3, 0x01, 0xC3]]);
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert!(matches!(out, RunOutcome::Halted { .. }), "{out:?}");
+    assert!(stats.inlined_calls > 0, "nothing was inlined");
+    assert_eq!((st.regs[EBX], st.regs[ECX]), (51 + 49 * 10, 0));
+}

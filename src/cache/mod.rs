@@ -65,9 +65,24 @@ pub struct Block {
     pub pages: (u32, u32),
     /// Listed in `lin_blocks` (INVLPG and CR3 loads can find its chains).
     pub indexed: bool,
+    /// The guest addresses `[start, end)` of a callee inlined in the block
+    /// (`exec::inline_calls`), whose page is `pages.1`.
+    pub inlined: Option<(u32, u32)>,
 }
 
 impl Block {
+    /// A guest address of the block's code on its second page (`pages.1`):
+    /// the inlined callee's start, else the last byte.
+    pub fn second_eip(&self) -> u32 {
+        self.inlined.map_or(self.end.wrapping_sub(1), |(start, _)| start)
+    }
+
+    /// Do the block's instructions cover guest address `eip`?
+    fn covers(&self, eip: u32) -> bool {
+        let within = |start: u32, end: u32| eip.wrapping_sub(start) < end.wrapping_sub(start);
+        within(self.eip, self.end) || self.inlined.is_some_and(|(start, end)| within(start, end))
+    }
+
     /// Host address where chains from other pages, the jump cache and the
     /// dispatcher enter.
     pub fn entry(&self) -> usize {
@@ -264,6 +279,7 @@ impl CodeCache {
         phys: u32,
         end: u32,
         pages: (u32, u32),
+        inlined: Option<(u32, u32)>,
         t: Translation,
         register: bool,
     ) -> Option<BlockId> {
@@ -296,6 +312,7 @@ impl CodeCache {
             valid: register,
             pages,
             indexed: false,
+            inlined,
         });
         if register {
             self.map.insert((mode.key(eip), phys), id);
@@ -470,7 +487,7 @@ impl CodeCache {
             .copied()
             .filter(|&id| {
                 let b = &self.blocks[id as usize];
-                b.valid && eip.wrapping_sub(b.eip) < b.end.wrapping_sub(b.eip)
+                b.valid && b.covers(eip)
             })
             .collect();
         if let Some(list) = self.page_blocks.get_mut(&page) {
@@ -607,7 +624,7 @@ mod tests {
             entry_skip: entry.1,
         };
         let exit = c.next_exit_id();
-        let id = c.install(lin, Mode::default(), phys, lin + 16, (phys, phys), t, true).expect("room");
+        let id = c.install(lin, Mode::default(), phys, lin + 16, (phys, phys), None, t, true).expect("room");
         c.index_linear(id, page_of(lin), page_of(lin));
         (id, exit)
     }

@@ -108,6 +108,9 @@ pub mod exit {
     /// A ring-3 block's entry found its code page unconfirmed in this
     /// address space (`HotState::code_ok`): `eip` is the block's start.
     pub const PROBE_MISS: u32 = 7;
+    /// An indirect CALL missed the jump cache: `eip` is the target,
+    /// `exit_arg` the CALL's return address (`translate::Options::learn_calls`).
+    pub const CALL_MISS: u32 = 8;
 }
 
 /// Hot vCPU state, shared with translated code.

@@ -84,6 +84,15 @@ impl Engine {
             block.classes.truncate(k + 1);
             block.classes[k] = crate::decode::Class::Emulate;
         }
+        // A leaf function learnt at one of the block's indirect CALLs
+        // (`inline_calls`): its code is spliced in after the CALL, and its
+        // page becomes the block's second.
+        let callee = if register && inline_lookup && phys0 == phys_end && mode.uses_jump_cache() && self.may_inline() {
+            self.splice_callee(&mut block, lin, phys0, mode)
+        } else {
+            None
+        };
+        let phys_end = callee.as_ref().map_or(phys_end, |c| page_of(c.phys));
         if self.opts.trace.in_asm {
             let text = disasm_guest(&block.insns);
             self.logln(&format!("----------------\nIN: \n{text}"));
@@ -97,6 +106,7 @@ impl Engine {
             // Ring-3 code pages come and go with Linux's address spaces:
             // their blocks' entries confirm the page (`code_pages`).
             probe: (register && self.opts.chaining && mode.cpl() == 3 && self.mem.paging().enabled()).then_some(lin),
+            learn_calls: register && self.may_inline(),
         };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
@@ -108,6 +118,9 @@ impl Engine {
             } else if register && !self.soft.insns.is_empty() {
                 // (One-off blocks run an instruction through the shadow window.)
                 tr = tr.with_soft(&self.soft.insns);
+            }
+            if let Some(c) = &callee {
+                tr = tr.with_inline_code(&c.bytes, block.inlined.map_or(0, |s| s.start));
             }
             let t = tr.translate(&block);
             if !self.cache.fits(t.code.len()) {
@@ -123,7 +136,8 @@ impl Engine {
             let code_len = t.code.len();
             let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, host));
             let pages = (phys0, phys_end);
-            let Some(id) = self.cache.install(lin, mode, phys0, block.end, pages, t, register) else {
+            let inlined = block.inlined.map(|s| (s.start, s.end));
+            let Some(id) = self.cache.install(lin, mode, phys0, block.end, pages, inlined, t, register) else {
                 return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
             };
             if let Some(map) = &mut self.perfmap {
@@ -141,7 +155,7 @@ impl Engine {
                     self.cache.invalidate_page(pages.1, &mut self.cpu.hot);
                     return Err(Step::Continue);
                 }
-                let last = cs_base.wrapping_add(block.end.wrapping_sub(1));
+                let last = cs_base.wrapping_add(self.cache.blocks[id as usize].second_eip());
                 self.cache.index_linear(id, page_of(lin), page_of(last));
                 if page_of(last) != page_of(lin) {
                     // Recorded so that a CR3 load revalidates this page too.

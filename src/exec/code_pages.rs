@@ -16,8 +16,8 @@ impl Engine {
     /// chained or jump-cached.
     pub(super) fn still_valid(&mut self, id: BlockId, lin: u32) -> bool {
         let b = &self.cache.blocks[id as usize];
-        let (pages, end, indexed, user) = (b.pages, b.end, b.indexed, b.mode.cpl() == 3);
-        let last = self.cpu.seg[SEG_CS].base.wrapping_add(end.wrapping_sub(1));
+        let (pages, second, indexed, user) = (b.pages, b.second_eip(), b.indexed, b.mode.cpl() == 3);
+        let last = self.cpu.seg[SEG_CS].base.wrapping_add(second);
         if pages.1 != pages.0 && self.mem.paging().enabled() && self.code_page_quiet(last, user) != Some(pages.1) {
             return false;
         }

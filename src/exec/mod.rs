@@ -9,6 +9,7 @@ mod code_tlb;
 mod debug;
 mod faults;
 mod fpu;
+mod inline_calls;
 mod interrupts;
 mod return_stack;
 mod seg_reload;
@@ -94,6 +95,9 @@ pub struct EngineOptions {
     pub soft_mmu: bool,
     /// Name each translated block in /tmp/perf-PID.map (host profiling).
     pub perfmap: bool,
+    /// Inline leaf callees at the indirect CALLs that reach them
+    /// (`inline_calls`; `-d noinline` turns it off).
+    pub inline_calls: bool,
 }
 
 impl Default for EngineOptions {
@@ -105,6 +109,7 @@ impl Default for EngineOptions {
             icount: false,
             soft_mmu: false,
             perfmap: false,
+            inline_calls: true,
         }
     }
 }
@@ -213,6 +218,9 @@ pub struct Engine {
     /// are translated as exits to the VMM (`Engine::device_access`), which
     /// costs a fraction of the host fault each access would take.
     device_insns: crate::fastmap::FastMap<u32, ()>,
+    /// Indirect CALL sites learnt (`inline_calls`): the linear address of
+    /// the return address -> the target to inline there, or `NOT_INLINED`.
+    inline_hints: crate::fastmap::FastMap<u32, u32>,
     /// Data breakpoints as programmed (DR0-3, DR7) and the pages watched.
     watch_regs: [u32; 5],
     watch_pages: Vec<(u32, bool)>,
@@ -307,6 +315,7 @@ impl Engine {
             bouncing: false,
             emulated: 0,
             device_insns: Default::default(),
+            inline_hints: Default::default(),
             jc_marked: vec![false; crate::cpu::JUMP_CACHE_ENTRIES * crate::cpu::JUMP_CACHE_TABLES],
             // No mode sets every bit: the first use of a table tags it.
             jc_tags: [u16::MAX; crate::cpu::JUMP_CACHE_TABLES],
@@ -571,7 +580,7 @@ impl Engine {
     /// Did translated code last leave through an unchained direct exit or
     /// a jump-cache miss (nothing for the VMM to run)?
     fn exited_clean(&self) -> bool {
-        matches!(self.cpu.hot.exit_reason, exit::CHAIN | exit::INDIRECT | exit::PROBE_MISS)
+        matches!(self.cpu.hot.exit_reason, exit::CHAIN | exit::INDIRECT | exit::PROBE_MISS | exit::CALL_MISS)
     }
 
     /// An enabled DR0-3 execution breakpoint at `eip`: raise #DB (or, with
@@ -634,6 +643,10 @@ impl Engine {
         match reason {
             exit::CHAIN => Step::Chain(self.cpu.hot.exit_arg),
             exit::INDIRECT => Step::Continue,
+            exit::CALL_MISS => {
+                self.learn_call(self.cpu.hot.exit_arg, self.cpu.hot.eip);
+                Step::Continue
+            }
             exit::EMULATE => self.emulate(),
             exit::EXCEPTION => {
                 let v = self.cpu.hot.exit_arg as u8;

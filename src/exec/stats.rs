@@ -14,7 +14,7 @@ pub struct Stats {
     pub translate_ns: u64,
     pub chains: u64,
     pub flushes: u64,
-    pub exits: [u64; 8],
+    pub exits: [u64; 9],
     pub polls: u64,
     pub exceptions: u64,
     pub smc_pages: u64,
@@ -38,6 +38,8 @@ pub struct Stats {
     /// Host return stacks emptied because guest calls without returns
     /// filled them (`exec::return_stack`).
     pub return_stack_resets: u64,
+    /// Blocks translated with a callee inlined at an indirect CALL.
+    pub inlined_calls: u64,
     /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
     pub callouts: Vec<u64>,
 }
@@ -77,6 +79,7 @@ impl Stats {
         let _ = writeln!(s, "  host code emitted       {} bytes", self.host_bytes);
         let _ = writeln!(s, "  code cache used         {cache_used} of {cache_size} bytes ({} flushes)", self.flushes);
         let _ = writeln!(s, "  chains made             {}", self.chains);
+        let _ = writeln!(s, "  blocks with a call inlined {}", self.inlined_calls);
         let names = [
             (exit::CHAIN, "chain (unlinked direct exit)"),
             (exit::INDIRECT, "indirect lookup miss"),
@@ -85,6 +88,7 @@ impl Stats {
             (exit::FAULT, "host fault"),
             (exit::SOFT_MISS, "soft-TLB miss"),
             (exit::PROBE_MISS, "code page unconfirmed"),
+            (exit::CALL_MISS, "indirect call miss"),
         ];
         let _ = writeln!(s, "  exits by reason:");
         for (r, n) in names {

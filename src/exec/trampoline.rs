@@ -19,6 +19,7 @@
 //! exit_exception: mov dword [r14+exit_reason], EXCEPTION ; jmp save
 //! exit_soft_miss: mov dword [r14+exit_reason], SOFT_MISS ; jmp save
 //! exit_probe_miss: mov dword [r14+exit_reason], PROBE_MISS ; jmp save
+//! exit_call_miss: mov [r14+eip], r13d ; mov dword [r14+exit_reason], CALL_MISS ; jmp save
 //! ret_sentinel[t]: lea rsp, [rsp-8]           ; a RET popped the sentinel: put it back
 //! ret_miss[t]:     <probe jump-cache table t for r13d>  ; a RET the host CALL did not expect
 //!                  mov rcx, r11 ; jmp exit_indirect
@@ -141,6 +142,8 @@ fn exits(mut a: Asm, mut t: Trampolines) -> (Vec<u8>, Trampolines) {
     jumps_to_save.push(a.jmp_rel32());
     t.exits.probe_miss = exit_stub(&mut a, exit::PROBE_MISS, false);
     jumps_to_save.push(a.jmp_rel32());
+    t.exits.call_miss = exit_stub(&mut a, exit::CALL_MISS, true);
+    jumps_to_save.push(a.jmp_rel32());
     // The return stack's stubs (`exec::return_stack`): each jump-cache
     // table's return miss, preceded by its sentinel.
     let mut misses_to_exit = Vec::new();
@@ -203,6 +206,7 @@ pub fn relocate(t: Trampolines, base: usize) -> Trampolines {
             exception: base + t.exits.exception,
             soft_miss: base + t.exits.soft_miss,
             probe_miss: base + t.exits.probe_miss,
+            call_miss: base + t.exits.call_miss,
             ret_miss: t.exits.ret_miss.map(|x| base + x),
         },
         exit_fault: base + t.exit_fault,

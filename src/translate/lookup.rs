@@ -22,7 +22,7 @@
 //! ```
 
 use super::Translator;
-use crate::cpu::{JUMP_CACHE_TABLE_BYTES, OFF_EIP, OFF_JC_KEYS, OFF_JC_TARGETS};
+use crate::cpu::{JUMP_CACHE_TABLE_BYTES, OFF_EIP, OFF_EXIT_ARG, OFF_JC_KEYS, OFF_JC_TARGETS};
 use crate::emit::reg::*;
 use crate::emit::{Asm, JRCXZ};
 
@@ -33,12 +33,19 @@ pub(crate) const MISS_PATH_LEN: u8 = 8;
 /// skips the caller's `MISS_PATH_LEN`-byte miss path on a hit:
 /// `movzx r10d, r13w ; mov r11, rcx ; mov rcx, [keys] ; lea rcx, [rcx+r13+1] ; jrcxz hit`.
 pub(crate) fn probe(a: &mut Asm, table: usize) {
+    let at = probe_to(a, table);
+    a.buf[at] = MISS_PATH_LEN;
+}
+
+/// `probe` with the JRCXZ's rel8 left for the caller to set; returns its offset.
+fn probe_to(a: &mut Asm, table: usize) -> usize {
     let table = table as i32 * JUMP_CACHE_TABLE_BYTES;
     a.movzx_r32_r16(R10, SCRATCH);
     a.mov_r64_r64(R11, RCX);
     a.mov_r64_mbi8(RCX, VCPU, R10, OFF_JC_KEYS + table);
     a.lea_r64_bi_d8(RCX, RCX, SCRATCH, 1);
-    a.bytes(&[JRCXZ, MISS_PATH_LEN]);
+    a.bytes(&[JRCXZ, 0]);
+    a.len() - 1
 }
 
 /// The hit path after `probe`: `mov rcx, r11 ; jmp [targets]` (or `call`,
@@ -60,7 +67,7 @@ pub(super) fn inline(t: &Translator) -> bool {
 }
 
 pub(super) fn indirect(t: &mut Translator) {
-    lookup(t, false);
+    lookup(t, None);
 }
 
 /// A guest CALL (its return address already pushed) to `direct`, or to
@@ -86,19 +93,36 @@ pub(super) fn ret(t: &mut Translator) {
 }
 
 /// The lookup of R13D; with `call`, a hit is entered with a host CALL.
-fn lookup(t: &mut Translator, call: bool) {
+/// A CALL's miss learns its target where `Options::learn_calls` asks
+/// (`exit::CALL_MISS`, the target and the return address; the engine may
+/// inline the target there, `exec::inline_calls`):
+///
+/// ```text
+///     <probe> (jrcxz hit)
+///     mov rcx, r11 ; mov dword [r14+exit_arg], return_eip ; jmp exit_call_miss
+/// hit: ...
+/// ```
+fn lookup(t: &mut Translator, call: Option<u32>) {
     if !inline(t) {
         t.a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
         t.jmp_abs(t.exits_to.indirect);
         return;
     }
     let table = t.opts.mode.jc_table();
-    probe(&mut t.a, table);
+    let rel8 = probe_to(&mut t.a, table);
     let miss_start = t.a.len();
     t.a.mov_r64_r64(RCX, R11);
-    t.jmp_abs(t.exits_to.indirect);
-    debug_assert_eq!(t.a.len() - miss_start, MISS_PATH_LEN as usize);
-    enter_hit(&mut t.a, table, call);
+    match call {
+        Some(return_eip) if t.opts.learn_calls => {
+            t.a.mov_mbase_imm32(VCPU, OFF_EXIT_ARG, return_eip);
+            t.jmp_abs(t.exits_to.call_miss);
+        }
+        _ => t.jmp_abs(t.exits_to.indirect),
+    }
+    let len = t.a.len() - miss_start;
+    debug_assert!(len <= i8::MAX as usize);
+    t.a.buf[rel8] = len as u8;
+    enter_hit(&mut t.a, table, call.is_some());
 }
 
 /// A guest CALL's transfer where lookups are inline: the direct target through
@@ -119,8 +143,23 @@ fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_thro
             let at = t.a.call_rel32();
             t.pending_exits.push((at, target));
         }
-        None => lookup(t, true),
+        None => lookup(t, Some(return_eip)),
     }
+    return_check(t, return_eip);
+    if !fall_through {
+        t.direct_exit(return_eip);
+    }
+}
+
+/// Did the guest's RET (R13D popped) go where its CALL said? If not, R13D
+/// is looked up as a plain jump (`ret_miss`, which consumes no host frame):
+///
+/// ```text
+///     mov r11, rcx ; lea ecx, [r13 - return_eip] ; jrcxz 1f
+///     mov rcx, r11 ; jmp ret_miss[table]
+/// 1:  mov rcx, r11
+/// ```
+pub(super) fn return_check(t: &mut Translator, return_eip: u32) {
     t.a.mov_r64_r64(R11, RCX);
     t.a.lea_r32(RCX, SCRATCH, return_eip.wrapping_neg() as i32);
     t.a.bytes(&[JRCXZ, MISS_PATH_LEN]);
@@ -129,7 +168,4 @@ fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_thro
     t.jmp_abs(t.exits_to.ret_miss[t.opts.mode.jc_table()]);
     debug_assert_eq!(t.a.len() - miss_start, MISS_PATH_LEN as usize);
     t.a.mov_r64_r64(RCX, R11);
-    if !fall_through {
-        t.direct_exit(return_eip);
-    }
 }

@@ -50,6 +50,9 @@ pub struct ExitTargets {
     pub exception: usize,
     pub soft_miss: usize,
     pub probe_miss: usize,
+    /// A CALL's jump-cache miss that reports its return address
+    /// (`Options::learn_calls`).
+    pub call_miss: usize,
     /// Per jump-cache table: where a continuation whose guest returned
     /// elsewhere looks R13D up (`exec::return_stack`).
     pub ret_miss: [usize; crate::cpu::JUMP_CACHE_TABLES],
@@ -129,6 +132,10 @@ pub struct Options {
     /// (`HotState::code_ok`), so chains into it from other pages and its
     /// jump-cache entries survive address spaces that do not map the page.
     pub probe: Option<u32>,
+    /// Indirect CALLs leave through `exit::CALL_MISS` when they miss the
+    /// jump cache, telling the engine their target, which it may inline
+    /// there when it translates the caller again (`exec::inline_calls`).
+    pub learn_calls: bool,
 }
 
 /// Under `-icount`, must `i` (of class `cls`) see the virtual clock up to
@@ -157,6 +164,9 @@ pub struct Translator<'a> {
     /// Guest code the instructions were decoded from; index 0 is EIP `code_base`.
     code: &'a [u8],
     code_base: u32,
+    /// The code of an inlined callee (`GuestBlock::inlined`): its bytes
+    /// and the EIP of the first.
+    inline_code: Option<(&'a [u8], u32)>,
     /// EIPs of instructions to translate with soft-TLB accesses (`soft`),
     /// each with its hit-counter slot (`HotState::soft_hits`).
     soft: Option<&'a crate::fastmap::FastMap<u32, u32>>,
@@ -262,7 +272,7 @@ pub fn host_gpr(r: Register) -> Option<u8> {
 }
 
 /// Segment register index (ES..GS) of a memory operand's segment.
-fn seg_index(r: Register) -> usize {
+pub(crate) fn seg_index(r: Register) -> usize {
     use crate::cpu::*;
     match r {
         Register::ES => SEG_ES,
@@ -434,6 +444,7 @@ impl<'a> Translator<'a> {
             call_continues: false,
             code,
             code_base: 0,
+            inline_code: None,
             soft: None,
             host_mem: false,
             no_direct: false,
@@ -458,6 +469,12 @@ impl<'a> Translator<'a> {
     /// `code[0]` holds the byte at EIP `base` (default 0).
     pub fn with_code_base(mut self, base: u32) -> Self {
         self.code_base = base;
+        self
+    }
+
+    /// The bytes of the block's inlined callee, `code[0]` at EIP `base`.
+    pub fn with_inline_code(mut self, code: &'a [u8], base: u32) -> Self {
+        self.inline_code = Some((code, base));
         self
     }
 
@@ -574,6 +591,9 @@ impl<'a> Translator<'a> {
         let internal = internal_targets(block);
         let mut internal_at: Vec<(u32, usize)> = Vec::with_capacity(internal.len());
         let mut internal_jumps: Vec<(usize, u32)> = Vec::new();
+        // An inlined callee: the CALL's jump over it on the guard's miss path.
+        let inlined = block.inlined;
+        let mut over_callee: Option<usize> = None;
         for (k, (i, &cls)) in block.insns.iter().zip(&block.classes).enumerate() {
             if internal.binary_search(&i.ip32()).is_ok() {
                 // Reached by a jump too: no deferred ESP update pending.
@@ -592,12 +612,23 @@ impl<'a> Translator<'a> {
             // instruction's code.
             self.call_continues =
                 matches!(cls, Class::CallDirect | Class::CallIndirect) && k + 1 < n && lookup::inline(&self);
-            if side_exit {
+            let callee_ret = inlined.is_some_and(|c| k == c.call + c.len);
+            if let Some(c) = inlined.filter(|c| k == c.call) {
+                over_callee = Some(self.inline_call(i, c.start));
+            } else if callee_ret {
+                let call = &block.insns[inlined.map_or(0, |c| c.call)];
+                self.inline_return(i, call.next_ip32(), inlined.is_some_and(|c| c.stores));
+                if let Some(at) = over_callee.take() {
+                    let here = self.a.len();
+                    self.a.bind_rel32(at, here);
+                }
+            } else if side_exit {
                 self.flush_esp();
                 self.mark(i.ip32(), Fixup::None);
                 let at = self.a.jcc_rel32(i.condition_code() as u8 - 1);
                 let target = i.near_branch32();
-                if target > i.ip32() && internal.binary_search(&target).is_ok() {
+                let same_part = block.in_callee(i.ip32()) == block.in_callee(target);
+                if target > i.ip32() && same_part && internal.binary_search(&target).is_ok() {
                     internal_jumps.push((at, target));
                 } else {
                     self.pending_exits.push((at, target));
@@ -605,7 +636,7 @@ impl<'a> Translator<'a> {
             } else {
                 self.insn(i, cls);
             }
-            let ends = cls.ends_block() && !side_exit && !self.call_continues;
+            let ends = cls.ends_block() && !side_exit && !self.call_continues && !callee_ret;
             fell_through = !ends;
             if cls == Class::SysInline {
                 match i.mnemonic() {
@@ -741,6 +772,89 @@ impl<'a> Translator<'a> {
     fn direct_exit(&mut self, target: u32) {
         let at = self.a.jmp_rel32();
         self.pending_exits.push((at, target));
+    }
+
+    /// An indirect CALL whose callee the block holds inline (`GuestBlock::
+    /// inlined`): the return address is pushed as for any CALL; if the
+    /// target is the callee's `start`, its code follows, else the CALL
+    /// goes through the jump cache as usual and its continuation jumps over
+    /// the callee to the return site. Returns the offset of that jump's rel32.
+    ///
+    /// ```text
+    ///     [mov r13d, gs:<target>] ; mov gs:[r12d-4], return_eip ; lea r12d, [r12-4]
+    ///     mov r11, rcx ; lea ecx, [<target reg or r13> - start] ; jrcxz 1f
+    ///     mov rcx, r11 ; [mov r13d, <target reg>]
+    ///     <jump-cache lookup> ; call [jc_targets]                   ; (host_call)
+    ///     <continuation: return check>
+    ///     jmp 2f
+    /// 1:  mov rcx, r11
+    ///     <callee>
+    ///     <its RET: inline_return>
+    /// 2:  <return site>
+    /// ```
+    fn inline_call(&mut self, i: &Instruction, start: u32) -> usize {
+        debug_assert!(self.opts.mode.seg_flat(crate::cpu::SEG_SS) && lookup::inline(self));
+        if self.esp_delta != 0 && !self.keeps_esp_delta(i, Class::CallIndirect) {
+            self.flush_esp();
+        }
+        self.mark(i.ip32(), Fixup::None);
+        // A target in a register is compared there (and copied to R13 only
+        // for the lookup); not ESP, which the push changes.
+        let reg = (i.op0_kind() == OpKind::Register && !is_sp(i.op0_register()))
+            .then(|| host_gpr(i.op0_register()).unwrap_or(RAX));
+        if reg.is_none() {
+            self.load_scratch(i);
+        }
+        stack::push_imm32(self, i.next_ip32());
+        self.flush_esp();
+        self.a.mov_r64_r64(R11, RCX);
+        self.a.lea_r32(RCX, reg.unwrap_or(SCRATCH), start.wrapping_neg() as i32);
+        let guard = self.a.len();
+        self.a.bytes(&[JRCXZ, 0]);
+        self.a.mov_r64_r64(RCX, R11);
+        if let Some(r) = reg {
+            self.a.mov_r32_r32(SCRATCH, r);
+        }
+        // The learning miss path is for CALLs not yet inlined.
+        let learn = std::mem::replace(&mut self.opts.learn_calls, false);
+        lookup::call(self, None, i.next_ip32(), true);
+        self.opts.learn_calls = learn;
+        let over = self.a.jmp_rel32();
+        let skip = self.a.len() - (guard + 2);
+        debug_assert!(skip <= i8::MAX as usize, "the guard's miss path is {skip} bytes");
+        self.a.buf[guard + 1] = skip as u8;
+        self.a.mov_r64_r64(RCX, R11);
+        over
+    }
+
+    /// The RET of an inlined callee, which goes on with the return site.
+    /// A callee that may store (`stores`) may have rewritten the return
+    /// address: it is popped and checked as a host CALL's continuation
+    /// checks it. Otherwise the slot still holds what the CALL pushed — the
+    /// push completed in translated code, so it went to RAM, and on a
+    /// machine of one vCPU (`Engine::may_inline`) nothing else writes it
+    /// meanwhile — and the RET only moves ESP (its load could not fault:
+    /// the slot was just written):
+    ///
+    /// ```text
+    ///     mov r13d, gs:[r12d+delta] ; lea r12d, [r12+delta+4]   ; stores
+    ///     <return check: lookup::return_check>
+    /// or: <ESP += 4, deferred>                                   ; no stores
+    /// ```
+    fn inline_return(&mut self, i: &Instruction, return_eip: u32, stores: bool) {
+        if self.esp_delta != 0 && !self.keeps_esp_delta(i, Class::Ret) {
+            self.flush_esp();
+        }
+        self.mark(i.ip32(), Fixup::None);
+        let d = self.esp_delta;
+        if stores {
+            self.mem_op(&[], &[0x8B], SCRATCH, &GuestMem::base_disp(GUEST_ESP, d), &[]);
+        }
+        self.esp_delta = d.wrapping_add(4);
+        self.flush_esp();
+        if stores {
+            lookup::return_check(self, return_eip);
+        }
     }
 
     fn insn(&mut self, i: &Instruction, cls: Class) {
@@ -961,8 +1075,12 @@ impl<'a> Translator<'a> {
     }
 
     fn guest_bytes(&self, i: &Instruction) -> &'a [u8] {
-        let s = i.ip32().wrapping_sub(self.code_base) as usize;
-        self.code.get(s..s + i.len()).unwrap_or(&[])
+        let (code, base) = match self.inline_code {
+            Some((code, base)) if i.ip32().wrapping_sub(base) < code.len() as u32 => (code, base),
+            _ => (self.code, self.code_base),
+        };
+        let s = i.ip32().wrapping_sub(base) as usize;
+        code.get(s..s + i.len()).unwrap_or(&[])
     }
 
     /// `mov r13d, <reg or gs:[mem]>` for indirect branches.
@@ -1444,10 +1562,14 @@ fn internal_targets(block: &GuestBlock) -> Vec<u32> {
     if window_check {
         return Vec::new();
     }
+    // An inlined callee is entered only through its CALL's guard (its RET
+    // may assume the return address), and its branches stay within it.
+    let in_callee = |eip: u32| block.in_callee(eip);
     let mut targets: Vec<u32> = block.insns[..n.saturating_sub(1)]
         .iter()
         .zip(&block.classes)
         .filter(|&(i, &c)| c == Class::Jcc && i.near_branch32() > i.ip32())
+        .filter(|&(i, _)| in_callee(i.ip32()) == in_callee(i.near_branch32()))
         .map(|(i, _)| i.near_branch32())
         .filter(|&t| block.insns.iter().any(|i| i.ip32() == t))
         .collect();

@@ -23,6 +23,7 @@ const EXITS: ExitTargets = ExitTargets {
     exception: HOST_BASE - 0x40,
     soft_miss: HOST_BASE - 0x140,
     probe_miss: HOST_BASE - 0x180,
+    call_miss: HOST_BASE - 0x1C0,
     ret_miss: [HOST_BASE - 0x200, HOST_BASE - 0x240, HOST_BASE - 0x280, HOST_BASE - 0x2C0],
 };
 /// Guest address of the code of the golden tests.
@@ -30,7 +31,15 @@ const GUEST_AT: u32 = 0x1000;
 const POLL: &str = "mov r13d,[r15-2000h]";
 
 fn opts(mode: Mode) -> Options {
-    Options { inline_lookup: true, mode, icount: false, kick_check: false, pause_gate: false, probe: None }
+    Options {
+        inline_lookup: true,
+        mode,
+        icount: false,
+        kick_check: false,
+        pause_gate: false,
+        probe: None,
+        learn_calls: false,
+    }
 }
 
 /// Guest memory with `guest` at `GUEST_AT`.
@@ -389,6 +398,82 @@ fn golden_call_direct() {
     assert_eq!(disasm(&t.code, start, start + 3 + 7 + 2 + 3 + 5 + 3 + 2), want);
 }
 
+/// `call edx ; inc eax ; hlt` at `GUEST_AT` with `callee` (at 0x1010)
+/// inlined at the CALL; the host text after the poll.
+fn inlined_call_text(callee: &[u8]) -> Vec<String> {
+    let mut guest = vec![0xFF, 0xD2, 0x40, 0xF4];
+    guest.resize(0x10, 0xCC);
+    guest.extend_from_slice(callee);
+    let mem = guest_mem(&guest);
+    let mut b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, Reach { side_exits: 0, calls: 1 });
+    let leaf = crate::decode::decode_leaf(&mem, 0, 0x1010, 0, 32).expect("a leaf");
+    b.inline_call(0, leaf);
+    let o = Options { learn_calls: true, ..opts(Mode::default()) };
+    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    assert!(t.exits.is_empty(), "no direct exit: the HLT is the VMM's");
+    disasm(&t.code, 7, t.code.len())
+}
+
+#[test]
+fn golden_inlined_call() {
+    // The callee inc ebx ; ret stores nothing: its RET only moves ESP.
+    let text = inlined_call_text(&[0x43, 0xC3]);
+    assert_eq!(
+        text[..4],
+        ["mov dword ptr gs:[r12d-4],1002h", "lea r12d,[r12-4]", "mov r11,rcx", "lea ecx,[rdx-1010h]"]
+    );
+    assert!(text[4].starts_with("jrcxz "), "{text:?}");
+    // The guard's miss path: the target into R13, the usual lookup (which
+    // learns nothing: the site is learnt) and host CALL, the continuation,
+    // and the jump over the callee to the return site.
+    assert_eq!(text[5..7], ["mov rcx,r11", "mov r13d,edx"]);
+    assert!(text.contains(&jmp_to(EXITS.indirect)), "{text:?}");
+    assert!(!text.contains(&jmp_to(EXITS.call_miss)), "{text:?}");
+    let hit = text.iter().position(|l| l == "inc ebx").expect("the callee's code");
+    assert_eq!(text[hit - 1], "mov rcx,r11");
+    assert_eq!(text[hit + 1..hit + 3], ["lea r12d,[r12+4]", "inc eax"]);
+    let over = text[..hit].iter().rposition(|l| l.starts_with("jmp ")).expect("the jump over the callee");
+    assert_eq!(text[over - 1], "mov rcx,r11", "after the continuation's check");
+    // A callee that stores (here to its argument) may rewrite its return
+    // address: its RET pops it and checks it.
+    let text = inlined_call_text(&[0x89, 0x5C, 0x24, 0x04, 0xC3]);
+    let hit = text.iter().position(|l| l == "mov gs:[r12d+4],ebx").expect("the callee's code");
+    assert_eq!(text[hit + 1..hit + 4], ["mov r13d,[r15+r12]", "lea r12d,[r12+4]", "mov r11,rcx"]);
+    assert_eq!(text[hit + 4], "lea ecx,[r13-1002h]");
+    assert_eq!(text[hit + 7], jmp_to(EXITS.ret_miss[0]));
+    assert_eq!(text[hit + 9], "inc eax");
+}
+
+#[test]
+fn a_branch_to_an_inlined_callee_leaves_the_block() {
+    // je 0x1010 ; call edx ; inc eax ; hlt with inc ebx ; ret at 0x1010
+    // inlined at the CALL: the JE goes to a block of its own, not into the
+    // inlined copy, whose RET takes the CALL's return address for granted.
+    let mut guest = vec![0x74, 0x0E, 0xFF, 0xD2, 0x40, 0xF4];
+    guest.resize(0x10, 0xCC);
+    guest.extend_from_slice(&[0x43, 0xC3]);
+    let mem = guest_mem(&guest);
+    let mut b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, Reach { side_exits: 1, calls: 1 });
+    b.inline_call(1, crate::decode::decode_leaf(&mem, 0, 0x1010, 0, 32).expect("a leaf"));
+    assert_eq!(b.insns[0].near_branch32(), 0x1010);
+    let t = Translator::new(HOST_BASE, EXITS, 0, opts(Mode::default()), &mem).translate(&b);
+    assert_eq!(t.exits.iter().map(|e| e.target).collect::<Vec<_>>(), [0x1010]);
+}
+
+#[test]
+fn an_indirect_call_miss_reports_its_return_address() {
+    // call edx with Options::learn_calls: the jump-cache miss leaves
+    // through CALL_MISS with the return address in exit_arg.
+    let mem = guest_mem(&[0xFF, 0xD2, 0xF4]);
+    let b = decode_block(&mem, 0, GUEST_AT, 64);
+    let o = Options { learn_calls: true, ..opts(Mode::default()) };
+    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    let text = disasm(&t.code, 0, t.code.len());
+    let at = text.iter().position(|l| l == "mov dword ptr [r14+2Ch],1002h").expect("the return address");
+    assert_eq!(text[at + 1], jmp_to(EXITS.call_miss));
+    assert_eq!(text[at - 1], "mov rcx,r11");
+}
+
 #[test]
 fn golden_side_exit_continues_with_the_fall_through_path() {
     // inc eax; je +0x10; inc ebx; inc ecx; hlt at 0x1000, with one side exit.
@@ -483,14 +568,7 @@ fn indirect_without_inline_lookup_goes_to_dispatcher() {
     let without_lookup = |guest: &[u8]| {
         let mem = guest_mem(guest);
         let b = decode_block(&mem, 0, GUEST_AT, 64);
-        let o = Options {
-            inline_lookup: false,
-            mode: Mode::default(),
-            icount: false,
-            kick_check: false,
-            pause_gate: false,
-            probe: None,
-        };
+        let o = Options { inline_lookup: false, ..opts(Mode::default()) };
         let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
         // After the 7-byte poll, which a lone RET does without.
         disasm(&t.code, if needs_poll(&b) { 7 } else { 0 }, t.code.len())
