@@ -781,14 +781,14 @@ impl<'a> Translator<'a> {
     /// the callee to the return site. Returns the offset of that jump's rel32.
     ///
     /// ```text
-    ///     [mov r13d, gs:<target>] ; mov gs:[r12d-4], return_eip ; lea r12d, [r12-4]
+    ///     [mov r13d, gs:<target>] ; mov gs:[r12d+delta-4], return_eip
     ///     mov r11, rcx ; lea ecx, [<target reg or r13> - start] ; jrcxz 1f
-    ///     mov rcx, r11 ; [mov r13d, <target reg>]
+    ///     mov rcx, r11 ; lea r12d, [r12+delta-4] ; [mov r13d, <target reg>]
     ///     <jump-cache lookup> ; call [jc_targets]                   ; (host_call)
     ///     <continuation: return check>
     ///     jmp 2f
     /// 1:  mov rcx, r11
-    ///     <callee>
+    ///     <callee, ESP updates deferred from the push on>
     ///     <its RET: inline_return>
     /// 2:  <return site>
     /// ```
@@ -806,12 +806,15 @@ impl<'a> Translator<'a> {
             self.load_scratch(i);
         }
         stack::push_imm32(self, i.next_ip32());
-        self.flush_esp();
         self.a.mov_r64_r64(R11, RCX);
         self.a.lea_r32(RCX, reg.unwrap_or(SCRATCH), start.wrapping_neg() as i32);
         let guard = self.a.len();
         self.a.bytes(&[JRCXZ, 0]);
         self.a.mov_r64_r64(RCX, R11);
+        // The push's ESP update stays deferred into the callee (whose RET
+        // usually cancels it); the miss path, a way out, makes it.
+        let delta = self.esp_delta;
+        self.flush_esp();
         if let Some(r) = reg {
             self.a.mov_r32_r32(SCRATCH, r);
         }
@@ -824,6 +827,7 @@ impl<'a> Translator<'a> {
         debug_assert!(skip <= i8::MAX as usize, "the guard's miss path is {skip} bytes");
         self.a.buf[guard + 1] = skip as u8;
         self.a.mov_r64_r64(RCX, R11);
+        self.esp_delta = delta;
         over
     }
 
@@ -839,8 +843,9 @@ impl<'a> Translator<'a> {
     /// ```text
     ///     mov r13d, gs:[r12d+delta] ; lea r12d, [r12+delta+4]   ; stores
     ///     <return check: lookup::return_check>
-    /// or: <ESP += 4, deferred>                                   ; no stores
+    /// or: [lea r12d, [r12+delta+4]]                             ; no stores
     /// ```
+    /// (a leaf that keeps its stack balanced has delta -4 here: no LEA).
     fn inline_return(&mut self, i: &Instruction, return_eip: u32, stores: bool) {
         if self.esp_delta != 0 && !self.keeps_esp_delta(i, Class::Ret) {
             self.flush_esp();

@@ -418,30 +418,27 @@ fn inlined_call_text(callee: &[u8]) -> Vec<String> {
 fn golden_inlined_call() {
     // The callee inc ebx ; ret stores nothing: its RET only moves ESP.
     let text = inlined_call_text(&[0x43, 0xC3]);
-    assert_eq!(
-        text[..4],
-        ["mov dword ptr gs:[r12d-4],1002h", "lea r12d,[r12-4]", "mov r11,rcx", "lea ecx,[rdx-1010h]"]
-    );
-    assert!(text[4].starts_with("jrcxz "), "{text:?}");
-    // The guard's miss path: the target into R13, the usual lookup (which
-    // learns nothing: the site is learnt) and host CALL, the continuation,
-    // and the jump over the callee to the return site.
-    assert_eq!(text[5..7], ["mov rcx,r11", "mov r13d,edx"]);
+    // The push's ESP update waits for the callee's RET, which cancels it.
+    assert_eq!(text[..3], ["mov dword ptr gs:[r12d-4],1002h", "mov r11,rcx", "lea ecx,[rdx-1010h]"]);
+    assert!(text[3].starts_with("jrcxz "), "{text:?}");
+    // The guard's miss path: ESP, the target into R13, the usual lookup
+    // (which learns nothing: the site is learnt) and host CALL, the
+    // continuation, and the jump over the callee to the return site.
+    assert_eq!(text[4..7], ["mov rcx,r11", "lea r12d,[r12-4]", "mov r13d,edx"]);
     assert!(text.contains(&jmp_to(EXITS.indirect)), "{text:?}");
     assert!(!text.contains(&jmp_to(EXITS.call_miss)), "{text:?}");
     let hit = text.iter().position(|l| l == "inc ebx").expect("the callee's code");
     assert_eq!(text[hit - 1], "mov rcx,r11");
-    assert_eq!(text[hit + 1..hit + 3], ["lea r12d,[r12+4]", "inc eax"]);
+    assert_eq!(text[hit + 1], "inc eax", "the RET only cancels the deferred push");
     let over = text[..hit].iter().rposition(|l| l.starts_with("jmp ")).expect("the jump over the callee");
     assert_eq!(text[over - 1], "mov rcx,r11", "after the continuation's check");
     // A callee that stores (here to its argument) may rewrite its return
     // address: its RET pops it and checks it.
     let text = inlined_call_text(&[0x89, 0x5C, 0x24, 0x04, 0xC3]);
-    let hit = text.iter().position(|l| l == "mov gs:[r12d+4],ebx").expect("the callee's code");
-    assert_eq!(text[hit + 1..hit + 4], ["mov r13d,[r15+r12]", "lea r12d,[r12+4]", "mov r11,rcx"]);
-    assert_eq!(text[hit + 4], "lea ecx,[r13-1002h]");
-    assert_eq!(text[hit + 7], jmp_to(EXITS.ret_miss[0]));
-    assert_eq!(text[hit + 9], "inc eax");
+    let hit = text.iter().position(|l| l == "mov [r15+r12],ebx").expect("the callee's code");
+    assert_eq!(text[hit + 1..hit + 4], ["mov r13d,gs:[r12d-4]", "mov r11,rcx", "lea ecx,[r13-1002h]"]);
+    assert_eq!(text[hit + 6], jmp_to(EXITS.ret_miss[0]));
+    assert_eq!(text[hit + 8], "inc eax");
 }
 
 #[test]
