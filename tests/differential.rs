@@ -955,3 +955,106 @@ fn user_world_families() {
     maskmovdqu_cases(&mut h);
     h.finish("user maskmovdqu");
 }
+
+// ------------------------------------------------- inlined indirect calls
+
+/// A loop of `calls`: each iteration calls every callee through a memory
+/// operand (`call dword [esp]`, the target computed position-independently
+/// and never left in a register, so the worlds agree), the callees being
+/// random sequences ending in RET, the first on the next page. btvisor
+/// inlines those it can at their call sites (`exec::inline_calls`) after
+/// each site's first call. Returns the code and the callees' offsets.
+fn calls_loop(seed: u64, iterations: u32) -> (Seq, Vec<usize>) {
+    let mut rng = Rng::new(seed ^ 0xCA11_0000);
+    let n_callees = rng.range(1, 3) as usize;
+    let bodies: Vec<Seq> = (0..n_callees).map(|k| seqgen::random_seq(seed * 7 + k as u64)).collect();
+    // The callees: cmp eax, eax (defined flags) ; body ; ret.
+    let callee_code: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| {
+            let mut c = vec![0x39, 0xC0];
+            c.extend_from_slice(&b.code);
+            c.push(0xC3);
+            c
+        })
+        .collect();
+    const FIRST_CALLEE: usize = 0x1000;
+    let mut offsets = Vec::new();
+    let mut at = FIRST_CALLEE;
+    for c in &callee_code {
+        offsets.push(at);
+        at += c.len().next_multiple_of(16);
+    }
+    let end = at;
+    let mut code = vec![0x68];
+    code.extend_from_slice(&iterations.to_le_bytes()); // push N
+    let loop_top = code.len();
+    for &off in &offsets {
+        code.push(0x50); // push eax
+        code.extend_from_slice(&[0xE8, 0, 0, 0, 0]); // call 1f
+        let here = code.len();
+        code.push(0x58); // 1: pop eax
+        code.extend_from_slice(&[0x8D, 0x80]); // lea eax, [eax + off - here]
+        code.extend_from_slice(&((off as i64 - here as i64) as i32).to_le_bytes());
+        code.extend_from_slice(&[0x87, 0x04, 0x24]); // xchg eax, [esp]
+        code.extend_from_slice(&[0xFF, 0x14, 0x24]); // call dword [esp]
+        code.extend_from_slice(&[0x8D, 0x64, 0x24, 0x04]); // lea esp, [esp+4]
+    }
+    code.extend_from_slice(&[0xFF, 0x0C, 0x24]); // dec dword [esp]
+    code.extend_from_slice(&[0x0F, 0x85]); // jnz loop_top
+    let rel = loop_top as i64 - (code.len() + 4) as i64;
+    code.extend_from_slice(&(rel as i32).to_le_bytes());
+    code.extend_from_slice(&[0x8D, 0x64, 0x24, 0x04]); // lea esp, [esp+4]
+    code.push(0xE9); // jmp end
+    let rel = end as i64 - (code.len() + 4) as i64;
+    code.extend_from_slice(&(rel as i32).to_le_bytes());
+    assert!(code.len() <= FIRST_CALLEE, "the loop overran its page");
+    code.resize(FIRST_CALLEE, 0xCC);
+    for (c, &off) in callee_code.iter().zip(&offsets) {
+        code.resize(off, 0xCC);
+        code.extend_from_slice(c);
+    }
+    code.resize(end, 0xCC);
+    // DEC defines every arithmetic flag but CF, which the last callee left.
+    let undef = CF;
+    let len = code.len();
+    (Seq { code, undef_flags: undef, insns: n_callees, marks: vec![(len, undef)] }, offsets)
+}
+
+#[test]
+fn differential_inlined_callees() {
+    let seeds = env_num("BTV_DIFF_SEEDS").unwrap_or(1500);
+    let deadline = Instant::now() + budget();
+    let mut h = Harness::new();
+    // Ring 3 with paging, where the callee's page is probed and remapped.
+    let mut user = Harness::in_world(SnippetWorld::User);
+    let mut inlined = 0;
+    let mut run = 0;
+    for seed in 0..seeds {
+        if Instant::now() > deadline {
+            eprintln!("inlined callees: time budget spent after {seed} of {seeds} seeds");
+            break;
+        }
+        let (seq, _) = calls_loop(seed, 20);
+        let mut rng = Rng::new(seed ^ 0x1A9E_7000);
+        let inp = Input::random(&mut rng);
+        h.check(&format!("inlined callees seed {seed}"), &seq, &inp);
+        user.check(&format!("inlined callees seed {seed}"), &seq, &inp);
+        if h.failures + user.failures > MAX_REPORTS {
+            break;
+        }
+        // How many of these runs inline something (the flat world's stats).
+        let mut regs = inp.regs;
+        regs[4] = btvisor::snippet::SNIPPET_STACK_TOP;
+        regs[6] = btvisor::snippet::SNIPPET_DATA_ADDR;
+        let s = SnippetState { regs, eflags: inp.eflags, data: inp.data };
+        if let Ok((_, _, stats)) = btvisor::snippet::run_snippet_outcome(&seq.code, &s) {
+            run += 1;
+            inlined += usize::from(stats.inlined_calls > 0);
+        }
+    }
+    h.finish("inlined callees");
+    user.finish("inlined callees at ring 3");
+    eprintln!("inlined callees: {inlined} of {run} programs had a callee inlined");
+    assert!(inlined * 2 > run, "only {inlined} of {run} programs had a callee inlined");
+}
