@@ -519,34 +519,23 @@ mod tests {
 
     #[test]
     fn an_inlined_callee_is_spliced_after_its_call() {
-        // call edx ; inc eax ; hlt — and the callee mov [esp+4], ebx ; ret.
-        let mut b = decode_superblock(
-            &[0xFF, 0xD2, 0x40, 0xF4],
-            0x1000,
-            0x1000,
-            64,
-            3,
-            32,
-            Reach { calls: 1, ..Reach::default() },
-        );
-        let callee = decode_leaf(&[0x89, 0x5C, 0x24, 0x04, 0xC3], 0x2000, 0x2000, 3, 32).expect("a leaf");
-        b.inline_call(0, callee);
+        // call edx ; inc eax ; hlt — with the callee `callee` at 0x2000.
+        let spliced = |callee: &[u8]| {
+            let reach = Reach { calls: 1, ..Reach::default() };
+            let mut b = decode_superblock(&[0xFF, 0xD2, 0x40, 0xF4], 0x1000, 0x1000, 64, 3, 32, reach);
+            b.inline_call(0, decode_leaf(callee, 0x2000, 0x2000, 3, 32).expect("a leaf"));
+            b
+        };
+        // mov [esp+4], ebx ; ret
+        let b = spliced(&[0x89, 0x5C, 0x24, 0x04, 0xC3]);
         let ips: Vec<u32> = b.insns.iter().map(|i| i.ip32()).collect();
         assert_eq!(ips, [0x1000, 0x2000, 0x2004, 0x1002, 0x1003]);
         assert_eq!(b.classes[1..3], [Class::Ident, Class::Ret]);
         assert_eq!(b.inlined, Some(Inlined { call: 0, len: 2, start: 0x2000, end: 0x2005, stores: true }));
         assert_eq!(b.end, 0x1004, "the block's own extent");
-        let callee = decode_leaf(&[0x8B, 0x44, 0x24, 0x04, 0xC3], 0x2000, 0x2000, 3, 32).expect("a leaf");
-        let mut b = decode_superblock(
-            &[0xFF, 0xD2, 0x40, 0xF4],
-            0x1000,
-            0x1000,
-            64,
-            3,
-            32,
-            Reach { calls: 1, ..Reach::default() },
-        );
-        b.inline_call(0, callee);
+        assert!(b.in_callee(0x2004) && !b.in_callee(0x2005) && !b.in_callee(0x1002));
+        // mov eax, [esp+4] ; ret
+        let b = spliced(&[0x8B, 0x44, 0x24, 0x04, 0xC3]);
         assert!(!b.inlined.is_some_and(|c| c.stores), "a callee that only loads");
     }
 

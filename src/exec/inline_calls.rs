@@ -3,11 +3,12 @@
 //! A CALL through a function pointer to a small leaf — qsort's comparison
 //! function, a callback, an accessor — costs a jump-cache lookup, a host
 //! CALL, the callee's code-page probe, a host RET and the return check:
-//! about a dozen host instructions and four taken branches that native code
-//! does not run. A call site whose target is such a leaf (`decode_leaf`)
-//! gets the callee's code in its own block instead
-//! (`translate::Translator::inline_call`): a two-instruction guard on the
-//! target, the callee, and its RET's pop and return check.
+//! about 17 host instructions and four taken branches that native code does
+//! not run. A call site whose target is such a leaf (`decode_leaf`) gets
+//! the callee's code in its own block instead
+//! (`translate::Translator::inline_call`): a guard on the target (LEA and
+//! JRCXZ around a saved RCX), the callee, and a RET that only moves ESP
+//! (or, for a callee that stores, pops the return address and checks it).
 //!
 //! Which target a site calls is learnt from the site's first jump-cache
 //! miss (`exit::CALL_MISS`, which reports the return address): the hint is
@@ -102,8 +103,8 @@ impl Engine {
 
     /// Splice the callee learnt for the first indirect CALL of `block`
     /// (decoded at linear `lin`, wholly on physical page `phys`) that has
-    /// one, if it can be inlined there. The block must not be the target
-    /// of breakpoint cuts and must go past the CALL.
+    /// one, if it can be inlined there; the block goes past the CALL (it is
+    /// not its last instruction). Returns the callee's code.
     pub(super) fn splice_callee(
         &mut self,
         block: &mut GuestBlock,
@@ -118,10 +119,13 @@ impl Engine {
         let n = block.insns.len();
         let (k, target) =
             block.insns[..n.saturating_sub(1)].iter().zip(&block.classes).enumerate().find_map(|(k, (i, &c))| {
+                if c != Class::CallIndirect {
+                    return None;
+                }
                 let flat = i.op0_kind() != iced_x86::OpKind::Memory
                     || mode.seg_flat(crate::translate::seg_index(i.memory_segment()));
                 let t = *self.inline_hints.get(&cs_base.wrapping_add(i.next_ip32()))?;
-                (c == Class::CallIndirect && flat && t != NOT_INLINED).then_some((k, t))
+                (flat && t != NOT_INLINED).then_some((k, t))
             })?;
         let Callee { block: body, code } = self.inline_callee(target, mode)?;
         let disjoint = body.end <= block.start || body.start >= block.end;
