@@ -179,15 +179,11 @@ impl Engine {
     /// The current shadow context changed: move the timer's poll request
     /// (if one is pending) to the new windows' poll pages.
     pub(super) fn sync_poll_pages(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
         let pages = self.mem.poll_pages();
         if pages == self.sig.poll_pages {
             return;
         }
-        if self.sig.poll_armed.swap(false, Relaxed) {
-            for p in self.sig.poll_pages {
-                crate::memory::set_poll_page(p, false);
-            }
+        if self.sig.disarm_poll() {
             self.time_due = true;
         }
         self.sig.poll_pages = pages;

@@ -24,10 +24,7 @@ impl Engine {
             // A REP string instruction stopped between iterations: the state
             // is precise at it; look for interrupts and go on.
             self.unkick();
-            if !self.sig.kick_mode {
-                self.mem.set_poll(false);
-            }
-            self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.sig.disarm_poll();
             self.stats.polls += 1;
             self.time_due = true;
             return Step::Continue;
@@ -53,10 +50,7 @@ impl Engine {
                 // A PAUSE's count ran out (`Translator::pause_gate`).
                 self.pause_spin();
             }
-            if !self.sig.kick_mode {
-                self.mem.set_poll(false);
-            }
-            self.sig.poll_armed.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.sig.disarm_poll();
             self.stats.polls += 1;
             self.time_due = true;
             return Step::Continue;

@@ -23,8 +23,7 @@ impl Engine {
         // ran, and the code left some other way before a block's poll (a
         // soft string's yield, any exit; leaf returns have no poll): look at
         // the time now, as the poll would have.
-        if !self.sig.kick_mode && self.sig.poll_armed.load(Relaxed) && self.sig.poll_armed.swap(false, Relaxed) {
-            self.mem.set_poll(false);
+        if !self.sig.kick_mode && self.sig.poll_armed.load(Relaxed) != 0 && self.sig.disarm_poll() {
             self.time_due = true;
         }
         if self.time_due {

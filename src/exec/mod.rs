@@ -277,7 +277,7 @@ impl Engine {
             poll_pages: mem.poll_pages(),
             in_guest: std::sync::atomic::AtomicBool::new(false),
             timer_fired: std::sync::atomic::AtomicBool::new(false),
-            poll_armed: std::sync::atomic::AtomicBool::new(false),
+            poll_armed: std::sync::atomic::AtomicU8::new(0),
             kick_mode: false,
             fault: FaultRecord::default(),
         });

@@ -17,7 +17,10 @@ use std::sync::Once;
 
 use crate::cache::CodeCache;
 use crate::cpu::{HotState, RESUME_REGS};
-use crate::memory::set_poll_page;
+use crate::memory::{POLL_PAGE_OFFSET, set_poll_page};
+
+/// `SignalCtx::poll_armed` with both windows' poll pages armed.
+const POLL_BOTH: u8 = 0b11;
 use crate::translate::Fixup;
 
 /// Alternate signal stack size per thread.
@@ -53,12 +56,26 @@ pub struct SignalCtx {
     /// page); otherwise the timer just records that it fired.
     pub in_guest: std::sync::atomic::AtomicBool,
     pub timer_fired: std::sync::atomic::AtomicBool,
-    /// The timer made `poll_pages` inaccessible and no exit has undone it.
-    pub poll_armed: std::sync::atomic::AtomicBool,
+    /// Which of `poll_pages` (bit k for page k) the timer made
+    /// inaccessible, and no exit has made readable again (`disarm_poll`).
+    pub poll_armed: std::sync::atomic::AtomicU8,
     /// Multiprocessor vCPUs test `HotState::kick` at each block entry: the
     /// timer sets it instead of changing the poll pages' protection.
     pub kick_mode: bool,
     pub fault: FaultRecord,
+}
+
+impl SignalCtx {
+    /// Make the poll pages the timer armed readable again; whether any was.
+    pub fn disarm_poll(&self) -> bool {
+        let mask = self.poll_armed.swap(0, std::sync::atomic::Ordering::Relaxed);
+        for (k, &p) in self.poll_pages.iter().enumerate() {
+            if mask & (1 << k) != 0 {
+                set_poll_page(p, false);
+            }
+        }
+        mask != 0
+    }
 }
 
 thread_local! {
@@ -185,11 +202,24 @@ extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *m
                 (*ctx).timer_fired.store(true, Relaxed);
                 std::ptr::write_volatile(&mut (*(*ctx).hot).kick, 1);
             } else {
+                // Only the poll page of the window the code runs in (R15:
+                // translated code never changes it), unless the signal came
+                // before the trampoline set it or during a callout: one
+                // mprotect to arm and one to disarm instead of two each.
                 let pages = (*ctx).poll_pages;
-                for p in pages {
-                    set_poll_page(p, true);
+                let uc = &*(uc as *const libc::ucontext_t);
+                let r15 = uc.uc_mcontext.gregs[libc::REG_R15 as usize] as isize;
+                let live = (r15 + POLL_PAGE_OFFSET as isize) as usize;
+                let mask = match pages.iter().position(|&p| p == live) {
+                    Some(k) => 1 << k,
+                    None => POLL_BOTH,
+                };
+                for (k, &p) in pages.iter().enumerate() {
+                    if mask & (1 << k) != 0 {
+                        set_poll_page(p, true);
+                    }
                 }
-                (*ctx).poll_armed.store(true, Relaxed);
+                (*ctx).poll_armed.fetch_or(mask, Relaxed);
             }
             // A long REP string instruction is stopped between iterations.
             redirect(&mut *ctx, sig, &*info, &mut *(uc as *mut libc::ucontext_t), true);

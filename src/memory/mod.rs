@@ -469,13 +469,6 @@ impl GuestMemory {
         }
     }
 
-    /// Make the next poll load in translated code fault (or stop doing so).
-    pub fn set_poll(&self, request_exit: bool) {
-        for p in self.poll_pages() {
-            set_poll_page(p, request_exit);
-        }
-    }
-
     /// Read guest physical memory; devices answer for their ranges, other
     /// bytes outside RAM read as all ones.
     pub fn read(&self, addr: u32, buf: &mut [u8]) {

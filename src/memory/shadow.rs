@@ -296,14 +296,18 @@ impl Shadow {
     }
 
     /// Change the write protection of every shadow alias of `phys`, in
-    /// every context.
+    /// every context. A mapping of a read-only guest entry is read-only
+    /// either way (`prot_of`) and needs no call (a user text page's).
     pub(super) fn protect_aliases(&mut self, phys: u32, on: bool) {
         for c in &self.contexts {
             let Some(aliases) = c.rmap.get(&phys) else { continue };
             for &k in aliases.keys() {
                 let Some(e) = c.mapped.get(&k) else { continue };
+                if !e.writable {
+                    continue;
+                }
                 let addr = host_addr(c.window, k);
-                let prot = if on || !e.writable { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
+                let prot = if on { libc::PROT_READ } else { libc::PROT_READ | libc::PROT_WRITE };
                 // SAFETY: `addr` is a page of a window reservation we own
                 // that currently maps guest RAM.
                 unsafe { libc::mprotect(addr as *mut libc::c_void, PAGE_SIZE, prot) };
