@@ -680,3 +680,26 @@ fn a_store_into_an_inlined_callee_is_seen() {
     assert!(stats.inlined_calls > 0, "nothing was inlined");
     assert_eq!((st.regs[EBX], st.regs[ECX]), (51 + 49 * 10, 0));
 }
+
+#[test]
+fn an_execution_breakpoint_set_after_translation_is_taken() {
+    //    mov ecx, 3
+    // l: call f ; dec ecx ; jnz l          ; f's block is translated and chained
+    //    mov eax, f+1 ; mov dr0, eax ; mov eax, 1 ; mov dr7, eax   ; L0, execute
+    //    call f                             ; #DB at f+1, inside f's block
+    //    hlt
+    // f: inc ebx ; nop ; ret
+    let f = SNIPPET_CODE_ADDR + 35;
+    let mut code = vec![0xB9, 0x03, 0x00, 0x00, 0x00, 0xE8];
+    code.extend_from_slice(&(f - (SNIPPET_CODE_ADDR + 10)).to_le_bytes());
+    code.extend_from_slice(&[0x49, 0x75, 0xF8, 0xB8]);
+    code.extend_from_slice(&(f + 1).to_le_bytes());
+    code.extend_from_slice(&[0x0F, 0x23, 0xC0, 0xB8, 0x01, 0x00, 0x00, 0x00, 0x0F, 0x23, 0xF8, 0xE8]);
+    code.extend_from_slice(&(f - (SNIPPET_CODE_ADDR + 34)).to_le_bytes());
+    code.push(0xF4);
+    assert_eq!(code.len() as u32, f - SNIPPET_CODE_ADDR);
+    code.extend_from_slice(&[0x43, 0x90, 0xC3]);
+    let (out, st, _) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Exception { vector: 1, error_code: None, eip: f + 1 });
+    assert_eq!(st.regs[EBX], 4, "three calls, and the INC of the fourth before the breakpoint");
+}
