@@ -181,10 +181,8 @@ impl Engine {
     /// the debugger's, at linear addresses) after its first instruction
     /// (the dispatcher checks the first one).
     pub(super) fn cut_at_breakpoints(&self, block: &mut crate::decode::GuestBlock, cs_base: u32) {
-        let mut bps: Vec<u32> = (0..4)
-            .filter(|&n| self.cpu.dr[7] & (3 << (2 * n)) != 0 && (self.cpu.dr[7] >> (16 + 4 * n)) & 0xF == 0)
-            .map(|n| self.cpu.dr[n])
-            .collect();
+        let dr = &self.cpu.dr;
+        let mut bps = debug::exec_breakpoints(&[dr[0], dr[1], dr[2], dr[3], dr[7]]);
         bps.extend(self.debug_breakpoints());
         if let Some(cut) = block.insns.iter().skip(1).position(|i| bps.contains(&cs_base.wrapping_add(i.ip32()))) {
             let keep = cut + 1;

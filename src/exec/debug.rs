@@ -377,3 +377,10 @@ fn with_timer_blocked<T>(f: impl FnOnce() -> T) -> T {
         r
     }
 }
+
+/// The enabled execution breakpoints' linear addresses among `regs`
+/// (DR0-3, then DR7).
+pub(super) fn exec_breakpoints(regs: &[u32; 5]) -> Vec<u32> {
+    let dr7 = regs[4];
+    (0..4).filter(|&n| dr7 & (3 << (2 * n)) != 0 && (dr7 >> (16 + 4 * n)) & 0xF == 0).map(|n| regs[n]).collect()
+}

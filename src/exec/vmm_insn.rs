@@ -62,10 +62,10 @@ impl Engine {
         }
         let dregs = [self.cpu.dr[0], self.cpu.dr[1], self.cpu.dr[2], self.cpu.dr[3], self.cpu.dr[7]];
         if dregs != self.watch_regs {
-            let before = exec_breakpoints(&self.watch_regs);
+            let before = debug::exec_breakpoints(&self.watch_regs);
             self.watch_regs = dregs;
             self.arm_watchpoints();
-            if exec_breakpoints(&dregs) != before {
+            if debug::exec_breakpoints(&dregs) != before {
                 // Blocks (and inlined callees) translated before may run
                 // through a new execution breakpoint: blocks are cut at
                 // breakpoints when translated (`cut_at_breakpoints`).
@@ -261,10 +261,4 @@ fn loaded_data_segment(i: &Instruction) -> Option<usize> {
         return None;
     }
     interp::seg_index(i.op0_register()).filter(|&s| s != SEG_CS && s != crate::cpu::SEG_SS)
-}
-
-/// The enabled execution breakpoints' addresses among `regs` (DR0-3, DR7).
-fn exec_breakpoints(regs: &[u32; 5]) -> Vec<u32> {
-    let dr7 = regs[4];
-    (0..4).filter(|&n| dr7 & (3 << (2 * n)) != 0 && (dr7 >> (16 + 4 * n)) & 0xF == 0).map(|n| regs[n]).collect()
 }

@@ -67,7 +67,7 @@ pub(super) fn inline(t: &Translator) -> bool {
 }
 
 pub(super) fn indirect(t: &mut Translator) {
-    lookup(t, None);
+    lookup(t, false, None);
 }
 
 /// A guest CALL (its return address already pushed) to `direct`, or to
@@ -75,7 +75,7 @@ pub(super) fn indirect(t: &mut Translator) {
 /// transfer.
 pub(super) fn call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool) {
     match (inline(t), direct) {
-        (true, _) => host_call(t, direct, return_eip, fall_through),
+        (true, _) => host_call(t, direct, return_eip, fall_through, t.opts.learn_calls),
         (false, Some(target)) => t.direct_exit(target),
         (false, None) => indirect(t),
     }
@@ -93,16 +93,16 @@ pub(super) fn ret(t: &mut Translator) {
 }
 
 /// The lookup of R13D; with `call`, a hit is entered with a host CALL.
-/// A CALL's miss learns its target where `Options::learn_calls` asks
-/// (`exit::CALL_MISS`, the target and the return address; the engine may
-/// inline the target there, `exec::inline_calls`):
+/// With `learn` (a CALL's return address, where `Options::learn_calls`
+/// asks), a miss reports it (`exit::CALL_MISS`, with the target; the engine
+/// may inline the target there, `exec::inline_calls`):
 ///
 /// ```text
 ///     <probe> (jrcxz hit)
 ///     mov rcx, r11 ; mov dword [r14+exit_arg], return_eip ; jmp exit_call_miss
 /// hit: ...
 /// ```
-fn lookup(t: &mut Translator, call: Option<u32>) {
+fn lookup(t: &mut Translator, call: bool, learn: Option<u32>) {
     if !inline(t) {
         t.a.mov_mbase_r32(VCPU, OFF_EIP, SCRATCH);
         t.jmp_abs(t.exits_to.indirect);
@@ -112,24 +112,25 @@ fn lookup(t: &mut Translator, call: Option<u32>) {
     let rel8 = probe_to(&mut t.a, table);
     let miss_start = t.a.len();
     t.a.mov_r64_r64(RCX, R11);
-    match call {
-        Some(return_eip) if t.opts.learn_calls => {
+    match learn {
+        Some(return_eip) => {
             t.a.mov_mbase_imm32(VCPU, OFF_EXIT_ARG, return_eip);
             t.jmp_abs(t.exits_to.call_miss);
         }
-        _ => t.jmp_abs(t.exits_to.indirect),
+        None => t.jmp_abs(t.exits_to.indirect),
     }
     let len = t.a.len() - miss_start;
     debug_assert!(len <= i8::MAX as usize);
     t.a.buf[rel8] = len as u8;
-    enter_hit(&mut t.a, table, call.is_some());
+    enter_hit(&mut t.a, table, call);
 }
 
 /// A guest CALL's transfer where lookups are inline: the direct target through
 /// a chainable host CALL, or the indirect one (R13D) through the jump cache
 /// entered with a host CALL; then the continuation its RET comes back to,
 /// which goes on with the return site's code when the block does
-/// (`fall_through`), else to its block.
+/// (`fall_through`), else to its block. An indirect CALL's miss reports
+/// its return address with `learn` (`lookup`).
 ///
 /// ```text
 ///     call target_block | <probe> ; call [r14+r10*8+jc_targets]
@@ -137,13 +138,13 @@ fn lookup(t: &mut Translator, call: Option<u32>) {
 ///     mov rcx, r11 ; jmp ret_miss[table]                      ; it returned elsewhere
 /// 1:  mov rcx, r11 [; jmp return_block]                       ; chainable exit
 /// ```
-fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool) {
+pub(super) fn host_call(t: &mut Translator, direct: Option<u32>, return_eip: u32, fall_through: bool, learn: bool) {
     match direct {
         Some(target) => {
             let at = t.a.call_rel32();
             t.pending_exits.push((at, target));
         }
-        None => lookup(t, Some(return_eip)),
+        None => lookup(t, true, learn.then_some(return_eip)),
     }
     return_check(t, return_eip);
     if !fall_through {

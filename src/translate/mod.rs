@@ -612,12 +612,11 @@ impl<'a> Translator<'a> {
             // instruction's code.
             self.call_continues =
                 matches!(cls, Class::CallDirect | Class::CallIndirect) && k + 1 < n && lookup::inline(&self);
-            let callee_ret = inlined.is_some_and(|c| k == c.call + c.len);
+            let callee_ret = inlined.filter(|c| k == c.call + c.len);
             if let Some(c) = inlined.filter(|c| k == c.call) {
                 over_callee = Some(self.inline_call(i, c.start));
-            } else if callee_ret {
-                let call = &block.insns[inlined.map_or(0, |c| c.call)];
-                self.inline_return(i, call.next_ip32(), inlined.is_some_and(|c| c.stores));
+            } else if let Some(c) = callee_ret {
+                self.inline_return(i, block.insns[c.call].next_ip32(), c.stores);
                 if let Some(at) = over_callee.take() {
                     let here = self.a.len();
                     self.a.bind_rel32(at, here);
@@ -636,7 +635,7 @@ impl<'a> Translator<'a> {
             } else {
                 self.insn(i, cls);
             }
-            let ends = cls.ends_block() && !side_exit && !self.call_continues && !callee_ret;
+            let ends = cls.ends_block() && !side_exit && !self.call_continues && callee_ret.is_none();
             fell_through = !ends;
             if cls == Class::SysInline {
                 match i.mnemonic() {
@@ -818,10 +817,8 @@ impl<'a> Translator<'a> {
         if let Some(r) = reg {
             self.a.mov_r32_r32(SCRATCH, r);
         }
-        // The learning miss path is for CALLs not yet inlined.
-        let learn = std::mem::replace(&mut self.opts.learn_calls, false);
-        lookup::call(self, None, i.next_ip32(), true);
-        self.opts.learn_calls = learn;
+        // (Its miss learns nothing: the site is learnt.)
+        lookup::host_call(self, None, i.next_ip32(), true, false);
         let over = self.a.jmp_rel32();
         let skip = self.a.len() - (guard + 2);
         debug_assert!(skip <= i8::MAX as usize, "the guard's miss path is {skip} bytes");
@@ -1569,12 +1566,11 @@ fn internal_targets(block: &GuestBlock) -> Vec<u32> {
     }
     // An inlined callee is entered only through its CALL's guard (its RET
     // may assume the return address), and its branches stay within it.
-    let in_callee = |eip: u32| block.in_callee(eip);
     let mut targets: Vec<u32> = block.insns[..n.saturating_sub(1)]
         .iter()
         .zip(&block.classes)
         .filter(|&(i, &c)| c == Class::Jcc && i.near_branch32() > i.ip32())
-        .filter(|&(i, _)| in_callee(i.ip32()) == in_callee(i.near_branch32()))
+        .filter(|&(i, _)| block.in_callee(i.ip32()) == block.in_callee(i.near_branch32()))
         .map(|(i, _)| i.near_branch32())
         .filter(|&t| block.insns.iter().any(|i| i.ip32() == t))
         .collect();
