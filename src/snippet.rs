@@ -180,6 +180,9 @@ fn new_engine(mem: GuestMemory, soft_mmu: bool) -> Result<Engine, SnippetError> 
 }
 
 /// The user world: CPL 3 under paging.
+/// Where the user world puts the code and the top of its stack (linear).
+pub use user::{CODE_LIN as SNIPPET_USER_CODE, STACK_TOP_LIN as SNIPPET_USER_STACK_TOP};
+
 mod user {
     use super::*;
     use crate::fuzz::program::{G32, access, descriptor};

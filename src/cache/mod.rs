@@ -26,6 +26,18 @@ pub const MIN_CACHE_SIZE: usize = 64 * 1024;
 const POPULATE_CHUNK: usize = 512 << 10;
 /// Alignment of block entries (a cache line start helps the decoder).
 const BLOCK_ALIGN: usize = 16;
+/// Cache bytes per block the block and exit tables are reserved for at
+/// construction (a Linux boot averages about 195). Growing them by
+/// doubling instead copied both tables again and again while a boot
+/// translated its first tens of thousands of blocks; the reservation is
+/// address space only until blocks fill it.
+const RESERVED_BYTES_PER_BLOCK: usize = 128;
+/// Exits per block the exit table is reserved for (a Linux boot averages
+/// about 1.3).
+const RESERVED_EXITS_PER_BLOCK: usize = 2;
+/// Cache sizes above this reserve no more (a huge `-cache-size` should
+/// not reserve gigabytes of tables it may never fill).
+const RESERVED_CACHE_CAP: usize = 128 << 20;
 
 #[derive(Debug, Error)]
 pub enum CacheError {
@@ -151,6 +163,7 @@ impl CodeCache {
             return Err(CacheError::TooSmall(size));
         }
         let os = |what| CacheError::Os { what, source: std::io::Error::last_os_error() };
+        let reserved_blocks = size.min(RESERVED_CACHE_CAP) / RESERVED_BYTES_PER_BLOCK;
         // SAFETY: syscalls whose results are checked; the mappings are owned
         // by the returned value and released in Drop.
         unsafe {
@@ -182,9 +195,9 @@ impl CodeCache {
                 used: 0,
                 populated: 0,
                 base_used: 0,
-                blocks: Vec::new(),
+                blocks: Vec::with_capacity(reserved_blocks),
                 map: FastMap::default(),
-                exits: Vec::new(),
+                exits: Vec::with_capacity(reserved_blocks * RESERVED_EXITS_PER_BLOCK),
                 page_blocks: FastMap::default(),
                 lin_blocks: FastMap::default(),
                 flushes: 0,

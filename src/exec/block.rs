@@ -23,7 +23,7 @@ impl Engine {
         // A block ends at the page boundary of its EIP, which is the linear
         // one unless the CS base is not page-aligned.
         let reach = if cs_base.is_multiple_of(PAGE_SIZE as u32) { NEXT_PAGE_BYTES } else { PAGE_SIZE };
-        let fetch = self.fetch_code(lin, mode.cpl() == 3, reach)?;
+        let fetch = self.fetch_code(lin, mode.cpl() == 3, reach, max)?;
         if register && self.vcpu.is_some() {
             // Other vCPUs may store to the page: it must trap for all of
             // them before its bytes are decoded (`smp`).

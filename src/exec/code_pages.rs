@@ -4,6 +4,7 @@
 //! drops from the jump caches.
 
 use super::*;
+use crate::decode::MAX_INSN_LEN;
 
 /// Most ring-3 code pages kept with their chains while unconfirmed
 /// (`Engine::suspend`); beyond, pages are unlinked as before.
@@ -214,8 +215,10 @@ impl Engine {
 
     /// The code bytes from linear `lin` on: guest RAM itself with paging
     /// off, else a copy of the rest of its page and (when mapped) the first
-    /// `reach` bytes of the next one.
-    pub(super) fn fetch_code(&mut self, lin: u32, user: bool, reach: usize) -> Result<Fetch, Step> {
+    /// `reach` bytes of the next one — but no more than `max_insns`
+    /// instructions can span (a block of 64 needs at most 960 bytes, where
+    /// the rest of a page averages 2 KiB).
+    pub(super) fn fetch_code(&mut self, lin: u32, user: bool, reach: usize, max_insns: usize) -> Result<Fetch, Step> {
         if !self.mem.paging().enabled() {
             return Ok(Fetch::Flat);
         }
@@ -224,16 +227,19 @@ impl Engine {
             Ok(p) => p,
             Err(_) => return Err(self.fetch_fault(lin, user)),
         };
-        let next = page.wrapping_add(PAGE_SIZE as u32);
-        let p1 = self.mem.translate(next, false, user).ok();
         let head = PAGE_SIZE - (lin - page) as usize;
+        let limit = max_insns * MAX_INSN_LEN;
+        let next = page.wrapping_add(PAGE_SIZE as u32);
+        let p1 = if head < limit { self.mem.translate(next, false, user).ok() } else { None };
+        let first = head.min(limit);
+        let second = if p1.is_some() { reach.min(limit - first) } else { 0 };
         // The last fetch's buffer: no allocation per block.
         let mut buf = std::mem::take(&mut self.fetch_buf);
         buf.clear();
-        buf.resize(head + if p1.is_some() { reach } else { 0 }, 0);
-        self.mem.read(p0 + (lin - page), &mut buf[..head]);
+        buf.resize(first + second, 0);
+        self.mem.read(p0 + (lin - page), &mut buf[..first]);
         if let Some(p) = p1 {
-            self.mem.read(p, &mut buf[head..]);
+            self.mem.read(p, &mut buf[first..]);
         }
         Ok(Fetch::Paged { buf, start: lin, phys: [Some(p0), p1] })
     }
