@@ -43,6 +43,7 @@ fn translate_all(ram: &[u8], text: &[(u32, u32)]) -> (u64, usize) {
                     pause_gate: false,
                     probe: None,
                     learn_calls: false,
+                    continuation_entries: true,
                 },
                 ram,
             )

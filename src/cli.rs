@@ -57,6 +57,8 @@ pub struct TraceFlags {
     pub nochain: bool,
     /// No leaf callees inlined at indirect CALLs (for comparisons).
     pub noinline: bool,
+    /// No entries at CALL continuations inside blocks (for comparisons).
+    pub nocont: bool,
 }
 
 /// The validated configuration of one run.
@@ -141,6 +143,7 @@ const TRACE_CLASSES: &[(&str, &str)] = &[
     ("cpu", "show the CPU state before each block"),
     ("nochain", "do not chain blocks (every block entry is traced)"),
     ("noinline", "do not inline leaf functions at indirect calls"),
+    ("nocont", "do not make the continuations of calls entries of their blocks"),
 ];
 
 /// Why the command line was rejected (or, for help, why nothing runs).
@@ -629,6 +632,7 @@ fn parse_trace(list: &str, trace: &mut TraceFlags) -> Result<(), CliError> {
             "cpu" => trace.cpu = true,
             "nochain" => trace.nochain = true,
             "noinline" => trace.noinline = true,
+            "nocont" => trace.nocont = true,
             "help" => return Err(CliError::TraceHelp),
             _ => return Err(CliError::UnknownTraceClass(item.to_owned())),
         }

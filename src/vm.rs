@@ -104,6 +104,7 @@ fn engine_options(config: &Config) -> EngineOptions {
         soft_mmu: config.soft_mmu,
         perfmap: config.perfmap,
         inline_calls: !t.noinline,
+        continuation_entries: !t.nocont,
         cache_size: config.cache_bytes.map_or(crate::cache::DEFAULT_CACHE_SIZE, |b| b as usize),
     }
 }

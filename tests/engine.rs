@@ -551,6 +551,44 @@ fn a_rewritten_return_address_is_followed() {
     assert_eq!((st.regs[EAX], st.regs[EBX], st.regs[ECX]), (0, 3, 0));
 }
 
+#[test]
+fn a_return_that_misses_the_host_stack_enters_the_continuation() {
+    //    mov ecx, 3
+    // l: call g
+    // c: inc eax          ; the call's continuation, inside the block of l
+    //    dec ecx ; jnz l ; hlt
+    // g: mov ebx, cr0     ; the VMM's: translated code leaves, and the host
+    //    ret              ; return stack with it, so RET looks c up
+    let code =
+        [0xB9, 0x03, 0x00, 0x00, 0x00, 0xE8, 0x05, 0, 0, 0, 0x40, 0x49, 0x75, 0xF7, 0xF4, 0x0F, 0x20, 0xC3, 0xC3];
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 14, interrupts_enabled: false });
+    assert_eq!((st.regs[EAX], st.regs[ECX]), (3, 0));
+    assert!(stats.continuation_entries > 0, "the return never entered at the continuation");
+}
+
+#[test]
+fn a_store_into_a_continuation_is_seen_by_the_next_return() {
+    // As above, but on its second call g rewrites the continuation's
+    // `inc eax` into `inc edx`: the second and third returns run that.
+    //    mov ecx, 3
+    // l: call g
+    // c: inc eax
+    //    dec ecx ; jnz l ; hlt
+    // g: cmp ecx, 2 ; jne skip
+    //    mov byte [c], 0x42
+    // skip: mov ebx, cr0 ; ret
+    let c = (SNIPPET_CODE_ADDR + 10).to_le_bytes();
+    let code = [
+        0xB9, 0x03, 0x00, 0x00, 0x00, 0xE8, 0x05, 0, 0, 0, 0x40, 0x49, 0x75, 0xF7, 0xF4, 0x83, 0xF9, 0x02, 0x75, 0x07,
+        0xC6, 0x05, c[0], c[1], c[2], c[3], 0x42, 0x0F, 0x20, 0xC3, 0xC3,
+    ];
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 14, interrupts_enabled: false });
+    assert_eq!((st.regs[EAX], st.regs[EDX], st.regs[ECX]), (1, 2, 0));
+    assert!(stats.continuation_entries > 0 && stats.smc_pages > 0);
+}
+
 /// Accesses through a segment with a base and a 4 GiB limit (the TLS GS,
 /// Linux's per-CPU FS) add the base without a limit check, and the same
 /// translation form faults when the register is null. Loads GS with the

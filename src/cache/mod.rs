@@ -80,6 +80,10 @@ pub struct Block {
     /// The guest addresses `[start, end)` of a callee inlined in the block
     /// (`exec::inline_calls`), whose page is `pages.1`.
     pub inlined: Option<(u32, u32)>,
+    /// Entries at the continuations of the block's CALLs: (linear address,
+    /// offset of the entry stub), on the block's first page
+    /// (`translate::Options::continuation_entries`, `CodeCache::lookup_entry`).
+    pub entries: Vec<(u32, u32)>,
 }
 
 impl Block {
@@ -151,6 +155,9 @@ pub struct CodeCache {
     /// Linear page -> blocks whose code it holds (paging: INVLPG of a page
     /// unchains only the blocks reached through it).
     lin_blocks: FastMap<u32, LinPage>,
+    /// (`Mode::key(linear address)`, physical page) -> the block holding an
+    /// entry there and the entry's offset (`Block::entries`).
+    entry_map: FastMap<(u64, u32), (BlockId, u32)>,
     pub flushes: u64,
 }
 
@@ -200,6 +207,7 @@ impl CodeCache {
                 exits: Vec::with_capacity(reserved_blocks * RESERVED_EXITS_PER_BLOCK),
                 page_blocks: FastMap::default(),
                 lin_blocks: FastMap::default(),
+                entry_map: FastMap::default(),
                 flushes: 0,
             })
         }
@@ -326,9 +334,13 @@ impl CodeCache {
             pages,
             indexed: false,
             inlined,
+            entries: if register { t.entries } else { Vec::new() },
         });
         if register {
             self.map.insert((mode.key(eip), phys), id);
+            for &(lin, off) in &self.blocks[id as usize].entries {
+                self.entry_map.insert((mode.key(lin), phys), (id, off));
+            }
             self.page_blocks.entry(pages.0).or_default().push(id);
             if pages.1 != pages.0 {
                 self.page_blocks.entry(pages.1).or_default().push(id);
@@ -339,6 +351,14 @@ impl CodeCache {
 
     pub fn lookup(&self, eip: u32, mode: Mode, phys: u32) -> Option<BlockId> {
         self.map.get(&(mode.key(eip), phys)).copied()
+    }
+
+    /// A valid block with an entry at linear `eip` of physical page `phys`
+    /// in `mode` (`Block::entries`), and the entry's host address.
+    pub fn lookup_entry(&self, eip: u32, mode: Mode, phys: u32) -> Option<(BlockId, usize)> {
+        let &(id, off) = self.entry_map.get(&(mode.key(eip), phys))?;
+        let b = self.blocks.get(id as usize).filter(|b| b.valid)?;
+        Some((id, b.host + off as usize))
     }
 
     /// Record the linear pages a block's code was fetched from.
@@ -411,6 +431,19 @@ impl CodeCache {
             self.blocks[id as usize].incoming = kept;
             let slot = jc_slot(mode, eip);
             if hot.jc_targets[slot] == host as u64 {
+                hot.jc_keys[slot] = JC_EMPTY_KEY;
+            }
+            self.forget_entries_in_jump_cache(id, hot);
+        }
+    }
+
+    /// Drop the jump-cache entries that lead to block `id`'s further
+    /// entries (`Block::entries`).
+    fn forget_entries_in_jump_cache(&self, id: BlockId, hot: &mut HotState) {
+        let b = &self.blocks[id as usize];
+        for &(lin, off) in &b.entries {
+            let slot = jc_slot(b.mode, lin);
+            if hot.jc_targets[slot] == (b.host + off as usize) as u64 {
                 hot.jc_keys[slot] = JC_EMPTY_KEY;
             }
         }
@@ -527,6 +560,12 @@ impl CodeCache {
         if hot.jc_targets[slot] == host as u64 {
             hot.jc_keys[slot] = JC_EMPTY_KEY;
         }
+        self.forget_entries_in_jump_cache(id, hot);
+        for &(lin, off) in &self.blocks[id as usize].entries {
+            if self.entry_map.get(&(mode.key(lin), phys)) == Some(&(id, off)) {
+                self.entry_map.remove(&(mode.key(lin), phys));
+            }
+        }
         for ex in incoming {
             let e = self.exits[ex as usize];
             if e.linked == Some(id) {
@@ -556,6 +595,7 @@ impl CodeCache {
         self.exits.clear();
         self.page_blocks.clear();
         self.lin_blocks.clear();
+        self.entry_map.clear();
         hot.jc_keys.fill(JC_EMPTY_KEY);
         self.flushes += 1;
     }
@@ -635,6 +675,7 @@ mod tests {
             uses_fpu: false,
             entry_off: entry.0,
             entry_skip: entry.1,
+            entries: Vec::new(),
         };
         let exit = c.next_exit_id();
         let id = c.install(lin, Mode::default(), phys, lin + 16, (phys, phys), None, t, true).expect("room");

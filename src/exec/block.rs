@@ -107,6 +107,7 @@ impl Engine {
             // their blocks' entries confirm the page (`code_pages`).
             probe: (register && self.opts.chaining && mode.cpl() == 3 && self.mem.paging().enabled()).then_some(lin),
             learn_calls: register && self.may_inline(),
+            continuation_entries: register && self.may_add_entries(),
         };
         for attempt in 0..2 {
             let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
@@ -122,7 +123,11 @@ impl Engine {
             if let Some(c) = &callee {
                 tr = tr.with_inline_code(&c.bytes, block.inlined.map_or(0, |s| s.start));
             }
-            let t = tr.translate(&block);
+            let mut t = tr.translate(&block);
+            // Entries are keyed by linear address, as blocks are.
+            for e in &mut t.entries {
+                e.0 = cs_base.wrapping_add(e.0);
+            }
             if !self.cache.fits(t.code.len()) {
                 if attempt == 0 {
                     self.flush();

@@ -56,6 +56,21 @@ impl Engine {
             && self.cpu.dr[7] & DR7_ENABLE_MASK == 0
     }
 
+    /// May blocks get entries at the continuations of their CALLs
+    /// (`translate::Options::continuation_entries`)? Not where each entry
+    /// must be seen by the dispatcher (tracing, breakpoints, a debugger),
+    /// nor under icount or on multiprocessor machines, whose blocks check
+    /// a budget or a kick at their start.
+    pub(super) fn may_add_entries(&self) -> bool {
+        self.opts.continuation_entries
+            && self.opts.chaining
+            && !self.opts.icount
+            && self.vcpu.is_none()
+            && self.debug.is_none()
+            && self.cpu.dr[7] & DR7_ENABLE_MASK == 0
+            && !(self.opts.trace.exec || self.opts.trace.cpu)
+    }
+
     /// An indirect CALL in a block of mode `self.mode` missed the jump cache
     /// (`exit::CALL_MISS`): `return_eip` is its return address, `target`
     /// its target. A first miss at a site whose target can be inlined drops

@@ -98,6 +98,10 @@ pub struct EngineOptions {
     /// Inline leaf callees at the indirect CALLs that reach them
     /// (`inline_calls`; `-d noinline` turns it off).
     pub inline_calls: bool,
+    /// Make the continuations of the CALLs a block goes past entries of
+    /// their own (`translate::Options::continuation_entries`; `-d nocont`
+    /// turns it off).
+    pub continuation_entries: bool,
 }
 
 impl Default for EngineOptions {
@@ -110,6 +114,7 @@ impl Default for EngineOptions {
             soft_mmu: false,
             perfmap: false,
             inline_calls: true,
+            continuation_entries: true,
         }
     }
 }
@@ -524,6 +529,31 @@ impl Engine {
                 }
             };
             let found = self.cache.lookup(lin, mode, phys).filter(|&id| self.still_valid(id, lin));
+            // Reached other than by a chain (a return that missed the host
+            // return stack, mostly): the continuation of a CALL inside a
+            // block serves, instead of the rest of that block translated
+            // again. (A chain would need its own exit, so a direct branch
+            // gets a block.)
+            let entry = match (found, chain_from) {
+                (None, None) => self.cache.lookup_entry(lin, mode, phys).filter(|&(id, _)| self.still_valid(id, lin)),
+                _ => None,
+            };
+            if let Some((_, host)) = entry {
+                self.stats.continuation_entries += 1;
+                if let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host)
+                    && !self.jc_marked[s]
+                {
+                    self.jc_marked[s] = true;
+                    self.jc_used.push(s as u32);
+                }
+                match self.enter(host) {
+                    Step::Chain(e) => chain_from = Some(e),
+                    Step::Continue => {}
+                    Step::Done(out) => return out,
+                }
+                clean = self.exited_clean();
+                continue;
+            }
             let id = match found {
                 Some(id) => id,
                 None => match self.translate(eip, mode, true) {

@@ -40,6 +40,9 @@ pub struct Stats {
     pub return_stack_resets: u64,
     /// Blocks translated with a callee inlined at an indirect CALL.
     pub inlined_calls: u64,
+    /// Blocks entered at a CALL's continuation (`Block::entries`) by the
+    /// dispatcher, which would otherwise have translated a new block.
+    pub continuation_entries: u64,
     /// VMM callouts per mnemonic (indexed by `Mnemonic as usize`).
     pub callouts: Vec<u64>,
 }
@@ -80,6 +83,7 @@ impl Stats {
         let _ = writeln!(s, "  code cache used         {cache_used} of {cache_size} bytes ({} flushes)", self.flushes);
         let _ = writeln!(s, "  chains made             {}", self.chains);
         let _ = writeln!(s, "  blocks with a call inlined {}", self.inlined_calls);
+        let _ = writeln!(s, "  entered at a continuation {}", self.continuation_entries);
         let names = [
             (exit::CHAIN, "chain (unlinked direct exit)"),
             (exit::INDIRECT, "indirect lookup miss"),

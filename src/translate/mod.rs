@@ -107,6 +107,9 @@ pub struct Translation {
     pub entry_off: u32,
     /// Offset past the probe: where a chain from the same page enters.
     pub entry_skip: u32,
+    /// Further entries (`Options::continuation_entries`): (guest EIP of a
+    /// CALL's continuation the block goes on with, offset of its entry stub).
+    pub entries: Vec<(u32, u32)>,
 }
 
 /// Translation options.
@@ -136,6 +139,11 @@ pub struct Options {
     /// jump cache, telling the engine their target, which it may inline
     /// there when it translates the caller again (`exec::inline_calls`).
     pub learn_calls: bool,
+    /// Make the continuations of the CALLs the block goes past entries of
+    /// their own (`Translation::entries`), so that a return that misses
+    /// the host return stack finds code there instead of translating the
+    /// rest of the block again (`continuation_entry_stubs`).
+    pub continuation_entries: bool,
 }
 
 /// Under `-icount`, must `i` (of class `cls`) see the virtual clock up to
@@ -161,6 +169,8 @@ pub struct Translator<'a> {
     /// The CALL being translated is not the block's last instruction: its
     /// host CALL's continuation falls into the return site's code.
     call_continues: bool,
+    /// (guest EIP, code offset) of the continuations that become entries.
+    entries: Vec<(u32, u32)>,
     /// Guest code the instructions were decoded from; index 0 is EIP `code_base`.
     code: &'a [u8],
     code_base: u32,
@@ -442,6 +452,7 @@ impl<'a> Translator<'a> {
             pending_exits: Vec::new(),
             esp_delta: 0,
             call_continues: false,
+            entries: Vec::new(),
             code,
             code_base: 0,
             inline_code: None,
@@ -597,6 +608,9 @@ impl<'a> Translator<'a> {
         let inlined = block.inlined;
         let mut over_callee: Option<usize> = None;
         for (k, (i, &cls)) in block.insns.iter().zip(&block.classes).enumerate() {
+            if std::mem::take(&mut self.call_continues) && self.continuation_entry_ok(block, i.ip32()) {
+                self.entries.push((i.ip32(), self.a.len() as u32));
+            }
             if internal.binary_search(&i.ip32()).is_ok() {
                 // Reached by a jump too: no deferred ESP update pending.
                 self.flush_esp();
@@ -663,6 +677,7 @@ impl<'a> Translator<'a> {
                 None => self.pending_exits.push((at, target)),
             }
         }
+        self.call_continues = false;
         // Tails of the direct exits.
         let mut exits = Vec::with_capacity(self.pending_exits.len());
         let pending = std::mem::take(&mut self.pending_exits);
@@ -674,7 +689,49 @@ impl<'a> Translator<'a> {
             self.jmp_abs(self.exits_to.chain);
             exits.push(ExitSite { rel32_off: at as u32, tail_off: tail as u32, target });
         }
-        Translation { code: self.a.buf, insn_map: self.insn_map, exits, uses_fpu: fpu, entry_off, entry_skip }
+        let entries = self.continuation_entry_stubs();
+        Translation { code: self.a.buf, insn_map: self.insn_map, exits, uses_fpu: fpu, entry_off, entry_skip, entries }
+    }
+
+    /// May the continuation at `eip` of the CALL just translated become an
+    /// entry? Only where nothing is deferred or assumed there: no ESP update
+    /// pending, not inside an inlined callee, on the block's first page
+    /// (whose mapping the block's own lookup key vouches for), in a block
+    /// with no entry check of its own to skip (a ring-3 code-page probe,
+    /// the icount budget, a vCPU's kick check).
+    fn continuation_entry_ok(&self, block: &GuestBlock, eip: u32) -> bool {
+        self.opts.continuation_entries
+            && self.opts.probe.is_none()
+            && !self.opts.icount
+            && !self.opts.kick_check
+            && !self.opts.pause_gate
+            && self.esp_delta == 0
+            && !block.in_callee(eip)
+            && eip & !0xFFF == block.start & !0xFFF
+    }
+
+    /// The entry stubs of the continuations `continuation_entry_ok` chose,
+    /// after the rest of the block's code; returns (guest EIP, stub offset)
+    /// of each. A stub polls, as a block's entry does, since it can be
+    /// entered from the jump cache in a loop of translated code:
+    ///
+    /// ```text
+    /// stub:  mov r13d, [r15 + poll]      ; insn_map: the continuation's EIP
+    ///        jmp continuation            ; the code after the CALL's return check
+    /// ```
+    fn continuation_entry_stubs(&mut self) -> Vec<(u32, u32)> {
+        let entries = std::mem::take(&mut self.entries);
+        let mut stubs = Vec::with_capacity(entries.len());
+        for (eip, code) in entries {
+            let stub = self.a.len() as u32;
+            self.esp_delta = 0;
+            self.mark(eip, Fixup::None);
+            self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
+            let at = self.a.jmp_rel32();
+            self.a.bind_rel32(at, code as usize);
+            stubs.push((eip, stub));
+        }
+        stubs
     }
 
     fn mark(&mut self, eip: u32, fixup: Fixup) {

@@ -39,6 +39,7 @@ fn opts(mode: Mode) -> Options {
         pause_gate: false,
         probe: None,
         learn_calls: false,
+        continuation_entries: false,
     }
 }
 
@@ -396,6 +397,30 @@ fn golden_call_direct() {
     let mut want = continuation_text(start, 0x1005, None);
     want.push("inc eax".into());
     assert_eq!(disasm(&t.code, start, start + 3 + 7 + 2 + 3 + 5 + 3 + 2), want);
+}
+
+#[test]
+fn golden_continuation_entry() {
+    // call $+0x15 ; inc eax ; hlt with Options::continuation_entries: the
+    // continuation (inc eax at 0x1005) gets an entry stub after the block's
+    // code, which polls and jumps to it; the stub maps to 0x1005.
+    let guest = [0xE8, 0x10, 0x00, 0x00, 0x00, 0x40, 0xF4];
+    let mem = guest_mem(&guest);
+    let b = crate::decode::decode_superblock(&mem, 0, GUEST_AT, 64, 0, 32, Reach { side_exits: 0, calls: 1 });
+    let o = Options { continuation_entries: true, ..opts(Mode::default()) };
+    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    assert_eq!(t.entries.len(), 1);
+    let (eip, stub) = t.entries[0];
+    assert_eq!(eip, 0x1005);
+    let start = 7 + 11 + 5 + 5;
+    let cont = start + 3 + 7 + 2 + 3 + 5 + 3;
+    assert_eq!(disasm(&t.code, cont, cont + 2), ["inc eax"]);
+    assert_eq!(disasm(&t.code, stub as usize, t.code.len()), [POLL.to_string(), jmp_to(host(cont))]);
+    let mapped = t.insn_map.iter().rev().find(|e| e.host_off <= stub).expect("stub mapped");
+    assert_eq!((mapped.eip, mapped.esp_delta), (0x1005, 0));
+    // Not at ring 3 with a code-page probe, whose entry it would skip.
+    let o = Options { continuation_entries: true, probe: Some(GUEST_AT), ..opts(Mode::default()) };
+    assert!(Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b).entries.is_empty());
 }
 
 /// `call edx ; inc eax ; hlt` at `GUEST_AT` with `callee` (at 0x1010)
