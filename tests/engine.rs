@@ -4,7 +4,10 @@
 use std::process::Command;
 
 use btvisor::exec::RunOutcome;
-use btvisor::snippet::{SNIPPET_CODE_ADDR, SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SnippetState, run_snippet_outcome};
+use btvisor::snippet::{
+    SNIPPET_CODE_ADDR, SNIPPET_DATA_ADDR, SNIPPET_STACK_TOP, SNIPPET_USER_STACK_TOP, SnippetState, SnippetWorld,
+    run_snippet_in, run_snippet_outcome,
+};
 
 fn state(regs: [(usize, u32); 3]) -> SnippetState {
     let mut s = SnippetState { regs: [0; 8], eflags: 2, data: [0; 256] };
@@ -587,6 +590,27 @@ fn a_store_into_a_continuation_is_seen_by_the_next_return() {
     assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 14, interrupts_enabled: false });
     assert_eq!((st.regs[EAX], st.regs[EDX], st.regs[ECX]), (1, 2, 0));
     assert!(stats.continuation_entries > 0 && stats.smc_pages > 0);
+}
+
+#[test]
+fn continuations_entered_after_a_first_chain_exit_in_both_worlds() {
+    //    mov ecx, 3
+    // l: call g
+    //    inc eax ; dec ecx ; jnz l ; jmp end
+    // g: jmp g2           ; untranslated the first time: translated code
+    // g2: ret             ;   leaves, and the RET looks its return site up
+    // end:
+    let code =
+        [0xB9, 0x03, 0x00, 0x00, 0x00, 0xE8, 0x06, 0, 0, 0, 0x40, 0x49, 0x75, 0xF7, 0xEB, 0x03, 0xEB, 0x00, 0xC3];
+    let input = state([(EAX, 0), (ECX, 0), (EDX, 0)]);
+    let (_, st, stats) = run_snippet_outcome(&code, &input).expect("runs");
+    assert_eq!((st.regs[EAX], st.regs[ECX]), (3, 0));
+    assert!(stats.continuation_entries > 0);
+    // At ring 3 with paging the entry stub confirms the code page first.
+    let mut input = input;
+    input.regs[4] = SNIPPET_USER_STACK_TOP;
+    let st = run_snippet_in(SnippetWorld::User, &code, &input, false).expect("runs");
+    assert_eq!((st.regs[EAX], st.regs[ECX]), (3, 0));
 }
 
 /// Accesses through a segment with a base and a 4 GiB limit (the TLS GS,

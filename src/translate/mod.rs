@@ -697,11 +697,11 @@ impl<'a> Translator<'a> {
     /// entry? Only where nothing is deferred or assumed there: no ESP update
     /// pending, not inside an inlined callee, on the block's first page
     /// (whose mapping the block's own lookup key vouches for), in a block
-    /// with no entry check of its own to skip (a ring-3 code-page probe,
-    /// the icount budget, a vCPU's kick check).
+    /// with no entry check of its own that a stub would skip (the icount
+    /// budget, a vCPU's kick check; a ring-3 code-page probe the stub makes
+    /// itself).
     fn continuation_entry_ok(&self, block: &GuestBlock, eip: u32) -> bool {
         self.opts.continuation_entries
-            && self.opts.probe.is_none()
             && !self.opts.icount
             && !self.opts.kick_check
             && !self.opts.pause_gate
@@ -713,19 +713,28 @@ impl<'a> Translator<'a> {
     /// The entry stubs of the continuations `continuation_entry_ok` chose,
     /// after the rest of the block's code; returns (guest EIP, stub offset)
     /// of each. A stub polls, as a block's entry does, since it can be
-    /// entered from the jump cache in a loop of translated code:
+    /// entered from the jump cache in a loop of translated code; in a
+    /// ring-3 block it first confirms the code page as the block's entry
+    /// does (`code_page_probe`, whose miss path leaves with the
+    /// continuation's EIP):
     ///
     /// ```text
-    /// stub:  mov r13d, [r15 + poll]      ; insn_map: the continuation's EIP
+    ///       [<code-page probe's miss path>]
+    /// stub: [<code-page probe>]
+    ///        mov r13d, [r15 + poll]      ; insn_map: the continuation's EIP
     ///        jmp continuation            ; the code after the CALL's return check
     /// ```
     fn continuation_entry_stubs(&mut self) -> Vec<(u32, u32)> {
         let entries = std::mem::take(&mut self.entries);
         let mut stubs = Vec::with_capacity(entries.len());
         for (eip, code) in entries {
-            let stub = self.a.len() as u32;
             self.esp_delta = 0;
             self.mark(eip, Fixup::None);
+            let stub = match self.opts.probe {
+                // (The continuation is on the block's first page.)
+                Some(lin) => self.code_page_probe(eip, lin).0,
+                None => self.a.len() as u32,
+            };
             self.a.mov_r32_mbase(SCRATCH, WINDOW, POLL_PAGE_OFFSET);
             let at = self.a.jmp_rel32();
             self.a.bind_rel32(at, code as usize);

@@ -418,9 +418,21 @@ fn golden_continuation_entry() {
     assert_eq!(disasm(&t.code, stub as usize, t.code.len()), [POLL.to_string(), jmp_to(host(cont))]);
     let mapped = t.insn_map.iter().rev().find(|e| e.host_off <= stub).expect("stub mapped");
     assert_eq!((mapped.eip, mapped.esp_delta), (0x1005, 0));
-    // Not at ring 3 with a code-page probe, whose entry it would skip.
-    let o = Options { continuation_entries: true, probe: Some(GUEST_AT), ..opts(Mode::default()) };
-    assert!(Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b).entries.is_empty());
+    // A ring-3 block's stub confirms the code page first, as the block's
+    // entry does; its miss path leaves with the continuation's EIP.
+    let o = Options { continuation_entries: true, probe: Some(GUEST_AT), ..opts(Mode(3)) };
+    let t = Translator::new(HOST_BASE, EXITS, 0, o, &mem).translate(&b);
+    let (_, stub) = t.entries[0];
+    let text = disasm(&t.code, stub as usize, t.code.len());
+    assert_eq!(text[0], "mov r11,rcx");
+    assert!(text[1].starts_with("movzx ecx,byte ptr [r14+") && text[2].starts_with("jrcxz "), "{text:?}");
+    assert_eq!(text[3..5], ["mov rcx,r11".to_string(), POLL.to_string()]);
+    let miss = text[2].trim_start_matches("jrcxz ").trim_end_matches('h');
+    let miss = usize::from_str_radix(miss, 16).expect("jrcxz target") - HOST_BASE;
+    assert_eq!(
+        disasm(&t.code, miss, stub as usize),
+        ["mov rcx,r11", "mov dword ptr [r14+20h],1005h", jmp_to(EXITS.probe_miss).as_str()]
+    );
 }
 
 /// `call edx ; inc eax ; hlt` at `GUEST_AT` with `callee` (at 0x1010)
