@@ -43,32 +43,31 @@ pub(super) struct CalleeCode {
 }
 
 impl Engine {
-    /// May blocks inline callees? Not under `-icount` (blocks charge their
-    /// instructions at entry), with breakpoints or a debugger (which cut
-    /// blocks at addresses), or on a multiprocessor machine (whose code-page
-    /// protocol protects a block's pages before decoding them).
-    pub(super) fn may_inline(&self) -> bool {
-        self.opts.inline_calls
-            && self.opts.chaining
+    /// Is this a plain run, where blocks may hold shortcuts that assume
+    /// one vCPU, no icount budget and no breakpoints (inlined callees,
+    /// continuation entries)? Under `-icount` blocks charge their
+    /// instructions at entry; breakpoints and a debugger cut blocks at
+    /// addresses; a multiprocessor machine's code-page protocol protects a
+    /// block's pages before decoding them and its blocks check a kick at
+    /// their start.
+    fn plain_run(&self) -> bool {
+        self.opts.chaining
             && !self.opts.icount
             && self.vcpu.is_none()
             && self.debug.is_none()
             && self.cpu.dr[7] & DR7_ENABLE_MASK == 0
     }
 
+    /// May blocks inline callees (`-d noinline` says no)?
+    pub(super) fn may_inline(&self) -> bool {
+        self.opts.inline_calls && self.plain_run()
+    }
+
     /// May blocks get entries at the continuations of their CALLs
-    /// (`translate::Options::continuation_entries`)? Not where each entry
-    /// must be seen by the dispatcher (tracing, breakpoints, a debugger),
-    /// nor under icount or on multiprocessor machines, whose blocks check
-    /// a budget or a kick at their start.
+    /// (`translate::Options::continuation_entries`; `-d nocont` says no)?
+    /// Not where the dispatcher must see every block entry (`-d exec`).
     pub(super) fn may_add_entries(&self) -> bool {
-        self.opts.continuation_entries
-            && self.opts.chaining
-            && !self.opts.icount
-            && self.vcpu.is_none()
-            && self.debug.is_none()
-            && self.cpu.dr[7] & DR7_ENABLE_MASK == 0
-            && !(self.opts.trace.exec || self.opts.trace.cpu)
+        self.opts.continuation_entries && self.plain_run() && !(self.opts.trace.exec || self.opts.trace.cpu)
     }
 
     /// An indirect CALL in a block of mode `self.mode` missed the jump cache

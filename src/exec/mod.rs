@@ -509,12 +509,9 @@ impl Engine {
                 let s = crate::cache::jc_slot(mode, lin);
                 if self.cpu.hot.jc_keys[s] == crate::cpu::jc_key(lin) {
                     let host = self.cpu.hot.jc_targets[s] as usize;
-                    match self.enter(host) {
-                        Step::Chain(e) => chain_from = Some(e),
-                        Step::Continue => {}
-                        Step::Done(out) => return out,
+                    if let Some(out) = self.enter_from_loop(host, &mut chain_from, &mut clean) {
+                        return out;
                     }
-                    clean = self.exited_clean();
                     continue;
                 }
             }
@@ -540,18 +537,10 @@ impl Engine {
             };
             if let Some((_, host)) = entry {
                 self.stats.continuation_entries += 1;
-                if let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host)
-                    && !self.jc_marked[s]
-                {
-                    self.jc_marked[s] = true;
-                    self.jc_used.push(s as u32);
+                self.jump_cache_insert(mode, eip, host);
+                if let Some(out) = self.enter_from_loop(host, &mut chain_from, &mut clean) {
+                    return out;
                 }
-                match self.enter(host) {
-                    Step::Chain(e) => chain_from = Some(e),
-                    Step::Continue => {}
-                    Step::Done(out) => return out,
-                }
-                clean = self.exited_clean();
                 continue;
             }
             let id = match found {
@@ -575,12 +564,8 @@ impl Engine {
                 self.stats.chains += 1;
             }
             let host = self.cache.blocks[id as usize].entry();
-            if self.opts.chaining
-                && let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host)
-                && !self.jc_marked[s]
-            {
-                self.jc_marked[s] = true;
-                self.jc_used.push(s as u32);
+            if self.opts.chaining {
+                self.jump_cache_insert(mode, eip, host);
             }
             if self.opts.trace.exec || self.opts.trace.cpu {
                 self.log_block(host, lin, mode);
@@ -604,6 +589,30 @@ impl Engine {
                 Step::Done(out) => return out,
             }
             clean = self.exited_clean();
+        }
+    }
+
+    /// Enter translated code at `host` from the dispatcher's loop, noting
+    /// the exit to chain from next and whether it left clean; the run's
+    /// outcome if it ended.
+    fn enter_from_loop(&mut self, host: usize, chain_from: &mut Option<u32>, clean: &mut bool) -> Option<RunOutcome> {
+        match self.enter(host) {
+            Step::Chain(e) => *chain_from = Some(e),
+            Step::Continue => {}
+            Step::Done(out) => return Some(out),
+        }
+        *clean = self.exited_clean();
+        None
+    }
+
+    /// Put `eip -> host` in the jump cache of `mode` (if it has one),
+    /// remembering the slot for `clear_jump_caches`.
+    fn jump_cache_insert(&mut self, mode: Mode, eip: u32, host: usize) {
+        if let Some(s) = jc_insert(&mut self.cpu.hot, mode, eip, host)
+            && !self.jc_marked[s]
+        {
+            self.jc_marked[s] = true;
+            self.jc_used.push(s as u32);
         }
     }
 
