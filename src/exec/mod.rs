@@ -543,11 +543,17 @@ impl Engine {
                 }
                 continue;
             }
+            let flushes = self.cache.flushes;
             let id = match found {
                 Some(id) => id,
                 None => match self.translate(eip, mode, true) {
                     Ok(id) => {
-                        chain_from = None; // a flush may have renumbered exits
+                        // The exit that led here is linked to the new block
+                        // at once (else its next run leaves again only to be
+                        // linked then), unless a flush renumbered the exits.
+                        if self.cache.flushes != flushes {
+                            chain_from = None;
+                        }
                         id
                     }
                     Err(Step::Done(out)) => return out,
