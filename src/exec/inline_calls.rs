@@ -23,7 +23,7 @@
 
 use super::*;
 use crate::cpu::SEG_SS;
-use crate::decode::{Class, GuestBlock, decode_leaf};
+use crate::decode::{Class, GuestBlock, MAX_INLINE_INSNS, MAX_INSN_LEN, decode_leaf};
 
 /// A learnt call site whose target is not inlined.
 const NOT_INLINED: u32 = u32::MAX;
@@ -34,7 +34,8 @@ pub(super) struct Callee {
     pub code: CalleeCode,
 }
 
-/// An inlined callee's bytes (from its start to the end of its page) and
+/// An inlined callee's bytes (from its start on, at most as far as its
+/// instructions can reach, and not past its page) and
 /// its linear and physical address.
 pub(super) struct CalleeCode {
     pub bytes: Vec<u8>,
@@ -93,7 +94,8 @@ impl Engine {
     }
 
     /// The leaf function at `target` (mode `mode`), if it can be inlined:
-    /// `decode_leaf` on the bytes from `target` to the end of its page.
+    /// `decode_leaf` on the bytes from `target` on (to the end of its page
+    /// at most).
     /// Nothing is raised when the page is not mapped.
     pub(super) fn inline_callee(&mut self, target: u32, mode: Mode) -> Option<Callee> {
         let cs_base = self.cpu.seg[SEG_CS].base;
@@ -105,8 +107,9 @@ impl Engine {
         if !self.mem.is_ram(phys) {
             return None;
         }
+        // As far as `MAX_INLINE_INSNS` instructions can reach, within the page.
         let off = lin & (PAGE_SIZE as u32 - 1);
-        let mut bytes = vec![0u8; PAGE_SIZE - off as usize];
+        let mut bytes = vec![0u8; (PAGE_SIZE - off as usize).min(MAX_INLINE_INSNS * MAX_INSN_LEN)];
         self.mem.read(phys + off, &mut bytes);
         let block = decode_leaf(&bytes, target, target, mode.cpl(), 32)?;
         if block.insns.iter().any(|i| self.device_insns.contains_key(&i.ip32())) {

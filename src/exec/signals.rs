@@ -18,10 +18,10 @@ use std::sync::Once;
 use crate::cache::CodeCache;
 use crate::cpu::{HotState, RESUME_REGS};
 use crate::memory::{POLL_PAGE_OFFSET, set_poll_page};
+use crate::translate::Fixup;
 
 /// `SignalCtx::poll_armed` with both windows' poll pages armed.
 const POLL_BOTH: u8 = 0b11;
-use crate::translate::Fixup;
 
 /// Alternate signal stack size per thread.
 const ALT_STACK_SIZE: usize = 256 * 1024;
@@ -69,12 +69,18 @@ impl SignalCtx {
     /// Make the poll pages the timer armed readable again; whether any was.
     pub fn disarm_poll(&self) -> bool {
         let mask = self.poll_armed.swap(0, std::sync::atomic::Ordering::Relaxed);
-        for (k, &p) in self.poll_pages.iter().enumerate() {
-            if mask & (1 << k) != 0 {
-                set_poll_page(p, false);
-            }
-        }
+        set_poll_pages(&self.poll_pages, mask, false);
         mask != 0
+    }
+}
+
+/// Arm (`request_exit`) or disarm the poll pages among `pages` that `mask`
+/// names (bit k for page k). Async-signal-safe: only `mprotect` calls.
+fn set_poll_pages(pages: &[usize], mask: u8, request_exit: bool) {
+    for (k, &p) in pages.iter().enumerate() {
+        if mask & (1 << k) != 0 {
+            set_poll_page(p, request_exit);
+        }
     }
 }
 
@@ -214,11 +220,7 @@ extern "C" fn timer_handler(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *m
                     Some(k) => 1 << k,
                     None => POLL_BOTH,
                 };
-                for (k, &p) in pages.iter().enumerate() {
-                    if mask & (1 << k) != 0 {
-                        set_poll_page(p, true);
-                    }
-                }
+                set_poll_pages(&pages, mask, true);
                 (*ctx).poll_armed.fetch_or(mask, Relaxed);
             }
             // A long REP string instruction is stopped between iterations.
