@@ -84,6 +84,24 @@ fn store_into_the_running_block_is_seen() {
 }
 
 #[test]
+fn a_write_that_leaves_a_blocks_bytes_alone_keeps_the_block() {
+    //    mov ecx, 3
+    // l: mov [d], cl      ; d shares the code's page: every store faults
+    //    inc eax ; dec ecx ; jnz l ; hlt
+    // d: db 0
+    // The page is checked before its code runs again: its blocks' bytes
+    // are as they were, so none is dropped and translated again.
+    let d = (SNIPPET_CODE_ADDR + 16).to_le_bytes();
+    let code = [0xB9, 0x03, 0x00, 0x00, 0x00, 0x88, 0x0D, d[0], d[1], d[2], d[3], 0x40, 0x49, 0x75, 0xF6, 0xF4, 0x00];
+    let (out, st, stats) = run_snippet_outcome(&code, &state([(EAX, 0), (ECX, 0), (EDX, 0)])).expect("runs");
+    assert_eq!(out, RunOutcome::Halted { eip: SNIPPET_CODE_ADDR + 15, interrupts_enabled: false });
+    assert_eq!((st.regs[EAX], st.regs[ECX]), (3, 0));
+    assert_eq!(stats.smc_pages, 3, "each store should find the page protected again");
+    assert_eq!(stats.invalidated_blocks, 0);
+    assert!(stats.verified_pages > 0);
+}
+
+#[test]
 fn tiny_code_cache_flushes_and_goes_on() {
     let out = Command::new(env!("CARGO_BIN_EXE_btvisor"))
         .args(["--cache-size", "64K", "--stats", "guest-images/insn.elf"])

@@ -84,6 +84,12 @@ pub struct Block {
     /// offset of the entry stub), on the block's first page
     /// (`translate::Options::continuation_entries`, `CodeCache::lookup_entry`).
     pub entries: Vec<(u32, u32)>,
+    /// Where the guest bytes the block was translated from are kept in
+    /// `CodeCache::sources` (offset, length): only for a block wholly on
+    /// its first page, without an inlined callee, which a write to its
+    /// page need not drop if its bytes come out unchanged
+    /// (`CodeCache::suspect_page`).
+    pub source: Option<(u32, u16)>,
 }
 
 impl Block {
@@ -158,6 +164,13 @@ pub struct CodeCache {
     /// (`Mode::key(linear address)`, physical page) -> the block holding an
     /// entry there and the entry's offset (`Block::entries`).
     entry_map: FastMap<(u64, u32), (BlockId, u32)>,
+    /// The guest bytes of blocks that record them (`Block::source`),
+    /// appended; emptied by a flush.
+    sources: Vec<u8>,
+    /// Physical pages written since their blocks were last checked
+    /// (`suspect_page`): unprotected, their blocks out of the jump cache
+    /// and unchained from other pages until `verify_page`.
+    unverified: FastMap<u32, ()>,
     pub flushes: u64,
 }
 
@@ -208,6 +221,8 @@ impl CodeCache {
                 page_blocks: FastMap::default(),
                 lin_blocks: FastMap::default(),
                 entry_map: FastMap::default(),
+                sources: Vec::new(),
+                unverified: FastMap::default(),
                 flushes: 0,
             })
         }
@@ -335,6 +350,7 @@ impl CodeCache {
             indexed: false,
             inlined,
             entries: if register { t.entries } else { Vec::new() },
+            source: None,
         });
         if register {
             self.map.insert((mode.key(eip), phys), id);
@@ -347,6 +363,108 @@ impl CodeCache {
             }
         }
         Some(id)
+    }
+
+    /// Keep the guest bytes block `id` was translated from, so that a
+    /// write to its page drops it only if they changed (`suspect_page`).
+    /// For a block wholly on its first page without an inlined callee.
+    pub fn record_source(&mut self, id: BlockId, bytes: &[u8]) {
+        let Some(b) = self.blocks.get_mut(id as usize) else { return };
+        let Ok(len) = u16::try_from(bytes.len()) else { return };
+        if !b.valid || b.pages.0 != b.pages.1 || b.inlined.is_some() || len == 0 {
+            return;
+        }
+        b.source = Some((self.sources.len() as u32, len));
+        self.sources.extend_from_slice(bytes);
+    }
+
+    /// Guest physical page `page` is being written (self-modifying code,
+    /// ftrace and alternatives patching the kernel's text): its blocks
+    /// cannot run until `verify_page` has compared their bytes, so every way
+    /// into them from elsewhere is cut — chains from other pages' blocks
+    /// unlinked, jump-cache entries dropped (the host return stack goes with
+    /// the exit that brought the VMM here) — and the dispatcher's lookup
+    /// finds the page unverified. Blocks that keep no source bytes are
+    /// dropped at once. Chains between the page's own blocks stay: their
+    /// source runs only after the whole page is verified. Returns the blocks
+    /// dropped.
+    pub fn suspect_page(&mut self, page: u32, hot: &mut HotState) -> usize {
+        let Some(ids) = self.page_blocks.get(&page).cloned() else { return 0 };
+        let mut dropped = 0;
+        let mut kept = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let b = &self.blocks[id as usize];
+            if !b.valid {
+                continue;
+            }
+            if b.source.is_none() || b.phys != page {
+                dropped += usize::from(self.drop_block(id, page, hot));
+            } else {
+                kept.push(id);
+            }
+        }
+        for &id in &kept {
+            let b = &mut self.blocks[id as usize];
+            let (eip, mode, host) = (b.eip, b.mode, b.entry());
+            let incoming = std::mem::take(&mut b.incoming);
+            let mut stay = Vec::new();
+            for ex in incoming {
+                let e = self.exits[ex as usize];
+                if e.linked != Some(id) {
+                    continue;
+                }
+                let from = &self.blocks[e.block as usize];
+                if from.valid && from.source.is_some() && from.phys == page {
+                    stay.push(ex);
+                } else {
+                    self.patch(e.rel32, e.tail);
+                    self.exits[ex as usize].linked = None;
+                }
+            }
+            self.blocks[id as usize].incoming = stay;
+            let slot = jc_slot(mode, eip);
+            if hot.jc_targets[slot] == host as u64 {
+                hot.jc_keys[slot] = JC_EMPTY_KEY;
+            }
+            self.forget_entries_in_jump_cache(id, hot);
+        }
+        if let Some(list) = self.page_blocks.get_mut(&page) {
+            list.retain(|id| kept.contains(id));
+        }
+        if !kept.is_empty() {
+            self.unverified.insert(page, ());
+        }
+        dropped
+    }
+
+    /// Is physical page `page` waiting for `verify_page`?
+    pub fn is_unverified(&self, page: u32) -> bool {
+        !self.unverified.is_empty() && self.unverified.contains_key(&page)
+    }
+
+    /// The page written since `suspect_page` is write-protected again (by
+    /// the caller, before this): drop its blocks whose bytes in `ram` (the
+    /// page's 4 KiB) differ from those they were translated from, keep the
+    /// rest. Returns the blocks dropped.
+    pub fn verify_page(&mut self, page: u32, ram: &[u8], hot: &mut HotState) -> usize {
+        if self.unverified.remove(&page).is_none() {
+            return 0;
+        }
+        let Some(ids) = self.page_blocks.get(&page).cloned() else { return 0 };
+        let mut dropped = Vec::new();
+        for id in ids {
+            let b = &self.blocks[id as usize];
+            let Some((off, len)) = b.source else { continue };
+            let at = (b.eip & (PAGE_SIZE as u32 - 1)) as usize;
+            let was = &self.sources[off as usize..off as usize + len as usize];
+            if ram.get(at..at + len as usize) != Some(was) {
+                dropped.push(id);
+            }
+        }
+        if let Some(list) = self.page_blocks.get_mut(&page) {
+            list.retain(|id| !dropped.contains(id));
+        }
+        dropped.into_iter().filter(|&id| self.drop_block(id, page, hot)).count()
     }
 
     pub fn lookup(&self, eip: u32, mode: Mode, phys: u32) -> Option<BlockId> {
@@ -596,6 +714,8 @@ impl CodeCache {
         self.page_blocks.clear();
         self.lin_blocks.clear();
         self.entry_map.clear();
+        self.sources.clear();
+        self.unverified.clear();
         hot.jc_keys.fill(JC_EMPTY_KEY);
         self.flushes += 1;
     }
@@ -773,5 +893,41 @@ mod tests {
         c.unlink_linear(0x0804_9000, 0x0804_9000, &mut hot);
         assert_eq!(c.exits[a_exit as usize].linked, None);
         assert_eq!(hot.jc_keys[jc_slot(Mode::default(), 0x0804_9000)], JC_EMPTY_KEY);
+    }
+
+    #[test]
+    fn a_written_page_keeps_the_blocks_whose_bytes_did_not_change() {
+        let mut c = CodeCache::new(MIN_CACHE_SIZE).expect("cache");
+        let mut hot = crate::cpu::Cpu::new().hot;
+        // A and B on physical page 0x100000 (A -> B chained), C on another
+        // page chained to B; A and B keep their bytes, C does not.
+        let (a, a_exit) = block(&mut c, 0x1000, 0x10_0000, 0x1100);
+        let (b, _) = block(&mut c, 0x1100, 0x10_0000, 0x3000);
+        let (_, c_exit) = block(&mut c, 0x2000, 0x20_0000, 0x1100);
+        let mut page = vec![0u8; PAGE_SIZE];
+        page[0..16].fill(0xAA);
+        page[0x100..0x110].fill(0xBB);
+        c.record_source(a, &page[0..16]);
+        c.record_source(b, &page[0x100..0x110]);
+        assert!(c.link(a_exit, b) && c.link(c_exit, b));
+        jc_insert(&mut hot, Mode::default(), 0x1100, c.blocks[b as usize].entry());
+        assert_eq!(c.suspect_page(0x10_0000, &mut hot), 0);
+        assert!(c.is_unverified(0x10_0000));
+        // Ways in from elsewhere are cut; the chain within the page stays.
+        assert_eq!(c.exits[c_exit as usize].linked, None);
+        assert_eq!(c.exits[a_exit as usize].linked, Some(b));
+        assert_eq!(hot.jc_keys[jc_slot(Mode::default(), 0x1100)], JC_EMPTY_KEY);
+        assert_eq!(c.lookup(0x1000, Mode::default(), 0x10_0000), Some(a));
+        // B's last byte changes: B goes, A stays.
+        page[0x10F] = 0xCC;
+        assert_eq!(c.verify_page(0x10_0000, &page, &mut hot), 1);
+        assert!(!c.is_unverified(0x10_0000));
+        assert!(c.blocks[a as usize].valid && !c.blocks[b as usize].valid);
+        assert_eq!(c.exits[a_exit as usize].linked, None);
+        assert_eq!(c.lookup(0x1100, Mode::default(), 0x10_0000), None);
+        // A block that kept no bytes is dropped by the write itself.
+        let (d, _) = block(&mut c, 0x1200, 0x10_0000, 0x3000);
+        assert_eq!(c.suspect_page(0x10_0000, &mut hot), 1);
+        assert!(!c.blocks[d as usize].valid && c.blocks[a as usize].valid);
     }
 }

@@ -160,6 +160,15 @@ impl Engine {
                     self.cache.invalidate_page(pages.1, &mut self.cpu.hot);
                     return Err(Step::Continue);
                 }
+                if self.vcpu.is_none() && pages.0 == pages.1 && inlined.is_none() {
+                    // Kept to verify the block after a write to its page.
+                    let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
+                    let from = eip.wrapping_sub(base) as usize;
+                    let len = block.end.wrapping_sub(eip) as usize;
+                    if let Some(bytes) = code.get(from..from + len) {
+                        self.cache.record_source(id, bytes);
+                    }
+                }
                 let last = cs_base.wrapping_add(self.cache.blocks[id as usize].second_eip());
                 self.cache.index_linear(id, page_of(lin), page_of(last));
                 if page_of(last) != page_of(lin) {

@@ -525,6 +525,11 @@ impl Engine {
                     }
                 }
             };
+            if self.cache.is_unverified(phys) {
+                // Written since its blocks were translated: protected again,
+                // its unchanged blocks kept (`code_written`).
+                self.protect_code_page(phys);
+            }
             let found = self.cache.lookup(lin, mode, phys).filter(|&id| self.still_valid(id, lin));
             // Reached other than by a chain (a return that missed the host
             // return stack, mostly): the continuation of a CALL inside a

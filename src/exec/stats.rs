@@ -19,6 +19,9 @@ pub struct Stats {
     pub exceptions: u64,
     pub smc_pages: u64,
     pub invalidated_blocks: u64,
+    /// Written code pages whose blocks were compared with their bytes
+    /// (`CodeCache::verify_page`).
+    pub verified_pages: u64,
     pub hole_writes: u64,
     /// Instructions emulated because they accessed device memory.
     pub device_accesses: u64,
@@ -101,8 +104,8 @@ impl Stats {
         let _ = writeln!(s, "    of which poll (timer)          {}", self.polls);
         let _ = writeln!(
             s,
-            "  code pages written      {} ({} blocks invalidated)",
-            self.smc_pages, self.invalidated_blocks
+            "  code pages written      {} ({} blocks invalidated, {} pages verified)",
+            self.smc_pages, self.invalidated_blocks, self.verified_pages
         );
         let _ = writeln!(
             s,

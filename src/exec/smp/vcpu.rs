@@ -189,15 +189,30 @@ impl Engine {
 
     /// Physical page `page` is about to be translated from: write-protect
     /// it in every vCPU's view first (with one vCPU, just in this one).
+    /// With one vCPU, a page written since its blocks were translated
+    /// (`code_written`) is verified here: protected again first, then its
+    /// blocks whose bytes changed are dropped and the rest kept.
     pub(in crate::exec) fn protect_code_page(&mut self, page: u32) {
-        if !self.mem.is_ram(page) || self.mem.is_protected(page) {
+        if !self.mem.is_ram(page) {
             return;
         }
-        let Some(v) = self.vcpu.as_ref() else {
-            self.mem.set_code_protect(page, true);
-            self.soft.flush_writes(&mut self.cpu.hot);
+        if self.vcpu.is_none() {
+            if !self.mem.is_protected(page) {
+                self.mem.set_code_protect(page, true);
+                self.soft.flush_writes(&mut self.cpu.hot);
+            }
+            if self.cache.is_unverified(page) {
+                let bytes = self.mem.ram().get(page as usize..page as usize + PAGE_SIZE).unwrap_or(&[]);
+                let n = self.cache.verify_page(page, bytes, &mut self.cpu.hot);
+                self.stats.invalidated_blocks += n as u64;
+                self.stats.verified_pages += 1;
+            }
             return;
-        };
+        }
+        if self.mem.is_protected(page) {
+            return;
+        }
+        let Some(v) = self.vcpu.as_ref() else { return };
         let (m, me) = (v.machine.clone(), v.index);
         let _g = self.lock_code(&m);
         // Another vCPU may have protected it meanwhile (we served that).
@@ -210,11 +225,18 @@ impl Engine {
     }
 
     /// The guest wrote code page `page`: every vCPU drops its translations
-    /// of it before the store goes on (one vCPU: just this one).
+    /// of it before the store goes on. With one vCPU, blocks that recorded
+    /// their bytes are only suspended until the page is next protected
+    /// (`CodeCache::suspect_page`, `protect_code_page`): patching the
+    /// kernel's text (ftrace's NOPs, alternatives, static keys) changes a
+    /// few bytes of a page, and most of its blocks come out unchanged.
     pub(in crate::exec) fn code_written(&mut self, page: u32) {
         self.stats.smc_pages += 1;
         let Some(v) = self.vcpu.as_ref() else {
-            self.drop_page_code(page);
+            self.clear_emu_cache();
+            let n = self.cache.suspect_page(page, &mut self.cpu.hot);
+            self.stats.invalidated_blocks += n as u64;
+            self.mem.set_code_protect(page, false);
             return;
         };
         let (m, me) = (v.machine.clone(), v.index);
