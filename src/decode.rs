@@ -129,6 +129,7 @@ fn feature_ok(f: CpuidFeature) -> bool {
             | CpuidFeature::SEP
             // ENDBR32/ENDBR64 are NOPs on CPUs without CET.
             | CpuidFeature::CET_IBT
+            | CpuidFeature::SERIALIZE
     )
 }
 

@@ -11,8 +11,20 @@
 
 /// "GenuineIntel" split over EBX, EDX, ECX.
 const VENDOR: &[u8; 12] = b"GenuineIntel";
-/// Highest standard leaf (the Pentium M has leaves 0-2).
-const MAX_LEAF: u32 = 2;
+/// Highest standard leaf: the Pentium M's leaves 0-2, then 3-6 empty and
+/// leaf 7 for SERIALIZE alone (`SERIALIZE_EDX7`).
+const MAX_LEAF: u32 = 7;
+/// Highest standard leaf while IA32_MISC_ENABLE's "limit CPUID maxval"
+/// bit is set (the Pentium M's own maximum).
+const LIMITED_MAX_LEAF: u32 = 2;
+/// CPUID.(EAX=7,ECX=0):EDX bit 14, SERIALIZE: the one addition to the
+/// Banias. btvisor runs it as a host MFENCE (translated code keeps no
+/// stale instructions to discard: written code pages are caught as they
+/// are written), so it costs nothing, where the serializing instruction
+/// Linux uses without it — an IRET to the next instruction, in
+/// `sync_core()`, after every piece of kernel text it patches — leaves
+/// translated code each time (38.5k times in a boot).
+pub const SERIALIZE_EDX7: u32 = 1 << 14;
 /// Highest extended leaf (brand string).
 const MAX_EXT_LEAF: u32 = 0x8000_0004;
 /// Family 6, model 9, stepping 5: Pentium M (Banias).
@@ -63,12 +75,17 @@ fn dw(b: &[u8], i: usize) -> u32 {
     u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Returns (EAX, EBX, ECX, EDX) for the leaf in EAX (ECX subleaf unused).
-pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
+/// Returns (EAX, EBX, ECX, EDX) for the leaf in EAX and subleaf in ECX;
+/// `limited`: IA32_MISC_ENABLE limits the standard leaves to 0-2.
+pub fn cpuid(leaf: u32, subleaf: u32, limited: bool) -> [u32; 4] {
+    let max = if limited { LIMITED_MAX_LEAF } else { MAX_LEAF };
     match leaf {
-        0 => [MAX_LEAF, dw(VENDOR, 0), dw(VENDOR, 8), dw(VENDOR, 4)],
+        0 => [max, dw(VENDOR, 0), dw(VENDOR, 8), dw(VENDOR, 4)],
         1 => [SIGNATURE, 0, 0, FEATURES_EDX],
         2 => LEAF2,
+        3..=6 if !limited => [0; 4],
+        // Subleaf 0 only (EAX = 0: no further subleaves).
+        7 if !limited => [0, 0, 0, if subleaf == 0 { SERIALIZE_EDX7 } else { 0 }],
         0x8000_0000 => [MAX_EXT_LEAF, 0, 0, 0],
         0x8000_0001 => [0, 0, 0, 0],
         0x8000_0002..=0x8000_0004 => {
@@ -76,8 +93,7 @@ pub fn cpuid(leaf: u32, _subleaf: u32) -> [u32; 4] {
             [dw(BRAND, o), dw(BRAND, o + 4), dw(BRAND, o + 8), dw(BRAND, o + 12)]
         }
         // Intel: leaves above the maximum return the highest basic leaf's data.
-        l if l < 0x8000_0000 => cpuid(MAX_LEAF, 0),
-        _ => cpuid(MAX_LEAF, 0),
+        _ => cpuid(max, 0, limited),
     }
 }
 
@@ -87,13 +103,13 @@ mod tests {
 
     #[test]
     fn vendor_and_features() {
-        let r = cpuid(0, 0);
+        let r = cpuid(0, 0, false);
         let mut v = Vec::new();
         for x in [r[1], r[3], r[2]] {
             v.extend_from_slice(&x.to_le_bytes());
         }
         assert_eq!(&v, VENDOR);
-        let f = cpuid(1, 0);
+        let f = cpuid(1, 0, false);
         assert_eq!(f[0], 0x695);
         assert_eq!(f[3] & edx1::SSE2, edx1::SSE2);
         for implemented in [edx1::PSE, edx1::PGE, edx1::MSR, edx1::SEP] {
@@ -102,5 +118,18 @@ mod tests {
         assert_eq!(f[3] & edx1::APIC, 0, "no local APIC yet");
         assert_eq!(f[3] & (1 << 6), 0, "no PAE");
         assert_eq!(f[2], 0, "no SSE3+ features advertised");
+    }
+
+    #[test]
+    fn leaf_7_has_serialize_alone_unless_limited() {
+        assert_eq!(cpuid(0, 0, false)[0], 7);
+        assert_eq!(cpuid(7, 0, false), [0, 0, 0, SERIALIZE_EDX7]);
+        assert_eq!(cpuid(7, 1, false), [0; 4]);
+        assert_eq!(cpuid(4, 0, false), [0; 4], "no deterministic cache leaf: leaf 2 describes them");
+        // Above the maximum, Intel returns the highest leaf's data.
+        assert_eq!(cpuid(0x20, 0, false), cpuid(7, 0, false));
+        // MISC_ENABLE's limit: the Banias's own leaves 0-2.
+        assert_eq!(cpuid(0, 0, true)[0], 2);
+        assert_eq!(cpuid(7, 0, true), cpuid(2, 0, true));
     }
 }

@@ -51,8 +51,10 @@ mod msr {
     /// Its reset value on the Pentium M: fast strings (bit 0), BTS and PEBS
     /// unavailable (bits 11, 12).
     pub const MISC_ENABLE_VALUE: u64 = 0x1801;
+    /// IA32_MISC_ENABLE bit 22: CPUID reports leaves 0-2 only.
+    pub const MISC_ENABLE_LIMIT_CPUID: u64 = 1 << 22;
     /// Software may change fast strings (bit 0) and the CPUID limit (bit 22).
-    pub const MISC_ENABLE_WRITABLE: u64 = 1 | 1 << 22;
+    pub const MISC_ENABLE_WRITABLE: u64 = 1 | MISC_ENABLE_LIMIT_CPUID;
 }
 
 /// IA32_MISC_ENABLE at reset.
@@ -726,7 +728,8 @@ pub fn execute(env: &mut Env, i: &Instruction) -> R<Flow> {
         }
         M::Cpuid => {
             let leaf = env.cpu.reg(EAX);
-            let mut r = cpuid::cpuid(leaf, env.cpu.reg(ECX));
+            let limited = env.cpu.msr_misc_enable & msr::MISC_ENABLE_LIMIT_CPUID != 0;
+            let mut r = cpuid::cpuid(leaf, env.cpu.reg(ECX), limited);
             if leaf == 1
                 && let Some(apic) = &env.cpu.apic
             {
@@ -1763,8 +1766,14 @@ mod tests {
     #[test]
     fn cpuid_presents_a_genuine_intel_pentium_m() {
         let (c, _) = run(&[0x0F, 0xA2], |c| c.set_reg(EAX, 0));
-        assert_eq!(c.reg(EAX), 2);
+        assert_eq!(c.reg(EAX), 7, "leaf 7 for SERIALIZE");
         assert_eq!(c.reg(3).to_le_bytes(), *b"Genu");
+        // MISC_ENABLE's CPUID limit: the Banias's own leaves.
+        let (c, _) = run(&[0x0F, 0xA2], |c| {
+            c.set_reg(EAX, 0);
+            c.msr_misc_enable |= msr::MISC_ENABLE_LIMIT_CPUID;
+        });
+        assert_eq!(c.reg(EAX), 2);
         let (c, _) = run(&[0x0F, 0xA2], |c| c.set_reg(EAX, 1));
         assert_eq!((c.reg(EAX) >> 4) & 0xF, 9, "model 9 (Banias)");
     }

@@ -630,7 +630,7 @@ impl Cpu {
         const REAL_DATA_ATTR: u16 = 0x93;
         let real = |selector: u16, attr: u16| Segment { selector, base: (selector as u32) << 4, limit: 0xFFFF, attr };
         self.hot.gpr = [0; 8];
-        self.hot.gpr[EDX] = crate::cpu::cpuid::cpuid(1, 0)[0];
+        self.hot.gpr[EDX] = crate::cpu::cpuid::cpuid(1, 0, false)[0];
         self.set_eflags(flags::FIXED1);
         self.hot.eip = 0xFFF0;
         self.seg = [real(0, REAL_DATA_ATTR); 6];

@@ -46,7 +46,7 @@ fn checksum(b: &[u8]) -> u8 {
 pub fn config_table(cpus: u8) -> Vec<u8> {
     let mut e: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
-    let signature = cpuid::cpuid(1, 0);
+    let signature = cpuid::cpuid(1, 0, false);
     for id in 0..cpus {
         e.push(PROCESSOR);
         e.push(id);

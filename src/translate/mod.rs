@@ -153,6 +153,9 @@ pub fn reads_time(i: &Instruction, cls: Class) -> bool {
 }
 
 /// Translates one block for code at host address `host_base`.
+/// `mfence`.
+const MFENCE: [u8; 3] = [0x0F, 0xAE, 0xF0];
+
 pub struct Translator<'a> {
     a: Asm,
     host_base: usize,
@@ -986,6 +989,10 @@ impl<'a> Translator<'a> {
                 self.divide_by_zero_check(i);
                 self.ident(i, None);
             }
+            // SERIALIZE (`cpu::cpuid::SERIALIZE_EDX7`), which the host may
+            // lack: its memory ordering, as `mfence`. Nothing else is owed:
+            // a store to code is caught as it is made.
+            Class::Ident if i.code() == iced_x86::Code::Serialize => self.a.bytes(&MFENCE),
             Class::Ident => self.ident(i, None),
             Class::Alias82 => self.ident(i, Some(0x80)),
             Class::RepBitScan => self.rep_bitscan(i),

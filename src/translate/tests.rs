@@ -262,6 +262,14 @@ fn golden_fpu_and_sse() {
 }
 
 #[test]
+fn golden_serialize_is_a_host_mfence() {
+    // serialize (0F 01 E8): the virtual CPU has it, the host may not.
+    assert_eq!(first_insn(&[0x0F, 0x01, 0xE8]), ["mfence"]);
+    let (b, _) = translate_guest(&[0x0F, 0x01, 0xE8, 0xF4]);
+    assert_eq!(b.classes[0], Class::Ident);
+}
+
+#[test]
 fn golden_inc_dec_short_forms() {
     // 0x40..0x4F are REX prefixes in 64-bit mode: FF /0 and FF /1.
     assert_eq!(first_insn(&[0x40]), ["inc eax"]);
