@@ -12,6 +12,9 @@ use btvisor::exec::RunOutcome;
 use btvisor::vm::{self, status};
 
 fn main() -> ExitCode {
+    // The decoder's tables build while the options parse and the images
+    // load (the second core is otherwise idle then).
+    std::thread::spawn(btvisor::exec::warm_up_decoder);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let config = match cli::parse_args(std::env::args_os()) {
         Ok(c) => c,
@@ -53,6 +56,12 @@ fn main() -> ExitCode {
             }
         },
     };
+    for e in &mut engines {
+        // Nothing uses them after this; the other destructors (the serial
+        // port's flush, the terminal's mode) still run.
+        e.mem.leave_mapped_at_exit();
+        e.cache.leave_mapped_at_exit();
+    }
     let engine = &mut engines[0];
     if let Some(path) = &config.text_screen
         && let Err(e) = std::fs::write(path, btvisor::devices::vga::text_screen(&engine.mem))

@@ -147,6 +147,9 @@ pub struct CodeCache {
     rx: NonNull<u8>,
     size: usize,
     memfd: libc::c_int,
+    /// The process is about to exit (`leave_mapped_at_exit`): Drop leaves
+    /// the mappings to the exit.
+    exiting: bool,
     used: usize,
     /// Bytes from the start already backed by pages in both mappings
     /// (`populate_to`), or `usize::MAX` once the kernel refused to.
@@ -212,6 +215,7 @@ impl CodeCache {
                 rx: NonNull::new_unchecked(rx as *mut u8),
                 size,
                 memfd: fd,
+                exiting: false,
                 used: 0,
                 populated: 0,
                 base_used: 0,
@@ -764,8 +768,19 @@ pub fn page_of(addr: u32) -> u32 {
     addr & !(PAGE_SIZE as u32 - 1)
 }
 
+impl CodeCache {
+    /// The process exits next: leave both mappings to the exit
+    /// (`GuestMemory::leave_mapped_at_exit`).
+    pub fn leave_mapped_at_exit(&mut self) {
+        self.exiting = true;
+    }
+}
+
 impl Drop for CodeCache {
     fn drop(&mut self) {
+        if self.exiting {
+            return;
+        }
         // SAFETY: unmapping the two mappings created in new().
         unsafe {
             libc::munmap(self.rw.as_ptr() as *mut libc::c_void, self.size);

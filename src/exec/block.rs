@@ -293,7 +293,9 @@ impl Fetch {
 
 /// iced-x86 builds its instruction-info tables on first use (a few ms);
 /// pay that at machine construction rather than in the first translation.
-pub(super) fn warm_up_decoder() {
+/// `main` starts it on a thread of its own first, while the images load;
+/// the tables are built once, whichever thread gets there first.
+pub fn warm_up_decoder() {
     // add eax, [ebx+4] ; fld qword [eax] ; ret
     let code = [0x03, 0x43, 0x04, 0xDD, 0x00, 0xC3];
     let b = decode_block(&code, 0, 0, MAX_BLOCK_INSNS);

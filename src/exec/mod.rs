@@ -40,7 +40,8 @@ use signals::{FaultRecord, SignalCtx};
 use stats::Stats;
 use trampoline::Trampolines;
 
-use block::{Fetch, warm_up_decoder};
+use block::Fetch;
+pub use block::warm_up_decoder;
 pub use debug::{DebugStop, WatchKind, Watchpoint};
 pub use fpu::fxsave;
 use vmm_insn::{invlpg_callout, io_callout};

@@ -112,6 +112,9 @@ pub struct GuestMemory {
     alias: NonNull<u8>,
     ram_size: usize,
     memfd: libc::c_int,
+    /// The process is about to exit (`leave_mapped_at_exit`): Drop leaves
+    /// the mappings to the exit.
+    exiting: bool,
     /// Host memory areas this view's shadows may hold (the process limit
     /// is shared by every vCPU's view).
     area_budget: usize,
@@ -186,6 +189,7 @@ impl GuestMemory {
                 alias: NonNull::dangling(),
                 ram_size: ram,
                 memfd: fd,
+                exiting: false,
                 area_budget,
                 protected: vec![false; ram / PAGE_SIZE],
                 shadow: shadow::Shadow::default(),
@@ -655,8 +659,21 @@ pub fn set_poll_page(page: usize, request_exit: bool) {
     }
 }
 
+impl GuestMemory {
+    /// The process exits next: leave the window reservations, the alias
+    /// and the memfd to the exit, which tears the whole address space down
+    /// at once (about 10 ms less than unmapping them one by one after a
+    /// Linux boot's shadows).
+    pub fn leave_mapped_at_exit(&mut self) {
+        self.exiting = true;
+    }
+}
+
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        if self.exiting {
+            return;
+        }
         shadow::release(&mut self.shadow);
         // SAFETY: unmapping exactly the regions created in new().
         unsafe {
