@@ -51,7 +51,13 @@ pub type BlockId = u32;
 
 /// A translated block.
 pub struct Block {
+    /// Linear address (CS base + EIP) of the block's first instruction.
     pub eip: u32,
+    /// The CS base it was translated under: its code holds EIPs, which
+    /// another base would give the same linear code other values of (real
+    /// mode's segment:offset aliases), so a lookup under another base
+    /// misses (`CodeCache::lookup`).
+    pub cs_base: u32,
     pub mode: Mode,
     /// Physical page of `eip` (part of the key: the same linear code in two
     /// address spaces is two blocks).
@@ -315,6 +321,7 @@ impl CodeCache {
     pub fn install(
         &mut self,
         eip: u32,
+        cs_base: u32,
         mode: Mode,
         phys: u32,
         end: u32,
@@ -338,6 +345,7 @@ impl CodeCache {
         }
         self.blocks.push(Block {
             eip,
+            cs_base,
             mode,
             phys,
             end,
@@ -471,15 +479,19 @@ impl CodeCache {
         dropped.into_iter().filter(|&id| self.drop_block(id, page, hot)).count()
     }
 
-    pub fn lookup(&self, eip: u32, mode: Mode, phys: u32) -> Option<BlockId> {
-        self.map.get(&(mode.key(eip), phys)).copied()
+    /// The block at linear `eip` of physical page `phys` in `mode`,
+    /// translated under CS base `cs_base`.
+    pub fn lookup(&self, eip: u32, cs_base: u32, mode: Mode, phys: u32) -> Option<BlockId> {
+        let &id = self.map.get(&(mode.key(eip), phys))?;
+        self.blocks.get(id as usize).is_some_and(|b| b.cs_base == cs_base).then_some(id)
     }
 
     /// A valid block with an entry at linear `eip` of physical page `phys`
-    /// in `mode` (`Block::entries`), and the entry's host address.
-    pub fn lookup_entry(&self, eip: u32, mode: Mode, phys: u32) -> Option<(BlockId, usize)> {
+    /// in `mode` under CS base `cs_base` (`Block::entries`), and the
+    /// entry's host address.
+    pub fn lookup_entry(&self, eip: u32, cs_base: u32, mode: Mode, phys: u32) -> Option<(BlockId, usize)> {
         let &(id, off) = self.entry_map.get(&(mode.key(eip), phys))?;
-        let b = self.blocks.get(id as usize).filter(|b| b.valid)?;
+        let b = self.blocks.get(id as usize).filter(|b| b.valid && b.cs_base == cs_base)?;
         Some((id, b.host + off as usize))
     }
 
@@ -813,7 +825,7 @@ mod tests {
             entries: Vec::new(),
         };
         let exit = c.next_exit_id();
-        let id = c.install(lin, Mode::default(), phys, lin + 16, (phys, phys), None, t, true).expect("room");
+        let id = c.install(lin, 0, Mode::default(), phys, lin + 16, (phys, phys), None, t, true).expect("room");
         c.index_linear(id, page_of(lin), page_of(lin));
         (id, exit)
     }
@@ -932,14 +944,14 @@ mod tests {
         assert_eq!(c.exits[c_exit as usize].linked, None);
         assert_eq!(c.exits[a_exit as usize].linked, Some(b));
         assert_eq!(hot.jc_keys[jc_slot(Mode::default(), 0x1100)], JC_EMPTY_KEY);
-        assert_eq!(c.lookup(0x1000, Mode::default(), 0x10_0000), Some(a));
+        assert_eq!(c.lookup(0x1000, 0, Mode::default(), 0x10_0000), Some(a));
         // B's last byte changes: B goes, A stays.
         page[0x10F] = 0xCC;
         assert_eq!(c.verify_page(0x10_0000, &page, &mut hot), 1);
         assert!(!c.is_unverified(0x10_0000));
         assert!(c.blocks[a as usize].valid && !c.blocks[b as usize].valid);
         assert_eq!(c.exits[a_exit as usize].linked, None);
-        assert_eq!(c.lookup(0x1100, Mode::default(), 0x10_0000), None);
+        assert_eq!(c.lookup(0x1100, 0, Mode::default(), 0x10_0000), None);
         // A block that kept no bytes is dropped by the write itself.
         let (d, _) = block(&mut c, 0x1200, 0x10_0000, 0x3000);
         assert_eq!(c.suspect_page(0x10_0000, &mut hot), 1);

@@ -142,7 +142,7 @@ impl Engine {
             let out_text = self.opts.trace.out_asm.then(|| disasm_host(&t.code, host));
             let pages = (phys0, phys_end);
             let inlined = block.inlined.map(|s| (s.start, s.end));
-            let Some(id) = self.cache.install(lin, mode, phys0, block.end, pages, inlined, t, register) else {
+            let Some(id) = self.cache.install(lin, cs_base, mode, phys0, block.end, pages, inlined, t, register) else {
                 return Err(Step::Done(RunOutcome::InternalError("code cache cannot hold one block".into())));
             };
             if let Some(map) = &mut self.perfmap {

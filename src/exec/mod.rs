@@ -531,14 +531,15 @@ impl Engine {
                 // its unchanged blocks kept (`code_written`).
                 self.protect_code_page(phys);
             }
-            let found = self.cache.lookup(lin, mode, phys).filter(|&id| self.still_valid(id, lin));
+            let cs_base = self.cpu.seg[SEG_CS].base;
+            let found = self.cache.lookup(lin, cs_base, mode, phys).filter(|&id| self.still_valid(id, lin));
             // Reached other than by a chain (a return that missed the host
             // return stack, mostly): the continuation of a CALL inside a
             // block serves, instead of the rest of that block translated
             // again. (A chain would need its own exit, so a direct branch
             // gets a block.)
             let entry = match (found, chain_from) {
-                (None, None) => self.cache.lookup_entry(lin, mode, phys).filter(|&(id, _)| self.still_valid(id, lin)),
+                (None, None) => self.cache.lookup_entry(lin, cs_base, mode, phys).filter(|&(id, _)| self.still_valid(id, lin)),
                 _ => None,
             };
             if let Some((_, host)) = entry {
