@@ -144,6 +144,11 @@ pub fn uses_fpu(i: &Instruction) -> bool {
 const FEATURES_OK: u8 = 1;
 /// `code_facts`: the instruction uses the x87/MMX/SSE state.
 const USES_FPU: u8 = 2;
+/// `code_facts`: `classify` gives `Class::Ident` whatever the operands
+/// (`ident_whatever_the_operands`).
+const ALWAYS_IDENT: u8 = 4;
+/// `code_facts`: a Jcc with a relative target, always `Class::Jcc`.
+const ALWAYS_JCC: u8 = 8;
 
 /// Facts the decoder and translator ask of every instruction, per
 /// `Code`, worked out once from iced-x86's tables: looking the features up
@@ -161,6 +166,12 @@ fn code_facts(c: Code) -> u8 {
                     v |= FEATURES_OK;
                 }
                 let fence = matches!(c.mnemonic(), M::Lfence | M::Mfence | M::Sfence | M::Pause);
+                if v & FEATURES_OK != 0 && ident_whatever_the_operands(c) {
+                    v |= ALWAYS_IDENT;
+                }
+                if v & FEATURES_OK != 0 && c.is_jcc_short_or_near() {
+                    v |= ALWAYS_JCC;
+                }
                 if !fence
                     && f.iter().any(|f| {
                         matches!(
@@ -182,6 +193,56 @@ fn code_facts(c: Code) -> u8 {
             .collect()
     });
     facts.get(c as usize).copied().unwrap_or(0)
+}
+
+/// Is every instruction of code `c` (its features present) an ordinary one
+/// for `classify`, whatever its operands? Worked out from the code alone:
+/// it goes on to the next instruction, moves no stack pointer, names no
+/// segment, control, debug or test register and no implicit string operand,
+/// is not one the VMM runs (`vmm_verdict`'s mnemonics), and has no form of its
+/// own in `classify` (the one-byte INC/DEC, opcode 0x82, TZCNT/LZCNT). Most
+/// instructions of compiled code are these; `classify` then skips the
+/// operand tests (a test checks the two agree over decoded code).
+fn ident_whatever_the_operands(c: Code) -> bool {
+    use Code::*;
+    use iced_x86::OpCodeOperandKind as K;
+    if c == INVALID || matches!(c, Inc_r32 | Inc_r16 | Dec_r32 | Dec_r16) {
+        return false;
+    }
+    let i = Instruction::with(c);
+    if matches!(i.mnemonic(), Mnemonic::Tzcnt | Mnemonic::Lzcnt)
+        || i.flow_control() != FlowControl::Next
+        || i.stack_pointer_increment() != 0
+        // (MOV's verdict rests on a control, debug or test register, and
+        // MOVSD/CMPSD's on being the string form: both in the operand
+        // kinds tested below.)
+        || (vmm_verdict(&i).is_some() && !matches!(i.mnemonic(), Mnemonic::Mov | Mnemonic::Movsd | Mnemonic::Cmpsd))
+    {
+        return false;
+    }
+    let op = c.op_code();
+    if op.table() == iced_x86::OpCodeTableKind::Normal && op.op_code() == 0x82 {
+        return false;
+    }
+    !op.op_kinds().iter().any(|k| {
+        matches!(
+            k,
+            K::seg_reg
+                | K::cr_reg
+                | K::dr_reg
+                | K::tr_reg
+                | K::es
+                | K::cs
+                | K::ss
+                | K::ds
+                | K::fs
+                | K::gs
+                | K::seg_rSI
+                | K::es_rDI
+                | K::seg_rDI
+                | K::seg_rBX_al
+        )
+    })
 }
 
 /// Does the instruction's memory operand use 16-bit addressing?
@@ -216,6 +277,18 @@ fn has_sreg_operand(i: &Instruction) -> bool {
 /// 16-bit addressing, the norm in 16-bit code and a 0x67 prefix away in
 /// 32-bit code, the translator handles for ordinary instructions.
 pub fn classify(i: &Instruction) -> Class {
+    let facts = code_facts(i.code());
+    if facts & ALWAYS_IDENT != 0 {
+        return Class::Ident;
+    }
+    if facts & ALWAYS_JCC != 0 {
+        return Class::Jcc;
+    }
+    classify_by_operands(i)
+}
+
+/// `classify` of an instruction whose class its code alone does not give.
+fn classify_by_operands(i: &Instruction) -> Class {
     if matches!(i.mnemonic(), Mnemonic::Tzcnt | Mnemonic::Lzcnt) && !i.is_invalid() {
         return Class::RepBitScan;
     }
@@ -296,8 +369,14 @@ pub fn classify(i: &Instruction) -> Class {
 /// Sensitive and privileged instructions, and forms whose 64-bit encoding
 /// means something else, that the VMM carries out itself.
 fn needs_vmm(i: &Instruction) -> bool {
+    vmm_verdict(i) == Some(true)
+}
+
+/// `needs_vmm`'s answer for the mnemonics it concerns, `None` for the
+/// others (whose instructions the VMM never needs to run for their own sake).
+fn vmm_verdict(i: &Instruction) -> Option<bool> {
     use Mnemonic as M;
-    match i.mnemonic() {
+    Some(match i.mnemonic() {
         M::Mov => has_control_or_debug_reg(i),
         M::Push | M::Pop | M::Pusha | M::Pushad | M::Popa | M::Popad => true,
         M::Pushf | M::Pushfd | M::Popf | M::Popfd | M::Enter | M::Leave => true,
@@ -315,8 +394,8 @@ fn needs_vmm(i: &Instruction) -> bool {
         }
         M::Cmpsb | M::Cmpsw | M::Lodsb | M::Lodsw | M::Lodsd | M::Xlatb => true,
         M::Cmpsd => !(0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Register && i.op_register(n).is_xmm()),
-        _ => false,
-    }
+        _ => return None,
+    })
 }
 
 fn has_control_or_debug_reg(i: &Instruction) -> bool {
@@ -525,6 +604,57 @@ mod tests {
 
     fn classes(code: &[u8]) -> Vec<Class> {
         decode_block_at_cpl(code, 0x1000, 0x1000, 64, 3).classes
+    }
+
+    /// `classify`'s shortcut by code agrees with the operand tests, over
+    /// every opcode byte pair with varied ModRM/SIB bytes and prefixes
+    /// (operand size, address size, segment, REP, LOCK), in 32- and 16-bit
+    /// code, and over the committed guest images' code.
+    #[test]
+    fn classify_by_code_agrees_with_the_operand_tests() {
+        let mut checked = 0usize;
+        let mut check = |bytes: &[u8], bitness: u32| {
+            let mut d = Decoder::new(bitness, bytes, DecoderOptions::NONE);
+            while d.can_decode() {
+                let i = d.decode();
+                if i.is_invalid() {
+                    continue;
+                }
+                assert_eq!(classify(&i), classify_by_operands(&i), "{:?} {:02x?}", i.code(), bytes);
+                checked += 1;
+            }
+        };
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        };
+        let prefixes: [&[u8]; 8] = [&[], &[0x66], &[0x67], &[0x26], &[0xF3], &[0xF2], &[0xF0], &[0x66, 0x67]];
+        for p in prefixes {
+            for op in 0..=0xFFu8 {
+                for op2 in [None, Some(0x0Fu8)] {
+                    for _ in 0..12 {
+                        let mut b = p.to_vec();
+                        if let Some(e) = op2 {
+                            b.push(e);
+                        }
+                        b.push(op);
+                        b.extend((0..8).map(|_| next()));
+                        check(&b, 32);
+                        check(&b, 16);
+                    }
+                }
+            }
+        }
+        for img in ["insn.elf", "compute.elf", "insn-sse.elf"] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/guest-images/").to_string() + img;
+            if let Ok(bytes) = std::fs::read(path) {
+                check(&bytes, 32);
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
     }
 
     #[test]

@@ -539,7 +539,9 @@ impl Engine {
             // again. (A chain would need its own exit, so a direct branch
             // gets a block.)
             let entry = match (found, chain_from) {
-                (None, None) => self.cache.lookup_entry(lin, cs_base, mode, phys).filter(|&(id, _)| self.still_valid(id, lin)),
+                (None, None) => {
+                    self.cache.lookup_entry(lin, cs_base, mode, phys).filter(|&(id, _)| self.still_valid(id, lin))
+                }
                 _ => None,
             };
             if let Some((_, host)) = entry {
