@@ -416,29 +416,7 @@ impl CodeCache {
             }
         }
         for &id in &kept {
-            let b = &mut self.blocks[id as usize];
-            let (eip, mode, host) = (b.eip, b.mode, b.entry());
-            let incoming = std::mem::take(&mut b.incoming);
-            let mut stay = Vec::new();
-            for ex in incoming {
-                let e = self.exits[ex as usize];
-                if e.linked != Some(id) {
-                    continue;
-                }
-                let from = &self.blocks[e.block as usize];
-                if from.valid && from.source.is_some() && from.phys == page {
-                    stay.push(ex);
-                } else {
-                    self.patch(e.rel32, e.tail);
-                    self.exits[ex as usize].linked = None;
-                }
-            }
-            self.blocks[id as usize].incoming = stay;
-            let slot = jc_slot(mode, eip);
-            if hot.jc_targets[slot] == host as u64 {
-                hot.jc_keys[slot] = JC_EMPTY_KEY;
-            }
-            self.forget_entries_in_jump_cache(id, hot);
+            self.cut_ways_in(id, hot, |from, _| from.valid && from.source.is_some() && from.phys == page);
         }
         if let Some(list) = self.page_blocks.get_mut(&page) {
             list.retain(|id| kept.contains(id));
@@ -547,28 +525,37 @@ impl CodeCache {
         for id in ids {
             let Some(b) = self.blocks.get_mut(id as usize) else { continue };
             b.indexed = false;
-            let (eip, mode, host) = (b.eip, b.mode, b.entry());
-            let incoming = std::mem::take(&mut b.incoming);
-            let mut kept = Vec::new();
-            for ex in incoming {
-                let e = self.exits[ex as usize];
-                if e.linked != Some(id) {
-                    continue;
-                }
-                if same_page(&self.blocks[e.block as usize], &self.blocks[id as usize]) {
-                    kept.push(ex);
-                } else {
-                    self.patch(e.rel32, e.tail);
-                    self.exits[ex as usize].linked = None;
-                }
-            }
-            self.blocks[id as usize].incoming = kept;
-            let slot = jc_slot(mode, eip);
-            if hot.jc_targets[slot] == host as u64 {
-                hot.jc_keys[slot] = JC_EMPTY_KEY;
-            }
-            self.forget_entries_in_jump_cache(id, hot);
+            self.cut_ways_in(id, hot, same_page);
         }
+    }
+
+    /// Cut the ways into block `id` that a lookup would not check again:
+    /// its jump-cache entries (and its continuation entries' there) and the
+    /// chains into it, except those from blocks `keep(from, id's block)`
+    /// accepts.
+    fn cut_ways_in(&mut self, id: BlockId, hot: &mut HotState, keep: impl Fn(&Block, &Block) -> bool) {
+        let b = &mut self.blocks[id as usize];
+        let (eip, mode, host) = (b.eip, b.mode, b.entry());
+        let incoming = std::mem::take(&mut b.incoming);
+        let mut kept = Vec::new();
+        for ex in incoming {
+            let e = self.exits[ex as usize];
+            if e.linked != Some(id) {
+                continue;
+            }
+            if keep(&self.blocks[e.block as usize], &self.blocks[id as usize]) {
+                kept.push(ex);
+            } else {
+                self.patch(e.rel32, e.tail);
+                self.exits[ex as usize].linked = None;
+            }
+        }
+        self.blocks[id as usize].incoming = kept;
+        let slot = jc_slot(mode, eip);
+        if hot.jc_targets[slot] == host as u64 {
+            hot.jc_keys[slot] = JC_EMPTY_KEY;
+        }
+        self.forget_entries_in_jump_cache(id, hot);
     }
 
     /// Drop the jump-cache entries that lead to block `id`'s further
