@@ -662,8 +662,8 @@ pub fn set_poll_page(page: usize, request_exit: bool) {
 impl GuestMemory {
     /// The process exits next: leave the window reservations, the alias
     /// and the memfd to the exit, which tears the whole address space down
-    /// at once (about 10 ms less than unmapping them one by one after a
-    /// Linux boot's shadows).
+    /// at once (after a Linux boot, its last console line to the exit took
+    /// 24 ms this way against 29 ms unmapping them one by one).
     pub fn leave_mapped_at_exit(&mut self) {
         self.exiting = true;
     }
