@@ -62,7 +62,7 @@ pub struct Block {
     /// Physical page of `eip` (part of the key: the same linear code in two
     /// address spaces is two blocks).
     pub phys: u32,
-    /// Guest address after the block.
+    /// EIP after the block (an offset in CS, unlike `eip`).
     pub end: u32,
     /// Host (RX) address of the block's code.
     pub host: usize,
@@ -105,10 +105,12 @@ impl Block {
         self.inlined.map_or(self.end.wrapping_sub(1), |(start, _)| start)
     }
 
-    /// Do the block's instructions cover guest address `eip`?
+    /// Do the block's instructions cover `eip`, an offset in CS like `end`
+    /// and `inlined` (the block's own `eip` field is linear)?
     fn covers(&self, eip: u32) -> bool {
         let within = |start: u32, end: u32| eip.wrapping_sub(start) < end.wrapping_sub(start);
-        within(self.eip, self.end) || self.inlined.is_some_and(|(start, end)| within(start, end))
+        within(self.eip.wrapping_sub(self.cs_base), self.end)
+            || self.inlined.is_some_and(|(start, end)| within(start, end))
     }
 
     /// Host address where chains from other pages, the jump cache and the
@@ -943,5 +945,27 @@ mod tests {
         let (d, _) = block(&mut c, 0x1200, 0x10_0000, 0x3000);
         assert_eq!(c.suspect_page(0x10_0000, &mut hot), 1);
         assert!(!c.blocks[d as usize].valid && c.blocks[a as usize].valid);
+    }
+
+    #[test]
+    fn invalidating_an_eip_finds_it_under_a_cs_base() {
+        let mut c = CodeCache::new(MIN_CACHE_SIZE).expect("cache");
+        let mut hot = crate::cpu::Cpu::new().hot;
+        let t = |n| Translation {
+            code: vec![0xC3; n],
+            insn_map: Vec::new(),
+            exits: Vec::new(),
+            uses_fpu: false,
+            entry_off: 0,
+            entry_skip: 0,
+            entries: Vec::new(),
+        };
+        // Real-mode code at CS 0x1000 (base 0x10000): EIPs 0x50..0x60 and 0x70..0x80.
+        let a = c.install(0x1_0050, 0x1_0000, Mode::default(), 0x1_0000, 0x60, (0x1_0000, 0x1_0000), None, t(16), true);
+        let b = c.install(0x1_0070, 0x1_0000, Mode::default(), 0x1_0000, 0x80, (0x1_0000, 0x1_0000), None, t(16), true);
+        let (a, b) = (a.expect("room"), b.expect("room"));
+        assert_eq!(c.invalidate_at(0x1_0000, 0x40, &mut hot), 0);
+        assert_eq!(c.invalidate_at(0x1_0000, 0x55, &mut hot), 1);
+        assert!(!c.blocks[a as usize].valid && c.blocks[b as usize].valid);
     }
 }
