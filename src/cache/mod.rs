@@ -403,27 +403,23 @@ impl CodeCache {
     /// source runs only after the whole page is verified. Returns the blocks
     /// dropped.
     pub fn suspect_page(&mut self, page: u32, hot: &mut HotState) -> usize {
-        let Some(ids) = self.page_blocks.get(&page).cloned() else { return 0 };
+        let Some(ids) = self.page_blocks.remove(&page) else { return 0 };
         let mut dropped = 0;
         let mut kept = Vec::with_capacity(ids.len());
-        for &id in &ids {
-            let b = &self.blocks[id as usize];
-            if !b.valid {
-                continue;
-            }
-            if b.source.is_none() || b.phys != page {
-                dropped += usize::from(self.drop_block(id, page, hot));
-            } else {
+        for id in ids {
+            // (A block with source bytes lies on its first page alone.)
+            if self.blocks[id as usize].source.is_some() {
                 kept.push(id);
+            } else {
+                dropped += usize::from(self.drop_block(id, page, hot));
             }
         }
+        kept.retain(|&id| self.blocks[id as usize].valid);
         for &id in &kept {
             self.cut_ways_in(id, hot, |from, _| from.valid && from.source.is_some() && from.phys == page);
         }
-        if let Some(list) = self.page_blocks.get_mut(&page) {
-            list.retain(|id| kept.contains(id));
-        }
         if !kept.is_empty() {
+            self.page_blocks.insert(page, kept);
             self.unverified.insert(page, ());
         }
         dropped
@@ -442,21 +438,22 @@ impl CodeCache {
         if self.unverified.remove(&page).is_none() {
             return 0;
         }
-        let Some(ids) = self.page_blocks.get(&page).cloned() else { return 0 };
-        let mut dropped = Vec::new();
-        for id in ids {
-            let b = &self.blocks[id as usize];
-            let Some((off, len)) = b.source else { continue };
-            let at = (b.eip & (PAGE_SIZE as u32 - 1)) as usize;
-            let was = &self.sources[off as usize..off as usize + len as usize];
-            if ram.get(at..at + len as usize) != Some(was) {
-                dropped.push(id);
+        let Some(list) = self.page_blocks.get_mut(&page) else { return 0 };
+        let (blocks, sources) = (&self.blocks, &self.sources);
+        let mut changed = Vec::new();
+        list.retain(|&id| {
+            let b = &blocks[id as usize];
+            // (Blocks translated since the write hold no source here yet.)
+            let same = b.source.is_none_or(|(off, len)| {
+                let at = (b.eip & (PAGE_SIZE as u32 - 1)) as usize;
+                ram.get(at..at + len as usize) == sources.get(off as usize..off as usize + len as usize)
+            });
+            if !same {
+                changed.push(id);
             }
-        }
-        if let Some(list) = self.page_blocks.get_mut(&page) {
-            list.retain(|id| !dropped.contains(id));
-        }
-        dropped.into_iter().filter(|&id| self.drop_block(id, page, hot)).count()
+            same
+        });
+        changed.into_iter().filter(|&id| self.drop_block(id, page, hot)).count()
     }
 
     /// The block at linear `eip` of physical page `phys` in `mode`,

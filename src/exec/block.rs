@@ -160,8 +160,9 @@ impl Engine {
                     self.cache.invalidate_page(pages.1, &mut self.cpu.hot);
                     return Err(Step::Continue);
                 }
-                if self.vcpu.is_none() && pages.0 == pages.1 && inlined.is_none() {
-                    // Kept to verify the block after a write to its page.
+                if self.vcpu.is_none() {
+                    // Kept to verify the block after a write to its page
+                    // (`record_source` takes only the blocks it can check).
                     let (code, base) = fetch.code(self.mem.ram(), cs_base, eip);
                     let from = eip.wrapping_sub(base) as usize;
                     let len = block.end.wrapping_sub(eip) as usize;

@@ -497,7 +497,8 @@ impl Engine {
             }
             // Blocks are keyed by linear address (CS base + EIP), mode and
             // the physical page of the EIP.
-            let lin = self.cpu.seg[SEG_CS].base.wrapping_add(eip);
+            let cs_base = self.cpu.seg[SEG_CS].base;
+            let lin = cs_base.wrapping_add(eip);
             // The jump cache in front of the block map: with nothing to chain,
             // a hit gives the entry directly (entries are dropped whenever a
             // linear address may map other code, so a hit needs no page walk).
@@ -531,7 +532,6 @@ impl Engine {
                 // its unchanged blocks kept (`code_written`).
                 self.protect_code_page(phys);
             }
-            let cs_base = self.cpu.seg[SEG_CS].base;
             let found = self.cache.lookup(lin, cs_base, mode, phys).filter(|&id| self.still_valid(id, lin));
             // Reached other than by a chain (a return that missed the host
             // return stack, mostly): the continuation of a CALL inside a

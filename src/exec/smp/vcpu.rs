@@ -189,30 +189,17 @@ impl Engine {
 
     /// Physical page `page` is about to be translated from: write-protect
     /// it in every vCPU's view first (with one vCPU, just in this one).
-    /// With one vCPU, a page written since its blocks were translated
-    /// (`code_written`) is verified here: protected again first, then its
-    /// blocks whose bytes changed are dropped and the rest kept.
     pub(in crate::exec) fn protect_code_page(&mut self, page: u32) {
         if !self.mem.is_ram(page) {
             return;
         }
-        if self.vcpu.is_none() {
-            if !self.mem.is_protected(page) {
-                self.mem.set_code_protect(page, true);
-                self.soft.flush_writes(&mut self.cpu.hot);
-            }
-            if self.cache.is_unverified(page) {
-                let bytes = self.mem.ram().get(page as usize..page as usize + PAGE_SIZE).unwrap_or(&[]);
-                let n = self.cache.verify_page(page, bytes, &mut self.cpu.hot);
-                self.stats.invalidated_blocks += n as u64;
-                self.stats.verified_pages += 1;
-            }
+        let Some(v) = self.vcpu.as_ref() else {
+            self.protect_code_page_alone(page);
             return;
-        }
+        };
         if self.mem.is_protected(page) {
             return;
         }
-        let Some(v) = self.vcpu.as_ref() else { return };
         let (m, me) = (v.machine.clone(), v.index);
         let _g = self.lock_code(&m);
         // Another vCPU may have protected it meanwhile (we served that).
@@ -222,6 +209,22 @@ impl Engine {
         self.mem.set_code_protect(page, true);
         self.soft.flush_writes(&mut self.cpu.hot);
         self.broadcast_and_wait(&m, me, Request::Protect(page));
+    }
+
+    /// `protect_code_page` with one vCPU. A page written since its blocks
+    /// were translated (`code_written`) is verified here: protected again
+    /// first, then its blocks whose bytes changed are dropped, the rest kept.
+    fn protect_code_page_alone(&mut self, page: u32) {
+        if !self.mem.is_protected(page) {
+            self.mem.set_code_protect(page, true);
+            self.soft.flush_writes(&mut self.cpu.hot);
+        }
+        if self.cache.is_unverified(page) {
+            let bytes = self.mem.ram().get(page as usize..page as usize + PAGE_SIZE).unwrap_or(&[]);
+            let n = self.cache.verify_page(page, bytes, &mut self.cpu.hot);
+            self.stats.invalidated_blocks += n as u64;
+            self.stats.verified_pages += 1;
+        }
     }
 
     /// The guest wrote code page `page`: every vCPU drops its translations
